@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs the system tools the gateway drives (and its tests need) on Debian.
+# Idempotent: safe to run on every CI run and on a machine that has them already.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+pkgs=(wireguard-tools wireguard-go iptables iproute2 nginx libnginx-mod-stream
+      openssl curl ca-certificates procps python3)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "install-deps: installing ${missing[*]}"
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# nginx from apt is not started (no systemd); the gateway starts it when needed.

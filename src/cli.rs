@@ -1,0 +1,327 @@
+//! Command line, environment and start-up: turns options into the running
+//! daemon's parts, refusing bad values before anything is touched.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use tokio::sync::{Mutex, Notify, watch};
+
+use crate::api::ApiState;
+use crate::execute::Backend;
+use crate::layout::Layout;
+use crate::metrics::Metrics;
+use crate::observe::{Observer, SystemPaths, Tools};
+use crate::reconcile::{ReconcileSettings, Shared};
+use crate::runner::Runner;
+use crate::store::Store;
+use crate::traffic::Accounting;
+use crate::validate::parse_custom_forwardings;
+
+/// Parses `30s`, `5m`, `1h`, `7d` (also `500ms`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration like 30s, 5m, 1h or 7d"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        "d" => Duration::from_secs(n * 86400),
+        _ => return Err(format!("'{s}': unit must be ms, s, m, h or d")),
+    };
+    if d.is_zero() {
+        return Err("duration must be more than zero".into());
+    }
+    Ok(d)
+}
+
+/// What nginx listens on: `PORT`, `IPV4:PORT` or `[IPV6]:PORT`.
+fn parse_listen(s: &str) -> Result<String, String> {
+    let ok = s.parse::<u16>().is_ok_and(|p| p > 0)
+        || s.parse::<std::net::SocketAddr>()
+            .is_ok_and(|a| a.port() > 0 && a.to_string() == s);
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!("'{s}' must be PORT, IPV4:PORT or [IPV6]:PORT"))
+    }
+}
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "gateway",
+    version,
+    about = "Gateway daemon: one WireGuard network namespace per network, HTTPS (by SNI, passed through) and HTTP (by Host) ingress through nginx, per-peer traffic accounting.",
+    long_about = None,
+    after_help = "Runs as root on Linux. The orchestrator POSTs the desired state to /api/v1/config.json; the daemon converges the system to it and keeps it there. RUST_LOG sets log filtering (default: info,rocket=warn)."
+)]
+pub struct Args {
+    /// Secret that API calls must present (`Token:` header or `Authorization: Bearer`). Without one the API is open and only loopback is allowed.
+    #[arg(long, env = "GATEWAY_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// SQLite file (created 0600 if missing) holding the desired state and traffic. Default: in memory, lost on exit.
+    #[arg(long, env = "GATEWAY_DATABASE")]
+    pub database: Option<String>,
+    /// API listen address.
+    #[arg(long, env = "ROCKET_ADDRESS", default_value = "127.0.0.1")]
+    pub address: IpAddr,
+    /// API listen port (also read from ROCKET_PORT) [default: 8000].
+    #[arg(long, env = "GATEWAY_PORT")]
+    pub port: Option<u16>,
+    /// Print the OpenAPI 3 spec as JSON and exit.
+    #[arg(long)]
+    pub openapi: bool,
+    /// WireGuard implementation: kernel, userspace (wireguard-go) or auto (kernel if available).
+    #[arg(long, env = "GATEWAY_WIREGUARD_BACKEND", default_value = "auto", value_parser = ["auto", "kernel", "userspace"])]
+    pub wireguard_backend: String,
+    /// File the daemon owns holding nginx's `stream {}` block (HTTPS SNI passthrough).
+    #[arg(long, default_value = "/etc/nginx/modules-enabled/gateway.conf")]
+    pub nginx_stream_config: PathBuf,
+    /// File the daemon owns holding `server {}` blocks for HTTP (included inside `http {}`).
+    #[arg(long, default_value = "/etc/nginx/sites-enabled/gateway.conf")]
+    pub nginx_http_config: PathBuf,
+    /// Main nginx config, used for `nginx -t -c` and `nginx -s reload -c`.
+    #[arg(long, default_value = "/etc/nginx/nginx.conf")]
+    pub nginx_conf: PathBuf,
+    /// nginx's pid file, to tell whether it runs (reload) or not (start).
+    #[arg(long, default_value = "/run/nginx.pid")]
+    pub nginx_pid: PathBuf,
+    /// What the generated HTTPS (stream) server listens on.
+    #[arg(long, default_value = "443", value_parser = parse_listen)]
+    pub https_listen: String,
+    /// What the generated HTTP servers listen on.
+    #[arg(long, default_value = "80", value_parser = parse_listen)]
+    pub http_listen: String,
+    /// Extra static forwardings, e.g. `https://api.example.com=127.0.0.1:8443,http://b.example.com=127.0.0.1:8080`.
+    #[arg(long, env = "GATEWAY_CUSTOM_FORWARDING", default_value = "")]
+    pub custom_forwarding: String,
+    /// How often the drift check and the traffic poll run.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub watchdog: Duration,
+    /// How long traffic samples are kept.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub retention: Duration,
+    /// How long POST/PATCH wait for the apply before answering 202 `pending`.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub apply_wait: Duration,
+    /// Time limit of every command the daemon runs.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub command_timeout: Duration,
+    /// Namespace of network P is PREFIX+P; namespaces with this prefix that are not desired are removed.
+    #[arg(long, default_value = "network-")]
+    pub namespace_prefix: String,
+    /// WireGuard interface of network P is PREFIX+P.
+    #[arg(long, default_value = "wg")]
+    pub interface_prefix: String,
+    /// Root-namespace end of network P's veth is PREFIX+P.
+    #[arg(long, default_value = "gwv")]
+    pub veth_prefix: String,
+    /// Bridge joining the networks' veths in the root namespace.
+    #[arg(long, default_value = "gwbr0")]
+    pub bridge: String,
+    /// Bridge subnet (/16 or larger): the bridge takes .0.1, network P takes base+P.
+    #[arg(long, default_value = "10.199.0.0/16")]
+    pub bridge_subnet: String,
+    /// First TCP port inside a namespace that DNATs to an upstream.
+    #[arg(long, default_value_t = 20000)]
+    pub dnat_port_base: u16,
+    #[arg(long, default_value = "ip", help_heading = "Tool paths")]
+    pub ip_bin: String,
+    #[arg(long, default_value = "wg", help_heading = "Tool paths")]
+    pub wg_bin: String,
+    #[arg(long, default_value = "wireguard-go", help_heading = "Tool paths")]
+    pub wireguard_go_bin: String,
+    #[arg(long, default_value = "iptables-save", help_heading = "Tool paths")]
+    pub iptables_save_bin: String,
+    #[arg(long, default_value = "iptables-restore", help_heading = "Tool paths")]
+    pub iptables_restore_bin: String,
+    #[arg(long, default_value = "sysctl", help_heading = "Tool paths")]
+    pub sysctl_bin: String,
+    #[arg(long, default_value = "nginx", help_heading = "Tool paths")]
+    pub nginx_bin: String,
+    /// Where network namespaces are mounted.
+    #[arg(long, default_value = "/run/netns", help_heading = "Tool paths")]
+    pub netns_dir: PathBuf,
+    /// Where wireguard-go puts its control sockets.
+    #[arg(
+        long,
+        default_value = "/var/run/wireguard",
+        help_heading = "Tool paths"
+    )]
+    pub wireguard_sock_dir: PathBuf,
+}
+
+impl Args {
+    pub fn api_port(&self) -> Result<u16, String> {
+        match self.port {
+            Some(p) => Ok(p),
+            None => match std::env::var("ROCKET_PORT") {
+                Ok(p) => p
+                    .parse()
+                    .map_err(|_| format!("ROCKET_PORT '{p}' is not a port")),
+                Err(_) => Ok(8000),
+            },
+        }
+    }
+
+    pub fn token(&self) -> Option<String> {
+        self.token.clone().filter(|t| !t.is_empty())
+    }
+}
+
+/// Everything started from the options: shared state and the API's state.
+pub struct Daemon {
+    pub shared: Arc<Shared>,
+    pub api: ApiState,
+    pub figment: rocket::figment::Figment,
+}
+
+pub async fn build(args: &Args, runner: Runner) -> anyhow::Result<Daemon> {
+    let token = args.token();
+    let port = args.api_port().map_err(anyhow::Error::msg)?;
+    if token.is_none() && !args.address.is_loopback() {
+        bail!(
+            "no token given (--token or GATEWAY_TOKEN): the API would be open, so it may only listen on loopback, not {}. Set a token or use --address 127.0.0.1",
+            args.address
+        );
+    }
+    let layout = Layout::new(
+        &args.namespace_prefix,
+        &args.interface_prefix,
+        &args.veth_prefix,
+        &args.bridge,
+        &args.bridge_subnet,
+        args.dnat_port_base,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let custom = parse_custom_forwardings(&args.custom_forwarding).map_err(anyhow::Error::msg)?;
+    if args.database.is_none() {
+        tracing::warn!(
+            "no --database given: the desired state and traffic live in memory and are lost on exit"
+        );
+    }
+    let store = Store::open(args.database.as_deref())
+        .await
+        .context("opening the database")?;
+    let observer = Observer {
+        runner,
+        layout,
+        tools: Tools {
+            ip: args.ip_bin.clone(),
+            wg: args.wg_bin.clone(),
+            wireguard_go: args.wireguard_go_bin.clone(),
+            iptables_save: args.iptables_save_bin.clone(),
+            iptables_restore: args.iptables_restore_bin.clone(),
+            sysctl: args.sysctl_bin.clone(),
+            nginx: args.nginx_bin.clone(),
+        },
+        paths: SystemPaths {
+            netns_dir: args.netns_dir.clone(),
+            sys_class_net: "/sys/class/net".into(),
+            wireguard_sock_dir: args.wireguard_sock_dir.clone(),
+            nginx_stream: args.nginx_stream_config.clone(),
+            nginx_http: args.nginx_http_config.clone(),
+            nginx_conf: args.nginx_conf.clone(),
+            nginx_pid: args.nginx_pid.clone(),
+        },
+    };
+    let backend = Backend::detect(&observer, &args.wireguard_backend)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let last = store.last_apply().await.context("reading the last apply")?;
+    let shared = Arc::new(Shared {
+        store,
+        observer,
+        backend,
+        settings: ReconcileSettings {
+            https_listen: args.https_listen.clone(),
+            http_listen: args.http_listen.clone(),
+            custom,
+            watchdog: args.watchdog,
+        },
+        wake: Notify::new(),
+        finished: watch::channel(last).0,
+        write_lock: Mutex::new(()),
+        metrics: Metrics::default(),
+        accounting: Accounting {
+            retention: args.retention,
+        },
+    });
+    let figment = rocket::Config::figment()
+        .merge(("address", args.address))
+        .merge(("port", port))
+        .merge(("log_level", rocket::config::LogLevel::Critical))
+        .merge(("cli_colors", false));
+    Ok(Daemon {
+        api: ApiState {
+            shared: shared.clone(),
+            token,
+            apply_wait: args.apply_wait,
+        },
+        shared,
+        figment,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86400)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        for bad in ["", "s", "10", "10x", "-1s", "0s", "1.5h"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn listens() {
+        for ok in ["443", "0.0.0.0:443", "[::]:443", "127.0.0.1:18443"] {
+            assert!(parse_listen(ok).is_ok(), "{ok}");
+        }
+        for bad in ["0", "443;", "host:443", "1.2.3.4", "443 ssl"] {
+            assert!(parse_listen(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn help_and_defaults() {
+        use clap::CommandFactory;
+        Args::command().debug_assert();
+        let a = Args::try_parse_from(["gateway"]).unwrap();
+        assert_eq!(a.watchdog, Duration::from_secs(60));
+        assert_eq!(a.retention, Duration::from_secs(86400));
+        assert_eq!(a.https_listen, "443");
+        assert!(Args::try_parse_from(["gateway", "--wireguard-backend", "magic"]).is_err());
+    }
+
+    #[tokio::test]
+    async fn open_api_only_on_loopback() {
+        let a = Args::try_parse_from([
+            "gateway",
+            "--address",
+            "0.0.0.0",
+            "--wireguard-backend",
+            "userspace",
+        ])
+        .unwrap();
+        let err = build(&a, Runner::new(Duration::from_secs(1)))
+            .await
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("only listen on loopback"), "{err}");
+    }
+}

@@ -1,0 +1,452 @@
+//! Runs the planned actions. Every command goes through the [`Runner`]; a
+//! failing action stops only the rest of its own network's actions.
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::layout::VETH_NS_NAME;
+use crate::observe::Observer;
+use crate::plan::{Action, Dev, NginxText};
+use crate::render;
+use crate::runner::{Cmd, CmdError};
+use crate::validate::Desired;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Kernel,
+    Userspace,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Kernel => "kernel",
+            Backend::Userspace => "userspace",
+        }
+    }
+
+    /// `auto`: kernel if `ip link add ... type wireguard` works here.
+    pub async fn detect(observer: &Observer, choice: &str) -> Result<Backend, String> {
+        match choice {
+            "kernel" => Ok(Backend::Kernel),
+            "userspace" => Ok(Backend::Userspace),
+            "auto" => {
+                let probe = format!("gwprobe{}", std::process::id() % 100_000);
+                let ip = &observer.tools.ip;
+                match observer
+                    .runner
+                    .run(&Cmd::new(ip, ["link", "add", &probe, "type", "wireguard"]))
+                    .await
+                {
+                    Ok(_) => {
+                        let _ = observer
+                            .runner
+                            .run(&Cmd::new(ip, ["link", "del", &probe]))
+                            .await;
+                        Ok(Backend::Kernel)
+                    }
+                    Err(_) => Ok(Backend::Userspace),
+                }
+            }
+            other => Err(format!(
+                "unknown WireGuard backend '{other}': use kernel, userspace or auto"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct ExecReport {
+    /// Networks on which something was changed.
+    pub changed: BTreeSet<u16>,
+    /// Networks whose actions did not all succeed.
+    pub failed: BTreeSet<u16>,
+    pub errors: Vec<String>,
+    pub nginx_reloaded: bool,
+    /// A shared action (bridge, nginx) failed.
+    pub global_failed: bool,
+}
+
+pub struct Executor<'a> {
+    pub observer: &'a Observer,
+    pub backend: Backend,
+}
+
+impl Executor<'_> {
+    pub async fn execute(
+        &self,
+        actions: &[Action],
+        desired: &Desired,
+        nginx: &NginxText,
+    ) -> ExecReport {
+        let mut report = ExecReport::default();
+        for action in actions {
+            let net = action.network();
+            if let Some(p) = net {
+                if report.failed.contains(&p) {
+                    continue;
+                }
+            }
+            match self.run(action, desired, nginx, &mut report).await {
+                Ok(()) => {
+                    if let Some(p) = net {
+                        report.changed.insert(p);
+                    }
+                }
+                Err(e) => {
+                    let what = match net {
+                        Some(p) => format!("network {p}: {action:?}: {e}"),
+                        None => format!("{action:?}: {e}"),
+                    };
+                    tracing::warn!("{what}");
+                    report.errors.push(what);
+                    match net {
+                        Some(p) => {
+                            report.failed.insert(p);
+                        }
+                        None => report.global_failed = true,
+                    }
+                }
+            }
+        }
+        report
+    }
+
+    async fn cmd<I, S>(&self, program: &str, args: I) -> Result<String, CmdError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.observer.runner.run(&Cmd::new(program, args)).await
+    }
+
+    async fn run(
+        &self,
+        action: &Action,
+        desired: &Desired,
+        nginx: &NginxText,
+        report: &mut ExecReport,
+    ) -> Result<(), String> {
+        let o = self.observer;
+        let l = &o.layout;
+        let t = &o.tools;
+        let ip = t.ip.as_str();
+        let e = |e: CmdError| e.to_string();
+        let spec = |p: &u16| {
+            desired
+                .networks
+                .get(p)
+                .ok_or_else(|| format!("network {p} is not desired"))
+        };
+        match action {
+            Action::CreateBridge => self
+                .cmd(ip, ["link", "add", &l.bridge, "type", "bridge"])
+                .await
+                .map_err(e)?,
+            Action::AddBridgeAddress(c) => self
+                .cmd(ip, ["addr", "add", &c.to_string(), "dev", &l.bridge])
+                .await
+                .map_err(e)?,
+            Action::DelBridgeAddress(c) => self
+                .cmd(ip, ["addr", "del", &c.to_string(), "dev", &l.bridge])
+                .await
+                .map_err(e)?,
+            Action::BridgeUp => self
+                .cmd(ip, ["link", "set", &l.bridge, "up"])
+                .await
+                .map_err(e)?,
+            Action::DeleteBridge => self.cmd(ip, ["link", "del", &l.bridge]).await.map_err(e)?,
+            Action::CreateNamespace(p) => {
+                let ns = l.netns(*p);
+                self.cmd(ip, ["netns", "add", &ns]).await.map_err(e)?;
+                self.cmd(ip, ["-n", &ns, "link", "set", "lo", "up"])
+                    .await
+                    .map_err(e)?
+            }
+            Action::CreateWg(p) => {
+                let wg = l.wg(*p);
+                match self.backend {
+                    Backend::Kernel => self
+                        .cmd(ip, ["link", "add", &wg, "type", "wireguard"])
+                        .await
+                        .map_err(e)?,
+                    Backend::Userspace => {
+                        self.cmd(&t.wireguard_go, [wg.as_str()]).await.map_err(e)?;
+                        // wireguard-go answers on its socket a moment after it forks.
+                        let sock = o.paths.wireguard_sock_dir.join(format!("{wg}.sock"));
+                        wait_for(|| sock.exists(), Duration::from_secs(10))
+                            .await
+                            .map_err(|_| format!("{} did not appear", sock.display()))?;
+                        String::new()
+                    }
+                }
+            }
+            Action::MoveWg(p) => self
+                .cmd(ip, ["link", "set", &l.wg(*p), "netns", &l.netns(*p)])
+                .await
+                .map_err(e)?,
+            Action::ConfigureWg(p) => {
+                let conf = render::wg_conf(spec(p)?);
+                let cmd = Cmd::new(
+                    ip,
+                    [
+                        "netns",
+                        "exec",
+                        &l.netns(*p),
+                        &t.wg,
+                        "syncconf",
+                        &l.wg(*p),
+                        "/dev/stdin",
+                    ],
+                )
+                .stdin(conf);
+                o.runner.run(&cmd).await.map_err(e)?
+            }
+            Action::SetWgLink { port, mtu } => self
+                .cmd(
+                    ip,
+                    [
+                        "-n",
+                        &l.netns(*port),
+                        "link",
+                        "set",
+                        &l.wg(*port),
+                        "mtu",
+                        &mtu.to_string(),
+                        "up",
+                    ],
+                )
+                .await
+                .map_err(e)?,
+            Action::AddAddress { port, dev, cidr } | Action::DelAddress { port, dev, cidr } => {
+                let verb = if matches!(action, Action::AddAddress { .. }) {
+                    "add"
+                } else {
+                    "del"
+                };
+                let dev = match dev {
+                    Dev::Wg => l.wg(*port),
+                    Dev::Uplink => VETH_NS_NAME.to_string(),
+                };
+                self.cmd(
+                    ip,
+                    [
+                        "-n",
+                        &l.netns(*port),
+                        "addr",
+                        verb,
+                        &cidr.to_string(),
+                        "dev",
+                        &dev,
+                    ],
+                )
+                .await
+                .map_err(e)?
+            }
+            Action::CreateVeth(p) => self
+                .cmd(
+                    ip,
+                    [
+                        "link",
+                        "add",
+                        &l.veth_host(*p),
+                        "type",
+                        "veth",
+                        "peer",
+                        "name",
+                        VETH_NS_NAME,
+                        "netns",
+                        &l.netns(*p),
+                    ],
+                )
+                .await
+                .map_err(e)?,
+            Action::AttachVeth(p) => {
+                let v = l.veth_host(*p);
+                self.cmd(ip, ["link", "set", &v, "master", &l.bridge, "up"])
+                    .await
+                    .map_err(e)?;
+                // Isolated bridge ports cannot reach each other: networks stay apart.
+                self.cmd(
+                    ip,
+                    [
+                        "link",
+                        "set",
+                        "dev",
+                        &v,
+                        "type",
+                        "bridge_slave",
+                        "isolated",
+                        "on",
+                    ],
+                )
+                .await
+                .map_err(e)?
+            }
+            Action::UplinkUp(p) => self
+                .cmd(ip, ["-n", &l.netns(*p), "link", "set", VETH_NS_NAME, "up"])
+                .await
+                .map_err(e)?,
+            Action::SetForwarding(p) => self
+                .cmd(
+                    ip,
+                    [
+                        "netns",
+                        "exec",
+                        &l.netns(*p),
+                        &t.sysctl,
+                        "-q",
+                        "-w",
+                        "net.ipv4.ip_forward=1",
+                    ],
+                )
+                .await
+                .map_err(e)?,
+            Action::SetRules {
+                port,
+                missing_jumps,
+            } => {
+                let text = render::iptables_restore(&render::rules(l, spec(port)?), missing_jumps);
+                let cmd = Cmd::new(
+                    ip,
+                    [
+                        "netns",
+                        "exec",
+                        &l.netns(*port),
+                        &t.iptables_restore,
+                        "--noflush",
+                    ],
+                )
+                .stdin(text);
+                o.runner.run(&cmd).await.map_err(e)?
+            }
+            Action::DeleteNetwork(p) => {
+                let ns = l.netns(*p);
+                // Deleting the interface first makes wireguard-go exit now,
+                // not whenever the kernel gets round to tearing the namespace down.
+                if let Err(err) = self.cmd(ip, ["-n", &ns, "link", "del", &l.wg(*p)]).await {
+                    if !err.stderr().contains("Cannot find device") {
+                        return Err(err.to_string());
+                    }
+                }
+                self.cmd(ip, ["netns", "del", &ns]).await.map_err(e)?;
+                self.wait_wireguard_go_gone(*p).await?;
+                String::new()
+            }
+            Action::DeleteRootWg(p) => {
+                self.cmd(ip, ["link", "del", &l.wg(*p)]).await.map_err(e)?;
+                self.wait_wireguard_go_gone(*p).await?;
+                String::new()
+            }
+            Action::DeleteHostVeth(p) => self
+                .cmd(ip, ["link", "del", &l.veth_host(*p)])
+                .await
+                .map_err(e)?,
+            Action::WriteNginx => {
+                report.nginx_reloaded = self.write_nginx(nginx).await?;
+                String::new()
+            }
+            Action::StartNginx => {
+                self.nginx_test().await?;
+                self.cmd(&t.nginx, ["-c", &o.paths.nginx_conf.to_string_lossy()])
+                    .await
+                    .map_err(e)?
+            }
+        };
+        Ok(())
+    }
+
+    async fn wait_wireguard_go_gone(&self, port: u16) -> Result<(), String> {
+        if self.backend == Backend::Userspace {
+            let sock = self
+                .observer
+                .paths
+                .wireguard_sock_dir
+                .join(format!("{}.sock", self.observer.layout.wg(port)));
+            wait_for(|| !sock.exists(), Duration::from_secs(10))
+                .await
+                .map_err(|_| {
+                    format!(
+                        "wireguard-go for {} did not exit",
+                        self.observer.layout.wg(port)
+                    )
+                })?;
+        }
+        Ok(())
+    }
+
+    async fn nginx_test(&self) -> Result<(), String> {
+        let conf = self.observer.paths.nginx_conf.to_string_lossy().to_string();
+        self.cmd(&self.observer.tools.nginx, ["-t", "-q", "-c", &conf])
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("nginx config check failed: {e}"))
+    }
+
+    /// Writes both files, checks the whole config, then reloads (or starts)
+    /// nginx. If the check fails the previous files are put back, so a bad
+    /// config is never left in place. Returns whether nginx was reloaded.
+    async fn write_nginx(&self, text: &NginxText) -> Result<bool, String> {
+        let paths = &self.observer.paths;
+        let files = [
+            (&paths.nginx_stream, &text.stream),
+            (&paths.nginx_http, &text.http),
+        ];
+        let previous: Vec<Option<String>> = files
+            .iter()
+            .map(|(p, _)| std::fs::read_to_string(p).ok())
+            .collect();
+        let restore = |prev: &[Option<String>]| {
+            for ((path, _), old) in files.iter().zip(prev) {
+                let _ = match old {
+                    Some(old) => write_atomic(path, old),
+                    None => std::fs::remove_file(path).map_err(|e| e.to_string()),
+                };
+            }
+        };
+        for (path, content) in files {
+            if let Err(err) = write_atomic(path, content) {
+                restore(&previous);
+                return Err(err);
+            }
+        }
+        if let Err(err) = self.nginx_test().await {
+            restore(&previous);
+            return Err(format!("{err}; the previous nginx files were restored"));
+        }
+        let conf = paths.nginx_conf.to_string_lossy().to_string();
+        if self.observer.nginx_running() {
+            self.cmd(&self.observer.tools.nginx, ["-c", &conf, "-s", "reload"])
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(true)
+        } else {
+            self.cmd(&self.observer.tools.nginx, ["-c", &conf])
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(false)
+        }
+    }
+}
+
+fn write_atomic(path: &Path, content: &str) -> Result<(), String> {
+    let tmp = path.with_extension("gateway-tmp");
+    let err = |e: std::io::Error| format!("writing {}: {e}", path.display());
+    std::fs::write(&tmp, content).map_err(err)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+async fn wait_for(cond: impl Fn() -> bool, limit: Duration) -> Result<(), ()> {
+    let start = std::time::Instant::now();
+    while !cond() {
+        if start.elapsed() > limit {
+            return Err(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}

@@ -1,0 +1,156 @@
+//! Names and addresses of everything the gateway creates, derived from a
+//! network's listen port alone, so no allocation state has to be kept and two
+//! instances with different prefixes can share a machine.
+
+use std::net::Ipv4Addr;
+
+use crate::validate::Cidr;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    /// Namespace of network P is `{netns_prefix}{P}`.
+    pub netns_prefix: String,
+    /// WireGuard interface of network P is `{wg_prefix}{P}` (unique machine-wide).
+    pub wg_prefix: String,
+    /// Root-namespace end of network P's veth is `{veth_prefix}{P}`.
+    pub veth_prefix: String,
+    /// Bridge in the root namespace joining every network's veth.
+    pub bridge: String,
+    /// First address of the bridge subnet (a /16 or larger): the bridge takes
+    /// .0.1, network P takes base + P.
+    pub bridge_base: Ipv4Addr,
+    pub bridge_prefix: u8,
+    /// DNAT ports inside a namespace start here, one per distinct upstream.
+    pub dnat_port_base: u16,
+}
+
+/// Name of the namespace end of every veth (namespaces are separate, so it can be fixed).
+pub const VETH_NS_NAME: &str = "gw-uplink";
+pub const CHAIN_DNAT: &str = "GATEWAY-DNAT";
+pub const CHAIN_SNAT: &str = "GATEWAY-SNAT";
+pub const CHAIN_FORWARD: &str = "GATEWAY-FORWARD";
+
+impl Layout {
+    pub fn new(
+        netns_prefix: &str,
+        wg_prefix: &str,
+        veth_prefix: &str,
+        bridge: &str,
+        bridge_subnet: &str,
+        dnat_port_base: u16,
+    ) -> Result<Self, String> {
+        for (what, p, max) in [
+            ("namespace prefix", netns_prefix, 200),
+            ("interface prefix", wg_prefix, 10),
+            ("veth prefix", veth_prefix, 10),
+        ] {
+            if p.is_empty()
+                || p.len() > max
+                || !p
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+            {
+                return Err(format!(
+                    "{what} '{p}' must be 1..={max} characters of a-z, 0-9, '-' or '_'"
+                ));
+            }
+        }
+        if bridge.is_empty()
+            || bridge.len() > 15
+            || !bridge
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(format!(
+                "bridge name '{bridge}' must be 1..=15 characters of a-z, 0-9, '-' or '_'"
+            ));
+        }
+        let subnet = Cidr::parse(bridge_subnet).map_err(|e| format!("bridge subnet: {e}"))?;
+        let base =
+            match subnet.network().addr {
+                std::net::IpAddr::V4(a) if subnet.prefix <= 16 => a,
+                _ => return Err(
+                    "bridge subnet must be an IPv4 network of /16 or larger, e.g. 10.199.0.0/16"
+                        .into(),
+                ),
+            };
+        if u32::from(dnat_port_base) + 10_000 > 65_535 || dnat_port_base < 1024 {
+            return Err("DNAT port base must be 1024..=55535".into());
+        }
+        Ok(Layout {
+            netns_prefix: netns_prefix.into(),
+            wg_prefix: wg_prefix.into(),
+            veth_prefix: veth_prefix.into(),
+            bridge: bridge.into(),
+            bridge_base: base,
+            bridge_prefix: subnet.prefix,
+            dnat_port_base,
+        })
+    }
+
+    pub fn netns(&self, port: u16) -> String {
+        format!("{}{port}", self.netns_prefix)
+    }
+    pub fn wg(&self, port: u16) -> String {
+        format!("{}{port}", self.wg_prefix)
+    }
+    pub fn veth_host(&self, port: u16) -> String {
+        format!("{}{port}", self.veth_prefix)
+    }
+    /// The port of a namespace name with our prefix, if it is one of ours.
+    pub fn port_of_netns(&self, name: &str) -> Option<u16> {
+        let digits = name.strip_prefix(&self.netns_prefix)?;
+        crate::validate::parse_port_key(digits).ok()
+    }
+    pub fn port_of_wg(&self, name: &str) -> Option<u16> {
+        let digits = name.strip_prefix(&self.wg_prefix)?;
+        crate::validate::parse_port_key(digits).ok()
+    }
+    pub fn bridge_addr(&self) -> Cidr {
+        Cidr {
+            addr: Ipv4Addr::from(u32::from(self.bridge_base) + 1).into(),
+            prefix: self.bridge_prefix,
+        }
+    }
+    pub fn veth_ns_ip(&self, port: u16) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.bridge_base) + u32::from(port))
+    }
+    pub fn veth_ns_addr(&self, port: u16) -> Cidr {
+        Cidr {
+            addr: self.veth_ns_ip(port).into(),
+            prefix: self.bridge_prefix,
+        }
+    }
+    /// Port on the veth address that DNATs to the `index`-th upstream.
+    pub fn dnat_port(&self, index: usize) -> u16 {
+        self.dnat_port_base + index as u16
+    }
+}
+
+impl Default for Layout {
+    fn default() -> Self {
+        Layout::new("network-", "wg", "gwv", "gwbr0", "10.199.0.0/16", 20000)
+            .expect("valid defaults")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_addresses() {
+        let l = Layout::default();
+        assert_eq!(l.netns(51820), "network-51820");
+        assert_eq!(l.wg(51820), "wg51820");
+        assert_eq!(l.veth_host(65534), "gwv65534");
+        assert_eq!(l.bridge_addr().to_string(), "10.199.0.1/16");
+        assert_eq!(l.veth_ns_addr(2).to_string(), "10.199.0.2/16");
+        assert_eq!(l.veth_ns_addr(51820).to_string(), "10.199.202.108/16");
+        assert_eq!(l.port_of_netns("network-51820"), Some(51820));
+        assert_eq!(l.port_of_netns("network-0518"), None);
+        assert_eq!(l.port_of_netns("other-1"), None);
+        assert!(Layout::new("x", "wg", "v", "br", "10.0.0.0/24", 20000).is_err());
+        assert!(Layout::new("x;rm", "wg", "v", "br", "10.0.0.0/16", 20000).is_err());
+    }
+}

@@ -1,0 +1,178 @@
+//! JSON shapes of the API (CONTRACT.md §2). These are what the orchestrator
+//! sends and reads; they are deliberately loose (strings everywhere) so that a
+//! bad value reaches `validate`, which reports every problem with its path,
+//! instead of failing in serde with only the first one.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The whole desired state, keyed by the network's WireGuard listen port.
+pub type GatewayConfig = BTreeMap<String, NetworkConfig>;
+
+/// A partial update: a `null` value removes that network.
+pub type GatewayConfigPartial = BTreeMap<String, Option<NetworkConfig>>;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// Base64 WireGuard private key of the gateway's interface in this network.
+    pub private_key: String,
+    /// Optional; when given it must equal the key of this network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen_port: Option<u32>,
+    /// Interface MTU, 1280..=9000; defaults to 1420.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    /// Addresses of the gateway's interface, e.g. `10.80.0.1/16`.
+    #[serde(default)]
+    pub address: Vec<String>,
+    /// Peers keyed by their base64 public key.
+    #[serde(default)]
+    pub peers: BTreeMap<String, PeerConfig>,
+    /// `https://HOST` (TLS passthrough by SNI) or `http://HOST` (reverse proxy
+    /// by Host) mapped to upstreams `IP:PORT` inside the network.
+    #[serde(default)]
+    pub proxy: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preshared_key: Option<String>,
+    #[serde(default)]
+    pub allowed_ips: Vec<String>,
+    /// `IP:PORT`, `[IPv6]:PORT` or `hostname:PORT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Seconds, 1..=65535; absent means off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent_keepalive: Option<u32>,
+}
+
+/// `GET /api/v1/config.json`: the desired state as last accepted.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct StoredConfig {
+    /// Increases by one with every accepted POST or PATCH; 0 = nothing accepted yet.
+    pub generation: i64,
+    pub config: GatewayConfig,
+}
+
+/// Answer of POST/PATCH `config.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ApplyResponse {
+    /// Generation this request created.
+    pub generation: i64,
+    /// `applied`: the system has converged to this generation (or a later one);
+    /// `pending`: still converging when the wait ended (see status.json).
+    pub result: String,
+    /// Generation the reconciler last finished (may be newer than `generation`).
+    pub applied_generation: i64,
+    /// Networks that changed on the system in that apply.
+    pub changed_networks: Vec<u16>,
+    pub duration_ms: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+pub struct Traffic {
+    pub rx: i64,
+    pub tx: i64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct DeviceTraffic {
+    pub traffic: Traffic,
+    /// Per sample time (unix seconds, as a string key): bytes in that sample.
+    pub times: BTreeMap<String, Traffic>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct NetworkTraffic {
+    pub traffic: Traffic,
+    /// Keyed by peer public key.
+    pub devices: BTreeMap<String, DeviceTraffic>,
+}
+
+/// `GET /api/v1/traffic.json`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct TrafficInfo {
+    pub start_time: i64,
+    pub stop_time: i64,
+    pub traffic: Traffic,
+    /// Keyed by the network's (gateway interface's) public key.
+    pub networks: BTreeMap<String, NetworkTraffic>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct PeerStatus {
+    pub endpoint: Option<String>,
+    pub allowed_ips: Vec<String>,
+    /// Unix seconds of the latest handshake, null if never.
+    pub latest_handshake: Option<i64>,
+    /// Raw counters of the interface (since it was created).
+    pub rx_bytes: i64,
+    pub tx_bytes: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct NetworkStatus {
+    pub namespace: String,
+    pub namespace_present: bool,
+    pub interface: String,
+    pub interface_present: bool,
+    pub interface_up: bool,
+    pub public_key: Option<String>,
+    pub listen_port: Option<u16>,
+    pub mtu: Option<u32>,
+    pub addresses: Vec<String>,
+    /// Whether this network is in the desired state (false: leftover being removed).
+    pub desired: bool,
+    pub peers: BTreeMap<String, PeerStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct LastApply {
+    pub generation: i64,
+    /// `applied` or `failed`.
+    pub result: String,
+    /// Unix seconds when it finished.
+    pub finished_at: i64,
+    pub duration_ms: u64,
+    pub errors: Vec<String>,
+}
+
+/// `GET /api/v1/status.json`: what is really on the system.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct StatusInfo {
+    /// `kernel` or `userspace`.
+    pub backend: String,
+    pub desired_generation: i64,
+    pub applied_generation: i64,
+    pub last_apply: Option<LastApply>,
+    pub nginx_running: bool,
+    /// Keyed by listen port.
+    pub networks: BTreeMap<String, NetworkStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct Health {
+    pub status: String,
+}
+
+/// Every error the API returns has this shape.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ErrorBody {
+    /// Stable machine-readable code, e.g. `unauthorized`, `invalid_config`.
+    pub error: String,
+    pub message: String,
+    pub details: Vec<ErrorDetail>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+pub struct ErrorDetail {
+    /// JSON path of the offending value, e.g. `$["51820"].peers["abc="].endpoint`.
+    pub path: String,
+    pub message: String,
+}

@@ -1,0 +1,505 @@
+//! Reads what is on the system. Cheap reads (the namespace directory, sysfs,
+//! nginx's files) cost no process; a deep look into one network costs four
+//! read-only commands and is done only where needed (see `reconcile`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use crate::layout::{Layout, VETH_NS_NAME};
+use crate::render::JUMPS;
+use crate::runner::{Cmd, CmdError, Runner};
+use crate::validate::Cidr;
+
+/// Paths of the tools the gateway drives.
+#[derive(Debug, Clone)]
+pub struct Tools {
+    pub ip: String,
+    pub wg: String,
+    pub wireguard_go: String,
+    pub iptables_save: String,
+    pub iptables_restore: String,
+    pub sysctl: String,
+    pub nginx: String,
+}
+
+impl Default for Tools {
+    fn default() -> Self {
+        Tools {
+            ip: "ip".into(),
+            wg: "wg".into(),
+            wireguard_go: "wireguard-go".into(),
+            iptables_save: "iptables-save".into(),
+            iptables_restore: "iptables-restore".into(),
+            sysctl: "sysctl".into(),
+            nginx: "nginx".into(),
+        }
+    }
+}
+
+/// Files and directories the observer reads directly.
+#[derive(Debug, Clone)]
+pub struct SystemPaths {
+    pub netns_dir: PathBuf,
+    pub sys_class_net: PathBuf,
+    pub wireguard_sock_dir: PathBuf,
+    pub nginx_stream: PathBuf,
+    pub nginx_http: PathBuf,
+    pub nginx_conf: PathBuf,
+    pub nginx_pid: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WgPeer {
+    pub public_key: String,
+    pub preshared_key: Option<String>,
+    pub endpoint: Option<String>,
+    pub allowed_ips: Vec<String>,
+    /// Unix seconds; 0 = never.
+    pub latest_handshake: i64,
+    pub rx: u64,
+    pub tx: u64,
+    pub keepalive: Option<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WgDump {
+    pub private_key: String,
+    pub public_key: String,
+    pub listen_port: u16,
+    pub peers: Vec<WgPeer>,
+}
+
+/// Parses `wg show IFACE dump`. A peer line that does not parse is returned
+/// as a problem and skipped; a bad interface line fails the whole dump.
+pub fn parse_wg_dump(text: &str) -> Result<(WgDump, Vec<String>), String> {
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let head = lines.next().ok_or("empty wg dump")?;
+    let f: Vec<&str> = head.split('\t').collect();
+    if f.len() != 4 {
+        return Err(format!("interface line has {} fields, expected 4", f.len()));
+    }
+    let listen_port = f[2]
+        .parse()
+        .map_err(|_| "bad listen port in interface line".to_string())?;
+    let mut dump = WgDump {
+        private_key: f[0].into(),
+        public_key: f[1].into(),
+        listen_port,
+        peers: Vec::new(),
+    };
+    let mut problems = Vec::new();
+    for (n, line) in lines.enumerate() {
+        match parse_peer_line(line) {
+            Ok(p) => dump.peers.push(p),
+            Err(e) => problems.push(format!("peer line {}: {e}", n + 1)),
+        }
+    }
+    Ok((dump, problems))
+}
+
+fn parse_peer_line(line: &str) -> Result<WgPeer, String> {
+    let f: Vec<&str> = line.split('\t').collect();
+    if f.len() != 8 {
+        return Err(format!("{} fields, expected 8", f.len()));
+    }
+    let none = |s: &str| (s != "(none)").then(|| s.to_string());
+    let num = |s: &str, what: &str| s.parse::<u64>().map_err(|_| format!("bad {what} '{s}'"));
+    Ok(WgPeer {
+        public_key: f[0].into(),
+        preshared_key: none(f[1]),
+        endpoint: none(f[2]),
+        allowed_ips: if f[3] == "(none)" {
+            Vec::new()
+        } else {
+            f[3].split(',').map(|s| s.trim().to_string()).collect()
+        },
+        latest_handshake: num(f[4], "handshake")? as i64,
+        rx: num(f[5], "rx bytes")?,
+        tx: num(f[6], "tx bytes")?,
+        keepalive: if f[7] == "off" {
+            None
+        } else {
+            Some(
+                f[7].parse()
+                    .map_err(|_| format!("bad keepalive '{}'", f[7]))?,
+            )
+        },
+    })
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Link {
+    pub mtu: u32,
+    pub up: bool,
+    /// Global-scope addresses only (link-local ones come and go on their own).
+    pub addresses: Vec<Cidr>,
+}
+
+/// Parses `ip -json addr show` into links by name.
+pub fn parse_ip_addr(json: &str) -> Result<BTreeMap<String, Link>, String> {
+    let v: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| format!("ip -json output: {e}"))?;
+    let mut out = BTreeMap::new();
+    for l in v.as_array().ok_or("ip -json output is not a list")? {
+        let Some(name) = l.get("ifname").and_then(|n| n.as_str()) else {
+            continue;
+        };
+        let up = l
+            .get("flags")
+            .and_then(|f| f.as_array())
+            .is_some_and(|f| f.iter().any(|x| x == "UP"));
+        let mtu = l.get("mtu").and_then(|m| m.as_u64()).unwrap_or(0) as u32;
+        let mut addresses = Vec::new();
+        for a in l
+            .get("addr_info")
+            .and_then(|a| a.as_array())
+            .into_iter()
+            .flatten()
+        {
+            if a.get("scope").and_then(|s| s.as_str()) != Some("global") {
+                continue;
+            }
+            if let (Some(local), Some(prefix)) = (
+                a.get("local").and_then(|x| x.as_str()),
+                a.get("prefixlen").and_then(|x| x.as_u64()),
+            ) {
+                if let Ok(c) = Cidr::parse(&format!("{local}/{prefix}")) {
+                    addresses.push(c);
+                }
+            }
+        }
+        addresses.sort();
+        out.insert(name.to_string(), Link { mtu, up, addresses });
+    }
+    Ok(out)
+}
+
+/// The gateway's own rules as `iptables-save` prints them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObservedRules {
+    pub nat: Vec<String>,
+    pub filter: Vec<String>,
+    /// Jumps (from `render::JUMPS`) present in the built-in chains.
+    pub jumps: BTreeSet<&'static str>,
+}
+
+pub fn parse_iptables_save(text: &str) -> ObservedRules {
+    let mut r = ObservedRules::default();
+    let mut table = "";
+    for line in text.lines() {
+        if let Some(t) = line.strip_prefix('*') {
+            table = if t == "nat" {
+                "nat"
+            } else if t == "filter" {
+                "filter"
+            } else {
+                ""
+            };
+            continue;
+        }
+        if let Some((_, jump)) = JUMPS.iter().find(|(t, j)| *t == table && line == *j) {
+            r.jumps.insert(jump);
+            continue;
+        }
+        if line.starts_with("-A GATEWAY-") {
+            match table {
+                "nat" => r.nat.push(line.to_string()),
+                "filter" => r.filter.push(line.to_string()),
+                _ => {}
+            }
+        }
+    }
+    r
+}
+
+/// What one network looks like inside its namespace.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObservedNetwork {
+    pub wg: Option<WgDump>,
+    pub wg_link: Option<Link>,
+    pub uplink: Option<Link>,
+    pub forwarding: bool,
+    pub rules: ObservedRules,
+    /// Problems met while reading (e.g. a peer line that did not parse).
+    pub problems: Vec<String>,
+}
+
+/// The root-namespace end of a network's veth.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostVeth {
+    pub on_bridge: bool,
+    pub up: bool,
+    pub isolated: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObservedBridge {
+    pub up: bool,
+    /// None when not read this time (assumed right, see `reconcile`).
+    pub addresses: Option<Vec<Cidr>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observed {
+    pub bridge: Option<ObservedBridge>,
+    /// Ports of the namespaces with our prefix.
+    pub namespaces: BTreeSet<u16>,
+    /// WireGuard interfaces with our prefix still in the root namespace.
+    pub wg_in_root: BTreeSet<u16>,
+    /// Root ends of veths with our prefix, by port.
+    pub host_veths: BTreeMap<u16, HostVeth>,
+    /// Networks looked into (deeply, or as last converged: see `reconcile`).
+    pub networks: BTreeMap<u16, ObservedNetwork>,
+    pub nginx_stream: Option<String>,
+    pub nginx_http: Option<String>,
+    pub nginx_running: bool,
+}
+
+#[derive(Clone)]
+pub struct Observer {
+    pub runner: Runner,
+    pub layout: Layout,
+    pub tools: Tools,
+    pub paths: SystemPaths,
+}
+
+fn read_trimmed(p: &Path) -> Option<String> {
+    std::fs::read_to_string(p)
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+impl Observer {
+    /// Everything that costs no process: namespaces, root links, nginx files.
+    pub fn observe_cheap(&self) -> Observed {
+        let mut o = Observed::default();
+        if let Ok(dir) = std::fs::read_dir(&self.paths.netns_dir) {
+            for e in dir.flatten() {
+                if let Some(port) = e
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| self.layout.port_of_netns(n))
+                {
+                    o.namespaces.insert(port);
+                }
+            }
+        }
+        let net = &self.paths.sys_class_net;
+        if let Ok(dir) = std::fs::read_dir(net) {
+            for e in dir.flatten() {
+                let Some(name) = e.file_name().to_str().map(str::to_string) else {
+                    continue;
+                };
+                if let Some(port) = self.layout.port_of_wg(&name) {
+                    o.wg_in_root.insert(port);
+                }
+                if let Some(port) = name
+                    .strip_prefix(&self.layout.veth_prefix)
+                    .and_then(|d| crate::validate::parse_port_key(d).ok())
+                {
+                    let master = std::fs::read_link(net.join(&name).join("master")).ok();
+                    o.host_veths.insert(
+                        port,
+                        HostVeth {
+                            on_bridge: master
+                                .as_ref()
+                                .and_then(|m| m.file_name())
+                                .is_some_and(|m| m == self.layout.bridge.as_str()),
+                            up: link_up(&net.join(&name)),
+                            isolated: read_trimmed(&net.join(&name).join("brport/isolated"))
+                                .as_deref()
+                                == Some("1"),
+                        },
+                    );
+                }
+            }
+        }
+        let br = net.join(&self.layout.bridge);
+        if br.exists() {
+            o.bridge = Some(ObservedBridge {
+                up: link_up(&br),
+                addresses: None,
+            });
+        }
+        o.nginx_stream = std::fs::read_to_string(&self.paths.nginx_stream).ok();
+        o.nginx_http = std::fs::read_to_string(&self.paths.nginx_http).ok();
+        o.nginx_running = self.nginx_running();
+        o
+    }
+
+    pub fn nginx_running(&self) -> bool {
+        read_trimmed(&self.paths.nginx_pid)
+            .and_then(|p| p.parse::<u32>().ok())
+            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+    }
+
+    /// Reads the bridge's addresses (one process).
+    pub async fn observe_bridge_addresses(&self, o: &mut Observed) -> Result<(), CmdError> {
+        if let Some(b) = &mut o.bridge {
+            let out = self
+                .runner
+                .run(
+                    &Cmd::new(
+                        &self.tools.ip,
+                        ["-json", "addr", "show", "dev", &self.layout.bridge],
+                    )
+                    .read_only(),
+                )
+                .await?;
+            let links = parse_ip_addr(&out).unwrap_or_default();
+            b.addresses = Some(
+                links
+                    .get(&self.layout.bridge)
+                    .map(|l| l.addresses.clone())
+                    .unwrap_or_default(),
+            );
+        }
+        Ok(())
+    }
+
+    /// `wg show IFACE dump` inside the network's namespace (works for both backends).
+    pub async fn wg_dump(&self, port: u16) -> Result<Option<(WgDump, Vec<String>)>, CmdError> {
+        let ns = self.layout.netns(port);
+        let wg = self.layout.wg(port);
+        match self
+            .runner
+            .run(
+                &Cmd::new(
+                    &self.tools.ip,
+                    ["netns", "exec", &ns, &self.tools.wg, "show", &wg, "dump"],
+                )
+                .read_only(),
+            )
+            .await
+        {
+            Ok(text) => Ok(parse_wg_dump(&text).ok()),
+            Err(e)
+                if e.stderr().contains("No such device")
+                    || e.stderr().contains("Unable to access interface") =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A full look into one network's namespace (four read-only commands).
+    pub async fn observe_network(&self, port: u16) -> Result<ObservedNetwork, CmdError> {
+        let ns = self.layout.netns(port);
+        let ip = &self.tools.ip;
+        let links = self
+            .runner
+            .run(&Cmd::new(ip, ["-n", &ns, "-json", "addr", "show"]).read_only())
+            .await?;
+        let links = parse_ip_addr(&links).unwrap_or_default();
+        let mut n = ObservedNetwork {
+            wg_link: links.get(&self.layout.wg(port)).cloned(),
+            uplink: links.get(VETH_NS_NAME).cloned(),
+            ..Default::default()
+        };
+        if n.wg_link.is_some() {
+            if let Some((dump, problems)) = self.wg_dump(port).await? {
+                n.wg = Some(dump);
+                n.problems = problems;
+            }
+        }
+        let save = self
+            .runner
+            .run(&Cmd::new(ip, ["netns", "exec", &ns, &self.tools.iptables_save]).read_only())
+            .await?;
+        n.rules = parse_iptables_save(&save);
+        let fwd = self
+            .runner
+            .run(
+                &Cmd::new(
+                    ip,
+                    [
+                        "netns",
+                        "exec",
+                        &ns,
+                        &self.tools.sysctl,
+                        "-n",
+                        "net.ipv4.ip_forward",
+                    ],
+                )
+                .read_only(),
+            )
+            .await?;
+        n.forwarding = fwd.trim() == "1";
+        Ok(n)
+    }
+}
+
+fn link_up(dir: &Path) -> bool {
+    read_trimmed(&dir.join("flags"))
+        .and_then(|f| u32::from_str_radix(f.trim_start_matches("0x"), 16).ok())
+        .is_some_and(|f| f & 1 == 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DUMP: &str = include_str!("../tests/fixtures/wg-dump.txt");
+    const IP_ADDR: &str = include_str!("../tests/fixtures/ip-addr.json");
+    const SAVE: &str = include_str!("../tests/fixtures/iptables-save.txt");
+
+    #[test]
+    fn wg_dump_fixture() {
+        let (d, problems) = parse_wg_dump(DUMP).unwrap();
+        assert_eq!(d.listen_port, 51999);
+        assert_eq!(d.public_key, "4dcKbDNyb6pkkRuP22OPzkHgpOb9k67iaP5R9A0xv0c=");
+        assert_eq!(d.peers.len(), 2);
+        let p = &d.peers[1];
+        assert_eq!(p.endpoint.as_deref(), Some("10.198.1.2:40000"));
+        assert_eq!(
+            p.preshared_key.as_deref(),
+            Some("OxvFhrgLnI9e4xzMMA2qQ7wm/xCUzxaWW5cb1JGkWSA=")
+        );
+        assert_eq!(p.allowed_ips, vec!["10.80.0.3/32", "192.168.7.0/24"]);
+        assert_eq!(
+            (p.latest_handshake, p.rx, p.tx, p.keepalive),
+            (1764077400, 9132, 18020, Some(25))
+        );
+        assert_eq!(d.peers[0].endpoint, None);
+        assert_eq!(d.peers[0].keepalive, None);
+        assert_eq!(
+            problems.len(),
+            1,
+            "the broken line is reported and skipped: {problems:?}"
+        );
+    }
+
+    #[test]
+    fn wg_dump_bad_head() {
+        assert!(parse_wg_dump("").is_err());
+        assert!(parse_wg_dump("a\tb\n").is_err());
+    }
+
+    #[test]
+    fn ip_addr_fixture() {
+        let links = parse_ip_addr(IP_ADDR).unwrap();
+        let wg = &links["wgfx1"];
+        assert!(wg.up);
+        assert_eq!(wg.mtu, 1420);
+        assert_eq!(
+            wg.addresses,
+            vec![Cidr::parse("10.80.0.1/16").unwrap()],
+            "link-local v6 ignored"
+        );
+        assert!(!links["lo"].up);
+        assert_eq!(links["gw-uplink"].addresses[0].to_string(), "10.198.0.5/16");
+        assert!(parse_ip_addr("not json").is_err());
+    }
+
+    #[test]
+    fn iptables_save_fixture() {
+        let r = parse_iptables_save(SAVE);
+        assert_eq!(r.jumps.len(), 3);
+        assert_eq!(r.nat.len(), 2);
+        assert_eq!(r.filter.len(), 4);
+        assert!(r.nat.iter().all(|l| l.starts_with("-A GATEWAY-")));
+        // A foreign rule in PREROUTING is not ours and not reported.
+        assert!(!r.nat.iter().any(|l| l.contains("8.8.8.8")));
+    }
+}

@@ -1,0 +1,197 @@
+//! SQLite persistence: the desired state with its generation, the last apply
+//! result, and traffic accounting. The file holds private keys, so it is
+//! created 0600.
+
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+use crate::model::GatewayConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("database migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored desired state is unreadable: {0}")]
+    Corrupt(String),
+    #[error("database file {path}: {source}")]
+    File {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pub pool: SqlitePool,
+}
+
+/// The outcome of one reconcile pass, as persisted and reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApplyRecord {
+    pub generation: i64,
+    pub applied_generation: i64,
+    pub ok: bool,
+    pub errors: Vec<String>,
+    pub finished_at: i64,
+    pub duration_ms: u64,
+    /// Networks changed on the system by that pass.
+    pub changed: Vec<u16>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database; `None` means in memory.
+    pub async fn open(path: Option<&str>) -> Result<Self, StoreError> {
+        let pool = match path {
+            None => {
+                // One connection: every connection to :memory: is a separate database.
+                SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .min_connections(1)
+                    .idle_timeout(None)
+                    .max_lifetime(None)
+                    .connect_with(SqliteConnectOptions::from_str("sqlite::memory:")?)
+                    .await?
+            }
+            Some(path) => {
+                let file_err = |source| StoreError::File {
+                    path: path.to_string(),
+                    source,
+                };
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .mode(0o600)
+                    .open(path)
+                    .map_err(file_err)?;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                    .map_err(file_err)?;
+                let opts = SqliteConnectOptions::new()
+                    .filename(path)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(10))
+                    .foreign_keys(true);
+                SqlitePoolOptions::new()
+                    .max_connections(4)
+                    .connect_with(opts)
+                    .await?
+            }
+        };
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Store { pool })
+    }
+
+    /// The desired state and its generation; generation 0 = none accepted yet.
+    pub async fn desired(&self) -> Result<(i64, GatewayConfig), StoreError> {
+        let row = sqlx::query("SELECT generation, config FROM desired_state WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            None => Ok((0, GatewayConfig::new())),
+            Some(r) => {
+                let text: String = r.try_get("config")?;
+                let config =
+                    serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                Ok((r.try_get("generation")?, config))
+            }
+        }
+    }
+
+    /// Stores a new desired state and returns its generation.
+    pub async fn save_desired(&self, config: &GatewayConfig, now: i64) -> Result<i64, StoreError> {
+        let text = serde_json::to_string(config).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let row = sqlx::query(
+            "INSERT INTO desired_state (id, generation, config, accepted_at) VALUES (1, 1, ?1, ?2)
+             ON CONFLICT (id) DO UPDATE SET generation = generation + 1, config = ?1, accepted_at = ?2
+             RETURNING generation",
+        )
+        .bind(text)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    pub async fn save_apply(&self, r: &ApplyRecord) -> Result<(), StoreError> {
+        let errors =
+            serde_json::to_string(&r.errors).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        sqlx::query(
+            "INSERT OR REPLACE INTO apply_state (id, generation, applied_generation, ok, errors, finished_at, duration_ms, changed)
+             VALUES (1, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(r.generation)
+        .bind(r.applied_generation)
+        .bind(r.ok)
+        .bind(errors)
+        .bind(r.finished_at)
+        .bind(r.duration_ms as i64)
+        .bind(serde_json::to_string(&r.changed).unwrap_or_else(|_| "[]".into()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn last_apply(&self) -> Result<Option<ApplyRecord>, StoreError> {
+        let row = sqlx::query("SELECT generation, applied_generation, ok, errors, finished_at, duration_ms, changed FROM apply_state WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(r) = row else { return Ok(None) };
+        let errors: String = r.try_get("errors")?;
+        Ok(Some(ApplyRecord {
+            generation: r.try_get("generation")?,
+            applied_generation: r.try_get("applied_generation")?,
+            ok: r.try_get("ok")?,
+            errors: serde_json::from_str(&errors).unwrap_or_default(),
+            finished_at: r.try_get("finished_at")?,
+            duration_ms: r.try_get::<i64, _>("duration_ms")? as u64,
+            changed: serde_json::from_str(&r.try_get::<String, _>("changed")?).unwrap_or_default(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn generations_increase_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.db");
+        let path = path.to_str().unwrap();
+        let s = Store::open(Some(path)).await.unwrap();
+        assert_eq!(s.desired().await.unwrap().0, 0);
+        let cfg = crate::render::tests::sample_config();
+        assert_eq!(s.save_desired(&cfg, 1).await.unwrap(), 1);
+        assert_eq!(s.save_desired(&GatewayConfig::new(), 2).await.unwrap(), 2);
+        assert_eq!(s.save_desired(&cfg, 3).await.unwrap(), 3);
+        s.pool.close().await;
+        let mode = std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the database holds private keys");
+        let s = Store::open(Some(path)).await.unwrap();
+        let (g, c) = s.desired().await.unwrap();
+        assert_eq!((g, c), (3, cfg));
+    }
+
+    #[tokio::test]
+    async fn apply_record_roundtrip_in_memory() {
+        let s = Store::open(None).await.unwrap();
+        assert_eq!(s.last_apply().await.unwrap(), None);
+        let r = ApplyRecord {
+            generation: 2,
+            applied_generation: 1,
+            ok: false,
+            errors: vec!["x".into()],
+            finished_at: 5,
+            duration_ms: 7,
+            changed: vec![51820],
+        };
+        s.save_apply(&r).await.unwrap();
+        assert_eq!(s.last_apply().await.unwrap(), Some(r));
+    }
+}
