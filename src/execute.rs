@@ -175,11 +175,14 @@ impl Executor<'_> {
                         .map_err(e)?,
                     Backend::Userspace => {
                         self.cmd(&t.wireguard_go, [wg.as_str()]).await.map_err(e)?;
-                        // wireguard-go answers on its socket a moment after it forks.
+                        // wireguard-go creates its socket a moment after it forks, and
+                        // listens on it a moment after that: wait until it answers.
                         let sock = o.paths.wireguard_sock_dir.join(format!("{wg}.sock"));
-                        wait_for(|| sock.exists(), Duration::from_secs(10))
+                        wait_for(|| uapi_answers(&sock), Duration::from_secs(10))
                             .await
-                            .map_err(|_| format!("{} did not appear", sock.display()))?;
+                            .map_err(|_| {
+                                format!("wireguard-go's socket {} did not answer", sock.display())
+                            })?;
                         String::new()
                     }
                 }
@@ -430,6 +433,32 @@ impl Executor<'_> {
             Ok(false)
         }
     }
+}
+
+/// Whether a wireguard-go control socket accepts a UAPI `get` and answers it.
+fn uapi_answers(sock: &Path) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::os::unix::net::UnixStream::connect(sock) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    if stream.write_all(b"get=1\n\n").is_err() {
+        return false;
+    }
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    // The answer ends with an empty line after `errno=N`; it holds the
+    // private key, so it is read and dropped, never logged.
+    while let Ok(n) = stream.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&buf[..n]);
+        if answer.ends_with(b"\n\n") {
+            break;
+        }
+    }
+    answer.windows(8).any(|w| w == b"errno=0\n")
 }
 
 fn write_atomic(path: &Path, content: &str) -> Result<(), String> {

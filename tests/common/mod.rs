@@ -1,0 +1,487 @@
+//! Real test topologies for the end-to-end tests (root only): a private
+//! nginx, a node namespace running wireguard-go and HTTPS/HTTP servers, a
+//! client namespace, and the daemon itself in-process. Every name carries the
+//! test's own prefix; leftovers of that prefix are removed at start and
+//! everything is removed on drop, also when the test fails.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use gateway::cli::{Args, Daemon, build};
+use gateway::reconcile::{Mode, Reconciler};
+use gateway::runner::Runner;
+use rocket::local::asynchronous::Client;
+
+/// Runs a shell command; panics with its output if it fails.
+pub fn sh(cmd: &str) -> String {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("sh");
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a shell command, ignoring failure (cleanup).
+pub fn sh_ok(cmd: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("{cmd} >/dev/null 2>&1"))
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+pub fn require_root() {
+    assert!(
+        unsafe { libc::geteuid() } == 0,
+        "the end-to-end tests need root (namespaces, WireGuard, iptables, nginx); run them as root, e.g. in CI via .ci/run"
+    );
+}
+
+pub fn genkey() -> (String, String) {
+    let private = sh("wg genkey").trim().to_string();
+    let public = sh(&format!("echo {private} | wg pubkey"))
+        .trim()
+        .to_string();
+    (private, public)
+}
+
+pub async fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Names and ports of one test, derived from its index `k` (1..=50).
+#[derive(Clone)]
+pub struct Names {
+    pub k: u8,
+    pub dir: PathBuf,
+}
+
+impl Names {
+    pub fn prefix(&self) -> String {
+        format!("gt{}", self.k)
+    }
+    pub fn netns_prefix(&self) -> String {
+        format!("gt{}-net-", self.k)
+    }
+    pub fn wg(&self, port: u16) -> String {
+        format!("gt{}w{port}", self.k)
+    }
+    pub fn netns(&self, port: u16) -> String {
+        format!("{}{port}", self.netns_prefix())
+    }
+    pub fn bridge(&self) -> String {
+        format!("gt{}br", self.k)
+    }
+    /// Network ports of this test: 30000 + 100k + i.
+    pub fn port(&self, i: u16) -> u16 {
+        30000 + 100 * u16::from(self.k) + i
+    }
+    pub fn https_port(&self) -> u16 {
+        18000 + 10 * u16::from(self.k)
+    }
+    pub fn http_port(&self) -> u16 {
+        self.https_port() + 1
+    }
+    pub fn api_port(&self) -> u16 {
+        self.https_port() + 2
+    }
+    pub fn node_ns(&self) -> String {
+        format!("gt{}-node", self.k)
+    }
+    pub fn client_ns(&self) -> String {
+        format!("gt{}-client", self.k)
+    }
+    /// Root-namespace address facing the node (the node's "internet").
+    pub fn node_gw_ip(&self) -> String {
+        format!("172.30.{}.1", self.k)
+    }
+    pub fn node_ip(&self) -> String {
+        format!("172.30.{}.2", self.k)
+    }
+    /// Root-namespace address the client reaches nginx on.
+    pub fn client_gw_ip(&self) -> String {
+        format!("172.31.{}.1", self.k)
+    }
+    pub fn stream_file(&self) -> PathBuf {
+        self.dir.join("stream.conf")
+    }
+    pub fn http_file(&self) -> PathBuf {
+        self.dir.join("http.conf")
+    }
+    pub fn nginx_conf(&self) -> PathBuf {
+        self.dir.join("nginx.conf")
+    }
+    pub fn nginx_pid(&self) -> PathBuf {
+        self.dir.join("nginx.pid")
+    }
+    pub fn db(&self) -> PathBuf {
+        self.dir.join("gateway.db")
+    }
+
+    /// Removes everything with this test's prefix.
+    pub fn cleanup(&self) {
+        let p = self.prefix();
+        if let Ok(pid) = std::fs::read_to_string(self.nginx_pid()) {
+            sh_ok(&format!("kill {}", pid.trim()));
+        }
+        for ns in sh("ip netns list")
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+        {
+            if ns.starts_with(&format!("{p}-")) {
+                // Kill what runs inside (the node's servers and wireguard-go).
+                sh_ok(&format!("ip netns pids {ns} | xargs -r kill"));
+                sh_ok(&format!("ip netns del {ns}"));
+            }
+        }
+        for link in std::fs::read_dir("/sys/class/net")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = link.file_name().to_string_lossy().to_string();
+            if name.starts_with(&p) && name[p.len()..].starts_with(|c: char| !c.is_ascii_digit()) {
+                sh_ok(&format!("ip link del {name}"));
+            }
+        }
+    }
+}
+
+pub fn names(k: u8) -> Names {
+    let dir = std::env::temp_dir().join(format!("gateway-test-{k}"));
+    let n = Names { k, dir };
+    n.cleanup();
+    let _ = std::fs::remove_dir_all(&n.dir);
+    std::fs::create_dir_all(&n.dir).unwrap();
+    n
+}
+
+/// A private nginx config that includes the daemon's two files.
+pub fn write_nginx_conf(n: &Names) {
+    let d = n.dir.display();
+    let conf = format!(
+        "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\n\
+         pid {d}/nginx.pid;\nerror_log {d}/error.log;\nworker_processes 1;\n\
+         events {{ worker_connections 256; }}\n\
+         include {d}/stream.conf;\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+           include {d}/http-extra*.conf;\n  include {d}/http.conf;\n}}\n"
+    );
+    std::fs::write(n.nginx_conf(), conf).unwrap();
+}
+
+/// Command-line arguments of the daemon under test.
+pub fn args(n: &Names, extra: &[&str]) -> Args {
+    let mut v: Vec<String> = [
+        "gateway",
+        "--token",
+        "test-token",
+        "--wireguard-backend",
+        "userspace",
+        "--apply-wait",
+        "60s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    v.extend([
+        "--database".into(),
+        n.db().display().to_string(),
+        "--namespace-prefix".into(),
+        n.netns_prefix(),
+        "--interface-prefix".into(),
+        format!("gt{}w", n.k),
+        "--veth-prefix".into(),
+        format!("gt{}v", n.k),
+        "--bridge".into(),
+        n.bridge(),
+        "--bridge-subnet".into(),
+        format!("10.{}.0.0/16", 200 + u16::from(n.k)),
+        "--nginx-conf".into(),
+        n.nginx_conf().display().to_string(),
+        "--nginx-stream-config".into(),
+        n.stream_file().display().to_string(),
+        "--nginx-http-config".into(),
+        n.http_file().display().to_string(),
+        "--nginx-pid".into(),
+        n.nginx_pid().display().to_string(),
+        "--https-listen".into(),
+        n.https_port().to_string(),
+        "--http-listen".into(),
+        n.http_port().to_string(),
+    ]);
+    if !extra.iter().any(|e| e.starts_with("--watchdog")) {
+        v.push("--watchdog=1h".into());
+    }
+    v.extend(extra.iter().map(|s| s.to_string()));
+    Args::try_parse_from(v).expect("test arguments")
+}
+
+/// The daemon in-process: the Rocket app on a local client, the reconciler
+/// answering applies in a task, and drift checks run by the test on demand.
+pub struct TestDaemon {
+    pub client: Client,
+    pub runner: Runner,
+    /// None when the daemon's own loop (with its watchdog timer) runs.
+    pub reconciler: Option<Arc<tokio::sync::Mutex<Reconciler>>>,
+    pub shared: Arc<gateway::reconcile::Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TestDaemon {
+    /// Applies are answered by a task; drift checks run when the test asks.
+    pub async fn start(args: &Args) -> TestDaemon {
+        Self::start_inner(args, false).await
+    }
+
+    /// The daemon's own reconcile loop, with its watchdog timer.
+    pub async fn start_with_watchdog(args: &Args) -> TestDaemon {
+        Self::start_inner(args, true).await
+    }
+
+    async fn start_inner(args: &Args, own_loop: bool) -> TestDaemon {
+        let runner = Runner::recording(Duration::from_secs(30));
+        let Daemon {
+            shared,
+            api,
+            figment,
+        } = build(args, runner.clone()).await.expect("daemon starts");
+        let rec = Reconciler::new(shared.clone()).await;
+        let (reconciler, task) = if own_loop {
+            (None, tokio::spawn(rec.run()))
+        } else {
+            let reconciler = Arc::new(tokio::sync::Mutex::new(rec));
+            let (r, s) = (reconciler.clone(), shared.clone());
+            let task = tokio::spawn(async move {
+                loop {
+                    s.wake.notified().await;
+                    r.lock().await.tick(Mode::Apply).await;
+                }
+            });
+            (Some(reconciler), task)
+        };
+        let client = Client::untracked(gateway::api::rocket(api, figment))
+            .await
+            .expect("rocket");
+        TestDaemon {
+            client,
+            runner,
+            reconciler,
+            shared,
+            task,
+        }
+    }
+
+    pub async fn drift_check(&self) -> Option<gateway::reconcile::PassOutcome> {
+        self.reconciler
+            .as_ref()
+            .expect("drift checks on demand need TestDaemon::start")
+            .lock()
+            .await
+            .tick(Mode::Drift)
+            .await
+    }
+
+    pub async fn post(&self, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        self.send(
+            rocket::http::Method::Post,
+            "/api/v1/config.json",
+            Some(body),
+        )
+        .await
+    }
+
+    pub async fn patch(&self, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        self.send(
+            rocket::http::Method::Patch,
+            "/api/v1/config.json",
+            Some(body),
+        )
+        .await
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        self.send(rocket::http::Method::Get, path, None).await
+    }
+
+    pub async fn get_text(&self, path: &str) -> (u16, String) {
+        let r = self
+            .client
+            .get(path.to_string())
+            .header(rocket::http::Header::new(
+                "Authorization",
+                "Bearer test-token",
+            ))
+            .dispatch()
+            .await;
+        (r.status().code, r.into_string().await.unwrap_or_default())
+    }
+
+    async fn send(
+        &self,
+        method: rocket::http::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut req = self
+            .client
+            .req(method, path.to_string())
+            .header(rocket::http::Header::new("Token", "test-token"));
+        if let Some(b) = body {
+            req = req
+                .header(rocket::http::ContentType::JSON)
+                .body(b.to_string());
+        }
+        let r = req.dispatch().await;
+        let status = r.status().code;
+        let text = r.into_string().await.unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+        )
+    }
+
+    pub async fn stop(self) {
+        self.task.abort();
+        let _ = self.task.await;
+        self.shared.store.pool.close().await;
+    }
+}
+
+/// A node: its own namespace with a link to the root namespace, wireguard-go,
+/// and the HTTPS/HTTP servers, with a self-signed certificate for `host`.
+pub struct Node {
+    pub private: String,
+    pub public: String,
+    pub listen_port: u16,
+    pub cert: PathBuf,
+}
+
+pub fn start_node(n: &Names, host: &str, gateway_public: &str, gateway_port: u16) -> Node {
+    let (ns, k, d) = (n.node_ns(), n.k, n.dir.display().to_string());
+    let (private, public) = genkey();
+    let listen_port = 51900;
+    sh(&format!(
+        "openssl req -x509 -newkey rsa:2048 -nodes -keyout {d}/node.key -out {d}/node.crt -days 1 \
+         -subj /CN={host} -addext subjectAltName=DNS:{host} 2>/dev/null"
+    ));
+    sh(&format!("ip netns add {ns} && ip -n {ns} link set lo up"));
+    sh(&format!(
+        "ip link add gt{k}nh type veth peer name eth0 netns {ns}"
+    ));
+    sh(&format!(
+        "ip addr add {}/30 dev gt{k}nh && ip link set gt{k}nh up",
+        n.node_gw_ip()
+    ));
+    sh(&format!(
+        "ip -n {ns} addr add {}/30 dev eth0 && ip -n {ns} link set eth0 up",
+        n.node_ip()
+    ));
+    sh(&format!(
+        "ip netns exec {ns} wireguard-go gt{k}nwg >/dev/null 2>&1"
+    ));
+    std::fs::write(n.dir.join("node.wgkey"), &private).unwrap();
+    sh(&format!(
+        "ip netns exec {ns} wg set gt{k}nwg private-key {d}/node.wgkey listen-port {listen_port} \
+         peer {gateway_public} endpoint {}:{gateway_port} allowed-ips 10.80.0.0/16 persistent-keepalive 5",
+        n.node_gw_ip()
+    ));
+    sh(&format!(
+        "ip -n {ns} addr add 10.80.0.2/16 dev gt{k}nwg && ip -n {ns} link set gt{k}nwg up"
+    ));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/node_server.py");
+    sh(&format!(
+        "ip netns exec {ns} python3 {script} {d}/node.crt {d}/node.key > {d}/node-server.log 2>&1 &"
+    ));
+    let log = n.dir.join("node-server.log");
+    let start = Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("ready")
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "node server did not start: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Node {
+        private,
+        public,
+        listen_port,
+        cert: n.dir.join("node.crt"),
+    }
+}
+
+/// A client namespace that reaches the gateway host on `client_gw_ip`.
+pub fn start_client(n: &Names) {
+    let (ns, k) = (n.client_ns(), n.k);
+    sh(&format!("ip netns add {ns} && ip -n {ns} link set lo up"));
+    sh(&format!(
+        "ip link add gt{k}ch type veth peer name eth0 netns {ns}"
+    ));
+    sh(&format!(
+        "ip addr add {}/30 dev gt{k}ch && ip link set gt{k}ch up",
+        n.client_gw_ip()
+    ));
+    sh(&format!(
+        "ip -n {ns} addr add 172.31.{k}.2/30 dev eth0 && ip -n {ns} link set eth0 up"
+    ));
+}
+
+/// curl from the client namespace; returns (exit ok, stdout).
+pub fn client_curl(n: &Names, args: &str) -> (bool, String) {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ip netns exec {} curl -sS --max-time 20 {args}",
+            n.client_ns()
+        ))
+        .output()
+        .expect("curl");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// What is left on the system for network `port` of this test.
+pub fn leftovers(n: &Names, port: u16) -> Vec<String> {
+    let mut left = Vec::new();
+    if sh("ip netns list")
+        .lines()
+        .any(|l| l.split_whitespace().next() == Some(n.netns(port).as_str()))
+    {
+        left.push(format!("namespace {}", n.netns(port)));
+    }
+    if std::path::Path::new(&format!("/sys/class/net/{}", n.wg(port))).exists() {
+        left.push(format!("interface {} in the root namespace", n.wg(port)));
+    }
+    if std::path::Path::new(&format!("/var/run/wireguard/{}.sock", n.wg(port))).exists() {
+        left.push(format!("wireguard-go socket of {}", n.wg(port)));
+    }
+    if sh_ok(&format!("pgrep -f '^wireguard-go {}$'", n.wg(port))) {
+        left.push(format!("wireguard-go process for {}", n.wg(port)));
+    }
+    left
+}
