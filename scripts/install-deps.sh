@@ -4,7 +4,7 @@
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(wireguard-tools wireguard-go iptables iproute2 nginx libnginx-mod-stream
-      openssl curl ca-certificates procps python3)
+      openssl curl ca-certificates procps python3 python3-venv)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

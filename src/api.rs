@@ -200,11 +200,24 @@ impl OpenApiFromRequest<'_> for Auth {
 }
 
 /// A JSON body whose parse error is reported by the handler as a JSON error
-/// with serde's message (line and column), not as Rocket's HTML page.
-pub struct JsonBody<T>(pub Result<T, String>);
+/// with serde's message (line and column), not as Rocket's HTML page. `S`
+/// names the body's schema in the OpenAPI document.
+pub struct JsonBody<T, S = T>(pub Result<T, String>, std::marker::PhantomData<S>);
+
+/// Schema of `GatewayConfig` (a map keyed by listen port), named in the spec.
+#[derive(serde::Deserialize, JsonSchema)]
+#[schemars(rename = "GatewayConfig")]
+#[allow(dead_code)]
+pub struct GatewayConfigSchema(GatewayConfig);
+
+/// Schema of `GatewayConfigPartial`: a `null` value removes that network.
+#[derive(serde::Deserialize, JsonSchema)]
+#[schemars(rename = "GatewayConfigPartial")]
+#[allow(dead_code)]
+pub struct GatewayConfigPartialSchema(GatewayConfigPartial);
 
 #[rocket::async_trait]
-impl<'r, T: DeserializeOwned> FromData<'r> for JsonBody<T> {
+impl<'r, T: DeserializeOwned, S> FromData<'r> for JsonBody<T, S> {
     type Error = std::convert::Infallible;
     async fn from_data(req: &'r Request<'_>, data: Data<'r>) -> rocket::data::Outcome<'r, Self> {
         let limit = req.limits().get("json").unwrap_or(Limits::JSON);
@@ -214,15 +227,58 @@ impl<'r, T: DeserializeOwned> FromData<'r> for JsonBody<T> {
             Ok(_) => Err(format!("body is larger than the limit of {limit}")),
             Err(e) => Err(format!("reading the body: {e}")),
         };
-        rocket::outcome::Outcome::Success(JsonBody(parsed))
+        rocket::outcome::Outcome::Success(JsonBody(parsed, std::marker::PhantomData))
     }
 }
 
-impl<'r, T: DeserializeOwned + JsonSchema + Send> OpenApiFromData<'r> for JsonBody<T> {
+impl<'r, T: DeserializeOwned, S: JsonSchema + DeserializeOwned + Send> OpenApiFromData<'r>
+    for JsonBody<T, S>
+{
     fn request_body(
         generator: &mut OpenApiGenerator,
     ) -> rocket_okapi::Result<rocket_okapi::okapi::openapi3::RequestBody> {
-        <Json<T> as OpenApiFromData>::request_body(generator)
+        <Json<S> as OpenApiFromData>::request_body(generator)
+    }
+}
+
+/// Answer of POST/PATCH: 200 applied, 202 still converging.
+pub struct Applied(Status, ApplyResponse);
+
+impl<'r> Responder<'r, 'static> for Applied {
+    fn respond_to(self, req: &'r Request<'_>) -> response::Result<'static> {
+        response::Response::build_from(Json(self.1).respond_to(req)?)
+            .status(self.0)
+            .ok()
+    }
+}
+
+impl OpenApiResponderInner for Applied {
+    fn responses(generator: &mut OpenApiGenerator) -> rocket_okapi::Result<Responses> {
+        let schema = generator.json_schema::<ApplyResponse>();
+        let mut r = Responses::default();
+        for (code, what) in [
+            (
+                200,
+                "the system has converged to this generation (`result`: `applied`)",
+            ),
+            (
+                202,
+                "stored; still converging when the wait ended (`result`: `pending`); see status.json",
+            ),
+        ] {
+            rocket_okapi::util::add_schema_response(
+                &mut r,
+                code,
+                "application/json",
+                schema.clone(),
+            )?;
+            if let Some(rocket_okapi::okapi::openapi3::RefOr::Object(resp)) =
+                r.responses.get_mut(&code.to_string())
+            {
+                resp.description = what.into();
+            }
+        }
+        Ok(r)
     }
 }
 
@@ -246,7 +302,7 @@ async fn post_config(
     _auth: Auth,
     state: &State<ApiState>,
     body: JsonBody<GatewayConfig>,
-) -> Result<(Status, Json<ApplyResponse>), ApiError> {
+) -> Result<Applied, ApiError> {
     let config = body.0.map_err(|m| {
         ApiError::Invalid(vec![ErrorDetail {
             path: "$".into(),
@@ -263,8 +319,8 @@ async fn post_config(
 async fn patch_config(
     _auth: Auth,
     state: &State<ApiState>,
-    body: JsonBody<GatewayConfigPartial>,
-) -> Result<(Status, Json<ApplyResponse>), ApiError> {
+    body: JsonBody<GatewayConfigPartial, GatewayConfigPartialSchema>,
+) -> Result<Applied, ApiError> {
     let patch = body.0.map_err(|m| {
         ApiError::Invalid(vec![ErrorDetail {
             path: "$".into(),
@@ -288,7 +344,7 @@ async fn patch_config(
 async fn store_and_apply(
     state: &ApiState,
     build: impl FnOnce(GatewayConfig) -> Result<GatewayConfig, ApiError>,
-) -> Result<(Status, Json<ApplyResponse>), ApiError> {
+) -> Result<Applied, ApiError> {
     let shared = &state.shared;
     let start = Instant::now();
     let mut finished = shared.finished.subscribe();
@@ -325,7 +381,7 @@ async fn store_and_apply(
                 changed_networks: vec![],
                 duration_ms,
             };
-            Ok((Status::Accepted, Json(body)))
+            Ok(Applied(Status::Accepted, body))
         }
         Some(r) if r.ok => {
             let body = ApplyResponse {
@@ -335,7 +391,7 @@ async fn store_and_apply(
                 changed_networks: r.changed,
                 duration_ms,
             };
-            Ok((Status::Ok, Json(body)))
+            Ok(Applied(Status::Ok, body))
         }
         Some(r) => Err(ApiError::ApplyFailed {
             generation,
@@ -490,7 +546,24 @@ pub fn openapi_spec() -> OpenApi {
             }
         }
     }
-    spec
+    name_gateway_config(spec)
+}
+
+/// schemars inlines the map behind `GatewayConfig`; give it its name in
+/// `components` so clients generate a `GatewayConfig` type.
+fn name_gateway_config(spec: OpenApi) -> OpenApi {
+    let Ok(mut v) = serde_json::to_value(&spec) else {
+        return spec;
+    };
+    let body = &mut v["paths"]["/api/v1/config.json"]["post"]["requestBody"]["content"]["application/json"]
+        ["schema"];
+    if body.get("$ref").is_none() && body.is_object() {
+        let mut schema = body.take();
+        schema["description"] = "The whole desired state: networks keyed by their WireGuard listen port (a decimal string).".into();
+        *body = serde_json::json!({ "$ref": "#/components/schemas/GatewayConfig" });
+        v["components"]["schemas"]["GatewayConfig"] = schema;
+    }
+    serde_json::from_value(v).unwrap_or(spec)
 }
 
 /// The Rocket app, built apart from `main` so tests use the same one.
@@ -532,5 +605,27 @@ mod tests {
         assert_eq!(schemes[TOKEN_SCHEME]["in"], "header");
         assert_eq!(schemes[BEARER_SCHEME]["scheme"], "bearer");
         assert!(spec["paths"]["/health"]["get"].get("security").is_none());
+        for name in [
+            "GatewayConfig",
+            "GatewayConfigPartial",
+            "TrafficInfo",
+            "StatusInfo",
+            "ErrorBody",
+            "ApplyResponse",
+            "StoredConfig",
+        ] {
+            assert!(
+                spec["components"]["schemas"].get(name).is_some(),
+                "schema {name} missing"
+            );
+        }
+        let post = &spec["paths"]["/api/v1/config.json"]["post"];
+        assert_eq!(
+            post["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/GatewayConfig"
+        );
+        for code in ["200", "202", "401", "422", "500"] {
+            assert!(post["responses"].get(code).is_some(), "POST lacks {code}");
+        }
     }
 }

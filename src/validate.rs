@@ -550,7 +550,8 @@ fn validate_network(
             }
         }
     }
-    if !(https.is_empty() && http.is_empty()) && !addresses.iter().any(|c| c.addr.is_ipv4()) {
+    let has_proxy = !https.is_empty() || !http.is_empty();
+    if has_proxy && !addresses.iter().any(|c| c.addr.is_ipv4()) {
         problems.add(
             format!("{path}.address"),
             "a network with proxy entries needs an IPv4 address",
