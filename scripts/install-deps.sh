@@ -3,8 +3,13 @@
 # Idempotent: safe to run on every CI run and on a machine that has them already.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
+# What the daemon drives at run time (the container installs only these:
+# --runtime), then what the tests and the demo use besides.
 pkgs=(wireguard-tools wireguard-go iptables iproute2 nginx libnginx-mod-stream
-      openssl curl ca-certificates procps python3 python3-venv)
+      curl ca-certificates procps)
+if [ "${1:-}" != "--runtime" ]; then
+  pkgs+=(openssl python3 python3-venv)
+fi
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

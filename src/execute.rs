@@ -479,3 +479,154 @@ async fn wait_for(cond: impl Fn() -> bool, limit: Duration) -> Result<(), ()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::Layout;
+    use crate::observe::Observed;
+    use crate::observe::{SystemPaths, Tools};
+    use crate::plan::plan;
+    use crate::render::tests::sample_config;
+    use crate::runner::Runner;
+    use crate::validate::validate;
+
+    fn observer(dir: &Path) -> Observer {
+        Observer {
+            runner: Runner::dry_run(),
+            layout: Layout::default(),
+            tools: Tools::default(),
+            paths: SystemPaths {
+                netns_dir: dir.join("netns"),
+                sys_class_net: dir.join("net"),
+                wireguard_sock_dir: dir.join("wg"),
+                nginx_stream: dir.join("stream.conf"),
+                nginx_http: dir.join("http.conf"),
+                nginx_conf: dir.join("nginx.conf"),
+                nginx_pid: dir.join("nginx.pid"),
+            },
+        }
+    }
+
+    /// The kernel backend cannot run here (no module); its commands are
+    /// pinned instead: created in the root namespace, then moved, then
+    /// configured inside the namespace.
+    #[tokio::test]
+    async fn kernel_backend_commands_for_a_new_network() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = observer(dir.path());
+        let desired = validate(&sample_config(), &[]).unwrap();
+        let nginx = NginxText {
+            stream: "s".into(),
+            http: "h".into(),
+        };
+        let actions = plan(&desired, &Observed::default(), &o.layout, &nginx);
+        let report = Executor {
+            observer: &o,
+            backend: Backend::Kernel,
+        }
+        .execute(&actions, &desired, &nginx)
+        .await;
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        let lines: Vec<String> = o
+            .runner
+            .take_records()
+            .into_iter()
+            .map(|r| r.line)
+            .filter(|l| l.contains("51820"))
+            .collect();
+        let expected = [
+            "ip netns add network-51820",
+            "ip -n network-51820 link set lo up",
+            "ip link add wg51820 type wireguard",
+            "ip link set wg51820 netns network-51820",
+            "ip netns exec network-51820 wg syncconf wg51820 /dev/stdin",
+            "ip -n network-51820 link set wg51820 mtu 1380 up",
+            "ip -n network-51820 addr add 10.80.0.1/16 dev wg51820",
+            "ip link add gwv51820 type veth peer name gw-uplink netns network-51820",
+            "ip link set gwv51820 master gwbr0 up",
+            "ip link set dev gwv51820 type bridge_slave isolated on",
+            "ip -n network-51820 link set gw-uplink up",
+            "ip -n network-51820 addr add 10.199.202.108/16 dev gw-uplink",
+            "ip netns exec network-51820 sysctl -q -w net.ipv4.ip_forward=1",
+            "ip netns exec network-51820 iptables-restore --noflush",
+        ];
+        assert_eq!(lines, expected);
+        assert_eq!(
+            report.changed.into_iter().collect::<Vec<_>>(),
+            vec![51820, 51821]
+        );
+        // Written nginx files are there; the (dry) check passed, nginx was started.
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("stream.conf")).unwrap(),
+            "s"
+        );
+    }
+
+    #[tokio::test]
+    async fn kernel_backend_removal_deletes_interface_then_namespace() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = observer(dir.path());
+        let nginx = NginxText {
+            stream: "s".into(),
+            http: "h".into(),
+        };
+        let actions = [Action::DeleteNetwork(51820), Action::DeleteRootWg(51821)];
+        let report = Executor {
+            observer: &o,
+            backend: Backend::Kernel,
+        }
+        .execute(&actions, &Desired::default(), &nginx)
+        .await;
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        let lines: Vec<String> = o
+            .runner
+            .take_records()
+            .into_iter()
+            .map(|r| r.line)
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "ip -n network-51820 link del wg51820",
+                "ip netns del network-51820",
+                "ip link del wg51821"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failing_network_does_not_stop_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = observer(dir.path());
+        let nginx = NginxText {
+            stream: "s".into(),
+            http: "h".into(),
+        };
+        // ConfigureWg of a network that is not desired fails before any command.
+        let actions = [
+            Action::ConfigureWg(40000),
+            Action::SetForwarding(40000),
+            Action::SetForwarding(40001),
+        ];
+        let report = Executor {
+            observer: &o,
+            backend: Backend::Kernel,
+        }
+        .execute(&actions, &Desired::default(), &nginx)
+        .await;
+        assert_eq!(report.failed.into_iter().collect::<Vec<_>>(), vec![40000]);
+        assert_eq!(report.errors.len(), 1);
+        let lines: Vec<String> = o
+            .runner
+            .take_records()
+            .into_iter()
+            .map(|r| r.line)
+            .collect();
+        assert_eq!(
+            lines,
+            ["ip netns exec network-40001 sysctl -q -w net.ipv4.ip_forward=1"],
+            "40000's later actions skipped"
+        );
+    }
+}

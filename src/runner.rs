@@ -97,6 +97,8 @@ pub struct Record {
 pub struct Runner {
     timeout: Duration,
     records: Option<Arc<Mutex<Vec<Record>>>>,
+    /// Record commands without running them (unit tests of command sequences).
+    dry_run: bool,
 }
 
 impl Runner {
@@ -104,6 +106,7 @@ impl Runner {
         Runner {
             timeout,
             records: None,
+            dry_run: false,
         }
     }
 
@@ -112,6 +115,16 @@ impl Runner {
         Runner {
             timeout,
             records: Some(Arc::new(Mutex::new(Vec::new()))),
+            dry_run: false,
+        }
+    }
+
+    /// A runner that records every command and runs none (each "succeeds"
+    /// with empty output): for unit tests of what would be run, without root.
+    pub fn dry_run() -> Self {
+        Runner {
+            dry_run: true,
+            ..Runner::recording(Duration::from_secs(1))
         }
     }
 
@@ -132,7 +145,11 @@ impl Runner {
         } else {
             tracing::trace!(command = %line, "read");
         }
-        let result = self.run_inner(cmd, &line).await;
+        let result = if self.dry_run {
+            Ok(String::new())
+        } else {
+            self.run_inner(cmd, &line).await
+        };
         if let Some(r) = &self.records {
             r.lock().unwrap_or_else(|e| e.into_inner()).push(Record {
                 line: line.clone(),

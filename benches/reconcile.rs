@@ -1,0 +1,187 @@
+//! Benchmarks of the hot paths that need no root: planning a converged
+//! gateway, parsing `wg show dump`, and storing one traffic tick, for 20
+//! networks x 10 peers. `cargo bench --bench reconcile`.
+
+use std::time::{Duration, Instant};
+
+use gateway::layout::Layout;
+use gateway::model::{GatewayConfig, NetworkConfig, PeerConfig};
+use gateway::observe::{HostVeth, Observed, ObservedBridge, parse_wg_dump};
+use gateway::plan::{NginxText, converged_view, plan};
+use gateway::store::Store;
+use gateway::traffic::{Reading, store_tick};
+use gateway::validate::validate;
+
+const NETWORKS: u16 = 20;
+const PEERS: u8 = 10;
+
+fn key(n: u16, p: u8) -> String {
+    use base64::Engine;
+    let mut b = [0u8; 32];
+    b[0] = (n & 0xff) as u8;
+    b[1] = (n >> 8) as u8;
+    b[2] = p;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+fn config() -> GatewayConfig {
+    (0..NETWORKS)
+        .map(|n| {
+            let peers = (1..=PEERS)
+                .map(|p| {
+                    (
+                        key(n, p),
+                        PeerConfig {
+                            preshared_key: None,
+                            allowed_ips: vec![format!("10.80.0.{}/32", p + 1)],
+                            endpoint: None,
+                            persistent_keepalive: None,
+                        },
+                    )
+                })
+                .collect();
+            let proxy = [(
+                format!("https://svc{n}.example.com"),
+                vec!["10.80.0.2:443".to_string()],
+            )]
+            .into();
+            let net = NetworkConfig {
+                private_key: key(n, 0),
+                listen_port: None,
+                mtu: None,
+                address: vec!["10.80.0.1/16".into()],
+                peers,
+                proxy,
+            };
+            ((51000 + n).to_string(), net)
+        })
+        .collect()
+}
+
+fn time<T>(label: &str, iterations: u32, mut f: impl FnMut() -> T) {
+    let start = Instant::now();
+    for _ in 0..iterations {
+        std::hint::black_box(f());
+    }
+    let per = start.elapsed() / iterations;
+    println!("{label:<58} {per:>12.3?} per iteration ({iterations} iterations)");
+}
+
+fn main() {
+    let layout = Layout::default();
+    let desired = validate(&config(), &[]).expect("valid");
+    let observed = Observed {
+        bridge: Some(ObservedBridge {
+            up: true,
+            addresses: Some(vec![layout.bridge_addr()]),
+        }),
+        namespaces: desired.networks.keys().copied().collect(),
+        wg_in_root: Default::default(),
+        host_veths: desired
+            .networks
+            .keys()
+            .map(|p| {
+                (
+                    *p,
+                    HostVeth {
+                        on_bridge: true,
+                        up: true,
+                        isolated: true,
+                    },
+                )
+            })
+            .collect(),
+        networks: desired
+            .networks
+            .iter()
+            .map(|(p, s)| (*p, converged_view(&layout, s)))
+            .collect(),
+        nginx_stream: Some("s".into()),
+        nginx_http: Some("h".into()),
+        nginx_running: true,
+    };
+    let nginx = NginxText {
+        stream: "s".into(),
+        http: "h".into(),
+    };
+    assert!(plan(&desired, &observed, &layout, &nginx).is_empty());
+    time("validate 20 networks x 10 peers", 200, || {
+        validate(&config(), &[]).is_ok()
+    });
+    time(
+        "plan, converged, 20 networks x 10 peers (no actions)",
+        2000,
+        || plan(&desired, &observed, &layout, &nginx).len(),
+    );
+
+    let mut dump = format!("{}\t{}\t51000\toff\n", key(0, 0), key(0, 99));
+    for p in 1..=PEERS {
+        dump += &format!(
+            "{}\t(none)\t192.0.2.{p}:51820\t10.80.0.{}/32\t1764077400\t123456789\t987654321\toff\n",
+            key(0, p),
+            p + 1
+        );
+    }
+    time("parse one `wg show dump` of 10 peers", 20000, || {
+        parse_wg_dump(&dump).map(|d| d.0.peers.len())
+    });
+
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = rt
+        .block_on(Store::open(Some(
+            dir.path().join("bench.db").to_str().expect("utf-8"),
+        )))
+        .expect("store");
+    let readings = |tick: u64| -> Vec<Reading> {
+        (0..NETWORKS)
+            .flat_map(|n| {
+                (1..=PEERS).map(move |p| Reading {
+                    network_key: key(n, 0),
+                    peer_key: key(n, p),
+                    rx: 1000 * tick,
+                    tx: 2000 * tick,
+                })
+            })
+            .collect()
+    };
+    let mut tick = 1u64;
+    let ticks = 50;
+    let start = Instant::now();
+    let mut rows = 0;
+    for _ in 0..ticks {
+        tick += 1;
+        let w = rt
+            .block_on(store_tick(
+                &store,
+                readings(tick),
+                tick as i64,
+                Duration::from_secs(86400),
+            ))
+            .expect("tick");
+        rows += w.counters.len() + w.samples.len();
+    }
+    println!(
+        "{:<58} {:>12.3?} per tick, {} rows written per tick",
+        "store a traffic tick, 200 busy peers (one transaction)",
+        start.elapsed() / ticks,
+        rows / ticks as usize
+    );
+    let start = Instant::now();
+    for _ in 0..ticks {
+        let w = rt
+            .block_on(store_tick(
+                &store,
+                readings(tick),
+                tick as i64,
+                Duration::from_secs(86400),
+            ))
+            .expect("tick");
+        assert!(w.samples.is_empty() && w.counters.is_empty());
+    }
+    println!(
+        "{:<58} {:>12.3?} per tick, 0 rows written",
+        "store a traffic tick, 200 idle peers",
+        start.elapsed() / ticks
+    );
+}
