@@ -40,19 +40,9 @@ fn config() -> GatewayConfig {
                     )
                 })
                 .collect();
-            let proxy = [(
-                format!("https://svc{n}.example.com"),
-                vec!["10.80.0.2:443".to_string()],
-            )]
-            .into();
-            let net = NetworkConfig {
-                private_key: key(n, 0),
-                listen_port: None,
-                mtu: None,
-                address: vec!["10.80.0.1/16".into()],
-                peers,
-                proxy,
-            };
+            let proxy = [(format!("https://svc{n}.example.com"), vec!["10.80.0.2:443".to_string()])].into();
+            let net =
+                NetworkConfig { private_key: key(n, 0), listen_port: None, mtu: None, address: vec!["10.80.0.1/16".into()], peers, proxy };
             ((51000 + n).to_string(), net)
         })
         .collect()
@@ -71,94 +61,51 @@ fn main() {
     let layout = Layout::default();
     let desired = validate(&config(), &[]).expect("valid");
     let observed = Observed {
-        bridge: Some(ObservedBridge {
-            up: true,
-            addresses: Some(vec![layout.bridge_addr()]),
-        }),
+        bridge: Some(ObservedBridge { up: true, addresses: Some(vec![layout.bridge_addr()]) }),
         namespaces: desired.networks.keys().copied().collect(),
         wg_in_root: Default::default(),
-        host_veths: desired
-            .networks
-            .keys()
-            .map(|p| {
-                (
-                    *p,
-                    HostVeth {
-                        on_bridge: true,
-                        up: true,
-                        isolated: true,
-                    },
-                )
-            })
-            .collect(),
-        networks: desired
-            .networks
-            .iter()
-            .map(|(p, s)| (*p, converged_view(&layout, s)))
-            .collect(),
+        host_veths: desired.networks.keys().map(|p| (*p, HostVeth { on_bridge: true, up: true, isolated: true })).collect(),
+        networks: desired.networks.iter().map(|(p, s)| (*p, converged_view(&layout, s))).collect(),
         nginx_stream: Some("s".into()),
         nginx_http: Some("h".into()),
         nginx_running: true,
     };
-    let nginx = NginxText {
-        stream: "s".into(),
-        http: "h".into(),
-    };
+    let nginx = NginxText { stream: "s".into(), http: "h".into() };
     assert!(plan(&desired, &observed, &layout, &nginx).is_empty());
-    time("validate 20 networks x 10 peers", 200, || {
-        validate(&config(), &[]).is_ok()
-    });
-    time(
-        "plan, converged, 20 networks x 10 peers (no actions)",
-        2000,
-        || plan(&desired, &observed, &layout, &nginx).len(),
-    );
+    time("validate 20 networks x 10 peers", 200, || validate(&config(), &[]).is_ok());
+    time("plan, converged, 20 networks x 10 peers (no actions)", 2000, || plan(&desired, &observed, &layout, &nginx).len());
 
     let mut dump = format!("{}\t{}\t51000\toff\n", key(0, 0), key(0, 99));
     for p in 1..=PEERS {
-        dump += &format!(
-            "{}\t(none)\t192.0.2.{p}:51820\t10.80.0.{}/32\t1764077400\t123456789\t987654321\toff\n",
-            key(0, p),
-            p + 1
-        );
+        dump += &format!("{}\t(none)\t192.0.2.{p}:51820\t10.80.0.{}/32\t1764077400\t123456789\t987654321\toff\n", key(0, p), p + 1);
     }
-    time("parse one `wg show dump` of 10 peers", 20000, || {
-        parse_wg_dump(&dump).map(|d| d.0.peers.len())
-    });
+    time("parse one `wg show dump` of 10 peers", 20000, || parse_wg_dump(&dump).map(|d| d.0.peers.len()));
 
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = rt
-        .block_on(Store::open(Some(
-            dir.path().join("bench.db").to_str().expect("utf-8"),
-        )))
-        .expect("store");
+    let store = rt.block_on(Store::open(Some(dir.path().join("bench.db").to_str().expect("utf-8")))).expect("store");
     let readings = |tick: u64| -> Vec<Reading> {
         (0..NETWORKS)
             .flat_map(|n| {
                 (1..=PEERS).map(move |p| Reading {
                     network_key: key(n, 0),
                     peer_key: key(n, p),
+                    epoch: 1,
                     rx: 1000 * tick,
                     tx: 2000 * tick,
                 })
             })
             .collect()
     };
+    let networks: Vec<String> = (0..NETWORKS).map(|n| key(n, 0)).collect();
+    let networks: Vec<String> = (0..NETWORKS).map(|n| key(n, 0)).collect();
     let mut tick = 1u64;
     let ticks = 50;
     let start = Instant::now();
     let mut rows = 0;
     for _ in 0..ticks {
         tick += 1;
-        let w = rt
-            .block_on(store_tick(
-                &store,
-                readings(tick),
-                tick as i64,
-                Duration::from_secs(86400),
-            ))
-            .expect("tick");
+        let w = rt.block_on(store_tick(&store, &networks, readings(tick), tick as i64, Duration::from_secs(86400))).expect("tick");
         rows += w.counters.len() + w.samples.len();
     }
     println!(
@@ -169,19 +116,8 @@ fn main() {
     );
     let start = Instant::now();
     for _ in 0..ticks {
-        let w = rt
-            .block_on(store_tick(
-                &store,
-                readings(tick),
-                tick as i64,
-                Duration::from_secs(86400),
-            ))
-            .expect("tick");
+        let w = rt.block_on(store_tick(&store, &networks, readings(tick), tick as i64, Duration::from_secs(86400))).expect("tick");
         assert!(w.samples.is_empty() && w.counters.is_empty());
     }
-    println!(
-        "{:<58} {:>12.3?} per tick, 0 rows written",
-        "store a traffic tick, 200 idle peers",
-        start.elapsed() / ticks
-    );
+    println!("{:<58} {:>12.3?} per tick, 0 rows written", "store a traffic tick, 200 idle peers", start.elapsed() / ticks);
 }

@@ -19,9 +19,13 @@ CREATE TABLE apply_state (
 );
 
 -- Last raw WireGuard counters per peer, so a restart continues from them.
+-- `epoch` identifies the interface instance (its ifindex): counters read
+-- from a recreated interface start a new baseline even if they grew past
+-- the old values before the poll.
 CREATE TABLE peer_counters (
     network_key TEXT    NOT NULL,
     peer_key    TEXT    NOT NULL,
+    epoch       INTEGER NOT NULL,
     rx          INTEGER NOT NULL,
     tx          INTEGER NOT NULL,
     PRIMARY KEY (network_key, peer_key)

@@ -11,9 +11,7 @@ use rocket::response::{self, Responder};
 use rocket::serde::json::Json;
 use rocket::{Build, Data, Rocket, State, catch, catchers, get, patch, post};
 use rocket_okapi::r#gen::OpenApiGenerator;
-use rocket_okapi::okapi::openapi3::{
-    OpenApi, Responses, SecurityRequirement, SecurityScheme, SecuritySchemeData,
-};
+use rocket_okapi::okapi::openapi3::{OpenApi, Responses, SecurityRequirement, SecurityScheme, SecuritySchemeData};
 use rocket_okapi::request::{OpenApiFromData, OpenApiFromRequest, RequestHeaderInput};
 use rocket_okapi::response::OpenApiResponderInner;
 use rocket_okapi::settings::OpenApiSettings;
@@ -43,13 +41,8 @@ pub enum ApiError {
     BadRequest(String),
     #[error("the configuration is invalid: {} problem(s)", .0.len())]
     Invalid(Vec<ErrorDetail>),
-    #[error(
-        "generation {generation} was stored but applying it failed; the reconciler retries on every watchdog tick"
-    )]
-    ApplyFailed {
-        generation: i64,
-        errors: Vec<String>,
-    },
+    #[error("generation {generation} was stored but applying it failed; the reconciler retries on every watchdog tick")]
+    ApplyFailed { generation: i64, errors: Vec<String> },
     #[error("{0}")]
     Internal(String),
 }
@@ -70,34 +63,16 @@ impl ApiError {
             ApiError::ApplyFailed { errors, .. } => (
                 Status::InternalServerError,
                 "apply_failed",
-                errors
-                    .iter()
-                    .map(|e| ErrorDetail {
-                        path: "$".into(),
-                        message: e.clone(),
-                    })
-                    .collect(),
+                errors.iter().map(|e| ErrorDetail { path: "$".into(), message: e.clone() }).collect(),
             ),
             ApiError::Internal(_) => (Status::InternalServerError, "internal", vec![]),
         }
     }
 }
 
-fn error_response<'o>(
-    req: &Request<'_>,
-    status: Status,
-    code: &str,
-    message: String,
-    details: Vec<ErrorDetail>,
-) -> response::Result<'o> {
-    let body = ErrorBody {
-        error: code.into(),
-        message,
-        details,
-    };
-    response::Response::build_from(Json(body).respond_to(req)?)
-        .status(status)
-        .ok()
+fn error_response<'o>(req: &Request<'_>, status: Status, code: &str, message: String, details: Vec<ErrorDetail>) -> response::Result<'o> {
+    let body = ErrorBody { error: code.into(), message, details };
+    response::Response::build_from(Json(body).respond_to(req)?).status(status).ok()
 }
 
 impl<'r> Responder<'r, 'static> for ApiError {
@@ -114,24 +89,11 @@ impl OpenApiResponderInner for ApiError {
         for (code, what) in [
             (400, "malformed request (e.g. a bad query parameter)"),
             (401, "missing or wrong token"),
-            (
-                422,
-                "invalid configuration: every problem with its JSON path",
-            ),
-            (
-                500,
-                "the apply failed (details list each error) or an internal error",
-            ),
+            (422, "invalid configuration: every problem with its JSON path"),
+            (500, "the apply failed (details list each error) or an internal error"),
         ] {
-            rocket_okapi::util::add_schema_response(
-                &mut r,
-                code,
-                "application/json",
-                schema.clone(),
-            )?;
-            if let Some(rocket_okapi::okapi::openapi3::RefOr::Object(resp)) =
-                r.responses.get_mut(&code.to_string())
-            {
+            rocket_okapi::util::add_schema_response(&mut r, code, "application/json", schema.clone())?;
+            if let Some(rocket_okapi::okapi::openapi3::RefOr::Object(resp)) = r.responses.get_mut(&code.to_string()) {
                 resp.description = what.into();
             }
         }
@@ -152,19 +114,16 @@ impl<'r> FromRequest<'r> for Auth {
     type Error = ApiError;
     async fn from_request(req: &'r Request<'_>) -> Outcome<Self, Self::Error> {
         let Some(state) = req.rocket().state::<ApiState>() else {
-            return Outcome::Error((
-                Status::InternalServerError,
-                ApiError::Internal("no API state".into()),
-            ));
+            return Outcome::Error((Status::InternalServerError, ApiError::Internal("no API state".into())));
         };
         let Some(expected) = &state.token else {
             return Outcome::Success(Auth);
         };
-        let given = req.headers().get_one("Token").map(str::trim).or_else(|| {
-            req.headers()
-                .get_one("Authorization")
-                .and_then(|h| h.strip_prefix("Bearer ").map(str::trim))
-        });
+        let given = req
+            .headers()
+            .get_one("Token")
+            .map(str::trim)
+            .or_else(|| req.headers().get_one("Authorization").and_then(|h| h.strip_prefix("Bearer ").map(str::trim)));
         match given {
             Some(g) if token_matches(g, expected) => Outcome::Success(Auth),
             _ => Outcome::Error((Status::Unauthorized, ApiError::Unauthorized)),
@@ -176,26 +135,15 @@ pub const TOKEN_SCHEME: &str = "TokenHeader";
 pub const BEARER_SCHEME: &str = "BearerAuth";
 
 impl OpenApiFromRequest<'_> for Auth {
-    fn from_request_input(
-        _g: &mut OpenApiGenerator,
-        _name: String,
-        _required: bool,
-    ) -> rocket_okapi::Result<RequestHeaderInput> {
+    fn from_request_input(_g: &mut OpenApiGenerator, _name: String, _required: bool) -> rocket_okapi::Result<RequestHeaderInput> {
         let scheme = SecurityScheme {
             description: Some("The token, as header `Token: <token>`.".into()),
-            data: SecuritySchemeData::ApiKey {
-                name: "Token".into(),
-                location: "header".into(),
-            },
+            data: SecuritySchemeData::ApiKey { name: "Token".into(), location: "header".into() },
             extensions: Default::default(),
         };
         let mut req = SecurityRequirement::new();
         req.insert(TOKEN_SCHEME.into(), Vec::new());
-        Ok(RequestHeaderInput::Security(
-            TOKEN_SCHEME.into(),
-            scheme,
-            req,
-        ))
+        Ok(RequestHeaderInput::Security(TOKEN_SCHEME.into(), scheme, req))
     }
 }
 
@@ -222,8 +170,7 @@ impl<'r, T: DeserializeOwned, S> FromData<'r> for JsonBody<T, S> {
     async fn from_data(req: &'r Request<'_>, data: Data<'r>) -> rocket::data::Outcome<'r, Self> {
         let limit = req.limits().get("json").unwrap_or(Limits::JSON);
         let parsed = match data.open(limit).into_bytes().await {
-            Ok(b) if b.is_complete() => serde_json::from_slice(&b)
-                .map_err(|e| format!("body is not a valid configuration: {e}")),
+            Ok(b) if b.is_complete() => serde_json::from_slice(&b).map_err(|e| format!("body is not a valid configuration: {e}")),
             Ok(_) => Err(format!("body is larger than the limit of {limit}")),
             Err(e) => Err(format!("reading the body: {e}")),
         };
@@ -231,12 +178,8 @@ impl<'r, T: DeserializeOwned, S> FromData<'r> for JsonBody<T, S> {
     }
 }
 
-impl<'r, T: DeserializeOwned, S: JsonSchema + DeserializeOwned + Send> OpenApiFromData<'r>
-    for JsonBody<T, S>
-{
-    fn request_body(
-        generator: &mut OpenApiGenerator,
-    ) -> rocket_okapi::Result<rocket_okapi::okapi::openapi3::RequestBody> {
+impl<'r, T: DeserializeOwned, S: JsonSchema + DeserializeOwned + Send> OpenApiFromData<'r> for JsonBody<T, S> {
+    fn request_body(generator: &mut OpenApiGenerator) -> rocket_okapi::Result<rocket_okapi::okapi::openapi3::RequestBody> {
         <Json<S> as OpenApiFromData>::request_body(generator)
     }
 }
@@ -246,9 +189,7 @@ pub struct Applied(Status, ApplyResponse);
 
 impl<'r> Responder<'r, 'static> for Applied {
     fn respond_to(self, req: &'r Request<'_>) -> response::Result<'static> {
-        response::Response::build_from(Json(self.1).respond_to(req)?)
-            .status(self.0)
-            .ok()
+        response::Response::build_from(Json(self.1).respond_to(req)?).status(self.0).ok()
     }
 }
 
@@ -257,24 +198,11 @@ impl OpenApiResponderInner for Applied {
         let schema = generator.json_schema::<ApplyResponse>();
         let mut r = Responses::default();
         for (code, what) in [
-            (
-                200,
-                "the system has converged to this generation (`result`: `applied`)",
-            ),
-            (
-                202,
-                "stored; still converging when the wait ended (`result`: `pending`); see status.json",
-            ),
+            (200, "the system has converged to this generation (`result`: `applied`)"),
+            (202, "stored; still converging when the wait ended (`result`: `pending`); see status.json"),
         ] {
-            rocket_okapi::util::add_schema_response(
-                &mut r,
-                code,
-                "application/json",
-                schema.clone(),
-            )?;
-            if let Some(rocket_okapi::okapi::openapi3::RefOr::Object(resp)) =
-                r.responses.get_mut(&code.to_string())
-            {
+            rocket_okapi::util::add_schema_response(&mut r, code, "application/json", schema.clone())?;
+            if let Some(rocket_okapi::okapi::openapi3::RefOr::Object(resp)) = r.responses.get_mut(&code.to_string()) {
                 resp.description = what.into();
             }
         }
@@ -286,9 +214,7 @@ impl OpenApiResponderInner for Applied {
 #[openapi(tag = "health")]
 #[get("/health")]
 fn health() -> Json<Health> {
-    Json(Health {
-        status: "ok".into(),
-    })
+    Json(Health { status: "ok".into() })
 }
 
 /// Replace the whole desired state, then wait (bounded) until it converged.
@@ -298,17 +224,8 @@ fn health() -> Json<Health> {
 /// not be converged (the reconciler keeps retrying).
 #[openapi(tag = "config")]
 #[post("/api/v1/config.json", data = "<body>")]
-async fn post_config(
-    _auth: Auth,
-    state: &State<ApiState>,
-    body: JsonBody<GatewayConfig>,
-) -> Result<Applied, ApiError> {
-    let config = body.0.map_err(|m| {
-        ApiError::Invalid(vec![ErrorDetail {
-            path: "$".into(),
-            message: m,
-        }])
-    })?;
+async fn post_config(_auth: Auth, state: &State<ApiState>, body: JsonBody<GatewayConfig>) -> Result<Applied, ApiError> {
+    let config = body.0.map_err(|m| ApiError::Invalid(vec![ErrorDetail { path: "$".into(), message: m }]))?;
     store_and_apply(state, |_| Ok(config)).await
 }
 
@@ -321,12 +238,7 @@ async fn patch_config(
     state: &State<ApiState>,
     body: JsonBody<GatewayConfigPartial, GatewayConfigPartialSchema>,
 ) -> Result<Applied, ApiError> {
-    let patch = body.0.map_err(|m| {
-        ApiError::Invalid(vec![ErrorDetail {
-            path: "$".into(),
-            message: m,
-        }])
-    })?;
+    let patch = body.0.map_err(|m| ApiError::Invalid(vec![ErrorDetail { path: "$".into(), message: m }]))?;
     store_and_apply(state, move |mut current| {
         for (port, net) in patch {
             match net {
@@ -356,11 +268,7 @@ async fn store_and_apply(
         shared.store.save_desired(&config, now_unix()).await?
     };
     shared.wake.notify_one();
-    let done = tokio::time::timeout(
-        state.apply_wait,
-        finished.wait_for(|r| r.as_ref().is_some_and(|r| r.generation >= generation)),
-    )
-    .await;
+    let done = tokio::time::timeout(state.apply_wait, finished.wait_for(|r| r.as_ref().is_some_and(|r| r.generation >= generation))).await;
     let record = match done {
         Ok(Ok(r)) => r.clone(),
         _ => None,
@@ -368,19 +276,9 @@ async fn store_and_apply(
     let duration_ms = start.elapsed().as_millis() as u64;
     match record {
         None => {
-            let applied = shared
-                .finished
-                .borrow()
-                .as_ref()
-                .map(|r| r.applied_generation)
-                .unwrap_or(0);
-            let body = ApplyResponse {
-                generation,
-                result: "pending".into(),
-                applied_generation: applied,
-                changed_networks: vec![],
-                duration_ms,
-            };
+            let applied = shared.finished.borrow().as_ref().map(|r| r.applied_generation).unwrap_or(0);
+            let body =
+                ApplyResponse { generation, result: "pending".into(), applied_generation: applied, changed_networks: vec![], duration_ms };
             Ok(Applied(Status::Accepted, body))
         }
         Some(r) if r.ok => {
@@ -393,10 +291,7 @@ async fn store_and_apply(
             };
             Ok(Applied(Status::Ok, body))
         }
-        Some(r) => Err(ApiError::ApplyFailed {
-            generation,
-            errors: r.errors,
-        }),
+        Some(r) => Err(ApiError::ApplyFailed { generation, errors: r.errors }),
     }
 }
 
@@ -419,25 +314,16 @@ async fn status(_auth: Auth, state: &State<ApiState>) -> Result<Json<StatusInfo>
 /// Traffic recorded after `start` (unix seconds, exclusive), per network and peer.
 #[openapi(tag = "traffic")]
 #[get("/api/v1/traffic.json?<start>")]
-async fn traffic(
-    _auth: Auth,
-    state: &State<ApiState>,
-    start: Option<&str>,
-) -> Result<Json<TrafficInfo>, ApiError> {
-    let start = start.ok_or_else(|| {
-        ApiError::BadRequest(
-            "query parameter `start` (unix seconds) is required, e.g. ?start=1700000000".into(),
-        )
-    })?;
+async fn traffic(_auth: Auth, state: &State<ApiState>, start: Option<&str>) -> Result<Json<TrafficInfo>, ApiError> {
+    let start =
+        start.ok_or_else(|| ApiError::BadRequest("query parameter `start` (unix seconds) is required, e.g. ?start=1700000000".into()))?;
     let start: i64 = start.parse().ok().filter(|s| *s >= 0).ok_or_else(|| {
         ApiError::BadRequest(format!(
             "`start` must be unix seconds (a non-negative integer), not {:?}",
             start.chars().take(40).collect::<String>()
         ))
     })?;
-    Ok(Json(
-        crate::traffic::traffic_since(&state.shared.store, start, now_unix()).await?,
-    ))
+    Ok(Json(crate::traffic::traffic_since(&state.shared.store, start, now_unix()).await?))
 }
 
 /// Prometheus metrics (OpenMetrics text).
@@ -445,21 +331,15 @@ pub struct MetricsText(String);
 
 impl<'r> Responder<'r, 'static> for MetricsText {
     fn respond_to(self, req: &'r Request<'_>) -> response::Result<'static> {
-        let ct = ContentType::new("application", "openmetrics-text")
-            .with_params([("version", "1.0.0"), ("charset", "utf-8")]);
-        response::Response::build_from(self.0.respond_to(req)?)
-            .header(ct)
-            .ok()
+        let ct = ContentType::new("application", "openmetrics-text").with_params([("version", "1.0.0"), ("charset", "utf-8")]);
+        response::Response::build_from(self.0.respond_to(req)?).header(ct).ok()
     }
 }
 
 impl OpenApiResponderInner for MetricsText {
     fn responses(generator: &mut OpenApiGenerator) -> rocket_okapi::Result<Responses> {
         let mut r = <String as OpenApiResponderInner>::responses(generator)?;
-        rocket_okapi::util::set_content_type(
-            &mut r,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )?;
+        rocket_okapi::util::set_content_type(&mut r, "application/openmetrics-text; version=1.0.0; charset=utf-8")?;
         Ok(r)
     }
 }
@@ -468,45 +348,20 @@ impl OpenApiResponderInner for MetricsText {
 #[openapi(tag = "metrics")]
 #[get("/metrics")]
 fn metrics(_auth: Auth, state: &State<ApiState>) -> Result<MetricsText, ApiError> {
-    state
-        .shared
-        .metrics
-        .encode()
-        .map(MetricsText)
-        .map_err(|e| ApiError::Internal(format!("encoding metrics: {e}")))
+    state.shared.metrics.encode().map(MetricsText).map_err(|e| ApiError::Internal(format!("encoding metrics: {e}")))
 }
 
 #[catch(default)]
 fn default_catcher(status: Status, req: &Request<'_>) -> (Status, Json<ErrorBody>) {
     let (code, message) = match status.code {
-        401 => (
-            "unauthorized",
-            "missing or wrong token: send `Token: <token>` or `Authorization: Bearer <token>`"
-                .to_string(),
-        ),
-        404 => (
-            "not_found",
-            format!("no route for {} {}", req.method(), req.uri().path()),
-        ),
+        401 => ("unauthorized", "missing or wrong token: send `Token: <token>` or `Authorization: Bearer <token>`".to_string()),
+        404 => ("not_found", format!("no route for {} {}", req.method(), req.uri().path())),
         413 => ("too_large", "request body too large".to_string()),
-        422 => (
-            "invalid_config",
-            "the body could not be read as the expected JSON".to_string(),
-        ),
+        422 => ("invalid_config", "the body could not be read as the expected JSON".to_string()),
         c if c < 500 => ("bad_request", status.reason_lossy().to_string()),
-        _ => (
-            "internal",
-            "internal error; see the daemon's log".to_string(),
-        ),
+        _ => ("internal", "internal error; see the daemon's log".to_string()),
     };
-    (
-        status,
-        Json(ErrorBody {
-            error: code.into(),
-            message,
-            details: vec![],
-        }),
-    )
+    (status, Json(ErrorBody { error: code.into(), message, details: vec![] }))
 }
 
 fn routes_and_spec() -> (Vec<rocket::Route>, OpenApi) {
@@ -519,24 +374,19 @@ pub fn openapi_spec() -> OpenApi {
     let (_, mut spec) = routes_and_spec();
     spec.info.title = "gateway".into();
     spec.info.version = env!("CARGO_PKG_VERSION").into();
-    spec.info.description = Some("Converges WireGuard network namespaces and nginx ingress to the posted desired state, and accounts traffic per peer.".into());
+    spec.info.description =
+        Some("Converges WireGuard network namespaces and nginx ingress to the posted desired state, and accounts traffic per peer.".into());
     let components = spec.components.get_or_insert_with(Default::default);
     components.security_schemes.insert(
         BEARER_SCHEME.into(),
         rocket_okapi::okapi::openapi3::RefOr::Object(SecurityScheme {
             description: Some("The token, as `Authorization: Bearer <token>`.".into()),
-            data: SecuritySchemeData::Http {
-                scheme: "bearer".into(),
-                bearer_format: None,
-            },
+            data: SecuritySchemeData::Http { scheme: "bearer".into(), bearer_format: None },
             extensions: Default::default(),
         }),
     );
     for item in spec.paths.values_mut() {
-        for op in [&mut item.get, &mut item.post, &mut item.patch]
-            .into_iter()
-            .flatten()
-        {
+        for op in [&mut item.get, &mut item.post, &mut item.patch].into_iter().flatten() {
             if let Some(sec) = &mut op.security {
                 if !sec.is_empty() {
                     let mut bearer = SecurityRequirement::new();
@@ -555,8 +405,7 @@ fn name_gateway_config(spec: OpenApi) -> OpenApi {
     let Ok(mut v) = serde_json::to_value(&spec) else {
         return spec;
     };
-    let body = &mut v["paths"]["/api/v1/config.json"]["post"]["requestBody"]["content"]["application/json"]
-        ["schema"];
+    let body = &mut v["paths"]["/api/v1/config.json"]["post"]["requestBody"]["content"]["application/json"]["schema"];
     if body.get("$ref").is_none() && body.is_object() {
         let mut schema = body.take();
         schema["description"] = "The whole desired state: networks keyed by their WireGuard listen port (a decimal string).".into();
@@ -570,10 +419,7 @@ fn name_gateway_config(spec: OpenApi) -> OpenApi {
 pub fn rocket(state: ApiState, figment: rocket::figment::Figment) -> Rocket<Build> {
     let (routes, _) = routes_and_spec();
     let figment = figment.merge(("limits.json", 16.mebibytes()));
-    rocket::custom(figment)
-        .manage(state)
-        .mount("/", routes)
-        .register("/", catchers![default_catcher])
+    rocket::custom(figment).manage(state).mount("/", routes).register("/", catchers![default_catcher])
 }
 
 #[cfg(test)]
@@ -591,13 +437,7 @@ mod tests {
     #[test]
     fn spec_lists_every_route_and_both_schemes() {
         let spec = serde_json::to_value(openapi_spec()).unwrap();
-        for p in [
-            "/health",
-            "/api/v1/config.json",
-            "/api/v1/status.json",
-            "/api/v1/traffic.json",
-            "/metrics",
-        ] {
+        for p in ["/health", "/api/v1/config.json", "/api/v1/status.json", "/api/v1/traffic.json", "/metrics"] {
             assert!(spec["paths"].get(p).is_some(), "missing {p}");
         }
         assert!(spec["paths"]["/api/v1/config.json"]["patch"].is_object());
@@ -605,25 +445,11 @@ mod tests {
         assert_eq!(schemes[TOKEN_SCHEME]["in"], "header");
         assert_eq!(schemes[BEARER_SCHEME]["scheme"], "bearer");
         assert!(spec["paths"]["/health"]["get"].get("security").is_none());
-        for name in [
-            "GatewayConfig",
-            "GatewayConfigPartial",
-            "TrafficInfo",
-            "StatusInfo",
-            "ErrorBody",
-            "ApplyResponse",
-            "StoredConfig",
-        ] {
-            assert!(
-                spec["components"]["schemas"].get(name).is_some(),
-                "schema {name} missing"
-            );
+        for name in ["GatewayConfig", "GatewayConfigPartial", "TrafficInfo", "StatusInfo", "ErrorBody", "ApplyResponse", "StoredConfig"] {
+            assert!(spec["components"]["schemas"].get(name).is_some(), "schema {name} missing");
         }
         let post = &spec["paths"]["/api/v1/config.json"]["post"];
-        assert_eq!(
-            post["requestBody"]["content"]["application/json"]["schema"]["$ref"],
-            "#/components/schemas/GatewayConfig"
-        );
+        assert_eq!(post["requestBody"]["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/GatewayConfig");
         for code in ["200", "202", "401", "422", "500"] {
             assert!(post["responses"].get(code).is_some(), "POST lacks {code}");
         }

@@ -26,9 +26,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("'{s}' is not a duration like 30s, 5m, 1h or 7d"))?;
+    let n: u64 = num.parse().map_err(|_| format!("'{s}' is not a duration like 30s, 5m, 1h or 7d"))?;
     let d = match unit {
         "ms" => Duration::from_millis(n),
         "s" => Duration::from_secs(n),
@@ -45,14 +43,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// What nginx listens on: `PORT`, `IPV4:PORT` or `[IPV6]:PORT`.
 fn parse_listen(s: &str) -> Result<String, String> {
-    let ok = s.parse::<u16>().is_ok_and(|p| p > 0)
-        || s.parse::<std::net::SocketAddr>()
-            .is_ok_and(|a| a.port() > 0 && a.to_string() == s);
-    if ok {
-        Ok(s.to_string())
-    } else {
-        Err(format!("'{s}' must be PORT, IPV4:PORT or [IPV6]:PORT"))
-    }
+    let ok = s.parse::<u16>().is_ok_and(|p| p > 0) || s.parse::<std::net::SocketAddr>().is_ok_and(|a| a.port() > 0 && a.to_string() == s);
+    if ok { Ok(s.to_string()) } else { Err(format!("'{s}' must be PORT, IPV4:PORT or [IPV6]:PORT")) }
 }
 
 #[derive(Parser, Debug, Clone)]
@@ -151,11 +143,7 @@ pub struct Args {
     #[arg(long, default_value = "/run/netns", help_heading = "Tool paths")]
     pub netns_dir: PathBuf,
     /// Where wireguard-go puts its control sockets.
-    #[arg(
-        long,
-        default_value = "/var/run/wireguard",
-        help_heading = "Tool paths"
-    )]
+    #[arg(long, default_value = "/var/run/wireguard", help_heading = "Tool paths")]
     pub wireguard_sock_dir: PathBuf,
 }
 
@@ -164,9 +152,7 @@ impl Args {
         match self.port {
             Some(p) => Ok(p),
             None => match std::env::var("ROCKET_PORT") {
-                Ok(p) => p
-                    .parse()
-                    .map_err(|_| format!("ROCKET_PORT '{p}' is not a port")),
+                Ok(p) => p.parse().map_err(|_| format!("ROCKET_PORT '{p}' is not a port")),
                 Err(_) => Ok(8000),
             },
         }
@@ -204,13 +190,9 @@ pub async fn build(args: &Args, runner: Runner) -> anyhow::Result<Daemon> {
     .map_err(anyhow::Error::msg)?;
     let custom = parse_custom_forwardings(&args.custom_forwarding).map_err(anyhow::Error::msg)?;
     if args.database.is_none() {
-        tracing::warn!(
-            "no --database given: the desired state and traffic live in memory and are lost on exit"
-        );
+        tracing::warn!("no --database given: the desired state and traffic live in memory and are lost on exit");
     }
-    let store = Store::open(args.database.as_deref())
-        .await
-        .context("opening the database")?;
+    let store = Store::open(args.database.as_deref()).await.context("opening the database")?;
     let observer = Observer {
         runner,
         layout,
@@ -233,9 +215,7 @@ pub async fn build(args: &Args, runner: Runner) -> anyhow::Result<Daemon> {
             nginx_pid: args.nginx_pid.clone(),
         },
     };
-    let backend = Backend::detect(&observer, &args.wireguard_backend)
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let backend = Backend::detect(&observer, &args.wireguard_backend).await.map_err(anyhow::Error::msg)?;
     let last = store.last_apply().await.context("reading the last apply")?;
     let shared = Arc::new(Shared {
         store,
@@ -251,24 +231,14 @@ pub async fn build(args: &Args, runner: Runner) -> anyhow::Result<Daemon> {
         finished: watch::channel(last).0,
         write_lock: Mutex::new(()),
         metrics: Metrics::default(),
-        accounting: Accounting {
-            retention: args.retention,
-        },
+        accounting: Accounting { retention: args.retention },
     });
     let figment = rocket::Config::figment()
         .merge(("address", args.address))
         .merge(("port", port))
         .merge(("log_level", rocket::config::LogLevel::Critical))
         .merge(("cli_colors", false));
-    Ok(Daemon {
-        api: ApiState {
-            shared: shared.clone(),
-            token,
-            apply_wait: args.apply_wait,
-        },
-        shared,
-        figment,
-    })
+    Ok(Daemon { api: ApiState { shared: shared.clone(), token, apply_wait: args.apply_wait }, shared, figment })
 }
 
 #[cfg(test)]
@@ -310,18 +280,8 @@ mod tests {
 
     #[tokio::test]
     async fn open_api_only_on_loopback() {
-        let a = Args::try_parse_from([
-            "gateway",
-            "--address",
-            "0.0.0.0",
-            "--wireguard-backend",
-            "userspace",
-        ])
-        .unwrap();
-        let err = build(&a, Runner::new(Duration::from_secs(1)))
-            .await
-            .err()
-            .expect("refused");
+        let a = Args::try_parse_from(["gateway", "--address", "0.0.0.0", "--wireguard-backend", "userspace"]).unwrap();
+        let err = build(&a, Runner::new(Duration::from_secs(1))).await.err().expect("refused");
         assert!(err.to_string().contains("only listen on loopback"), "{err}");
     }
 }

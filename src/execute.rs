@@ -36,24 +36,15 @@ impl Backend {
             "auto" => {
                 let probe = format!("gwprobe{}", std::process::id() % 100_000);
                 let ip = &observer.tools.ip;
-                match observer
-                    .runner
-                    .run(&Cmd::new(ip, ["link", "add", &probe, "type", "wireguard"]))
-                    .await
-                {
+                match observer.runner.run(&Cmd::new(ip, ["link", "add", &probe, "type", "wireguard"])).await {
                     Ok(_) => {
-                        let _ = observer
-                            .runner
-                            .run(&Cmd::new(ip, ["link", "del", &probe]))
-                            .await;
+                        let _ = observer.runner.run(&Cmd::new(ip, ["link", "del", &probe])).await;
                         Ok(Backend::Kernel)
                     }
                     Err(_) => Ok(Backend::Userspace),
                 }
             }
-            other => Err(format!(
-                "unknown WireGuard backend '{other}': use kernel, userspace or auto"
-            )),
+            other => Err(format!("unknown WireGuard backend '{other}': use kernel, userspace or auto")),
         }
     }
 }
@@ -76,12 +67,7 @@ pub struct Executor<'a> {
 }
 
 impl Executor<'_> {
-    pub async fn execute(
-        &self,
-        actions: &[Action],
-        desired: &Desired,
-        nginx: &NginxText,
-    ) -> ExecReport {
+    pub async fn execute(&self, actions: &[Action], desired: &Desired, nginx: &NginxText) -> ExecReport {
         let mut report = ExecReport::default();
         for action in actions {
             let net = action.network();
@@ -123,56 +109,28 @@ impl Executor<'_> {
         self.observer.runner.run(&Cmd::new(program, args)).await
     }
 
-    async fn run(
-        &self,
-        action: &Action,
-        desired: &Desired,
-        nginx: &NginxText,
-        report: &mut ExecReport,
-    ) -> Result<(), String> {
+    async fn run(&self, action: &Action, desired: &Desired, nginx: &NginxText, report: &mut ExecReport) -> Result<(), String> {
         let o = self.observer;
         let l = &o.layout;
         let t = &o.tools;
         let ip = t.ip.as_str();
         let e = |e: CmdError| e.to_string();
-        let spec = |p: &u16| {
-            desired
-                .networks
-                .get(p)
-                .ok_or_else(|| format!("network {p} is not desired"))
-        };
+        let spec = |p: &u16| desired.networks.get(p).ok_or_else(|| format!("network {p} is not desired"));
         match action {
-            Action::CreateBridge => self
-                .cmd(ip, ["link", "add", &l.bridge, "type", "bridge"])
-                .await
-                .map_err(e)?,
-            Action::AddBridgeAddress(c) => self
-                .cmd(ip, ["addr", "add", &c.to_string(), "dev", &l.bridge])
-                .await
-                .map_err(e)?,
-            Action::DelBridgeAddress(c) => self
-                .cmd(ip, ["addr", "del", &c.to_string(), "dev", &l.bridge])
-                .await
-                .map_err(e)?,
-            Action::BridgeUp => self
-                .cmd(ip, ["link", "set", &l.bridge, "up"])
-                .await
-                .map_err(e)?,
+            Action::CreateBridge => self.cmd(ip, ["link", "add", &l.bridge, "type", "bridge"]).await.map_err(e)?,
+            Action::AddBridgeAddress(c) => self.cmd(ip, ["addr", "add", &c.to_string(), "dev", &l.bridge]).await.map_err(e)?,
+            Action::DelBridgeAddress(c) => self.cmd(ip, ["addr", "del", &c.to_string(), "dev", &l.bridge]).await.map_err(e)?,
+            Action::BridgeUp => self.cmd(ip, ["link", "set", &l.bridge, "up"]).await.map_err(e)?,
             Action::DeleteBridge => self.cmd(ip, ["link", "del", &l.bridge]).await.map_err(e)?,
             Action::CreateNamespace(p) => {
                 let ns = l.netns(*p);
                 self.cmd(ip, ["netns", "add", &ns]).await.map_err(e)?;
-                self.cmd(ip, ["-n", &ns, "link", "set", "lo", "up"])
-                    .await
-                    .map_err(e)?
+                self.cmd(ip, ["-n", &ns, "link", "set", "lo", "up"]).await.map_err(e)?
             }
             Action::CreateWg(p) => {
                 let wg = l.wg(*p);
                 match self.backend {
-                    Backend::Kernel => self
-                        .cmd(ip, ["link", "add", &wg, "type", "wireguard"])
-                        .await
-                        .map_err(e)?,
+                    Backend::Kernel => self.cmd(ip, ["link", "add", &wg, "type", "wireguard"]).await.map_err(e)?,
                     Backend::Userspace => {
                         self.cmd(&t.wireguard_go, [wg.as_str()]).await.map_err(e)?;
                         // wireguard-go creates its socket a moment after it forks, and
@@ -180,150 +138,45 @@ impl Executor<'_> {
                         let sock = o.paths.wireguard_sock_dir.join(format!("{wg}.sock"));
                         wait_for(|| uapi_answers(&sock), Duration::from_secs(10))
                             .await
-                            .map_err(|_| {
-                                format!("wireguard-go's socket {} did not answer", sock.display())
-                            })?;
+                            .map_err(|_| format!("wireguard-go's socket {} did not answer", sock.display()))?;
                         String::new()
                     }
                 }
             }
-            Action::MoveWg(p) => self
-                .cmd(ip, ["link", "set", &l.wg(*p), "netns", &l.netns(*p)])
-                .await
-                .map_err(e)?,
+            Action::MoveWg(p) => self.cmd(ip, ["link", "set", &l.wg(*p), "netns", &l.netns(*p)]).await.map_err(e)?,
             Action::ConfigureWg(p) => {
                 let conf = render::wg_conf(spec(p)?);
-                let cmd = Cmd::new(
-                    ip,
-                    [
-                        "netns",
-                        "exec",
-                        &l.netns(*p),
-                        &t.wg,
-                        "syncconf",
-                        &l.wg(*p),
-                        "/dev/stdin",
-                    ],
-                )
-                .stdin(conf);
+                let cmd = Cmd::new(ip, ["netns", "exec", &l.netns(*p), &t.wg, "syncconf", &l.wg(*p), "/dev/stdin"]).stdin(conf);
                 o.runner.run(&cmd).await.map_err(e)?
             }
-            Action::SetWgLink { port, mtu } => self
-                .cmd(
-                    ip,
-                    [
-                        "-n",
-                        &l.netns(*port),
-                        "link",
-                        "set",
-                        &l.wg(*port),
-                        "mtu",
-                        &mtu.to_string(),
-                        "up",
-                    ],
-                )
-                .await
-                .map_err(e)?,
+            Action::SetWgLink { port, mtu } => {
+                self.cmd(ip, ["-n", &l.netns(*port), "link", "set", &l.wg(*port), "mtu", &mtu.to_string(), "up"]).await.map_err(e)?
+            }
             Action::AddAddress { port, dev, cidr } | Action::DelAddress { port, dev, cidr } => {
-                let verb = if matches!(action, Action::AddAddress { .. }) {
-                    "add"
-                } else {
-                    "del"
-                };
+                let verb = if matches!(action, Action::AddAddress { .. }) { "add" } else { "del" };
                 let dev = match dev {
                     Dev::Wg => l.wg(*port),
                     Dev::Uplink => VETH_NS_NAME.to_string(),
                 };
-                self.cmd(
-                    ip,
-                    [
-                        "-n",
-                        &l.netns(*port),
-                        "addr",
-                        verb,
-                        &cidr.to_string(),
-                        "dev",
-                        &dev,
-                    ],
-                )
-                .await
-                .map_err(e)?
+                self.cmd(ip, ["-n", &l.netns(*port), "addr", verb, &cidr.to_string(), "dev", &dev]).await.map_err(e)?
             }
             Action::CreateVeth(p) => self
-                .cmd(
-                    ip,
-                    [
-                        "link",
-                        "add",
-                        &l.veth_host(*p),
-                        "type",
-                        "veth",
-                        "peer",
-                        "name",
-                        VETH_NS_NAME,
-                        "netns",
-                        &l.netns(*p),
-                    ],
-                )
+                .cmd(ip, ["link", "add", &l.veth_host(*p), "type", "veth", "peer", "name", VETH_NS_NAME, "netns", &l.netns(*p)])
                 .await
                 .map_err(e)?,
             Action::AttachVeth(p) => {
                 let v = l.veth_host(*p);
-                self.cmd(ip, ["link", "set", &v, "master", &l.bridge, "up"])
-                    .await
-                    .map_err(e)?;
+                self.cmd(ip, ["link", "set", &v, "master", &l.bridge, "up"]).await.map_err(e)?;
                 // Isolated bridge ports cannot reach each other: networks stay apart.
-                self.cmd(
-                    ip,
-                    [
-                        "link",
-                        "set",
-                        "dev",
-                        &v,
-                        "type",
-                        "bridge_slave",
-                        "isolated",
-                        "on",
-                    ],
-                )
-                .await
-                .map_err(e)?
+                self.cmd(ip, ["link", "set", "dev", &v, "type", "bridge_slave", "isolated", "on"]).await.map_err(e)?
             }
-            Action::UplinkUp(p) => self
-                .cmd(ip, ["-n", &l.netns(*p), "link", "set", VETH_NS_NAME, "up"])
-                .await
-                .map_err(e)?,
-            Action::SetForwarding(p) => self
-                .cmd(
-                    ip,
-                    [
-                        "netns",
-                        "exec",
-                        &l.netns(*p),
-                        &t.sysctl,
-                        "-q",
-                        "-w",
-                        "net.ipv4.ip_forward=1",
-                    ],
-                )
-                .await
-                .map_err(e)?,
-            Action::SetRules {
-                port,
-                missing_jumps,
-            } => {
+            Action::UplinkUp(p) => self.cmd(ip, ["-n", &l.netns(*p), "link", "set", VETH_NS_NAME, "up"]).await.map_err(e)?,
+            Action::SetForwarding(p) => {
+                self.cmd(ip, ["netns", "exec", &l.netns(*p), &t.sysctl, "-q", "-w", "net.ipv4.ip_forward=1"]).await.map_err(e)?
+            }
+            Action::SetRules { port, missing_jumps } => {
                 let text = render::iptables_restore(&render::rules(l, spec(port)?), missing_jumps);
-                let cmd = Cmd::new(
-                    ip,
-                    [
-                        "netns",
-                        "exec",
-                        &l.netns(*port),
-                        &t.iptables_restore,
-                        "--noflush",
-                    ],
-                )
-                .stdin(text);
+                let cmd = Cmd::new(ip, ["netns", "exec", &l.netns(*port), &t.iptables_restore, "--noflush"]).stdin(text);
                 o.runner.run(&cmd).await.map_err(e)?
             }
             Action::DeleteNetwork(p) => {
@@ -344,19 +197,14 @@ impl Executor<'_> {
                 self.wait_wireguard_go_gone(*p).await?;
                 String::new()
             }
-            Action::DeleteHostVeth(p) => self
-                .cmd(ip, ["link", "del", &l.veth_host(*p)])
-                .await
-                .map_err(e)?,
+            Action::DeleteHostVeth(p) => self.cmd(ip, ["link", "del", &l.veth_host(*p)]).await.map_err(e)?,
             Action::WriteNginx => {
                 report.nginx_reloaded = self.write_nginx(nginx).await?;
                 String::new()
             }
             Action::StartNginx => {
                 self.nginx_test().await?;
-                self.cmd(&t.nginx, ["-c", &o.paths.nginx_conf.to_string_lossy()])
-                    .await
-                    .map_err(e)?
+                self.cmd(&t.nginx, ["-c", &o.paths.nginx_conf.to_string_lossy()]).await.map_err(e)?
             }
         };
         Ok(())
@@ -364,19 +212,10 @@ impl Executor<'_> {
 
     async fn wait_wireguard_go_gone(&self, port: u16) -> Result<(), String> {
         if self.backend == Backend::Userspace {
-            let sock = self
-                .observer
-                .paths
-                .wireguard_sock_dir
-                .join(format!("{}.sock", self.observer.layout.wg(port)));
+            let sock = self.observer.paths.wireguard_sock_dir.join(format!("{}.sock", self.observer.layout.wg(port)));
             wait_for(|| !sock.exists(), Duration::from_secs(10))
                 .await
-                .map_err(|_| {
-                    format!(
-                        "wireguard-go for {} did not exit",
-                        self.observer.layout.wg(port)
-                    )
-                })?;
+                .map_err(|_| format!("wireguard-go for {} did not exit", self.observer.layout.wg(port)))?;
         }
         Ok(())
     }
@@ -394,14 +233,8 @@ impl Executor<'_> {
     /// config is never left in place. Returns whether nginx was reloaded.
     async fn write_nginx(&self, text: &NginxText) -> Result<bool, String> {
         let paths = &self.observer.paths;
-        let files = [
-            (&paths.nginx_stream, &text.stream),
-            (&paths.nginx_http, &text.http),
-        ];
-        let previous: Vec<Option<String>> = files
-            .iter()
-            .map(|(p, _)| std::fs::read_to_string(p).ok())
-            .collect();
+        let files = [(&paths.nginx_stream, &text.stream), (&paths.nginx_http, &text.http)];
+        let previous: Vec<Option<String>> = files.iter().map(|(p, _)| std::fs::read_to_string(p).ok()).collect();
         let restore = |prev: &[Option<String>]| {
             for ((path, _), old) in files.iter().zip(prev) {
                 let _ = match old {
@@ -421,15 +254,19 @@ impl Executor<'_> {
             return Err(format!("{err}; the previous nginx files were restored"));
         }
         let conf = paths.nginx_conf.to_string_lossy().to_string();
-        if self.observer.nginx_running() {
-            self.cmd(&self.observer.tools.nginx, ["-c", &conf, "-s", "reload"])
-                .await
-                .map_err(|e| e.to_string())?;
+        if let Some(master) = self.observer.nginx_master() {
+            let old_workers = crate::observe::children_of(master);
+            self.cmd(&self.observer.tools.nginx, ["-c", &conf, "-s", "reload"]).await.map_err(|e| e.to_string())?;
+            // `-s reload` only signals the master. Answer once new workers
+            // run the new config (old ones stop accepting right after), so
+            // an applied route is really live when the API says so.
+            let reloaded = || !crate::observe::children_of(master).is_subset(&old_workers);
+            if wait_for(reloaded, Duration::from_secs(5)).await.is_err() {
+                tracing::warn!("nginx was signalled to reload but no new worker appeared within 5 s");
+            }
             Ok(true)
         } else {
-            self.cmd(&self.observer.tools.nginx, ["-c", &conf])
-                .await
-                .map_err(|e| e.to_string())?;
+            self.cmd(&self.observer.tools.nginx, ["-c", &conf]).await.map_err(|e| e.to_string())?;
             Ok(false)
         }
     }
@@ -516,25 +353,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let o = observer(dir.path());
         let desired = validate(&sample_config(), &[]).unwrap();
-        let nginx = NginxText {
-            stream: "s".into(),
-            http: "h".into(),
-        };
+        let nginx = NginxText { stream: "s".into(), http: "h".into() };
         let actions = plan(&desired, &Observed::default(), &o.layout, &nginx);
-        let report = Executor {
-            observer: &o,
-            backend: Backend::Kernel,
-        }
-        .execute(&actions, &desired, &nginx)
-        .await;
+        let report = Executor { observer: &o, backend: Backend::Kernel }.execute(&actions, &desired, &nginx).await;
         assert!(report.errors.is_empty(), "{:?}", report.errors);
-        let lines: Vec<String> = o
-            .runner
-            .take_records()
-            .into_iter()
-            .map(|r| r.line)
-            .filter(|l| l.contains("51820"))
-            .collect();
+        let lines: Vec<String> = o.runner.take_records().into_iter().map(|r| r.line).filter(|l| l.contains("51820")).collect();
         let expected = [
             "ip netns add network-51820",
             "ip -n network-51820 link set lo up",
@@ -552,81 +375,34 @@ mod tests {
             "ip netns exec network-51820 iptables-restore --noflush",
         ];
         assert_eq!(lines, expected);
-        assert_eq!(
-            report.changed.into_iter().collect::<Vec<_>>(),
-            vec![51820, 51821]
-        );
+        assert_eq!(report.changed.into_iter().collect::<Vec<_>>(), vec![51820, 51821]);
         // Written nginx files are there; the (dry) check passed, nginx was started.
-        assert_eq!(
-            std::fs::read_to_string(dir.path().join("stream.conf")).unwrap(),
-            "s"
-        );
+        assert_eq!(std::fs::read_to_string(dir.path().join("stream.conf")).unwrap(), "s");
     }
 
     #[tokio::test]
     async fn kernel_backend_removal_deletes_interface_then_namespace() {
         let dir = tempfile::tempdir().unwrap();
         let o = observer(dir.path());
-        let nginx = NginxText {
-            stream: "s".into(),
-            http: "h".into(),
-        };
+        let nginx = NginxText { stream: "s".into(), http: "h".into() };
         let actions = [Action::DeleteNetwork(51820), Action::DeleteRootWg(51821)];
-        let report = Executor {
-            observer: &o,
-            backend: Backend::Kernel,
-        }
-        .execute(&actions, &Desired::default(), &nginx)
-        .await;
+        let report = Executor { observer: &o, backend: Backend::Kernel }.execute(&actions, &Desired::default(), &nginx).await;
         assert!(report.errors.is_empty(), "{:?}", report.errors);
-        let lines: Vec<String> = o
-            .runner
-            .take_records()
-            .into_iter()
-            .map(|r| r.line)
-            .collect();
-        assert_eq!(
-            lines,
-            [
-                "ip -n network-51820 link del wg51820",
-                "ip netns del network-51820",
-                "ip link del wg51821"
-            ]
-        );
+        let lines: Vec<String> = o.runner.take_records().into_iter().map(|r| r.line).collect();
+        assert_eq!(lines, ["ip -n network-51820 link del wg51820", "ip netns del network-51820", "ip link del wg51821"]);
     }
 
     #[tokio::test]
     async fn a_failing_network_does_not_stop_the_others() {
         let dir = tempfile::tempdir().unwrap();
         let o = observer(dir.path());
-        let nginx = NginxText {
-            stream: "s".into(),
-            http: "h".into(),
-        };
+        let nginx = NginxText { stream: "s".into(), http: "h".into() };
         // ConfigureWg of a network that is not desired fails before any command.
-        let actions = [
-            Action::ConfigureWg(40000),
-            Action::SetForwarding(40000),
-            Action::SetForwarding(40001),
-        ];
-        let report = Executor {
-            observer: &o,
-            backend: Backend::Kernel,
-        }
-        .execute(&actions, &Desired::default(), &nginx)
-        .await;
+        let actions = [Action::ConfigureWg(40000), Action::SetForwarding(40000), Action::SetForwarding(40001)];
+        let report = Executor { observer: &o, backend: Backend::Kernel }.execute(&actions, &Desired::default(), &nginx).await;
         assert_eq!(report.failed.into_iter().collect::<Vec<_>>(), vec![40000]);
         assert_eq!(report.errors.len(), 1);
-        let lines: Vec<String> = o
-            .runner
-            .take_records()
-            .into_iter()
-            .map(|r| r.line)
-            .collect();
-        assert_eq!(
-            lines,
-            ["ip netns exec network-40001 sysctl -q -w net.ipv4.ip_forward=1"],
-            "40000's later actions skipped"
-        );
+        let lines: Vec<String> = o.runner.take_records().into_iter().map(|r| r.line).collect();
+        assert_eq!(lines, ["ip netns exec network-40001 sysctl -q -w net.ipv4.ip_forward=1"], "40000's later actions skipped");
     }
 }

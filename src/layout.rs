@@ -39,41 +39,21 @@ impl Layout {
         bridge_subnet: &str,
         dnat_port_base: u16,
     ) -> Result<Self, String> {
-        for (what, p, max) in [
-            ("namespace prefix", netns_prefix, 200),
-            ("interface prefix", wg_prefix, 10),
-            ("veth prefix", veth_prefix, 10),
-        ] {
-            if p.is_empty()
-                || p.len() > max
-                || !p
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-            {
-                return Err(format!(
-                    "{what} '{p}' must be 1..={max} characters of a-z, 0-9, '-' or '_'"
-                ));
+        for (what, p, max) in
+            [("namespace prefix", netns_prefix, 200), ("interface prefix", wg_prefix, 10), ("veth prefix", veth_prefix, 10)]
+        {
+            if p.is_empty() || p.len() > max || !p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_') {
+                return Err(format!("{what} '{p}' must be 1..={max} characters of a-z, 0-9, '-' or '_'"));
             }
         }
-        if bridge.is_empty()
-            || bridge.len() > 15
-            || !bridge
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            return Err(format!(
-                "bridge name '{bridge}' must be 1..=15 characters of a-z, 0-9, '-' or '_'"
-            ));
+        if bridge.is_empty() || bridge.len() > 15 || !bridge.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return Err(format!("bridge name '{bridge}' must be 1..=15 characters of a-z, 0-9, '-' or '_'"));
         }
         let subnet = Cidr::parse(bridge_subnet).map_err(|e| format!("bridge subnet: {e}"))?;
-        let base =
-            match subnet.network().addr {
-                std::net::IpAddr::V4(a) if subnet.prefix <= 16 => a,
-                _ => return Err(
-                    "bridge subnet must be an IPv4 network of /16 or larger, e.g. 10.199.0.0/16"
-                        .into(),
-                ),
-            };
+        let base = match subnet.network().addr {
+            std::net::IpAddr::V4(a) if subnet.prefix <= 16 => a,
+            _ => return Err("bridge subnet must be an IPv4 network of /16 or larger, e.g. 10.199.0.0/16".into()),
+        };
         if u32::from(dnat_port_base) + 10_000 > 65_535 || dnat_port_base < 1024 {
             return Err("DNAT port base must be 1024..=55535".into());
         }
@@ -107,19 +87,13 @@ impl Layout {
         crate::validate::parse_port_key(digits).ok()
     }
     pub fn bridge_addr(&self) -> Cidr {
-        Cidr {
-            addr: Ipv4Addr::from(u32::from(self.bridge_base) + 1).into(),
-            prefix: self.bridge_prefix,
-        }
+        Cidr { addr: Ipv4Addr::from(u32::from(self.bridge_base) + 1).into(), prefix: self.bridge_prefix }
     }
     pub fn veth_ns_ip(&self, port: u16) -> Ipv4Addr {
         Ipv4Addr::from(u32::from(self.bridge_base) + u32::from(port))
     }
     pub fn veth_ns_addr(&self, port: u16) -> Cidr {
-        Cidr {
-            addr: self.veth_ns_ip(port).into(),
-            prefix: self.bridge_prefix,
-        }
+        Cidr { addr: self.veth_ns_ip(port).into(), prefix: self.bridge_prefix }
     }
     /// Port on the veth address that DNATs to the `index`-th upstream.
     pub fn dnat_port(&self, index: usize) -> u16 {
@@ -129,8 +103,7 @@ impl Layout {
 
 impl Default for Layout {
     fn default() -> Self {
-        Layout::new("network-", "wg", "gwv", "gwbr0", "10.199.0.0/16", 20000)
-            .expect("valid defaults")
+        Layout::new("network-", "wg", "gwv", "gwbr0", "10.199.0.0/16", 20000).expect("valid defaults")
     }
 }
 

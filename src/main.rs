@@ -19,12 +19,8 @@ async fn main() -> std::process::ExitCode {
             }
         };
     }
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rocket=warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .init();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rocket=warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
     match run(args).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -46,9 +42,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     let reconciler = Reconciler::new(daemon.shared.clone()).await;
     tokio::spawn(reconciler.run());
-    gateway::api::rocket(daemon.api, daemon.figment)
-        .launch()
-        .await?;
+    gateway::api::rocket(daemon.api, daemon.figment).launch().await?;
     tracing::info!("gateway stopped; networks stay as they are until the next start");
     Ok(())
 }

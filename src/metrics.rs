@@ -47,52 +47,24 @@ impl Default for Metrics {
             poll_errors: Counter::default(),
             poll_duration: Gauge::default(),
         };
-        registry.register(
-            "peer_receive_bytes",
-            "Bytes received from a peer (counted by the gateway's poller)",
-            m.peer_rx.clone(),
-        );
-        registry.register(
-            "peer_transmit_bytes",
-            "Bytes sent to a peer (counted by the gateway's poller)",
-            m.peer_tx.clone(),
-        );
+        registry.register("peer_receive_bytes", "Bytes received from a peer (counted by the gateway's poller)", m.peer_rx.clone());
+        registry.register("peer_transmit_bytes", "Bytes sent to a peer (counted by the gateway's poller)", m.peer_tx.clone());
         registry.register(
             "peer_latest_handshake_seconds",
             "Unix time of the latest WireGuard handshake with a peer (0 = never)",
             m.peer_handshake.clone(),
         );
-        registry.register(
-            "networks",
-            "Networks in the desired state",
-            m.networks.clone(),
-        );
+        registry.register("networks", "Networks in the desired state", m.networks.clone());
         registry.register("peers", "Peers in the desired state", m.peers.clone());
-        registry.register(
-            "apply_duration_seconds",
-            "Duration of reconcile passes",
-            m.apply_duration.clone(),
-        );
-        registry.register(
-            "apply_failures",
-            "Reconcile passes that ended with an error",
-            m.apply_failures.clone(),
-        );
+        registry.register("apply_duration_seconds", "Duration of reconcile passes", m.apply_duration.clone());
+        registry.register("apply_failures", "Reconcile passes that ended with an error", m.apply_failures.clone());
         registry.register(
             "last_successful_reconcile_timestamp_seconds",
             "Unix time of the last reconcile pass without error",
             m.last_success.clone(),
         );
-        registry.register(
-            "poll_errors",
-            "Traffic poll ticks or lines that failed",
-            m.poll_errors.clone(),
-        );
-        registry.register(
-            "poll_duration_seconds",
-            "Duration of the last traffic poll tick (storing)",
-            m.poll_duration.clone(),
-        );
+        registry.register("poll_errors", "Traffic poll ticks or lines that failed", m.poll_errors.clone());
+        registry.register("poll_duration_seconds", "Duration of the last traffic poll tick (storing)", m.poll_duration.clone());
         Metrics { registry, ..m }
     }
 }
@@ -112,26 +84,14 @@ mod tests {
     #[test]
     fn exposition_has_conventional_names() {
         let m = Metrics::default();
-        let l = PeerLabels {
-            network: "51820".into(),
-            peer: "k".into(),
-        };
+        let l = PeerLabels { network: "51820".into(), peer: "k".into() };
         m.peer_rx.get_or_create(&l).inc_by(5);
         m.apply_failures.inc();
         let text = m.encode().unwrap();
-        assert!(
-            text.contains("# TYPE gateway_peer_receive_bytes counter"),
-            "{text}"
-        );
-        assert!(
-            text.contains(r#"gateway_peer_receive_bytes_total{network="51820",peer="k"} 5"#),
-            "{text}"
-        );
+        assert!(text.contains("# TYPE gateway_peer_receive_bytes counter"), "{text}");
+        assert!(text.contains(r#"gateway_peer_receive_bytes_total{network="51820",peer="k"} 5"#), "{text}");
         assert!(text.contains("gateway_apply_failures_total 1"), "{text}");
-        assert!(
-            text.contains("# TYPE gateway_apply_duration_seconds histogram"),
-            "{text}"
-        );
+        assert!(text.contains("# TYPE gateway_apply_duration_seconds histogram"), "{text}");
         assert!(text.ends_with("# EOF\n"));
     }
 }

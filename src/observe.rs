@@ -78,15 +78,8 @@ pub fn parse_wg_dump(text: &str) -> Result<(WgDump, Vec<String>), String> {
     if f.len() != 4 {
         return Err(format!("interface line has {} fields, expected 4", f.len()));
     }
-    let listen_port = f[2]
-        .parse()
-        .map_err(|_| "bad listen port in interface line".to_string())?;
-    let mut dump = WgDump {
-        private_key: f[0].into(),
-        public_key: f[1].into(),
-        listen_port,
-        peers: Vec::new(),
-    };
+    let listen_port = f[2].parse().map_err(|_| "bad listen port in interface line".to_string())?;
+    let mut dump = WgDump { private_key: f[0].into(), public_key: f[1].into(), listen_port, peers: Vec::new() };
     let mut problems = Vec::new();
     for (n, line) in lines.enumerate() {
         match parse_peer_line(line) {
@@ -108,27 +101,18 @@ fn parse_peer_line(line: &str) -> Result<WgPeer, String> {
         public_key: f[0].into(),
         preshared_key: none(f[1]),
         endpoint: none(f[2]),
-        allowed_ips: if f[3] == "(none)" {
-            Vec::new()
-        } else {
-            f[3].split(',').map(|s| s.trim().to_string()).collect()
-        },
+        allowed_ips: if f[3] == "(none)" { Vec::new() } else { f[3].split(',').map(|s| s.trim().to_string()).collect() },
         latest_handshake: num(f[4], "handshake")? as i64,
         rx: num(f[5], "rx bytes")?,
         tx: num(f[6], "tx bytes")?,
-        keepalive: if f[7] == "off" {
-            None
-        } else {
-            Some(
-                f[7].parse()
-                    .map_err(|_| format!("bad keepalive '{}'", f[7]))?,
-            )
-        },
+        keepalive: if f[7] == "off" { None } else { Some(f[7].parse().map_err(|_| format!("bad keepalive '{}'", f[7]))?) },
     })
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Link {
+    /// Changes when the interface is recreated (indexes are not reused soon).
+    pub ifindex: u32,
     pub mtu: u32,
     pub up: bool,
     /// Global-scope addresses only (link-local ones come and go on their own).
@@ -137,39 +121,28 @@ pub struct Link {
 
 /// Parses `ip -json addr show` into links by name.
 pub fn parse_ip_addr(json: &str) -> Result<BTreeMap<String, Link>, String> {
-    let v: serde_json::Value =
-        serde_json::from_str(json).map_err(|e| format!("ip -json output: {e}"))?;
+    let v: serde_json::Value = serde_json::from_str(json).map_err(|e| format!("ip -json output: {e}"))?;
     let mut out = BTreeMap::new();
     for l in v.as_array().ok_or("ip -json output is not a list")? {
         let Some(name) = l.get("ifname").and_then(|n| n.as_str()) else {
             continue;
         };
-        let up = l
-            .get("flags")
-            .and_then(|f| f.as_array())
-            .is_some_and(|f| f.iter().any(|x| x == "UP"));
+        let up = l.get("flags").and_then(|f| f.as_array()).is_some_and(|f| f.iter().any(|x| x == "UP"));
         let mtu = l.get("mtu").and_then(|m| m.as_u64()).unwrap_or(0) as u32;
         let mut addresses = Vec::new();
-        for a in l
-            .get("addr_info")
-            .and_then(|a| a.as_array())
-            .into_iter()
-            .flatten()
-        {
+        for a in l.get("addr_info").and_then(|a| a.as_array()).into_iter().flatten() {
             if a.get("scope").and_then(|s| s.as_str()) != Some("global") {
                 continue;
             }
-            if let (Some(local), Some(prefix)) = (
-                a.get("local").and_then(|x| x.as_str()),
-                a.get("prefixlen").and_then(|x| x.as_u64()),
-            ) {
+            if let (Some(local), Some(prefix)) = (a.get("local").and_then(|x| x.as_str()), a.get("prefixlen").and_then(|x| x.as_u64())) {
                 if let Ok(c) = Cidr::parse(&format!("{local}/{prefix}")) {
                     addresses.push(c);
                 }
             }
         }
         addresses.sort();
-        out.insert(name.to_string(), Link { mtu, up, addresses });
+        let ifindex = l.get("ifindex").and_then(|m| m.as_u64()).unwrap_or(0) as u32;
+        out.insert(name.to_string(), Link { ifindex, mtu, up, addresses });
     }
     Ok(out)
 }
@@ -264,9 +237,7 @@ pub struct Observer {
 }
 
 fn read_trimmed(p: &Path) -> Option<String> {
-    std::fs::read_to_string(p)
-        .ok()
-        .map(|s| s.trim().to_string())
+    std::fs::read_to_string(p).ok().map(|s| s.trim().to_string())
 }
 
 impl Observer {
@@ -275,11 +246,7 @@ impl Observer {
         let mut o = Observed::default();
         if let Ok(dir) = std::fs::read_dir(&self.paths.netns_dir) {
             for e in dir.flatten() {
-                if let Some(port) = e
-                    .file_name()
-                    .to_str()
-                    .and_then(|n| self.layout.port_of_netns(n))
-                {
+                if let Some(port) = e.file_name().to_str().and_then(|n| self.layout.port_of_netns(n)) {
                     o.namespaces.insert(port);
                 }
             }
@@ -293,22 +260,14 @@ impl Observer {
                 if let Some(port) = self.layout.port_of_wg(&name) {
                     o.wg_in_root.insert(port);
                 }
-                if let Some(port) = name
-                    .strip_prefix(&self.layout.veth_prefix)
-                    .and_then(|d| crate::validate::parse_port_key(d).ok())
-                {
+                if let Some(port) = name.strip_prefix(&self.layout.veth_prefix).and_then(|d| crate::validate::parse_port_key(d).ok()) {
                     let master = std::fs::read_link(net.join(&name).join("master")).ok();
                     o.host_veths.insert(
                         port,
                         HostVeth {
-                            on_bridge: master
-                                .as_ref()
-                                .and_then(|m| m.file_name())
-                                .is_some_and(|m| m == self.layout.bridge.as_str()),
+                            on_bridge: master.as_ref().and_then(|m| m.file_name()).is_some_and(|m| m == self.layout.bridge.as_str()),
                             up: link_up(&net.join(&name)),
-                            isolated: read_trimmed(&net.join(&name).join("brport/isolated"))
-                                .as_deref()
-                                == Some("1"),
+                            isolated: read_trimmed(&net.join(&name).join("brport/isolated")).as_deref() == Some("1"),
                         },
                     );
                 }
@@ -316,10 +275,7 @@ impl Observer {
         }
         let br = net.join(&self.layout.bridge);
         if br.exists() {
-            o.bridge = Some(ObservedBridge {
-                up: link_up(&br),
-                addresses: None,
-            });
+            o.bridge = Some(ObservedBridge { up: link_up(&br), addresses: None });
         }
         o.nginx_stream = std::fs::read_to_string(&self.paths.nginx_stream).ok();
         o.nginx_http = std::fs::read_to_string(&self.paths.nginx_http).ok();
@@ -328,31 +284,20 @@ impl Observer {
     }
 
     pub fn nginx_running(&self) -> bool {
-        read_trimmed(&self.paths.nginx_pid)
-            .and_then(|p| p.parse::<u32>().ok())
-            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+        self.nginx_master().is_some()
+    }
+
+    /// The pid of nginx's master process, if it runs.
+    pub fn nginx_master(&self) -> Option<u32> {
+        read_trimmed(&self.paths.nginx_pid).and_then(|p| p.parse::<u32>().ok()).filter(|pid| Path::new(&format!("/proc/{pid}")).exists())
     }
 
     /// Reads the bridge's addresses (one process).
     pub async fn observe_bridge_addresses(&self, o: &mut Observed) -> Result<(), CmdError> {
         if let Some(b) = &mut o.bridge {
-            let out = self
-                .runner
-                .run(
-                    &Cmd::new(
-                        &self.tools.ip,
-                        ["-json", "addr", "show", "dev", &self.layout.bridge],
-                    )
-                    .read_only(),
-                )
-                .await?;
+            let out = self.runner.run(&Cmd::new(&self.tools.ip, ["-json", "addr", "show", "dev", &self.layout.bridge]).read_only()).await?;
             let links = parse_ip_addr(&out).unwrap_or_default();
-            b.addresses = Some(
-                links
-                    .get(&self.layout.bridge)
-                    .map(|l| l.addresses.clone())
-                    .unwrap_or_default(),
-            );
+            b.addresses = Some(links.get(&self.layout.bridge).map(|l| l.addresses.clone()).unwrap_or_default());
         }
         Ok(())
     }
@@ -361,24 +306,9 @@ impl Observer {
     pub async fn wg_dump(&self, port: u16) -> Result<Option<(WgDump, Vec<String>)>, CmdError> {
         let ns = self.layout.netns(port);
         let wg = self.layout.wg(port);
-        match self
-            .runner
-            .run(
-                &Cmd::new(
-                    &self.tools.ip,
-                    ["netns", "exec", &ns, &self.tools.wg, "show", &wg, "dump"],
-                )
-                .read_only(),
-            )
-            .await
-        {
+        match self.runner.run(&Cmd::new(&self.tools.ip, ["netns", "exec", &ns, &self.tools.wg, "show", &wg, "dump"]).read_only()).await {
             Ok(text) => Ok(parse_wg_dump(&text).ok()),
-            Err(e)
-                if e.stderr().contains("No such device")
-                    || e.stderr().contains("Unable to access interface") =>
-            {
-                Ok(None)
-            }
+            Err(e) if e.stderr().contains("No such device") || e.stderr().contains("Unable to access interface") => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -387,10 +317,7 @@ impl Observer {
     pub async fn observe_network(&self, port: u16) -> Result<ObservedNetwork, CmdError> {
         let ns = self.layout.netns(port);
         let ip = &self.tools.ip;
-        let links = self
-            .runner
-            .run(&Cmd::new(ip, ["-n", &ns, "-json", "addr", "show"]).read_only())
-            .await?;
+        let links = self.runner.run(&Cmd::new(ip, ["-n", &ns, "-json", "addr", "show"]).read_only()).await?;
         let links = parse_ip_addr(&links).unwrap_or_default();
         let mut n = ObservedNetwork {
             wg_link: links.get(&self.layout.wg(port)).cloned(),
@@ -403,37 +330,36 @@ impl Observer {
                 n.problems = problems;
             }
         }
-        let save = self
-            .runner
-            .run(&Cmd::new(ip, ["netns", "exec", &ns, &self.tools.iptables_save]).read_only())
-            .await?;
+        let save = self.runner.run(&Cmd::new(ip, ["netns", "exec", &ns, &self.tools.iptables_save]).read_only()).await?;
         n.rules = parse_iptables_save(&save);
-        let fwd = self
-            .runner
-            .run(
-                &Cmd::new(
-                    ip,
-                    [
-                        "netns",
-                        "exec",
-                        &ns,
-                        &self.tools.sysctl,
-                        "-n",
-                        "net.ipv4.ip_forward",
-                    ],
-                )
-                .read_only(),
-            )
-            .await?;
+        let fwd =
+            self.runner.run(&Cmd::new(ip, ["netns", "exec", &ns, &self.tools.sysctl, "-n", "net.ipv4.ip_forward"]).read_only()).await?;
         n.forwarding = fwd.trim() == "1";
         Ok(n)
     }
 }
 
+/// Children of a process, from /proc (no process spawned).
+pub fn children_of(parent: u32) -> BTreeSet<u32> {
+    let mut out = BTreeSet::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`; comm may hold spaces, so split after the last ')'.
+        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)).and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            out.insert(pid);
+        }
+    }
+    out
+}
+
 fn link_up(dir: &Path) -> bool {
-    read_trimmed(&dir.join("flags"))
-        .and_then(|f| u32::from_str_radix(f.trim_start_matches("0x"), 16).ok())
-        .is_some_and(|f| f & 1 == 1)
+    read_trimmed(&dir.join("flags")).and_then(|f| u32::from_str_radix(f.trim_start_matches("0x"), 16).ok()).is_some_and(|f| f & 1 == 1)
 }
 
 #[cfg(test)]
@@ -452,22 +378,12 @@ mod tests {
         assert_eq!(d.peers.len(), 2);
         let p = &d.peers[1];
         assert_eq!(p.endpoint.as_deref(), Some("10.198.1.2:40000"));
-        assert_eq!(
-            p.preshared_key.as_deref(),
-            Some("OxvFhrgLnI9e4xzMMA2qQ7wm/xCUzxaWW5cb1JGkWSA=")
-        );
+        assert_eq!(p.preshared_key.as_deref(), Some("OxvFhrgLnI9e4xzMMA2qQ7wm/xCUzxaWW5cb1JGkWSA="));
         assert_eq!(p.allowed_ips, vec!["10.80.0.3/32", "192.168.7.0/24"]);
-        assert_eq!(
-            (p.latest_handshake, p.rx, p.tx, p.keepalive),
-            (1764077400, 9132, 18020, Some(25))
-        );
+        assert_eq!((p.latest_handshake, p.rx, p.tx, p.keepalive), (1764077400, 9132, 18020, Some(25)));
         assert_eq!(d.peers[0].endpoint, None);
         assert_eq!(d.peers[0].keepalive, None);
-        assert_eq!(
-            problems.len(),
-            1,
-            "the broken line is reported and skipped: {problems:?}"
-        );
+        assert_eq!(problems.len(), 1, "the broken line is reported and skipped: {problems:?}");
     }
 
     #[test]
@@ -481,12 +397,8 @@ mod tests {
         let links = parse_ip_addr(IP_ADDR).unwrap();
         let wg = &links["wgfx1"];
         assert!(wg.up);
-        assert_eq!(wg.mtu, 1420);
-        assert_eq!(
-            wg.addresses,
-            vec![Cidr::parse("10.80.0.1/16").unwrap()],
-            "link-local v6 ignored"
-        );
+        assert_eq!((wg.mtu, wg.ifindex), (1420, 6));
+        assert_eq!(wg.addresses, vec![Cidr::parse("10.80.0.1/16").unwrap()], "link-local v6 ignored");
         assert!(!links["lo"].up);
         assert_eq!(links["gw-uplink"].addresses[0].to_string(), "10.198.0.5/16");
         assert!(parse_ip_addr("not json").is_err());

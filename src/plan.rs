@@ -65,15 +65,10 @@ impl Action {
     pub fn network(&self) -> Option<u16> {
         use Action::*;
         match self {
-            CreateNamespace(p) | CreateWg(p) | MoveWg(p) | ConfigureWg(p) | CreateVeth(p)
-            | AttachVeth(p) | UplinkUp(p) | SetForwarding(p) | DeleteNetwork(p)
-            | DeleteRootWg(p) | DeleteHostVeth(p) => Some(*p),
-            SetWgLink { port, .. }
-            | AddAddress { port, .. }
-            | DelAddress { port, .. }
-            | SetRules { port, .. } => Some(*port),
-            CreateBridge | AddBridgeAddress(_) | DelBridgeAddress(_) | BridgeUp | WriteNginx
-            | StartNginx | DeleteBridge => None,
+            CreateNamespace(p) | CreateWg(p) | MoveWg(p) | ConfigureWg(p) | CreateVeth(p) | AttachVeth(p) | UplinkUp(p)
+            | SetForwarding(p) | DeleteNetwork(p) | DeleteRootWg(p) | DeleteHostVeth(p) => Some(*p),
+            SetWgLink { port, .. } | AddAddress { port, .. } | DelAddress { port, .. } | SetRules { port, .. } => Some(*port),
+            CreateBridge | AddBridgeAddress(_) | DelBridgeAddress(_) | BridgeUp | WriteNginx | StartNginx | DeleteBridge => None,
         }
     }
 }
@@ -89,10 +84,7 @@ pub struct NginxText {
 /// endpoint counts only when WireGuard has none: peers roam, and WireGuard's
 /// learned endpoint must win over the configured one.
 pub fn wg_matches(spec: &NetworkSpec, dump: &WgDump) -> bool {
-    if dump.private_key != spec.private_key.as_str()
-        || dump.listen_port != spec.port
-        || dump.peers.len() != spec.peers.len()
-    {
+    if dump.private_key != spec.private_key.as_str() || dump.listen_port != spec.port || dump.peers.len() != spec.peers.len() {
         return false;
     }
     dump.peers.iter().all(|p| {
@@ -111,27 +103,14 @@ pub fn wg_matches(spec: &NetworkSpec, dump: &WgDump) -> bool {
 
 fn diff_addresses(actions: &mut Vec<Action>, port: u16, dev: Dev, have: &[Cidr], want: &[Cidr]) {
     for c in have.iter().filter(|c| !want.contains(c)) {
-        actions.push(Action::DelAddress {
-            port,
-            dev,
-            cidr: *c,
-        });
+        actions.push(Action::DelAddress { port, dev, cidr: *c });
     }
     for c in want.iter().filter(|c| !have.contains(c)) {
-        actions.push(Action::AddAddress {
-            port,
-            dev,
-            cidr: *c,
-        });
+        actions.push(Action::AddAddress { port, dev, cidr: *c });
     }
 }
 
-fn plan_network(
-    actions: &mut Vec<Action>,
-    layout: &Layout,
-    spec: &NetworkSpec,
-    observed: &Observed,
-) {
+fn plan_network(actions: &mut Vec<Action>, layout: &Layout, spec: &NetworkSpec, observed: &Observed) {
     let port = spec.port;
     let fresh = ObservedNetwork::default();
     let obs = if observed.namespaces.contains(&port) {
@@ -148,10 +127,7 @@ fn plan_network(
             }
             actions.push(Action::MoveWg(port));
             actions.push(Action::ConfigureWg(port));
-            actions.push(Action::SetWgLink {
-                port,
-                mtu: spec.mtu,
-            });
+            actions.push(Action::SetWgLink { port, mtu: spec.mtu });
             diff_addresses(actions, port, Dev::Wg, &[], &spec.addresses);
         }
         Some(link) => {
@@ -159,10 +135,7 @@ fn plan_network(
                 actions.push(Action::ConfigureWg(port));
             }
             if link.mtu != spec.mtu || !link.up {
-                actions.push(Action::SetWgLink {
-                    port,
-                    mtu: spec.mtu,
-                });
+                actions.push(Action::SetWgLink { port, mtu: spec.mtu });
             }
             diff_addresses(actions, port, Dev::Wg, &link.addresses, &spec.addresses);
         }
@@ -195,28 +168,16 @@ fn plan_network(
         actions.push(Action::SetForwarding(port));
     }
     let want = render::rules(layout, spec);
-    let missing_jumps: Vec<&'static str> = render::JUMPS
-        .iter()
-        .map(|j| j.1)
-        .filter(|j| !obs.rules.jumps.contains(j))
-        .collect();
+    let missing_jumps: Vec<&'static str> = render::JUMPS.iter().map(|j| j.1).filter(|j| !obs.rules.jumps.contains(j)).collect();
     if obs.rules.nat != want.nat || obs.rules.filter != want.filter || !missing_jumps.is_empty() {
-        actions.push(Action::SetRules {
-            port,
-            missing_jumps,
-        });
+        actions.push(Action::SetRules { port, missing_jumps });
     }
 }
 
 /// Everything that must change for the system to match `desired`, in the
 /// order to do it: shared bridge, networks, nginx, then removals (after
 /// nginx stopped sending traffic to them).
-pub fn plan(
-    desired: &Desired,
-    observed: &Observed,
-    layout: &Layout,
-    nginx: &NginxText,
-) -> Vec<Action> {
+pub fn plan(desired: &Desired, observed: &Observed, layout: &Layout, nginx: &NginxText) -> Vec<Action> {
     let mut actions = Vec::new();
     if !desired.networks.is_empty() {
         let want = [layout.bridge_addr()];
@@ -244,9 +205,7 @@ pub fn plan(
     for spec in desired.networks.values() {
         plan_network(&mut actions, layout, spec, observed);
     }
-    if observed.nginx_stream.as_deref() != Some(nginx.stream.as_str())
-        || observed.nginx_http.as_deref() != Some(nginx.http.as_str())
-    {
+    if observed.nginx_stream.as_deref() != Some(nginx.stream.as_str()) || observed.nginx_http.as_deref() != Some(nginx.http.as_str()) {
         actions.push(Action::WriteNginx);
     } else if !observed.nginx_running {
         actions.push(Action::StartNginx);
@@ -258,11 +217,7 @@ pub fn plan(
     for p in observed.wg_in_root.iter().filter(|p| !wanted(p)) {
         actions.push(Action::DeleteRootWg(*p));
     }
-    for p in observed
-        .host_veths
-        .keys()
-        .filter(|p| !wanted(p) && !observed.namespaces.contains(p))
-    {
+    for p in observed.host_veths.keys().filter(|p| !wanted(p) && !observed.namespaces.contains(p)) {
         actions.push(Action::DeleteHostVeth(*p));
     }
     if desired.networks.is_empty() && observed.bridge.is_some() {
@@ -296,22 +251,10 @@ pub fn converged_view(layout: &Layout, spec: &NetworkSpec) -> ObservedNetwork {
                 })
                 .collect(),
         }),
-        wg_link: Some(Link {
-            mtu: spec.mtu,
-            up: true,
-            addresses: spec.addresses.clone(),
-        }),
-        uplink: Some(Link {
-            mtu: 1500,
-            up: true,
-            addresses: vec![layout.veth_ns_addr(spec.port)],
-        }),
+        wg_link: Some(Link { ifindex: 0, mtu: spec.mtu, up: true, addresses: spec.addresses.clone() }),
+        uplink: Some(Link { ifindex: 0, mtu: 1500, up: true, addresses: vec![layout.veth_ns_addr(spec.port)] }),
         forwarding: true,
-        rules: ObservedRules {
-            nat: rules.nat,
-            filter: rules.filter,
-            jumps: render::JUMPS.iter().map(|j| j.1).collect(),
-        },
+        rules: ObservedRules { nat: rules.nat, filter: rules.filter, jumps: render::JUMPS.iter().map(|j| j.1).collect() },
         problems: Vec::new(),
     }
 }
@@ -328,40 +271,17 @@ mod tests {
     }
 
     fn nginx() -> NginxText {
-        NginxText {
-            stream: "s".into(),
-            http: "h".into(),
-        }
+        NginxText { stream: "s".into(), http: "h".into() }
     }
 
     /// The system as it is once `desired` has converged.
     fn converged(layout: &Layout, d: &Desired) -> Observed {
         Observed {
-            bridge: Some(ObservedBridge {
-                up: true,
-                addresses: Some(vec![layout.bridge_addr()]),
-            }),
+            bridge: Some(ObservedBridge { up: true, addresses: Some(vec![layout.bridge_addr()]) }),
             namespaces: d.networks.keys().copied().collect(),
             wg_in_root: Default::default(),
-            host_veths: d
-                .networks
-                .keys()
-                .map(|p| {
-                    (
-                        *p,
-                        HostVeth {
-                            on_bridge: true,
-                            up: true,
-                            isolated: true,
-                        },
-                    )
-                })
-                .collect(),
-            networks: d
-                .networks
-                .iter()
-                .map(|(p, s)| (*p, converged_view(layout, s)))
-                .collect(),
+            host_veths: d.networks.keys().map(|p| (*p, HostVeth { on_bridge: true, up: true, isolated: true })).collect(),
+            networks: d.networks.iter().map(|(p, s)| (*p, converged_view(layout, s))).collect(),
             nginx_stream: Some("s".into()),
             nginx_http: Some("h".into()),
             nginx_running: true,
@@ -380,14 +300,7 @@ mod tests {
         let l = Layout::default();
         let d = desired();
         let a = plan(&d, &Observed::default(), &l, &nginx());
-        assert_eq!(
-            &a[..3],
-            &[
-                Action::CreateBridge,
-                Action::AddBridgeAddress(l.bridge_addr()),
-                Action::BridgeUp
-            ]
-        );
+        assert_eq!(&a[..3], &[Action::CreateBridge, Action::AddBridgeAddress(l.bridge_addr()), Action::BridgeUp]);
         for p in [51820, 51821] {
             for want in [
                 Action::CreateNamespace(p),
@@ -400,21 +313,12 @@ mod tests {
                 assert!(a.contains(&want), "missing {want:?}");
             }
         }
-        let ns = a
-            .iter()
-            .position(|x| *x == Action::CreateNamespace(51820))
-            .unwrap();
+        let ns = a.iter().position(|x| *x == Action::CreateNamespace(51820)).unwrap();
         let mv = a.iter().position(|x| *x == Action::MoveWg(51820)).unwrap();
-        let cf = a
-            .iter()
-            .position(|x| *x == Action::ConfigureWg(51820))
-            .unwrap();
+        let cf = a.iter().position(|x| *x == Action::ConfigureWg(51820)).unwrap();
         assert!(ns < mv && mv < cf);
         assert_eq!(a.last(), Some(&Action::WriteNginx));
-        assert!(a.contains(&Action::SetRules {
-            port: 51820,
-            missing_jumps: render::JUMPS.map(|j| j.1).to_vec()
-        }));
+        assert!(a.contains(&Action::SetRules { port: 51820, missing_jumps: render::JUMPS.map(|j| j.1).to_vec() }));
     }
 
     #[test]
@@ -427,17 +331,7 @@ mod tests {
         net.wg_link.as_mut().unwrap().addresses.push(stale);
         net.wg.as_mut().unwrap().peers.pop();
         let a = plan(&d, &o, &l, &nginx());
-        assert_eq!(
-            a,
-            vec![
-                Action::ConfigureWg(51820),
-                Action::DelAddress {
-                    port: 51820,
-                    dev: Dev::Wg,
-                    cidr: stale
-                }
-            ]
-        );
+        assert_eq!(a, vec![Action::ConfigureWg(51820), Action::DelAddress { port: 51820, dev: Dev::Wg, cidr: stale }]);
     }
 
     #[test]
@@ -445,25 +339,11 @@ mod tests {
         let l = Layout::default();
         let d = desired();
         let mut o = converged(&l, &d);
-        let peer = &mut o
-            .networks
-            .get_mut(&51820)
-            .unwrap()
-            .wg
-            .as_mut()
-            .unwrap()
-            .peers[1];
+        let peer = &mut o.networks.get_mut(&51820).unwrap().wg.as_mut().unwrap().peers[1];
         assert!(peer.endpoint.is_some());
         peer.endpoint = Some("198.51.100.1:999".into());
         assert_eq!(plan(&d, &o, &l, &nginx()), vec![]);
-        o.networks
-            .get_mut(&51820)
-            .unwrap()
-            .wg
-            .as_mut()
-            .unwrap()
-            .peers[1]
-            .endpoint = None;
+        o.networks.get_mut(&51820).unwrap().wg.as_mut().unwrap().peers[1].endpoint = None;
         assert_eq!(plan(&d, &o, &l, &nginx()), vec![Action::ConfigureWg(51820)]);
     }
 
@@ -474,13 +354,7 @@ mod tests {
         let o = converged(&l, &validate(&cfg, &[]).unwrap());
         cfg.get_mut("51821").unwrap().mtu = Some(1300);
         let a = plan(&validate(&cfg, &[]).unwrap(), &o, &l, &nginx());
-        assert_eq!(
-            a,
-            vec![Action::SetWgLink {
-                port: 51821,
-                mtu: 1300
-            }]
-        );
+        assert_eq!(a, vec![Action::SetWgLink { port: 51821, mtu: 1300 }]);
     }
 
     #[test]
@@ -499,10 +373,7 @@ mod tests {
         assert!(a.contains(&Action::CreateNamespace(51821)));
         assert!(a.contains(&Action::SetForwarding(51820)));
         assert!(a.contains(&Action::AttachVeth(51820)));
-        assert!(a.contains(&Action::SetRules {
-            port: 51820,
-            missing_jumps: render::JUMPS.map(|j| j.1).to_vec()
-        }));
+        assert!(a.contains(&Action::SetRules { port: 51820, missing_jumps: render::JUMPS.map(|j| j.1).to_vec() }));
         assert!(a.contains(&Action::StartNginx));
     }
 
@@ -514,20 +385,9 @@ mod tests {
         o.namespaces.insert(40000);
         o.wg_in_root.insert(40001);
         o.host_veths.insert(40002, HostVeth::default());
-        let nginx2 = NginxText {
-            stream: "s2".into(),
-            http: "h".into(),
-        };
+        let nginx2 = NginxText { stream: "s2".into(), http: "h".into() };
         let a = plan(&d, &o, &l, &nginx2);
-        assert_eq!(
-            a,
-            vec![
-                Action::WriteNginx,
-                Action::DeleteNetwork(40000),
-                Action::DeleteRootWg(40001),
-                Action::DeleteHostVeth(40002)
-            ]
-        );
+        assert_eq!(a, vec![Action::WriteNginx, Action::DeleteNetwork(40000), Action::DeleteRootWg(40001), Action::DeleteHostVeth(40002)]);
         // Everything gone when nothing is desired, the bridge last.
         let a = plan(&Desired::default(), &o, &l, &nginx());
         assert_eq!(a.last(), Some(&Action::DeleteBridge));

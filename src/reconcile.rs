@@ -15,10 +15,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Mutex, Notify, watch};
 
 use crate::execute::{Backend, Executor};
-use crate::observe::{Observer, WgDump};
+use crate::observe::Observer;
 use crate::plan::{NginxText, converged_view, plan};
 use crate::render::{NginxSite, nginx_http, nginx_stream};
 use crate::store::{ApplyRecord, Store};
+use crate::traffic::InterfaceReading;
 use crate::validate::{CustomForwarding, Desired, NetworkSpec, validate};
 
 /// Settings of the reconciler that do not change while it runs.
@@ -53,25 +54,13 @@ pub enum Mode {
 }
 
 pub fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 pub fn nginx_text(shared: &Shared, desired: &Desired) -> NginxText {
     let s = &shared.settings;
-    let site = NginxSite::build(
-        &shared.observer.layout,
-        desired,
-        &s.custom,
-        &s.https_listen,
-        &s.http_listen,
-    );
-    NginxText {
-        stream: nginx_stream(&site),
-        http: nginx_http(&site),
-    }
+    let site = NginxSite::build(&shared.observer.layout, desired, &s.custom, &s.https_listen, &s.http_listen);
+    NginxText { stream: nginx_stream(&site), http: nginx_http(&site) }
 }
 
 pub struct Reconciler {
@@ -87,7 +76,7 @@ pub struct PassOutcome {
     pub record: ApplyRecord,
     pub changed: Vec<u16>,
     pub actions: usize,
-    pub dumps: BTreeMap<u16, WgDump>,
+    pub dumps: BTreeMap<u16, InterfaceReading>,
 }
 
 impl Reconciler {
@@ -96,12 +85,7 @@ impl Reconciler {
             Ok(Some(r)) => r.applied_generation,
             _ => 0,
         };
-        Reconciler {
-            shared,
-            converged: BTreeMap::new(),
-            bridge_verified: false,
-            applied_generation,
-        }
+        Reconciler { shared, converged: BTreeMap::new(), bridge_verified: false, applied_generation }
     }
 
     /// Runs forever: a drift check at start and every watchdog interval, an
@@ -139,27 +123,17 @@ impl Reconciler {
                 Some(o) => o.dumps.clone(),
                 None => BTreeMap::new(),
             };
-            self.shared
-                .accounting
-                .record_tick(&self.shared, dumps)
-                .await;
+            self.shared.accounting.record_tick(&self.shared, dumps).await;
         }
         let outcome = outcome?;
         if let Err(e) = self.shared.store.save_apply(&outcome.record).await {
             tracing::error!("cannot record the apply result: {e}");
         }
-        self.shared
-            .finished
-            .send_replace(Some(outcome.record.clone()));
+        self.shared.finished.send_replace(Some(outcome.record.clone()));
         Some(outcome)
     }
 
-    async fn pass(
-        &mut self,
-        mode: Mode,
-        generation: i64,
-        config: &crate::model::GatewayConfig,
-    ) -> PassOutcome {
+    async fn pass(&mut self, mode: Mode, generation: i64, config: &crate::model::GatewayConfig) -> PassOutcome {
         let start = Instant::now();
         let shared = self.shared.clone();
         let observer = &shared.observer;
@@ -168,19 +142,8 @@ impl Reconciler {
             Ok(d) => d,
             Err(problems) => {
                 // Possible only if --custom-forwarding changed since it was accepted.
-                errors.extend(problems.into_iter().map(|p| {
-                    format!("stored desired state is invalid: {}: {}", p.path, p.message)
-                }));
-                return self.finish(
-                    mode,
-                    generation,
-                    start,
-                    errors,
-                    Vec::new(),
-                    0,
-                    BTreeMap::new(),
-                    (0, 0),
-                );
+                errors.extend(problems.into_iter().map(|p| format!("stored desired state is invalid: {}: {}", p.path, p.message)));
+                return self.finish(mode, generation, start, errors, Vec::new(), 0, BTreeMap::new(), (0, 0));
             }
         };
         let nginx = nginx_text(&shared, &desired);
@@ -198,9 +161,7 @@ impl Reconciler {
                 continue;
             }
             if mode == Mode::Apply && self.converged.get(port) == Some(spec) {
-                observed
-                    .networks
-                    .insert(*port, converged_view(&observer.layout, spec));
+                observed.networks.insert(*port, converged_view(&observer.layout, spec));
                 continue;
             }
             match observer.observe_network(*port).await {
@@ -208,8 +169,8 @@ impl Reconciler {
                     for p in &n.problems {
                         tracing::warn!("network {port}: {p}");
                     }
-                    if let Some(d) = &n.wg {
-                        dumps.insert(*port, d.clone());
+                    if let (Some(dump), Some(link)) = (&n.wg, &n.wg_link) {
+                        dumps.insert(*port, InterfaceReading { dump: dump.clone(), ifindex: link.ifindex });
                     }
                     observed.networks.insert(*port, n);
                 }
@@ -217,24 +178,18 @@ impl Reconciler {
                     // Plan nothing for a network we could not read: pretend
                     // it converged, report the error, and look again next time.
                     errors.push(format!("network {port}: reading its state: {e}"));
-                    observed
-                        .networks
-                        .insert(*port, converged_view(&observer.layout, spec));
+                    observed.networks.insert(*port, converged_view(&observer.layout, spec));
                     unreadable.push(*port);
                 }
             }
         }
 
         let actions = plan(&desired, &observed, &observer.layout, &nginx);
-        let executor = Executor {
-            observer,
-            backend: shared.backend,
-        };
+        let executor = Executor { observer, backend: shared.backend };
         let report = executor.execute(&actions, &desired, &nginx).await;
         errors.extend(report.errors.iter().cloned());
 
-        self.converged
-            .retain(|p, _| desired.networks.contains_key(p));
+        self.converged.retain(|p, _| desired.networks.contains_key(p));
         for (port, spec) in &desired.networks {
             if report.failed.contains(port) || unreadable.contains(port) {
                 self.converged.remove(port);
@@ -244,20 +199,8 @@ impl Reconciler {
         }
         self.bridge_verified = !report.global_failed;
         let changed: Vec<u16> = report.changed.iter().copied().collect();
-        let counts = (
-            desired.networks.len(),
-            desired.networks.values().map(|s| s.peers.len()).sum(),
-        );
-        self.finish(
-            mode,
-            generation,
-            start,
-            errors,
-            changed,
-            actions.len(),
-            dumps,
-            counts,
-        )
+        let counts = (desired.networks.len(), desired.networks.values().map(|s| s.peers.len()).sum());
+        self.finish(mode, generation, start, errors, changed, actions.len(), dumps, counts)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -269,7 +212,7 @@ impl Reconciler {
         errors: Vec<String>,
         changed: Vec<u16>,
         actions: usize,
-        dumps: BTreeMap<u16, WgDump>,
+        dumps: BTreeMap<u16, InterfaceReading>,
         (networks, peers): (usize, usize),
     ) -> PassOutcome {
         let ok = errors.is_empty();
@@ -286,33 +229,13 @@ impl Reconciler {
         } else {
             m.apply_failures.inc();
         }
-        let kind = if mode == Mode::Apply {
-            "apply"
-        } else {
-            "drift check"
-        };
+        let kind = if mode == Mode::Apply { "apply" } else { "drift check" };
         if !ok {
-            tracing::warn!(
-                generation,
-                errors = errors.len(),
-                "{kind} failed after {} ms: {}",
-                duration.as_millis(),
-                errors.join("; ")
-            );
+            tracing::warn!(generation, errors = errors.len(), "{kind} failed after {} ms: {}", duration.as_millis(), errors.join("; "));
         } else if mode == Mode::Apply || actions > 0 {
-            tracing::info!(
-                generation,
-                actions,
-                ?changed,
-                "{kind} converged in {} ms",
-                duration.as_millis()
-            );
+            tracing::info!(generation, actions, ?changed, "{kind} converged in {} ms", duration.as_millis());
         } else {
-            tracing::debug!(
-                generation,
-                "drift check: nothing to do ({} ms)",
-                duration.as_millis()
-            );
+            tracing::debug!(generation, "drift check: nothing to do ({} ms)", duration.as_millis());
         }
         PassOutcome {
             record: ApplyRecord {

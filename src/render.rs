@@ -12,12 +12,7 @@ use crate::validate::{CustomForwarding, Desired, Hostname, NetworkSpec, Scheme};
 /// private key: it is passed on stdin, never written to disk or logged.
 pub fn wg_conf(spec: &NetworkSpec) -> String {
     let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "[Interface]\nPrivateKey = {}\nListenPort = {}",
-        spec.private_key.as_str(),
-        spec.port
-    );
+    let _ = writeln!(s, "[Interface]\nPrivateKey = {}\nListenPort = {}", spec.private_key.as_str(), spec.port);
     for (key, peer) in &spec.peers {
         let _ = writeln!(s, "\n[Peer]\nPublicKey = {}", key.as_str());
         if let Some(psk) = &peer.preshared_key {
@@ -46,11 +41,8 @@ pub struct RuleSet {
 }
 
 /// Jumps from the built-in chains into ours; added once, never duplicated.
-pub const JUMPS: [(&str, &str); 3] = [
-    ("nat", "-A PREROUTING -j GATEWAY-DNAT"),
-    ("nat", "-A POSTROUTING -j GATEWAY-SNAT"),
-    ("filter", "-A FORWARD -j GATEWAY-FORWARD"),
-];
+pub const JUMPS: [(&str, &str); 3] =
+    [("nat", "-A PREROUTING -j GATEWAY-DNAT"), ("nat", "-A POSTROUTING -j GATEWAY-SNAT"), ("filter", "-A FORWARD -j GATEWAY-FORWARD")];
 
 pub fn rules(layout: &Layout, spec: &NetworkSpec) -> RuleSet {
     let wg = layout.wg(spec.port);
@@ -78,10 +70,7 @@ pub fn rules(layout: &Layout, spec: &NetworkSpec) -> RuleSet {
 /// gateway's chains, adds the jumps that are missing, touches nothing else.
 pub fn iptables_restore(rules: &RuleSet, missing_jumps: &[&str]) -> String {
     let mut s = String::new();
-    for (table, chains, lines) in [
-        ("nat", &[CHAIN_DNAT, CHAIN_SNAT][..], &rules.nat),
-        ("filter", &[CHAIN_FORWARD][..], &rules.filter),
-    ] {
+    for (table, chains, lines) in [("nat", &[CHAIN_DNAT, CHAIN_SNAT][..], &rules.nat), ("filter", &[CHAIN_FORWARD][..], &rules.filter)] {
         let _ = writeln!(s, "*{table}");
         for c in chains {
             let _ = writeln!(s, ":{c} - [0:0]");
@@ -121,13 +110,7 @@ pub struct NginxSite {
 }
 
 impl NginxSite {
-    pub fn build(
-        layout: &Layout,
-        desired: &Desired,
-        custom: &[CustomForwarding],
-        https_listen: &str,
-        http_listen: &str,
-    ) -> Self {
+    pub fn build(layout: &Layout, desired: &Desired, custom: &[CustomForwarding], https_listen: &str, http_listen: &str) -> Self {
         let mut https = Vec::new();
         let mut http = Vec::new();
         for spec in desired.networks.values() {
@@ -140,10 +123,7 @@ impl NginxSite {
                     .map(|i| SocketAddrV4::new(veth_ip, layout.dnat_port(i)))
                     .collect()
             };
-            for (scheme, map, out) in [
-                ("https", &spec.https, &mut https),
-                ("http", &spec.http, &mut http),
-            ] {
+            for (scheme, map, out) in [("https", &spec.https, &mut https), ("http", &spec.http, &mut http)] {
                 for (i, (host, servers)) in map.iter().enumerate() {
                     out.push(Route {
                         host: host.clone(),
@@ -158,20 +138,11 @@ impl NginxSite {
                 Scheme::Https => ("https", &mut https),
                 Scheme::Http => ("http", &mut http),
             };
-            out.push(Route {
-                host: f.host.clone(),
-                upstream_name: format!("gateway_{scheme}_custom_{i}"),
-                servers: vec![f.upstream],
-            });
+            out.push(Route { host: f.host.clone(), upstream_name: format!("gateway_{scheme}_custom_{i}"), servers: vec![f.upstream] });
         }
         https.sort_by(|a, b| a.host.cmp(&b.host));
         http.sort_by(|a, b| a.host.cmp(&b.host));
-        NginxSite {
-            https_listen: https_listen.into(),
-            http_listen: http_listen.into(),
-            https,
-            http,
-        }
+        NginxSite { https_listen: https_listen.into(), http_listen: http_listen.into(), https, http }
     }
 
     /// Which hostnames go where; used to tell whether nginx must be reloaded.
@@ -186,8 +157,7 @@ impl NginxSite {
     }
 }
 
-const HEADER: &str =
-    "# Written by gateway. Do not edit: it is rewritten whenever the desired state changes.\n";
+const HEADER: &str = "# Written by gateway. Do not edit: it is rewritten whenever the desired state changes.\n";
 
 fn upstream_block(s: &mut String, indent: &str, r: &Route) {
     let _ = writeln!(s, "{indent}upstream {} {{", r.upstream_name);
@@ -216,9 +186,7 @@ pub fn nginx_stream(site: &NginxSite) -> String {
     s.push_str("        ssl_preread on;\n        proxy_pass $gateway_backend;\n");
     s.push_str("        # The first connection may wait for a WireGuard handshake.\n");
     s.push_str("        proxy_connect_timeout 10s;\n");
-    s.push_str(
-        "        # Long-lived TLS connections (websockets, streaming) stay open while idle.\n",
-    );
+    s.push_str("        # Long-lived TLS connections (websockets, streaming) stay open while idle.\n");
     s.push_str("        proxy_timeout 1h;\n");
     s.push_str("    }\n}\n");
     s
@@ -230,9 +198,7 @@ pub fn nginx_http(site: &NginxSite) -> String {
     if site.http.is_empty() {
         return s;
     }
-    s.push_str(
-        "map $http_upgrade $gateway_connection_upgrade {\n    default upgrade;\n    '' close;\n}\n",
-    );
+    s.push_str("map $http_upgrade $gateway_connection_upgrade {\n    default upgrade;\n    '' close;\n}\n");
     for r in &site.http {
         s.push('\n');
         upstream_block(&mut s, "", r);
@@ -296,18 +262,9 @@ pub(crate) mod tests {
             ]
             .into(),
             proxy: [
-                (
-                    "https://app.example.com".to_string(),
-                    vec!["10.80.0.2:443".to_string(), "10.80.0.3:443".to_string()],
-                ),
-                (
-                    "http://app.example.com".to_string(),
-                    vec!["10.80.0.2:80".to_string()],
-                ),
-                (
-                    "https://db.example.com".to_string(),
-                    vec!["10.80.0.3:443".to_string()],
-                ),
+                ("https://app.example.com".to_string(), vec!["10.80.0.2:443".to_string(), "10.80.0.3:443".to_string()]),
+                ("http://app.example.com".to_string(), vec!["10.80.0.2:80".to_string()]),
+                ("https://db.example.com".to_string(), vec!["10.80.0.3:443".to_string()]),
             ]
             .into(),
         };
@@ -316,34 +273,24 @@ pub(crate) mod tests {
         other.mtu = None;
         other.peers.clear();
         other.address = vec!["10.81.0.1/24".into()];
-        other.proxy = [(
-            "https://other.test".to_string(),
-            vec!["10.81.0.9:8443".to_string()],
-        )]
-        .into();
+        other.proxy = [("https://other.test".to_string(), vec!["10.81.0.9:8443".to_string()])].into();
         [("51820".to_string(), net), ("51821".to_string(), other)].into()
     }
 
     /// Compares with a golden file; `UPDATE_GOLDEN=1` rewrites it.
     pub fn golden(name: &str, actual: &str) {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/golden")
-            .join(name);
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
         if std::env::var_os("UPDATE_GOLDEN").is_some() {
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(&path, actual).unwrap();
         }
-        let expected = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1)", path.display()));
+        let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1)", path.display()));
         assert_eq!(actual, expected, "golden file {name} differs");
     }
 
     fn site() -> (Desired, NginxSite) {
         let d = validate(&sample_config(), &[]).unwrap();
-        let custom = parse_custom_forwardings(
-            "https://api.example.com=127.0.0.1:8443,http://api.example.com=127.0.0.1:8080",
-        )
-        .unwrap();
+        let custom = parse_custom_forwardings("https://api.example.com=127.0.0.1:8443,http://api.example.com=127.0.0.1:8080").unwrap();
         let site = NginxSite::build(&Layout::default(), &d, &custom, "443", "80");
         (d, site)
     }
@@ -362,14 +309,8 @@ pub(crate) mod tests {
     fn golden_iptables() {
         let (d, _) = site();
         let rs = rules(&Layout::default(), &d.networks[&51820]);
-        golden(
-            "iptables-51820.rules",
-            &iptables_restore(&rs, &JUMPS.map(|j| j.1)),
-        );
-        assert!(
-            !iptables_restore(&rs, &[]).contains("-A PREROUTING"),
-            "present jumps are not added again"
-        );
+        golden("iptables-51820.rules", &iptables_restore(&rs, &JUMPS.map(|j| j.1)));
+        assert!(!iptables_restore(&rs, &[]).contains("-A PREROUTING"), "present jumps are not added again");
     }
 
     #[test]
@@ -382,21 +323,13 @@ pub(crate) mod tests {
     fn nginx_and_nat_agree_on_ports() {
         let (d, site) = site();
         let rs = rules(&Layout::default(), &d.networks[&51820]);
-        for r in site
-            .https
-            .iter()
-            .chain(&site.http)
-            .filter(|r| !r.upstream_name.contains("custom"))
-        {
+        for r in site.https.iter().chain(&site.http).filter(|r| !r.upstream_name.contains("custom")) {
             for srv in &r.servers {
                 if srv.ip() != &Layout::default().veth_ns_ip(51820) {
                     continue;
                 }
                 assert!(
-                    rs.nat
-                        .iter()
-                        .any(|l| l.contains(&format!("-d {}/32", srv.ip()))
-                            && l.contains(&format!("--dport {} ", srv.port()))),
+                    rs.nat.iter().any(|l| l.contains(&format!("-d {}/32", srv.ip())) && l.contains(&format!("--dport {} ", srv.port()))),
                     "{srv} has no DNAT rule"
                 );
             }

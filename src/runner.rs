@@ -26,12 +26,7 @@ impl Cmd {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        Cmd {
-            program: program.to_string(),
-            args: args.into_iter().map(Into::into).collect(),
-            stdin: None,
-            mutating: true,
-        }
+        Cmd { program: program.to_string(), args: args.into_iter().map(Into::into).collect(), stdin: None, mutating: true }
     }
 
     /// Marks a command that only reads the system.
@@ -46,10 +41,7 @@ impl Cmd {
     }
 
     pub fn line(&self) -> String {
-        std::iter::once(self.program.as_str())
-            .chain(self.args.iter().map(String::as_str))
-            .collect::<Vec<_>>()
-            .join(" ")
+        std::iter::once(self.program.as_str()).chain(self.args.iter().map(String::as_str)).collect::<Vec<_>>().join(" ")
     }
 }
 
@@ -62,16 +54,9 @@ impl std::fmt::Debug for Cmd {
 #[derive(Debug, thiserror::Error)]
 pub enum CmdError {
     #[error("`{line}` could not be started: {source}")]
-    Spawn {
-        line: String,
-        source: std::io::Error,
-    },
+    Spawn { line: String, source: std::io::Error },
     #[error("`{line}` failed ({status}): {stderr}")]
-    Failed {
-        line: String,
-        status: String,
-        stderr: String,
-    },
+    Failed { line: String, status: String, stderr: String },
     #[error("`{line}` did not finish within {secs} s and was killed")]
     Timeout { line: String, secs: u64 },
 }
@@ -103,29 +88,18 @@ pub struct Runner {
 
 impl Runner {
     pub fn new(timeout: Duration) -> Self {
-        Runner {
-            timeout,
-            records: None,
-            dry_run: false,
-        }
+        Runner { timeout, records: None, dry_run: false }
     }
 
     /// A runner that also remembers every command it ran.
     pub fn recording(timeout: Duration) -> Self {
-        Runner {
-            timeout,
-            records: Some(Arc::new(Mutex::new(Vec::new()))),
-            dry_run: false,
-        }
+        Runner { timeout, records: Some(Arc::new(Mutex::new(Vec::new()))), dry_run: false }
     }
 
     /// A runner that records every command and runs none (each "succeeds"
     /// with empty output): for unit tests of what would be run, without root.
     pub fn dry_run() -> Self {
-        Runner {
-            dry_run: true,
-            ..Runner::recording(Duration::from_secs(1))
-        }
+        Runner { dry_run: true, ..Runner::recording(Duration::from_secs(1)) }
     }
 
     /// Returns and clears what was recorded so far.
@@ -145,17 +119,9 @@ impl Runner {
         } else {
             tracing::trace!(command = %line, "read");
         }
-        let result = if self.dry_run {
-            Ok(String::new())
-        } else {
-            self.run_inner(cmd, &line).await
-        };
+        let result = if self.dry_run { Ok(String::new()) } else { self.run_inner(cmd, &line).await };
         if let Some(r) = &self.records {
-            r.lock().unwrap_or_else(|e| e.into_inner()).push(Record {
-                line: line.clone(),
-                mutating: cmd.mutating,
-                ok: result.is_ok(),
-            });
+            r.lock().unwrap_or_else(|e| e.into_inner()).push(Record { line: line.clone(), mutating: cmd.mutating, ok: result.is_ok() });
         }
         if let Err(e) = &result {
             tracing::debug!(error = %e, "command failed");
@@ -167,18 +133,11 @@ impl Runner {
         let mut command = tokio::process::Command::new(&cmd.program);
         command
             .args(&cmd.args)
-            .stdin(if cmd.stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
+            .stdin(if cmd.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let mut child = command.spawn().map_err(|source| CmdError::Spawn {
-            line: line.to_string(),
-            source,
-        })?;
+        let mut child = command.spawn().map_err(|source| CmdError::Spawn { line: line.to_string(), source })?;
         if let (Some(input), Some(mut pipe)) = (&cmd.stdin, child.stdin.take()) {
             // A failed write shows up as the command's own error below.
             let _ = pipe.write_all(input).await;
@@ -186,30 +145,16 @@ impl Runner {
         }
         let output = tokio::time::timeout(self.timeout, child.wait_with_output())
             .await
-            .map_err(|_| CmdError::Timeout {
-                line: line.to_string(),
-                secs: self.timeout.as_secs(),
-            })?
-            .map_err(|source| CmdError::Spawn {
-                line: line.to_string(),
-                source,
-            })?;
+            .map_err(|_| CmdError::Timeout { line: line.to_string(), secs: self.timeout.as_secs() })?
+            .map_err(|source| CmdError::Spawn { line: line.to_string(), source })?;
         if output.status.success() {
             Ok(String::from_utf8_lossy(&output.stdout).into_owned())
         } else {
             let mut stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
             if stderr.is_empty() {
-                stderr = String::from_utf8_lossy(&output.stdout)
-                    .trim()
-                    .chars()
-                    .take(2000)
-                    .collect();
+                stderr = String::from_utf8_lossy(&output.stdout).trim().chars().take(2000).collect();
             }
-            Err(CmdError::Failed {
-                line: line.to_string(),
-                status: output.status.to_string(),
-                stderr,
-            })
+            Err(CmdError::Failed { line: line.to_string(), status: output.status.to_string(), stderr })
         }
     }
 }
@@ -221,15 +166,9 @@ mod tests {
     #[tokio::test]
     async fn keeps_stderr_and_records() {
         let r = Runner::recording(Duration::from_secs(5));
-        let out = r
-            .run(&Cmd::new("sh", ["-c", "cat; echo out"]).stdin("in-"))
-            .await
-            .unwrap();
+        let out = r.run(&Cmd::new("sh", ["-c", "cat; echo out"]).stdin("in-")).await.unwrap();
         assert_eq!(out, "in-out\n");
-        let err = r
-            .run(&Cmd::new("sh", ["-c", "echo boom >&2; exit 3"]).read_only())
-            .await
-            .unwrap_err();
+        let err = r.run(&Cmd::new("sh", ["-c", "echo boom >&2; exit 3"]).read_only()).await.unwrap_err();
         assert_eq!(err.stderr(), "boom");
         assert!(err.to_string().contains("exit status: 3"), "{err}");
         let rec = r.take_records();
@@ -249,9 +188,6 @@ mod tests {
     #[tokio::test]
     async fn missing_program() {
         let r = Runner::new(Duration::from_secs(1));
-        assert!(matches!(
-            r.run(&Cmd::new("/nonexistent/tool", ["x"])).await,
-            Err(CmdError::Spawn { .. })
-        ));
+        assert!(matches!(r.run(&Cmd::new("/nonexistent/tool", ["x"])).await, Err(CmdError::Spawn { .. })));
     }
 }

@@ -13,10 +13,7 @@ pub async fn collect(shared: &Shared) -> Result<StatusInfo, StoreError> {
     let observer = &shared.observer;
     let layout = &observer.layout;
     let observed = observer.observe_cheap();
-    let desired: BTreeSet<u16> = config
-        .keys()
-        .filter_map(|k| parse_port_key(k).ok())
-        .collect();
+    let desired: BTreeSet<u16> = config.keys().filter_map(|k| parse_port_key(k).ok()).collect();
     let mut networks = BTreeMap::new();
     for port in desired.union(&observed.namespaces) {
         let present = observed.namespaces.contains(port);
@@ -44,8 +41,7 @@ pub async fn collect(shared: &Shared) -> Result<StatusInfo, StoreError> {
                             PeerStatus {
                                 endpoint: p.endpoint.clone(),
                                 allowed_ips: p.allowed_ips.clone(),
-                                latest_handshake: (p.latest_handshake > 0)
-                                    .then_some(p.latest_handshake),
+                                latest_handshake: (p.latest_handshake > 0).then_some(p.latest_handshake),
                                 rx_bytes: p.rx as i64,
                                 tx_bytes: p.tx as i64,
                             },
@@ -65,9 +61,7 @@ pub async fn collect(shared: &Shared) -> Result<StatusInfo, StoreError> {
                 public_key: wg.as_ref().map(|d| d.public_key.clone()),
                 listen_port: wg.as_ref().map(|d| d.listen_port),
                 mtu: link.as_ref().map(|l| l.mtu),
-                addresses: link
-                    .map(|l| l.addresses.iter().map(ToString::to_string).collect())
-                    .unwrap_or_default(),
+                addresses: link.map(|l| l.addresses.iter().map(ToString::to_string).collect()).unwrap_or_default(),
                 desired: desired.contains(port),
                 peers,
             },
@@ -79,11 +73,7 @@ pub async fn collect(shared: &Shared) -> Result<StatusInfo, StoreError> {
         applied_generation: last.as_ref().map(|r| r.applied_generation).unwrap_or(0),
         last_apply: last.map(|r| LastApply {
             generation: r.generation,
-            result: if r.ok {
-                "applied".into()
-            } else {
-                "failed".into()
-            },
+            result: if r.ok { "applied".into() } else { "failed".into() },
             finished_at: r.finished_at,
             duration_ms: r.duration_ms,
             errors: r.errors,

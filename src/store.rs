@@ -20,10 +20,7 @@ pub enum StoreError {
     #[error("stored desired state is unreadable: {0}")]
     Corrupt(String),
     #[error("database file {path}: {source}")]
-    File {
-        path: String,
-        source: std::io::Error,
-    },
+    File { path: String, source: std::io::Error },
 }
 
 #[derive(Clone)]
@@ -59,28 +56,16 @@ impl Store {
                     .await?
             }
             Some(path) => {
-                let file_err = |source| StoreError::File {
-                    path: path.to_string(),
-                    source,
-                };
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .mode(0o600)
-                    .open(path)
-                    .map_err(file_err)?;
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-                    .map_err(file_err)?;
+                let file_err = |source| StoreError::File { path: path.to_string(), source };
+                std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path).map_err(file_err)?;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(file_err)?;
                 let opts = SqliteConnectOptions::new()
                     .filename(path)
                     .journal_mode(SqliteJournalMode::Wal)
                     .synchronous(SqliteSynchronous::Normal)
                     .busy_timeout(Duration::from_secs(10))
                     .foreign_keys(true);
-                SqlitePoolOptions::new()
-                    .max_connections(4)
-                    .connect_with(opts)
-                    .await?
+                SqlitePoolOptions::new().max_connections(4).connect_with(opts).await?
             }
         };
         sqlx::migrate!("./migrations").run(&pool).await?;
@@ -89,15 +74,12 @@ impl Store {
 
     /// The desired state and its generation; generation 0 = none accepted yet.
     pub async fn desired(&self) -> Result<(i64, GatewayConfig), StoreError> {
-        let row = sqlx::query("SELECT generation, config FROM desired_state WHERE id = 1")
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query("SELECT generation, config FROM desired_state WHERE id = 1").fetch_optional(&self.pool).await?;
         match row {
             None => Ok((0, GatewayConfig::new())),
             Some(r) => {
                 let text: String = r.try_get("config")?;
-                let config =
-                    serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let config = serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(e.to_string()))?;
                 Ok((r.try_get("generation")?, config))
             }
         }
@@ -119,8 +101,7 @@ impl Store {
     }
 
     pub async fn save_apply(&self, r: &ApplyRecord) -> Result<(), StoreError> {
-        let errors =
-            serde_json::to_string(&r.errors).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let errors = serde_json::to_string(&r.errors).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         sqlx::query(
             "INSERT OR REPLACE INTO apply_state (id, generation, applied_generation, ok, errors, finished_at, duration_ms, changed)
              VALUES (1, ?, ?, ?, ?, ?, ?, ?)",
@@ -138,9 +119,11 @@ impl Store {
     }
 
     pub async fn last_apply(&self) -> Result<Option<ApplyRecord>, StoreError> {
-        let row = sqlx::query("SELECT generation, applied_generation, ok, errors, finished_at, duration_ms, changed FROM apply_state WHERE id = 1")
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(
+            "SELECT generation, applied_generation, ok, errors, finished_at, duration_ms, changed FROM apply_state WHERE id = 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
         let Some(r) = row else { return Ok(None) };
         let errors: String = r.try_get("errors")?;
         Ok(Some(ApplyRecord {

@@ -1,7 +1,9 @@
 //! Traffic accounting: per-peer byte deltas from WireGuard's raw counters.
-//! The last raw counters are persisted, so a restart continues from them; a
-//! counter that goes backwards (interface or peer recreated) starts a new
-//! baseline. rx and tx are independent.
+//! The last raw counters are persisted, so a restart continues from them. A
+//! new baseline starts when a counter goes backwards, when the interface was
+//! recreated (its ifindex changed, even if the new counter already passed the
+//! old value), or when the peer was missing from the previous reading. rx and
+//! tx are independent.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -24,11 +26,28 @@ pub fn counter_delta(previous: Option<u64>, now: u64) -> u64 {
     }
 }
 
+/// One interface as read by a drift check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfaceReading {
+    pub dump: WgDump,
+    pub ifindex: u32,
+}
+
 /// One peer's reading in a tick.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reading {
     pub network_key: String,
     pub peer_key: String,
+    /// The interface instance the counters come from.
+    pub epoch: i64,
+    pub rx: u64,
+    pub tx: u64,
+}
+
+/// Last stored raw counters of one peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Previous {
+    pub epoch: i64,
     pub rx: u64,
     pub tx: u64,
 }
@@ -39,28 +58,33 @@ pub struct Reading {
 pub struct TickWrites {
     pub counters: Vec<Reading>,
     pub samples: Vec<Reading>,
+    /// Peers gone from an interface that was read: their counters are
+    /// dropped, so a peer added again later starts from zero.
+    pub stale: Vec<(String, String)>,
 }
 
-pub fn plan_tick(
-    previous: &HashMap<(String, String), (u64, u64)>,
-    readings: Vec<Reading>,
-) -> TickWrites {
+/// Decides what a tick writes. `networks_read` are the interfaces read this
+/// tick (by public key), also those without peers.
+pub fn plan_tick(previous: &HashMap<(String, String), Previous>, networks_read: &[String], readings: Vec<Reading>) -> TickWrites {
     let mut w = TickWrites::default();
+    let mut seen = std::collections::HashSet::new();
     for r in readings {
-        let prev = previous.get(&(r.network_key.clone(), r.peer_key.clone()));
-        let rx = counter_delta(prev.map(|p| p.0), r.rx);
-        let tx = counter_delta(prev.map(|p| p.1), r.tx);
+        let key = (r.network_key.clone(), r.peer_key.clone());
+        let prev = previous.get(&key).filter(|p| p.epoch == r.epoch);
+        let rx = counter_delta(prev.map(|p| p.rx), r.rx);
+        let tx = counter_delta(prev.map(|p| p.tx), r.tx);
         if rx > 0 || tx > 0 {
-            w.samples.push(Reading {
-                rx,
-                tx,
-                ..r.clone()
-            });
+            w.samples.push(Reading { rx, tx, ..r.clone() });
         }
-        if prev != Some(&(r.rx, r.tx)) {
+        if prev != Some(&Previous { epoch: r.epoch, rx: r.rx, tx: r.tx }) {
             w.counters.push(r);
         }
+        seen.insert(key);
     }
+    let mut stale: Vec<(String, String)> =
+        previous.keys().filter(|k| networks_read.contains(&k.0) && !seen.contains(*k)).cloned().collect();
+    stale.sort();
+    w.stale = stale;
     w
 }
 
@@ -71,32 +95,28 @@ pub struct Accounting {
 impl Accounting {
     /// Stores one tick's deltas in one transaction; errors are logged and
     /// counted, and the next tick simply tries again.
-    pub async fn record_tick(&self, shared: &Shared, dumps: BTreeMap<u16, WgDump>) {
+    pub async fn record_tick(&self, shared: &Shared, interfaces: BTreeMap<u16, InterfaceReading>) {
         let start = Instant::now();
         let now = now_unix();
         let mut labels = HashMap::new();
         let mut readings = Vec::new();
-        for (port, d) in &dumps {
+        let networks_read: Vec<String> = interfaces.values().map(|i| i.dump.public_key.clone()).collect();
+        for (port, i) in &interfaces {
+            let d = &i.dump;
             for p in &d.peers {
                 readings.push(Reading {
                     network_key: d.public_key.clone(),
                     peer_key: p.public_key.clone(),
+                    epoch: i64::from(i.ifindex),
                     rx: p.rx,
                     tx: p.tx,
                 });
-                let l = PeerLabels {
-                    network: port.to_string(),
-                    peer: p.public_key.clone(),
-                };
-                shared
-                    .metrics
-                    .peer_handshake
-                    .get_or_create(&l)
-                    .set(p.latest_handshake);
+                let l = PeerLabels { network: port.to_string(), peer: p.public_key.clone() };
+                shared.metrics.peer_handshake.get_or_create(&l).set(p.latest_handshake);
                 labels.insert((d.public_key.clone(), p.public_key.clone()), l);
             }
         }
-        match store_tick(&shared.store, readings, now, self.retention).await {
+        match store_tick(&shared.store, &networks_read, readings, now, self.retention).await {
             Ok(writes) => {
                 for s in &writes.samples {
                     if let Some(l) = labels.get(&(s.network_key.clone(), s.peer_key.clone())) {
@@ -104,52 +124,47 @@ impl Accounting {
                         shared.metrics.peer_tx.get_or_create(l).inc_by(s.tx);
                     }
                 }
-                tracing::debug!(
-                    samples = writes.samples.len(),
-                    "traffic tick stored in {} ms",
-                    start.elapsed().as_millis()
-                );
+                tracing::debug!(samples = writes.samples.len(), "traffic tick stored in {} ms", start.elapsed().as_millis());
             }
             Err(e) => {
                 shared.metrics.poll_errors.inc();
                 tracing::warn!("traffic tick not stored (the next tick retries): {e}");
             }
         }
-        shared
-            .metrics
-            .poll_duration
-            .set(start.elapsed().as_secs_f64());
+        shared.metrics.poll_duration.set(start.elapsed().as_secs_f64());
     }
 }
 
-/// Reads the previous counters, writes new counters and samples, and prunes
-/// old samples, all in one transaction.
+/// Reads the previous counters, writes new counters and samples, drops the
+/// counters of peers that are gone, and prunes old samples, all in one
+/// transaction.
 pub async fn store_tick(
     store: &Store,
+    networks_read: &[String],
     readings: Vec<Reading>,
     now: i64,
     retention: Duration,
 ) -> Result<TickWrites, StoreError> {
     let mut tx = store.pool.begin().await?;
     let mut previous = HashMap::new();
-    for row in sqlx::query("SELECT network_key, peer_key, rx, tx FROM peer_counters")
-        .fetch_all(&mut *tx)
-        .await?
-    {
+    for row in sqlx::query("SELECT network_key, peer_key, epoch, rx, tx FROM peer_counters").fetch_all(&mut *tx).await? {
         let key = (row.try_get::<String, _>(0)?, row.try_get::<String, _>(1)?);
-        previous.insert(
-            key,
-            (
-                row.try_get::<i64, _>(2)? as u64,
-                row.try_get::<i64, _>(3)? as u64,
-            ),
-        );
+        let prev = Previous { epoch: row.try_get(2)?, rx: row.try_get::<i64, _>(3)? as u64, tx: row.try_get::<i64, _>(4)? as u64 };
+        previous.insert(key, prev);
     }
-    let writes = plan_tick(&previous, readings);
+    let writes = plan_tick(&previous, networks_read, readings);
+    for (network_key, peer_key) in &writes.stale {
+        sqlx::query("DELETE FROM peer_counters WHERE network_key = ? AND peer_key = ?")
+            .bind(network_key)
+            .bind(peer_key)
+            .execute(&mut *tx)
+            .await?;
+    }
     for c in &writes.counters {
-        sqlx::query("INSERT OR REPLACE INTO peer_counters (network_key, peer_key, rx, tx) VALUES (?, ?, ?, ?)")
+        sqlx::query("INSERT OR REPLACE INTO peer_counters (network_key, peer_key, epoch, rx, tx) VALUES (?, ?, ?, ?, ?)")
             .bind(&c.network_key)
             .bind(&c.peer_key)
+            .bind(c.epoch)
             .bind(c.rx as i64)
             .bind(c.tx as i64)
             .execute(&mut *tx)
@@ -165,10 +180,7 @@ pub async fn store_tick(
             .execute(&mut *tx)
             .await?;
     }
-    sqlx::query("DELETE FROM traffic_samples WHERE time < ?")
-        .bind(now - retention.as_secs() as i64)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query("DELETE FROM traffic_samples WHERE time < ?").bind(now - retention.as_secs() as i64).execute(&mut *tx).await?;
     tx.commit().await?;
     Ok(writes)
 }
@@ -180,18 +192,11 @@ pub async fn traffic_since(store: &Store, start: i64, now: i64) -> Result<Traffi
         .bind(now)
         .fetch_all(&store.pool)
         .await?;
-    let mut info = TrafficInfo {
-        start_time: start,
-        stop_time: now,
-        ..Default::default()
-    };
+    let mut info = TrafficInfo { start_time: start, stop_time: now, ..Default::default() };
     for row in rows {
         let time: i64 = row.try_get(0)?;
         let (net, peer): (String, String) = (row.try_get(1)?, row.try_get(2)?);
-        let t = Traffic {
-            rx: row.try_get(3)?,
-            tx: row.try_get(4)?,
-        };
+        let t = Traffic { rx: row.try_get(3)?, tx: row.try_get(4)? };
         add(&mut info.traffic, &t);
         let n = info.networks.entry(net).or_default();
         add(&mut n.traffic, &t);
@@ -212,46 +217,60 @@ mod tests {
     use super::*;
 
     fn r(peer: &str, rx: u64, tx: u64) -> Reading {
-        Reading {
-            network_key: "N".into(),
-            peer_key: peer.into(),
-            rx,
-            tx,
-        }
+        re(peer, 1, rx, tx)
     }
+
+    fn re(peer: &str, epoch: i64, rx: u64, tx: u64) -> Reading {
+        Reading { network_key: "N".into(), peer_key: peer.into(), epoch, rx, tx }
+    }
+
+    fn prev(peer: &str, epoch: i64, rx: u64, tx: u64) -> HashMap<(String, String), Previous> {
+        HashMap::from([(("N".to_string(), peer.to_string()), Previous { epoch, rx, tx })])
+    }
+
+    const N: &[String] = &[];
 
     #[test]
     fn deltas() {
         assert_eq!(counter_delta(None, 100), 100, "a new peer's bytes are new");
         assert_eq!(counter_delta(Some(100), 150), 50);
         assert_eq!(counter_delta(Some(100), 100), 0);
-        assert_eq!(
-            counter_delta(Some(100), 30),
-            30,
-            "reset: new baseline, the new bytes count"
-        );
+        assert_eq!(counter_delta(Some(100), 30), 30, "reset: new baseline, the new bytes count");
         assert_eq!(counter_delta(Some(0), 0), 0);
     }
 
     #[test]
     fn rx_and_tx_are_independent() {
-        let prev = HashMap::from([(("N".to_string(), "a".to_string()), (100, 100))]);
-        let w = plan_tick(&prev, vec![r("a", 100, 180)]);
+        let p = prev("a", 1, 100, 100);
+        let w = plan_tick(&p, N, vec![r("a", 100, 180)]);
         assert_eq!(w.samples, vec![r("a", 0, 80)]);
-        let w = plan_tick(&prev, vec![r("a", 10, 150)]);
+        let w = plan_tick(&p, N, vec![r("a", 10, 150)]);
         assert_eq!(w.samples, vec![r("a", 10, 50)], "rx reset while tx grew");
     }
 
     #[test]
+    fn recreated_interface_counts_everything_even_past_the_old_value() {
+        let p = prev("a", 1, 1000, 1000);
+        let w = plan_tick(&p, N, vec![re("a", 2, 5000, 20)]);
+        assert_eq!(w.samples, vec![re("a", 2, 5000, 20)]);
+        assert_eq!(w.counters, vec![re("a", 2, 5000, 20)]);
+    }
+
+    #[test]
+    fn a_peer_gone_from_a_read_interface_is_forgotten() {
+        let p = prev("a", 1, 1000, 1000);
+        let w = plan_tick(&p, &["N".to_string()], vec![r("b", 1, 1)]);
+        assert_eq!(w.stale, vec![("N".to_string(), "a".to_string())]);
+        let w = plan_tick(&p, &["other".to_string()], vec![]);
+        assert!(w.stale.is_empty(), "an interface not read says nothing about its peers");
+    }
+
+    #[test]
     fn idle_peers_store_no_sample_and_no_counter() {
-        let prev = HashMap::from([(("N".to_string(), "a".to_string()), (5, 5))]);
-        let w = plan_tick(&prev, vec![r("a", 5, 5), r("b", 0, 0)]);
+        let p = prev("a", 1, 5, 5);
+        let w = plan_tick(&p, N, vec![r("a", 5, 5), r("b", 0, 0)]);
         assert!(w.samples.is_empty());
-        assert_eq!(
-            w.counters,
-            vec![r("b", 0, 0)],
-            "only a changed counter is written"
-        );
+        assert_eq!(w.counters, vec![r("b", 0, 0)], "only a changed counter is written");
     }
 
     #[tokio::test]
@@ -260,38 +279,23 @@ mod tests {
         let path = dir.path().join("t.db");
         let store = Store::open(Some(path.to_str().unwrap())).await.unwrap();
         let day = Duration::from_secs(86400);
-        store_tick(&store, vec![r("a", 1000, 2000)], 100, day)
-            .await
-            .unwrap();
-        store_tick(&store, vec![r("a", 1500, 2000)], 160, day)
-            .await
-            .unwrap();
+        let read = ["N".to_string()];
+        store_tick(&store, &read, vec![r("a", 1000, 2000)], 100, day).await.unwrap();
+        store_tick(&store, &read, vec![r("a", 1500, 2000)], 160, day).await.unwrap();
         store.pool.close().await;
         // A restart continues from the persisted counters: nothing twice.
         let store = Store::open(Some(path.to_str().unwrap())).await.unwrap();
-        store_tick(&store, vec![r("a", 1500, 2000)], 220, day)
-            .await
-            .unwrap();
-        store_tick(&store, vec![r("a", 40, 10)], 280, day)
-            .await
-            .unwrap();
+        store_tick(&store, &read, vec![r("a", 1500, 2000)], 220, day).await.unwrap();
+        store_tick(&store, &read, vec![r("a", 40, 10)], 280, day).await.unwrap();
         let info = traffic_since(&store, 0, 300).await.unwrap();
-        assert_eq!(
-            info.traffic,
-            Traffic {
-                rx: 1000 + 500 + 40,
-                tx: 2000 + 10
-            }
-        );
+        assert_eq!(info.traffic, Traffic { rx: 1000 + 500 + 40, tx: 2000 + 10 });
         let dev = &info.networks["N"].devices["a"];
         assert_eq!(dev.times.len(), 3, "no sample for the idle tick at 220");
         assert_eq!(dev.times["160"], Traffic { rx: 500, tx: 0 });
         let later = traffic_since(&store, 160, 300).await.unwrap();
         assert_eq!(later.traffic, Traffic { rx: 40, tx: 10 });
         // Retention removes old samples.
-        store_tick(&store, vec![], 100 + 86400 + 100, day)
-            .await
-            .unwrap();
+        store_tick(&store, &read, vec![r("a", 40, 10)], 100 + 86400 + 100, day).await.unwrap();
         let kept = traffic_since(&store, 0, i64::MAX).await.unwrap();
         assert_eq!(kept.networks["N"].devices["a"].times.len(), 1);
     }

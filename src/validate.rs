@@ -26,9 +26,7 @@ pub struct WgKey(String);
 impl WgKey {
     pub fn parse(s: &str) -> Result<Self, String> {
         if s.len() != 44 || !s.ends_with('=') {
-            return Err(
-                "must be a WireGuard key: 44 characters of standard base64 ending in '='".into(),
-            );
+            return Err("must be a WireGuard key: 44 characters of standard base64 ending in '='".into());
         }
         match base64::engine::general_purpose::STANDARD.decode(s) {
             Ok(bytes) if bytes.len() == 32 => Ok(WgKey(s.to_string())),
@@ -56,15 +54,10 @@ pub struct Cidr {
 
 impl Cidr {
     pub fn parse(s: &str) -> Result<Self, String> {
-        let (a, p) = s
-            .split_once('/')
-            .ok_or_else(|| "must be ADDRESS/PREFIX, e.g. 10.80.0.1/16".to_string())?;
+        let (a, p) = s.split_once('/').ok_or_else(|| "must be ADDRESS/PREFIX, e.g. 10.80.0.1/16".to_string())?;
         let addr = parse_ip_exact(a)?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = parse_decimal(p)
-            .filter(|p| *p <= max)
-            .ok_or_else(|| format!("prefix length must be a number 0..={max}"))?
-            as u8;
+        let prefix = parse_decimal(p).filter(|p| *p <= max).ok_or_else(|| format!("prefix length must be a number 0..={max}"))? as u8;
         Ok(Cidr { addr, prefix })
     }
 
@@ -72,33 +65,19 @@ impl Cidr {
     pub fn network(&self) -> Cidr {
         let addr = match self.addr {
             IpAddr::V4(a) => {
-                let mask = if self.prefix == 0 {
-                    0
-                } else {
-                    u32::MAX << (32 - self.prefix)
-                };
+                let mask = if self.prefix == 0 { 0 } else { u32::MAX << (32 - self.prefix) };
                 IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask))
             }
             IpAddr::V6(a) => {
-                let mask = if self.prefix == 0 {
-                    0
-                } else {
-                    u128::MAX << (128 - self.prefix)
-                };
+                let mask = if self.prefix == 0 { 0 } else { u128::MAX << (128 - self.prefix) };
                 IpAddr::V6(std::net::Ipv6Addr::from(u128::from(a) & mask))
             }
         };
-        Cidr {
-            addr,
-            prefix: self.prefix,
-        }
+        Cidr { addr, prefix: self.prefix }
     }
 
     pub fn contains(&self, ip: IpAddr) -> bool {
-        let probe = Cidr {
-            addr: ip,
-            prefix: self.prefix,
-        };
+        let probe = Cidr { addr: ip, prefix: self.prefix };
         ip.is_ipv4() == self.addr.is_ipv4() && probe.network().addr == self.network().addr
     }
 }
@@ -120,25 +99,16 @@ impl Hostname {
         }
         for label in s.split('.') {
             if label.is_empty() || label.len() > 63 {
-                return Err(
-                    "hostname labels must be 1 to 63 characters (no empty label, no trailing dot)"
-                        .into(),
-                );
+                return Err("hostname labels must be 1 to 63 characters (no empty label, no trailing dot)".into());
             }
-            if !label
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            {
+            if !label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
                 return Err("hostname may contain only lowercase letters, digits, '-' and '.' (no wildcards)".into());
             }
             if label.starts_with('-') || label.ends_with('-') {
                 return Err("hostname labels must not start or end with '-'".into());
             }
         }
-        if s.rsplit('.')
-            .next()
-            .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
-        {
+        if s.rsplit('.').next().is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit())) {
             return Err("hostname must not look like an IP address (last label all digits)".into());
         }
         Ok(Hostname(s.to_string()))
@@ -178,16 +148,12 @@ pub fn parse_proxy_url(s: &str) -> Result<(Scheme, Hostname), String> {
 
 /// An upstream inside a network (or, for custom forwardings, on the host): IPv4:PORT.
 pub fn parse_upstream(s: &str) -> Result<SocketAddrV4, String> {
-    let (ip, port) = s
-        .rsplit_once(':')
-        .ok_or_else(|| "upstream must be IPV4:PORT, e.g. 10.80.0.2:443".to_string())?;
+    let (ip, port) = s.rsplit_once(':').ok_or_else(|| "upstream must be IPV4:PORT, e.g. 10.80.0.2:443".to_string())?;
     let ip = match parse_ip_exact(ip)? {
         IpAddr::V4(ip) => ip,
         IpAddr::V6(_) => return Err("upstream must be an IPv4 address".into()),
     };
-    let port = parse_decimal(port)
-        .filter(|p| (1..=65535).contains(p))
-        .ok_or_else(|| "upstream port must be 1..=65535".to_string())?;
+    let port = parse_decimal(port).filter(|p| (1..=65535).contains(p)).ok_or_else(|| "upstream port must be 1..=65535".to_string())?;
     Ok(SocketAddrV4::new(ip, port as u16))
 }
 
@@ -195,8 +161,7 @@ pub fn parse_upstream(s: &str) -> Result<SocketAddrV4, String> {
 /// WireGuard resolves them once and reports the address, which would look
 /// like drift on every check.
 pub fn parse_endpoint(s: &str) -> Result<SocketAddr, String> {
-    let addr = SocketAddr::from_str(s)
-        .map_err(|_| "endpoint must be IP:PORT or [IPV6]:PORT (no hostnames)".to_string())?;
+    let addr = SocketAddr::from_str(s).map_err(|_| "endpoint must be IP:PORT or [IPV6]:PORT (no hostnames)".to_string())?;
     if addr.port() == 0 {
         return Err("endpoint port must be 1..=65535".into());
     }
@@ -218,11 +183,7 @@ fn parse_ip_exact(s: &str) -> Result<IpAddr, String> {
 
 /// Plain decimal digits, no sign, no leading zeros.
 fn parse_decimal(s: &str) -> Option<u32> {
-    if s.is_empty()
-        || s.len() > 9
-        || !s.bytes().all(|b| b.is_ascii_digit())
-        || (s.len() > 1 && s.starts_with('0'))
-    {
+    if s.is_empty() || s.len() > 9 || !s.bytes().all(|b| b.is_ascii_digit()) || (s.len() > 1 && s.starts_with('0')) {
         return None;
     }
     s.parse().ok()
@@ -233,16 +194,9 @@ fn truncate(s: &str) -> String {
 }
 
 pub fn parse_port_key(s: &str) -> Result<u16, String> {
-    parse_decimal(s)
-        .filter(|p| PORT_RANGE.contains(p))
-        .map(|p| p as u16)
-        .ok_or_else(|| {
-            format!(
-                "network key must be its WireGuard listen port, a decimal number {}..={}",
-                PORT_RANGE.start(),
-                PORT_RANGE.end()
-            )
-        })
+    parse_decimal(s).filter(|p| PORT_RANGE.contains(p)).map(|p| p as u16).ok_or_else(|| {
+        format!("network key must be its WireGuard listen port, a decimal number {}..={}", PORT_RANGE.start(), PORT_RANGE.end())
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -271,13 +225,7 @@ impl NetworkSpec {
     /// Distinct upstreams of this network, sorted: the index of an upstream in
     /// this list decides its DNAT port, so nginx and iptables agree.
     pub fn upstreams(&self) -> Vec<SocketAddrV4> {
-        let set: BTreeSet<SocketAddrV4> = self
-            .https
-            .values()
-            .chain(self.http.values())
-            .flatten()
-            .copied()
-            .collect();
+        let set: BTreeSet<SocketAddrV4> = self.https.values().chain(self.http.values()).flatten().copied().collect();
         set.into_iter().collect()
     }
 }
@@ -300,21 +248,13 @@ pub fn parse_custom_forwardings(s: &str) -> Result<Vec<CustomForwarding>, String
     let mut out = Vec::new();
     let mut seen = BTreeSet::new();
     for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-        let (url, upstream) = item
-            .split_once('=')
-            .ok_or_else(|| format!("custom forwarding '{item}' must be URL=IP:PORT"))?;
-        let (scheme, host) =
-            parse_proxy_url(url).map_err(|e| format!("custom forwarding '{item}': {e}"))?;
-        let upstream =
-            parse_upstream(upstream).map_err(|e| format!("custom forwarding '{item}': {e}"))?;
+        let (url, upstream) = item.split_once('=').ok_or_else(|| format!("custom forwarding '{item}' must be URL=IP:PORT"))?;
+        let (scheme, host) = parse_proxy_url(url).map_err(|e| format!("custom forwarding '{item}': {e}"))?;
+        let upstream = parse_upstream(upstream).map_err(|e| format!("custom forwarding '{item}': {e}"))?;
         if !seen.insert((scheme, host.clone())) {
             return Err(format!("custom forwarding for {url} given twice"));
         }
-        out.push(CustomForwarding {
-            scheme,
-            host,
-            upstream,
-        });
+        out.push(CustomForwarding { scheme, host, upstream });
     }
     Ok(out)
 }
@@ -323,10 +263,7 @@ struct Problems(Vec<ErrorDetail>);
 
 impl Problems {
     fn add(&mut self, path: String, message: impl Into<String>) {
-        self.0.push(ErrorDetail {
-            path,
-            message: message.into(),
-        });
+        self.0.push(ErrorDetail { path, message: message.into() });
     }
 }
 
@@ -337,10 +274,7 @@ fn key_path(base: &str, key: &str) -> String {
 }
 
 /// Checks the whole config; on failure returns every problem with its JSON path.
-pub fn validate(
-    config: &GatewayConfig,
-    custom: &[CustomForwarding],
-) -> Result<Desired, Vec<ErrorDetail>> {
+pub fn validate(config: &GatewayConfig, custom: &[CustomForwarding]) -> Result<Desired, Vec<ErrorDetail>> {
     let mut problems = Problems(Vec::new());
     let mut networks = BTreeMap::new();
     for (key, net) in config {
@@ -365,15 +299,7 @@ pub fn validate(
     for spec in networks.values() {
         for (scheme, map) in [(Scheme::Https, &spec.https), (Scheme::Http, &spec.http)] {
             for host in map.keys() {
-                let url = format!(
-                    "{}://{}",
-                    if scheme == Scheme::Https {
-                        "https"
-                    } else {
-                        "http"
-                    },
-                    host
-                );
+                let url = format!("{}://{}", if scheme == Scheme::Https { "https" } else { "http" }, host);
                 let here = format!("network {}", spec.port);
                 if let Some(other) = owners.get(&(scheme, host)) {
                     problems.add(
@@ -387,47 +313,27 @@ pub fn validate(
         }
     }
 
-    if problems.0.is_empty() {
-        Ok(Desired { networks })
-    } else {
-        Err(problems.0)
-    }
+    if problems.0.is_empty() { Ok(Desired { networks }) } else { Err(problems.0) }
 }
 
-fn validate_network(
-    path: &str,
-    port: Option<u16>,
-    net: &NetworkConfig,
-    problems: &mut Problems,
-) -> Option<NetworkSpec> {
+fn validate_network(path: &str, port: Option<u16>, net: &NetworkConfig, problems: &mut Problems) -> Option<NetworkSpec> {
     let before = problems.0.len();
     if let (Some(lp), Some(port)) = (net.listen_port, port) {
         if lp != u32::from(port) {
-            problems.add(
-                format!("{path}.listen_port"),
-                format!("listen_port {lp} must equal the network's key {port}"),
-            );
+            problems.add(format!("{path}.listen_port"), format!("listen_port {lp} must equal the network's key {port}"));
         }
     }
-    let private_key = WgKey::parse(&net.private_key)
-        .map_err(|e| problems.add(format!("{path}.private_key"), e))
-        .ok();
+    let private_key = WgKey::parse(&net.private_key).map_err(|e| problems.add(format!("{path}.private_key"), e)).ok();
     let mtu = net.mtu.unwrap_or(DEFAULT_MTU);
     if !MTU_RANGE.contains(&mtu) {
-        problems.add(
-            format!("{path}.mtu"),
-            format!("mtu must be {}..={}", MTU_RANGE.start(), MTU_RANGE.end()),
-        );
+        problems.add(format!("{path}.mtu"), format!("mtu must be {}..={}", MTU_RANGE.start(), MTU_RANGE.end()));
     }
     let mut addresses = BTreeSet::new();
     for (i, a) in net.address.iter().enumerate() {
         match Cidr::parse(a) {
             Ok(c) => {
                 if !addresses.insert(c) {
-                    problems.add(
-                        format!("{path}.address[{i}]"),
-                        format!("{a} is listed twice"),
-                    );
+                    problems.add(format!("{path}.address[{i}]"), format!("{a} is listed twice"));
                 }
             }
             Err(e) => problems.add(format!("{path}.address[{i}]"), e),
@@ -436,14 +342,10 @@ fn validate_network(
     let mut peers = BTreeMap::new();
     for (key, peer) in &net.peers {
         let ppath = key_path(&format!("{path}.peers"), key);
-        let pk = WgKey::parse(key)
-            .map_err(|e| problems.add(ppath.clone(), format!("peer key {e}")))
-            .ok();
+        let pk = WgKey::parse(key).map_err(|e| problems.add(ppath.clone(), format!("peer key {e}"))).ok();
         let psk = match &peer.preshared_key {
             None => None,
-            Some(k) => WgKey::parse(k)
-                .map_err(|e| problems.add(format!("{ppath}.preshared_key"), e))
-                .ok(),
+            Some(k) => WgKey::parse(k).map_err(|e| problems.add(format!("{ppath}.preshared_key"), e)).ok(),
         };
         let mut allowed = BTreeSet::new();
         for (i, a) in peer.allowed_ips.iter().enumerate() {
@@ -456,36 +358,23 @@ fn validate_network(
         }
         let endpoint = match &peer.endpoint {
             None => None,
-            Some(e) => parse_endpoint(e)
-                .map_err(|m| problems.add(format!("{ppath}.endpoint"), m))
-                .ok(),
+            Some(e) => parse_endpoint(e).map_err(|m| problems.add(format!("{ppath}.endpoint"), m)).ok(),
         };
         let keepalive = match peer.persistent_keepalive {
             None => None,
             Some(k) if (1..=65535).contains(&k) => Some(k as u16),
             Some(_) => {
-                problems.add(
-                    format!("{ppath}.persistent_keepalive"),
-                    "persistent_keepalive must be 1..=65535 seconds",
-                );
+                problems.add(format!("{ppath}.persistent_keepalive"), "persistent_keepalive must be 1..=65535 seconds");
                 None
             }
         };
         if let Some(pk) = pk {
             if private_key.as_ref() == Some(&pk) {
-                problems.add(
-                    ppath.clone(),
-                    "a peer's public key must not equal the network's private key",
-                );
+                problems.add(ppath.clone(), "a peer's public key must not equal the network's private key");
             }
             peers.insert(
                 pk,
-                PeerSpec {
-                    preshared_key: psk,
-                    allowed_ips: allowed.into_iter().collect(),
-                    endpoint,
-                    persistent_keepalive: keepalive,
-                },
+                PeerSpec { preshared_key: psk, allowed_ips: allowed.into_iter().collect(), endpoint, persistent_keepalive: keepalive },
             );
         }
     }
@@ -507,9 +396,7 @@ fn validate_network(
     let mut http = BTreeMap::new();
     for (url, ups) in &net.proxy {
         let upath = key_path(&format!("{path}.proxy"), url);
-        let parsed = parse_proxy_url(url)
-            .map_err(|e| problems.add(upath.clone(), e))
-            .ok();
+        let parsed = parse_proxy_url(url).map_err(|e| problems.add(upath.clone(), e)).ok();
         if ups.is_empty() {
             problems.add(upath.clone(), "at least one upstream IP:PORT is needed");
         }
@@ -518,10 +405,8 @@ fn validate_network(
             match parse_upstream(u) {
                 Ok(sa) => {
                     let ip = IpAddr::V4(*sa.ip());
-                    let routed = addresses.iter().any(|c| c.contains(ip))
-                        || peers
-                            .values()
-                            .any(|p| p.allowed_ips.iter().any(|c| c.contains(ip)));
+                    let routed =
+                        addresses.iter().any(|c| c.contains(ip)) || peers.values().any(|p| p.allowed_ips.iter().any(|c| c.contains(ip)));
                     if !routed {
                         problems.add(
                             format!("{upath}[{i}]"),
@@ -534,42 +419,21 @@ fn validate_network(
             }
         }
         if let Some((scheme, host)) = parsed {
-            let map = if scheme == Scheme::Https {
-                &mut https
-            } else {
-                &mut http
-            };
-            if map
-                .insert(host, list.into_iter().collect::<Vec<_>>())
-                .is_some()
-            {
-                problems.add(
-                    upath,
-                    "the same URL is given twice (e.g. with and without a trailing '/')",
-                );
+            let map = if scheme == Scheme::Https { &mut https } else { &mut http };
+            if map.insert(host, list.into_iter().collect::<Vec<_>>()).is_some() {
+                problems.add(upath, "the same URL is given twice (e.g. with and without a trailing '/')");
             }
         }
     }
     let has_proxy = !https.is_empty() || !http.is_empty();
     if has_proxy && !addresses.iter().any(|c| c.addr.is_ipv4()) {
-        problems.add(
-            format!("{path}.address"),
-            "a network with proxy entries needs an IPv4 address",
-        );
+        problems.add(format!("{path}.address"), "a network with proxy entries needs an IPv4 address");
     }
 
     if problems.0.len() != before {
         return None;
     }
-    Some(NetworkSpec {
-        port: port?,
-        private_key: private_key?,
-        mtu,
-        addresses: addresses.into_iter().collect(),
-        peers,
-        https,
-        http,
-    })
+    Some(NetworkSpec { port: port?, private_key: private_key?, mtu, addresses: addresses.into_iter().collect(), peers, https, http })
 }
 
 #[cfg(test)]
@@ -597,24 +461,15 @@ mod tests {
             )]
             .into(),
             proxy: [
-                (
-                    "https://app.example.com".to_string(),
-                    vec!["10.80.0.2:443".to_string()],
-                ),
-                (
-                    "http://app.example.com".to_string(),
-                    vec!["10.80.0.2:80".to_string()],
-                ),
+                ("https://app.example.com".to_string(), vec!["10.80.0.2:443".to_string()]),
+                ("http://app.example.com".to_string(), vec!["10.80.0.2:80".to_string()]),
             ]
             .into(),
         }
     }
 
     fn paths(r: Result<Desired, Vec<ErrorDetail>>) -> Vec<String> {
-        r.expect_err("should be rejected")
-            .into_iter()
-            .map(|d| d.path)
-            .collect()
+        r.expect_err("should be rejected").into_iter().map(|d| d.path).collect()
     }
 
     #[test]
@@ -631,10 +486,7 @@ mod tests {
     fn keys() {
         assert!(WgKey::parse(KEY_A).is_ok());
         assert!(WgKey::parse("short=").is_err());
-        assert!(
-            WgKey::parse(&KEY_A.replace('+', "-")).is_err(),
-            "url-safe alphabet refused"
-        );
+        assert!(WgKey::parse(&KEY_A.replace('+', "-")).is_err(), "url-safe alphabet refused");
         assert!(WgKey::parse("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\n").is_err());
         // 33 bytes would be 44 chars without padding: refused.
         assert!(WgKey::parse("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA").is_err());
@@ -670,14 +522,7 @@ mod tests {
     fn proxy_urls() {
         assert_eq!(parse_proxy_url("https://a.b/").unwrap().0, Scheme::Https);
         assert_eq!(parse_proxy_url("http://a.b").unwrap().0, Scheme::Http);
-        for bad in [
-            "ftp://a.b",
-            "https://a.b:8443",
-            "https://a.b/x",
-            "a.b",
-            "https://",
-            "https://a.b;",
-        ] {
+        for bad in ["ftp://a.b", "https://a.b:8443", "https://a.b/x", "a.b", "https://", "https://a.b;"] {
             assert!(parse_proxy_url(bad).is_err(), "{bad}");
         }
     }
@@ -685,43 +530,17 @@ mod tests {
     #[test]
     fn upstreams_endpoints_cidrs() {
         assert!(parse_upstream("10.0.0.1:443").is_ok());
-        for bad in [
-            "10.0.0.1",
-            "10.0.0.1:0",
-            "10.0.0.1:65536",
-            "010.0.0.1:1",
-            "[::1]:80",
-            "h:80",
-            "10.0.0.1:+1",
-        ] {
+        for bad in ["10.0.0.1", "10.0.0.1:0", "10.0.0.1:65536", "010.0.0.1:1", "[::1]:80", "h:80", "10.0.0.1:+1"] {
             assert!(parse_upstream(bad).is_err(), "{bad}");
         }
         assert!(parse_endpoint("203.0.113.7:41213").is_ok());
         assert!(parse_endpoint("[2001:db8::1]:51820").is_ok());
-        for bad in [
-            "example.com:51820",
-            "1.2.3.4",
-            "1.2.3.4:0",
-            "[2001:DB8::1]:1",
-        ] {
+        for bad in ["example.com:51820", "1.2.3.4", "1.2.3.4:0", "[2001:DB8::1]:1"] {
             assert!(parse_endpoint(bad).is_err(), "{bad}");
         }
-        assert_eq!(
-            Cidr::parse("10.80.0.5/24").unwrap().network().to_string(),
-            "10.80.0.0/24"
-        );
-        assert_eq!(
-            Cidr::parse("fd00::1/64").unwrap().network().to_string(),
-            "fd00::/64"
-        );
-        for bad in [
-            "10.0.0.1",
-            "10.0.0.1/33",
-            "10.0.0.1/ 8",
-            "10.0.0.01/8",
-            "10.0.0.1/08",
-            "x/8",
-        ] {
+        assert_eq!(Cidr::parse("10.80.0.5/24").unwrap().network().to_string(), "10.80.0.0/24");
+        assert_eq!(Cidr::parse("fd00::1/64").unwrap().network().to_string(), "fd00::/64");
+        for bad in ["10.0.0.1", "10.0.0.1/33", "10.0.0.1/ 8", "10.0.0.01/8", "10.0.0.1/08", "x/8"] {
             assert!(Cidr::parse(bad).is_err(), "{bad}");
         }
     }
@@ -733,14 +552,9 @@ mod tests {
         n.mtu = Some(100);
         n.listen_port = Some(1);
         n.address.push("10.0.0.1/99".into());
-        n.proxy
-            .insert("ftp://x.test".into(), vec!["10.80.0.2:21".into()]);
-        n.proxy
-            .insert("https://y.test".into(), vec!["192.168.1.1:443".into()]);
-        let p = paths(validate(
-            &[("51820".to_string(), n), ("0".to_string(), net())].into(),
-            &[],
-        ));
+        n.proxy.insert("ftp://x.test".into(), vec!["10.80.0.2:21".into()]);
+        n.proxy.insert("https://y.test".into(), vec!["192.168.1.1:443".into()]);
+        let p = paths(validate(&[("51820".to_string(), n), ("0".to_string(), net())].into(), &[]));
         for want in [
             r#"$["51820"].private_key"#,
             r#"$["51820"].mtu"#,
@@ -762,10 +576,7 @@ mod tests {
         assert!(p.iter().all(|p| p.starts_with(r#"$["51821"].proxy"#)));
         let custom = parse_custom_forwardings("https://app.example.com=127.0.0.1:8443").unwrap();
         let p = paths(validate(&[("51820".to_string(), net())].into(), &custom));
-        assert_eq!(
-            p,
-            vec![r#"$["51820"].proxy["https://app.example.com"]"#.to_string()]
-        );
+        assert_eq!(p, vec![r#"$["51820"].proxy["https://app.example.com"]"#.to_string()]);
     }
 
     #[test]
@@ -794,30 +605,16 @@ mod tests {
     #[test]
     fn port_keys() {
         assert_eq!(parse_port_key("51820"), Ok(51820));
-        for bad in [
-            "",
-            "0",
-            "1",
-            "65535",
-            "051820",
-            "+5",
-            "5182O",
-            "99999999999",
-        ] {
+        for bad in ["", "0", "1", "65535", "051820", "+5", "5182O", "99999999999"] {
             assert!(parse_port_key(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn custom_forwardings() {
-        let f = parse_custom_forwardings(
-            "https://api.example.com=127.0.0.1:8443, http://b.test=10.0.0.1:80",
-        )
-        .unwrap();
+        let f = parse_custom_forwardings("https://api.example.com=127.0.0.1:8443, http://b.test=10.0.0.1:80").unwrap();
         assert_eq!(f.len(), 2);
         assert!(parse_custom_forwardings("https://a.test").is_err());
-        assert!(
-            parse_custom_forwardings("https://a.test=1.2.3.4:1,https://a.test=1.2.3.4:2").is_err()
-        );
+        assert!(parse_custom_forwardings("https://a.test=1.2.3.4:1,https://a.test=1.2.3.4:2").is_err());
     }
 }

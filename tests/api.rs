@@ -16,32 +16,14 @@ const KEY2: &str = "OxvFhrgLnI9e4xzMMA2qQ7wm/xCUzxaWW5cb1JGkWSA=";
 const KEY3: &str = "4dcKbDNyb6pkkRuP22OPzkHgpOb9k67iaP5R9A0xv0c=";
 
 async fn client(extra: &[&str]) -> Client {
-    let mut argv = vec![
-        "gateway",
-        "--wireguard-backend",
-        "userspace",
-        "--apply-wait",
-        "200ms",
-        "--netns-dir",
-        "/nonexistent",
-    ];
+    let mut argv = vec!["gateway", "--wireguard-backend", "userspace", "--apply-wait", "200ms", "--netns-dir", "/nonexistent"];
     argv.extend(extra);
     let args = Args::try_parse_from(argv).unwrap();
-    let d = build(&args, Runner::new(Duration::from_secs(5)))
-        .await
-        .unwrap();
-    Client::untracked(gateway::api::rocket(d.api, d.figment))
-        .await
-        .unwrap()
+    let d = build(&args, Runner::new(Duration::from_secs(5))).await.unwrap();
+    Client::untracked(gateway::api::rocket(d.api, d.figment)).await.unwrap()
 }
 
-async fn call(
-    c: &Client,
-    method: Method,
-    path: &str,
-    auth: Option<Header<'static>>,
-    body: Option<&str>,
-) -> (Status, Value) {
+async fn call(c: &Client, method: Method, path: &str, auth: Option<Header<'static>>, body: Option<&str>) -> (Status, Value) {
     let mut req = c.req(method, path.to_string());
     if let Some(h) = auth {
         req = req.header(h);
@@ -97,10 +79,7 @@ async fn every_route_but_health_needs_the_token() {
             assert_eq!(s, Status::Unauthorized, "{m} {path} with {auth:?}");
             assert_error_shape(&v, "unauthorized");
         }
-        for auth in [
-            Header::new("Token", "s3cret"),
-            Header::new("Authorization", "Bearer s3cret"),
-        ] {
+        for auth in [Header::new("Token", "s3cret"), Header::new("Authorization", "Bearer s3cret")] {
             let (s, v) = call(&c, m, path, Some(auth.clone()), body).await;
             assert!(s.code < 300, "{m} {path} with {auth:?}: {s} {v}");
         }
@@ -108,11 +87,7 @@ async fn every_route_but_health_needs_the_token() {
     let (s, v) = call(&c, Method::Get, "/health", None, None).await;
     assert_eq!((s, v), (Status::Ok, json!({"status": "ok"})));
     let (s, v) = call(&c, Method::Get, "/openapi.json", None, None).await;
-    assert_eq!(
-        s,
-        Status::NotFound,
-        "the spec is not served unauthenticated"
-    );
+    assert_eq!(s, Status::NotFound, "the spec is not served unauthenticated");
     assert_error_shape(&v, "not_found");
 }
 
@@ -125,22 +100,10 @@ async fn invalid_config_lists_every_problem_and_changes_nothing() {
     bad["proxy"]["gopher://x.test"] = json!(["10.80.0.2:70"]);
     bad["proxy"]["https://y.test"] = json!(["10.80.0.2:443;"]);
     let body = json!({ "51820": bad, "abc": net(KEY1, "z.test") }).to_string();
-    let (s, v) = call(
-        &c,
-        Method::Post,
-        "/api/v1/config.json",
-        token(),
-        Some(&body),
-    )
-    .await;
+    let (s, v) = call(&c, Method::Post, "/api/v1/config.json", token(), Some(&body)).await;
     assert_eq!(s, Status::UnprocessableEntity, "{v}");
     assert_error_shape(&v, "invalid_config");
-    let paths: Vec<&str> = v["details"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["path"].as_str().unwrap())
-        .collect();
+    let paths: Vec<&str> = v["details"].as_array().unwrap().iter().map(|d| d["path"].as_str().unwrap()).collect();
     for want in [
         r#"$["51820"].private_key"#,
         r#"$["51820"].mtu"#,
@@ -153,42 +116,19 @@ async fn invalid_config_lists_every_problem_and_changes_nothing() {
         assert!(paths.contains(&want), "missing {want} in {paths:?}");
     }
     let (_, cfg) = call(&c, Method::Get, "/api/v1/config.json", token(), None).await;
-    assert_eq!(
-        cfg,
-        json!({"generation": 0, "config": {}}),
-        "nothing stored"
-    );
+    assert_eq!(cfg, json!({"generation": 0, "config": {}}), "nothing stored");
 
     // Not JSON, wrong types, unknown fields: a JSON 422 with serde's reason.
-    for body in [
-        "{",
-        "[]",
-        r#"{"51820": {"private_key": 5}}"#,
-        &json!({"51820": {"private_key": KEY1, "surprise": 1}}).to_string(),
-    ] {
+    for body in ["{", "[]", r#"{"51820": {"private_key": 5}}"#, &json!({"51820": {"private_key": KEY1, "surprise": 1}}).to_string()] {
         let (s, v) = call(&c, Method::Post, "/api/v1/config.json", token(), Some(body)).await;
         assert_eq!(s, Status::UnprocessableEntity, "{body}: {v}");
         assert_error_shape(&v, "invalid_config");
-        assert!(
-            v["details"][0]["message"]
-                .as_str()
-                .unwrap()
-                .contains("line"),
-            "{v}"
-        );
+        assert!(v["details"][0]["message"].as_str().unwrap().contains("line"), "{v}");
     }
 
     // One hostname in two networks.
-    let body =
-        json!({ "51820": net(KEY1, "same.test"), "51821": net(KEY2, "same.test") }).to_string();
-    let (s, v) = call(
-        &c,
-        Method::Post,
-        "/api/v1/config.json",
-        token(),
-        Some(&body),
-    )
-    .await;
+    let body = json!({ "51820": net(KEY1, "same.test"), "51821": net(KEY2, "same.test") }).to_string();
+    let (s, v) = call(&c, Method::Post, "/api/v1/config.json", token(), Some(&body)).await;
     assert_eq!(s, Status::UnprocessableEntity);
     assert!(v["details"].to_string().contains("only one network"), "{v}");
 }
@@ -197,86 +137,37 @@ async fn invalid_config_lists_every_problem_and_changes_nothing() {
 async fn post_stores_a_generation_and_patch_replaces_or_removes_ports() {
     let c = client(&["--token", "s3cret"]).await;
     let body = json!({ "51820": net(KEY1, "a.test"), "51821": net(KEY2, "b.test") }).to_string();
-    let (s, v) = call(
-        &c,
-        Method::Post,
-        "/api/v1/config.json",
-        token(),
-        Some(&body),
-    )
-    .await;
+    let (s, v) = call(&c, Method::Post, "/api/v1/config.json", token(), Some(&body)).await;
     // No reconciler runs in this test: the wait ends and says so.
     assert_eq!(s, Status::Accepted, "{v}");
-    assert_eq!(
-        (v["generation"].clone(), v["result"].clone()),
-        (json!(1), json!("pending"))
-    );
+    assert_eq!((v["generation"].clone(), v["result"].clone()), (json!(1), json!("pending")));
 
     let patch = json!({ "51821": null, "51822": net(KEY2, "c.test") }).to_string();
-    let (s, v) = call(
-        &c,
-        Method::Patch,
-        "/api/v1/config.json",
-        token(),
-        Some(&patch),
-    )
-    .await;
-    assert_eq!(
-        (s, v["generation"].clone()),
-        (Status::Accepted, json!(2)),
-        "{v}"
-    );
+    let (s, v) = call(&c, Method::Patch, "/api/v1/config.json", token(), Some(&patch)).await;
+    assert_eq!((s, v["generation"].clone()), (Status::Accepted, json!(2)), "{v}");
     let (_, cfg) = call(&c, Method::Get, "/api/v1/config.json", token(), None).await;
     assert_eq!(cfg["generation"], 2);
     let ports: Vec<&String> = cfg["config"].as_object().unwrap().keys().collect();
     assert_eq!(ports, ["51820", "51822"]);
-    assert_eq!(
-        cfg["config"]["51822"]["proxy"]["https://c.test"],
-        json!(["10.80.0.2:443"])
-    );
-    assert_eq!(
-        cfg["config"]["51820"],
-        net(KEY1, "a.test"),
-        "unlisted ports stay as they were"
-    );
+    assert_eq!(cfg["config"]["51822"]["proxy"]["https://c.test"], json!(["10.80.0.2:443"]));
+    assert_eq!(cfg["config"]["51820"], net(KEY1, "a.test"), "unlisted ports stay as they were");
 
     // A PATCH that would make the whole state invalid is refused as a whole.
     let patch = json!({ "51820": null, "51823": net(KEY1, "c.test") }).to_string();
-    let (s, v) = call(
-        &c,
-        Method::Patch,
-        "/api/v1/config.json",
-        token(),
-        Some(&patch),
-    )
-    .await;
+    let (s, v) = call(&c, Method::Patch, "/api/v1/config.json", token(), Some(&patch)).await;
     assert_eq!(s, Status::UnprocessableEntity, "{v}");
     let (_, after) = call(&c, Method::Get, "/api/v1/config.json", token(), None).await;
     assert_eq!(after, cfg, "nothing changed");
 
     // Removing a port that is not there is harmless.
-    let (s, v) = call(
-        &c,
-        Method::Patch,
-        "/api/v1/config.json",
-        token(),
-        Some(r#"{"40000": null}"#),
-    )
-    .await;
-    assert_eq!(
-        (s, v["generation"].clone()),
-        (Status::Accepted, json!(3)),
-        "{v}"
-    );
+    let (s, v) = call(&c, Method::Patch, "/api/v1/config.json", token(), Some(r#"{"40000": null}"#)).await;
+    assert_eq!((s, v["generation"].clone()), (Status::Accepted, json!(3)), "{v}");
 
     let (s, st) = call(&c, Method::Get, "/api/v1/status.json", token(), None).await;
     assert_eq!(s, Status::Ok);
     assert_eq!(st["desired_generation"], 3);
     assert_eq!(st["applied_generation"], 0);
-    assert_eq!(
-        st["networks"]["51820"]["namespace_present"], false,
-        "really observed: nothing was applied"
-    );
+    assert_eq!(st["networks"]["51820"]["namespace_present"], false, "really observed: nothing was applied");
 }
 
 #[tokio::test]
@@ -292,14 +183,7 @@ async fn traffic_query_errors_are_clear() {
         assert_error_shape(&v, "bad_request");
         assert!(v["message"].as_str().unwrap().contains(needle), "{v}");
     }
-    let (s, v) = call(
-        &c,
-        Method::Get,
-        "/api/v1/traffic.json?start=0",
-        token(),
-        None,
-    )
-    .await;
+    let (s, v) = call(&c, Method::Get, "/api/v1/traffic.json?start=0", token(), None).await;
     assert_eq!(s, Status::Ok);
     assert_eq!(v["start_time"], 0);
     assert_eq!(v["traffic"], json!({"rx": 0, "tx": 0}));
@@ -312,18 +196,9 @@ async fn traffic_query_errors_are_clear() {
 #[tokio::test]
 async fn metrics_are_openmetrics_text() {
     let c = client(&["--token", "s3cret"]).await;
-    let r = c
-        .get("/metrics")
-        .header(Header::new("Authorization", "Bearer s3cret"))
-        .dispatch()
-        .await;
+    let r = c.get("/metrics").header(Header::new("Authorization", "Bearer s3cret")).dispatch().await;
     assert_eq!(r.status(), Status::Ok);
-    assert!(
-        r.content_type()
-            .unwrap()
-            .to_string()
-            .starts_with("application/openmetrics-text")
-    );
+    assert!(r.content_type().unwrap().to_string().starts_with("application/openmetrics-text"));
     let text = r.into_string().await.unwrap();
     for name in [
         "gateway_apply_failures_total",
@@ -340,4 +215,19 @@ async fn without_a_token_the_api_is_open_on_loopback() {
     let c = client(&[]).await;
     let (s, _) = call(&c, Method::Get, "/api/v1/config.json", None, None).await;
     assert_eq!(s, Status::Ok);
+}
+
+#[tokio::test]
+async fn concurrent_posts_get_distinct_generations_and_the_last_wins() {
+    let c = client(&["--token", "s3cret"]).await;
+    let bodies: Vec<String> = (0..8).map(|i| json!({ (51820 + i).to_string(): net(KEY1, &format!("h{i}.test")) }).to_string()).collect();
+    let answers = futures::future::join_all(bodies.iter().map(|b| call(&c, Method::Post, "/api/v1/config.json", token(), Some(b)))).await;
+    let mut gens: Vec<i64> = answers.iter().map(|(_, v)| v["generation"].as_i64().unwrap()).collect();
+    gens.sort();
+    assert_eq!(gens, (1..=8).collect::<Vec<_>>(), "each request got its own generation: {answers:?}");
+    let (_, cfg) = call(&c, Method::Get, "/api/v1/config.json", token(), None).await;
+    assert_eq!(cfg["generation"], 8);
+    let last = answers.iter().position(|(_, v)| v["generation"] == 8).unwrap();
+    let want: Value = serde_json::from_str(&bodies[last]).unwrap();
+    assert_eq!(cfg["config"], want, "the state is the body of the last accepted POST, whole");
 }

@@ -63,30 +63,12 @@ async fn https_by_sni_and_http_by_host_reach_the_node_and_removal_leaves_nothing
     let (ok, out) = https_get(&n, &node, "app.test", "/hello");
     assert!(ok && out.starts_with("node-https host=app.test"), "{out}");
     // HTTP chosen by Host, with the proxy headers set.
-    let (ok, out) = client_curl(
-        &n,
-        &format!(
-            "-H 'Host: app.test' http://{}:{}/",
-            n.client_gw_ip(),
-            n.http_port()
-        ),
-    );
+    let (ok, out) = client_curl(&n, &format!("-H 'Host: app.test' http://{}:{}/", n.client_gw_ip(), n.http_port()));
     let client_ip = format!("172.31.{}.2", n.k);
-    assert!(
-        ok && out.contains(&format!(
-            "node-http host=app.test real={client_ip} xff={client_ip}"
-        )),
-        "{out}"
-    );
+    assert!(ok && out.contains(&format!("node-http host=app.test real={client_ip} xff={client_ip}")), "{out}");
     // A name nobody serves is refused, not sent somewhere.
-    let (ok, out) = client_curl(
-        &n,
-        &format!(
-            "-k --resolve nope.test:{hp}:{ip} https://nope.test:{hp}/",
-            hp = n.https_port(),
-            ip = n.client_gw_ip()
-        ),
-    );
+    let (ok, out) =
+        client_curl(&n, &format!("-k --resolve nope.test:{hp}:{ip} https://nope.test:{hp}/", hp = n.https_port(), ip = n.client_gw_ip()));
     assert!(!ok, "unknown SNI must not be served: {out}");
 
     // status.json reports what is really there.
@@ -97,31 +79,19 @@ async fn https_by_sni_and_http_by_host_reach_the_node_and_removal_leaves_nothing
     assert_eq!(net["interface_up"], true);
     assert_eq!(net["public_key"], json!(gw_public));
     assert_eq!(net["listen_port"], json!(port));
-    assert!(
-        net["peers"][&node.public]["latest_handshake"]
-            .as_i64()
-            .is_some(),
-        "handshake happened: {st}"
-    );
+    assert!(net["peers"][&node.public]["latest_handshake"].as_i64().is_some(), "handshake happened: {st}");
     assert_eq!(st["backend"], "userspace");
     assert_eq!(st["applied_generation"], 1);
 
     // Re-applying the same state runs no command at all.
     d.runner.take_records();
     let (code, body) = d.post(&cfg).await;
-    assert_eq!(
-        (code, &body["changed_networks"]),
-        (200, &json!([])),
-        "{body}"
-    );
+    assert_eq!((code, &body["changed_networks"]), (200, &json!([])), "{body}");
     let records = d.runner.take_records();
     assert!(records.is_empty(), "a no-op apply ran {records:?}");
 
     // The listen port is the interface's UDP socket in the root namespace.
-    assert!(
-        sh("ss -uln").contains(&format!(":{port} ")),
-        "UDP {port} listens in the root namespace"
-    );
+    assert!(sh("ss -uln").contains(&format!(":{port} ")), "UDP {port} listens in the root namespace");
 
     // PATCH the network away: everything it had disappears.
     let (code, body) = d.patch(&json!({ port.to_string(): null })).await;
@@ -129,40 +99,16 @@ async fn https_by_sni_and_http_by_host_reach_the_node_and_removal_leaves_nothing
     let left = leftovers(&n, port);
     assert!(left.is_empty(), "left behind: {left:?}");
     for f in [n.stream_file(), n.http_file()] {
-        assert!(
-            !std::fs::read_to_string(&f).unwrap().contains("app.test"),
-            "{} still routes app.test",
-            f.display()
-        );
+        assert!(!std::fs::read_to_string(&f).unwrap().contains("app.test"), "{} still routes app.test", f.display());
     }
-    assert!(
-        !std::path::Path::new(&format!("/sys/class/net/{}", n.bridge())).exists(),
-        "bridge removed with the last network"
-    );
-    let (_, out) = client_curl(
-        &n,
-        &format!(
-            "--max-time 5 -H 'Host: app.test' http://{}:{}/",
-            n.client_gw_ip(),
-            n.http_port()
-        ),
-    );
-    assert!(
-        !out.contains("node-http"),
-        "HTTP still reaches the removed network: {out}"
-    );
+    assert!(!std::path::Path::new(&format!("/sys/class/net/{}", n.bridge())).exists(), "bridge removed with the last network");
+    let (_, out) = client_curl(&n, &format!("--max-time 5 -H 'Host: app.test' http://{}:{}/", n.client_gw_ip(), n.http_port()));
+    assert!(!out.contains("node-http"), "HTTP still reaches the removed network: {out}");
     let (ok, out) = client_curl(
         &n,
-        &format!(
-            "--max-time 5 -k --resolve app.test:{hp}:{ip} https://app.test:{hp}/",
-            hp = n.https_port(),
-            ip = n.client_gw_ip()
-        ),
+        &format!("--max-time 5 -k --resolve app.test:{hp}:{ip} https://app.test:{hp}/", hp = n.https_port(), ip = n.client_gw_ip()),
     );
-    assert!(
-        !ok && !out.contains("node-https"),
-        "HTTPS still reaches the removed network: {out}"
-    );
+    assert!(!ok && !out.contains("node-https"), "HTTPS still reaches the removed network: {out}");
     d.stop().await;
 }
 
@@ -207,36 +153,21 @@ async fn cost_of_applies_counted_on_the_runner() {
         records.len(),
         records.iter().filter(|r| r.mutating).count()
     );
-    assert!(
-        records.iter().all(|r| r.ok),
-        "{:?}",
-        records.iter().filter(|r| !r.ok).collect::<Vec<_>>()
-    );
+    assert!(records.iter().all(|r| r.ok), "{:?}", records.iter().filter(|r| !r.ok).collect::<Vec<_>>());
 
     let t = Instant::now();
     let (code, body) = d.post(&cfg).await;
     let noop = t.elapsed();
-    assert_eq!(
-        (code, &body["changed_networks"]),
-        (200, &json!([])),
-        "{body}"
-    );
+    assert_eq!((code, &body["changed_networks"]), (200, &json!([])), "{body}");
     let records = d.runner.take_records();
-    println!(
-        "no-op re-apply of {N} networks: {noop:?}, {} commands",
-        records.len()
-    );
+    println!("no-op re-apply of {N} networks: {noop:?}, {} commands", records.len());
     assert!(records.is_empty(), "no-op apply ran {records:?}");
 
     // A drift check reads each network (read-only) and changes nothing.
     let t = Instant::now();
     let outcome = d.drift_check().await.expect("pass");
     let records = d.runner.take_records();
-    println!(
-        "drift check of {N} networks: {:?}, {} read-only commands",
-        t.elapsed(),
-        records.len()
-    );
+    println!("drift check of {N} networks: {:?}, {} read-only commands", t.elapsed(), records.len());
     assert!(outcome.record.ok, "{:?}", outcome.record.errors);
     assert_eq!(outcome.actions, 0, "converged system needs nothing");
     assert!(records.iter().all(|r| !r.mutating), "{records:?}");
@@ -245,64 +176,27 @@ async fn cost_of_applies_counted_on_the_runner() {
     let changed = n.port(7);
     cfg[changed.to_string()]["mtu"] = json!(1380);
     let (code, body) = d.post(&cfg).await;
-    assert_eq!(
-        (code, &body["changed_networks"]),
-        (200, &json!([changed])),
-        "{body}"
-    );
+    assert_eq!((code, &body["changed_networks"]), (200, &json!([changed])), "{body}");
     let records = d.runner.take_records();
-    println!(
-        "one-network change: {} commands: {:?}",
-        records.len(),
-        records.iter().map(|r| &r.line).collect::<Vec<_>>()
-    );
+    println!("one-network change: {} commands: {:?}", records.len(), records.iter().map(|r| &r.line).collect::<Vec<_>>());
     assert!(!records.is_empty());
     for r in &records {
-        assert!(
-            r.line.contains(&changed.to_string()),
-            "command outside network {changed}: {}",
-            r.line
-        );
-        assert!(
-            !r.line.contains("nginx"),
-            "nginx touched for an MTU change: {}",
-            r.line
-        );
+        assert!(r.line.contains(&changed.to_string()), "command outside network {changed}: {}", r.line);
+        assert!(!r.line.contains("nginx"), "nginx touched for an MTU change: {}", r.line);
     }
-    assert!(
-        sh(&format!(
-            "ip -n {} link show {}",
-            n.netns(changed),
-            n.wg(changed)
-        ))
-        .contains("mtu 1380")
-    );
+    assert!(sh(&format!("ip -n {} link show {}", n.netns(changed), n.wg(changed))).contains("mtu 1380"));
 
     // A new hostname reloads nginx (after a check) and touches no network.
     cfg[n.port(3).to_string()]["proxy"]["https://extra.test"] = json!(["10.80.0.2:443"]);
     let (code, body) = d.post(&cfg).await;
-    assert_eq!(
-        (code, &body["changed_networks"]),
-        (200, &json!([])),
-        "{body}"
-    );
+    assert_eq!((code, &body["changed_networks"]), (200, &json!([])), "{body}");
     let records = d.runner.take_records();
-    let mutating: Vec<&str> = records
-        .iter()
-        .filter(|r| r.mutating)
-        .map(|r| r.line.as_str())
-        .collect();
+    let mutating: Vec<&str> = records.iter().filter(|r| r.mutating).map(|r| r.line.as_str()).collect();
     assert_eq!(mutating.len(), 2, "{records:?}");
     assert!(mutating[0].contains("nginx -t"), "{mutating:?}");
     assert!(mutating[1].ends_with("-s reload"), "{mutating:?}");
     let changed = n.port(3).to_string();
-    assert!(
-        records
-            .iter()
-            .filter(|r| !r.mutating)
-            .all(|r| r.line.contains(&changed)),
-        "reads only the changed network: {records:?}"
-    );
+    assert!(records.iter().filter(|r| !r.mutating).all(|r| r.line.contains(&changed)), "reads only the changed network: {records:?}");
 
     d.stop().await;
 }
@@ -319,67 +213,25 @@ async fn watchdog_repairs_drift() {
     let (code, body) = d.post(&cfg).await;
     assert_eq!(code, 200, "{body}");
     let (a, b) = (n.port(0), n.port(1));
-    let peer_b = cfg[b.to_string()]["peers"]
-        .as_object()
-        .unwrap()
-        .keys()
-        .next()
-        .unwrap()
-        .clone();
+    let peer_b = cfg[b.to_string()]["peers"].as_object().unwrap().keys().next().unwrap().clone();
 
     // By hand: a namespace deleted, a peer removed, our NAT chain flushed, a
     // stray address added, nginx stopped.
-    sh(&format!(
-        "ip -n {ns} link del {wg}; ip netns del {ns}",
-        ns = n.netns(a),
-        wg = n.wg(a)
-    ));
-    sh(&format!(
-        "ip netns exec {} wg set {} peer {peer_b} remove",
-        n.netns(b),
-        n.wg(b)
-    ));
-    sh(&format!(
-        "ip netns exec {} iptables -t nat -F GATEWAY-DNAT",
-        n.netns(b)
-    ));
-    sh(&format!(
-        "ip -n {} addr add 10.99.0.1/24 dev {}",
-        n.netns(b),
-        n.wg(b)
-    ));
-    let nginx_pid = std::fs::read_to_string(n.nginx_pid())
-        .unwrap()
-        .trim()
-        .to_string();
+    sh(&format!("ip -n {ns} link del {wg}; ip netns del {ns}", ns = n.netns(a), wg = n.wg(a)));
+    sh(&format!("ip netns exec {} wg set {} peer {peer_b} remove", n.netns(b), n.wg(b)));
+    sh(&format!("ip netns exec {} iptables -t nat -F GATEWAY-DNAT", n.netns(b)));
+    sh(&format!("ip -n {} addr add 10.99.0.1/24 dev {}", n.netns(b), n.wg(b)));
+    let nginx_pid = std::fs::read_to_string(n.nginx_pid()).unwrap().trim().to_string();
     sh(&format!("kill {nginx_pid}"));
 
-    wait_until(
-        "the watchdog to repair everything",
-        Duration::from_secs(30),
-        || {
-            sh_ok(&format!(
-                "ip netns exec {} wg show {} >/dev/null",
-                n.netns(a),
-                n.wg(a)
-            )) && sh(&format!(
-                "ip netns exec {} wg show {} peers",
-                n.netns(b),
-                n.wg(b)
-            ))
-            .contains(&peer_b)
-                && sh(&format!(
-                    "ip netns exec {} iptables -t nat -S GATEWAY-DNAT",
-                    n.netns(b)
-                ))
-                .contains("DNAT --to-destination 10.80.0.2:443")
-                && !sh(&format!("ip -n {} addr show {}", n.netns(b), n.wg(b))).contains("10.99.0.1")
-                && std::fs::read_to_string(n.nginx_pid()).is_ok_and(|p| {
-                    p.trim() != nginx_pid
-                        && std::path::Path::new(&format!("/proc/{}", p.trim())).exists()
-                })
-        },
-    )
+    wait_until("the watchdog to repair everything", Duration::from_secs(30), || {
+        sh_ok(&format!("ip netns exec {} wg show {} >/dev/null", n.netns(a), n.wg(a)))
+            && sh(&format!("ip netns exec {} wg show {} peers", n.netns(b), n.wg(b))).contains(&peer_b)
+            && sh(&format!("ip netns exec {} iptables -t nat -S GATEWAY-DNAT", n.netns(b))).contains("DNAT --to-destination 10.80.0.2:443")
+            && !sh(&format!("ip -n {} addr show {}", n.netns(b), n.wg(b))).contains("10.99.0.1")
+            && std::fs::read_to_string(n.nginx_pid())
+                .is_ok_and(|p| p.trim() != nginx_pid && std::path::Path::new(&format!("/proc/{}", p.trim())).exists())
+    })
     .await;
     let (_, st) = d.get("/api/v1/status.json").await;
     assert_eq!(st["last_apply"]["result"], "applied", "{st}");
@@ -397,34 +249,16 @@ async fn failing_nginx_check_restores_the_previous_files() {
     let (cfg, _) = many_networks(1, &n, ".test");
     let (code, body) = d.post(&cfg).await;
     assert_eq!(code, 200, "{body}");
-    let before = (
-        std::fs::read_to_string(n.stream_file()).unwrap(),
-        std::fs::read_to_string(n.http_file()).unwrap(),
-    );
+    let before = (std::fs::read_to_string(n.stream_file()).unwrap(), std::fs::read_to_string(n.http_file()).unwrap());
 
     // Something else in nginx's config now clashes with what the gateway writes.
-    std::fs::write(
-        n.dir.join("http-extra.conf"),
-        format!(
-            "upstream gateway_http_{}_0 {{ server 127.0.0.1:1; }}\n",
-            n.port(0)
-        ),
-    )
-    .unwrap();
+    std::fs::write(n.dir.join("http-extra.conf"), format!("upstream gateway_http_{}_0 {{ server 127.0.0.1:1; }}\n", n.port(0))).unwrap();
     let (cfg2, _) = many_networks(1, &n, ".example");
     let (code, body) = d.post(&cfg2).await;
     assert_eq!(code, 500, "{body}");
     assert_eq!(body["error"], "apply_failed");
-    assert!(
-        body["details"]
-            .to_string()
-            .contains("nginx config check failed"),
-        "{body}"
-    );
-    let after = (
-        std::fs::read_to_string(n.stream_file()).unwrap(),
-        std::fs::read_to_string(n.http_file()).unwrap(),
-    );
+    assert!(body["details"].to_string().contains("nginx config check failed"), "{body}");
+    let after = (std::fs::read_to_string(n.stream_file()).unwrap(), std::fs::read_to_string(n.http_file()).unwrap());
     assert_eq!(before, after, "the previous nginx files are back");
     let (_, st) = d.get("/api/v1/status.json").await;
     assert_eq!(st["last_apply"]["result"], "failed");
@@ -435,11 +269,7 @@ async fn failing_nginx_check_restores_the_previous_files() {
     std::fs::remove_file(n.dir.join("http-extra.conf")).unwrap();
     let outcome = d.drift_check().await.unwrap();
     assert!(outcome.record.ok, "{:?}", outcome.record.errors);
-    assert!(
-        std::fs::read_to_string(n.http_file())
-            .unwrap()
-            .contains("svc0.example")
-    );
+    assert!(std::fs::read_to_string(n.http_file()).unwrap().contains("svc0.example"));
     d.stop().await;
 }
 
@@ -463,9 +293,7 @@ async fn traffic_is_counted_once_across_restart_and_interface_recreation() {
     start_client(&n);
     let a = args(&n, &[]);
     let d = TestDaemon::start(&a).await;
-    let (code, body) = d
-        .post(&json!({ port.to_string(): node_network(&n, &gw_private, &node, "app.test") }))
-        .await;
+    let (code, body) = d.post(&json!({ port.to_string(): node_network(&n, &gw_private, &node, "app.test") })).await;
     assert_eq!(code, 200, "{body}");
     d.drift_check().await.unwrap();
 
@@ -473,21 +301,14 @@ async fn traffic_is_counted_once_across_restart_and_interface_recreation() {
     let (_, t0) = d.get("/api/v1/traffic.json?start=0").await;
     let base = traffic_of(&t0, &gw_public, &node.public);
     let (ok, out) = https_get(&n, &node, "app.test", &format!("/bytes/{BIG}"));
-    assert!(
-        ok && out.len() as i64 == BIG,
-        "download failed: {}",
-        &out[..out.len().min(200)]
-    );
+    assert!(ok && out.len() as i64 == BIG, "download failed: {}", &out[..out.len().min(200)]);
     d.drift_check().await.unwrap();
     let (code, t1) = d.get("/api/v1/traffic.json?start=0").await;
     assert_eq!(code, 200, "{t1}");
     let after = traffic_of(&t1, &gw_public, &node.public);
     // The gateway sent the node's bytes... no: it received them from the node (rx).
     let got = after.0 - base.0;
-    assert!(
-        (BIG..BIG + 60_000).contains(&got),
-        "rx grew by {got}, expected about {BIG}: {t1}"
-    );
+    assert!((BIG..BIG + 60_000).contains(&got), "rx grew by {got}, expected about {BIG}: {t1}");
     assert!(after.1 > base.1, "the request went to the node (tx)");
     let (_, metrics) = d.get_text("/metrics").await;
     let line = metrics
@@ -497,10 +318,7 @@ async fn traffic_is_counted_once_across_restart_and_interface_recreation() {
     let value: i64 = line.rsplit(' ').next().unwrap().parse().unwrap();
     assert!(value >= BIG, "{line}");
     assert!(
-        metrics.contains(&format!(
-            "gateway_peer_latest_handshake_seconds{{network=\"{port}\",peer=\"{}\"}}",
-            node.public
-        )),
+        metrics.contains(&format!("gateway_peer_latest_handshake_seconds{{network=\"{port}\",peer=\"{}\"}}", node.public)),
         "{metrics}"
     );
 
@@ -510,30 +328,54 @@ async fn traffic_is_counted_once_across_restart_and_interface_recreation() {
     d.drift_check().await.unwrap();
     let (_, t2) = d.get("/api/v1/traffic.json?start=0").await;
     let after_restart = traffic_of(&t2, &gw_public, &node.public);
-    assert!(
-        after_restart.0 - after.0 < 10_000,
-        "restart counted again: {after:?} -> {after_restart:?}"
-    );
+    assert!(after_restart.0 - after.0 < 10_000, "restart counted again: {after:?} -> {after_restart:?}");
 
     // Recreate the interface: counters restart from zero, new bytes still count.
     sh(&format!("ip -n {} link del {}", n.netns(port), n.wg(port)));
     let outcome = d.drift_check().await.unwrap();
     assert!(outcome.record.ok, "{:?}", outcome.record.errors);
     let (ok, out) = https_get(&n, &node, "app.test", &format!("/bytes/{BIG}"));
-    assert!(
-        ok && out.len() as i64 == BIG,
-        "download after recreation failed: {}",
-        &out[..out.len().min(200)]
-    );
+    assert!(ok && out.len() as i64 == BIG, "download after recreation failed: {}", &out[..out.len().min(200)]);
     d.drift_check().await.unwrap();
     let (_, t3) = d.get("/api/v1/traffic.json?start=0").await;
     let recreated = traffic_of(&t3, &gw_public, &node.public);
     let got = recreated.0 - after_restart.0;
-    assert!(
-        (BIG..BIG + 60_000).contains(&got),
-        "after recreation rx grew by {got}, expected about {BIG}"
-    );
+    assert!((BIG..BIG + 60_000).contains(&got), "after recreation rx grew by {got}, expected about {BIG}");
     let total = t3["traffic"]["rx"].as_i64().unwrap();
     assert_eq!(total, recreated.0, "one network, one peer: totals agree");
+    d.stop().await;
+}
+
+/// With nothing persisted the daemon removes nothing; once a config was
+/// accepted, a restart converges to it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_removes_nothing_before_a_config_and_restart_converges() {
+    require_root();
+    let n = names(6);
+    let _guard = Guard(n.clone());
+    write_nginx_conf(&n);
+    let stray = n.netns(n.port(50));
+    sh(&format!("ip netns add {stray}"));
+    let a = args(&n, &[]);
+
+    let d = TestDaemon::start_with_watchdog(&a).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(sh("ip netns list").contains(&stray), "no config yet: nothing may be removed");
+    let (cfg, _) = many_networks(1, &n, ".test");
+    let (code, body) = d.post(&cfg).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(!sh("ip netns list").contains(&stray), "a namespace with our prefix that is not desired goes");
+    d.stop().await;
+
+    // While the daemon is down, its network disappears; the restart brings it back.
+    let port = n.port(0);
+    sh(&format!("ip -n {ns} link del {wg}; ip netns del {ns}", ns = n.netns(port), wg = n.wg(port)));
+    let d = TestDaemon::start_with_watchdog(&a).await;
+    wait_until("the restart to converge", Duration::from_secs(20), || {
+        sh_ok(&format!("ip netns exec {} wg show {} >/dev/null", n.netns(port), n.wg(port)))
+    })
+    .await;
+    let (_, st) = d.get("/api/v1/status.json").await;
+    assert_eq!(st["networks"][port.to_string()]["interface_up"], true, "{st}");
     d.stop().await;
 }

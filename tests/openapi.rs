@@ -10,24 +10,13 @@ fn committed_spec_matches_the_binary() {
         std::fs::write(&path, &actual).unwrap();
     }
     let committed = std::fs::read_to_string(&path).unwrap();
-    assert!(
-        committed == actual,
-        "docs/openapi.json is stale: run `UPDATE_GOLDEN=1 cargo test --test openapi` and commit it"
-    );
+    assert!(committed == actual, "docs/openapi.json is stale: run `UPDATE_GOLDEN=1 cargo test --test openapi` and commit it");
 }
 
 #[test]
 fn binary_prints_the_spec_and_exits_zero() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .arg("--openapi")
-        .env_remove("GATEWAY_TOKEN")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway")).arg("--openapi").env_remove("GATEWAY_TOKEN").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["openapi"], "3.0.0");
     assert_eq!(v["info"]["title"], "gateway");
@@ -35,10 +24,7 @@ fn binary_prints_the_spec_and_exits_zero() {
 
 #[test]
 fn help_and_version_read_well() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .arg("--help")
-        .output()
-        .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway")).arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     for opt in [
@@ -56,12 +42,6 @@ fn help_and_version_read_well() {
     ] {
         assert!(help.contains(opt), "--help lacks {opt}:\n{help}");
     }
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .arg("--version")
-        .output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        format!("gateway {}", env!("CARGO_PKG_VERSION"))
-    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway")).arg("--version").output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("gateway {}", env!("CARGO_PKG_VERSION")));
 }

@@ -7,8 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 fn read(p: &str) -> String {
-    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(p))
-        .unwrap_or_else(|e| panic!("{p}: {e}"))
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(p)).unwrap_or_else(|e| panic!("{p}: {e}"))
 }
 
 #[test]
@@ -16,67 +15,32 @@ fn dockerfile_copies_only_what_exists_and_sets_the_defaults() {
     let df = read("Dockerfile");
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut copies = 0;
-    for line in df
-        .lines()
-        .map(str::trim)
-        .filter(|l| l.starts_with("COPY ") && !l.contains("--from="))
-    {
+    for line in df.lines().map(str::trim).filter(|l| l.starts_with("COPY ") && !l.contains("--from=")) {
         let parts: Vec<&str> = line.split_whitespace().collect();
         for src in &parts[1..parts.len() - 1] {
-            assert!(
-                root.join(src).exists(),
-                "Dockerfile copies {src}, which does not exist"
-            );
+            assert!(root.join(src).exists(), "Dockerfile copies {src}, which does not exist");
             copies += 1;
         }
     }
-    assert!(
-        copies >= 6,
-        "expected the sources, migrations, scripts and entrypoint to be copied"
-    );
-    assert!(
-        df.contains("install-deps.sh --runtime"),
-        "the image uses CI's install script"
-    );
-    for default in [
-        "GATEWAY_PORT=8000",
-        "GATEWAY_DATABASE=/tmp/gateway.db",
-        "ROCKET_ADDRESS=0.0.0.0",
-        "RUST_LOG=",
-    ] {
+    assert!(copies >= 6, "expected the sources, migrations, scripts and entrypoint to be copied");
+    assert!(df.contains("install-deps.sh --runtime"), "the image uses CI's install script");
+    for default in ["GATEWAY_PORT=8000", "GATEWAY_DATABASE=/tmp/gateway.db", "ROCKET_ADDRESS=0.0.0.0", "RUST_LOG="] {
         assert!(df.contains(default), "Dockerfile lacks {default}");
     }
-    assert!(
-        df.contains("HEALTHCHECK") && df.contains("/health"),
-        "health check on /health"
-    );
+    assert!(df.contains("HEALTHCHECK") && df.contains("/health"), "health check on /health");
     assert!(df.contains("ENTRYPOINT [\"/usr/local/bin/gateway-entrypoint\"]"));
     assert!(read("docker/entrypoint.sh").contains("net.ipv4.ip_forward=1"));
 }
 
 #[test]
 fn scripts_parse() {
-    for s in [
-        "scripts/install-deps.sh",
-        "scripts/test.sh",
-        "scripts/demo.sh",
-        "docker/entrypoint.sh",
-        ".ci/run",
-    ] {
+    for s in ["scripts/install-deps.sh", "scripts/test.sh", "scripts/demo.sh", "docker/entrypoint.sh", ".ci/run"] {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(s);
         let out = Command::new("bash").arg("-n").arg(&path).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{s}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{s}: {}", String::from_utf8_lossy(&out.stderr));
         if Command::new("shellcheck").arg("--version").output().is_ok() {
             let out = Command::new("shellcheck").arg(&path).output().unwrap();
-            assert!(
-                out.status.success(),
-                "shellcheck {s}: {}",
-                String::from_utf8_lossy(&out.stdout)
-            );
+            assert!(out.status.success(), "shellcheck {s}: {}", String::from_utf8_lossy(&out.stdout));
         }
     }
 }
@@ -90,16 +54,8 @@ fn ci_readme_and_gitlab_run_the_same_test_command() {
     let quick = &readme[readme.find("## Quick start").unwrap()..];
     let block = &quick[quick.find("```sh").unwrap() + 5..];
     let block = &block[..block.find("```").unwrap()];
-    let commands: Vec<&str> = block
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
-    assert_eq!(
-        commands.len(),
-        2,
-        "quick start is exactly two commands: {commands:?}"
-    );
+    let commands: Vec<&str> = block.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    assert_eq!(commands.len(), 2, "quick start is exactly two commands: {commands:?}");
     assert!(commands[0].starts_with("scripts/demo.sh"));
     assert!(commands[1].starts_with("scripts/test.sh"));
 }

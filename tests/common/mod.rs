@@ -20,22 +20,13 @@ use rocket::local::asynchronous::Client;
 /// Runs a shell command; panics with its output if it fails.
 pub fn sh(cmd: &str) -> String {
     let out = Command::new("sh").arg("-c").arg(cmd).output().expect("sh");
-    assert!(
-        out.status.success(),
-        "`{cmd}` failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "`{cmd}` failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Runs a shell command, ignoring failure (cleanup).
 pub fn sh_ok(cmd: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("{cmd} >/dev/null 2>&1"))
-        .status()
-        .is_ok_and(|s| s.success())
+    Command::new("sh").arg("-c").arg(format!("{cmd} >/dev/null 2>&1")).status().is_ok_and(|s| s.success())
 }
 
 pub fn require_root() {
@@ -47,19 +38,14 @@ pub fn require_root() {
 
 pub fn genkey() -> (String, String) {
     let private = sh("wg genkey").trim().to_string();
-    let public = sh(&format!("echo {private} | wg pubkey"))
-        .trim()
-        .to_string();
+    let public = sh(&format!("echo {private} | wg pubkey")).trim().to_string();
     (private, public)
 }
 
 pub async fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -139,21 +125,14 @@ impl Names {
         if let Ok(pid) = std::fs::read_to_string(self.nginx_pid()) {
             sh_ok(&format!("kill {}", pid.trim()));
         }
-        for ns in sh("ip netns list")
-            .lines()
-            .filter_map(|l| l.split_whitespace().next())
-        {
+        for ns in sh("ip netns list").lines().filter_map(|l| l.split_whitespace().next()) {
             if ns.starts_with(&format!("{p}-")) {
                 // Kill what runs inside (the node's servers and wireguard-go).
                 sh_ok(&format!("ip netns pids {ns} | xargs -r kill"));
                 sh_ok(&format!("ip netns del {ns}"));
             }
         }
-        for link in std::fs::read_dir("/sys/class/net")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
+        for link in std::fs::read_dir("/sys/class/net").into_iter().flatten().flatten() {
             let name = link.file_name().to_string_lossy().to_string();
             if name.starts_with(&p) && name[p.len()..].starts_with(|c: char| !c.is_ascii_digit()) {
                 sh_ok(&format!("ip link del {name}"));
@@ -187,18 +166,10 @@ pub fn write_nginx_conf(n: &Names) {
 
 /// Command-line arguments of the daemon under test.
 pub fn args(n: &Names, extra: &[&str]) -> Args {
-    let mut v: Vec<String> = [
-        "gateway",
-        "--token",
-        "test-token",
-        "--wireguard-backend",
-        "userspace",
-        "--apply-wait",
-        "60s",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut v: Vec<String> = ["gateway", "--token", "test-token", "--wireguard-backend", "userspace", "--apply-wait", "60s"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     v.extend([
         "--database".into(),
         n.db().display().to_string(),
@@ -256,11 +227,7 @@ impl TestDaemon {
 
     async fn start_inner(args: &Args, own_loop: bool) -> TestDaemon {
         let runner = Runner::recording(Duration::from_secs(30));
-        let Daemon {
-            shared,
-            api,
-            figment,
-        } = build(args, runner.clone()).await.expect("daemon starts");
+        let Daemon { shared, api, figment } = build(args, runner.clone()).await.expect("daemon starts");
         let rec = Reconciler::new(shared.clone()).await;
         let (reconciler, task) = if own_loop {
             (None, tokio::spawn(rec.run()))
@@ -275,44 +242,20 @@ impl TestDaemon {
             });
             (Some(reconciler), task)
         };
-        let client = Client::untracked(gateway::api::rocket(api, figment))
-            .await
-            .expect("rocket");
-        TestDaemon {
-            client,
-            runner,
-            reconciler,
-            shared,
-            task,
-        }
+        let client = Client::untracked(gateway::api::rocket(api, figment)).await.expect("rocket");
+        TestDaemon { client, runner, reconciler, shared, task }
     }
 
     pub async fn drift_check(&self) -> Option<gateway::reconcile::PassOutcome> {
-        self.reconciler
-            .as_ref()
-            .expect("drift checks on demand need TestDaemon::start")
-            .lock()
-            .await
-            .tick(Mode::Drift)
-            .await
+        self.reconciler.as_ref().expect("drift checks on demand need TestDaemon::start").lock().await.tick(Mode::Drift).await
     }
 
     pub async fn post(&self, body: &serde_json::Value) -> (u16, serde_json::Value) {
-        self.send(
-            rocket::http::Method::Post,
-            "/api/v1/config.json",
-            Some(body),
-        )
-        .await
+        self.send(rocket::http::Method::Post, "/api/v1/config.json", Some(body)).await
     }
 
     pub async fn patch(&self, body: &serde_json::Value) -> (u16, serde_json::Value) {
-        self.send(
-            rocket::http::Method::Patch,
-            "/api/v1/config.json",
-            Some(body),
-        )
-        .await
+        self.send(rocket::http::Method::Patch, "/api/v1/config.json", Some(body)).await
     }
 
     pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
@@ -320,40 +263,19 @@ impl TestDaemon {
     }
 
     pub async fn get_text(&self, path: &str) -> (u16, String) {
-        let r = self
-            .client
-            .get(path.to_string())
-            .header(rocket::http::Header::new(
-                "Authorization",
-                "Bearer test-token",
-            ))
-            .dispatch()
-            .await;
+        let r = self.client.get(path.to_string()).header(rocket::http::Header::new("Authorization", "Bearer test-token")).dispatch().await;
         (r.status().code, r.into_string().await.unwrap_or_default())
     }
 
-    async fn send(
-        &self,
-        method: rocket::http::Method,
-        path: &str,
-        body: Option<&serde_json::Value>,
-    ) -> (u16, serde_json::Value) {
-        let mut req = self
-            .client
-            .req(method, path.to_string())
-            .header(rocket::http::Header::new("Token", "test-token"));
+    async fn send(&self, method: rocket::http::Method, path: &str, body: Option<&serde_json::Value>) -> (u16, serde_json::Value) {
+        let mut req = self.client.req(method, path.to_string()).header(rocket::http::Header::new("Token", "test-token"));
         if let Some(b) = body {
-            req = req
-                .header(rocket::http::ContentType::JSON)
-                .body(b.to_string());
+            req = req.header(rocket::http::ContentType::JSON).body(b.to_string());
         }
         let r = req.dispatch().await;
         let status = r.status().code;
         let text = r.into_string().await.unwrap_or_default();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
-        )
+        (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
     }
 
     pub async fn stop(self) {
@@ -381,39 +303,22 @@ pub fn start_node(n: &Names, host: &str, gateway_public: &str, gateway_port: u16
          -subj /CN={host} -addext subjectAltName=DNS:{host} 2>/dev/null"
     ));
     sh(&format!("ip netns add {ns} && ip -n {ns} link set lo up"));
-    sh(&format!(
-        "ip link add gt{k}nh type veth peer name eth0 netns {ns}"
-    ));
-    sh(&format!(
-        "ip addr add {}/30 dev gt{k}nh && ip link set gt{k}nh up",
-        n.node_gw_ip()
-    ));
-    sh(&format!(
-        "ip -n {ns} addr add {}/30 dev eth0 && ip -n {ns} link set eth0 up",
-        n.node_ip()
-    ));
-    sh(&format!(
-        "ip netns exec {ns} wireguard-go gt{k}nwg >/dev/null 2>&1"
-    ));
+    sh(&format!("ip link add gt{k}nh type veth peer name eth0 netns {ns}"));
+    sh(&format!("ip addr add {}/30 dev gt{k}nh && ip link set gt{k}nh up", n.node_gw_ip()));
+    sh(&format!("ip -n {ns} addr add {}/30 dev eth0 && ip -n {ns} link set eth0 up", n.node_ip()));
+    sh(&format!("ip netns exec {ns} wireguard-go gt{k}nwg >/dev/null 2>&1"));
     std::fs::write(n.dir.join("node.wgkey"), &private).unwrap();
     sh(&format!(
         "ip netns exec {ns} wg set gt{k}nwg private-key {d}/node.wgkey listen-port {listen_port} \
          peer {gateway_public} endpoint {}:{gateway_port} allowed-ips 10.80.0.0/16 persistent-keepalive 5",
         n.node_gw_ip()
     ));
-    sh(&format!(
-        "ip -n {ns} addr add 10.80.0.2/16 dev gt{k}nwg && ip -n {ns} link set gt{k}nwg up"
-    ));
+    sh(&format!("ip -n {ns} addr add 10.80.0.2/16 dev gt{k}nwg && ip -n {ns} link set gt{k}nwg up"));
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/node_server.py");
-    sh(&format!(
-        "ip netns exec {ns} python3 {script} {d}/node.crt {d}/node.key > {d}/node-server.log 2>&1 &"
-    ));
+    sh(&format!("ip netns exec {ns} python3 {script} {d}/node.crt {d}/node.key > {d}/node-server.log 2>&1 &"));
     let log = n.dir.join("node-server.log");
     let start = Instant::now();
-    while !std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("ready")
-    {
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("ready") {
         assert!(
             start.elapsed() < Duration::from_secs(10),
             "node server did not start: {}",
@@ -421,57 +326,29 @@ pub fn start_node(n: &Names, host: &str, gateway_public: &str, gateway_port: u16
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    Node {
-        private,
-        public,
-        listen_port,
-        cert: n.dir.join("node.crt"),
-    }
+    Node { private, public, listen_port, cert: n.dir.join("node.crt") }
 }
 
 /// A client namespace that reaches the gateway host on `client_gw_ip`.
 pub fn start_client(n: &Names) {
     let (ns, k) = (n.client_ns(), n.k);
     sh(&format!("ip netns add {ns} && ip -n {ns} link set lo up"));
-    sh(&format!(
-        "ip link add gt{k}ch type veth peer name eth0 netns {ns}"
-    ));
-    sh(&format!(
-        "ip addr add {}/30 dev gt{k}ch && ip link set gt{k}ch up",
-        n.client_gw_ip()
-    ));
-    sh(&format!(
-        "ip -n {ns} addr add 172.31.{k}.2/30 dev eth0 && ip -n {ns} link set eth0 up"
-    ));
+    sh(&format!("ip link add gt{k}ch type veth peer name eth0 netns {ns}"));
+    sh(&format!("ip addr add {}/30 dev gt{k}ch && ip link set gt{k}ch up", n.client_gw_ip()));
+    sh(&format!("ip -n {ns} addr add 172.31.{k}.2/30 dev eth0 && ip -n {ns} link set eth0 up"));
 }
 
 /// curl from the client namespace; returns (exit ok, stdout).
 pub fn client_curl(n: &Names, args: &str) -> (bool, String) {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "ip netns exec {} curl -sS --max-time 20 {args}",
-            n.client_ns()
-        ))
-        .output()
-        .expect("curl");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    let out =
+        Command::new("sh").arg("-c").arg(format!("ip netns exec {} curl -sS --max-time 20 {args}", n.client_ns())).output().expect("curl");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 
 /// What is left on the system for network `port` of this test.
 pub fn leftovers(n: &Names, port: u16) -> Vec<String> {
     let mut left = Vec::new();
-    if sh("ip netns list")
-        .lines()
-        .any(|l| l.split_whitespace().next() == Some(n.netns(port).as_str()))
-    {
+    if sh("ip netns list").lines().any(|l| l.split_whitespace().next() == Some(n.netns(port).as_str())) {
         left.push(format!("namespace {}", n.netns(port)));
     }
     if std::path::Path::new(&format!("/sys/class/net/{}", n.wg(port))).exists() {
