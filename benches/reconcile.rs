@@ -98,7 +98,6 @@ fn main() {
             .collect()
     };
     let networks: Vec<String> = (0..NETWORKS).map(|n| key(n, 0)).collect();
-    let networks: Vec<String> = (0..NETWORKS).map(|n| key(n, 0)).collect();
     let mut tick = 1u64;
     let ticks = 50;
     let start = Instant::now();
