@@ -160,6 +160,12 @@ impl Executor<'_> {
                 };
                 self.cmd(ip, ["-n", &l.netns(*port), "addr", verb, &cidr.to_string(), "dev", &dev]).await.map_err(e)?
             }
+            Action::AddRoute { port, cidr } => {
+                self.cmd(ip, ["-n", &l.netns(*port), "route", "replace", &cidr.to_string(), "dev", &l.wg(*port)]).await.map_err(e)?
+            }
+            Action::DelRoute { port, cidr } => {
+                self.cmd(ip, ["-n", &l.netns(*port), "route", "del", &cidr.to_string(), "dev", &l.wg(*port)]).await.map_err(e)?
+            }
             Action::CreateVeth(p) => self
                 .cmd(ip, ["link", "add", &l.veth_host(*p), "type", "veth", "peer", "name", VETH_NS_NAME, "netns", &l.netns(*p)])
                 .await
@@ -366,6 +372,7 @@ mod tests {
             "ip netns exec network-51820 wg syncconf wg51820 /dev/stdin",
             "ip -n network-51820 link set wg51820 mtu 1380 up",
             "ip -n network-51820 addr add 10.80.0.1/16 dev wg51820",
+            "ip -n network-51820 route replace 192.168.7.0/24 dev wg51820",
             "ip link add gwv51820 type veth peer name gw-uplink netns network-51820",
             "ip link set gwv51820 master gwbr0 up",
             "ip link set dev gwv51820 type bridge_slave isolated on",

@@ -147,6 +147,37 @@ pub fn parse_ip_addr(json: &str) -> Result<BTreeMap<String, Link>, String> {
     Ok(out)
 }
 
+/// Static routes of the main table through `dev`, from `ip -json route show
+/// table all`: the kernel's own (`proto kernel`) and other tables are left out.
+pub fn parse_routes(v: &serde_json::Value, dev: &str) -> Vec<Cidr> {
+    let mut out = Vec::new();
+    for r in v.as_array().into_iter().flatten() {
+        let s = |k: &str| r.get(k).and_then(|x| x.as_str());
+        if s("dev") != Some(dev) || r.get("table").is_some() || s("protocol") == Some("kernel") || s("type").is_some_and(|t| t != "unicast")
+        {
+            continue;
+        }
+        let Some(dst) = s("dst") else { continue };
+        let text = match dst {
+            "default" => {
+                if s("family") == Some("inet6") {
+                    "::/0".to_string()
+                } else {
+                    "0.0.0.0/0".to_string()
+                }
+            }
+            d if d.contains('/') => d.to_string(),
+            d if d.contains(':') => format!("{d}/128"),
+            d => format!("{d}/32"),
+        };
+        if let Ok(c) = Cidr::parse(&text) {
+            out.push(c);
+        }
+    }
+    out.sort();
+    out
+}
+
 /// The gateway's own rules as `iptables-save` prints them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ObservedRules {
@@ -193,6 +224,8 @@ pub struct ObservedNetwork {
     pub uplink: Option<Link>,
     pub forwarding: bool,
     pub rules: ObservedRules,
+    /// Static routes through the WireGuard interface (not the kernel's own).
+    pub routes: Vec<Cidr>,
     /// Problems met while reading (e.g. a peer line that did not parse).
     pub problems: Vec<String>,
 }
@@ -317,13 +350,15 @@ impl Observer {
     pub async fn observe_network(&self, port: u16) -> Result<ObservedNetwork, CmdError> {
         let ns = self.layout.netns(port);
         let ip = &self.tools.ip;
-        let links = self.runner.run(&Cmd::new(ip, ["-n", &ns, "-json", "addr", "show"]).read_only()).await?;
-        let links = parse_ip_addr(&links).unwrap_or_default();
-        let mut n = ObservedNetwork {
-            wg_link: links.get(&self.layout.wg(port)).cloned(),
-            uplink: links.get(VETH_NS_NAME).cloned(),
-            ..Default::default()
-        };
+        // Links, addresses and routes of both families in one command.
+        let batch = Cmd::new(ip, ["-n", &ns, "-json", "-batch", "-"]).stdin("addr show\nroute show table all\n").read_only();
+        let out = self.runner.run(&batch).await?;
+        let mut docs = serde_json::Deserializer::from_str(&out).into_iter::<serde_json::Value>();
+        let links = docs.next().and_then(Result::ok).map(|v| parse_ip_addr(&v.to_string()).unwrap_or_default()).unwrap_or_default();
+        let wg = self.layout.wg(port);
+        let routes = docs.next().and_then(Result::ok).map(|v| parse_routes(&v, &wg)).unwrap_or_default();
+        let mut n =
+            ObservedNetwork { wg_link: links.get(&wg).cloned(), uplink: links.get(VETH_NS_NAME).cloned(), routes, ..Default::default() };
         if n.wg_link.is_some() {
             if let Some((dump, problems)) = self.wg_dump(port).await? {
                 n.wg = Some(dump);
@@ -402,6 +437,13 @@ mod tests {
         assert!(!links["lo"].up);
         assert_eq!(links["gw-uplink"].addresses[0].to_string(), "10.198.0.5/16");
         assert!(parse_ip_addr("not json").is_err());
+    }
+
+    #[test]
+    fn routes_fixture() {
+        let v: serde_json::Value = serde_json::from_str(include_str!("../tests/fixtures/ip-route.json")).unwrap();
+        let r: Vec<String> = parse_routes(&v, "wg1").iter().map(ToString::to_string).collect();
+        assert_eq!(r, ["192.168.7.0/24", "192.168.9.5/32", "fd01::/64"], "kernel, local-table and other devices' routes left out");
     }
 
     #[test]

@@ -43,6 +43,15 @@ pub enum Action {
         dev: Dev,
         cidr: Cidr,
     },
+    /// A route through the WireGuard interface for an allowed IP outside its subnets.
+    AddRoute {
+        port: u16,
+        cidr: Cidr,
+    },
+    DelRoute {
+        port: u16,
+        cidr: Cidr,
+    },
     CreateVeth(u16),
     AttachVeth(u16),
     UplinkUp(u16),
@@ -67,7 +76,12 @@ impl Action {
         match self {
             CreateNamespace(p) | CreateWg(p) | MoveWg(p) | ConfigureWg(p) | CreateVeth(p) | AttachVeth(p) | UplinkUp(p)
             | SetForwarding(p) | DeleteNetwork(p) | DeleteRootWg(p) | DeleteHostVeth(p) => Some(*p),
-            SetWgLink { port, .. } | AddAddress { port, .. } | DelAddress { port, .. } | SetRules { port, .. } => Some(*port),
+            SetWgLink { port, .. }
+            | AddAddress { port, .. }
+            | DelAddress { port, .. }
+            | AddRoute { port, .. }
+            | DelRoute { port, .. }
+            | SetRules { port, .. } => Some(*port),
             CreateBridge | AddBridgeAddress(_) | DelBridgeAddress(_) | BridgeUp | WriteNginx | StartNginx | DeleteBridge => None,
         }
     }
@@ -110,6 +124,15 @@ fn diff_addresses(actions: &mut Vec<Action>, port: u16, dev: Dev, have: &[Cidr],
     }
 }
 
+fn diff_routes(actions: &mut Vec<Action>, port: u16, have: &[Cidr], want: &[Cidr]) {
+    for c in have.iter().filter(|c| !want.contains(c)) {
+        actions.push(Action::DelRoute { port, cidr: *c });
+    }
+    for c in want.iter().filter(|c| !have.contains(c)) {
+        actions.push(Action::AddRoute { port, cidr: *c });
+    }
+}
+
 fn plan_network(actions: &mut Vec<Action>, layout: &Layout, spec: &NetworkSpec, observed: &Observed) {
     let port = spec.port;
     let fresh = ObservedNetwork::default();
@@ -129,6 +152,7 @@ fn plan_network(actions: &mut Vec<Action>, layout: &Layout, spec: &NetworkSpec, 
             actions.push(Action::ConfigureWg(port));
             actions.push(Action::SetWgLink { port, mtu: spec.mtu });
             diff_addresses(actions, port, Dev::Wg, &[], &spec.addresses);
+            diff_routes(actions, port, &[], &spec.routes());
         }
         Some(link) => {
             if !obs.wg.as_ref().is_some_and(|d| wg_matches(spec, d)) {
@@ -138,6 +162,7 @@ fn plan_network(actions: &mut Vec<Action>, layout: &Layout, spec: &NetworkSpec, 
                 actions.push(Action::SetWgLink { port, mtu: spec.mtu });
             }
             diff_addresses(actions, port, Dev::Wg, &link.addresses, &spec.addresses);
+            diff_routes(actions, port, &obs.routes, &spec.routes());
         }
     }
 
@@ -255,6 +280,7 @@ pub fn converged_view(layout: &Layout, spec: &NetworkSpec) -> ObservedNetwork {
         uplink: Some(Link { ifindex: 0, mtu: 1500, up: true, addresses: vec![layout.veth_ns_addr(spec.port)] }),
         forwarding: true,
         rules: ObservedRules { nat: rules.nat, filter: rules.filter, jumps: render::JUMPS.iter().map(|j| j.1).collect() },
+        routes: spec.routes(),
         problems: Vec::new(),
     }
 }
@@ -318,6 +344,8 @@ mod tests {
         let cf = a.iter().position(|x| *x == Action::ConfigureWg(51820)).unwrap();
         assert!(ns < mv && mv < cf);
         assert_eq!(a.last(), Some(&Action::WriteNginx));
+        let lan = Cidr::parse("192.168.7.0/24").unwrap();
+        assert!(a.contains(&Action::AddRoute { port: 51820, cidr: lan }), "a LAN behind a peer is routed");
         assert!(a.contains(&Action::SetRules { port: 51820, missing_jumps: render::JUMPS.map(|j| j.1).to_vec() }));
     }
 
@@ -332,6 +360,20 @@ mod tests {
         net.wg.as_mut().unwrap().peers.pop();
         let a = plan(&d, &o, &l, &nginx());
         assert_eq!(a, vec![Action::ConfigureWg(51820), Action::DelAddress { port: 51820, dev: Dev::Wg, cidr: stale }]);
+    }
+
+    #[test]
+    fn stale_route_removed_missing_route_added() {
+        let l = Layout::default();
+        let d = desired();
+        let mut o = converged(&l, &d);
+        let stale = Cidr::parse("172.16.0.0/12").unwrap();
+        let lan = Cidr::parse("192.168.7.0/24").unwrap();
+        o.networks.get_mut(&51820).unwrap().routes = vec![stale];
+        assert_eq!(
+            plan(&d, &o, &l, &nginx()),
+            vec![Action::DelRoute { port: 51820, cidr: stale }, Action::AddRoute { port: 51820, cidr: lan }]
+        );
     }
 
     #[test]

@@ -224,6 +224,15 @@ pub struct NetworkSpec {
 impl NetworkSpec {
     /// Distinct upstreams of this network, sorted: the index of an upstream in
     /// this list decides its DNAT port, so nginx and iptables agree.
+    pub fn routes(&self) -> Vec<Cidr> {
+        // Like wg-quick: a route for every allowed IP that the interface's
+        // own address subnets do not already cover (e.g. a LAN behind a node).
+        let covered =
+            |c: &Cidr| self.addresses.iter().any(|a| a.addr.is_ipv4() == c.addr.is_ipv4() && a.prefix <= c.prefix && a.contains(c.addr));
+        let set: BTreeSet<Cidr> = self.peers.values().flat_map(|p| p.allowed_ips.iter().copied()).filter(|c| !covered(c)).collect();
+        set.into_iter().collect()
+    }
+
     pub fn upstreams(&self) -> Vec<SocketAddrV4> {
         let set: BTreeSet<SocketAddrV4> = self.https.values().chain(self.http.values()).flatten().copied().collect();
         set.into_iter().collect()
@@ -480,6 +489,12 @@ mod tests {
         assert_eq!(spec.https.len(), 1);
         assert_eq!(spec.http.len(), 1);
         assert_eq!(spec.upstreams().len(), 2);
+        assert!(spec.routes().is_empty(), "10.80.0.2/32 is inside 10.80.0.1/16");
+        let mut n = net();
+        n.peers.get_mut(KEY_B).unwrap().allowed_ips = vec!["10.80.0.2/32".into(), "192.168.7.0/24".into(), "10.0.0.0/8".into()];
+        let spec = &validate(&[("51820".to_string(), n)].into(), &[]).unwrap().networks[&51820];
+        let routes: Vec<String> = spec.routes().iter().map(ToString::to_string).collect();
+        assert_eq!(routes, ["10.0.0.0/8", "192.168.7.0/24"], "a wider prefix than the address is not covered");
     }
 
     #[test]

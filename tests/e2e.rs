@@ -23,8 +23,12 @@ fn network(private: &str, peers: Value, proxy: Value) -> Value {
 fn node_network(n: &Names, gw_private: &str, node: &Node, host: &str) -> Value {
     network(
         gw_private,
-        json!({ &node.public: { "allowed_ips": ["10.80.0.2/32"], "endpoint": format!("{}:{}", n.node_ip(), node.listen_port) } }),
-        json!({ format!("https://{host}"): ["10.80.0.2:443"], format!("http://{host}"): ["10.80.0.2:80"] }),
+        json!({ &node.public: { "allowed_ips": ["10.80.0.2/32", "192.168.50.0/24"], "endpoint": format!("{}:{}", n.node_ip(), node.listen_port) } }),
+        json!({
+            format!("https://{host}"): ["10.80.0.2:443"],
+            format!("http://{host}"): ["10.80.0.2:80"],
+            format!("http://lan.{host}"): ["192.168.50.1:80"],
+        }),
     )
 }
 
@@ -66,6 +70,11 @@ async fn https_by_sni_and_http_by_host_reach_the_node_and_removal_leaves_nothing
     let (ok, out) = client_curl(&n, &format!("-H 'Host: app.test' http://{}:{}/", n.client_gw_ip(), n.http_port()));
     let client_ip = format!("172.31.{}.2", n.k);
     assert!(ok && out.contains(&format!("node-http host=app.test real={client_ip} xff={client_ip}")), "{out}");
+    // An upstream on a LAN behind the node (an allowed IP outside the
+    // interface's subnet) is reached through the route the gateway added.
+    let (ok, out) = client_curl(&n, &format!("-H 'Host: lan.app.test' http://{}:{}/", n.client_gw_ip(), n.http_port()));
+    assert!(ok && out.starts_with("node-http host=lan.app.test"), "{out}");
+    assert!(sh(&format!("ip -n {} route show dev {}", n.netns(port), n.wg(port))).contains("192.168.50.0/24"));
     // A name nobody serves is refused, not sent somewhere.
     let (ok, out) =
         client_curl(&n, &format!("-k --resolve nope.test:{hp}:{ip} https://nope.test:{hp}/", hp = n.https_port(), ip = n.client_gw_ip()));

@@ -314,6 +314,8 @@ pub fn start_node(n: &Names, host: &str, gateway_public: &str, gateway_port: u16
         n.node_gw_ip()
     ));
     sh(&format!("ip -n {ns} addr add 10.80.0.2/16 dev gt{k}nwg && ip -n {ns} link set gt{k}nwg up"));
+    // A "LAN" behind the node, reachable only through a route the gateway adds.
+    sh(&format!("ip -n {ns} addr add 192.168.50.1/24 dev gt{k}nwg"));
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/node_server.py");
     sh(&format!("ip netns exec {ns} python3 {script} {d}/node.crt {d}/node.key > {d}/node-server.log 2>&1 &"));
     let log = n.dir.join("node-server.log");
