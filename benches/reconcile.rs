@@ -10,7 +10,7 @@ use gateway::observe::{HostVeth, Observed, ObservedBridge, parse_wg_dump};
 use gateway::plan::{NginxText, converged_view, plan};
 use gateway::store::Store;
 use gateway::traffic::{Reading, store_tick};
-use gateway::validate::validate;
+use gateway::validate::{Context, validate};
 
 const NETWORKS: u16 = 20;
 const PEERS: u8 = 10;
@@ -59,7 +59,7 @@ fn time<T>(label: &str, iterations: u32, mut f: impl FnMut() -> T) {
 
 fn main() {
     let layout = Layout::default();
-    let desired = validate(&config(), &[]).expect("valid");
+    let desired = validate(&config(), &Context::default()).expect("valid");
     let observed = Observed {
         bridge: Some(ObservedBridge { up: true, addresses: Some(vec![layout.bridge_addr()]) }),
         namespaces: desired.networks.keys().copied().collect(),
@@ -72,7 +72,7 @@ fn main() {
     };
     let nginx = NginxText { stream: "s".into(), http: "h".into() };
     assert!(plan(&desired, &observed, &layout, &nginx).is_empty());
-    time("validate 20 networks x 10 peers", 200, || validate(&config(), &[]).is_ok());
+    time("validate 20 networks x 10 peers", 200, || validate(&config(), &Context::default()).is_ok());
     time("plan, converged, 20 networks x 10 peers (no actions)", 2000, || plan(&desired, &observed, &layout, &nginx).len());
 
     let mut dump = format!("{}\t{}\t51000\toff\n", key(0, 0), key(0, 99));

@@ -264,7 +264,7 @@ async fn store_and_apply(
         let _guard = shared.write_lock.lock().await;
         let (_, current) = shared.store.desired().await?;
         let config = build(current)?;
-        validate(&config, &shared.settings.custom).map_err(ApiError::Invalid)?;
+        validate(&config, &shared.settings.validation()).map_err(ApiError::Invalid)?;
         shared.store.save_desired(&config, now_unix()).await?
     };
     shared.wake.notify_one();

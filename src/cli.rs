@@ -215,6 +215,7 @@ pub async fn build(args: &Args, runner: Runner) -> anyhow::Result<Daemon> {
             nginx_pid: args.nginx_pid.clone(),
         },
     };
+    let reserved = vec![observer.layout.bridge_subnet()];
     let backend = Backend::detect(&observer, &args.wireguard_backend).await.map_err(anyhow::Error::msg)?;
     let last = store.last_apply().await.context("reading the last apply")?;
     let shared = Arc::new(Shared {
@@ -225,6 +226,7 @@ pub async fn build(args: &Args, runner: Runner) -> anyhow::Result<Daemon> {
             https_listen: args.https_listen.clone(),
             http_listen: args.http_listen.clone(),
             custom,
+            reserved,
             watchdog: args.watchdog,
         },
         wake: Notify::new(),

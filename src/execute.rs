@@ -332,7 +332,7 @@ mod tests {
     use crate::plan::plan;
     use crate::render::tests::sample_config;
     use crate::runner::Runner;
-    use crate::validate::validate;
+    use crate::validate::{Context, validate};
 
     fn observer(dir: &Path) -> Observer {
         Observer {
@@ -358,7 +358,7 @@ mod tests {
     async fn kernel_backend_commands_for_a_new_network() {
         let dir = tempfile::tempdir().unwrap();
         let o = observer(dir.path());
-        let desired = validate(&sample_config(), &[]).unwrap();
+        let desired = validate(&sample_config(), &Context::default()).unwrap();
         let nginx = NginxText { stream: "s".into(), http: "h".into() };
         let actions = plan(&desired, &Observed::default(), &o.layout, &nginx);
         let report = Executor { observer: &o, backend: Backend::Kernel }.execute(&actions, &desired, &nginx).await;

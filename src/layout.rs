@@ -86,6 +86,9 @@ impl Layout {
         let digits = name.strip_prefix(&self.wg_prefix)?;
         crate::validate::parse_port_key(digits).ok()
     }
+    pub fn bridge_subnet(&self) -> Cidr {
+        Cidr { addr: self.bridge_base.into(), prefix: self.bridge_prefix }
+    }
     pub fn bridge_addr(&self) -> Cidr {
         Cidr { addr: Ipv4Addr::from(u32::from(self.bridge_base) + 1).into(), prefix: self.bridge_prefix }
     }

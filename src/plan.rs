@@ -290,10 +290,10 @@ mod tests {
     use super::*;
     use crate::observe::{HostVeth, ObservedBridge};
     use crate::render::tests::sample_config;
-    use crate::validate::validate;
+    use crate::validate::{Context, validate};
 
     fn desired() -> Desired {
-        validate(&sample_config(), &[]).unwrap()
+        validate(&sample_config(), &Context::default()).unwrap()
     }
 
     fn nginx() -> NginxText {
@@ -393,9 +393,9 @@ mod tests {
     fn change_to_one_network_touches_only_it() {
         let l = Layout::default();
         let mut cfg = sample_config();
-        let o = converged(&l, &validate(&cfg, &[]).unwrap());
+        let o = converged(&l, &validate(&cfg, &Context::default()).unwrap());
         cfg.get_mut("51821").unwrap().mtu = Some(1300);
-        let a = plan(&validate(&cfg, &[]).unwrap(), &o, &l, &nginx());
+        let a = plan(&validate(&cfg, &Context::default()).unwrap(), &o, &l, &nginx());
         assert_eq!(a, vec![Action::SetWgLink { port: 51821, mtu: 1300 }]);
     }
 

@@ -20,7 +20,7 @@ use crate::plan::{NginxText, converged_view, plan};
 use crate::render::{NginxSite, nginx_http, nginx_stream};
 use crate::store::{ApplyRecord, Store};
 use crate::traffic::InterfaceReading;
-use crate::validate::{CustomForwarding, Desired, NetworkSpec, validate};
+use crate::validate::{Cidr, Context, CustomForwarding, Desired, NetworkSpec, validate};
 
 /// Settings of the reconciler that do not change while it runs.
 #[derive(Debug, Clone)]
@@ -28,7 +28,15 @@ pub struct ReconcileSettings {
     pub https_listen: String,
     pub http_listen: String,
     pub custom: Vec<CustomForwarding>,
+    /// Subnets no request may use (the bridge subnet).
+    pub reserved: Vec<Cidr>,
     pub watchdog: Duration,
+}
+
+impl ReconcileSettings {
+    pub fn validation(&self) -> Context<'_> {
+        Context { custom: &self.custom, reserved: &self.reserved }
+    }
 }
 
 /// State shared by the API and the reconciler.
@@ -138,7 +146,7 @@ impl Reconciler {
         let shared = self.shared.clone();
         let observer = &shared.observer;
         let mut errors = Vec::new();
-        let desired = match validate(config, &shared.settings.custom) {
+        let desired = match validate(config, &shared.settings.validation()) {
             Ok(d) => d,
             Err(problems) => {
                 // Possible only if --custom-forwarding changed since it was accepted.

@@ -228,7 +228,7 @@ pub fn nginx_http(site: &NginxSite) -> String {
 pub(crate) mod tests {
     use super::*;
     use crate::model::{GatewayConfig, NetworkConfig, PeerConfig};
-    use crate::validate::{parse_custom_forwardings, validate};
+    use crate::validate::{Context, parse_custom_forwardings, validate};
 
     pub const PRIV: &str = "0EtpYOfpZyKaIcpkq+KO/+joyV431f1X99CcB2OMo3c=";
     pub const PEER1: &str = "OxvFhrgLnI9e4xzMMA2qQ7wm/xCUzxaWW5cb1JGkWSA=";
@@ -269,6 +269,7 @@ pub(crate) mod tests {
             .into(),
         };
         let mut other = net.clone();
+        other.private_key = "0HPlRxcp5W4u92WrM/Esf7dN1T6XPk/a96sfThph7Vo=".into();
         other.listen_port = None;
         other.mtu = None;
         other.peers.clear();
@@ -289,7 +290,7 @@ pub(crate) mod tests {
     }
 
     fn site() -> (Desired, NginxSite) {
-        let d = validate(&sample_config(), &[]).unwrap();
+        let d = validate(&sample_config(), &Context::default()).unwrap();
         let custom = parse_custom_forwardings("https://api.example.com=127.0.0.1:8443,http://api.example.com=127.0.0.1:8080").unwrap();
         let site = NginxSite::build(&Layout::default(), &d, &custom, "443", "80");
         (d, site)

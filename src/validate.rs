@@ -282,8 +282,44 @@ fn key_path(base: &str, key: &str) -> String {
     format!("{base}[{}]", serde_json::Value::String(truncate(key)))
 }
 
+/// What a config is checked against besides itself.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Context<'a> {
+    /// Static forwardings: their hostnames are taken.
+    pub custom: &'a [CustomForwarding],
+    /// Subnets the gateway uses itself (the bridge): no address, allowed IP or
+    /// upstream may fall inside them, or the namespace's route to nginx breaks.
+    pub reserved: &'a [Cidr],
+}
+
+/// At most this many distinct upstreams per network (each takes a DNAT port).
+pub const MAX_UPSTREAMS: usize = 1000;
+
+/// Whether `inner` lies wholly inside `outer`.
+fn within(inner: &Cidr, outer: &Cidr) -> bool {
+    inner.prefix >= outer.prefix && outer.contains(inner.addr)
+}
+
+/// Addresses an interface may carry: unicast and global (the observer sees
+/// only global-scope addresses, so anything else would never converge).
+fn check_interface_address(c: &Cidr) -> Result<(), String> {
+    let bad = match c.addr {
+        IpAddr::V4(a) => a.is_loopback() || a.is_link_local() || a.is_multicast() || a.is_unspecified() || a.is_broadcast(),
+        IpAddr::V6(a) => {
+            let s = a.segments();
+            a.is_loopback()
+                || a.is_unspecified()
+                || a.is_multicast()
+                || (s[0] & 0xffc0) == 0xfe80
+                || a.to_ipv4_mapped().is_some()
+                || (s[..6] == [0; 6])
+        }
+    };
+    if bad { Err(format!("{c} is not a global unicast address (loopback, link-local, multicast and IPv4-in-IPv6 forms are refused)")) } else { Ok(()) }
+}
+
 /// Checks the whole config; on failure returns every problem with its JSON path.
-pub fn validate(config: &GatewayConfig, custom: &[CustomForwarding]) -> Result<Desired, Vec<ErrorDetail>> {
+pub fn validate(config: &GatewayConfig, ctx: &Context<'_>) -> Result<Desired, Vec<ErrorDetail>> {
     let mut problems = Problems(Vec::new());
     let mut networks = BTreeMap::new();
     for (key, net) in config {
@@ -295,37 +331,54 @@ pub fn validate(config: &GatewayConfig, custom: &[CustomForwarding]) -> Result<D
                 None
             }
         };
-        if let Some(spec) = validate_network(&path, port, net, &mut problems) {
+        if let Some(spec) = validate_network(&path, port, net, ctx, &mut problems) {
             networks.insert(spec.port, spec);
         }
     }
 
-    // A hostname may be served by only one network (and not by a custom forwarding).
-    let mut owners: BTreeMap<(Scheme, &Hostname), String> = BTreeMap::new();
-    for f in custom {
-        owners.insert((f.scheme, &f.host), "a --custom-forwarding".into());
+    // A hostname may be served by only one network, whatever the scheme
+    // (and not by a custom forwarding): one tenant's http:// would otherwise
+    // answer for another's https:// name, e.g. to an ACME HTTP-01 check.
+    let mut owners: BTreeMap<&Hostname, Option<u16>> = BTreeMap::new();
+    for f in ctx.custom {
+        owners.insert(&f.host, None);
     }
     for spec in networks.values() {
-        for (scheme, map) in [(Scheme::Https, &spec.https), (Scheme::Http, &spec.http)] {
+        for (scheme, map) in [("https", &spec.https), ("http", &spec.http)] {
             for host in map.keys() {
-                let url = format!("{}://{}", if scheme == Scheme::Https { "https" } else { "http" }, host);
-                let here = format!("network {}", spec.port);
-                if let Some(other) = owners.get(&(scheme, host)) {
-                    problems.add(
-                        key_path(&format!("{}.proxy", key_path("$", &spec.port.to_string())), &url),
-                        format!("{host} is already served by {other}; a hostname may be in only one network"),
-                    );
-                } else {
-                    owners.insert((scheme, host), here);
+                match owners.get(host) {
+                    Some(Some(p)) if *p == spec.port => {}
+                    Some(other) => {
+                        let by = match other {
+                            Some(p) => format!("network {p}"),
+                            None => "a --custom-forwarding".to_string(),
+                        };
+                        problems.add(
+                            key_path(&format!("{}.proxy", key_path("$", &spec.port.to_string())), &format!("{scheme}://{host}")),
+                            format!("{host} is already served by {by}; a hostname may be in only one network"),
+                        );
+                    }
+                    None => {
+                        owners.insert(host, Some(spec.port));
+                    }
                 }
             }
+        }
+    }
+
+    // The same private key twice would be the same WireGuard identity twice.
+    let mut keys: BTreeMap<&WgKey, u16> = BTreeMap::new();
+    for spec in networks.values() {
+        if let Some(other) = keys.insert(&spec.private_key, spec.port) {
+            problems.add(format!("{}.private_key", key_path("$", &spec.port.to_string())), format!("network {other} has the same private key"));
         }
     }
 
     if problems.0.is_empty() { Ok(Desired { networks }) } else { Err(problems.0) }
 }
 
-fn validate_network(path: &str, port: Option<u16>, net: &NetworkConfig, problems: &mut Problems) -> Option<NetworkSpec> {
+fn validate_network(path: &str, port: Option<u16>, net: &NetworkConfig, ctx: &Context<'_>, problems: &mut Problems) -> Option<NetworkSpec> {
+    let reserved = |c: &Cidr| ctx.reserved.iter().find(|r| within(&Cidr { addr: c.addr, prefix: c.prefix.max(r.prefix) }, r)).copied();
     let before = problems.0.len();
     if let (Some(lp), Some(port)) = (net.listen_port, port) {
         if lp != u32::from(port) {
@@ -339,13 +392,20 @@ fn validate_network(path: &str, port: Option<u16>, net: &NetworkConfig, problems
     }
     let mut addresses = BTreeSet::new();
     for (i, a) in net.address.iter().enumerate() {
+        let apath = format!("{path}.address[{i}]");
         match Cidr::parse(a) {
             Ok(c) => {
-                if !addresses.insert(c) {
-                    problems.add(format!("{path}.address[{i}]"), format!("{a} is listed twice"));
+                if let Err(e) = check_interface_address(&c) {
+                    problems.add(apath, e);
+                } else if let Some(r) = reserved(&c) {
+                    problems.add(apath, format!("{} is inside the gateway's own bridge subnet {r}", c.addr));
+                } else if addresses.iter().any(|x: &Cidr| x.addr == c.addr) {
+                    problems.add(apath, format!("{} is listed twice", c.addr));
+                } else {
+                    addresses.insert(c);
                 }
             }
-            Err(e) => problems.add(format!("{path}.address[{i}]"), e),
+            Err(e) => problems.add(apath, e),
         }
     }
     let mut peers = BTreeMap::new();
@@ -359,9 +419,14 @@ fn validate_network(path: &str, port: Option<u16>, net: &NetworkConfig, problems
         let mut allowed = BTreeSet::new();
         for (i, a) in peer.allowed_ips.iter().enumerate() {
             match Cidr::parse(a) {
-                Ok(c) => {
-                    allowed.insert(c.network());
-                }
+                // Wider prefixes (a default route) are fine: the bridge's own
+                // more specific route still wins.
+                Ok(c) => match ctx.reserved.iter().find(|r| within(&c.network(), r)) {
+                    Some(r) => problems.add(format!("{ppath}.allowed_ips[{i}]"), format!("{c} is inside the gateway's own bridge subnet {r}")),
+                    None => {
+                        allowed.insert(c.network());
+                    }
+                },
                 Err(e) => problems.add(format!("{ppath}.allowed_ips[{i}]"), e),
             }
         }
@@ -416,7 +481,9 @@ fn validate_network(path: &str, port: Option<u16>, net: &NetworkConfig, problems
                     let ip = IpAddr::V4(*sa.ip());
                     let routed =
                         addresses.iter().any(|c| c.contains(ip)) || peers.values().any(|p| p.allowed_ips.iter().any(|c| c.contains(ip)));
-                    if !routed {
+                    if let Some(r) = ctx.reserved.iter().find(|r| r.contains(ip)) {
+                        problems.add(format!("{upath}[{i}]"), format!("upstream {u} is inside the gateway's own bridge subnet {r}"));
+                    } else if !routed {
                         problems.add(
                             format!("{upath}[{i}]"),
                             format!("upstream {u} is not inside the network (no address or peer allowed IP covers it)"),
@@ -439,6 +506,10 @@ fn validate_network(path: &str, port: Option<u16>, net: &NetworkConfig, problems
         problems.add(format!("{path}.address"), "a network with proxy entries needs an IPv4 address");
     }
 
+    let distinct: BTreeSet<&SocketAddrV4> = https.values().chain(http.values()).flatten().collect();
+    if distinct.len() > MAX_UPSTREAMS {
+        problems.add(format!("{path}.proxy"), format!("{} distinct upstreams; at most {MAX_UPSTREAMS} per network", distinct.len()));
+    }
     if problems.0.len() != before {
         return None;
     }
@@ -452,6 +523,7 @@ mod tests {
 
     pub const KEY_A: &str = "0EtpYOfpZyKaIcpkq+KO/+joyV431f1X99CcB2OMo3c=";
     pub const KEY_B: &str = "OxvFhrgLnI9e4xzMMA2qQ7wm/xCUzxaWW5cb1JGkWSA=";
+    pub const KEY_C: &str = "4dcKbDNyb6pkkRuP22OPzkHgpOb9k67iaP5R9A0xv0c=";
 
     fn net() -> NetworkConfig {
         NetworkConfig {
@@ -483,7 +555,7 @@ mod tests {
 
     #[test]
     fn accepts_the_contract_example() {
-        let d = validate(&[("51820".to_string(), net())].into(), &[]).unwrap();
+        let d = validate(&[("51820".to_string(), net())].into(), &Context::default()).unwrap();
         let spec = &d.networks[&51820];
         assert_eq!(spec.mtu, 1420);
         assert_eq!(spec.https.len(), 1);
@@ -492,7 +564,7 @@ mod tests {
         assert!(spec.routes().is_empty(), "10.80.0.2/32 is inside 10.80.0.1/16");
         let mut n = net();
         n.peers.get_mut(KEY_B).unwrap().allowed_ips = vec!["10.80.0.2/32".into(), "192.168.7.0/24".into(), "10.0.0.0/8".into()];
-        let spec = &validate(&[("51820".to_string(), n)].into(), &[]).unwrap().networks[&51820];
+        let spec = &validate(&[("51820".to_string(), n)].into(), &Context::default()).unwrap().networks[&51820];
         let routes: Vec<String> = spec.routes().iter().map(ToString::to_string).collect();
         assert_eq!(routes, ["10.0.0.0/8", "192.168.7.0/24"], "a wider prefix than the address is not covered");
     }
@@ -569,7 +641,7 @@ mod tests {
         n.address.push("10.0.0.1/99".into());
         n.proxy.insert("ftp://x.test".into(), vec!["10.80.0.2:21".into()]);
         n.proxy.insert("https://y.test".into(), vec!["192.168.1.1:443".into()]);
-        let p = paths(validate(&[("51820".to_string(), n), ("0".to_string(), net())].into(), &[]));
+        let p = paths(validate(&[("51820".to_string(), n), ("0".to_string(), net())].into(), &Context::default()));
         for want in [
             r#"$["51820"].private_key"#,
             r#"$["51820"].mtu"#,
@@ -585,13 +657,15 @@ mod tests {
 
     #[test]
     fn hostname_in_one_network_only() {
-        let cfg = [("51820".to_string(), net()), ("51821".to_string(), net())].into();
-        let p = paths(validate(&cfg, &[]));
+        let mut second = net();
+        second.private_key = KEY_C.into();
+        let cfg = [("51820".to_string(), net()), ("51821".to_string(), second)].into();
+        let p = paths(validate(&cfg, &Context::default()));
         assert_eq!(p.len(), 2, "{p:?}");
         assert!(p.iter().all(|p| p.starts_with(r#"$["51821"].proxy"#)));
         let custom = parse_custom_forwardings("https://app.example.com=127.0.0.1:8443").unwrap();
-        let p = paths(validate(&[("51820".to_string(), net())].into(), &custom));
-        assert_eq!(p, vec![r#"$["51820"].proxy["https://app.example.com"]"#.to_string()]);
+        let p = paths(validate(&[("51820".to_string(), net())].into(), &Context { custom: &custom, reserved: &[] }));
+        assert_eq!(p, [r#"$["51820"].proxy["https://app.example.com"]"#, r#"$["51820"].proxy["http://app.example.com"]"#], "both schemes");
     }
 
     #[test]
@@ -606,7 +680,7 @@ mod tests {
                 persistent_keepalive: Some(0),
             },
         );
-        let p = paths(validate(&[("51820".to_string(), n)].into(), &[]));
+        let p = paths(validate(&[("51820".to_string(), n)].into(), &Context::default()));
         for want in [
             r#"$["51820"].peers["bad"]"#,
             r#"$["51820"].peers["bad"].preshared_key"#,
@@ -615,6 +689,62 @@ mod tests {
         ] {
             assert!(p.contains(&want.to_string()), "missing {want} in {p:?}");
         }
+    }
+
+    #[test]
+    fn one_hostname_one_network_whatever_the_scheme() {
+        let mut other = net();
+        other.private_key = KEY_C.into();
+        other.proxy = [("http://app.example.com".to_string(), vec!["10.80.0.2:80".to_string()])].into();
+        let p = paths(validate(&[("51820".to_string(), net()), ("51821".to_string(), other)].into(), &Context::default()));
+        assert_eq!(p, vec![r#"$["51821"].proxy["http://app.example.com"]"#.to_string()]);
+    }
+
+    #[test]
+    fn addresses_must_be_global_unique_and_outside_the_bridge() {
+        let bridge = [Cidr::parse("10.199.0.0/16").unwrap()];
+        let ctx = Context { custom: &[], reserved: &bridge };
+        for (bad, why) in [
+            ("127.0.0.2/8", "global"),
+            ("169.254.1.1/16", "global"),
+            ("fe80::1/64", "global"),
+            ("::ffff:10.0.0.1/128", "global"),
+            ("::102:304/128", "global"),
+            ("224.0.0.1/4", "global"),
+            ("10.199.3.4/24", "bridge"),
+        ] {
+            let mut n = net();
+            n.address.push(bad.into());
+            let e = validate(&[("51820".to_string(), n)].into(), &ctx).expect_err(bad);
+            assert!(e[0].message.contains(why), "{bad}: {e:?}");
+        }
+        let mut n = net();
+        n.address = vec!["fd00::1/64".into(), "fd00::1/48".into(), "10.80.0.1/16".into()];
+        let e = validate(&[("51820".to_string(), n)].into(), &ctx).expect_err("same IP twice");
+        assert!(e[0].message.contains("listed twice"), "{e:?}");
+        let mut n = net();
+        n.peers.get_mut(KEY_B).unwrap().allowed_ips.push("10.199.0.0/24".into());
+        assert!(validate(&[("51820".to_string(), n)].into(), &ctx).is_err(), "allowed IP inside the bridge subnet");
+        let mut n = net();
+        n.peers.get_mut(KEY_B).unwrap().allowed_ips.push("0.0.0.0/0".into());
+        n.proxy.insert("https://x.test".into(), vec!["10.199.0.1:443".into()]);
+        let e = validate(&[("51820".to_string(), n.clone())].into(), &ctx).expect_err("upstream in the bridge");
+        assert_eq!(e.len(), 1, "a default route is fine, the upstream is not: {e:?}");
+        n.proxy.remove("https://x.test");
+        assert!(validate(&[("51820".to_string(), n)].into(), &ctx).is_ok());
+    }
+
+    #[test]
+    fn private_keys_unique_and_upstreams_bounded() {
+        let mut other = net();
+        other.proxy.clear();
+        let p = paths(validate(&[("51820".to_string(), net()), ("51821".to_string(), other)].into(), &Context::default()));
+        assert_eq!(p, vec![r#"$["51821"].private_key"#.to_string()]);
+        let mut n = net();
+        n.address = vec!["10.80.0.1/16".into()];
+        n.proxy = [("https://many.test".to_string(), (0..=MAX_UPSTREAMS).map(|i| format!("10.80.{}.{}:443", i / 250, i % 250 + 2)).collect())].into();
+        let p = paths(validate(&[("51820".to_string(), n)].into(), &Context::default()));
+        assert_eq!(p, vec![r#"$["51820"].proxy"#.to_string()]);
     }
 
     #[test]
