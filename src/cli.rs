@@ -16,6 +16,7 @@ use crate::layout::Layout;
 use crate::metrics::Metrics;
 use crate::observe::{Observer, SystemPaths, Tools};
 use crate::reconcile::{ReconcileSettings, Shared};
+use crate::render::NginxOptions;
 use crate::runner::Runner;
 use crate::store::Store;
 use crate::traffic::Accounting;
@@ -92,6 +93,9 @@ pub struct Args {
     /// What the generated HTTP servers listen on.
     #[arg(long, default_value = "80", value_parser = parse_listen)]
     pub http_listen: String,
+    /// `server_names_hash_bucket_size` written in the HTTP file so long hostnames fit; 0 = leave it to the main nginx config (set it there if your nginx.conf already has one).
+    #[arg(long, default_value_t = 512)]
+    pub nginx_server_names_hash_bucket_size: u32,
     /// Extra static forwardings, e.g. `https://api.example.com=127.0.0.1:8443,http://b.example.com=127.0.0.1:8080`.
     #[arg(long, env = "GATEWAY_CUSTOM_FORWARDING", default_value = "")]
     pub custom_forwarding: String,
@@ -223,8 +227,11 @@ pub async fn build(args: &Args, runner: Runner) -> anyhow::Result<Daemon> {
         observer,
         backend,
         settings: ReconcileSettings {
-            https_listen: args.https_listen.clone(),
-            http_listen: args.http_listen.clone(),
+            nginx: NginxOptions {
+                https_listen: args.https_listen.clone(),
+                http_listen: args.http_listen.clone(),
+                server_names_hash_bucket_size: args.nginx_server_names_hash_bucket_size,
+            },
             custom,
             reserved,
             watchdog: args.watchdog,

@@ -2,7 +2,8 @@
 //! network's listen port alone, so no allocation state has to be kept and two
 //! instances with different prefixes can share a machine.
 
-use std::net::Ipv4Addr;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use crate::validate::Cidr;
 
@@ -98,9 +99,31 @@ impl Layout {
     pub fn veth_ns_addr(&self, port: u16) -> Cidr {
         Cidr { addr: self.veth_ns_ip(port).into(), prefix: self.bridge_prefix }
     }
-    /// Port on the veth address that DNATs to the `index`-th upstream.
-    pub fn dnat_port(&self, index: usize) -> u16 {
-        self.dnat_port_base + index as u16
+    /// Ports on the veth address that DNAT to each upstream. A port is
+    /// derived from the upstream itself (a hash into 10,000 ports, the next
+    /// free one on a collision), so adding or removing one upstream leaves
+    /// the others' ports alone: nginx, still on its old config for a moment,
+    /// never reaches the wrong upstream while the rules change.
+    pub fn dnat_ports(&self, upstreams: &[SocketAddrV4]) -> BTreeMap<SocketAddrV4, u16> {
+        const RANGE: u32 = 10_000;
+        let mut taken = BTreeSet::new();
+        let mut out = BTreeMap::new();
+        let mut sorted = upstreams.to_vec();
+        sorted.sort();
+        sorted.dedup();
+        for u in sorted.into_iter().take(RANGE as usize) {
+            // FNV-1a: stable across builds and platforms.
+            let mut h: u32 = 0x811c_9dc5;
+            for b in u.ip().octets().into_iter().chain(u.port().to_be_bytes()) {
+                h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+            }
+            let mut slot = h % RANGE;
+            while !taken.insert(slot) {
+                slot = (slot + 1) % RANGE;
+            }
+            out.insert(u, self.dnat_port_base + slot as u16);
+        }
+        out
     }
 }
 
@@ -127,6 +150,13 @@ mod tests {
         assert_eq!(l.port_of_netns("network-0518"), None);
         assert_eq!(l.port_of_netns("other-1"), None);
         assert!(Layout::new("x", "wg", "v", "br", "10.0.0.0/24", 20000).is_err());
+        let ups: Vec<SocketAddrV4> = (2..200).map(|i| SocketAddrV4::new(Ipv4Addr::new(10, 80, 0, i), 443)).collect();
+        let ports = l.dnat_ports(&ups);
+        assert_eq!(ports.len(), ups.len());
+        assert_eq!(ports.values().collect::<BTreeSet<_>>().len(), ups.len(), "distinct ports");
+        assert!(ports.values().all(|p| (20000..30000).contains(p)));
+        let fewer = l.dnat_ports(&ups[1..]);
+        assert!(fewer.iter().all(|(u, p)| ports[u] == *p), "removing an upstream moves no other");
         assert!(Layout::new("x;rm", "wg", "v", "br", "10.0.0.0/16", 20000).is_err());
     }
 }

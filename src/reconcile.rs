@@ -17,7 +17,7 @@ use tokio::sync::{Mutex, Notify, watch};
 use crate::execute::{Backend, Executor};
 use crate::observe::Observer;
 use crate::plan::{NginxText, converged_view, plan};
-use crate::render::{NginxSite, nginx_http, nginx_stream};
+use crate::render::{NginxOptions, NginxSite, nginx_http, nginx_stream};
 use crate::store::{ApplyRecord, Store};
 use crate::traffic::InterfaceReading;
 use crate::validate::{Cidr, Context, CustomForwarding, Desired, NetworkSpec, validate};
@@ -25,8 +25,7 @@ use crate::validate::{Cidr, Context, CustomForwarding, Desired, NetworkSpec, val
 /// Settings of the reconciler that do not change while it runs.
 #[derive(Debug, Clone)]
 pub struct ReconcileSettings {
-    pub https_listen: String,
-    pub http_listen: String,
+    pub nginx: NginxOptions,
     pub custom: Vec<CustomForwarding>,
     /// Subnets no request may use (the bridge subnet).
     pub reserved: Vec<Cidr>,
@@ -67,7 +66,7 @@ pub fn now_unix() -> i64 {
 
 pub fn nginx_text(shared: &Shared, desired: &Desired) -> NginxText {
     let s = &shared.settings;
-    let site = NginxSite::build(&shared.observer.layout, desired, &s.custom, &s.https_listen, &s.http_listen);
+    let site = NginxSite::build(&shared.observer.layout, desired, &s.custom, &s.nginx);
     NginxText { stream: nginx_stream(&site), http: nginx_http(&site) }
 }
 

@@ -48,11 +48,8 @@ pub fn rules(layout: &Layout, spec: &NetworkSpec) -> RuleSet {
     let wg = layout.wg(spec.port);
     let veth_ip = layout.veth_ns_ip(spec.port);
     let mut nat = Vec::new();
-    for (i, up) in spec.upstreams().iter().enumerate() {
-        nat.push(format!(
-            "-A {CHAIN_DNAT} -d {veth_ip}/32 -i {VETH_NS_NAME} -p tcp -m tcp --dport {} -j DNAT --to-destination {up}",
-            layout.dnat_port(i)
-        ));
+    for (up, port) in layout.dnat_ports(&spec.upstreams()) {
+        nat.push(format!("-A {CHAIN_DNAT} -d {veth_ip}/32 -i {VETH_NS_NAME} -p tcp -m tcp --dport {port} -j DNAT --to-destination {up}"));
     }
     nat.push(format!("-A {CHAIN_SNAT} -o {wg} -j MASQUERADE"));
     // Nodes reach each other and the DNATed ingress; nothing else crosses the
@@ -103,25 +100,31 @@ pub struct Route {
 /// Everything nginx needs, in typed form.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NginxSite {
-    pub https_listen: String,
-    pub http_listen: String,
+    pub options: NginxOptions,
     pub https: Vec<Route>,
     pub http: Vec<Route>,
 }
 
+/// Operator settings of the generated nginx config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NginxOptions {
+    /// `PORT`, `IP:PORT` or `[IPv6]:PORT` (checked at start-up).
+    pub https_listen: String,
+    pub http_listen: String,
+    /// Written in the http file so long hostnames fit; 0 leaves it to the
+    /// main config (nginx refuses the directive twice).
+    pub server_names_hash_bucket_size: u32,
+}
+
 impl NginxSite {
-    pub fn build(layout: &Layout, desired: &Desired, custom: &[CustomForwarding], https_listen: &str, http_listen: &str) -> Self {
+    pub fn build(layout: &Layout, desired: &Desired, custom: &[CustomForwarding], options: &NginxOptions) -> Self {
         let mut https = Vec::new();
         let mut http = Vec::new();
         for spec in desired.networks.values() {
-            let upstreams = spec.upstreams();
+            let ports = layout.dnat_ports(&spec.upstreams());
             let veth_ip = layout.veth_ns_ip(spec.port);
             let to_veth = |servers: &Vec<SocketAddrV4>| -> Vec<SocketAddrV4> {
-                servers
-                    .iter()
-                    .filter_map(|u| upstreams.iter().position(|x| x == u))
-                    .map(|i| SocketAddrV4::new(veth_ip, layout.dnat_port(i)))
-                    .collect()
+                servers.iter().filter_map(|u| ports.get(u)).map(|p| SocketAddrV4::new(veth_ip, *p)).collect()
             };
             for (scheme, map, out) in [("https", &spec.https, &mut https), ("http", &spec.http, &mut http)] {
                 for (i, (host, servers)) in map.iter().enumerate() {
@@ -142,7 +145,7 @@ impl NginxSite {
         }
         https.sort_by(|a, b| a.host.cmp(&b.host));
         http.sort_by(|a, b| a.host.cmp(&b.host));
-        NginxSite { https_listen: https_listen.into(), http_listen: http_listen.into(), https, http }
+        NginxSite { options: options.clone(), https, http }
     }
 
     /// Which hostnames go where; used to tell whether nginx must be reloaded.
@@ -171,9 +174,13 @@ fn upstream_block(s: &mut String, indent: &str, r: &Route) {
 pub fn nginx_stream(site: &NginxSite) -> String {
     let mut s = String::from(HEADER);
     s.push_str("stream {\n");
+    // Room for 253-character names and many of them.
+    s.push_str("    map_hash_bucket_size 512;\n    map_hash_max_size 65536;\n");
     s.push_str("    map $ssl_preread_server_name $gateway_backend {\n        default gateway_unknown_host;\n");
     for r in &site.https {
-        let _ = writeln!(s, "        {} {};", r.host, r.upstream_name);
+        // The leading backslash makes names like `default`, `include` or
+        // `hostnames` plain keys instead of map parameters.
+        let _ = writeln!(s, "        \\{} {};", r.host, r.upstream_name);
     }
     s.push_str("    }\n\n");
     s.push_str("    # A name nobody serves: the connection is closed.\n");
@@ -182,7 +189,7 @@ pub fn nginx_stream(site: &NginxSite) -> String {
         upstream_block(&mut s, "    ", r);
     }
     s.push_str("\n    server {\n");
-    let _ = writeln!(s, "        listen {};", site.https_listen);
+    let _ = writeln!(s, "        listen {};", site.options.https_listen);
     s.push_str("        ssl_preread on;\n        proxy_pass $gateway_backend;\n");
     s.push_str("        # The first connection may wait for a WireGuard handshake.\n");
     s.push_str("        proxy_connect_timeout 10s;\n");
@@ -198,12 +205,15 @@ pub fn nginx_http(site: &NginxSite) -> String {
     if site.http.is_empty() {
         return s;
     }
+    if site.options.server_names_hash_bucket_size > 0 {
+        let _ = writeln!(s, "server_names_hash_bucket_size {};", site.options.server_names_hash_bucket_size);
+    }
     s.push_str("map $http_upgrade $gateway_connection_upgrade {\n    default upgrade;\n    '' close;\n}\n");
     for r in &site.http {
         s.push('\n');
         upstream_block(&mut s, "", r);
         s.push_str("server {\n");
-        let _ = writeln!(s, "    listen {};", site.http_listen);
+        let _ = writeln!(s, "    listen {};", site.options.http_listen);
         let _ = writeln!(s, "    server_name {};", r.host);
         s.push_str("    location / {\n");
         let _ = writeln!(s, "        proxy_pass http://{};", r.upstream_name);
@@ -289,10 +299,14 @@ pub(crate) mod tests {
         assert_eq!(actual, expected, "golden file {name} differs");
     }
 
+    fn options() -> NginxOptions {
+        NginxOptions { https_listen: "443".into(), http_listen: "80".into(), server_names_hash_bucket_size: 512 }
+    }
+
     fn site() -> (Desired, NginxSite) {
         let d = validate(&sample_config(), &Context::default()).unwrap();
         let custom = parse_custom_forwardings("https://api.example.com=127.0.0.1:8443,http://api.example.com=127.0.0.1:8080").unwrap();
-        let site = NginxSite::build(&Layout::default(), &d, &custom, "443", "80");
+        let site = NginxSite::build(&Layout::default(), &d, &custom, &options());
         (d, site)
     }
 
@@ -301,7 +315,7 @@ pub(crate) mod tests {
         let (_, site) = site();
         golden("nginx-stream.conf", &nginx_stream(&site));
         golden("nginx-http.conf", &nginx_http(&site));
-        let empty = NginxSite::build(&Layout::default(), &Desired::default(), &[], "443", "80");
+        let empty = NginxSite::build(&Layout::default(), &Desired::default(), &[], &options());
         golden("nginx-stream-empty.conf", &nginx_stream(&empty));
         assert_eq!(nginx_http(&empty), HEADER);
     }
