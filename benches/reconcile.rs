@@ -88,6 +88,7 @@ fn main() {
         (0..NETWORKS)
             .flat_map(|n| {
                 (1..=PEERS).map(move |p| Reading {
+                    network: (51000 + n).to_string(),
                     network_key: key(n, 0),
                     peer_key: key(n, p),
                     epoch: 1,
@@ -97,7 +98,7 @@ fn main() {
             })
             .collect()
     };
-    let networks: Vec<String> = (0..NETWORKS).map(|n| key(n, 0)).collect();
+    let networks: Vec<String> = (0..NETWORKS).map(|n| (51000 + n).to_string()).collect();
     let mut tick = 1u64;
     let ticks = 50;
     let start = Instant::now();

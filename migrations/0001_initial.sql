@@ -23,12 +23,12 @@ CREATE TABLE apply_state (
 -- from a recreated interface start a new baseline even if they grew past
 -- the old values before the poll.
 CREATE TABLE peer_counters (
-    network_key TEXT    NOT NULL,
+    network     TEXT    NOT NULL, -- the listen port: stays across a key rotation
     peer_key    TEXT    NOT NULL,
     epoch       INTEGER NOT NULL,
     rx          INTEGER NOT NULL,
     tx          INTEGER NOT NULL,
-    PRIMARY KEY (network_key, peer_key)
+    PRIMARY KEY (network, peer_key)
 ) WITHOUT ROWID;
 
 -- Byte deltas per poll and peer; only samples with traffic are stored.

@@ -13,6 +13,11 @@ use crate::render;
 use crate::runner::{Cmd, CmdError};
 use crate::validate::Desired;
 
+/// Forwarding inside a network's namespace, both families (`-e`: a kernel
+/// without IPv6 just skips the second).
+const FORWARD_V4: &str = "net.ipv4.ip_forward=1";
+const FORWARD_V6: &str = "net.ipv6.conf.all.forwarding=1";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
@@ -136,7 +141,7 @@ impl Executor<'_> {
                         // wireguard-go creates its socket a moment after it forks, and
                         // listens on it a moment after that: wait until it answers.
                         let sock = o.paths.wireguard_sock_dir.join(format!("{wg}.sock"));
-                        wait_for(|| uapi_answers(&sock), Duration::from_secs(10))
+                        wait_for_async(|| uapi_answers(&sock), Duration::from_secs(10))
                             .await
                             .map_err(|_| format!("wireguard-go's socket {} did not answer", sock.display()))?;
                         String::new()
@@ -178,7 +183,7 @@ impl Executor<'_> {
             }
             Action::UplinkUp(p) => self.cmd(ip, ["-n", &l.netns(*p), "link", "set", VETH_NS_NAME, "up"]).await.map_err(e)?,
             Action::SetForwarding(p) => {
-                self.cmd(ip, ["netns", "exec", &l.netns(*p), &t.sysctl, "-q", "-w", "net.ipv4.ip_forward=1"]).await.map_err(e)?
+                self.cmd(ip, ["netns", "exec", &l.netns(*p), &t.sysctl, "-q", "-e", "-w", FORWARD_V4, FORWARD_V6]).await.map_err(e)?
             }
             Action::SetRules { port, missing_jumps } => {
                 let text = render::iptables_restore(&render::rules(l, spec(port)?), missing_jumps);
@@ -260,48 +265,57 @@ impl Executor<'_> {
             return Err(format!("{err}; the previous nginx files were restored"));
         }
         let conf = paths.nginx_conf.to_string_lossy().to_string();
-        if let Some(master) = self.observer.nginx_master() {
+        let nginx = &self.observer.tools.nginx;
+        let loaded = if let Some(master) = self.observer.nginx_master() {
             let old_workers = crate::observe::children_of(master);
-            self.cmd(&self.observer.tools.nginx, ["-c", &conf, "-s", "reload"]).await.map_err(|e| e.to_string())?;
-            // `-s reload` only signals the master. Answer once new workers
-            // run the new config (old ones stop accepting right after), so
-            // an applied route is really live when the API says so.
-            let reloaded = || !crate::observe::children_of(master).is_subset(&old_workers);
-            if wait_for(reloaded, Duration::from_secs(5)).await.is_err() {
-                tracing::warn!("nginx was signalled to reload but no new worker appeared within 5 s");
+            match self.cmd(nginx, ["-c", &conf, "-s", "reload"]).await {
+                // `-s reload` only signals the master. Wait until new workers
+                // run the new config (old ones stop accepting right after), so
+                // an applied route is live when the API says so. None appear
+                // when nginx could not load it (e.g. a listen port in use,
+                // which `nginx -t` does not check).
+                Ok(_) => wait_for(|| !crate::observe::children_of(master).is_subset(&old_workers), Duration::from_secs(5))
+                    .await
+                    .map(|_| true)
+                    .map_err(|_| "nginx did not load the new configuration within 5 s (see its error log, e.g. a port in use)".to_string()),
+                Err(e) => Err(e.to_string()),
             }
-            Ok(true)
         } else {
-            self.cmd(&self.observer.tools.nginx, ["-c", &conf]).await.map_err(|e| e.to_string())?;
-            Ok(false)
+            self.cmd(nginx, ["-c", &conf]).await.map(|_| false).map_err(|e| e.to_string())
+        };
+        if let Err(err) = &loaded {
+            // The files must show what nginx runs, so the next pass tries again.
+            restore(&previous);
+            return Err(format!("{err}; the previous nginx files were restored"));
         }
+        loaded
     }
 }
 
-/// Whether a wireguard-go control socket accepts a UAPI `get` and answers it.
-fn uapi_answers(sock: &Path) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut stream) = std::os::unix::net::UnixStream::connect(sock) else {
-        return false;
+/// Whether a wireguard-go control socket accepts a UAPI `get` and answers
+/// it, within a second (async: a stuck socket must not block the runtime).
+async fn uapi_answers(sock: &Path) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let probe = async {
+        let mut stream = tokio::net::UnixStream::connect(sock).await.ok()?;
+        stream.write_all(b"get=1\n\n").await.ok()?;
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        // The answer ends with an empty line after `errno=N`; it holds the
+        // private key, so it is read and dropped, never logged.
+        loop {
+            let n = stream.read(&mut buf).await.ok()?;
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&buf[..n]);
+            if answer.ends_with(b"\n\n") {
+                break;
+            }
+        }
+        Some(answer.windows(8).any(|w| w == b"errno=0\n"))
     };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
-    if stream.write_all(b"get=1\n\n").is_err() {
-        return false;
-    }
-    let mut answer = Vec::new();
-    let mut buf = [0u8; 4096];
-    // The answer ends with an empty line after `errno=N`; it holds the
-    // private key, so it is read and dropped, never logged.
-    while let Ok(n) = stream.read(&mut buf) {
-        if n == 0 {
-            break;
-        }
-        answer.extend_from_slice(&buf[..n]);
-        if answer.ends_with(b"\n\n") {
-            break;
-        }
-    }
-    answer.windows(8).any(|w| w == b"errno=0\n")
+    matches!(tokio::time::timeout(Duration::from_secs(1), probe).await, Ok(Some(true)))
 }
 
 fn write_atomic(path: &Path, content: &str) -> Result<(), String> {
@@ -310,6 +324,17 @@ fn write_atomic(path: &Path, content: &str) -> Result<(), String> {
     std::fs::write(&tmp, content).map_err(err)?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).map_err(err)?;
     std::fs::rename(&tmp, path).map_err(err)
+}
+
+async fn wait_for_async<F: std::future::Future<Output = bool>>(cond: impl Fn() -> F, limit: Duration) -> Result<(), ()> {
+    let start = std::time::Instant::now();
+    while !cond().await {
+        if start.elapsed() > limit {
+            return Err(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
 }
 
 async fn wait_for(cond: impl Fn() -> bool, limit: Duration) -> Result<(), ()> {
@@ -378,7 +403,7 @@ mod tests {
             "ip link set dev gwv51820 type bridge_slave isolated on",
             "ip -n network-51820 link set gw-uplink up",
             "ip -n network-51820 addr add 10.199.202.108/16 dev gw-uplink",
-            "ip netns exec network-51820 sysctl -q -w net.ipv4.ip_forward=1",
+            "ip netns exec network-51820 sysctl -q -e -w net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1",
             "ip netns exec network-51820 iptables-restore --noflush",
         ];
         assert_eq!(lines, expected);
@@ -410,6 +435,10 @@ mod tests {
         assert_eq!(report.failed.into_iter().collect::<Vec<_>>(), vec![40000]);
         assert_eq!(report.errors.len(), 1);
         let lines: Vec<String> = o.runner.take_records().into_iter().map(|r| r.line).collect();
-        assert_eq!(lines, ["ip netns exec network-40001 sysctl -q -w net.ipv4.ip_forward=1"], "40000's later actions skipped");
+        assert_eq!(
+            lines,
+            ["ip netns exec network-40001 sysctl -q -e -w net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1"],
+            "40000's later actions skipped"
+        );
     }
 }

@@ -320,9 +320,15 @@ impl Observer {
         self.nginx_master().is_some()
     }
 
-    /// The pid of nginx's master process, if it runs.
+    /// The pid of nginx's master process, if it runs: the pid file may be
+    /// stale (its pid reused by another program) or name a zombie.
     pub fn nginx_master(&self) -> Option<u32> {
-        read_trimmed(&self.paths.nginx_pid).and_then(|p| p.parse::<u32>().ok()).filter(|pid| Path::new(&format!("/proc/{pid}")).exists())
+        let pid = read_trimmed(&self.paths.nginx_pid)?.parse::<u32>().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let (head, rest) = stat.rsplit_once(')')?;
+        let comm = head.split_once('(')?.1;
+        let state = rest.split_whitespace().next()?;
+        (comm == "nginx" && state != "Z" && state != "X").then_some(pid)
     }
 
     /// Reads the bridge's addresses (one process).
@@ -367,9 +373,17 @@ impl Observer {
         }
         let save = self.runner.run(&Cmd::new(ip, ["netns", "exec", &ns, &self.tools.iptables_save]).read_only()).await?;
         n.rules = parse_iptables_save(&save);
-        let fwd =
-            self.runner.run(&Cmd::new(ip, ["netns", "exec", &ns, &self.tools.sysctl, "-n", "net.ipv4.ip_forward"]).read_only()).await?;
-        n.forwarding = fwd.trim() == "1";
+        let fwd = self
+            .runner
+            .run(
+                &Cmd::new(
+                    ip,
+                    ["netns", "exec", &ns, &self.tools.sysctl, "-n", "-e", "net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"],
+                )
+                .read_only(),
+            )
+            .await?;
+        n.forwarding = fwd.lines().next().is_some() && fwd.lines().all(|l| l.trim() == "1");
         Ok(n)
     }
 }

@@ -83,6 +83,7 @@ pub struct PassOutcome {
     pub record: ApplyRecord,
     pub changed: Vec<u16>,
     pub actions: usize,
+    /// The WireGuard interfaces read in this pass (all of them in a drift check).
     pub dumps: BTreeMap<u16, InterfaceReading>,
 }
 
@@ -119,20 +120,11 @@ impl Reconciler {
                 return None;
             }
         };
-        let outcome = if generation == 0 {
-            // Nothing accepted yet: touch nothing, but account for traffic.
-            None
-        } else {
-            Some(self.pass(mode, generation, &config).await)
-        };
-        if mode == Mode::Drift {
-            let dumps = match &outcome {
-                Some(o) => o.dumps.clone(),
-                None => BTreeMap::new(),
-            };
-            self.shared.accounting.record_tick(&self.shared, dumps).await;
+        if generation == 0 {
+            // Nothing accepted yet: touch nothing.
+            return None;
         }
-        let outcome = outcome?;
+        let outcome = self.pass(mode, generation, &config).await;
         if let Err(e) = self.shared.store.save_apply(&outcome.record).await {
             tracing::error!("cannot record the apply result: {e}");
         }
@@ -192,6 +184,21 @@ impl Reconciler {
         }
 
         let actions = plan(&desired, &observed, &observer.layout, &nginx);
+
+        // Account for traffic before anything changes: the counters of a
+        // network about to be removed, or of a peer about to go, are read now
+        // or never. A drift check reads every network, so it is the poll.
+        for port in observed.namespaces.iter().filter(|p| !desired.networks.contains_key(p)) {
+            if let Ok(n) = observer.observe_network(*port).await {
+                if let (Some(dump), Some(link)) = (n.wg, n.wg_link) {
+                    dumps.insert(*port, InterfaceReading { dump, ifindex: link.ifindex });
+                }
+            }
+        }
+        if !dumps.is_empty() || mode == Mode::Drift {
+            shared.accounting.record_tick(&shared, &dumps).await;
+        }
+
         let executor = Executor { observer, backend: shared.backend };
         let report = executor.execute(&actions, &desired, &nginx).await;
         errors.extend(report.errors.iter().cloned());

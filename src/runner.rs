@@ -138,12 +138,16 @@ impl Runner {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         let mut child = command.spawn().map_err(|source| CmdError::Spawn { line: line.to_string(), source })?;
-        if let (Some(input), Some(mut pipe)) = (&cmd.stdin, child.stdin.take()) {
-            // A failed write shows up as the command's own error below.
-            let _ = pipe.write_all(input).await;
-            drop(pipe);
-        }
-        let output = tokio::time::timeout(self.timeout, child.wait_with_output())
+        let stdin = child.stdin.take();
+        let feed = async move {
+            if let (Some(input), Some(mut pipe)) = (&cmd.stdin, stdin) {
+                // A failed write shows up as the command's own error below.
+                let _ = pipe.write_all(input).await;
+            }
+        };
+        // Feeding stdin is inside the time limit too: a child that stops
+        // reading must not hang the reconciler.
+        let output = tokio::time::timeout(self.timeout, async { tokio::join!(feed, child.wait_with_output()).1 })
             .await
             .map_err(|_| CmdError::Timeout { line: line.to_string(), secs: self.timeout.as_secs() })?
             .map_err(|source| CmdError::Spawn { line: line.to_string(), source })?;

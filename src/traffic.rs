@@ -36,6 +36,10 @@ pub struct InterfaceReading {
 /// One peer's reading in a tick.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reading {
+    /// The network's listen port: counters are kept per port, so a key
+    /// rotation does not count a peer's lifetime bytes again.
+    pub network: String,
+    /// The network's public key, under which samples are reported.
     pub network_key: String,
     pub peer_key: String,
     /// The interface instance the counters come from.
@@ -64,12 +68,12 @@ pub struct TickWrites {
 }
 
 /// Decides what a tick writes. `networks_read` are the interfaces read this
-/// tick (by public key), also those without peers.
+/// tick (by listen port), also those without peers.
 pub fn plan_tick(previous: &HashMap<(String, String), Previous>, networks_read: &[String], readings: Vec<Reading>) -> TickWrites {
     let mut w = TickWrites::default();
     let mut seen = std::collections::HashSet::new();
     for r in readings {
-        let key = (r.network_key.clone(), r.peer_key.clone());
+        let key = (r.network.clone(), r.peer_key.clone());
         let prev = previous.get(&key).filter(|p| p.epoch == r.epoch);
         let rx = counter_delta(prev.map(|p| p.rx), r.rx);
         let tx = counter_delta(prev.map(|p| p.tx), r.tx);
@@ -95,16 +99,19 @@ pub struct Accounting {
 impl Accounting {
     /// Stores one tick's deltas in one transaction; errors are logged and
     /// counted, and the next tick simply tries again.
-    pub async fn record_tick(&self, shared: &Shared, interfaces: BTreeMap<u16, InterfaceReading>) {
+    pub async fn record_tick(&self, shared: &Shared, interfaces: &BTreeMap<u16, InterfaceReading>) {
         let start = Instant::now();
         let now = now_unix();
         let mut labels = HashMap::new();
         let mut readings = Vec::new();
-        let networks_read: Vec<String> = interfaces.values().map(|i| i.dump.public_key.clone()).collect();
-        for (port, i) in &interfaces {
+        // Counters are kept per listen port (an interface's identity across
+        // a key rotation); samples are reported per public key.
+        let networks_read: Vec<String> = interfaces.keys().map(ToString::to_string).collect();
+        for (port, i) in interfaces {
             let d = &i.dump;
             for p in &d.peers {
                 readings.push(Reading {
+                    network: port.to_string(),
                     network_key: d.public_key.clone(),
                     peer_key: p.public_key.clone(),
                     epoch: i64::from(i.ifindex),
@@ -147,22 +154,18 @@ pub async fn store_tick(
 ) -> Result<TickWrites, StoreError> {
     let mut tx = store.pool.begin().await?;
     let mut previous = HashMap::new();
-    for row in sqlx::query("SELECT network_key, peer_key, epoch, rx, tx FROM peer_counters").fetch_all(&mut *tx).await? {
+    for row in sqlx::query("SELECT network, peer_key, epoch, rx, tx FROM peer_counters").fetch_all(&mut *tx).await? {
         let key = (row.try_get::<String, _>(0)?, row.try_get::<String, _>(1)?);
         let prev = Previous { epoch: row.try_get(2)?, rx: row.try_get::<i64, _>(3)? as u64, tx: row.try_get::<i64, _>(4)? as u64 };
         previous.insert(key, prev);
     }
     let writes = plan_tick(&previous, networks_read, readings);
-    for (network_key, peer_key) in &writes.stale {
-        sqlx::query("DELETE FROM peer_counters WHERE network_key = ? AND peer_key = ?")
-            .bind(network_key)
-            .bind(peer_key)
-            .execute(&mut *tx)
-            .await?;
+    for (network, peer_key) in &writes.stale {
+        sqlx::query("DELETE FROM peer_counters WHERE network = ? AND peer_key = ?").bind(network).bind(peer_key).execute(&mut *tx).await?;
     }
     for c in &writes.counters {
-        sqlx::query("INSERT OR REPLACE INTO peer_counters (network_key, peer_key, epoch, rx, tx) VALUES (?, ?, ?, ?, ?)")
-            .bind(&c.network_key)
+        sqlx::query("INSERT OR REPLACE INTO peer_counters (network, peer_key, epoch, rx, tx) VALUES (?, ?, ?, ?, ?)")
+            .bind(&c.network)
             .bind(&c.peer_key)
             .bind(c.epoch)
             .bind(c.rx as i64)
@@ -221,11 +224,11 @@ mod tests {
     }
 
     fn re(peer: &str, epoch: i64, rx: u64, tx: u64) -> Reading {
-        Reading { network_key: "N".into(), peer_key: peer.into(), epoch, rx, tx }
+        Reading { network: "51820".into(), network_key: "N".into(), peer_key: peer.into(), epoch, rx, tx }
     }
 
     fn prev(peer: &str, epoch: i64, rx: u64, tx: u64) -> HashMap<(String, String), Previous> {
-        HashMap::from([(("N".to_string(), peer.to_string()), Previous { epoch, rx, tx })])
+        HashMap::from([(("51820".to_string(), peer.to_string()), Previous { epoch, rx, tx })])
     }
 
     const N: &[String] = &[];
@@ -259,8 +262,8 @@ mod tests {
     #[test]
     fn a_peer_gone_from_a_read_interface_is_forgotten() {
         let p = prev("a", 1, 1000, 1000);
-        let w = plan_tick(&p, &["N".to_string()], vec![r("b", 1, 1)]);
-        assert_eq!(w.stale, vec![("N".to_string(), "a".to_string())]);
+        let w = plan_tick(&p, &["51820".to_string()], vec![r("b", 1, 1)]);
+        assert_eq!(w.stale, vec![("51820".to_string(), "a".to_string())]);
         let w = plan_tick(&p, &["other".to_string()], vec![]);
         assert!(w.stale.is_empty(), "an interface not read says nothing about its peers");
     }
@@ -279,7 +282,7 @@ mod tests {
         let path = dir.path().join("t.db");
         let store = Store::open(Some(path.to_str().unwrap())).await.unwrap();
         let day = Duration::from_secs(86400);
-        let read = ["N".to_string()];
+        let read = ["51820".to_string()];
         store_tick(&store, &read, vec![r("a", 1000, 2000)], 100, day).await.unwrap();
         store_tick(&store, &read, vec![r("a", 1500, 2000)], 160, day).await.unwrap();
         store.pool.close().await;

@@ -315,7 +315,11 @@ fn check_interface_address(c: &Cidr) -> Result<(), String> {
                 || (s[..6] == [0; 6])
         }
     };
-    if bad { Err(format!("{c} is not a global unicast address (loopback, link-local, multicast and IPv4-in-IPv6 forms are refused)")) } else { Ok(()) }
+    if bad {
+        Err(format!("{c} is not a global unicast address (loopback, link-local, multicast and IPv4-in-IPv6 forms are refused)"))
+    } else {
+        Ok(())
+    }
 }
 
 /// Checks the whole config; on failure returns every problem with its JSON path.
@@ -370,7 +374,8 @@ pub fn validate(config: &GatewayConfig, ctx: &Context<'_>) -> Result<Desired, Ve
     let mut keys: BTreeMap<&WgKey, u16> = BTreeMap::new();
     for spec in networks.values() {
         if let Some(other) = keys.insert(&spec.private_key, spec.port) {
-            problems.add(format!("{}.private_key", key_path("$", &spec.port.to_string())), format!("network {other} has the same private key"));
+            problems
+                .add(format!("{}.private_key", key_path("$", &spec.port.to_string())), format!("network {other} has the same private key"));
         }
     }
 
@@ -422,7 +427,9 @@ fn validate_network(path: &str, port: Option<u16>, net: &NetworkConfig, ctx: &Co
                 // Wider prefixes (a default route) are fine: the bridge's own
                 // more specific route still wins.
                 Ok(c) => match ctx.reserved.iter().find(|r| within(&c.network(), r)) {
-                    Some(r) => problems.add(format!("{ppath}.allowed_ips[{i}]"), format!("{c} is inside the gateway's own bridge subnet {r}")),
+                    Some(r) => {
+                        problems.add(format!("{ppath}.allowed_ips[{i}]"), format!("{c} is inside the gateway's own bridge subnet {r}"))
+                    }
                     None => {
                         allowed.insert(c.network());
                     }
@@ -742,7 +749,9 @@ mod tests {
         assert_eq!(p, vec![r#"$["51821"].private_key"#.to_string()]);
         let mut n = net();
         n.address = vec!["10.80.0.1/16".into()];
-        n.proxy = [("https://many.test".to_string(), (0..=MAX_UPSTREAMS).map(|i| format!("10.80.{}.{}:443", i / 250, i % 250 + 2)).collect())].into();
+        n.proxy =
+            [("https://many.test".to_string(), (0..=MAX_UPSTREAMS).map(|i| format!("10.80.{}.{}:443", i / 250, i % 250 + 2)).collect())]
+                .into();
         let p = paths(validate(&[("51820".to_string(), n)].into(), &Context::default()));
         assert_eq!(p, vec![r#"$["51820"].proxy"#.to_string()]);
     }

@@ -255,9 +255,17 @@ async fn failing_nginx_check_restores_the_previous_files() {
     let _guard = Guard(n.clone());
     write_nginx_conf(&n);
     let d = TestDaemon::start(&args(&n, &[])).await;
-    let (cfg, _) = many_networks(1, &n, ".test");
+    let (mut cfg, _) = many_networks(1, &n, ".test");
+    // Names that are nginx keywords or as long as DNS allows are plain names.
+    let long = format!("{}.{}.{}.{}", "a".repeat(63), "b".repeat(63), "c".repeat(63), "d".repeat(61));
+    for host in ["default", "include", "hostnames", long.as_str()] {
+        for scheme in ["https", "http"] {
+            cfg[n.port(0).to_string()]["proxy"][format!("{scheme}://{host}")] = json!(["10.80.0.2:443"]);
+        }
+    }
     let (code, body) = d.post(&cfg).await;
     assert_eq!(code, 200, "{body}");
+    assert!(std::fs::read_to_string(n.stream_file()).unwrap().contains(&long));
     let before = (std::fs::read_to_string(n.stream_file()).unwrap(), std::fs::read_to_string(n.http_file()).unwrap());
 
     // Something else in nginx's config now clashes with what the gateway writes.
@@ -352,6 +360,16 @@ async fn traffic_is_counted_once_across_restart_and_interface_recreation() {
     assert!((BIG..BIG + 60_000).contains(&got), "after recreation rx grew by {got}, expected about {BIG}");
     let total = t3["traffic"]["rx"].as_i64().unwrap();
     assert_eq!(total, recreated.0, "one network, one peer: totals agree");
+
+    // Bytes sent just before the network is removed are counted too: the
+    // apply reads the counters before deleting the interface.
+    let (ok, out) = https_get(&n, &node, "app.test", &format!("/bytes/{BIG}"));
+    assert!(ok && out.len() as i64 == BIG, "last download failed");
+    let (code, body) = d.patch(&json!({ port.to_string(): null })).await;
+    assert_eq!(code, 200, "{body}");
+    let (_, t4) = d.get("/api/v1/traffic.json?start=0").await;
+    let got = traffic_of(&t4, &gw_public, &node.public).0 - recreated.0;
+    assert!((BIG..BIG + 60_000).contains(&got), "bytes before removal: rx grew by {got}");
     d.stop().await;
 }
 
