@@ -1,7 +1,11 @@
 # syntax=docker/dockerfile:1
 # Build: docker build -t gateway .
 # Run:   docker run --net=host --cap-add NET_ADMIN --cap-add SYS_ADMIN --device /dev/net/tun \
-#          -e GATEWAY_TOKEN=... -v gateway-data:/var/lib/gateway gateway
+#          -e GATEWAY_TOKEN=... -e GATEWAY_DATABASE=/var/lib/gateway/gateway.db \
+#          -v gateway-data:/var/lib/gateway gateway
+# The contract's default database is /tmp/gateway.db: keep it on a volume
+# (as above) so the desired state and the traffic counters survive the
+# container, or a new container counts the interfaces' bytes again.
 
 FROM rust:1-slim-bookworm AS build
 WORKDIR /src
@@ -14,7 +18,9 @@ FROM debian:bookworm-slim
 # The same install script CI uses: wireguard-tools, wireguard-go, iptables,
 # iproute2, nginx with the stream module.
 COPY scripts/install-deps.sh /usr/local/lib/gateway/install-deps.sh
-RUN /usr/local/lib/gateway/install-deps.sh --runtime && rm -rf /var/lib/apt/lists/*
+RUN /usr/local/lib/gateway/install-deps.sh --runtime \
+ && apt-get install -y -qq --no-install-recommends tini \
+ && rm -rf /var/lib/apt/lists/* && mkdir -p /var/lib/gateway
 COPY --from=build /src/target/release/gateway /usr/local/bin/gateway
 COPY docker/entrypoint.sh /usr/local/bin/gateway-entrypoint
 
@@ -28,4 +34,6 @@ ENV GATEWAY_PORT=8000 \
 EXPOSE 8000 80 443
 HEALTHCHECK --interval=30s --timeout=3s --start-period=10s --retries=3 \
   CMD curl -fsS "http://127.0.0.1:${GATEWAY_PORT}/health" || exit 1
-ENTRYPOINT ["/usr/local/bin/gateway-entrypoint"]
+# tini reaps what the daemon starts and leaves behind (wireguard-go forks
+# into the background; nginx's master is re-parented here).
+ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/gateway-entrypoint"]

@@ -28,7 +28,7 @@ fn dockerfile_copies_only_what_exists_and_sets_the_defaults() {
         assert!(df.contains(default), "Dockerfile lacks {default}");
     }
     assert!(df.contains("HEALTHCHECK") && df.contains("/health"), "health check on /health");
-    assert!(df.contains("ENTRYPOINT [\"/usr/local/bin/gateway-entrypoint\"]"));
+    assert!(df.contains("ENTRYPOINT [\"/usr/bin/tini\", \"--\", \"/usr/local/bin/gateway-entrypoint\"]"), "an init reaps daemons");
     assert!(read("docker/entrypoint.sh").contains("net.ipv4.ip_forward=1"));
 }
 
