@@ -82,22 +82,30 @@ impl<'r> Responder<'r, 'static> for ApiError {
     }
 }
 
+/// JSON responses of type `T` with these status codes and descriptions.
+fn json_responses<T: JsonSchema>(generator: &mut OpenApiGenerator, codes: &[(u16, &str)]) -> rocket_okapi::Result<Responses> {
+    let schema = generator.json_schema::<T>();
+    let mut r = Responses::default();
+    for (code, what) in codes {
+        rocket_okapi::util::add_schema_response(&mut r, *code, "application/json", schema.clone())?;
+        if let Some(rocket_okapi::okapi::openapi3::RefOr::Object(resp)) = r.responses.get_mut(&code.to_string()) {
+            resp.description = (*what).into();
+        }
+    }
+    Ok(r)
+}
+
 impl OpenApiResponderInner for ApiError {
     fn responses(generator: &mut OpenApiGenerator) -> rocket_okapi::Result<Responses> {
-        let schema = generator.json_schema::<ErrorBody>();
-        let mut r = Responses::default();
-        for (code, what) in [
-            (400, "malformed request (e.g. a bad query parameter)"),
-            (401, "missing or wrong token"),
-            (422, "invalid configuration: every problem with its JSON path"),
-            (500, "the apply failed (details list each error) or an internal error"),
-        ] {
-            rocket_okapi::util::add_schema_response(&mut r, code, "application/json", schema.clone())?;
-            if let Some(rocket_okapi::okapi::openapi3::RefOr::Object(resp)) = r.responses.get_mut(&code.to_string()) {
-                resp.description = what.into();
-            }
-        }
-        Ok(r)
+        json_responses::<ErrorBody>(
+            generator,
+            &[
+                (400, "malformed request (e.g. a bad query parameter)"),
+                (401, "missing or wrong token"),
+                (422, "invalid configuration: every problem with its JSON path"),
+                (500, "the apply failed (details list each error) or an internal error"),
+            ],
+        )
     }
 }
 
@@ -195,18 +203,13 @@ impl<'r> Responder<'r, 'static> for Applied {
 
 impl OpenApiResponderInner for Applied {
     fn responses(generator: &mut OpenApiGenerator) -> rocket_okapi::Result<Responses> {
-        let schema = generator.json_schema::<ApplyResponse>();
-        let mut r = Responses::default();
-        for (code, what) in [
-            (200, "the system has converged to this generation (`result`: `applied`)"),
-            (202, "stored; still converging when the wait ended (`result`: `pending`); see status.json"),
-        ] {
-            rocket_okapi::util::add_schema_response(&mut r, code, "application/json", schema.clone())?;
-            if let Some(rocket_okapi::okapi::openapi3::RefOr::Object(resp)) = r.responses.get_mut(&code.to_string()) {
-                resp.description = what.into();
-            }
-        }
-        Ok(r)
+        json_responses::<ApplyResponse>(
+            generator,
+            &[
+                (200, "the system has converged to this generation (`result`: `applied`)"),
+                (202, "stored; still converging when the wait ended (`result`: `pending`); see status.json"),
+            ],
+        )
     }
 }
 

@@ -33,6 +33,16 @@ impl WgKey {
             _ => Err("must be a WireGuard key: 32 bytes in standard base64".into()),
         }
     }
+    /// A private key in the clamped form WireGuard stores and reports
+    /// (`wg genkey` output already is): any 32 bytes are accepted, and an
+    /// unclamped key would otherwise never match what `wg show` prints.
+    pub fn parse_private(s: &str) -> Result<Self, String> {
+        let key = WgKey::parse(s)?;
+        let mut b = base64::engine::general_purpose::STANDARD.decode(&key.0).map_err(|e| e.to_string())?;
+        b[0] &= 248;
+        b[31] = (b[31] & 127) | 64;
+        Ok(WgKey(base64::engine::general_purpose::STANDARD.encode(b)))
+    }
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -390,7 +400,7 @@ fn validate_network(path: &str, port: Option<u16>, net: &NetworkConfig, ctx: &Co
             problems.add(format!("{path}.listen_port"), format!("listen_port {lp} must equal the network's key {port}"));
         }
     }
-    let private_key = WgKey::parse(&net.private_key).map_err(|e| problems.add(format!("{path}.private_key"), e)).ok();
+    let private_key = WgKey::parse_private(&net.private_key).map_err(|e| problems.add(format!("{path}.private_key"), e)).ok();
     let mtu = net.mtu.unwrap_or(DEFAULT_MTU);
     if !MTU_RANGE.contains(&mtu) {
         problems.add(format!("{path}.mtu"), format!("mtu must be {}..={}", MTU_RANGE.start(), MTU_RANGE.end()));
@@ -580,6 +590,9 @@ mod tests {
     fn keys() {
         assert!(WgKey::parse(KEY_A).is_ok());
         assert!(WgKey::parse("short=").is_err());
+        assert_eq!(WgKey::parse_private(KEY_A).unwrap().as_str(), KEY_A, "wg genkey output is clamped already");
+        let raw = "//////////////////////////////////////////8=";
+        assert_eq!(WgKey::parse_private(raw).unwrap().as_str(), "+P///////////////////////////////////////38=", "clamped like WireGuard");
         assert!(WgKey::parse(&KEY_A.replace('+', "-")).is_err(), "url-safe alphabet refused");
         assert!(WgKey::parse("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\n").is_err());
         // 33 bytes would be 44 chars without padding: refused.

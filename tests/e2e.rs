@@ -44,16 +44,32 @@ fn https_get(n: &Names, node: &Node, host: &str, path: &str) -> (bool, String) {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn https_by_sni_and_http_by_host_reach_the_node_and_removal_leaves_nothing() {
+/// A private nginx, a node serving `app.test` through a tunnel to the
+/// gateway's first network, and a client; everything goes when it drops.
+struct NodeTopology {
+    n: Names,
+    gw_private: String,
+    gw_public: String,
+    port: u16,
+    node: Node,
+    _guard: Guard,
+}
+
+fn node_topology(k: u8) -> NodeTopology {
     require_root();
-    let n = names(1);
+    let n = names(k);
     let _guard = Guard(n.clone());
     write_nginx_conf(&n);
     let (gw_private, gw_public) = genkey();
     let port = n.port(0);
     let node = start_node(&n, "app.test", &gw_public, port);
     start_client(&n);
+    NodeTopology { n, gw_private, gw_public, port, node, _guard }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_by_sni_and_http_by_host_reach_the_node_and_removal_leaves_nothing() {
+    let NodeTopology { n, gw_private, gw_public, port, node, _guard } = node_topology(1);
     let d = TestDaemon::start(&args(&n, &[])).await;
 
     let cfg = json!({ port.to_string(): node_network(&n, &gw_private, &node, "app.test") });
@@ -121,23 +137,33 @@ async fn https_by_sni_and_http_by_host_reach_the_node_and_removal_leaves_nothing
     d.stop().await;
 }
 
-fn many_networks(count: u16, n: &Names, host_suffix: &str) -> (Value, Vec<String>) {
+/// A distinct 32-byte key (any 32 bytes are a valid WireGuard key).
+fn test_key(k: u8, network: u16, peer: u16) -> String {
+    use base64::Engine;
+    let mut b = [7u8; 32];
+    b[0] = k;
+    b[1..3].copy_from_slice(&network.to_be_bytes());
+    b[3..5].copy_from_slice(&peer.to_be_bytes());
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+/// `count` networks of `peers` peers each, every one with an HTTPS and an HTTP name.
+fn many_networks(count: u16, peers: u16, n: &Names, host_suffix: &str) -> Value {
     let mut cfg = serde_json::Map::new();
-    let mut keys = Vec::new();
     for i in 0..count {
-        let (private, _) = genkey();
-        let (_, peer) = genkey();
-        keys.push(private.clone());
+        let peers: serde_json::Map<String, Value> = (1..=peers)
+            .map(|j| (test_key(n.k, i, j), json!({ "allowed_ips": [format!("10.80.{}.{}/32", j / 250, j % 250 + 1)] })))
+            .collect();
         cfg.insert(
             n.port(i).to_string(),
             network(
-                &private,
-                json!({ peer: { "allowed_ips": ["10.80.0.2/32"] } }),
+                &test_key(n.k, i, 0),
+                Value::Object(peers),
                 json!({ format!("https://svc{i}{host_suffix}"): ["10.80.0.2:443"], format!("http://svc{i}{host_suffix}"): ["10.80.0.2:80"] }),
             ),
         );
     }
-    (Value::Object(cfg), keys)
+    Value::Object(cfg)
 }
 
 /// Doing nothing costs nothing; one change touches one network. Prints the
@@ -150,7 +176,7 @@ async fn cost_of_applies_counted_on_the_runner() {
     write_nginx_conf(&n);
     let d = TestDaemon::start(&args(&n, &[])).await;
     const N: u16 = 20;
-    let (mut cfg, _) = many_networks(N, &n, ".test");
+    let mut cfg = many_networks(N, 10, &n, ".test");
 
     let t = Instant::now();
     let (code, body) = d.post(&cfg).await;
@@ -176,10 +202,24 @@ async fn cost_of_applies_counted_on_the_runner() {
     let t = Instant::now();
     let outcome = d.drift_check().await.expect("pass");
     let records = d.runner.take_records();
-    println!("drift check of {N} networks: {:?}, {} read-only commands", t.elapsed(), records.len());
+    let elapsed = t.elapsed();
     assert!(outcome.record.ok, "{:?}", outcome.record.errors);
     assert_eq!(outcome.actions, 0, "converged system needs nothing");
     assert!(records.iter().all(|r| !r.mutating), "{records:?}");
+    // It is also the traffic poll: every interface with its 10 peers was read.
+    assert_eq!(outcome.dumps.len(), usize::from(N));
+    assert!(outcome.dumps.values().all(|i| i.dump.peers.len() == 10));
+    let count = |sql: &'static str| {
+        let pool = d.shared.store.pool.clone();
+        async move { sqlx::query_scalar::<_, i64>(sql).fetch_one(&pool).await.unwrap() }
+    };
+    let counters = count("SELECT COUNT(*) FROM peer_counters").await;
+    let samples = count("SELECT COUNT(*) FROM traffic_samples").await;
+    assert_eq!(counters, i64::from(N) * 10, "a baseline per peer");
+    println!(
+        "drift check + poll of {N} networks x 10 peers: {elapsed:?}, {} read-only commands, {counters} counter rows and {samples} samples (idle peers)",
+        records.len()
+    );
 
     // Changing one network's MTU touches only that network, and not nginx.
     let changed = n.port(7);
@@ -218,7 +258,7 @@ async fn watchdog_repairs_drift() {
     let _guard = Guard(n.clone());
     write_nginx_conf(&n);
     let d = TestDaemon::start_with_watchdog(&args(&n, &["--watchdog=1s"])).await;
-    let (cfg, _) = many_networks(2, &n, ".test");
+    let cfg = many_networks(2, 1, &n, ".test");
     let (code, body) = d.post(&cfg).await;
     assert_eq!(code, 200, "{body}");
     let (a, b) = (n.port(0), n.port(1));
@@ -255,7 +295,7 @@ async fn failing_nginx_check_restores_the_previous_files() {
     let _guard = Guard(n.clone());
     write_nginx_conf(&n);
     let d = TestDaemon::start(&args(&n, &[])).await;
-    let (mut cfg, _) = many_networks(1, &n, ".test");
+    let mut cfg = many_networks(1, 1, &n, ".test");
     // Names that are nginx keywords or as long as DNS allows are plain names.
     let long = format!("{}.{}.{}.{}", "a".repeat(63), "b".repeat(63), "c".repeat(63), "d".repeat(61));
     for host in ["default", "include", "hostnames", long.as_str()] {
@@ -270,7 +310,7 @@ async fn failing_nginx_check_restores_the_previous_files() {
 
     // Something else in nginx's config now clashes with what the gateway writes.
     std::fs::write(n.dir.join("http-extra.conf"), format!("upstream gateway_http_{}_0 {{ server 127.0.0.1:1; }}\n", n.port(0))).unwrap();
-    let (cfg2, _) = many_networks(1, &n, ".example");
+    let cfg2 = many_networks(1, 1, &n, ".example");
     let (code, body) = d.post(&cfg2).await;
     assert_eq!(code, 500, "{body}");
     assert_eq!(body["error"], "apply_failed");
@@ -300,14 +340,7 @@ fn traffic_of(v: &Value, network: &str, peer: &str) -> (i64, i64) {
 /// interface was recreated.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traffic_is_counted_once_across_restart_and_interface_recreation() {
-    require_root();
-    let n = names(5);
-    let _guard = Guard(n.clone());
-    write_nginx_conf(&n);
-    let (gw_private, gw_public) = genkey();
-    let port = n.port(0);
-    let node = start_node(&n, "app.test", &gw_public, port);
-    start_client(&n);
+    let NodeTopology { n, gw_private, gw_public, port, node, _guard } = node_topology(5);
     let a = args(&n, &[]);
     let d = TestDaemon::start(&a).await;
     let (code, body) = d.post(&json!({ port.to_string(): node_network(&n, &gw_private, &node, "app.test") })).await;
@@ -388,7 +421,7 @@ async fn start_removes_nothing_before_a_config_and_restart_converges() {
     let d = TestDaemon::start_with_watchdog(&a).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(sh("ip netns list").contains(&stray), "no config yet: nothing may be removed");
-    let (cfg, _) = many_networks(1, &n, ".test");
+    let cfg = many_networks(1, 1, &n, ".test");
     let (code, body) = d.post(&cfg).await;
     assert_eq!(code, 200, "{body}");
     assert!(!sh("ip netns list").contains(&stray), "a namespace with our prefix that is not desired goes");
