@@ -240,7 +240,7 @@ pub async fn build(args: &Args, runner: Runner) -> anyhow::Result<Daemon> {
         finished: watch::channel(last).0,
         write_lock: Mutex::new(()),
         metrics: Metrics::default(),
-        accounting: Accounting { retention: args.retention },
+        accounting: Accounting::new(args.retention),
     });
     let figment = rocket::Config::figment()
         .merge(("address", args.address))

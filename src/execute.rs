@@ -137,7 +137,9 @@ impl Executor<'_> {
                 match self.backend {
                     Backend::Kernel => self.cmd(ip, ["link", "add", &wg, "type", "wireguard"]).await.map_err(e)?,
                     Backend::Userspace => {
-                        self.cmd(&t.wireguard_go, [wg.as_str()]).await.map_err(e)?;
+                        // With LOG_LEVEL set, the forked daemon would keep our
+                        // output pipes open (and this command would never end).
+                        o.runner.run(&Cmd::new(&t.wireguard_go, [wg.as_str()]).env_remove("LOG_LEVEL")).await.map_err(e)?;
                         // wireguard-go creates its socket a moment after it forks, and
                         // listens on it a moment after that: wait until it answers.
                         let sock = o.paths.wireguard_sock_dir.join(format!("{wg}.sock"));

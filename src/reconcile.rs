@@ -196,7 +196,7 @@ impl Reconciler {
             }
         }
         if !dumps.is_empty() || mode == Mode::Drift {
-            shared.accounting.record_tick(&shared, &dumps).await;
+            shared.accounting.record_tick(&shared, &dumps, mode == Mode::Drift && unreadable.is_empty()).await;
         }
 
         let executor = Executor { observer, backend: shared.backend };

@@ -18,6 +18,8 @@ pub struct Cmd {
     stdin: Option<Vec<u8>>,
     /// False for commands that only read the system.
     pub mutating: bool,
+    /// Environment variables not passed on.
+    env_remove: Vec<&'static str>,
 }
 
 impl Cmd {
@@ -26,12 +28,23 @@ impl Cmd {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        Cmd { program: program.to_string(), args: args.into_iter().map(Into::into).collect(), stdin: None, mutating: true }
+        Cmd {
+            program: program.to_string(),
+            args: args.into_iter().map(Into::into).collect(),
+            stdin: None,
+            mutating: true,
+            env_remove: Vec::new(),
+        }
     }
 
     /// Marks a command that only reads the system.
     pub fn read_only(mut self) -> Self {
         self.mutating = false;
+        self
+    }
+
+    pub fn env_remove(mut self, name: &'static str) -> Self {
+        self.env_remove.push(name);
         self
     }
 
@@ -131,6 +144,9 @@ impl Runner {
 
     async fn run_inner(&self, cmd: &Cmd, line: &str) -> Result<String, CmdError> {
         let mut command = tokio::process::Command::new(&cmd.program);
+        for name in &cmd.env_remove {
+            command.env_remove(name);
+        }
         command
             .args(&cmd.args)
             .stdin(if cmd.stdin.is_some() { Stdio::piped() } else { Stdio::null() })

@@ -5,7 +5,7 @@
 //! old value), or when the peer was missing from the previous reading. rx and
 //! tx are independent.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use sqlx::Row;
@@ -94,12 +94,44 @@ pub fn plan_tick(previous: &HashMap<(String, String), Previous>, networks_read: 
 
 pub struct Accounting {
     pub retention: Duration,
+    /// Metric label sets exported so far, by network port, so those of
+    /// removed peers and networks can be dropped from /metrics.
+    exported: std::sync::Mutex<BTreeMap<String, BTreeSet<String>>>,
 }
 
 impl Accounting {
+    pub fn new(retention: Duration) -> Self {
+        Accounting { retention, exported: Default::default() }
+    }
+
+    /// Drops the metrics of peers no longer there. `complete`: every
+    /// managed interface was read, so networks not read are gone too.
+    fn forget_metrics(&self, shared: &Shared, seen: &BTreeMap<String, BTreeSet<String>>, complete: bool) {
+        let mut exported = self.exported.lock().unwrap_or_else(|e| e.into_inner());
+        for (network, peers) in exported.iter_mut() {
+            let now = seen.get(network);
+            if now.is_none() && !complete {
+                continue;
+            }
+            peers.retain(|peer| {
+                let keep = now.is_some_and(|n| n.contains(peer));
+                if !keep {
+                    let l = PeerLabels { network: network.clone(), peer: peer.clone() };
+                    shared.metrics.peer_rx.remove(&l);
+                    shared.metrics.peer_tx.remove(&l);
+                    shared.metrics.peer_handshake.remove(&l);
+                }
+                keep
+            });
+        }
+        exported.retain(|_, peers| !peers.is_empty());
+        for (network, peers) in seen {
+            exported.entry(network.clone()).or_default().extend(peers.iter().cloned());
+        }
+    }
     /// Stores one tick's deltas in one transaction; errors are logged and
     /// counted, and the next tick simply tries again.
-    pub async fn record_tick(&self, shared: &Shared, interfaces: &BTreeMap<u16, InterfaceReading>) {
+    pub async fn record_tick(&self, shared: &Shared, interfaces: &BTreeMap<u16, InterfaceReading>, complete: bool) {
         let start = Instant::now();
         let now = now_unix();
         let mut labels = HashMap::new();
@@ -138,6 +170,9 @@ impl Accounting {
                 tracing::warn!("traffic tick not stored (the next tick retries): {e}");
             }
         }
+        let seen =
+            interfaces.iter().map(|(port, i)| (port.to_string(), i.dump.peers.iter().map(|p| p.public_key.clone()).collect())).collect();
+        self.forget_metrics(shared, &seen, complete);
         shared.metrics.poll_duration.set(start.elapsed().as_secs_f64());
     }
 }
