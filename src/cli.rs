@@ -54,7 +54,7 @@ fn parse_listen(s: &str) -> Result<String, String> {
     version,
     about = "Gateway daemon: one WireGuard network namespace per network, HTTPS (by SNI, passed through) and HTTP (by Host) ingress through nginx, per-peer traffic accounting.",
     long_about = None,
-    after_help = "Runs as root on Linux. The orchestrator POSTs the desired state to /api/v1/config.json; the daemon converges the system to it and keeps it there. RUST_LOG sets log filtering (default: info,rocket=warn)."
+    after_help = "Runs as root on Linux. The orchestrator POSTs the desired state to /api/v1/config.json; the daemon converges the system to it and keeps it there. RUST_LOG sets log filtering (default: info,rocket=error)."
 )]
 pub struct Args {
     /// Secret that API calls must present (`Token:` header or `Authorization: Bearer`). Without one the API is open and only loopback is allowed.
@@ -126,21 +126,28 @@ pub struct Args {
     /// Bridge subnet (/16 or larger): the bridge takes .0.1, network P takes base+P.
     #[arg(long, default_value = "10.199.0.0/16")]
     pub bridge_subnet: String,
-    /// First TCP port inside a namespace that DNATs to an upstream.
+    /// First of the 10,000 TCP ports on a network's veth address that DNAT to its upstreams.
     #[arg(long, default_value_t = 20000)]
     pub dnat_port_base: u16,
+    /// The `ip` program.
     #[arg(long, default_value = "ip", help_heading = "Tool paths")]
     pub ip_bin: String,
+    /// The `wg` program.
     #[arg(long, default_value = "wg", help_heading = "Tool paths")]
     pub wg_bin: String,
+    /// The `wireguard-go` program.
     #[arg(long, default_value = "wireguard-go", help_heading = "Tool paths")]
     pub wireguard_go_bin: String,
+    /// The `iptables-save` program.
     #[arg(long, default_value = "iptables-save", help_heading = "Tool paths")]
     pub iptables_save_bin: String,
+    /// The `iptables-restore` program.
     #[arg(long, default_value = "iptables-restore", help_heading = "Tool paths")]
     pub iptables_restore_bin: String,
+    /// The `sysctl` program.
     #[arg(long, default_value = "sysctl", help_heading = "Tool paths")]
     pub sysctl_bin: String,
+    /// The `nginx` program.
     #[arg(long, default_value = "nginx", help_heading = "Tool paths")]
     pub nginx_bin: String,
     /// Where network namespaces are mounted.

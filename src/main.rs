@@ -19,7 +19,7 @@ async fn main() -> std::process::ExitCode {
             }
         };
     }
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rocket=warn"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rocket=error"));
     tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
     match run(args).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -35,10 +35,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let daemon = build(&args, Runner::new(args.command_timeout)).await?;
     tracing::info!(
         backend = daemon.shared.backend.name(),
-        address = %args.address,
-        port = args.api_port().unwrap_or(8000),
-        "gateway {} starting",
-        env!("CARGO_PKG_VERSION")
+        "gateway {} serving the API on http://{}:{}",
+        env!("CARGO_PKG_VERSION"),
+        args.address,
+        args.api_port().unwrap_or(8000)
     );
     let reconciler = Reconciler::new(daemon.shared.clone()).await;
     tokio::spawn(reconciler.run());
