@@ -27,7 +27,7 @@ COPY docker/entrypoint.sh /usr/local/bin/gateway-entrypoint
 ENV GATEWAY_PORT=8000 \
     GATEWAY_DATABASE=/tmp/gateway.db \
     ROCKET_ADDRESS=0.0.0.0 \
-    RUST_LOG=info,rocket=warn
+    RUST_LOG=info,rocket=error,gateway::api::_=error
 # GATEWAY_TOKEN comes from the environment at run time (required: the API
 # listens on 0.0.0.0 here, and the daemon refuses an open API off loopback).
 

@@ -54,7 +54,7 @@ fn parse_listen(s: &str) -> Result<String, String> {
     version,
     about = "Gateway daemon: one WireGuard network namespace per network, HTTPS (by SNI, passed through) and HTTP (by Host) ingress through nginx, per-peer traffic accounting.",
     long_about = None,
-    after_help = "Runs as root on Linux. The orchestrator POSTs the desired state to /api/v1/config.json; the daemon converges the system to it and keeps it there. RUST_LOG sets log filtering (default: info,rocket=error)."
+    after_help = "Runs as root on Linux. The orchestrator POSTs the desired state to /api/v1/config.json; the daemon converges the system to it and keeps it there. RUST_LOG sets log filtering (default: info,rocket=error,gateway::api::_=error)."
 )]
 pub struct Args {
     /// Secret that API calls must present (`Token:` header or `Authorization: Bearer`). Without one the API is open and only loopback is allowed.

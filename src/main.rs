@@ -19,12 +19,14 @@ async fn main() -> std::process::ExitCode {
             }
         };
     }
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rocket=error"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    // Rocket's route code logs per-request notes (e.g. every failed auth
+    // guard) under the target `gateway::api::_`: noise at info level.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rocket=error,gateway::api::_=error"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi).init();
     match run(args).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
             eprintln!("gateway: {e:#}");
             std::process::ExitCode::FAILURE
         }
@@ -40,9 +42,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.address,
         args.api_port().unwrap_or(8000)
     );
-    let reconciler = Reconciler::new(daemon.shared.clone()).await;
-    tokio::spawn(reconciler.run());
-    gateway::api::rocket(daemon.api, daemon.figment).launch().await?;
+    let reconciler = tokio::spawn(Reconciler::new(daemon.shared.clone()).await.run());
+    let rocket = gateway::api::rocket(daemon.api, daemon.figment).ignite().await?;
+    let shutdown = rocket.shutdown();
+    tokio::select! {
+        launched = rocket.launch() => {
+            launched?;
+        }
+        // The reconciler never returns; if it dies, an API that only stores
+        // states nobody applies would be worse than exiting for a restart.
+        ended = reconciler => {
+            shutdown.notify();
+            anyhow::bail!("the reconciler stopped ({ended:?}); exiting so the supervisor restarts the daemon");
+        }
+    }
     tracing::info!("gateway stopped; networks stay as they are until the next start");
     Ok(())
 }
