@@ -3,7 +3,8 @@
 # Run:   docker run --net=host --cap-add NET_ADMIN --cap-add SYS_ADMIN --device /dev/net/tun \
 #          -e GATEWAY_TOKEN=... -e GATEWAY_DATABASE=/var/lib/gateway/gateway.db \
 #          -v gateway-data:/var/lib/gateway gateway
-# The contract's default database is /tmp/gateway.db: keep it on a volume
+# The image's default database is /tmp/gateway.db (the daemon's own default
+# is in memory): keep it on a volume
 # (as above) so the desired state and the traffic counters survive the
 # container, or a new container counts the interfaces' bytes again.
 
@@ -12,6 +13,7 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY migrations ./migrations
 COPY src ./src
+COPY benches ./benches
 RUN cargo build --release --locked && strip target/release/gateway
 
 FROM debian:bookworm-slim

@@ -22,20 +22,25 @@ HOST=app.demo.test
 WORK=$(mktemp -d /tmp/gateway-demo.XXXXXX)
 DAEMON_PID=""
 
-cleanup() {
+# Removes what the demo made (and leftovers of an earlier run). The body is a
+# subshell, so its `set +e` does not switch off errexit for the script.
+cleanup() (
   set +e
-  [ -n "$DAEMON_PID" ] && kill "$DAEMON_PID" 2>/dev/null && wait "$DAEMON_PID" 2>/dev/null
-  [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null
+  work=$1
+  if [ -n "$DAEMON_PID" ]; then
+    kill "$DAEMON_PID" 2>/dev/null
+    for _ in $(seq 50); do kill -0 "$DAEMON_PID" 2>/dev/null || break; sleep 0.1; done
+  fi
+  [ -n "$work" ] && [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null
   for ns in $(ip netns list | awk '{print $1}' | grep '^gwdemo'); do
     ip netns pids "$ns" | xargs -r kill 2>/dev/null
     ip netns del "$ns"
   done
   for l in gwdemonh gwdemobr; do ip link del "$l" 2>/dev/null; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-cleanup_leftovers() { WORK_SAVE=$WORK; WORK=/nonexistent; cleanup; WORK=$WORK_SAVE; }
-cleanup_leftovers
+  [ -n "$work" ] && rm -rf "$work"
+)
+trap 'cleanup "$WORK"' EXIT
+cleanup ""
 
 say "Installing system tools and building the gateway"
 scripts/install-deps.sh

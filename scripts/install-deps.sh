@@ -8,7 +8,9 @@ export DEBIAN_FRONTEND=noninteractive
 pkgs=(wireguard-tools wireguard-go iptables iproute2 nginx libnginx-mod-stream
       curl ca-certificates procps)
 if [ "${1:-}" != "--runtime" ]; then
-  pkgs+=(openssl python3 python3-venv)
+  # Building (a C compiler for the bundled SQLite and the linker), the test
+  # servers and clients, and the OpenAPI validator's venv (from PyPI).
+  pkgs+=(gcc libc6-dev openssl python3 python3-venv)
 fi
 missing=()
 for p in "${pkgs[@]}"; do
@@ -19,4 +21,5 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
-# nginx from apt is not started (no systemd); the gateway starts it when needed.
+# On a systemd host apt starts nginx.service; in a container or CI nothing
+# starts it. Either way the gateway reloads it (via its pid file) or starts it.

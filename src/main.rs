@@ -8,16 +8,7 @@ use tracing_subscriber::EnvFilter;
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
     if args.openapi {
-        return match serde_json::to_string_pretty(&gateway::api::openapi_spec()) {
-            Ok(s) => {
-                println!("{s}");
-                std::process::ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("gateway: cannot print the OpenAPI spec: {e}");
-                std::process::ExitCode::FAILURE
-            }
-        };
+        return print_openapi();
     }
     // Rocket's route code logs per-request notes (e.g. every failed auth
     // guard) under the target `gateway::api::_`: noise at info level.
@@ -31,6 +22,26 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+#[cfg(feature = "openapi")]
+fn print_openapi() -> std::process::ExitCode {
+    match serde_json::to_string_pretty(&gateway::api::openapi_spec()) {
+        Ok(s) => {
+            println!("{s}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("gateway: cannot print the OpenAPI spec: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(not(feature = "openapi"))]
+fn print_openapi() -> std::process::ExitCode {
+    eprintln!("gateway: built without the `openapi` cargo feature; rebuild with it to print the spec");
+    std::process::ExitCode::FAILURE
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {

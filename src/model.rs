@@ -44,7 +44,7 @@ pub struct PeerConfig {
     pub preshared_key: Option<String>,
     #[serde(default)]
     pub allowed_ips: Vec<String>,
-    /// `IP:PORT`, `[IPv6]:PORT` or `hostname:PORT`.
+    /// `IP:PORT` or `[IPv6]:PORT` (no hostnames: WireGuard would report the resolved address).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
     /// Seconds, 1..=65535; absent means off.
