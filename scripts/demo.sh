@@ -31,13 +31,14 @@ cleanup() (
     kill "$DAEMON_PID" 2>/dev/null
     for _ in $(seq 50); do kill -0 "$DAEMON_PID" 2>/dev/null || break; sleep 0.1; done
   fi
-  [ -n "$work" ] && [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null
+  if [ -n "$work" ] && [ -f "$work/nginx.pid" ]; then kill "$(cat "$work/nginx.pid")" 2>/dev/null; fi
   for ns in $(ip netns list | awk '{print $1}' | grep '^gwdemo'); do
     ip netns pids "$ns" | xargs -r kill 2>/dev/null
     ip netns del "$ns"
   done
   for l in gwdemonh gwdemobr; do ip link del "$l" 2>/dev/null; done
-  [ -n "$work" ] && rm -rf "$work"
+  if [ -n "$work" ]; then rm -rf "$work"; fi
+  true
 )
 trap 'cleanup "$WORK"' EXIT
 cleanup ""

@@ -148,8 +148,9 @@ pub fn parse_ip_addr(json: &str) -> Result<BTreeMap<String, Link>, String> {
 }
 
 /// Static routes of the main table through `dev`, from `ip -json route show
-/// table all`: the kernel's own (`proto kernel`) and other tables are left out.
-pub fn parse_routes(v: &serde_json::Value, dev: &str) -> Vec<Cidr> {
+/// table all` of one family (`ipv6`; its output does not say which):
+/// the kernel's own (`proto kernel`) and other tables are left out.
+pub fn parse_routes(v: &serde_json::Value, dev: &str, ipv6: bool) -> Vec<Cidr> {
     let mut out = Vec::new();
     for r in v.as_array().into_iter().flatten() {
         let s = |k: &str| r.get(k).and_then(|x| x.as_str());
@@ -159,13 +160,8 @@ pub fn parse_routes(v: &serde_json::Value, dev: &str) -> Vec<Cidr> {
         }
         let Some(dst) = s("dst") else { continue };
         let text = match dst {
-            "default" => {
-                if s("family") == Some("inet6") {
-                    "::/0".to_string()
-                } else {
-                    "0.0.0.0/0".to_string()
-                }
-            }
+            "default" if ipv6 => "::/0".to_string(),
+            "default" => "0.0.0.0/0".to_string(),
             d if d.contains('/') => d.to_string(),
             d if d.contains(':') => format!("{d}/128"),
             d => format!("{d}/32"),
@@ -357,12 +353,17 @@ impl Observer {
         let ns = self.layout.netns(port);
         let ip = &self.tools.ip;
         // Links, addresses and routes of both families in one command.
-        let batch = Cmd::new(ip, ["-n", &ns, "-json", "-batch", "-"]).stdin("addr show\nroute show table all\n").read_only();
+        // (`root` with the family's whole space selects one family each.)
+        let batch = Cmd::new(ip, ["-n", &ns, "-json", "-batch", "-"])
+            .stdin("addr show\nroute show table all root 0.0.0.0/0\nroute show table all root ::/0\n")
+            .read_only();
         let out = self.runner.run(&batch).await?;
         let mut docs = serde_json::Deserializer::from_str(&out).into_iter::<serde_json::Value>();
         let links = docs.next().and_then(Result::ok).map(|v| parse_ip_addr(&v.to_string()).unwrap_or_default()).unwrap_or_default();
         let wg = self.layout.wg(port);
-        let routes = docs.next().and_then(Result::ok).map(|v| parse_routes(&v, &wg)).unwrap_or_default();
+        let mut routes = docs.next().and_then(Result::ok).map(|v| parse_routes(&v, &wg, false)).unwrap_or_default();
+        routes.extend(docs.next().and_then(Result::ok).map(|v| parse_routes(&v, &wg, true)).unwrap_or_default());
+        routes.sort();
         let mut n =
             ObservedNetwork { wg_link: links.get(&wg).cloned(), uplink: links.get(VETH_NS_NAME).cloned(), routes, ..Default::default() };
         if n.wg_link.is_some() {
@@ -456,8 +457,11 @@ mod tests {
     #[test]
     fn routes_fixture() {
         let v: serde_json::Value = serde_json::from_str(include_str!("../tests/fixtures/ip-route.json")).unwrap();
-        let r: Vec<String> = parse_routes(&v, "wg1").iter().map(ToString::to_string).collect();
+        let r: Vec<String> = parse_routes(&v, "wg1", false).iter().map(ToString::to_string).collect();
         assert_eq!(r, ["192.168.7.0/24", "192.168.9.5/32", "fd01::/64"], "kernel, local-table and other devices' routes left out");
+        let default = serde_json::json!([{"dst": "default", "dev": "wg1", "metric": 1024, "flags": [], "pref": "medium"}]);
+        assert_eq!(parse_routes(&default, "wg1", true), [Cidr::parse("::/0").unwrap()], "an IPv6 default route is IPv6");
+        assert_eq!(parse_routes(&default, "wg1", false), [Cidr::parse("0.0.0.0/0").unwrap()]);
     }
 
     #[test]

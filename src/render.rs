@@ -6,7 +6,7 @@ use std::fmt::Write;
 use std::net::SocketAddrV4;
 
 use crate::layout::{CHAIN_DNAT, CHAIN_FORWARD, CHAIN_SNAT, Layout, VETH_NS_NAME};
-use crate::validate::{CustomForwarding, Desired, Hostname, NetworkSpec, Scheme};
+use crate::validate::{CustomForwarding, Desired, Hostname, NetworkSpec, Scheme, ZERO_KEY};
 
 /// WireGuard configuration in `wg setconf`/`wg syncconf` format. Holds the
 /// private key: it is passed on stdin, never written to disk or logged.
@@ -15,9 +15,11 @@ pub fn wg_conf(spec: &NetworkSpec) -> String {
     let _ = writeln!(s, "[Interface]\nPrivateKey = {}\nListenPort = {}", spec.private_key.as_str(), spec.port);
     for (key, peer) in &spec.peers {
         let _ = writeln!(s, "\n[Peer]\nPublicKey = {}", key.as_str());
-        if let Some(psk) = &peer.preshared_key {
-            let _ = writeln!(s, "PresharedKey = {}", psk.as_str());
-        }
+        // `wg syncconf` leaves unwritten fields as they were: "none" must be
+        // written (all zeros, `off`) or removing a key or keepalive never
+        // takes effect.
+        let psk = peer.preshared_key.as_ref().map_or(ZERO_KEY, |k| k.as_str());
+        let _ = writeln!(s, "PresharedKey = {psk}");
         if !peer.allowed_ips.is_empty() {
             let ips: Vec<String> = peer.allowed_ips.iter().map(ToString::to_string).collect();
             let _ = writeln!(s, "AllowedIPs = {}", ips.join(", "));
@@ -25,9 +27,11 @@ pub fn wg_conf(spec: &NetworkSpec) -> String {
         if let Some(ep) = &peer.endpoint {
             let _ = writeln!(s, "Endpoint = {ep}");
         }
-        if let Some(k) = peer.persistent_keepalive {
-            let _ = writeln!(s, "PersistentKeepalive = {k}");
+        match peer.persistent_keepalive {
+            Some(k) => writeln!(s, "PersistentKeepalive = {k}"),
+            None => writeln!(s, "PersistentKeepalive = off"),
         }
+        .ok();
     }
     s
 }
@@ -242,7 +246,7 @@ pub(crate) mod tests {
 
     pub const PRIV: &str = "0EtpYOfpZyKaIcpkq+KO/+joyV431f1X99CcB2OMo3c=";
     pub const PEER1: &str = "OxvFhrgLnI9e4xzMMA2qQ7wm/xCUzxaWW5cb1JGkWSA=";
-    pub const PEER2: &str = "4dcKbDNyb6pkkRuP22OPzkHgpOb9k67iaP5R9A0xv0c=";
+    pub const PEER2: &str = "LRj4SHqfSjzR+dz1Zmcq7dfiZk4tFWIm+wKv1QqGXx0=";
 
     pub fn sample_config() -> GatewayConfig {
         let net = NetworkConfig {

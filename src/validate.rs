@@ -33,6 +33,16 @@ impl WgKey {
             _ => Err("must be a WireGuard key: 32 bytes in standard base64".into()),
         }
     }
+    /// The public key of a private key (X25519 base point multiplication).
+    pub fn public_key(&self) -> WgKey {
+        let mut bytes = [0u8; 32];
+        if let Ok(b) = base64::engine::general_purpose::STANDARD.decode(&self.0) {
+            bytes.copy_from_slice(&b[..32.min(b.len())]);
+        }
+        let public = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(bytes));
+        WgKey(base64::engine::general_purpose::STANDARD.encode(public.as_bytes()))
+    }
+
     /// A private key in the clamped form WireGuard stores and reports
     /// (`wg genkey` output already is): any 32 bytes are accepted, and an
     /// unclamped key would otherwise never match what `wg show` prints.
@@ -310,6 +320,15 @@ fn within(inner: &Cidr, outer: &Cidr) -> bool {
     inner.prefix >= outer.prefix && outer.contains(inner.addr)
 }
 
+/// `wg` and `ip` print the all-zero key as "none".
+pub const ZERO_KEY: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+
+/// `::a.b.c.d` (first 96 bits zero, longer than /96): Rust and iproute2 print
+/// these differently, so they could never be matched against `ip`/`wg` output.
+fn is_ipv4_compatible(c: &Cidr) -> bool {
+    matches!(c.addr, IpAddr::V6(a) if c.prefix > 96 && a.segments()[..6] == [0; 6])
+}
+
 /// Addresses an interface may carry: unicast and global (the observer sees
 /// only global-scope addresses, so anything else would never converge).
 fn check_interface_address(c: &Cidr) -> Result<(), String> {
@@ -321,6 +340,7 @@ fn check_interface_address(c: &Cidr) -> Result<(), String> {
                 || a.is_unspecified()
                 || a.is_multicast()
                 || (s[0] & 0xffc0) == 0xfe80
+                || (s[0] & 0xffc0) == 0xfec0
                 || a.to_ipv4_mapped().is_some()
                 || (s[..6] == [0; 6])
         }
@@ -429,13 +449,20 @@ fn validate_network(path: &str, port: Option<u16>, net: &NetworkConfig, ctx: &Co
         let pk = WgKey::parse(key).map_err(|e| problems.add(ppath.clone(), format!("peer key {e}"))).ok();
         let psk = match &peer.preshared_key {
             None => None,
-            Some(k) => WgKey::parse(k).map_err(|e| problems.add(format!("{ppath}.preshared_key"), e)).ok(),
+            // All zeros is how WireGuard spells "no preshared key".
+            Some(k) => {
+                WgKey::parse(k).map_err(|e| problems.add(format!("{ppath}.preshared_key"), e)).ok().filter(|k| k.as_str() != ZERO_KEY)
+            }
         };
         let mut allowed = BTreeSet::new();
         for (i, a) in peer.allowed_ips.iter().enumerate() {
             match Cidr::parse(a) {
                 // Wider prefixes (a default route) are fine: the bridge's own
                 // more specific route still wins.
+                Ok(c) if is_ipv4_compatible(&c) => problems.add(
+                    format!("{ppath}.allowed_ips[{i}]"),
+                    format!("{c}: IPv4-compatible IPv6 addresses are refused (tools print them differently)"),
+                ),
                 Ok(c) => match ctx.reserved.iter().find(|r| within(&c.network(), r)) {
                     Some(r) => {
                         problems.add(format!("{ppath}.allowed_ips[{i}]"), format!("{c} is inside the gateway's own bridge subnet {r}"))
@@ -460,8 +487,9 @@ fn validate_network(path: &str, port: Option<u16>, net: &NetworkConfig, ctx: &Co
             }
         };
         if let Some(pk) = pk {
-            if private_key.as_ref() == Some(&pk) {
-                problems.add(ppath.clone(), "a peer's public key must not equal the network's private key");
+            // WireGuard silently ignores a peer with the interface's own key.
+            if private_key.as_ref().map(WgKey::public_key) == Some(pk.clone()) {
+                problems.add(ppath.clone(), "this peer's key is the network's own public key");
             }
             peers.insert(
                 pk,
@@ -689,6 +717,26 @@ mod tests {
     }
 
     #[test]
+    fn peer_keys_psk_and_compat_addresses() {
+        // KEY_A's public key, as `wg pubkey` prints it.
+        assert_eq!(WgKey::parse(KEY_A).unwrap().public_key().as_str(), "4dcKbDNyb6pkkRuP22OPzkHgpOb9k67iaP5R9A0xv0c=");
+        let mut n = net();
+        n.peers.insert(
+            "4dcKbDNyb6pkkRuP22OPzkHgpOb9k67iaP5R9A0xv0c=".into(),
+            PeerConfig { preshared_key: None, allowed_ips: vec![], endpoint: None, persistent_keepalive: None },
+        );
+        let e = validate(&[("51820".to_string(), n)].into(), &Context::default()).expect_err("own key as a peer");
+        assert!(e[0].message.contains("own public key"), "{e:?}");
+        let mut n = net();
+        n.peers.get_mut(KEY_B).unwrap().preshared_key = Some(ZERO_KEY.into());
+        let d = validate(&[("51820".to_string(), n)].into(), &Context::default()).unwrap();
+        assert_eq!(d.networks[&51820].peers.values().next().unwrap().preshared_key, None, "all zeros = none");
+        let mut n = net();
+        n.peers.get_mut(KEY_B).unwrap().allowed_ips.push("::102:304/128".into());
+        assert!(validate(&[("51820".to_string(), n)].into(), &Context::default()).is_err());
+    }
+
+    #[test]
     fn peer_problems() {
         let mut n = net();
         n.peers.insert(
@@ -730,6 +778,7 @@ mod tests {
             ("fe80::1/64", "global"),
             ("::ffff:10.0.0.1/128", "global"),
             ("::102:304/128", "global"),
+            ("fec0::1/64", "global"),
             ("224.0.0.1/4", "global"),
             ("10.199.3.4/24", "bridge"),
         ] {

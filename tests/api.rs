@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 const KEY1: &str = "0EtpYOfpZyKaIcpkq+KO/+joyV431f1X99CcB2OMo3c=";
 const KEY2: &str = "OxvFhrgLnI9e4xzMMA2qQ7wm/xCUzxaWW5cb1JGkWSA=";
-const KEY3: &str = "4dcKbDNyb6pkkRuP22OPzkHgpOb9k67iaP5R9A0xv0c=";
+const KEY3: &str = "S0DGe1Pns8GtjaEnjj/Twc2KUKtHerUm8bYxMUHwOQ8=";
 
 async fn client(extra: &[&str]) -> Client {
     let mut argv = vec!["gateway", "--wireguard-backend", "userspace", "--apply-wait", "200ms", "--netns-dir", "/nonexistent"];
