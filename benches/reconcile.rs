@@ -64,7 +64,7 @@ fn main() {
         bridge: Some(ObservedBridge { up: true, addresses: Some(vec![layout.bridge_addr()]) }),
         namespaces: desired.networks.keys().copied().collect(),
         wg_in_root: Default::default(),
-        host_veths: desired.networks.keys().map(|p| (*p, HostVeth { on_bridge: true, up: true, isolated: true })).collect(),
+        host_veths: desired.networks.keys().map(|p| (*p, HostVeth { on_bridge: true, up: true, isolated: true, owned: true })).collect(),
         networks: desired.networks.iter().map(|(p, s)| (*p, converged_view(&layout, s))).collect(),
         nginx_stream: Some("s".into()),
         nginx_http: Some("h".into()),

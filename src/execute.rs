@@ -7,16 +7,17 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::layout::VETH_NS_NAME;
-use crate::observe::Observer;
+use crate::observe::{OWNED_ALIAS, Observer};
 use crate::plan::{Action, Dev, NginxText};
 use crate::render;
 use crate::runner::{Cmd, CmdError};
 use crate::validate::Desired;
 
-/// Forwarding inside a network's namespace, both families (`-e`: a kernel
-/// without IPv6 just skips the second).
-const FORWARD_V4: &str = "net.ipv4.ip_forward=1";
-const FORWARD_V6: &str = "net.ipv6.conf.all.forwarding=1";
+/// Settings inside a network's namespace: forwarding for both families (`-e`:
+/// a kernel without IPv6 just skips it), and secondary addresses promoted
+/// when a primary is removed (or removing one address drops the others).
+pub const NAMESPACE_SYSCTLS: [(&str, &str); 3] =
+    [("net.ipv4.ip_forward", "1"), ("net.ipv6.conf.all.forwarding", "1"), ("net.ipv4.conf.all.promote_secondaries", "1")];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -126,7 +127,7 @@ impl Executor<'_> {
             Action::AddBridgeAddress(c) => self.cmd(ip, ["addr", "add", &c.to_string(), "dev", &l.bridge]).await.map_err(e)?,
             Action::DelBridgeAddress(c) => self.cmd(ip, ["addr", "del", &c.to_string(), "dev", &l.bridge]).await.map_err(e)?,
             Action::BridgeUp => self.cmd(ip, ["link", "set", &l.bridge, "up"]).await.map_err(e)?,
-            Action::DeleteBridge => self.cmd(ip, ["link", "del", &l.bridge]).await.map_err(e)?,
+            Action::DeleteBridge => self.delete_link(&l.bridge).await?,
             Action::CreateNamespace(p) => {
                 let ns = l.netns(*p);
                 self.cmd(ip, ["netns", "add", &ns]).await.map_err(e)?;
@@ -148,7 +149,9 @@ impl Executor<'_> {
                             .map_err(|_| format!("wireguard-go's socket {} did not answer", sock.display()))?;
                         String::new()
                     }
-                }
+                };
+                // Tagged as ours: only tagged links are ever deleted.
+                self.cmd(ip, ["link", "set", "dev", &wg, "alias", OWNED_ALIAS]).await.map_err(e)?
             }
             Action::MoveWg(p) => self.cmd(ip, ["link", "set", &l.wg(*p), "netns", &l.netns(*p)]).await.map_err(e)?,
             Action::ConfigureWg(p) => {
@@ -173,10 +176,11 @@ impl Executor<'_> {
             Action::DelRoute { port, cidr } => {
                 self.cmd(ip, ["-n", &l.netns(*port), "route", "del", &cidr.to_string(), "dev", &l.wg(*port)]).await.map_err(e)?
             }
-            Action::CreateVeth(p) => self
-                .cmd(ip, ["link", "add", &l.veth_host(*p), "type", "veth", "peer", "name", VETH_NS_NAME, "netns", &l.netns(*p)])
-                .await
-                .map_err(e)?,
+            Action::CreateVeth(p) => {
+                let v = l.veth_host(*p);
+                self.cmd(ip, ["link", "add", &v, "type", "veth", "peer", "name", VETH_NS_NAME, "netns", &l.netns(*p)]).await.map_err(e)?;
+                self.cmd(ip, ["link", "set", "dev", &v, "alias", OWNED_ALIAS]).await.map_err(e)?
+            }
             Action::AttachVeth(p) => {
                 let v = l.veth_host(*p);
                 self.cmd(ip, ["link", "set", &v, "master", &l.bridge, "up"]).await.map_err(e)?;
@@ -185,7 +189,11 @@ impl Executor<'_> {
             }
             Action::UplinkUp(p) => self.cmd(ip, ["-n", &l.netns(*p), "link", "set", VETH_NS_NAME, "up"]).await.map_err(e)?,
             Action::SetForwarding(p) => {
-                self.cmd(ip, ["netns", "exec", &l.netns(*p), &t.sysctl, "-q", "-e", "-w", FORWARD_V4, FORWARD_V6]).await.map_err(e)?
+                let settings: Vec<String> = NAMESPACE_SYSCTLS.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let mut args =
+                    vec!["netns".to_string(), "exec".into(), l.netns(*p), t.sysctl.clone(), "-q".into(), "-e".into(), "-w".into()];
+                args.extend(settings);
+                self.cmd(ip, args).await.map_err(e)?
             }
             Action::SetRules { port, missing_jumps } => {
                 let text = render::iptables_restore(&render::rules(l, spec(port)?), missing_jumps);
@@ -196,21 +204,26 @@ impl Executor<'_> {
                 let ns = l.netns(*p);
                 // Deleting the interface first makes wireguard-go exit now,
                 // not whenever the kernel gets round to tearing the namespace down.
-                if let Err(err) = self.cmd(ip, ["-n", &ns, "link", "del", &l.wg(*p)]).await {
-                    if !err.stderr().contains("Cannot find device") {
-                        return Err(err.to_string());
-                    }
-                }
+                let had_interface = match self.cmd(ip, ["-n", &ns, "link", "del", &l.wg(*p)]).await {
+                    Ok(_) => true,
+                    Err(err) if err.stderr().contains("Cannot find device") => false,
+                    Err(err) => return Err(err.to_string()),
+                };
                 self.cmd(ip, ["netns", "del", &ns]).await.map_err(e)?;
-                self.wait_wireguard_go_gone(*p).await?;
+                // Without an interface in the namespace, a wireguard-go that
+                // is still around holds one in the root namespace instead, and
+                // DeleteRootWg deals with it.
+                if had_interface {
+                    self.wait_wireguard_go_gone(*p).await?;
+                }
                 String::new()
             }
             Action::DeleteRootWg(p) => {
-                self.cmd(ip, ["link", "del", &l.wg(*p)]).await.map_err(e)?;
+                self.delete_link(&l.wg(*p)).await?;
                 self.wait_wireguard_go_gone(*p).await?;
                 String::new()
             }
-            Action::DeleteHostVeth(p) => self.cmd(ip, ["link", "del", &l.veth_host(*p)]).await.map_err(e)?,
+            Action::DeleteHostVeth(p) => self.delete_link(&l.veth_host(*p)).await?,
             Action::WriteNginx => {
                 report.nginx_reloaded = self.write_nginx(nginx).await?;
                 String::new()
@@ -221,6 +234,16 @@ impl Executor<'_> {
             }
         };
         Ok(())
+    }
+
+    /// Deletes a root-namespace link; one already gone (e.g. a veth the
+    /// kernel is still tearing down with its namespace) is not an error.
+    async fn delete_link(&self, name: &str) -> Result<String, String> {
+        match self.cmd(&self.observer.tools.ip, ["link", "del", name]).await {
+            Ok(out) => Ok(out),
+            Err(err) if err.stderr().contains("Cannot find device") => Ok(String::new()),
+            Err(err) => Err(err.to_string()),
+        }
     }
 
     async fn wait_wireguard_go_gone(&self, port: u16) -> Result<(), String> {
@@ -395,17 +418,19 @@ mod tests {
             "ip netns add network-51820",
             "ip -n network-51820 link set lo up",
             "ip link add wg51820 type wireguard",
+            "ip link set dev wg51820 alias gateway",
             "ip link set wg51820 netns network-51820",
             "ip netns exec network-51820 wg syncconf wg51820 /dev/stdin",
             "ip -n network-51820 link set wg51820 mtu 1380 up",
             "ip -n network-51820 addr add 10.80.0.1/16 dev wg51820",
             "ip -n network-51820 route replace 192.168.7.0/24 dev wg51820",
             "ip link add gwv51820 type veth peer name gw-uplink netns network-51820",
+            "ip link set dev gwv51820 alias gateway",
             "ip link set gwv51820 master gwbr0 up",
             "ip link set dev gwv51820 type bridge_slave isolated on",
             "ip -n network-51820 link set gw-uplink up",
             "ip -n network-51820 addr add 10.199.202.108/16 dev gw-uplink",
-            "ip netns exec network-51820 sysctl -q -e -w net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1",
+            "ip netns exec network-51820 sysctl -q -e -w net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1 net.ipv4.conf.all.promote_secondaries=1",
             "ip netns exec network-51820 iptables-restore --noflush",
         ];
         assert_eq!(lines, expected);
@@ -439,7 +464,9 @@ mod tests {
         let lines: Vec<String> = o.runner.take_records().into_iter().map(|r| r.line).collect();
         assert_eq!(
             lines,
-            ["ip netns exec network-40001 sysctl -q -e -w net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1"],
+            [
+                "ip netns exec network-40001 sysctl -q -e -w net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1 net.ipv4.conf.all.promote_secondaries=1"
+            ],
             "40000's later actions skipped"
         );
     }

@@ -218,10 +218,14 @@ pub struct ObservedNetwork {
     pub wg: Option<WgDump>,
     pub wg_link: Option<Link>,
     pub uplink: Option<Link>,
+    /// Forwarding and the other [`crate::execute::NAMESPACE_SYSCTLS`] are set.
     pub forwarding: bool,
     pub rules: ObservedRules,
     /// Static routes through the WireGuard interface (not the kernel's own).
     pub routes: Vec<Cidr>,
+    /// A peer's desired endpoint differs from the one it was last given:
+    /// WireGuard's own (possibly roamed) endpoint must not hide that change.
+    pub endpoints_changed: bool,
     /// Problems met while reading (e.g. a peer line that did not parse).
     pub problems: Vec<String>,
 }
@@ -232,7 +236,14 @@ pub struct HostVeth {
     pub on_bridge: bool,
     pub up: bool,
     pub isolated: bool,
+    /// Created by the gateway (tagged with [`OWNED_ALIAS`]): only such
+    /// links are ever deleted, whatever their name.
+    pub owned: bool,
 }
+
+/// The alias (`ip link set ... alias`) the gateway gives the links it
+/// creates in the root namespace, so it never deletes somebody else's `wg2`.
+pub const OWNED_ALIAS: &str = "gateway";
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ObservedBridge {
@@ -247,7 +258,8 @@ pub struct Observed {
     /// Ports of the namespaces with our prefix.
     pub namespaces: BTreeSet<u16>,
     /// WireGuard interfaces with our prefix still in the root namespace.
-    pub wg_in_root: BTreeSet<u16>,
+    /// (the value: created by the gateway, see [`OWNED_ALIAS`]).
+    pub wg_in_root: BTreeMap<u16, bool>,
     /// Root ends of veths with our prefix, by port.
     pub host_veths: BTreeMap<u16, HostVeth>,
     /// Networks looked into (deeply, or as last converged: see `reconcile`).
@@ -286,8 +298,9 @@ impl Observer {
                 let Some(name) = e.file_name().to_str().map(str::to_string) else {
                     continue;
                 };
+                let owned = read_trimmed(&net.join(&name).join("ifalias")).as_deref() == Some(OWNED_ALIAS);
                 if let Some(port) = self.layout.port_of_wg(&name) {
-                    o.wg_in_root.insert(port);
+                    o.wg_in_root.insert(port, owned);
                 }
                 if let Some(port) = name.strip_prefix(&self.layout.veth_prefix).and_then(|d| crate::validate::parse_port_key(d).ok()) {
                     let master = std::fs::read_link(net.join(&name).join("master")).ok();
@@ -297,6 +310,7 @@ impl Observer {
                             on_bridge: master.as_ref().and_then(|m| m.file_name()).is_some_and(|m| m == self.layout.bridge.as_str()),
                             up: link_up(&net.join(&name)),
                             isolated: read_trimmed(&net.join(&name).join("brport/isolated")).as_deref() == Some("1"),
+                            owned,
                         },
                     );
                 }
@@ -374,17 +388,12 @@ impl Observer {
         }
         let save = self.runner.run(&Cmd::new(ip, ["netns", "exec", &ns, &self.tools.iptables_save]).read_only()).await?;
         n.rules = parse_iptables_save(&save);
-        let fwd = self
-            .runner
-            .run(
-                &Cmd::new(
-                    ip,
-                    ["netns", "exec", &ns, &self.tools.sysctl, "-n", "-e", "net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"],
-                )
-                .read_only(),
-            )
-            .await?;
-        n.forwarding = fwd.lines().next().is_some() && fwd.lines().all(|l| l.trim() == "1");
+        let mut args = vec!["netns".to_string(), "exec".into(), ns.clone(), self.tools.sysctl.clone(), "-n".into(), "-e".into()];
+        args.extend(crate::execute::NAMESPACE_SYSCTLS.iter().map(|(k, _)| k.to_string()));
+        let values = self.runner.run(&Cmd::new(ip, args).read_only()).await?;
+        // `-e` skips keys this kernel lacks (no IPv6); every value printed must be set.
+        let want = crate::execute::NAMESPACE_SYSCTLS.iter().map(|(_, v)| *v);
+        n.forwarding = values.lines().next().is_some() && values.lines().zip(want).all(|(l, v)| l.trim() == v);
         Ok(n)
     }
 }

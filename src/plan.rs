@@ -145,7 +145,7 @@ fn plan_network(actions: &mut Vec<Action>, layout: &Layout, spec: &NetworkSpec, 
 
     match &obs.wg_link {
         None => {
-            if !observed.wg_in_root.contains(&port) {
+            if !observed.wg_in_root.contains_key(&port) {
                 actions.push(Action::CreateWg(port));
             }
             actions.push(Action::MoveWg(port));
@@ -155,7 +155,7 @@ fn plan_network(actions: &mut Vec<Action>, layout: &Layout, spec: &NetworkSpec, 
             diff_routes(actions, port, &[], &spec.routes());
         }
         Some(link) => {
-            if !obs.wg.as_ref().is_some_and(|d| wg_matches(spec, d)) {
+            if obs.endpoints_changed || !obs.wg.as_ref().is_some_and(|d| wg_matches(spec, d)) {
                 actions.push(Action::ConfigureWg(port));
             }
             if link.mtu != spec.mtu || !link.up {
@@ -239,10 +239,10 @@ pub fn plan(desired: &Desired, observed: &Observed, layout: &Layout, nginx: &Ngi
     for p in observed.namespaces.iter().filter(|p| !wanted(p)) {
         actions.push(Action::DeleteNetwork(*p));
     }
-    for p in observed.wg_in_root.iter().filter(|p| !wanted(p)) {
+    for (p, _) in observed.wg_in_root.iter().filter(|(p, owned)| **owned && !wanted(p)) {
         actions.push(Action::DeleteRootWg(*p));
     }
-    for p in observed.host_veths.keys().filter(|p| !wanted(p) && !observed.namespaces.contains(p)) {
+    for (p, _) in observed.host_veths.iter().filter(|(p, v)| v.owned && !wanted(p) && !observed.namespaces.contains(p)) {
         actions.push(Action::DeleteHostVeth(*p));
     }
     if desired.networks.is_empty() && observed.bridge.is_some() {
@@ -281,6 +281,7 @@ pub fn converged_view(layout: &Layout, spec: &NetworkSpec) -> ObservedNetwork {
         forwarding: true,
         rules: ObservedRules { nat: rules.nat, filter: rules.filter, jumps: render::JUMPS.iter().map(|j| j.1).collect() },
         routes: spec.routes(),
+        endpoints_changed: false,
         problems: Vec::new(),
     }
 }
@@ -306,7 +307,7 @@ mod tests {
             bridge: Some(ObservedBridge { up: true, addresses: Some(vec![layout.bridge_addr()]) }),
             namespaces: d.networks.keys().copied().collect(),
             wg_in_root: Default::default(),
-            host_veths: d.networks.keys().map(|p| (*p, HostVeth { on_bridge: true, up: true, isolated: true })).collect(),
+            host_veths: d.networks.keys().map(|p| (*p, HostVeth { on_bridge: true, up: true, isolated: true, owned: true })).collect(),
             networks: d.networks.iter().map(|(p, s)| (*p, converged_view(layout, s))).collect(),
             nginx_stream: Some("s".into()),
             nginx_http: Some("h".into()),
@@ -390,6 +391,15 @@ mod tests {
     }
 
     #[test]
+    fn a_changed_endpoint_is_pushed_even_after_roaming() {
+        let l = Layout::default();
+        let d = desired();
+        let mut o = converged(&l, &d);
+        o.networks.get_mut(&51820).unwrap().endpoints_changed = true;
+        assert_eq!(plan(&d, &o, &l, &nginx()), vec![Action::ConfigureWg(51820)]);
+    }
+
+    #[test]
     fn change_to_one_network_touches_only_it() {
         let l = Layout::default();
         let mut cfg = sample_config();
@@ -425,8 +435,10 @@ mod tests {
         let d = desired();
         let mut o = converged(&l, &d);
         o.namespaces.insert(40000);
-        o.wg_in_root.insert(40001);
-        o.host_veths.insert(40002, HostVeth::default());
+        o.wg_in_root.insert(40001, true);
+        o.wg_in_root.insert(40003, false);
+        o.host_veths.insert(40002, HostVeth { owned: true, ..Default::default() });
+        o.host_veths.insert(40004, HostVeth::default());
         let nginx2 = NginxText { stream: "s2".into(), http: "h".into() };
         let a = plan(&d, &o, &l, &nginx2);
         assert_eq!(a, vec![Action::WriteNginx, Action::DeleteNetwork(40000), Action::DeleteRootWg(40001), Action::DeleteHostVeth(40002)]);
@@ -442,7 +454,7 @@ mod tests {
         let d = desired();
         let mut o = converged(&l, &d);
         o.networks.get_mut(&51821).unwrap().wg_link = None;
-        o.wg_in_root.insert(51821);
+        o.wg_in_root.insert(51821, true);
         let a = plan(&d, &o, &l, &nginx());
         assert!(!a.contains(&Action::CreateWg(51821)));
         assert_eq!(a[0], Action::MoveWg(51821));

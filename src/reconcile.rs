@@ -164,7 +164,12 @@ impl Reconciler {
                 continue;
             }
             match observer.observe_network(*port).await {
-                Ok(n) => {
+                Ok(mut n) => {
+                    n.endpoints_changed = self.converged.get(port).is_some_and(|before| {
+                        spec.peers
+                            .iter()
+                            .any(|(k, p)| p.endpoint.is_some() && before.peers.get(k).is_some_and(|b| b.endpoint != p.endpoint))
+                    });
                     for p in &n.problems {
                         tracing::warn!("network {port}: {p}");
                     }
