@@ -44,6 +44,8 @@ pub enum ApiError {
     #[error("generation {generation} was stored but applying it failed; the reconciler retries on every watchdog tick")]
     ApplyFailed { generation: i64, errors: Vec<String> },
     #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
     Internal(String),
 }
 
@@ -65,6 +67,7 @@ impl ApiError {
                 "apply_failed",
                 errors.iter().map(|e| ErrorDetail { path: "$".into(), message: e.clone() }).collect(),
             ),
+            ApiError::TooLarge(_) => (Status::PayloadTooLarge, "too_large", vec![]),
             ApiError::Internal(_) => (Status::InternalServerError, "internal", vec![]),
         }
     }
@@ -102,6 +105,7 @@ impl OpenApiResponderInner for ApiError {
             &[
                 (400, "malformed request (e.g. a bad query parameter)"),
                 (401, "missing or wrong token"),
+                (413, "the body is larger than the JSON limit"),
                 (422, "invalid configuration: every problem with its JSON path"),
                 (500, "the apply failed (details list each error) or an internal error"),
             ],
@@ -127,14 +131,18 @@ impl<'r> FromRequest<'r> for Auth {
         let Some(expected) = &state.token else {
             return Outcome::Success(Auth);
         };
-        let given = req
+        let token = req.headers().get_one("Token").map(str::trim);
+        let bearer = req
             .headers()
-            .get_one("Token")
-            .map(str::trim)
-            .or_else(|| req.headers().get_one("Authorization").and_then(|h| h.strip_prefix("Bearer ").map(str::trim)));
-        match given {
-            Some(g) if token_matches(g, expected) => Outcome::Success(Auth),
-            _ => Outcome::Error((Status::Unauthorized, ApiError::Unauthorized)),
+            .get_one("Authorization")
+            .and_then(|h| h.trim().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim());
+        // Either way of sending it may carry the token.
+        if [token, bearer].into_iter().flatten().any(|g| token_matches(g, expected)) {
+            Outcome::Success(Auth)
+        } else {
+            Outcome::Error((Status::Unauthorized, ApiError::Unauthorized))
         }
     }
 }
@@ -152,6 +160,17 @@ impl OpenApiFromRequest<'_> for Auth {
         let mut req = SecurityRequirement::new();
         req.insert(TOKEN_SCHEME.into(), Vec::new());
         Ok(RequestHeaderInput::Security(TOKEN_SCHEME.into(), scheme, req))
+    }
+}
+
+const TOO_LARGE: &str = "body too large";
+
+/// A body that could not be read: 413 when over the limit, else 422.
+fn body_error(message: String) -> ApiError {
+    if message.starts_with(TOO_LARGE) {
+        ApiError::TooLarge(message)
+    } else {
+        ApiError::Invalid(vec![ErrorDetail { path: "$".into(), message }])
     }
 }
 
@@ -179,7 +198,7 @@ impl<'r, T: DeserializeOwned, S> FromData<'r> for JsonBody<T, S> {
         let limit = req.limits().get("json").unwrap_or(Limits::JSON);
         let parsed = match data.open(limit).into_bytes().await {
             Ok(b) if b.is_complete() => serde_json::from_slice(&b).map_err(|e| format!("body is not a valid configuration: {e}")),
-            Ok(_) => Err(format!("body is larger than the limit of {limit}")),
+            Ok(_) => Err(format!("{TOO_LARGE}: the limit is {limit}")),
             Err(e) => Err(format!("reading the body: {e}")),
         };
         rocket::outcome::Outcome::Success(JsonBody(parsed, std::marker::PhantomData))
@@ -228,7 +247,7 @@ fn health() -> Json<Health> {
 #[openapi(tag = "config")]
 #[post("/api/v1/config.json", data = "<body>")]
 async fn post_config(_auth: Auth, state: &State<ApiState>, body: JsonBody<GatewayConfig>) -> Result<Applied, ApiError> {
-    let config = body.0.map_err(|m| ApiError::Invalid(vec![ErrorDetail { path: "$".into(), message: m }]))?;
+    let config = body.0.map_err(body_error)?;
     store_and_apply(state, |_| Ok(config)).await
 }
 
@@ -241,7 +260,20 @@ async fn patch_config(
     state: &State<ApiState>,
     body: JsonBody<GatewayConfigPartial, GatewayConfigPartialSchema>,
 ) -> Result<Applied, ApiError> {
-    let patch = body.0.map_err(|m| ApiError::Invalid(vec![ErrorDetail { path: "$".into(), message: m }]))?;
+    let patch = body.0.map_err(body_error)?;
+    // Keys are checked here too: `"051820": null` would otherwise remove
+    // nothing and still make a new generation.
+    let bad: Vec<ErrorDetail> = patch
+        .keys()
+        .filter_map(|k| {
+            crate::validate::parse_port_key(k)
+                .err()
+                .map(|m| ErrorDetail { path: format!("$[{}]", serde_json::Value::from(k.as_str())), message: m })
+        })
+        .collect();
+    if !bad.is_empty() {
+        return Err(ApiError::Invalid(bad));
+    }
     store_and_apply(state, move |mut current| {
         for (port, net) in patch {
             match net {

@@ -28,12 +28,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: u64 = num.parse().map_err(|_| format!("'{s}' is not a duration like 30s, 5m, 1h or 7d"))?;
+    let scale = |k: u64| n.checked_mul(k).map(Duration::from_secs).ok_or_else(|| format!("'{s}' is too long"));
     let d = match unit {
         "ms" => Duration::from_millis(n),
         "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        "d" => Duration::from_secs(n * 86400),
+        "m" => scale(60)?,
+        "h" => scale(3600)?,
+        "d" => scale(86400)?,
         _ => return Err(format!("'{s}': unit must be ms, s, m, h or d")),
     };
     if d.is_zero() {
@@ -268,7 +269,7 @@ mod tests {
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86400)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        for bad in ["", "s", "10", "10x", "-1s", "0s", "1.5h"] {
+        for bad in ["", "s", "10", "10x", "-1s", "0s", "1.5h", "18446744073709551615d"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }

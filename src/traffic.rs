@@ -26,6 +26,18 @@ pub fn counter_delta(previous: Option<u64>, now: u64) -> u64 {
     }
 }
 
+/// Identifies an interface instance: its ifindex, and the boot (indexes
+/// start again after a reboot, where the interfaces come back in the same
+/// order with the same indexes and fresh counters).
+pub fn epoch(ifindex: u32) -> i64 {
+    static BOOT: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let boot = *BOOT.get_or_init(|| {
+        let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+        id.trim().bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193)) & 0x7fff_ffff
+    });
+    (i64::from(boot) << 32) | i64::from(ifindex)
+}
+
 /// One interface as read by a drift check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InterfaceReading {
@@ -68,8 +80,14 @@ pub struct TickWrites {
 }
 
 /// Decides what a tick writes. `networks_read` are the interfaces read this
-/// tick (by listen port), also those without peers.
-pub fn plan_tick(previous: &HashMap<(String, String), Previous>, networks_read: &[String], readings: Vec<Reading>) -> TickWrites {
+/// tick (by listen port), also those without peers; `complete`: every managed
+/// interface was read, so counters of any other network are dropped too.
+pub fn plan_tick(
+    previous: &HashMap<(String, String), Previous>,
+    networks_read: &[String],
+    complete: bool,
+    readings: Vec<Reading>,
+) -> TickWrites {
     let mut w = TickWrites::default();
     let mut seen = std::collections::HashSet::new();
     for r in readings {
@@ -86,7 +104,7 @@ pub fn plan_tick(previous: &HashMap<(String, String), Previous>, networks_read: 
         seen.insert(key);
     }
     let mut stale: Vec<(String, String)> =
-        previous.keys().filter(|k| networks_read.contains(&k.0) && !seen.contains(*k)).cloned().collect();
+        previous.keys().filter(|k| if networks_read.contains(&k.0) { !seen.contains(*k) } else { complete }).cloned().collect();
     stale.sort();
     w.stale = stale;
     w
@@ -146,7 +164,7 @@ impl Accounting {
                     network: port.to_string(),
                     network_key: d.public_key.clone(),
                     peer_key: p.public_key.clone(),
-                    epoch: i64::from(i.ifindex),
+                    epoch: epoch(i.ifindex),
                     rx: p.rx,
                     tx: p.tx,
                 });
@@ -155,7 +173,7 @@ impl Accounting {
                 labels.insert((d.public_key.clone(), p.public_key.clone()), l);
             }
         }
-        match store_tick(&shared.store, &networks_read, readings, now, self.retention).await {
+        match store_tick(&shared.store, &networks_read, complete, readings, now, self.retention).await {
             Ok(writes) => {
                 for s in &writes.samples {
                     if let Some(l) = labels.get(&(s.network_key.clone(), s.peer_key.clone())) {
@@ -183,6 +201,7 @@ impl Accounting {
 pub async fn store_tick(
     store: &Store,
     networks_read: &[String],
+    complete: bool,
     readings: Vec<Reading>,
     now: i64,
     retention: Duration,
@@ -194,7 +213,7 @@ pub async fn store_tick(
         let prev = Previous { epoch: row.try_get(2)?, rx: row.try_get::<i64, _>(3)? as u64, tx: row.try_get::<i64, _>(4)? as u64 };
         previous.insert(key, prev);
     }
-    let writes = plan_tick(&previous, networks_read, readings);
+    let writes = plan_tick(&previous, networks_read, complete, readings);
     for (network, peer_key) in &writes.stale {
         sqlx::query("DELETE FROM peer_counters WHERE network = ? AND peer_key = ?").bind(network).bind(peer_key).execute(&mut *tx).await?;
     }
@@ -280,16 +299,16 @@ mod tests {
     #[test]
     fn rx_and_tx_are_independent() {
         let p = prev("a", 1, 100, 100);
-        let w = plan_tick(&p, N, vec![r("a", 100, 180)]);
+        let w = plan_tick(&p, N, false, vec![r("a", 100, 180)]);
         assert_eq!(w.samples, vec![r("a", 0, 80)]);
-        let w = plan_tick(&p, N, vec![r("a", 10, 150)]);
+        let w = plan_tick(&p, N, false, vec![r("a", 10, 150)]);
         assert_eq!(w.samples, vec![r("a", 10, 50)], "rx reset while tx grew");
     }
 
     #[test]
     fn recreated_interface_counts_everything_even_past_the_old_value() {
         let p = prev("a", 1, 1000, 1000);
-        let w = plan_tick(&p, N, vec![re("a", 2, 5000, 20)]);
+        let w = plan_tick(&p, N, false, vec![re("a", 2, 5000, 20)]);
         assert_eq!(w.samples, vec![re("a", 2, 5000, 20)]);
         assert_eq!(w.counters, vec![re("a", 2, 5000, 20)]);
     }
@@ -297,16 +316,18 @@ mod tests {
     #[test]
     fn a_peer_gone_from_a_read_interface_is_forgotten() {
         let p = prev("a", 1, 1000, 1000);
-        let w = plan_tick(&p, &["51820".to_string()], vec![r("b", 1, 1)]);
+        let w = plan_tick(&p, &["51820".to_string()], false, vec![r("b", 1, 1)]);
         assert_eq!(w.stale, vec![("51820".to_string(), "a".to_string())]);
-        let w = plan_tick(&p, &["other".to_string()], vec![]);
+        let w = plan_tick(&p, &["other".to_string()], false, vec![]);
         assert!(w.stale.is_empty(), "an interface not read says nothing about its peers");
+        let w = plan_tick(&p, &["other".to_string()], true, vec![]);
+        assert_eq!(w.stale, vec![("51820".to_string(), "a".to_string())], "a complete tick drops networks that are gone");
     }
 
     #[test]
     fn idle_peers_store_no_sample_and_no_counter() {
         let p = prev("a", 1, 5, 5);
-        let w = plan_tick(&p, N, vec![r("a", 5, 5), r("b", 0, 0)]);
+        let w = plan_tick(&p, N, false, vec![r("a", 5, 5), r("b", 0, 0)]);
         assert!(w.samples.is_empty());
         assert_eq!(w.counters, vec![r("b", 0, 0)], "only a changed counter is written");
     }
@@ -318,13 +339,13 @@ mod tests {
         let store = Store::open(Some(path.to_str().unwrap())).await.unwrap();
         let day = Duration::from_secs(86400);
         let read = ["51820".to_string()];
-        store_tick(&store, &read, vec![r("a", 1000, 2000)], 100, day).await.unwrap();
-        store_tick(&store, &read, vec![r("a", 1500, 2000)], 160, day).await.unwrap();
+        store_tick(&store, &read, true, vec![r("a", 1000, 2000)], 100, day).await.unwrap();
+        store_tick(&store, &read, true, vec![r("a", 1500, 2000)], 160, day).await.unwrap();
         store.pool.close().await;
         // A restart continues from the persisted counters: nothing twice.
         let store = Store::open(Some(path.to_str().unwrap())).await.unwrap();
-        store_tick(&store, &read, vec![r("a", 1500, 2000)], 220, day).await.unwrap();
-        store_tick(&store, &read, vec![r("a", 40, 10)], 280, day).await.unwrap();
+        store_tick(&store, &read, true, vec![r("a", 1500, 2000)], 220, day).await.unwrap();
+        store_tick(&store, &read, true, vec![r("a", 40, 10)], 280, day).await.unwrap();
         let info = traffic_since(&store, 0, 300).await.unwrap();
         assert_eq!(info.traffic, Traffic { rx: 1000 + 500 + 40, tx: 2000 + 10 });
         let dev = &info.networks["N"].devices["a"];
@@ -333,7 +354,7 @@ mod tests {
         let later = traffic_since(&store, 160, 300).await.unwrap();
         assert_eq!(later.traffic, Traffic { rx: 40, tx: 10 });
         // Retention removes old samples.
-        store_tick(&store, &read, vec![r("a", 40, 10)], 100 + 86400 + 100, day).await.unwrap();
+        store_tick(&store, &read, true, vec![r("a", 40, 10)], 100 + 86400 + 100, day).await.unwrap();
         let kept = traffic_since(&store, 0, i64::MAX).await.unwrap();
         assert_eq!(kept.networks["N"].devices["a"].times.len(), 1);
     }

@@ -231,3 +231,32 @@ async fn concurrent_posts_get_distinct_generations_and_the_last_wins() {
     let want: Value = serde_json::from_str(&bodies[last]).unwrap();
     assert_eq!(cfg["config"], want, "the state is the body of the last accepted POST, whole");
 }
+
+#[tokio::test]
+async fn token_forms_and_patch_keys_and_body_size() {
+    let c = client(&["--token", "s3cret"]).await;
+    for h in [Header::new("Authorization", "bearer s3cret"), Header::new("Authorization", "BEARER   s3cret ")] {
+        let (s, _) = call(&c, Method::Get, "/api/v1/config.json", Some(h.clone()), None).await;
+        assert_eq!(s, Status::Ok, "{h:?}");
+    }
+    // A stale Token header does not hide a right Bearer token (nor the reverse).
+    let r = c
+        .get("/api/v1/config.json")
+        .header(Header::new("Token", "old"))
+        .header(Header::new("Authorization", "Bearer s3cret"))
+        .dispatch()
+        .await;
+    assert_eq!(r.status(), Status::Ok);
+
+    let (s, v) = call(&c, Method::Patch, "/api/v1/config.json", token(), Some(r#"{"051820": null, "x": null}"#)).await;
+    assert_eq!(s, Status::UnprocessableEntity, "{v}");
+    let paths: Vec<&str> = v["details"].as_array().unwrap().iter().map(|d| d["path"].as_str().unwrap()).collect();
+    assert_eq!(paths, [r#"$["051820"]"#, r#"$["x"]"#]);
+    let (_, cfg) = call(&c, Method::Get, "/api/v1/config.json", token(), None).await;
+    assert_eq!(cfg["generation"], 0, "no generation for a refused PATCH");
+
+    let huge = format!("{{\"51820\": {{\"private_key\": \"{}\"}}}}", "A".repeat(17 * 1024 * 1024));
+    let (s, v) = call(&c, Method::Post, "/api/v1/config.json", token(), Some(&huge)).await;
+    assert_eq!(s, Status::PayloadTooLarge);
+    assert_error_shape(&v, "too_large");
+}
