@@ -1,37 +1,65 @@
 #!/usr/bin/env bash
-# The whole test suite, exactly as CI runs it (.ci/run calls this script).
-# Needs root: the end-to-end tests build real namespaces, WireGuard
-# interfaces, iptables rules and a private nginx.
+# The whole test suite, exactly as CI runs it (.ci/run calls this script with
+# no argument; GitLab's jobs call single steps: fmt, clippy, test, openapi).
+# Needs root for `test`: the end-to-end tests build real namespaces,
+# WireGuard interfaces, iptables rules and a private nginx.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ "$(id -u)" -ne 0 ]; then
-  exec sudo -E env "PATH=$PATH" "$0" "$@"
-fi
 
 step() { printf '\n== %s\n' "$*"; }
 
-step "system dependencies"
-scripts/install-deps.sh
+fmt() {
+  step "cargo fmt --check"
+  cargo fmt --check
+}
 
-step "cargo fmt --check"
-cargo fmt --check
+clippy() {
+  step "cargo clippy -D warnings"
+  cargo clippy --locked --all-targets -- -D warnings
+}
 
-step "cargo clippy -D warnings"
-cargo clippy --locked --all-targets -- -D warnings
+tests() {
+  if [ "$(id -u)" -ne 0 ]; then
+    exec sudo -E env "PATH=$PATH" "$0" test
+  fi
+  step "system dependencies"
+  scripts/install-deps.sh
+  step "cargo test (unit, API, poller, OpenAPI, packaging, end-to-end as root)"
+  cargo test --locked
+  step "shell scripts parse"
+  for f in scripts/*.sh docker/*.sh .ci/run; do bash -n "$f"; done
+  if command -v shellcheck >/dev/null; then shellcheck scripts/*.sh docker/*.sh .ci/run; fi
+}
 
-step "cargo test (unit, API, OpenAPI, end-to-end as root)"
-cargo test --locked
+openapi() {
+  step "OpenAPI document (target/openapi.json) is valid: openapi-spec-validator from PyPI"
+  mkdir -p target
+  cargo run --locked -q -- --openapi > target/openapi.json
+  if [ ! -x target/venv-openapi/bin/openapi-spec-validator ]; then
+    python3 -m venv target/venv-openapi
+    target/venv-openapi/bin/pip install -q openapi-spec-validator
+  fi
+  target/venv-openapi/bin/openapi-spec-validator target/openapi.json
+}
 
-step "OpenAPI document is valid (openapi-spec-validator)"
-cargo run --locked -q -- --openapi > target/openapi.json
-if [ ! -x target/venv-openapi/bin/openapi-spec-validator ]; then
-  python3 -m venv target/venv-openapi
-  target/venv-openapi/bin/pip install -q openapi-spec-validator
-fi
-target/venv-openapi/bin/openapi-spec-validator target/openapi.json
-
-step "shell scripts parse"
-for f in scripts/*.sh docker/*.sh; do if [ -f "$f" ]; then bash -n "$f"; fi; done
-if command -v shellcheck >/dev/null; then shellcheck scripts/*.sh docker/*.sh; fi
-
-printf '\nAll checks passed.\n'
+case "${1:-all}" in
+  fmt) fmt ;;
+  clippy) clippy ;;
+  test) tests ;;
+  openapi) openapi ;;
+  all)
+    if [ "$(id -u)" -ne 0 ]; then
+      exec sudo -E env "PATH=$PATH" "$0" all
+    fi
+    scripts/install-deps.sh
+    fmt
+    clippy
+    tests
+    openapi
+    printf '\nAll checks passed.\n'
+    ;;
+  *)
+    echo "usage: $0 [all|fmt|clippy|test|openapi]" >&2
+    exit 2
+    ;;
+esac
