@@ -62,7 +62,7 @@ fn main() {
     let layout = Layout::default();
     let desired = validate(&config(), &Context::default()).expect("valid");
     let observed = Observed {
-        bridge: Some(ObservedBridge { up: true, addresses: Some(vec![layout.bridge_addr()]) }),
+        bridge: Some(ObservedBridge { up: true, addresses: Some(vec![layout.bridge_addr()]), owned: true }),
         namespaces: desired.networks.keys().copied().collect(),
         wg_in_root: Default::default(),
         host_veths: desired.networks.keys().map(|p| (*p, HostVeth { on_bridge: true, up: true, isolated: true, owned: true })).collect(),

@@ -55,13 +55,14 @@ fn parse_listen(s: &str) -> Result<String, String> {
     version,
     about = "Gateway daemon: one WireGuard network namespace per network, HTTPS (by SNI, passed through) and HTTP (by Host) ingress through nginx, per-peer traffic accounting.",
     long_about = None,
+    args_override_self = true,
     after_help = "Runs as root on Linux. The orchestrator POSTs the desired state to /api/v1/config.json; the daemon converges the system to it and keeps it there. RUST_LOG sets log filtering (default: info,rocket=error,gateway::api::_=error)."
 )]
 pub struct Args {
     /// Secret that API calls must present (`Token:` header or `Authorization: Bearer`). Without one the API is open and only loopback is allowed.
     #[arg(long, env = "GATEWAY_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// SQLite file (created 0600 if missing) holding the desired state and traffic. Default: in memory, lost on exit.
+    /// SQLite file (created 0600 if missing) holding the desired state and traffic. Default (or empty): in memory, lost on exit.
     #[arg(long, env = "GATEWAY_DATABASE")]
     pub database: Option<String>,
     /// API listen address.
@@ -173,6 +174,11 @@ impl Args {
     pub fn token(&self) -> Option<String> {
         self.token.clone().filter(|t| !t.is_empty())
     }
+
+    /// The database file; empty (e.g. `--database ""`) means in memory.
+    pub fn database(&self) -> Option<&str> {
+        self.database.as_deref().filter(|d| !d.is_empty())
+    }
 }
 
 /// Everything started from the options: shared state and the API's state.
@@ -201,10 +207,10 @@ pub async fn build(args: &Args, runner: Runner) -> anyhow::Result<Daemon> {
     )
     .map_err(anyhow::Error::msg)?;
     let custom = parse_custom_forwardings(&args.custom_forwarding).map_err(anyhow::Error::msg)?;
-    if args.database.is_none() {
+    if args.database().is_none() {
         tracing::warn!("no --database given: the desired state and traffic live in memory and are lost on exit");
     }
-    let store = Store::open(args.database.as_deref()).await.context("opening the database")?;
+    let store = Store::open(args.database()).await.context("opening the database")?;
     let observer = Observer {
         runner,
         layout,

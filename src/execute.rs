@@ -123,7 +123,10 @@ impl Executor<'_> {
         let e = |e: CmdError| e.to_string();
         let spec = |p: &u16| desired.networks.get(p).ok_or_else(|| format!("network {p} is not desired"));
         match action {
-            Action::CreateBridge => self.cmd(ip, ["link", "add", &l.bridge, "type", "bridge"]).await.map_err(e)?,
+            Action::CreateBridge => {
+                self.cmd(ip, ["link", "add", &l.bridge, "type", "bridge"]).await.map_err(e)?;
+                self.cmd(ip, ["link", "set", "dev", &l.bridge, "alias", OWNED_ALIAS]).await.map_err(e)?
+            }
             Action::AddBridgeAddress(c) => self.cmd(ip, ["addr", "add", &c.to_string(), "dev", &l.bridge]).await.map_err(e)?,
             Action::DelBridgeAddress(c) => self.cmd(ip, ["addr", "del", &c.to_string(), "dev", &l.bridge]).await.map_err(e)?,
             Action::BridgeUp => self.cmd(ip, ["link", "set", &l.bridge, "up"]).await.map_err(e)?,

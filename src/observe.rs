@@ -147,6 +147,18 @@ pub fn parse_ip_addr(json: &str) -> Result<BTreeMap<String, Link>, String> {
     Ok(out)
 }
 
+/// Parses the output of the `ip -json -batch` in [`Observer::observe_network`]:
+/// links with addresses, then the IPv4 routes, then the IPv6 routes; keeps
+/// the static routes through `wg`.
+pub fn parse_batch(out: &str, wg: &str) -> (BTreeMap<String, Link>, Vec<Cidr>) {
+    let mut docs = serde_json::Deserializer::from_str(out).into_iter::<serde_json::Value>();
+    let links = docs.next().and_then(Result::ok).map(|v| parse_ip_addr(&v.to_string()).unwrap_or_default()).unwrap_or_default();
+    let mut routes = docs.next().and_then(Result::ok).map(|v| parse_routes(&v, wg, false)).unwrap_or_default();
+    routes.extend(docs.next().and_then(Result::ok).map(|v| parse_routes(&v, wg, true)).unwrap_or_default());
+    routes.sort();
+    (links, routes)
+}
+
 /// Static routes of the main table through `dev`, from `ip -json route show
 /// table all` of one family (`ipv6`; its output does not say which):
 /// the kernel's own (`proto kernel`) and other tables are left out.
@@ -248,6 +260,9 @@ pub const OWNED_ALIAS: &str = "gateway";
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ObservedBridge {
     pub up: bool,
+    /// Created by the gateway ([`OWNED_ALIAS`]); only then deleted, or
+    /// stripped of other addresses.
+    pub owned: bool,
     /// None when not read this time (assumed right, see `reconcile`).
     pub addresses: Option<Vec<Cidr>>,
 }
@@ -318,7 +333,8 @@ impl Observer {
         }
         let br = net.join(&self.layout.bridge);
         if br.exists() {
-            o.bridge = Some(ObservedBridge { up: link_up(&br), addresses: None });
+            let owned = read_trimmed(&br.join("ifalias")).as_deref() == Some(OWNED_ALIAS);
+            o.bridge = Some(ObservedBridge { up: link_up(&br), addresses: None, owned });
         }
         o.nginx_stream = std::fs::read_to_string(&self.paths.nginx_stream).ok();
         o.nginx_http = std::fs::read_to_string(&self.paths.nginx_http).ok();
@@ -372,12 +388,8 @@ impl Observer {
             .stdin("addr show\nroute show table all root 0.0.0.0/0\nroute show table all root ::/0\n")
             .read_only();
         let out = self.runner.run(&batch).await?;
-        let mut docs = serde_json::Deserializer::from_str(&out).into_iter::<serde_json::Value>();
-        let links = docs.next().and_then(Result::ok).map(|v| parse_ip_addr(&v.to_string()).unwrap_or_default()).unwrap_or_default();
         let wg = self.layout.wg(port);
-        let mut routes = docs.next().and_then(Result::ok).map(|v| parse_routes(&v, &wg, false)).unwrap_or_default();
-        routes.extend(docs.next().and_then(Result::ok).map(|v| parse_routes(&v, &wg, true)).unwrap_or_default());
-        routes.sort();
+        let (links, routes) = parse_batch(&out, &wg);
         let mut n =
             ObservedNetwork { wg_link: links.get(&wg).cloned(), uplink: links.get(VETH_NS_NAME).cloned(), routes, ..Default::default() };
         if n.wg_link.is_some() {
@@ -461,6 +473,15 @@ mod tests {
         assert!(!links["lo"].up);
         assert_eq!(links["gw-uplink"].addresses[0].to_string(), "10.198.0.5/16");
         assert!(parse_ip_addr("not json").is_err());
+    }
+
+    #[test]
+    fn batch_fixture_both_families() {
+        let (links, routes) = parse_batch(include_str!("../tests/fixtures/ip-batch.json"), "wg1");
+        assert_eq!(links["wg1"].addresses.iter().map(ToString::to_string).collect::<Vec<_>>(), ["10.80.0.1/16", "fd00::1/64"]);
+        assert_eq!(links["gw-uplink"].addresses[0].to_string(), "10.199.202.108/16");
+        let routes: Vec<String> = routes.iter().map(ToString::to_string).collect();
+        assert_eq!(routes, ["0.0.0.0/0", "192.168.7.0/24", "::/0"], "each default route in its own family");
     }
 
     #[test]

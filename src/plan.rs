@@ -145,7 +145,9 @@ fn plan_network(actions: &mut Vec<Action>, layout: &Layout, spec: &NetworkSpec, 
 
     match &obs.wg_link {
         None => {
-            if !observed.wg_in_root.contains_key(&port) {
+            // Ours and left in the root namespace (a failed move): move it.
+            // Anyone else's `wgP` is not adopted: creating ours fails loudly.
+            if observed.wg_in_root.get(&port) != Some(&true) {
                 actions.push(Action::CreateWg(port));
             }
             actions.push(Action::MoveWg(port));
@@ -169,7 +171,7 @@ fn plan_network(actions: &mut Vec<Action>, layout: &Layout, spec: &NetworkSpec, 
     let veth_addr = [layout.veth_ns_addr(port)];
     match &obs.uplink {
         None => {
-            if observed.host_veths.contains_key(&port) {
+            if observed.host_veths.get(&port).is_some_and(|v| v.owned) {
                 actions.push(Action::DeleteHostVeth(port));
             }
             actions.push(Action::CreateVeth(port));
@@ -214,7 +216,8 @@ pub fn plan(desired: &Desired, observed: &Observed, layout: &Layout, nginx: &Ngi
             }
             Some(b) => {
                 if let Some(have) = &b.addresses {
-                    for c in have.iter().filter(|c| !want.contains(c)) {
+                    // Another address on a bridge we did not create is its owner's.
+                    for c in have.iter().filter(|c| b.owned && !want.contains(c)) {
                         actions.push(Action::DelBridgeAddress(*c));
                     }
                     if !have.contains(&want[0]) {
@@ -245,7 +248,7 @@ pub fn plan(desired: &Desired, observed: &Observed, layout: &Layout, nginx: &Ngi
     for (p, _) in observed.host_veths.iter().filter(|(p, v)| v.owned && !wanted(p) && !observed.namespaces.contains(p)) {
         actions.push(Action::DeleteHostVeth(*p));
     }
-    if desired.networks.is_empty() && observed.bridge.is_some() {
+    if desired.networks.is_empty() && observed.bridge.as_ref().is_some_and(|b| b.owned) {
         actions.push(Action::DeleteBridge);
     }
     actions
@@ -304,7 +307,7 @@ mod tests {
     /// The system as it is once `desired` has converged.
     fn converged(layout: &Layout, d: &Desired) -> Observed {
         Observed {
-            bridge: Some(ObservedBridge { up: true, addresses: Some(vec![layout.bridge_addr()]) }),
+            bridge: Some(ObservedBridge { up: true, addresses: Some(vec![layout.bridge_addr()]), owned: true }),
             namespaces: d.networks.keys().copied().collect(),
             wg_in_root: Default::default(),
             host_veths: d.networks.keys().map(|p| (*p, HostVeth { on_bridge: true, up: true, isolated: true, owned: true })).collect(),
@@ -446,6 +449,21 @@ mod tests {
         let a = plan(&Desired::default(), &o, &l, &nginx());
         assert_eq!(a.last(), Some(&Action::DeleteBridge));
         assert!(a.contains(&Action::DeleteNetwork(51820)));
+    }
+
+    #[test]
+    fn links_of_others_are_never_deleted_or_adopted() {
+        let l = Layout::default();
+        let d = desired();
+        let mut o = converged(&l, &d);
+        o.bridge.as_mut().unwrap().owned = false;
+        o.bridge.as_mut().unwrap().addresses = Some(vec![l.bridge_addr(), Cidr::parse("192.168.1.1/24").unwrap()]);
+        assert_eq!(plan(&d, &o, &l, &nginx()), vec![], "an operator's bridge keeps its own address");
+        assert!(!plan(&Desired::default(), &o, &l, &nginx()).contains(&Action::DeleteBridge));
+        o.networks.get_mut(&51821).unwrap().wg_link = None;
+        o.wg_in_root.insert(51821, false);
+        let a = plan(&d, &o, &l, &nginx());
+        assert_eq!(a[..2], [Action::CreateWg(51821), Action::MoveWg(51821)], "not adopted: creating ours reports the clash");
     }
 
     #[test]

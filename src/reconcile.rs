@@ -72,8 +72,11 @@ pub fn nginx_text(shared: &Shared, desired: &Desired) -> NginxText {
 
 pub struct Reconciler {
     shared: Arc<Shared>,
-    /// Networks converged by an earlier pass, with the spec they converged to.
-    converged: BTreeMap<u16, NetworkSpec>,
+    /// The spec each network was last given, and whether that pass fully
+    /// converged it (only then is it trusted without a look). The spec is
+    /// kept after a failure: it is what tells a changed endpoint apart from
+    /// one WireGuard learned by roaming.
+    converged: BTreeMap<u16, (NetworkSpec, bool)>,
     bridge_verified: bool,
     applied_generation: i64,
 }
@@ -155,17 +158,18 @@ impl Reconciler {
         }
         let mut dumps = BTreeMap::new();
         let mut unreadable = Vec::new();
+        let mut partial_read = false;
         for (port, spec) in &desired.networks {
             if !observed.namespaces.contains(port) {
                 continue;
             }
-            if mode == Mode::Apply && self.converged.get(port) == Some(spec) {
+            if mode == Mode::Apply && self.converged.get(port).is_some_and(|(s, verified)| *verified && s == spec) {
                 observed.networks.insert(*port, converged_view(&observer.layout, spec));
                 continue;
             }
             match observer.observe_network(*port).await {
                 Ok(mut n) => {
-                    n.endpoints_changed = self.converged.get(port).is_some_and(|before| {
+                    n.endpoints_changed = self.converged.get(port).is_some_and(|(before, _)| {
                         spec.peers
                             .iter()
                             .any(|(k, p)| p.endpoint.is_some() && before.peers.get(k).is_some_and(|b| b.endpoint != p.endpoint))
@@ -173,8 +177,17 @@ impl Reconciler {
                     for p in &n.problems {
                         tracing::warn!("network {port}: {p}");
                     }
-                    if let (Some(dump), Some(link)) = (&n.wg, &n.wg_link) {
-                        dumps.insert(*port, InterfaceReading { dump: dump.clone(), ifindex: link.ifindex });
+                    match (&n.wg, &n.wg_link) {
+                        (Some(dump), Some(link)) => {
+                            dumps.insert(
+                                *port,
+                                InterfaceReading { dump: dump.clone(), ifindex: link.ifindex, partial: !n.problems.is_empty() },
+                            );
+                        }
+                        // The interface is there but `wg show` said nothing
+                        // usable: this tick cannot vouch for its peers.
+                        (None, Some(_)) => partial_read = true,
+                        _ => {}
                     }
                     observed.networks.insert(*port, n);
                 }
@@ -196,12 +209,13 @@ impl Reconciler {
         for port in observed.namespaces.iter().filter(|p| !desired.networks.contains_key(p)) {
             if let Ok(n) = observer.observe_network(*port).await {
                 if let (Some(dump), Some(link)) = (n.wg, n.wg_link) {
-                    dumps.insert(*port, InterfaceReading { dump, ifindex: link.ifindex });
+                    dumps.insert(*port, InterfaceReading { dump, ifindex: link.ifindex, partial: !n.problems.is_empty() });
                 }
             }
         }
         if !dumps.is_empty() || mode == Mode::Drift {
-            shared.accounting.record_tick(&shared, &dumps, mode == Mode::Drift && unreadable.is_empty()).await;
+            let complete = mode == Mode::Drift && unreadable.is_empty() && !partial_read;
+            shared.accounting.record_tick(&shared, &dumps, complete).await;
         }
 
         let executor = Executor { observer, backend: shared.backend };
@@ -210,11 +224,8 @@ impl Reconciler {
 
         self.converged.retain(|p, _| desired.networks.contains_key(p));
         for (port, spec) in &desired.networks {
-            if report.failed.contains(port) || unreadable.contains(port) {
-                self.converged.remove(port);
-            } else {
-                self.converged.insert(*port, spec.clone());
-            }
+            let verified = !(report.failed.contains(port) || unreadable.contains(port));
+            self.converged.insert(*port, (spec.clone(), verified));
         }
         self.bridge_verified = !report.global_failed;
         let changed: Vec<u16> = report.changed.iter().copied().collect();

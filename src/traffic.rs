@@ -43,6 +43,9 @@ pub fn epoch(ifindex: u32) -> i64 {
 pub struct InterfaceReading {
     pub dump: WgDump,
     pub ifindex: u32,
+    /// Some peer lines did not parse: a peer missing from `dump` may still
+    /// be there, so none of this interface's counters are dropped.
+    pub partial: bool,
 }
 
 /// One peer's reading in a tick.
@@ -156,7 +159,8 @@ impl Accounting {
         let mut readings = Vec::new();
         // Counters are kept per listen port (an interface's identity across
         // a key rotation); samples are reported per public key.
-        let networks_read: Vec<String> = interfaces.keys().map(ToString::to_string).collect();
+        let networks_read: Vec<String> = interfaces.iter().filter(|(_, i)| !i.partial).map(|(p, _)| p.to_string()).collect();
+        let complete = complete && interfaces.values().all(|i| !i.partial);
         for (port, i) in interfaces {
             let d = &i.dump;
             for p in &d.peers {

@@ -16,7 +16,19 @@ const KEY2: &str = "OxvFhrgLnI9e4xzMMA2qQ7wm/xCUzxaWW5cb1JGkWSA=";
 const KEY3: &str = "S0DGe1Pns8GtjaEnjj/Twc2KUKtHerUm8bYxMUHwOQ8=";
 
 async fn client(extra: &[&str]) -> Client {
-    let mut argv = vec!["gateway", "--wireguard-backend", "userspace", "--apply-wait", "200ms", "--netns-dir", "/nonexistent"];
+    // Every option that has an environment variable is given, so a
+    // GATEWAY_DATABASE or GATEWAY_TOKEN in the caller's environment (say, a
+    // live gateway's) never reaches these tests.
+    let mut argv = vec![
+        "gateway",
+        "--database=",
+        "--token=",
+        "--custom-forwarding=",
+        "--address=127.0.0.1",
+        "--wireguard-backend=userspace",
+        "--apply-wait=200ms",
+        "--netns-dir=/nonexistent",
+    ];
     argv.extend(extra);
     let args = Args::try_parse_from(argv).unwrap();
     let d = build(&args, Runner::new(Duration::from_secs(5))).await.unwrap();
@@ -259,4 +271,25 @@ async fn token_forms_and_patch_keys_and_body_size() {
     let (s, v) = call(&c, Method::Post, "/api/v1/config.json", token(), Some(&huge)).await;
     assert_eq!(s, Status::PayloadTooLarge);
     assert_error_shape(&v, "too_large");
+}
+
+#[tokio::test]
+async fn concurrent_patches_lose_no_update() {
+    // Each PATCH builds on the state before it: without the write lock two
+    // could read the same state and one addition would be lost.
+    let c = client(&["--token", "s3cret"]).await;
+    let keys: Vec<String> = (0..8u8)
+        .map(|i| {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD.encode([i + 1; 32])
+        })
+        .collect();
+    let bodies: Vec<String> =
+        (0..8).map(|i| json!({ (51820 + i).to_string(): net(&keys[i], &format!("h{i}.test")) }).to_string()).collect();
+    let answers = futures::future::join_all(bodies.iter().map(|b| call(&c, Method::Patch, "/api/v1/config.json", token(), Some(b)))).await;
+    assert!(answers.iter().all(|(s, _)| *s == Status::Accepted), "{answers:?}");
+    let (_, cfg) = call(&c, Method::Get, "/api/v1/config.json", token(), None).await;
+    assert_eq!(cfg["generation"], 8);
+    let ports: Vec<&String> = cfg["config"].as_object().unwrap().keys().collect();
+    assert_eq!(ports.len(), 8, "lost updates: {ports:?}");
 }

@@ -26,11 +26,21 @@ fn peer(key: &str, rx: u64, tx: u64) -> WgPeer {
 
 fn reading(peers: Vec<WgPeer>) -> BTreeMap<u16, InterfaceReading> {
     let dump = WgDump { private_key: "p".into(), public_key: "NET".into(), listen_port: 51820, peers };
-    BTreeMap::from([(51820, InterfaceReading { dump, ifindex: 7 })])
+    BTreeMap::from([(51820, InterfaceReading { dump, ifindex: 7, partial: false })])
 }
 
 async fn daemon() -> gateway::cli::Daemon {
-    let args = Args::try_parse_from(["gateway", "--wireguard-backend", "userspace", "--netns-dir", "/nonexistent"]).unwrap();
+    // Every option with an environment variable is given (see tests/api.rs).
+    let args = Args::try_parse_from([
+        "gateway",
+        "--database=",
+        "--token=",
+        "--custom-forwarding=",
+        "--address=127.0.0.1",
+        "--wireguard-backend=userspace",
+        "--netns-dir=/nonexistent",
+    ])
+    .unwrap();
     build(&args, Runner::new(Duration::from_secs(1))).await.unwrap()
 }
 

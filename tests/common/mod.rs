@@ -122,8 +122,12 @@ impl Names {
     /// Removes everything with this test's prefix.
     pub fn cleanup(&self) {
         let p = self.prefix();
-        if let Ok(pid) = std::fs::read_to_string(self.nginx_pid()) {
-            sh_ok(&format!("kill {}", pid.trim()));
+        // Only our nginx: the pid file of a crashed run may name a reused pid.
+        if let Some(pid) = std::fs::read_to_string(self.nginx_pid()).ok().and_then(|p| p.trim().parse::<u32>().ok()) {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if comm.trim() == "nginx" {
+                sh_ok(&format!("kill {pid}"));
+            }
         }
         for ns in sh("ip netns list").lines().filter_map(|l| l.split_whitespace().next()) {
             if ns.starts_with(&format!("{p}-")) {
@@ -166,10 +170,19 @@ pub fn write_nginx_conf(n: &Names) {
 
 /// Command-line arguments of the daemon under test.
 pub fn args(n: &Names, extra: &[&str]) -> Args {
-    let mut v: Vec<String> = ["gateway", "--token", "test-token", "--wireguard-backend", "userspace", "--apply-wait", "60s"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    // Every option with an environment variable is given, so the caller's
+    // environment (a live gateway's GATEWAY_DATABASE, say) never leaks in.
+    let mut v: Vec<String> = [
+        "gateway",
+        "--token=test-token",
+        "--custom-forwarding=",
+        "--address=127.0.0.1",
+        "--wireguard-backend=userspace",
+        "--apply-wait=60s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     v.extend([
         "--database".into(),
         n.db().display().to_string(),
@@ -278,10 +291,19 @@ impl TestDaemon {
         (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
     }
 
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
         self.task.abort();
-        let _ = self.task.await;
+        let _ = (&mut self.task).await;
         self.shared.store.pool.close().await;
+    }
+}
+
+/// A test that panics must not leave the reconciler running while its guard
+/// cleans up (it would put namespaces back): stop it first. Fields drop
+/// after this, and the test's `Guard` (declared earlier) after that.
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
