@@ -75,7 +75,7 @@ events { worker_connections 256; }
 include $WORK/stream.conf;
 http { access_log off; include $WORK/http.conf; }
 NGINX
-RUST_LOG=info,rocket=warn $BIN --token $TOKEN --database "$WORK/gateway.db" --port 18000 \
+$BIN --token $TOKEN --database "$WORK/gateway.db" --port 18000 \
   --nginx-conf "$WORK/nginx.conf" --nginx-pid "$WORK/nginx.pid" \
   --nginx-stream-config "$WORK/stream.conf" --nginx-http-config "$WORK/http.conf" \
   --https-listen 8443 --http-listen 8080 --watchdog 3s \
