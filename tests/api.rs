@@ -2,10 +2,11 @@
 //! reconciler runs here, so nothing on the system changes: POST/PATCH answer
 //! `202 pending` after the (short) wait, and the stored state is checked.
 
+mod common;
+
 use std::time::Duration;
 
-use clap::Parser;
-use gateway::cli::{Args, build};
+use gateway::cli::build;
 use gateway::runner::Runner;
 use rocket::http::{ContentType, Header, Method, Status};
 use rocket::local::asynchronous::Client;
@@ -16,21 +17,9 @@ const KEY2: &str = "OxvFhrgLnI9e4xzMMA2qQ7wm/xCUzxaWW5cb1JGkWSA=";
 const KEY3: &str = "S0DGe1Pns8GtjaEnjj/Twc2KUKtHerUm8bYxMUHwOQ8=";
 
 async fn client(extra: &[&str]) -> Client {
-    // Every option that has an environment variable is given, so a
-    // GATEWAY_DATABASE or GATEWAY_TOKEN in the caller's environment (say, a
-    // live gateway's) never reaches these tests.
-    let mut argv = vec![
-        "gateway",
-        "--database=",
-        "--token=",
-        "--custom-forwarding=",
-        "--address=127.0.0.1",
-        "--wireguard-backend=userspace",
-        "--apply-wait=200ms",
-        "--netns-dir=/nonexistent",
-    ];
+    let mut argv = vec!["--apply-wait=200ms"];
     argv.extend(extra);
-    let args = Args::try_parse_from(argv).unwrap();
+    let args = common::isolated_args(&argv);
     let d = build(&args, Runner::new(Duration::from_secs(5))).await.unwrap();
     Client::untracked(gateway::api::rocket(d.api, d.figment)).await.unwrap()
 }

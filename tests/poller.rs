@@ -2,11 +2,12 @@
 //! that exist, and a database error in one tick is counted and does not stop
 //! the next.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use clap::Parser;
-use gateway::cli::{Args, build};
+use gateway::cli::build;
 use gateway::observe::{WgDump, WgPeer};
 use gateway::runner::Runner;
 use gateway::traffic::{InterfaceReading, traffic_since};
@@ -30,17 +31,7 @@ fn reading(peers: Vec<WgPeer>) -> BTreeMap<u16, InterfaceReading> {
 }
 
 async fn daemon() -> gateway::cli::Daemon {
-    // Every option with an environment variable is given (see tests/api.rs).
-    let args = Args::try_parse_from([
-        "gateway",
-        "--database=",
-        "--token=",
-        "--custom-forwarding=",
-        "--address=127.0.0.1",
-        "--wireguard-backend=userspace",
-        "--netns-dir=/nonexistent",
-    ])
-    .unwrap();
+    let args = common::isolated_args(&[]);
     build(&args, Runner::new(Duration::from_secs(1))).await.unwrap()
 }
 

@@ -168,6 +168,24 @@ pub fn write_nginx_conf(n: &Names) {
     std::fs::write(n.nginx_conf(), conf).unwrap();
 }
 
+/// Arguments for a daemon that touches nothing on the system (no namespace
+/// directory, in-memory database, no token unless `extra` gives one). Every
+/// option that has an environment variable is given, so a GATEWAY_DATABASE or
+/// GATEWAY_TOKEN in the caller's environment (a live gateway's) never leaks in.
+pub fn isolated_args(extra: &[&str]) -> Args {
+    let mut argv = vec![
+        "gateway",
+        "--database=",
+        "--token=",
+        "--custom-forwarding=",
+        "--address=127.0.0.1",
+        "--wireguard-backend=userspace",
+        "--netns-dir=/nonexistent",
+    ];
+    argv.extend(extra);
+    Args::try_parse_from(argv).expect("test arguments")
+}
+
 /// Command-line arguments of the daemon under test.
 pub fn args(n: &Names, extra: &[&str]) -> Args {
     // Every option with an environment variable is given, so the caller's
