@@ -366,14 +366,7 @@ async fn wait_for_async<F: std::future::Future<Output = bool>>(cond: impl Fn() -
 }
 
 async fn wait_for(cond: impl Fn() -> bool, limit: Duration) -> Result<(), ()> {
-    let start = std::time::Instant::now();
-    while !cond() {
-        if start.elapsed() > limit {
-            return Err(());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(())
+    wait_for_async(|| std::future::ready(cond()), limit).await
 }
 
 #[cfg(test)]

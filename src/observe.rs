@@ -350,11 +350,8 @@ impl Observer {
     /// stale (its pid reused by another program) or name a zombie.
     pub fn nginx_master(&self) -> Option<u32> {
         let pid = read_trimmed(&self.paths.nginx_pid)?.parse::<u32>().ok()?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let (head, rest) = stat.rsplit_once(')')?;
-        let comm = head.split_once('(')?.1;
-        let state = rest.split_whitespace().next()?;
-        (comm == "nginx" && state != "Z" && state != "X").then_some(pid)
+        let stat = ProcStat::read(Path::new(&format!("/proc/{pid}")))?;
+        (stat.comm == "nginx" && stat.state != "Z" && stat.state != "X").then_some(pid)
     }
 
     /// Reads the bridge's addresses (one process).
@@ -410,6 +407,28 @@ impl Observer {
     }
 }
 
+/// The fields of `/proc/PID/stat` the gateway needs.
+struct ProcStat {
+    comm: String,
+    state: String,
+    ppid: Option<u32>,
+}
+
+impl ProcStat {
+    /// `pid (comm) state ppid ...`; comm may hold spaces and parentheses, so
+    /// the fields after it are split from the last ')'.
+    fn read(proc_dir: &Path) -> Option<Self> {
+        let stat = std::fs::read_to_string(proc_dir.join("stat")).ok()?;
+        let (head, rest) = stat.rsplit_once(')')?;
+        let mut fields = rest.split_whitespace();
+        Some(ProcStat {
+            comm: head.split_once('(')?.1.to_string(),
+            state: fields.next()?.to_string(),
+            ppid: fields.next().and_then(|p| p.parse().ok()),
+        })
+    }
+}
+
 /// Children of a process, from /proc (no process spawned).
 pub fn children_of(parent: u32) -> BTreeSet<u32> {
     let mut out = BTreeSet::new();
@@ -417,12 +436,7 @@ pub fn children_of(parent: u32) -> BTreeSet<u32> {
         let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
             continue;
         };
-        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
-            continue;
-        };
-        // `pid (comm) state ppid ...`; comm may hold spaces, so split after the last ')'.
-        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)).and_then(|p| p.parse::<u32>().ok());
-        if ppid == Some(parent) {
+        if ProcStat::read(&e.path()).and_then(|s| s.ppid) == Some(parent) {
             out.insert(pid);
         }
     }

@@ -177,17 +177,14 @@ impl Reconciler {
                     for p in &n.problems {
                         tracing::warn!("network {port}: {p}");
                     }
-                    match (&n.wg, &n.wg_link) {
-                        (Some(dump), Some(link)) => {
-                            dumps.insert(
-                                *port,
-                                InterfaceReading { dump: dump.clone(), ifindex: link.ifindex, partial: !n.problems.is_empty() },
-                            );
+                    match InterfaceReading::of(&n) {
+                        Some(reading) => {
+                            dumps.insert(*port, reading);
                         }
                         // The interface is there but `wg show` said nothing
                         // usable: this tick cannot vouch for its peers.
-                        (None, Some(_)) => partial_read = true,
-                        _ => {}
+                        None if n.wg_link.is_some() => partial_read = true,
+                        None => {}
                     }
                     observed.networks.insert(*port, n);
                 }
@@ -207,10 +204,8 @@ impl Reconciler {
         // network about to be removed, or of a peer about to go, are read now
         // or never. A drift check reads every network, so it is the poll.
         for port in observed.namespaces.iter().filter(|p| !desired.networks.contains_key(p)) {
-            if let Ok(n) = observer.observe_network(*port).await {
-                if let (Some(dump), Some(link)) = (n.wg, n.wg_link) {
-                    dumps.insert(*port, InterfaceReading { dump, ifindex: link.ifindex, partial: !n.problems.is_empty() });
-                }
+            if let Some(reading) = observer.observe_network(*port).await.ok().as_ref().and_then(InterfaceReading::of) {
+                dumps.insert(*port, reading);
             }
         }
         if !dumps.is_empty() || mode == Mode::Drift {

@@ -48,6 +48,14 @@ pub struct InterfaceReading {
     pub partial: bool,
 }
 
+impl InterfaceReading {
+    /// The counters read with a network, if its interface and dump were there.
+    pub fn of(n: &crate::observe::ObservedNetwork) -> Option<Self> {
+        let (dump, link) = (n.wg.as_ref()?, n.wg_link.as_ref()?);
+        Some(InterfaceReading { dump: dump.clone(), ifindex: link.ifindex, partial: !n.problems.is_empty() })
+    }
+}
+
 /// One peer's reading in a tick.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reading {
