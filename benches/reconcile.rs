@@ -6,9 +6,11 @@ use std::time::{Duration, Instant};
 
 use gateway::layout::Layout;
 use gateway::model::{GatewayConfig, NetworkConfig, PeerConfig};
-use gateway::observe::{HostVeth, Observed, ObservedBridge, parse_wg_dump};
-use gateway::plan::{NginxText, converged_view, plan};
+use gateway::observed::{HostVeth, Observed, ObservedBridge};
+use gateway::plan::{converged_view, plan};
+use gateway::render::NginxFiles;
 use gateway::store::Store;
+use gateway::system::parse::parse_wg_dump;
 use gateway::traffic::{Reading, store_tick};
 use gateway::validate::{Context, validate};
 
@@ -71,7 +73,7 @@ fn main() {
         nginx_http: Some("h".into()),
         nginx_running: true,
     };
-    let nginx = NginxText { stream: "s".into(), http: "h".into() };
+    let nginx = NginxFiles { stream: "s".into(), http: "h".into() };
     assert!(plan(&desired, &observed, &layout, &nginx).is_empty());
     time("validate 20 networks x 10 peers", 200, || validate(&config(), &Context::default()).is_ok());
     time("plan, converged, 20 networks x 10 peers (no actions)", 2000, || plan(&desired, &observed, &layout, &nginx).len());

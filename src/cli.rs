@@ -1,26 +1,11 @@
-//! Command line, environment and start-up: turns options into the running
-//! daemon's parts, refusing bad values before anything is touched.
+//! Command line and environment: every option, checked as it is parsed
+//! (`daemon::build` turns them into the running daemon's parts).
 
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
 use clap::Parser;
-use tokio::sync::{Mutex, Notify, watch};
-
-use crate::api::ApiState;
-use crate::execute::Backend;
-use crate::layout::Layout;
-use crate::metrics::Metrics;
-use crate::observe::{Observer, SystemPaths, Tools};
-use crate::reconcile::{ReconcileSettings, Shared};
-use crate::render::NginxOptions;
-use crate::runner::Runner;
-use crate::store::Store;
-use crate::traffic::Accounting;
-use crate::validate::parse_custom_forwardings;
 
 /// Parses `30s`, `5m`, `1h`, `7d` (also `500ms`).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -171,97 +156,10 @@ impl Args {
         }
     }
 
-    pub fn token(&self) -> Option<String> {
-        self.token.clone().filter(|t| !t.is_empty())
-    }
-
     /// The database file; empty (e.g. `--database ""`) means in memory.
     pub fn database(&self) -> Option<&str> {
         self.database.as_deref().filter(|d| !d.is_empty())
     }
-}
-
-/// Everything started from the options: shared state and the API's state.
-pub struct Daemon {
-    pub shared: Arc<Shared>,
-    pub api: ApiState,
-    pub figment: rocket::figment::Figment,
-}
-
-pub async fn build(args: &Args, runner: Runner) -> anyhow::Result<Daemon> {
-    let token = args.token();
-    let port = args.api_port().map_err(anyhow::Error::msg)?;
-    if token.is_none() && !args.address.is_loopback() {
-        bail!(
-            "no token given (--token or GATEWAY_TOKEN): the API would be open, so it may only listen on loopback, not {}. Set a token or use --address 127.0.0.1",
-            args.address
-        );
-    }
-    let layout = Layout::new(
-        &args.namespace_prefix,
-        &args.interface_prefix,
-        &args.veth_prefix,
-        &args.bridge,
-        &args.bridge_subnet,
-        args.dnat_port_base,
-    )
-    .map_err(anyhow::Error::msg)?;
-    let custom = parse_custom_forwardings(&args.custom_forwarding).map_err(anyhow::Error::msg)?;
-    if args.database().is_none() {
-        tracing::warn!("no --database given: the desired state and traffic live in memory and are lost on exit");
-    }
-    let store = Store::open(args.database()).await.context("opening the database")?;
-    let observer = Observer {
-        runner,
-        layout,
-        tools: Tools {
-            ip: args.ip_bin.clone(),
-            wg: args.wg_bin.clone(),
-            wireguard_go: args.wireguard_go_bin.clone(),
-            iptables_save: args.iptables_save_bin.clone(),
-            iptables_restore: args.iptables_restore_bin.clone(),
-            sysctl: args.sysctl_bin.clone(),
-            nginx: args.nginx_bin.clone(),
-        },
-        paths: SystemPaths {
-            netns_dir: args.netns_dir.clone(),
-            sys_class_net: "/sys/class/net".into(),
-            wireguard_sock_dir: args.wireguard_sock_dir.clone(),
-            nginx_stream: args.nginx_stream_config.clone(),
-            nginx_http: args.nginx_http_config.clone(),
-            nginx_conf: args.nginx_conf.clone(),
-            nginx_pid: args.nginx_pid.clone(),
-        },
-    };
-    let reserved = vec![observer.layout.bridge_subnet()];
-    let backend = Backend::detect(&observer, &args.wireguard_backend).await.map_err(anyhow::Error::msg)?;
-    let last = store.last_apply().await.context("reading the last apply")?;
-    let shared = Arc::new(Shared {
-        store,
-        observer,
-        backend,
-        settings: ReconcileSettings {
-            nginx: NginxOptions {
-                https_listen: args.https_listen.clone(),
-                http_listen: args.http_listen.clone(),
-                server_names_hash_bucket_size: args.nginx_server_names_hash_bucket_size,
-            },
-            custom,
-            reserved,
-            watchdog: args.watchdog,
-        },
-        wake: Notify::new(),
-        finished: watch::channel(last).0,
-        write_lock: Mutex::new(()),
-        metrics: Metrics::default(),
-        accounting: Accounting::new(args.retention),
-    });
-    let figment = rocket::Config::figment()
-        .merge(("address", args.address))
-        .merge(("port", port))
-        .merge(("log_level", rocket::config::LogLevel::Critical))
-        .merge(("cli_colors", false));
-    Ok(Daemon { api: ApiState { shared: shared.clone(), token, apply_wait: args.apply_wait }, shared, figment })
 }
 
 #[cfg(test)]
@@ -299,12 +197,5 @@ mod tests {
         assert_eq!(a.retention, Duration::from_secs(86400));
         assert_eq!(a.https_listen, "443");
         assert!(Args::try_parse_from(["gateway", "--wireguard-backend", "magic"]).is_err());
-    }
-
-    #[tokio::test]
-    async fn open_api_only_on_loopback() {
-        let a = Args::try_parse_from(["gateway", "--address", "0.0.0.0", "--wireguard-backend", "userspace"]).unwrap();
-        let err = build(&a, Runner::new(Duration::from_secs(1))).await.err().expect("refused");
-        assert!(err.to_string().contains("only listen on loopback"), "{err}");
     }
 }

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use crate::validate::Cidr;
+use crate::types::{Cidr, parse_listen_port};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {
@@ -31,6 +31,16 @@ pub const CHAIN_DNAT: &str = "GATEWAY-DNAT";
 pub const CHAIN_SNAT: &str = "GATEWAY-SNAT";
 pub const CHAIN_FORWARD: &str = "GATEWAY-FORWARD";
 
+/// The alias (`ip link set ... alias`) the gateway gives the links it creates
+/// in the root namespace, so it never deletes somebody else's `wg2`.
+pub const OWNED_ALIAS: &str = "gateway";
+
+/// Settings inside a network's namespace: forwarding for both families (a
+/// kernel without IPv6 just skips that key), and secondary addresses
+/// promoted when a primary is removed (or removing one address drops the others).
+pub const NAMESPACE_SYSCTLS: [(&str, &str); 3] =
+    [("net.ipv4.ip_forward", "1"), ("net.ipv6.conf.all.forwarding", "1"), ("net.ipv4.conf.all.promote_secondaries", "1")];
+
 impl Layout {
     pub fn new(
         netns_prefix: &str,
@@ -50,7 +60,7 @@ impl Layout {
         if bridge.is_empty() || bridge.len() > 15 || !bridge.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
             return Err(format!("bridge name '{bridge}' must be 1..=15 characters of a-z, 0-9, '-' or '_'"));
         }
-        let subnet = Cidr::parse(bridge_subnet).map_err(|e| format!("bridge subnet: {e}"))?;
+        let subnet: Cidr = bridge_subnet.parse().map_err(|e| format!("bridge subnet: {e}"))?;
         let base = match subnet.network().addr {
             std::net::IpAddr::V4(a) if subnet.prefix <= 16 => a,
             _ => return Err("bridge subnet must be an IPv4 network of /16 or larger, e.g. 10.199.0.0/16".into()),
@@ -80,12 +90,13 @@ impl Layout {
     }
     /// The port of a namespace name with our prefix, if it is one of ours.
     pub fn port_of_netns(&self, name: &str) -> Option<u16> {
-        let digits = name.strip_prefix(&self.netns_prefix)?;
-        crate::validate::parse_port_key(digits).ok()
+        parse_listen_port(name.strip_prefix(&self.netns_prefix)?).ok()
     }
     pub fn port_of_wg(&self, name: &str) -> Option<u16> {
-        let digits = name.strip_prefix(&self.wg_prefix)?;
-        crate::validate::parse_port_key(digits).ok()
+        parse_listen_port(name.strip_prefix(&self.wg_prefix)?).ok()
+    }
+    pub fn port_of_veth_host(&self, name: &str) -> Option<u16> {
+        parse_listen_port(name.strip_prefix(&self.veth_prefix)?).ok()
     }
     pub fn bridge_subnet(&self) -> Cidr {
         Cidr { addr: self.bridge_base.into(), prefix: self.bridge_prefix }

@@ -1,7 +1,8 @@
 use clap::Parser;
-use gateway::cli::{Args, build};
+use gateway::cli::Args;
+use gateway::daemon::build;
 use gateway::reconcile::Reconciler;
-use gateway::runner::Runner;
+use gateway::system::Runner;
 use tracing_subscriber::EnvFilter;
 
 #[rocket::main]
@@ -47,14 +48,14 @@ fn print_openapi() -> std::process::ExitCode {
 async fn run(args: Args) -> anyhow::Result<()> {
     let daemon = build(&args, Runner::new(args.command_timeout)).await?;
     tracing::info!(
-        backend = daemon.shared.backend.name(),
-        "gateway {} serving the API on http://{}:{}",
-        env!("CARGO_PKG_VERSION"),
-        args.address,
-        args.api_port().unwrap_or(8000)
+        backend = daemon.shared.system.backend.name(),
+        version = env!("CARGO_PKG_VERSION"),
+        address = %args.address,
+        port = args.api_port().unwrap_or(8000),
+        "gateway serving the API"
     );
     let reconciler = tokio::spawn(Reconciler::new(daemon.shared.clone()).await.run());
-    let rocket = gateway::api::rocket(daemon.api, daemon.figment).ignite().await?;
+    let rocket = gateway::api::rocket(daemon.shared, daemon.figment).ignite().await?;
     let shutdown = rocket.shutdown();
     tokio::select! {
         launched = rocket.launch() => {

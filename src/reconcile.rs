@@ -1,6 +1,6 @@
 //! The reconciler: the only task that changes the system. It runs a pass
-//! when the API stores a new generation (an "apply") and on every watchdog
-//! tick (a "drift check").
+//! when the API stores a new generation (an "apply"), on every watchdog tick
+//! (a "drift check"), and after a failed pass when its [`RetryPolicy`] says so.
 //!
 //! An apply trusts what the last successful pass left behind for networks
 //! whose desired state did not change, so re-applying the same state reads
@@ -8,86 +8,111 @@
 //! network, repairs what was changed by hand, and hands the WireGuard
 //! counters it read to the traffic poller.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Mutex, Notify, watch};
+use tracing::Instrument;
 
-use crate::execute::{Backend, Executor};
-use crate::observe::Observer;
-use crate::plan::{NginxText, converged_view, plan};
-use crate::render::{NginxOptions, NginxSite, nginx_http, nginx_stream};
-use crate::store::{ApplyRecord, Store};
+use crate::clock::now_unix;
+use crate::daemon::Shared;
+use crate::model::GatewayConfig;
+use crate::observed::Observed;
+use crate::plan::{converged_view, plan};
+use crate::spec::{Desired, NetworkSpec};
+use crate::store::ApplyRecord;
+use crate::system::ExecReport;
 use crate::traffic::InterfaceReading;
-use crate::validate::{Cidr, Context, CustomForwarding, Desired, NetworkSpec, validate};
-
-/// Settings of the reconciler that do not change while it runs.
-#[derive(Debug, Clone)]
-pub struct ReconcileSettings {
-    pub nginx: NginxOptions,
-    pub custom: Vec<CustomForwarding>,
-    /// Subnets no request may use (the bridge subnet).
-    pub reserved: Vec<Cidr>,
-    pub watchdog: Duration,
-}
-
-impl ReconcileSettings {
-    pub fn validation(&self) -> Context<'_> {
-        Context { custom: &self.custom, reserved: &self.reserved }
-    }
-}
-
-/// State shared by the API and the reconciler.
-pub struct Shared {
-    pub store: Store,
-    pub observer: Observer,
-    pub backend: Backend,
-    pub settings: ReconcileSettings,
-    /// Wakes the reconciler for an apply; permits coalesce.
-    pub wake: Notify,
-    /// The outcome of the latest finished pass.
-    pub finished: watch::Sender<Option<ApplyRecord>>,
-    /// Serializes POST/PATCH so each builds on the previous generation.
-    pub write_lock: Mutex<()>,
-    pub metrics: crate::metrics::Metrics,
-    pub accounting: crate::traffic::Accounting,
-}
+use crate::validate::validate;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
+    /// A new generation (or a retry): look only where something may differ.
     Apply,
+    /// The watchdog: look everywhere, repair drift, poll traffic.
     Drift,
 }
 
-pub fn now_unix() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Apply => "apply",
+            Mode::Drift => "drift check",
+        }
+    }
 }
 
-pub fn nginx_text(shared: &Shared, desired: &Desired) -> NginxText {
-    let s = &shared.settings;
-    let site = NginxSite::build(&shared.observer.layout, desired, &s.custom, &s.nginx);
-    NginxText { stream: nginx_stream(&site), http: nginx_http(&site) }
+/// When to try again after a failed pass (kube-rs' `error_policy`): soon at
+/// first, then backing off, never later than the next watchdog tick anyway.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    first: Duration,
+    max: Duration,
+    next: Option<Duration>,
+}
+
+impl RetryPolicy {
+    pub fn new(first: Duration, max: Duration) -> Self {
+        RetryPolicy { first, max, next: None }
+    }
+
+    /// After a pass: how long until the retry, if one is due.
+    pub fn after_pass(&mut self, ok: bool) -> Option<Duration> {
+        if ok {
+            self.next = None;
+            return None;
+        }
+        let delay = self.next.unwrap_or(self.first).min(self.max);
+        self.next = Some((delay * 2).min(self.max));
+        Some(delay)
+    }
+}
+
+/// What the reconciler remembers of one network between passes.
+struct Remembered {
+    /// The spec it was last given: kept after a failure too, since it tells
+    /// a changed endpoint apart from one WireGuard learned by roaming.
+    spec: NetworkSpec,
+    /// That pass fully converged it: only then is it trusted without a look.
+    verified: bool,
+}
+
+/// The system as one pass saw it.
+#[derive(Default)]
+struct Look {
+    observed: Observed,
+    /// The WireGuard interfaces read (all of them in a drift check).
+    dumps: BTreeMap<u16, InterfaceReading>,
+    /// Networks whose state could not be read: nothing planned for them.
+    unreadable: BTreeSet<u16>,
+    /// An interface was there but `wg show` said nothing usable: this pass
+    /// cannot vouch for its peers.
+    partial_read: bool,
+    errors: Vec<String>,
+}
+
+/// What a pass was, for its record.
+struct PassInfo {
+    mode: Mode,
+    generation: i64,
+    start: Instant,
+    actions: usize,
+}
+
+/// Result of one pass, as recorded and published.
+pub struct PassOutcome {
+    pub record: ApplyRecord,
+    pub actions: usize,
+    /// The WireGuard interfaces read in this pass.
+    pub dumps: BTreeMap<u16, InterfaceReading>,
 }
 
 pub struct Reconciler {
     shared: Arc<Shared>,
-    /// The spec each network was last given, and whether that pass fully
-    /// converged it (only then is it trusted without a look). The spec is
-    /// kept after a failure: it is what tells a changed endpoint apart from
-    /// one WireGuard learned by roaming.
-    converged: BTreeMap<u16, (NetworkSpec, bool)>,
+    memory: BTreeMap<u16, Remembered>,
     bridge_verified: bool,
     applied_generation: i64,
-}
-
-/// Result of one pass, before it is recorded.
-pub struct PassOutcome {
-    pub record: ApplyRecord,
-    pub changed: Vec<u16>,
-    pub actions: usize,
-    /// The WireGuard interfaces read in this pass (all of them in a drift check).
-    pub dumps: BTreeMap<u16, InterfaceReading>,
+    retry: RetryPolicy,
 }
 
 impl Reconciler {
@@ -96,20 +121,31 @@ impl Reconciler {
             Ok(Some(r)) => r.applied_generation,
             _ => 0,
         };
-        Reconciler { shared, converged: BTreeMap::new(), bridge_verified: false, applied_generation }
+        let retry = RetryPolicy::new(Duration::from_secs(1), shared.settings.watchdog);
+        Reconciler { shared, memory: BTreeMap::new(), bridge_verified: false, applied_generation, retry }
     }
 
     /// Runs forever: a drift check at start and every watchdog interval, an
-    /// apply whenever woken.
+    /// apply whenever woken, a retry when the policy says so.
     pub async fn run(mut self) {
         let mut ticker = tokio::time::interval(self.shared.settings.watchdog);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut retry_in: Option<Duration> = None;
         loop {
+            let retry = async {
+                match retry_in {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => std::future::pending().await,
+                }
+            };
             let mode = tokio::select! {
                 _ = self.shared.wake.notified() => Mode::Apply,
                 _ = ticker.tick() => Mode::Drift,
+                _ = retry => Mode::Apply,
             };
-            self.tick(mode).await;
+            if let Some(outcome) = self.tick(mode).await {
+                retry_in = self.retry.after_pass(outcome.record.ok);
+            }
         }
     }
 
@@ -118,7 +154,7 @@ impl Reconciler {
         let (generation, config) = match self.shared.store.desired().await {
             Ok(x) => x,
             Err(e) => {
-                tracing::error!("cannot read the desired state: {e}");
+                tracing::error!(error = %e, "cannot read the desired state");
                 self.shared.metrics.apply_failures.inc();
                 return None;
             }
@@ -127,154 +163,163 @@ impl Reconciler {
             // Nothing accepted yet: touch nothing.
             return None;
         }
-        let outcome = self.pass(mode, generation, &config).await;
+        let span = tracing::info_span!("pass", mode = mode.name(), generation);
+        let outcome = self.pass(mode, generation, &config).instrument(span).await;
         if let Err(e) = self.shared.store.save_apply(&outcome.record).await {
-            tracing::error!("cannot record the apply result: {e}");
+            tracing::error!(error = %e, "cannot record the apply result");
         }
         self.shared.finished.send_replace(Some(outcome.record.clone()));
         Some(outcome)
     }
 
-    async fn pass(&mut self, mode: Mode, generation: i64, config: &crate::model::GatewayConfig) -> PassOutcome {
+    async fn pass(&mut self, mode: Mode, generation: i64, config: &GatewayConfig) -> PassOutcome {
         let start = Instant::now();
         let shared = self.shared.clone();
-        let observer = &shared.observer;
-        let mut errors = Vec::new();
         let desired = match validate(config, &shared.settings.validation()) {
             Ok(d) => d,
             Err(problems) => {
                 // Possible only if --custom-forwarding changed since it was accepted.
-                errors.extend(problems.into_iter().map(|p| format!("stored desired state is invalid: {}: {}", p.path, p.message)));
-                return self.finish(mode, generation, start, errors, Vec::new(), 0, BTreeMap::new(), (0, 0));
+                let errors = problems.into_iter().map(|p| format!("stored desired state is invalid: {}: {}", p.path, p.message)).collect();
+                let look = Look { errors, ..Default::default() };
+                let pass = PassInfo { mode, generation, start, actions: 0 };
+                return self.finish(pass, look, ExecReport::default(), &Desired::default());
             }
         };
-        let nginx = nginx_text(&shared, &desired);
-
-        let mut observed = observer.observe_cheap();
-        if mode == Mode::Drift || !self.bridge_verified {
-            if let Err(e) = observer.observe_bridge_addresses(&mut observed).await {
-                errors.push(format!("reading the bridge: {e}"));
-            }
-        }
-        let mut dumps = BTreeMap::new();
-        let mut unreadable = Vec::new();
-        let mut partial_read = false;
-        for (port, spec) in &desired.networks {
-            if !observed.namespaces.contains(port) {
-                continue;
-            }
-            if mode == Mode::Apply && self.converged.get(port).is_some_and(|(s, verified)| *verified && s == spec) {
-                observed.networks.insert(*port, converged_view(&observer.layout, spec));
-                continue;
-            }
-            match observer.observe_network(*port).await {
-                Ok(mut n) => {
-                    n.endpoints_changed = self.converged.get(port).is_some_and(|(before, _)| {
-                        spec.peers
-                            .iter()
-                            .any(|(k, p)| p.endpoint.is_some() && before.peers.get(k).is_some_and(|b| b.endpoint != p.endpoint))
-                    });
-                    for p in &n.problems {
-                        tracing::warn!("network {port}: {p}");
-                    }
-                    match InterfaceReading::of(&n) {
-                        Some(reading) => {
-                            dumps.insert(*port, reading);
-                        }
-                        // The interface is there but `wg show` said nothing
-                        // usable: this tick cannot vouch for its peers.
-                        None if n.wg_link.is_some() => partial_read = true,
-                        None => {}
-                    }
-                    observed.networks.insert(*port, n);
-                }
-                Err(e) => {
-                    // Plan nothing for a network we could not read: pretend
-                    // it converged, report the error, and look again next time.
-                    errors.push(format!("network {port}: reading its state: {e}"));
-                    observed.networks.insert(*port, converged_view(&observer.layout, spec));
-                    unreadable.push(*port);
-                }
-            }
-        }
-
-        let actions = plan(&desired, &observed, &observer.layout, &nginx);
-
-        // Account for traffic before anything changes: the counters of a
-        // network about to be removed, or of a peer about to go, are read now
-        // or never. A drift check reads every network, so it is the poll.
-        for port in observed.namespaces.iter().filter(|p| !desired.networks.contains_key(p)) {
-            if let Some(reading) = observer.observe_network(*port).await.ok().as_ref().and_then(InterfaceReading::of) {
-                dumps.insert(*port, reading);
-            }
-        }
-        if !dumps.is_empty() || mode == Mode::Drift {
-            let complete = mode == Mode::Drift && unreadable.is_empty() && !partial_read;
-            shared.accounting.record_tick(&shared, &dumps, complete).await;
-        }
-
-        let executor = Executor { observer, backend: shared.backend };
-        let report = executor.execute(&actions, &desired, &nginx).await;
-        errors.extend(report.errors.iter().cloned());
-
-        self.converged.retain(|p, _| desired.networks.contains_key(p));
-        for (port, spec) in &desired.networks {
-            let verified = !(report.failed.contains(port) || unreadable.contains(port));
-            self.converged.insert(*port, (spec.clone(), verified));
-        }
-        self.bridge_verified = !report.global_failed;
-        let changed: Vec<u16> = report.changed.iter().copied().collect();
-        let counts = (desired.networks.len(), desired.networks.values().map(|s| s.peers.len()).sum());
-        self.finish(mode, generation, start, errors, changed, actions.len(), dumps, counts)
+        let nginx = shared.nginx_files(&desired);
+        let mut look = self.look(mode, &desired).await;
+        let actions = plan(&desired, &look.observed, &shared.system.layout, &nginx);
+        self.account_before_changes(mode, &desired, &mut look).await;
+        let report = shared.system.execute(&actions, &desired, &nginx).await;
+        self.remember(&desired, &report, &look.unreadable);
+        self.finish(PassInfo { mode, generation, start, actions: actions.len() }, look, report, &desired)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn finish(
-        &mut self,
-        mode: Mode,
-        generation: i64,
-        start: Instant,
-        errors: Vec<String>,
-        changed: Vec<u16>,
-        actions: usize,
-        dumps: BTreeMap<u16, InterfaceReading>,
-        (networks, peers): (usize, usize),
-    ) -> PassOutcome {
+    /// Whether a network can be taken as converged without a look.
+    fn trusted(&self, mode: Mode, spec: &NetworkSpec) -> bool {
+        mode == Mode::Apply && self.memory.get(&spec.port).is_some_and(|m| m.verified && m.spec == *spec)
+    }
+
+    /// Reads the system: the cheap part always, the bridge's addresses and
+    /// each network's namespace where needed.
+    async fn look(&self, mode: Mode, desired: &Desired) -> Look {
+        let system = &self.shared.system;
+        let mut look = Look { observed: system.observe_cheap(), ..Default::default() };
+        if mode == Mode::Drift || !self.bridge_verified {
+            if let Err(e) = system.observe_bridge_addresses(&mut look.observed).await {
+                look.errors.push(format!("reading the bridge: {e}"));
+            }
+        }
+        let present = look.observed.namespaces.clone();
+        for (port, spec) in desired.networks.iter().filter(|(p, _)| present.contains(p)) {
+            if self.trusted(mode, spec) {
+                look.observed.networks.insert(*port, converged_view(&system.layout, spec));
+                continue;
+            }
+            self.look_into(&mut look, spec).instrument(tracing::debug_span!("network", network = port)).await;
+        }
+        look
+    }
+
+    /// A deep look into one desired network.
+    async fn look_into(&self, look: &mut Look, spec: &NetworkSpec) {
+        let port = spec.port;
+        match self.shared.system.observe_network(port).await {
+            Ok(mut n) => {
+                n.endpoints_changed = self.memory.get(&port).is_some_and(|before| {
+                    let changed = |(k, p): (&crate::types::PublicKey, &crate::spec::PeerSpec)| {
+                        p.endpoint.is_some() && before.spec.peers.get(k).is_some_and(|b| b.endpoint != p.endpoint)
+                    };
+                    spec.peers.iter().any(changed)
+                });
+                for p in &n.problems {
+                    tracing::warn!(network = port, problem = %p, "unexpected `wg show` output");
+                }
+                match InterfaceReading::of(&n) {
+                    Some(reading) => {
+                        look.dumps.insert(port, reading);
+                    }
+                    None => look.partial_read |= n.wg_link.is_some(),
+                }
+                look.observed.networks.insert(port, n);
+            }
+            Err(e) => {
+                // Plan nothing for a network that could not be read: take it
+                // as converged, report the error, and look again next time.
+                look.errors.push(format!("network {port}: reading its state: {e}"));
+                look.observed.networks.insert(port, converged_view(&self.shared.system.layout, spec));
+                look.unreadable.insert(port);
+            }
+        }
+    }
+
+    /// Accounts for traffic before anything changes: the counters of a
+    /// network about to be removed, or of a peer about to go, are read now or
+    /// never. A drift check reads every network, so it is the poll.
+    async fn account_before_changes(&self, mode: Mode, desired: &Desired, look: &mut Look) {
+        let shared = &self.shared;
+        for port in look.observed.namespaces.iter().filter(|p| !desired.networks.contains_key(p)) {
+            if let Some(reading) = shared.system.observe_network(*port).await.ok().as_ref().and_then(InterfaceReading::of) {
+                look.dumps.insert(*port, reading);
+            }
+        }
+        if !look.dumps.is_empty() || mode == Mode::Drift {
+            let complete = mode == Mode::Drift && look.unreadable.is_empty() && !look.partial_read;
+            shared.accounting.record_tick(&shared.store, &shared.metrics, &look.dumps, complete).await;
+        }
+    }
+
+    fn remember(&mut self, desired: &Desired, report: &ExecReport, unreadable: &BTreeSet<u16>) {
+        self.memory.retain(|p, _| desired.networks.contains_key(p));
+        for (port, spec) in &desired.networks {
+            let verified = !(report.failed.contains(port) || unreadable.contains(port));
+            self.memory.insert(*port, Remembered { spec: spec.clone(), verified });
+        }
+        self.bridge_verified = !report.global_failed;
+    }
+
+    fn finish(&mut self, pass: PassInfo, look: Look, report: ExecReport, desired: &Desired) -> PassOutcome {
+        let PassInfo { mode, generation, start, actions } = pass;
+        let mut errors = look.errors;
+        errors.extend(report.errors);
         let ok = errors.is_empty();
         if ok {
             self.applied_generation = generation;
         }
         let duration = start.elapsed();
+        self.update_metrics(ok, duration, desired);
+        let changed: Vec<u16> = report.changed.into_iter().collect();
+        let duration_ms = duration.as_millis() as u64;
+        if !ok {
+            tracing::warn!(mode = mode.name(), errors = %errors.join("; "), duration_ms, "pass failed");
+        } else if mode == Mode::Apply || actions > 0 {
+            tracing::info!(mode = mode.name(), actions, changed = ?changed, duration_ms, "pass converged");
+        } else {
+            tracing::debug!(duration_ms, "drift check: nothing to do");
+        }
+        let record = ApplyRecord {
+            generation,
+            applied_generation: self.applied_generation,
+            ok,
+            errors,
+            finished_at: now_unix(),
+            duration_ms,
+            changed,
+        };
+        PassOutcome { record, actions, dumps: look.dumps }
+    }
+
+    fn update_metrics(&self, ok: bool, duration: Duration, desired: &Desired) {
         let m = &self.shared.metrics;
         m.apply_duration.observe(duration.as_secs_f64());
-        m.networks.set(networks as i64);
-        m.peers.set(peers as i64);
+        m.networks.set(desired.networks.len() as i64);
+        m.peers.set(desired.networks.values().map(|s| s.peers.len() as i64).sum());
         if ok {
             m.last_success.set(now_unix());
         } else {
             m.apply_failures.inc();
         }
-        let kind = if mode == Mode::Apply { "apply" } else { "drift check" };
-        if !ok {
-            tracing::warn!(generation, errors = errors.len(), "{kind} failed after {} ms: {}", duration.as_millis(), errors.join("; "));
-        } else if mode == Mode::Apply || actions > 0 {
-            tracing::info!(generation, actions, ?changed, "{kind} converged in {} ms", duration.as_millis());
-        } else {
-            tracing::debug!(generation, "drift check: nothing to do ({} ms)", duration.as_millis());
-        }
-        PassOutcome {
-            record: ApplyRecord {
-                generation,
-                applied_generation: self.applied_generation,
-                ok,
-                errors,
-                finished_at: now_unix(),
-                duration_ms: duration.as_millis() as u64,
-                changed: changed.clone(),
-            },
-            changed,
-            actions,
-            dumps,
-        }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use sqlx::Row;
 
-use crate::metrics::PeerLabels;
+use crate::clock::now_unix;
+use crate::metrics::{Metrics, PeerLabels};
 use crate::model::{DeviceTraffic, Traffic, TrafficInfo};
-use crate::observe::WgDump;
-use crate::reconcile::{Shared, now_unix};
+use crate::observed::{ObservedNetwork, WgDump};
 use crate::store::{Store, StoreError};
 
 /// Bytes counted since the previous reading of one counter. `None` before
@@ -50,7 +50,7 @@ pub struct InterfaceReading {
 
 impl InterfaceReading {
     /// The counters read with a network, if its interface and dump were there.
-    pub fn of(n: &crate::observe::ObservedNetwork) -> Option<Self> {
+    pub fn of(n: &ObservedNetwork) -> Option<Self> {
         let (dump, link) = (n.wg.as_ref()?, n.wg_link.as_ref()?);
         Some(InterfaceReading { dump: dump.clone(), ifindex: link.ifindex, partial: !n.problems.is_empty() })
     }
@@ -135,7 +135,7 @@ impl Accounting {
 
     /// Drops the metrics of peers no longer there. `complete`: every
     /// managed interface was read, so networks not read are gone too.
-    fn forget_metrics(&self, shared: &Shared, seen: &BTreeMap<String, BTreeSet<String>>, complete: bool) {
+    fn forget_metrics(&self, metrics: &Metrics, seen: &BTreeMap<String, BTreeSet<String>>, complete: bool) {
         let mut exported = self.exported.lock().unwrap_or_else(|e| e.into_inner());
         for (network, peers) in exported.iter_mut() {
             let now = seen.get(network);
@@ -146,9 +146,9 @@ impl Accounting {
                 let keep = now.is_some_and(|n| n.contains(peer));
                 if !keep {
                     let l = PeerLabels { network: network.clone(), peer: peer.clone() };
-                    shared.metrics.peer_rx.remove(&l);
-                    shared.metrics.peer_tx.remove(&l);
-                    shared.metrics.peer_handshake.remove(&l);
+                    metrics.peer_rx.remove(&l);
+                    metrics.peer_tx.remove(&l);
+                    metrics.peer_handshake.remove(&l);
                 }
                 keep
             });
@@ -160,51 +160,57 @@ impl Accounting {
     }
     /// Stores one tick's deltas in one transaction; errors are logged and
     /// counted, and the next tick simply tries again.
-    pub async fn record_tick(&self, shared: &Shared, interfaces: &BTreeMap<u16, InterfaceReading>, complete: bool) {
+    pub async fn record_tick(&self, store: &Store, metrics: &Metrics, interfaces: &BTreeMap<u16, InterfaceReading>, complete: bool) {
         let start = Instant::now();
-        let now = now_unix();
-        let mut labels = HashMap::new();
-        let mut readings = Vec::new();
         // Counters are kept per listen port (an interface's identity across
         // a key rotation); samples are reported per public key.
         let networks_read: Vec<String> = interfaces.iter().filter(|(_, i)| !i.partial).map(|(p, _)| p.to_string()).collect();
         let complete = complete && interfaces.values().all(|i| !i.partial);
-        for (port, i) in interfaces {
-            let d = &i.dump;
-            for p in &d.peers {
-                readings.push(Reading {
-                    network: port.to_string(),
-                    network_key: d.public_key.clone(),
-                    peer_key: p.public_key.clone(),
-                    epoch: epoch(i.ifindex),
-                    rx: p.rx,
-                    tx: p.tx,
-                });
-                let l = PeerLabels { network: port.to_string(), peer: p.public_key.clone() };
-                shared.metrics.peer_handshake.get_or_create(&l).set(p.latest_handshake);
-                labels.insert((d.public_key.clone(), p.public_key.clone()), l);
-            }
-        }
-        match store_tick(&shared.store, &networks_read, complete, readings, now, self.retention).await {
+        let (readings, labels) = readings_of(interfaces, metrics);
+        match store_tick(store, &networks_read, complete, readings, now_unix(), self.retention).await {
             Ok(writes) => {
                 for s in &writes.samples {
                     if let Some(l) = labels.get(&(s.network_key.clone(), s.peer_key.clone())) {
-                        shared.metrics.peer_rx.get_or_create(l).inc_by(s.rx);
-                        shared.metrics.peer_tx.get_or_create(l).inc_by(s.tx);
+                        metrics.peer_rx.get_or_create(l).inc_by(s.rx);
+                        metrics.peer_tx.get_or_create(l).inc_by(s.tx);
                     }
                 }
-                tracing::debug!(samples = writes.samples.len(), "traffic tick stored in {} ms", start.elapsed().as_millis());
+                tracing::debug!(samples = writes.samples.len(), elapsed_ms = start.elapsed().as_millis() as u64, "traffic tick stored");
             }
             Err(e) => {
-                shared.metrics.poll_errors.inc();
-                tracing::warn!("traffic tick not stored (the next tick retries): {e}");
+                metrics.poll_errors.inc();
+                tracing::warn!(error = %e, "traffic tick not stored (the next tick retries)");
             }
         }
-        let seen =
-            interfaces.iter().map(|(port, i)| (port.to_string(), i.dump.peers.iter().map(|p| p.public_key.clone()).collect())).collect();
-        self.forget_metrics(shared, &seen, complete);
-        shared.metrics.poll_duration.set(start.elapsed().as_secs_f64());
+        let seen = interfaces.iter().map(|(port, i)| (port.to_string(), i.dump.peers.keys().map(ToString::to_string).collect())).collect();
+        self.forget_metrics(metrics, &seen, complete);
+        metrics.poll_duration.set(start.elapsed().as_secs_f64());
     }
+}
+
+/// The counters of every peer read, and their metric labels (setting each
+/// peer's handshake gauge on the way).
+fn readings_of(interfaces: &BTreeMap<u16, InterfaceReading>, metrics: &Metrics) -> (Vec<Reading>, HashMap<(String, String), PeerLabels>) {
+    let mut labels = HashMap::new();
+    let mut readings = Vec::new();
+    for (port, i) in interfaces {
+        let Some(network_key) = i.dump.public_key.map(|k| k.to_string()) else { continue };
+        for (key, p) in &i.dump.peers {
+            let peer_key = key.to_string();
+            readings.push(Reading {
+                network: port.to_string(),
+                network_key: network_key.clone(),
+                peer_key: peer_key.clone(),
+                epoch: epoch(i.ifindex),
+                rx: p.rx,
+                tx: p.tx,
+            });
+            let l = PeerLabels { network: port.to_string(), peer: peer_key.clone() };
+            metrics.peer_handshake.get_or_create(&l).set(p.latest_handshake);
+            labels.insert((network_key.clone(), peer_key), l);
+        }
+    }
+    (readings, labels)
 }
 
 /// Reads the previous counters, writes new counters and samples, drops the

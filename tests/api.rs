@@ -6,8 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use gateway::cli::build;
-use gateway::runner::Runner;
+use gateway::daemon::build;
+use gateway::system::Runner;
 use rocket::http::{ContentType, Header, Method, Status};
 use rocket::local::asynchronous::Client;
 use serde_json::{Value, json};
@@ -21,7 +21,7 @@ async fn client(extra: &[&str]) -> Client {
     argv.extend(extra);
     let args = common::isolated_args(&argv);
     let d = build(&args, Runner::new(Duration::from_secs(5))).await.unwrap();
-    Client::untracked(gateway::api::rocket(d.api, d.figment)).await.unwrap()
+    Client::untracked(gateway::api::rocket(d.shared, d.figment)).await.unwrap()
 }
 
 async fn call(c: &Client, method: Method, path: &str, auth: Option<Header<'static>>, body: Option<&str>) -> (Status, Value) {

@@ -68,6 +68,7 @@ fn node_topology(k: u8) -> NodeTopology {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: scripts/test.sh runs it with --include-ignored"]
 async fn https_by_sni_and_http_by_host_reach_the_node_and_removal_leaves_nothing() {
     let NodeTopology { n, gw_private, gw_public, port, node, _guard } = node_topology(1);
     let d = TestDaemon::start(&args(&n, &[])).await;
@@ -172,6 +173,7 @@ fn many_networks(count: u16, peers: u16, n: &Names, host_suffix: &str) -> Value 
 /// Doing nothing costs nothing; one change touches one network. Prints the
 /// figures quoted in the issue notes (run with --nocapture to see them).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: scripts/test.sh runs it with --include-ignored"]
 async fn cost_of_applies_counted_on_the_runner() {
     require_root();
     let n = names(2);
@@ -244,9 +246,10 @@ async fn cost_of_applies_counted_on_the_runner() {
     assert_eq!((code, &body["changed_networks"]), (200, &json!([])), "{body}");
     let records = d.runner.take_records();
     let mutating: Vec<&str> = records.iter().filter(|r| r.mutating).map(|r| r.line.as_str()).collect();
-    assert_eq!(mutating.len(), 2, "{records:?}");
-    assert!(mutating[0].contains("nginx -t"), "{mutating:?}");
-    assert!(mutating[1].ends_with("-s reload"), "{mutating:?}");
+    assert!(mutating.iter().all(|l| l.contains("nginx")), "only nginx is touched: {mutating:?}");
+    let check = mutating.iter().position(|l| l.ends_with(" -t -q")).expect("nginx -t before the reload");
+    let reload = mutating.iter().position(|l| l.ends_with(" -s reload")).expect("nginx reloaded");
+    assert!(check < reload, "{mutating:?}");
     let changed = n.port(3).to_string();
     assert!(records.iter().filter(|r| !r.mutating).all(|r| r.line.contains(&changed)), "reads only the changed network: {records:?}");
 
@@ -255,6 +258,7 @@ async fn cost_of_applies_counted_on_the_runner() {
 
 /// The watchdog puts back what was changed by hand.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: scripts/test.sh runs it with --include-ignored"]
 async fn watchdog_repairs_drift() {
     require_root();
     let n = names(3);
@@ -292,6 +296,7 @@ async fn watchdog_repairs_drift() {
 
 /// An nginx config that fails `nginx -t` is never left in place.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: scripts/test.sh runs it with --include-ignored"]
 async fn failing_nginx_check_restores_the_previous_files() {
     require_root();
     let n = names(4);
@@ -342,6 +347,7 @@ fn traffic_of(v: &Value, network: &str, peer: &str) -> (i64, i64) {
 /// survive a restart without double counting, and still count after the
 /// interface was recreated.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: scripts/test.sh runs it with --include-ignored"]
 async fn traffic_is_counted_once_across_restart_and_interface_recreation() {
     let NodeTopology { n, gw_private, gw_public, port, node, _guard } = node_topology(5);
     let a = args(&n, &[]);
@@ -417,6 +423,7 @@ async fn traffic_is_counted_once_across_restart_and_interface_recreation() {
 /// With nothing persisted the daemon removes nothing; once a config was
 /// accepted, a restart converges to it at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: scripts/test.sh runs it with --include-ignored"]
 async fn start_removes_nothing_before_a_config_and_restart_converges() {
     require_root();
     let n = names(6);
@@ -468,6 +475,7 @@ async fn start_removes_nothing_before_a_config_and_restart_converges() {
 /// keepalive, a changed endpoint. Each change lands and leaves nothing for
 /// the next drift check to do.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: scripts/test.sh runs it with --include-ignored"]
 async fn peer_changes_land_and_then_nothing_is_left_to_do() {
     require_root();
     let n = names(7);

@@ -12,9 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use gateway::cli::{Args, Daemon, build};
+use gateway::cli::Args;
+use gateway::daemon::{Daemon, Shared, build};
 use gateway::reconcile::{Mode, Reconciler};
-use gateway::runner::Runner;
+use gateway::system::Runner;
 use rocket::local::asynchronous::Client;
 
 /// Runs a shell command; panics with its output if it fails.
@@ -241,7 +242,7 @@ pub struct TestDaemon {
     pub runner: Runner,
     /// None when the daemon's own loop (with its watchdog timer) runs.
     pub reconciler: Option<Arc<tokio::sync::Mutex<Reconciler>>>,
-    pub shared: Arc<gateway::reconcile::Shared>,
+    pub shared: Arc<Shared>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -258,7 +259,7 @@ impl TestDaemon {
 
     async fn start_inner(args: &Args, own_loop: bool) -> TestDaemon {
         let runner = Runner::recording(Duration::from_secs(30));
-        let Daemon { shared, api, figment } = build(args, runner.clone()).await.expect("daemon starts");
+        let Daemon { shared, figment } = build(args, runner.clone()).await.expect("daemon starts");
         let rec = Reconciler::new(shared.clone()).await;
         let (reconciler, task) = if own_loop {
             (None, tokio::spawn(rec.run()))
@@ -273,7 +274,7 @@ impl TestDaemon {
             });
             (Some(reconciler), task)
         };
-        let client = Client::untracked(gateway::api::rocket(api, figment)).await.expect("rocket");
+        let client = Client::untracked(gateway::api::rocket(shared.clone(), figment)).await.expect("rocket");
         TestDaemon { client, runner, reconciler, shared, task }
     }
 

@@ -1,0 +1,191 @@
+//! The routes: thin handlers that validate, store, wake the reconciler and
+//! read; they never touch the system themselves.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use rocket::http::Status;
+use rocket::serde::json::Json;
+use rocket::{State, get, patch, post};
+use rocket_okapi::okapi::openapi3::OpenApi;
+use rocket_okapi::settings::OpenApiSettings;
+use rocket_okapi::{openapi, openapi_get_routes_spec};
+
+use super::auth::Auth;
+use super::body::{Applied, GatewayConfigPartialSchema, JsonBody, MetricsText, body_error};
+use super::error::ApiError;
+use crate::clock::now_unix;
+use crate::daemon::Shared;
+use crate::model::*;
+use crate::store::ApplyRecord;
+use crate::types::parse_listen_port;
+use crate::validate::{key_path, validate};
+
+/// Liveness; needs no token.
+#[openapi(tag = "health")]
+#[get("/health")]
+fn health() -> Json<Health> {
+    Json(Health { status: "ok".into() })
+}
+
+/// Replace the whole desired state, then wait (bounded) until it converged.
+///
+/// 200: applied; 202: stored, still converging when the wait ended; 422:
+/// invalid, nothing changed; 500 `apply_failed`: stored, but the system could
+/// not be converged (the reconciler keeps retrying).
+#[openapi(tag = "config")]
+#[post("/api/v1/config.json", data = "<body>")]
+async fn post_config(_auth: Auth, state: &State<Arc<Shared>>, body: JsonBody<GatewayConfig>) -> Result<Applied, ApiError> {
+    let config = body.0.map_err(body_error)?;
+    store_and_apply(state, |_| Ok(config)).await
+}
+
+/// Partial update: each listed port is replaced by the given network, or
+/// removed where the value is `null`; unlisted ports stay.
+#[openapi(tag = "config")]
+#[patch("/api/v1/config.json", data = "<body>")]
+async fn patch_config(
+    _auth: Auth,
+    state: &State<Arc<Shared>>,
+    body: JsonBody<GatewayConfigPartial, GatewayConfigPartialSchema>,
+) -> Result<Applied, ApiError> {
+    let patch = body.0.map_err(body_error)?;
+    // Keys are checked here too: `"051820": null` would otherwise remove
+    // nothing and still make a new generation.
+    let bad: Vec<ErrorDetail> =
+        patch.keys().filter_map(|k| parse_listen_port(k).err().map(|m| ErrorDetail { path: key_path("$", k), message: m })).collect();
+    if !bad.is_empty() {
+        return Err(ApiError::Invalid(bad));
+    }
+    store_and_apply(state, move |mut current| {
+        for (port, net) in patch {
+            match net {
+                Some(n) => current.insert(port, n),
+                None => current.remove(&port),
+            };
+        }
+        Ok(current)
+    })
+    .await
+}
+
+/// Builds the new desired state from the current one under the write lock,
+/// validates it, stores it, wakes the reconciler and waits for the result.
+async fn store_and_apply(
+    shared: &Shared,
+    build: impl FnOnce(GatewayConfig) -> Result<GatewayConfig, ApiError>,
+) -> Result<Applied, ApiError> {
+    let start = Instant::now();
+    let mut finished = shared.finished.subscribe();
+    let generation = {
+        let _guard = shared.write_lock.lock().await;
+        let (_, current) = shared.store.desired().await?;
+        let config = build(current)?;
+        validate(&config, &shared.settings.validation()).map_err(ApiError::Invalid)?;
+        shared.store.save_desired(&config, now_unix()).await?
+    };
+    shared.wake.notify_one();
+    let wait = finished.wait_for(|r| r.as_ref().is_some_and(|r| r.generation >= generation));
+    let record = match tokio::time::timeout(shared.settings.apply_wait, wait).await {
+        Ok(Ok(r)) => r.clone(),
+        _ => None,
+    };
+    let applied = shared.finished.borrow().as_ref().map(|r| r.applied_generation).unwrap_or(0);
+    apply_answer(generation, record, applied, start.elapsed().as_millis() as u64)
+}
+
+/// 200 `applied`, 202 `pending` (the wait ended first), or 500 `apply_failed`.
+fn apply_answer(generation: i64, record: Option<ApplyRecord>, applied_so_far: i64, duration_ms: u64) -> Result<Applied, ApiError> {
+    match record {
+        None => {
+            let body = ApplyResponse {
+                generation,
+                result: "pending".into(),
+                applied_generation: applied_so_far,
+                changed_networks: vec![],
+                duration_ms,
+            };
+            Ok(Applied(Status::Accepted, body))
+        }
+        Some(r) if r.ok => {
+            let body = ApplyResponse {
+                generation,
+                result: "applied".into(),
+                applied_generation: r.applied_generation,
+                changed_networks: r.changed,
+                duration_ms,
+            };
+            Ok(Applied(Status::Ok, body))
+        }
+        Some(r) => Err(ApiError::ApplyFailed { generation, errors: r.errors }),
+    }
+}
+
+/// The desired state as last accepted, with its generation.
+#[openapi(tag = "config")]
+#[get("/api/v1/config.json")]
+async fn get_config(_auth: Auth, state: &State<Arc<Shared>>) -> Result<Json<StoredConfig>, ApiError> {
+    let (generation, config) = state.store.desired().await?;
+    Ok(Json(StoredConfig { generation, config }))
+}
+
+/// What is really on the system now (read fresh), plus generations and the
+/// last apply's result.
+#[openapi(tag = "status")]
+#[get("/api/v1/status.json")]
+async fn status(_auth: Auth, state: &State<Arc<Shared>>) -> Result<Json<StatusInfo>, ApiError> {
+    Ok(Json(crate::status::collect(state).await?))
+}
+
+/// Traffic recorded after `start` (unix seconds, exclusive), per network and peer.
+#[openapi(tag = "traffic")]
+#[get("/api/v1/traffic.json?<start>")]
+async fn traffic(_auth: Auth, state: &State<Arc<Shared>>, start: Option<&str>) -> Result<Json<TrafficInfo>, ApiError> {
+    let start =
+        start.ok_or_else(|| ApiError::BadRequest("query parameter `start` (unix seconds) is required, e.g. ?start=1700000000".into()))?;
+    let start: i64 = start.parse().ok().filter(|s| *s >= 0).ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "`start` must be unix seconds (a non-negative integer), not {:?}",
+            start.chars().take(40).collect::<String>()
+        ))
+    })?;
+    Ok(Json(crate::traffic::traffic_since(&state.store, start, now_unix()).await?))
+}
+
+/// Prometheus metrics; send the token as `Authorization: Bearer`.
+#[openapi(tag = "metrics")]
+#[get("/metrics")]
+fn metrics(_auth: Auth, state: &State<Arc<Shared>>) -> Result<MetricsText, ApiError> {
+    state.metrics.encode().map(MetricsText).map_err(|e| ApiError::Internal(format!("encoding metrics: {e}")))
+}
+
+pub(super) fn routes_and_spec() -> (Vec<rocket::Route>, OpenApi) {
+    let settings = OpenApiSettings::default();
+    openapi_get_routes_spec![settings: health, post_config, patch_config, get_config, status, traffic, metrics]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apply_answers() {
+        let record = |ok: bool| ApplyRecord {
+            generation: 4,
+            applied_generation: if ok { 4 } else { 3 },
+            ok,
+            errors: if ok { vec![] } else { vec!["network 51820: boom".into()] },
+            finished_at: 0,
+            duration_ms: 1,
+            changed: vec![51820],
+        };
+        let Ok(Applied(status, body)) = apply_answer(4, Some(record(true)), 3, 9) else { panic!("applied") };
+        assert_eq!((status, body.result.as_str(), body.changed_networks, body.applied_generation), (Status::Ok, "applied", vec![51820], 4));
+        let Ok(Applied(status, body)) = apply_answer(4, None, 3, 9) else { panic!("pending") };
+        assert_eq!((status, body.result.as_str(), body.applied_generation), (Status::Accepted, "pending", 3));
+        match apply_answer(4, Some(record(false)), 3, 9) {
+            Err(ApiError::ApplyFailed { generation: 4, errors }) => assert_eq!(errors, ["network 51820: boom"]),
+            _ => panic!("apply_failed"),
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! The running daemon's wiring: the state the API and the reconciler share,
+//! built from the options, refusing bad values before anything is touched.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use subtle::ConstantTimeEq;
+use tokio::sync::{Mutex, Notify, watch};
+
+use crate::cli::Args;
+use crate::layout::Layout;
+use crate::metrics::Metrics;
+use crate::render::{NginxFiles, NginxOptions};
+use crate::spec::{CustomForwarding, Desired, parse_custom_forwardings};
+use crate::store::{ApplyRecord, Store};
+use crate::system::{Backend, Runner, System, SystemPaths, Tools};
+use crate::traffic::Accounting;
+use crate::types::Cidr;
+use crate::validate::Context;
+
+/// The API token. Compared in constant time; never printed.
+#[derive(Clone)]
+pub struct ApiToken(String);
+
+impl ApiToken {
+    /// `None` for an empty token: the API is then open.
+    pub fn new(token: &str) -> Option<Self> {
+        (!token.is_empty()).then(|| ApiToken(token.to_string()))
+    }
+
+    pub fn matches(&self, given: &str) -> bool {
+        given.as_bytes().ct_eq(self.0.as_bytes()).into()
+    }
+}
+
+impl fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiToken(redacted)")
+    }
+}
+
+/// Settings that do not change while the daemon runs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub nginx: NginxOptions,
+    pub custom: Vec<CustomForwarding>,
+    /// Subnets no request may use (the bridge subnet).
+    pub reserved: Vec<Cidr>,
+    pub watchdog: Duration,
+    /// None: the API is open (the daemon then listens on loopback only).
+    pub token: Option<ApiToken>,
+    /// How long POST/PATCH wait for the reconciler before answering `pending`.
+    pub apply_wait: Duration,
+}
+
+impl Settings {
+    pub fn validation(&self) -> Context<'_> {
+        Context { custom: &self.custom, reserved: &self.reserved }
+    }
+}
+
+/// State shared by the API and the reconciler.
+pub struct Shared {
+    pub store: Store,
+    pub system: System,
+    pub settings: Settings,
+    /// Wakes the reconciler for an apply; permits coalesce.
+    pub wake: Notify,
+    /// The outcome of the latest finished pass.
+    pub finished: watch::Sender<Option<ApplyRecord>>,
+    /// Serializes POST/PATCH so each builds on the previous generation.
+    pub write_lock: Mutex<()>,
+    pub metrics: Metrics,
+    pub accounting: Accounting,
+}
+
+impl Shared {
+    /// `last`: the last recorded pass, so waiters see it; `retention`: how
+    /// long traffic samples are kept.
+    pub fn new(store: Store, system: System, settings: Settings, last: Option<ApplyRecord>, retention: Duration) -> Self {
+        Shared {
+            store,
+            system,
+            settings,
+            wake: Notify::new(),
+            finished: watch::channel(last).0,
+            write_lock: Mutex::new(()),
+            metrics: Metrics::default(),
+            accounting: Accounting::new(retention),
+        }
+    }
+
+    /// nginx's files for a desired state.
+    pub fn nginx_files(&self, desired: &Desired) -> NginxFiles {
+        NginxFiles::render(&self.system.layout, desired, &self.settings.custom, &self.settings.nginx)
+    }
+}
+
+/// Everything started from the options.
+pub struct Daemon {
+    pub shared: Arc<Shared>,
+    /// Rocket's configuration (address, port, quiet logs).
+    pub figment: rocket::figment::Figment,
+}
+
+fn system_from(args: &Args, runner: Runner, layout: Layout, backend: Backend) -> System {
+    let tools = Tools {
+        ip: args.ip_bin.clone(),
+        wg: args.wg_bin.clone(),
+        wireguard_go: args.wireguard_go_bin.clone(),
+        iptables_save: args.iptables_save_bin.clone(),
+        iptables_restore: args.iptables_restore_bin.clone(),
+        sysctl: args.sysctl_bin.clone(),
+        nginx: args.nginx_bin.clone(),
+    };
+    let paths = SystemPaths {
+        netns_dir: args.netns_dir.clone(),
+        sys_class_net: "/sys/class/net".into(),
+        wireguard_sock_dir: args.wireguard_sock_dir.clone(),
+        nginx_stream: args.nginx_stream_config.clone(),
+        nginx_http: args.nginx_http_config.clone(),
+        nginx_conf: args.nginx_conf.clone(),
+        nginx_pid: args.nginx_pid.clone(),
+    };
+    let tools = tools.resolved(&std::env::var("PATH").unwrap_or_default());
+    System { runner, layout, tools, paths, backend }
+}
+
+pub async fn build(args: &Args, runner: Runner) -> anyhow::Result<Daemon> {
+    let token = args.token.as_deref().and_then(ApiToken::new);
+    let port = args.api_port().map_err(anyhow::Error::msg)?;
+    if token.is_none() && !args.address.is_loopback() {
+        bail!(
+            "no token given (--token or GATEWAY_TOKEN): the API would be open, so it may only listen on loopback, not {}. Set a token or use --address 127.0.0.1",
+            args.address
+        );
+    }
+    let layout = Layout::new(
+        &args.namespace_prefix,
+        &args.interface_prefix,
+        &args.veth_prefix,
+        &args.bridge,
+        &args.bridge_subnet,
+        args.dnat_port_base,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let custom = parse_custom_forwardings(&args.custom_forwarding).map_err(anyhow::Error::msg)?;
+    if args.database().is_none() {
+        tracing::warn!("no --database given: the desired state and traffic live in memory and are lost on exit");
+    }
+    let store = Store::open(args.database()).await.context("opening the database")?;
+    let mut system = system_from(args, runner, layout, Backend::Userspace);
+    system.backend = Backend::detect(&system.runner, &system.tools, &args.wireguard_backend).await.map_err(anyhow::Error::msg)?;
+    let last = store.last_apply().await.context("reading the last apply")?;
+    let settings = Settings {
+        nginx: NginxOptions {
+            https_listen: args.https_listen.clone(),
+            http_listen: args.http_listen.clone(),
+            server_names_hash_bucket_size: args.nginx_server_names_hash_bucket_size,
+        },
+        custom,
+        reserved: vec![system.layout.bridge_subnet()],
+        watchdog: args.watchdog,
+        token,
+        apply_wait: args.apply_wait,
+    };
+    let shared = Arc::new(Shared::new(store, system, settings, last, args.retention));
+    let figment = rocket::Config::figment()
+        .merge(("address", args.address))
+        .merge(("port", port))
+        .merge(("log_level", rocket::config::LogLevel::Critical))
+        .merge(("cli_colors", false));
+    Ok(Daemon { shared, figment })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[tokio::test]
+    async fn open_api_only_on_loopback() {
+        let a = Args::try_parse_from(["gateway", "--address", "0.0.0.0", "--wireguard-backend", "userspace", "--token="]).unwrap();
+        let err = build(&a, Runner::new(Duration::from_secs(1))).await.err().expect("refused");
+        assert!(err.to_string().contains("only listen on loopback"), "{err}");
+    }
+
+    #[test]
+    fn tokens_compare_exactly_and_never_print() {
+        let t = ApiToken::new("secret").unwrap();
+        assert!(t.matches("secret"));
+        for other in ["secret ", "secre", "", "Secret"] {
+            assert!(!t.matches(other), "{other:?}");
+        }
+        assert!(ApiToken::new("").is_none(), "an empty token is no token");
+        assert!(!format!("{t:?}").contains("secret"));
+    }
+}

@@ -1,0 +1,107 @@
+//! What the system looks like, in the same types as the desired state, so the
+//! planner compares typed values. Filled by `system::observe` (from sysfs,
+//! the namespace directory, nginx's files and the tools' output).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+
+use crate::types::{Cidr, PublicKey, SecretKey};
+
+/// One peer as `wg show IFACE dump` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WgPeer {
+    pub preshared_key: Option<SecretKey>,
+    pub endpoint: Option<SocketAddr>,
+    pub allowed_ips: Vec<Cidr>,
+    /// Unix seconds; 0 = never.
+    pub latest_handshake: i64,
+    pub rx: u64,
+    pub tx: u64,
+    pub keepalive: Option<u16>,
+}
+
+/// A WireGuard interface as `wg show IFACE dump` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WgDump {
+    pub private_key: Option<SecretKey>,
+    pub public_key: Option<PublicKey>,
+    /// 0 when none is set.
+    pub listen_port: u16,
+    pub peers: BTreeMap<PublicKey, WgPeer>,
+}
+
+/// A link as `ip -json addr` reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Link {
+    /// Changes when the interface is recreated (indexes are not reused soon).
+    pub ifindex: u32,
+    pub mtu: u32,
+    pub up: bool,
+    /// Global-scope addresses only (link-local ones come and go on their own), sorted.
+    pub addresses: Vec<Cidr>,
+}
+
+/// The gateway's own rules as `iptables-save` prints them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObservedRules {
+    pub nat: Vec<String>,
+    pub filter: Vec<String>,
+    /// Jumps (from `render::JUMPS`) present in the built-in chains.
+    pub jumps: BTreeSet<&'static str>,
+}
+
+/// What one network looks like inside its namespace.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObservedNetwork {
+    pub wg: Option<WgDump>,
+    pub wg_link: Option<Link>,
+    pub uplink: Option<Link>,
+    /// Forwarding and the other `layout::NAMESPACE_SYSCTLS` are set.
+    pub forwarding: bool,
+    pub rules: ObservedRules,
+    /// Static routes through the WireGuard interface (not the kernel's own), sorted.
+    pub routes: Vec<Cidr>,
+    /// A peer's desired endpoint differs from the one it was last given:
+    /// WireGuard's own (possibly roamed) endpoint must not hide that change.
+    pub endpoints_changed: bool,
+    /// Problems met while reading (e.g. a peer line that did not parse).
+    pub problems: Vec<String>,
+}
+
+/// The root-namespace end of a network's veth.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostVeth {
+    pub on_bridge: bool,
+    pub up: bool,
+    pub isolated: bool,
+    /// Created by the gateway (tagged with `layout::OWNED_ALIAS`): only such
+    /// links are ever deleted, whatever their name.
+    pub owned: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObservedBridge {
+    pub up: bool,
+    /// Created by the gateway; only then deleted, or stripped of other addresses.
+    pub owned: bool,
+    /// None when not read this time (assumed right, see `reconcile`).
+    pub addresses: Option<Vec<Cidr>>,
+}
+
+/// The whole system as far as the gateway is concerned.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observed {
+    pub bridge: Option<ObservedBridge>,
+    /// Ports of the namespaces with our prefix.
+    pub namespaces: BTreeSet<u16>,
+    /// WireGuard interfaces with our prefix still in the root namespace
+    /// (the value: created by the gateway).
+    pub wg_in_root: BTreeMap<u16, bool>,
+    /// Root ends of veths with our prefix, by port.
+    pub host_veths: BTreeMap<u16, HostVeth>,
+    /// Networks looked into (deeply, or as last converged: see `reconcile`).
+    pub networks: BTreeMap<u16, ObservedNetwork>,
+    pub nginx_stream: Option<String>,
+    pub nginx_http: Option<String>,
+    pub nginx_running: bool,
+}

@@ -1,0 +1,258 @@
+//! The planner against a converged system as the tools really printed it
+//! (`tests/fixtures/converged`), not as the planner would describe it.
+
+use super::*;
+use crate::model::GatewayConfig;
+use crate::observed::HostVeth;
+use crate::testing::{converged_config, converged_desired, nginx_files, observed_converged};
+use crate::types::PublicKey;
+use crate::validate::{Context, validate};
+
+const PEER_A: &str = "OxvFhrgLnI9e4xzMMA2qQ7wm/xCUzxaWW5cb1JGkWSA=";
+const PEER_B: &str = "LRj4SHqfSjzR+dz1Zmcq7dfiZk4tFWIm+wKv1QqGXx0=";
+
+fn cidr(s: &str) -> Cidr {
+    s.parse().unwrap()
+}
+
+fn key(s: &str) -> PublicKey {
+    s.parse().unwrap()
+}
+
+/// The plan for a changed config against the converged system.
+async fn plan_after(change: impl FnOnce(&mut serde_json::Value)) -> Vec<Action> {
+    let mut cfg = serde_json::to_value(converged_config()).unwrap();
+    change(&mut cfg);
+    let cfg: GatewayConfig = serde_json::from_value(cfg).unwrap();
+    let desired = validate(&cfg, &Context::default()).expect("changed config is valid");
+    plan(&desired, &observed_converged().await, &Layout::default(), &nginx_files(&desired))
+}
+
+#[tokio::test]
+async fn the_converged_system_needs_nothing() {
+    let d = converged_desired();
+    let observed = observed_converged().await;
+    assert_eq!(observed.networks.len(), 2);
+    assert_eq!(plan(&d, &observed, &Layout::default(), &nginx_files(&d)), vec![]);
+}
+
+#[tokio::test]
+async fn each_wireguard_field_changed_reconfigures_that_network_only() {
+    let other_key = "cMXKVx1hAvvJ0Hj9OtBhFTXDA4MVk9LlHBr8rBsq5F8=";
+    type Change = Box<dyn FnOnce(&mut serde_json::Value)>;
+    let cases: Vec<(&str, Change)> = vec![
+        ("private key", Box::new(|c| c["51821"]["private_key"] = other_key.into())),
+        ("preshared key removed", Box::new(|c| c["51820"]["peers"][PEER_A].as_object_mut().unwrap().retain(|k, _| k != "preshared_key"))),
+        ("preshared key set", Box::new(|c| c["51820"]["peers"][PEER_B]["preshared_key"] = PEER_A.into())),
+        ("keepalive changed", Box::new(|c| c["51820"]["peers"][PEER_A]["persistent_keepalive"] = 26.into())),
+        ("keepalive set", Box::new(|c| c["51820"]["peers"][PEER_B]["persistent_keepalive"] = 25.into())),
+        (
+            "allowed IP added",
+            Box::new(|c| {
+                c["51820"]["peers"][PEER_B]["allowed_ips"] = serde_json::json!(["10.80.0.3/32", "10.80.0.4/32", "192.168.7.0/24"])
+            }),
+        ),
+        ("allowed IP removed", Box::new(|c| c["51820"]["peers"][PEER_A]["allowed_ips"] = serde_json::json!(["10.80.0.2/32"]))),
+        ("peer removed", Box::new(|c| c["51820"]["peers"].as_object_mut().unwrap().retain(|k, _| k != PEER_A))),
+        ("peer added", Box::new(|c| c["51821"]["peers"] = serde_json::json!({ other_key: { "allowed_ips": ["10.81.0.9/32"] } }))),
+        ("endpoint set where WireGuard has none", Box::new(|c| c["51820"]["peers"][PEER_B]["endpoint"] = "127.0.0.1:1".into())),
+    ];
+    for (what, change) in cases {
+        let a = plan_after(change).await;
+        let port = if what == "private key" || what == "peer added" { 51821 } else { 51820 };
+        assert_eq!(a, vec![Action::ConfigureWg(port)], "{what}");
+    }
+}
+
+#[tokio::test]
+async fn links_routes_rules_and_nginx_changes_give_exactly_their_action() {
+    let a = plan_after(|c| c["51820"]["mtu"] = 9000.into()).await;
+    assert_eq!(a, [Action::SetWgLink { port: 51820, mtu: 9000 }]);
+    let a = plan_after(|c| c["51821"]["mtu"] = 1280.into()).await;
+    assert_eq!(a, [Action::SetWgLink { port: 51821, mtu: 1280 }]);
+    let a = plan_after(|c| c["51821"]["address"] = serde_json::json!(["10.81.0.1/24", "fd81::1/64"])).await;
+    assert_eq!(a, [Action::AddAddress { port: 51821, dev: Dev::Wg, cidr: cidr("fd81::1/64") }]);
+    let a = plan_after(|c| c["51820"]["address"] = serde_json::json!(["10.80.0.1/16"])).await;
+    let (gone, routed) = (cidr("fd80::1/64"), cidr("fd80::2/128"));
+    assert_eq!(
+        a,
+        [Action::DelAddress { port: 51820, dev: Dev::Wg, cidr: gone }, Action::AddRoute { port: 51820, cidr: routed }],
+        "the peer's fd80::2 is no longer on the interface's subnet: it gets a route"
+    );
+    // A LAN moved: one route goes, one comes, WireGuard learns the new IPs.
+    let a = plan_after(|c| {
+        c["51820"]["peers"][PEER_B]["allowed_ips"] = serde_json::json!(["10.80.0.3/32", "192.168.8.0/24"]);
+        c["51820"]["proxy"].as_object_mut().unwrap().remove("https://lan.example.com");
+    })
+    .await;
+    assert!(a.contains(&Action::ConfigureWg(51820)), "{a:?}");
+    assert!(a.contains(&Action::DelRoute { port: 51820, cidr: cidr("192.168.7.0/24") }), "{a:?}");
+    assert!(a.contains(&Action::AddRoute { port: 51820, cidr: cidr("192.168.8.0/24") }), "{a:?}");
+    assert!(a.contains(&Action::SetRules { port: 51820, missing_jumps: vec![] }), "the LAN upstream's DNAT goes: {a:?}");
+    assert!(a.contains(&Action::WriteNginx), "{a:?}");
+    // A new upstream: a DNAT rule and nginx; a new hostname to an existing upstream: nginx only.
+    let a = plan_after(|c| c["51821"]["proxy"]["https://new.test"] = serde_json::json!(["10.81.0.10:443"])).await;
+    assert_eq!(a, [Action::SetRules { port: 51821, missing_jumps: vec![] }, Action::WriteNginx]);
+    let a = plan_after(|c| c["51821"]["proxy"]["http://other.test"] = serde_json::json!(["10.81.0.9:8443"])).await;
+    assert_eq!(a, [Action::WriteNginx]);
+}
+
+fn net(o: &mut Observed) -> &mut crate::observed::ObservedNetwork {
+    o.networks.get_mut(&51820).unwrap()
+}
+
+#[tokio::test]
+async fn observed_drift_of_each_kind_is_repaired() {
+    let d = converged_desired();
+    let nginx = nginx_files(&d);
+    let l = Layout::default();
+    let base = observed_converged().await;
+    let check = |what: &str, change: &dyn Fn(&mut Observed), want: Vec<Action>| {
+        let mut o = base.clone();
+        change(&mut o);
+        assert_eq!(plan(&d, &o, &l, &nginx), want, "{what}");
+    };
+    check("listen port", &|o| net(o).wg.as_mut().unwrap().listen_port = 1, vec![Action::ConfigureWg(51820)]);
+    check("private key", &|o| net(o).wg.as_mut().unwrap().private_key = None, vec![Action::ConfigureWg(51820)]);
+    check(
+        "a stray peer",
+        &|o| {
+            let extra = net(o).wg.as_ref().unwrap().peers[&key(PEER_A)].clone();
+            net(o).wg.as_mut().unwrap().peers.insert(key("cMXKVx1hAvvJ0Hj9OtBhFTXDA4MVk9LlHBr8rBsq5F8="), extra);
+        },
+        vec![Action::ConfigureWg(51820)],
+    );
+    check("interface down", &|o| net(o).wg_link.as_mut().unwrap().up = false, vec![Action::SetWgLink { port: 51820, mtu: 1380 }]);
+    check(
+        "a stray address",
+        &|o| net(o).wg_link.as_mut().unwrap().addresses.push(cidr("10.99.0.1/24")),
+        vec![Action::DelAddress { port: 51820, dev: Dev::Wg, cidr: cidr("10.99.0.1/24") }],
+    );
+    check("a route gone", &|o| net(o).routes.clear(), vec![Action::AddRoute { port: 51820, cidr: cidr("192.168.7.0/24") }]);
+    check(
+        "a stray route",
+        &|o| net(o).routes.push(cidr("172.16.0.0/12")),
+        vec![Action::DelRoute { port: 51820, cidr: cidr("172.16.0.0/12") }],
+    );
+    check("a DNAT rule gone", &|o| drop(net(o).rules.nat.remove(0)), vec![Action::SetRules { port: 51820, missing_jumps: vec![] }]);
+    check(
+        "a jump gone",
+        &|o| {
+            net(o).rules.jumps.remove("-A FORWARD -j GATEWAY-FORWARD");
+        },
+        vec![Action::SetRules { port: 51820, missing_jumps: vec!["-A FORWARD -j GATEWAY-FORWARD"] }],
+    );
+    check("forwarding off", &|o| net(o).forwarding = false, vec![Action::SetForwarding(51820)]);
+    check("uplink down", &|o| net(o).uplink.as_mut().unwrap().up = false, vec![Action::UplinkUp(51820)]);
+    check(
+        "uplink address gone",
+        &|o| net(o).uplink.as_mut().unwrap().addresses.clear(),
+        vec![Action::AddAddress { port: 51820, dev: Dev::Uplink, cidr: l.veth_ns_addr(51820) }],
+    );
+    check("veth not isolated", &|o| o.host_veths.get_mut(&51820).unwrap().isolated = false, vec![Action::AttachVeth(51820)]);
+    check("veth off the bridge", &|o| o.host_veths.get_mut(&51820).unwrap().on_bridge = false, vec![Action::AttachVeth(51820)]);
+    check("bridge down", &|o| o.bridge.as_mut().unwrap().up = false, vec![Action::BridgeUp]);
+    check("bridge address gone", &|o| o.bridge.as_mut().unwrap().addresses = Some(vec![]), vec![Action::AddBridgeAddress(l.bridge_addr())]);
+    check("nginx stopped", &|o| o.nginx_running = false, vec![Action::StartNginx]);
+    check("nginx file edited", &|o| o.nginx_http = Some("# edited".into()), vec![Action::WriteNginx]);
+}
+
+#[tokio::test]
+async fn cold_start_builds_everything_in_order() {
+    let l = Layout::default();
+    let d = converged_desired();
+    let a = plan(&d, &Observed::default(), &l, &nginx_files(&d));
+    assert_eq!(&a[..3], &[Action::CreateBridge, Action::AddBridgeAddress(l.bridge_addr()), Action::BridgeUp]);
+    for p in [51820, 51821] {
+        for want in [
+            Action::CreateNamespace(p),
+            Action::CreateWg(p),
+            Action::MoveWg(p),
+            Action::ConfigureWg(p),
+            Action::CreateVeth(p),
+            Action::SetForwarding(p),
+        ] {
+            assert!(a.contains(&want), "missing {want:?}");
+        }
+        let at = |x: Action| a.iter().position(|y| *y == x).unwrap();
+        assert!(at(Action::CreateNamespace(p)) < at(Action::CreateWg(p)));
+        assert!(at(Action::CreateWg(p)) < at(Action::MoveWg(p)) && at(Action::MoveWg(p)) < at(Action::ConfigureWg(p)));
+    }
+    assert_eq!(a.last(), Some(&Action::WriteNginx));
+    assert!(a.contains(&Action::AddRoute { port: 51820, cidr: cidr("192.168.7.0/24") }), "a LAN behind a peer is routed");
+    assert!(a.contains(&Action::SetRules { port: 51820, missing_jumps: render::JUMPS.map(|j| j.1).to_vec() }));
+}
+
+#[tokio::test]
+async fn roamed_endpoint_is_not_drift_but_a_missing_or_changed_one_is() {
+    let l = Layout::default();
+    let d = converged_desired();
+    let nginx = nginx_files(&d);
+    let mut o = observed_converged().await;
+    let peer =
+        |o: &mut Observed| o.networks.get_mut(&51820).unwrap().wg.as_mut().unwrap().peers.get_mut(&key(PEER_A)).unwrap().endpoint = None;
+    o.networks.get_mut(&51820).unwrap().wg.as_mut().unwrap().peers.get_mut(&key(PEER_A)).unwrap().endpoint =
+        Some("198.51.100.1:999".parse().unwrap());
+    assert_eq!(plan(&d, &o, &l, &nginx), vec![], "roamed");
+    o.networks.get_mut(&51820).unwrap().endpoints_changed = true;
+    assert_eq!(plan(&d, &o, &l, &nginx), vec![Action::ConfigureWg(51820)], "the desired endpoint changed");
+    o.networks.get_mut(&51820).unwrap().endpoints_changed = false;
+    peer(&mut o);
+    assert_eq!(plan(&d, &o, &l, &nginx), vec![Action::ConfigureWg(51820)], "WireGuard lost it");
+}
+
+#[tokio::test]
+async fn undesired_networks_are_removed_after_nginx() {
+    let l = Layout::default();
+    let d = converged_desired();
+    let mut o = observed_converged().await;
+    o.namespaces.insert(40000);
+    o.wg_in_root.insert(40001, true);
+    o.wg_in_root.insert(40003, false);
+    o.host_veths.insert(40002, HostVeth { owned: true, ..Default::default() });
+    o.host_veths.insert(40004, HostVeth::default());
+    let nginx2 = NginxFiles { stream: "s2".into(), http: nginx_files(&d).http };
+    let a = plan(&d, &o, &l, &nginx2);
+    assert_eq!(a, vec![Action::WriteNginx, Action::DeleteNetwork(40000), Action::DeleteRootWg(40001), Action::DeleteHostVeth(40002)]);
+    // Everything goes when nothing is desired, the bridge last.
+    let a = plan(&Desired::default(), &o, &l, &nginx2);
+    assert_eq!(a.last(), Some(&Action::DeleteBridge));
+    assert!(a.contains(&Action::DeleteNetwork(51820)) && a.contains(&Action::DeleteNetwork(51821)));
+}
+
+#[tokio::test]
+async fn links_of_others_are_never_deleted_or_adopted() {
+    let l = Layout::default();
+    let d = converged_desired();
+    let nginx = nginx_files(&d);
+    let mut o = observed_converged().await;
+    o.bridge.as_mut().unwrap().owned = false;
+    o.bridge.as_mut().unwrap().addresses = Some(vec![l.bridge_addr(), cidr("192.168.1.1/24")]);
+    assert_eq!(plan(&d, &o, &l, &nginx), vec![], "an operator's bridge keeps its own address");
+    assert!(!plan(&Desired::default(), &o, &l, &nginx).contains(&Action::DeleteBridge));
+    o.bridge.as_mut().unwrap().owned = true;
+    assert_eq!(plan(&d, &o, &l, &nginx), vec![Action::DelBridgeAddress(cidr("192.168.1.1/24"))], "ours is kept clean");
+    o.bridge.as_mut().unwrap().addresses = Some(vec![l.bridge_addr()]);
+    o.networks.get_mut(&51821).unwrap().wg_link = None;
+    o.wg_in_root.insert(51821, false);
+    let a = plan(&d, &o, &l, &nginx);
+    assert_eq!(a[..2], [Action::CreateWg(51821), Action::MoveWg(51821)], "not adopted: creating ours reports the clash");
+    o.wg_in_root.insert(51821, true);
+    let a = plan(&d, &o, &l, &nginx);
+    assert_eq!(a[0], Action::MoveWg(51821), "ours, left in the root namespace: moved, not recreated");
+}
+
+#[test]
+fn converged_view_matches_what_the_tools_report() {
+    // The reconciler stands converged_view in for networks it trusts: it must
+    // plan nothing where the real converged system plans nothing.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let observed = rt.block_on(observed_converged());
+    let d = converged_desired();
+    let l = Layout::default();
+    for (port, spec) in &d.networks {
+        let mut o = observed.clone();
+        o.networks.insert(*port, converged_view(&l, spec));
+        assert_eq!(plan(&d, &o, &l, &nginx_files(&d)), vec![], "network {port}");
+    }
+}

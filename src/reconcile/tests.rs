@@ -1,0 +1,180 @@
+//! Reconciler passes without root: a fake host and the converged fixtures
+//! replayed by a scripted runner, with failures injected where needed.
+
+use super::*;
+use crate::system::{Backend, Record, Reply, Script};
+use crate::testing::{FakeHost, converged_config, converged_desired, converged_rules, converged_script, nginx_files, shared};
+
+const PEER_A: &str = "OxvFhrgLnI9e4xzMMA2qQ7wm/xCUzxaWW5cb1JGkWSA=";
+const NETWORK_KEY_51820: &str = "4dcKbDNyb6pkkRuP22OPzkHgpOb9k67iaP5R9A0xv0c=";
+
+struct Setup {
+    host: FakeHost,
+    reconciler: Reconciler,
+    shared: Arc<Shared>,
+}
+
+async fn setup(script: Script, config: &GatewayConfig) -> Setup {
+    let host = FakeHost::converged(&nginx_files(&converged_desired()));
+    let shared = shared(host.system(script, Backend::Kernel)).await;
+    shared.store.save_desired(config, 1).await.unwrap();
+    let reconciler = Reconciler::new(shared.clone()).await;
+    Setup { host, reconciler, shared }
+}
+
+impl Setup {
+    fn records(&self) -> Vec<Record> {
+        self.shared.system.runner.take_records()
+    }
+
+    async fn store(&self, change: impl FnOnce(&mut serde_json::Value)) {
+        let mut cfg = serde_json::to_value(self.shared.store.desired().await.unwrap().1).unwrap();
+        change(&mut cfg);
+        self.shared.store.save_desired(&serde_json::from_value(cfg).unwrap(), 2).await.unwrap();
+    }
+}
+
+fn mutating(records: &[Record]) -> Vec<&str> {
+    records.iter().filter(|r| r.mutating).map(|r| r.line.as_str()).collect()
+}
+
+#[tokio::test]
+async fn nothing_accepted_yet_touches_nothing() {
+    let host = FakeHost::new();
+    host.add_namespace(40000);
+    let shared = shared(host.system(Script::new(), Backend::Kernel)).await;
+    let mut r = Reconciler::new(shared.clone()).await;
+    assert!(r.tick(Mode::Drift).await.is_none());
+    assert!(shared.system.runner.take_records().is_empty(), "not even a read");
+}
+
+#[tokio::test]
+async fn a_drift_check_of_the_converged_system_changes_nothing_and_polls_every_network() {
+    let mut s = setup(converged_script(), &converged_config()).await;
+    let outcome = s.reconciler.tick(Mode::Drift).await.unwrap();
+    assert!(outcome.record.ok, "{:?}", outcome.record.errors);
+    assert_eq!(outcome.actions, 0);
+    assert_eq!(outcome.dumps.keys().copied().collect::<Vec<_>>(), [51820, 51821], "every network read");
+    let records = s.records();
+    assert!(mutating(&records).is_empty(), "{records:?}");
+    // The fixture's keepalive peer had sent 148 bytes: counted once.
+    let t = crate::traffic::traffic_since(&s.shared.store, 0, i64::MAX).await.unwrap();
+    assert_eq!(t.networks[NETWORK_KEY_51820].devices[PEER_A].traffic, crate::model::Traffic { rx: 0, tx: 148 });
+    s.reconciler.tick(Mode::Drift).await.unwrap();
+    let t = crate::traffic::traffic_since(&s.shared.store, 0, i64::MAX).await.unwrap();
+    assert_eq!(t.traffic.tx, 148, "the same counters read again add nothing");
+    assert_eq!(s.shared.finished.borrow().as_ref().map(|r| r.applied_generation), Some(1));
+}
+
+#[tokio::test]
+async fn an_apply_after_a_verified_pass_runs_no_process() {
+    let mut s = setup(converged_script(), &converged_config()).await;
+    s.reconciler.tick(Mode::Drift).await.unwrap();
+    s.records();
+    let outcome = s.reconciler.tick(Mode::Apply).await.unwrap();
+    assert!(outcome.record.ok && outcome.record.changed.is_empty());
+    assert_eq!(s.records(), vec![], "a no-op apply runs nothing, not even a read");
+}
+
+#[tokio::test]
+async fn a_change_to_one_network_reads_and_touches_only_it() {
+    let mut s = setup(converged_script(), &converged_config()).await;
+    s.reconciler.tick(Mode::Drift).await.unwrap();
+    s.records();
+    s.store(|c| c["51821"]["mtu"] = 1300.into()).await;
+    let outcome = s.reconciler.tick(Mode::Apply).await.unwrap();
+    assert_eq!(outcome.record.changed, [51821]);
+    let records = s.records();
+    assert!(records.iter().all(|r| r.line.contains("51821")), "{records:?}");
+    assert_eq!(mutating(&records), ["ip -n network-51821 link set wg51821 mtu 1300 up"]);
+}
+
+#[tokio::test]
+async fn a_changed_endpoint_is_pushed_although_wireguard_has_one() {
+    let mut s = setup(converged_script(), &converged_config()).await;
+    s.reconciler.tick(Mode::Drift).await.unwrap();
+    s.records();
+    s.store(|c| c["51820"]["peers"][PEER_A]["endpoint"] = "127.0.0.1:41214".into()).await;
+    s.reconciler.tick(Mode::Apply).await.unwrap();
+    let records = s.records();
+    assert_eq!(mutating(&records), ["ip netns exec network-51820 wg syncconf wg51820 /dev/stdin"]);
+}
+
+#[tokio::test]
+async fn an_unreadable_network_is_reported_and_the_others_still_converge() {
+    let script = converged_rules(Script::new().once("network-51820 iptables-save", Reply::fail(1, "iptables-save: Permission denied")));
+    let mut s = setup(script, &converged_config()).await;
+    s.store(|c| c["51821"]["mtu"] = 1300.into()).await;
+    let outcome = s.reconciler.tick(Mode::Drift).await.unwrap();
+    assert!(!outcome.record.ok);
+    assert_eq!(outcome.record.errors.len(), 1, "{:?}", outcome.record.errors);
+    assert!(
+        outcome.record.errors[0].starts_with("network 51820: reading its state") && outcome.record.errors[0].contains("Permission denied")
+    );
+    assert_eq!(outcome.record.changed, [51821], "the other network still converged");
+    assert!(mutating(&s.records()).iter().all(|l| !l.contains("51820")), "nothing planned for what could not be read");
+    assert_eq!(outcome.record.applied_generation, 0, "a failed pass applies no generation");
+    // The next apply looks at 51820 again (it is not trusted), not at 51821.
+    let outcome = s.reconciler.tick(Mode::Apply).await.unwrap();
+    assert!(outcome.record.ok, "{:?}", outcome.record.errors);
+    let records = s.records();
+    assert!(records.iter().any(|r| r.line.contains("network-51820 iptables-save")));
+    assert!(records.iter().all(|r| !r.line.contains("51821")), "{records:?}");
+}
+
+#[tokio::test]
+async fn a_failing_command_fails_its_network_only_with_the_command_and_stderr() {
+    let script = converged_rules(Script::new())
+        .on("ip netns add network-51821", Reply::fail(1, "Cannot create namespace file: Read-only file system"));
+    let mut s = setup(script, &converged_config()).await;
+    s.host.remove_namespace(51821);
+    let outcome = s.reconciler.tick(Mode::Drift).await.unwrap();
+    assert!(!outcome.record.ok);
+    let e = &outcome.record.errors;
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].contains("network 51821") && e[0].contains("ip netns add network-51821") && e[0].contains("Read-only file system"),
+        "{e:?}"
+    );
+    let records = s.records();
+    assert!(!records.iter().any(|r| r.line.contains("link add wg51821")), "the network's later actions are skipped");
+    // The next apply tries again.
+    s.reconciler.tick(Mode::Apply).await.unwrap();
+    assert!(s.records().iter().any(|r| r.line == "ip netns add network-51821"));
+}
+
+#[tokio::test]
+async fn a_removed_network_is_read_for_its_counters_before_it_goes() {
+    let mut s = setup(converged_script(), &converged_config()).await;
+    // No nginx runs here: the scripted runner can start one, not reload it.
+    s.host.stop_nginx();
+    s.store(|c| drop(c.as_object_mut().unwrap().remove("51820"))).await;
+    let outcome = s.reconciler.tick(Mode::Apply).await.unwrap();
+    assert!(outcome.record.ok, "{:?}", outcome.record.errors);
+    let lines: Vec<String> = s.records().into_iter().map(|r| r.line).collect();
+    let read = lines.iter().position(|l| l.contains("wg show wg51820 dump")).expect("counters read");
+    let delete = lines.iter().position(|l| l == "ip netns del network-51820").expect("network deleted");
+    assert!(read < delete, "{lines:#?}");
+    let t = crate::traffic::traffic_since(&s.shared.store, 0, i64::MAX).await.unwrap();
+    assert_eq!(t.networks[NETWORK_KEY_51820].traffic.tx, 148, "the last bytes are kept");
+}
+
+#[tokio::test]
+async fn an_invalid_stored_state_is_reported_not_applied() {
+    let mut s = setup(converged_script(), &converged_config()).await;
+    s.store(|c| c["51820"]["mtu"] = 1.into()).await;
+    let outcome = s.reconciler.tick(Mode::Apply).await.unwrap();
+    assert!(!outcome.record.ok);
+    assert!(outcome.record.errors[0].contains("stored desired state is invalid"), "{:?}", outcome.record.errors);
+    assert!(mutating(&s.records()).is_empty(), "nothing removed on the strength of a bad state");
+}
+
+#[test]
+fn retries_back_off_up_to_the_watchdog_and_reset_on_success() {
+    let mut p = RetryPolicy::new(Duration::from_secs(1), Duration::from_secs(5));
+    assert_eq!(p.after_pass(true), None, "nothing to retry");
+    let delays: Vec<_> = (0..5).map(|_| p.after_pass(false).unwrap().as_secs()).collect();
+    assert_eq!(delays, [1, 2, 4, 5, 5]);
+    assert_eq!(p.after_pass(true), None);
+    assert_eq!(p.after_pass(false), Some(Duration::from_secs(1)), "a new failure starts soon again");
+}

@@ -1,0 +1,13 @@
+//! Typed renderers: checked values in, config text out. Inputs come from
+//! `validate`, so nothing here needs escaping; golden tests pin the output.
+
+mod iptables;
+mod nginx;
+mod wireguard;
+
+pub use iptables::{JUMPS, RuleSet, iptables_restore, rules};
+pub use nginx::{NginxFiles, NginxOptions, NginxSite, Route, nginx_http, nginx_stream};
+pub use wireguard::wg_conf;
+
+#[cfg(test)]
+pub(crate) mod tests;

@@ -1,0 +1,33 @@
+use std::fmt::Write;
+
+use crate::spec::NetworkSpec;
+
+/// How `wg` spells "no preshared key".
+const NO_PRESHARED_KEY: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+
+/// WireGuard configuration in `wg setconf`/`wg syncconf` format. Holds the
+/// private key: it is passed on stdin, never written to disk or logged.
+pub fn wg_conf(spec: &NetworkSpec) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "[Interface]\nPrivateKey = {}\nListenPort = {}", spec.private_key.expose(), spec.port);
+    for (key, peer) in &spec.peers {
+        let _ = writeln!(s, "\n[Peer]\nPublicKey = {key}");
+        // `wg syncconf` leaves unwritten fields as they were: "none" must be
+        // written (all zeros, `off`) or removing a key or keepalive never
+        // takes effect.
+        let psk = peer.preshared_key.as_ref().map_or(NO_PRESHARED_KEY.to_string(), |k| k.expose());
+        let _ = writeln!(s, "PresharedKey = {psk}");
+        if !peer.allowed_ips.is_empty() {
+            let ips: Vec<String> = peer.allowed_ips.iter().map(ToString::to_string).collect();
+            let _ = writeln!(s, "AllowedIPs = {}", ips.join(", "));
+        }
+        if let Some(ep) = &peer.endpoint {
+            let _ = writeln!(s, "Endpoint = {ep}");
+        }
+        let _ = match peer.persistent_keepalive {
+            Some(k) => writeln!(s, "PersistentKeepalive = {k}"),
+            None => writeln!(s, "PersistentKeepalive = off"),
+        };
+    }
+    s
+}

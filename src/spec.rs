@@ -1,0 +1,103 @@
+//! The desired state once checked: what every later layer (render, plan,
+//! system) works from. Only `validate` builds it from the API's JSON.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{SocketAddr, SocketAddrV4};
+
+use crate::types::{Cidr, Hostname, ProxyUrl, PublicKey, Scheme, SecretKey, parse_upstream};
+
+pub const DEFAULT_MTU: u32 = 1420;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerSpec {
+    /// `None` also when the request gave the all-zero key.
+    pub preshared_key: Option<SecretKey>,
+    /// Normalized to network form and sorted, as `wg show` reports them.
+    pub allowed_ips: Vec<Cidr>,
+    pub endpoint: Option<SocketAddr>,
+    pub persistent_keepalive: Option<u16>,
+}
+
+/// One network of the desired state, fully checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkSpec {
+    pub port: u16,
+    /// Clamped, as WireGuard reports it.
+    pub private_key: SecretKey,
+    /// Derived from the private key once, when the state is validated.
+    pub public_key: PublicKey,
+    pub mtu: u32,
+    /// Sorted, without duplicates.
+    pub addresses: Vec<Cidr>,
+    pub peers: BTreeMap<PublicKey, PeerSpec>,
+    pub https: BTreeMap<Hostname, Vec<SocketAddrV4>>,
+    pub http: BTreeMap<Hostname, Vec<SocketAddrV4>>,
+}
+
+impl NetworkSpec {
+    /// Like wg-quick: a route through the interface for every allowed IP that
+    /// the interface's own address subnets do not already cover (e.g. a LAN
+    /// behind a node). Sorted.
+    pub fn routes(&self) -> Vec<Cidr> {
+        let covered =
+            |c: &Cidr| self.addresses.iter().any(|a| a.addr.is_ipv4() == c.addr.is_ipv4() && a.prefix <= c.prefix && a.contains(c.addr));
+        let set: BTreeSet<Cidr> = self.peers.values().flat_map(|p| p.allowed_ips.iter().copied()).filter(|c| !covered(c)).collect();
+        set.into_iter().collect()
+    }
+
+    /// Distinct upstreams of this network, sorted; each gets a DNAT port.
+    pub fn upstreams(&self) -> Vec<SocketAddrV4> {
+        let set: BTreeSet<SocketAddrV4> = self.https.values().chain(self.http.values()).flatten().copied().collect();
+        set.into_iter().collect()
+    }
+
+    /// The hostnames this network serves, with their scheme.
+    pub fn urls(&self) -> impl Iterator<Item = (Scheme, &Hostname)> {
+        self.https.keys().map(|h| (Scheme::Https, h)).chain(self.http.keys().map(|h| (Scheme::Http, h)))
+    }
+}
+
+/// The whole desired state, fully checked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Desired {
+    pub networks: BTreeMap<u16, NetworkSpec>,
+}
+
+/// A static forwarding given on the command line (`--custom-forwarding`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustomForwarding {
+    pub url: ProxyUrl,
+    pub upstream: SocketAddrV4,
+}
+
+/// Parses `--custom-forwarding`: `URL=IPV4:PORT,...`.
+pub fn parse_custom_forwardings(s: &str) -> Result<Vec<CustomForwarding>, String> {
+    let mut out = Vec::new();
+    let mut seen = BTreeSet::new();
+    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (url, upstream) = item.split_once('=').ok_or_else(|| format!("custom forwarding '{item}' must be URL=IP:PORT"))?;
+        let url: ProxyUrl = url.parse().map_err(|e| format!("custom forwarding '{item}': {e}"))?;
+        let upstream = parse_upstream(upstream).map_err(|e| format!("custom forwarding '{item}': {e}"))?;
+        if !seen.insert(url.clone()) {
+            return Err(format!("custom forwarding for {url} given twice"));
+        }
+        out.push(CustomForwarding { url, upstream });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn custom_forwardings() {
+        let f = parse_custom_forwardings("https://api.example.com=127.0.0.1:8443, http://b.test=10.0.0.1:80").unwrap();
+        assert_eq!(f.len(), 2);
+        assert_eq!((f[1].url.to_string(), f[1].upstream.to_string()), ("http://b.test".into(), "10.0.0.1:80".into()));
+        assert!(parse_custom_forwardings("").unwrap().is_empty());
+        for bad in ["https://a.test", "https://a.test=1.2.3.4:1,https://a.test=1.2.3.4:2", "ftp://a.test=1.2.3.4:1", "https://a.test=x:1"] {
+            assert!(parse_custom_forwardings(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! Runs the planned actions, one system operation each. A failing action
+//! stops only the rest of its own network's actions.
+
+use std::collections::BTreeSet;
+
+use tracing::Instrument;
+
+use super::ops::Change;
+use super::{SysError, System};
+use crate::layout::VETH_NS_NAME;
+use crate::plan::{Action, Dev};
+use crate::render::{self, NginxFiles};
+use crate::spec::{Desired, NetworkSpec};
+
+#[derive(Debug, Default, Clone)]
+pub struct ExecReport {
+    /// Networks on which something was changed.
+    pub changed: BTreeSet<u16>,
+    /// Networks whose actions did not all succeed.
+    pub failed: BTreeSet<u16>,
+    pub errors: Vec<String>,
+    pub nginx_reloaded: bool,
+    /// A shared action (bridge, nginx) failed.
+    pub global_failed: bool,
+}
+
+impl ExecReport {
+    fn record(&mut self, action: &Action, result: Result<(), SysError>) {
+        let net = action.network();
+        match (result, net) {
+            (Ok(()), Some(p)) => {
+                self.changed.insert(p);
+            }
+            (Ok(()), None) => {}
+            (Err(e), Some(p)) => {
+                tracing::warn!(network = p, action = ?action, error = %e, "action failed; the network's other actions are skipped");
+                self.errors.push(format!("network {p}: {action:?}: {e}"));
+                self.failed.insert(p);
+            }
+            (Err(e), None) => {
+                tracing::warn!(action = ?action, error = %e, "action failed");
+                self.errors.push(format!("{action:?}: {e}"));
+                self.global_failed = true;
+            }
+        }
+    }
+}
+
+impl System {
+    pub async fn execute(&self, actions: &[Action], desired: &Desired, nginx: &NginxFiles) -> ExecReport {
+        let mut report = ExecReport::default();
+        for action in actions {
+            let span = match action.network() {
+                Some(p) if report.failed.contains(&p) => continue,
+                Some(p) => tracing::debug_span!("network", network = p),
+                None => tracing::debug_span!("shared"),
+            };
+            let result = self.run_action(action, desired, nginx, &mut report).instrument(span).await;
+            report.record(action, result);
+        }
+        report
+    }
+
+    async fn run_action(&self, action: &Action, desired: &Desired, nginx: &NginxFiles, report: &mut ExecReport) -> Result<(), SysError> {
+        let l = &self.layout;
+        let spec = |p: &u16| -> Result<&NetworkSpec, SysError> { desired.networks.get(p).ok_or(SysError::NotDesired(*p)) };
+        let dev = |port: u16, dev: &Dev| match dev {
+            Dev::Wg => l.wg(port),
+            Dev::Uplink => VETH_NS_NAME.to_string(),
+        };
+        match action {
+            Action::CreateBridge => self.create_bridge().await,
+            Action::AddBridgeAddress(c) => self.address(None, Change::Add, *c, &l.bridge).await,
+            Action::DelBridgeAddress(c) => self.address(None, Change::Del, *c, &l.bridge).await,
+            Action::BridgeUp => self.link_up(None, &l.bridge, None).await,
+            Action::DeleteBridge => self.delete_link(None, &l.bridge).await.map(drop),
+            Action::CreateNamespace(p) => self.create_namespace(&l.netns(*p)).await,
+            Action::CreateWg(p) => self.create_wg(*p).await,
+            Action::MoveWg(p) => self.move_link(&l.wg(*p), &l.netns(*p)).await,
+            Action::ConfigureWg(p) => self.wg_syncconf(&l.netns(*p), &l.wg(*p), render::wg_conf(spec(p)?)).await,
+            Action::SetWgLink { port, mtu } => self.link_up(Some(&l.netns(*port)), &l.wg(*port), Some(*mtu)).await,
+            Action::AddAddress { port, dev: d, cidr } => self.address(Some(&l.netns(*port)), Change::Add, *cidr, &dev(*port, d)).await,
+            Action::DelAddress { port, dev: d, cidr } => self.address(Some(&l.netns(*port)), Change::Del, *cidr, &dev(*port, d)).await,
+            Action::AddRoute { port, cidr } => self.route(&l.netns(*port), Change::Add, *cidr, &l.wg(*port)).await,
+            Action::DelRoute { port, cidr } => self.route(&l.netns(*port), Change::Del, *cidr, &l.wg(*port)).await,
+            Action::CreateVeth(p) => self.create_veth(&l.veth_host(*p), VETH_NS_NAME, &l.netns(*p)).await,
+            Action::AttachVeth(p) => self.attach_isolated(&l.veth_host(*p)).await,
+            Action::UplinkUp(p) => self.link_up(Some(&l.netns(*p)), VETH_NS_NAME, None).await,
+            Action::SetForwarding(p) => self.set_namespace_sysctls(&l.netns(*p)).await,
+            Action::SetRules { port, missing_jumps } => {
+                self.iptables_restore(&l.netns(*port), render::iptables_restore(&render::rules(l, spec(port)?), missing_jumps)).await
+            }
+            Action::DeleteNetwork(p) => self.delete_network(*p).await,
+            Action::DeleteRootWg(p) => {
+                self.delete_link(None, &l.wg(*p)).await?;
+                self.wait_wireguard_go_gone(*p).await
+            }
+            Action::DeleteHostVeth(p) => self.delete_link(None, &l.veth_host(*p)).await.map(drop),
+            Action::WriteNginx => {
+                report.nginx_reloaded = self.write_nginx(nginx).await?;
+                Ok(())
+            }
+            Action::StartNginx => self.start_nginx().await,
+        }
+    }
+
+    /// Deletes the interface first, which makes wireguard-go exit now, not
+    /// whenever the kernel gets round to tearing the namespace down; then
+    /// the namespace (with its veth end and rules).
+    async fn delete_network(&self, port: u16) -> Result<(), SysError> {
+        let ns = self.layout.netns(port);
+        let had_interface = self.delete_link(Some(&ns), &self.layout.wg(port)).await?;
+        self.delete_namespace(&ns).await?;
+        // Without an interface in the namespace, a wireguard-go that is still
+        // around holds one in the root namespace instead: DeleteRootWg's job.
+        if had_interface {
+            self.wait_wireguard_go_gone(port).await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,147 @@
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+use crate::layout::Layout;
+use crate::observed::Observed;
+use crate::plan::plan;
+use crate::render::tests::sample_desired;
+use crate::system::{Backend, Reply, Runner, Script, SystemPaths, Tools};
+
+fn system(dir: &Path, runner: Runner) -> System {
+    System { runner, layout: Layout::default(), tools: Tools::default(), paths: SystemPaths::under(dir), backend: Backend::Kernel }
+}
+
+fn nginx() -> NginxFiles {
+    NginxFiles { stream: "s".into(), http: "h".into() }
+}
+
+fn lines(s: &System) -> Vec<String> {
+    s.runner.take_records().into_iter().map(|r| r.line).collect()
+}
+
+fn position(lines: &[String], needle: &str) -> usize {
+    lines.iter().position(|l| l == needle).unwrap_or_else(|| panic!("`{needle}` not run: {lines:#?}"))
+}
+
+/// The kernel backend cannot run here (no module; the VM test runs it for
+/// real): the interface is created in the root namespace, tagged, then moved,
+/// then configured inside the namespace.
+#[tokio::test]
+async fn kernel_backend_creates_in_the_root_namespace_then_moves() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = system(dir.path(), Runner::dry_run());
+    let desired = sample_desired();
+    let actions = plan(&desired, &Observed::default(), &s.layout, &nginx());
+    let report = s.execute(&actions, &desired, &nginx()).await;
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let l = lines(&s);
+    let ns = position(&l, "ip netns add network-51820");
+    let create = position(&l, "ip link add wg51820 type wireguard");
+    let tag = position(&l, "ip link set dev wg51820 alias gateway");
+    let mv = position(&l, "ip link set wg51820 netns network-51820");
+    let conf = position(&l, "ip netns exec network-51820 wg syncconf wg51820 /dev/stdin");
+    let up = position(&l, "ip -n network-51820 link set wg51820 mtu 1380 up");
+    assert!(ns < create && create < tag && tag < mv && mv < conf && conf < up, "{l:#?}");
+    position(&l, "ip -n network-51820 addr add 10.80.0.1/16 dev wg51820");
+    position(&l, "ip -n network-51820 route replace 192.168.7.0/24 dev wg51820");
+    position(&l, "ip link set gwv51820 master gwbr0 up");
+    position(&l, "ip link set dev gwv51820 type bridge_slave isolated on");
+    position(&l, "ip netns exec network-51820 iptables-restore --noflush");
+    assert_eq!(report.changed.into_iter().collect::<Vec<_>>(), vec![51820, 51821]);
+    assert_eq!(std::fs::read_to_string(dir.path().join("stream.conf")).unwrap(), "s", "nginx's files are written");
+}
+
+#[tokio::test]
+async fn removal_deletes_the_interface_then_the_namespace() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = system(dir.path(), Runner::dry_run());
+    let actions = [Action::DeleteNetwork(51820), Action::DeleteRootWg(51821)];
+    let report = s.execute(&actions, &Desired::default(), &nginx()).await;
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(lines(&s), ["ip -n network-51820 link del wg51820", "ip netns del network-51820", "ip link del wg51821"]);
+}
+
+#[tokio::test]
+async fn deleting_what_is_gone_is_not_an_error_but_other_failures_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = Script::new()
+        .on("link del wg51820", Reply::fail(1, "Cannot find device \"wg51820\""))
+        .on("link del wg51821", Reply::fail(2, "RTNETLINK answers: Operation not permitted"));
+    let s = system(dir.path(), Runner::scripted(script, Duration::from_secs(1)));
+    let report = s.execute(&[Action::DeleteNetwork(51820), Action::DeleteNetwork(51821)], &Desired::default(), &nginx()).await;
+    assert_eq!(report.failed.into_iter().collect::<Vec<_>>(), [51821]);
+    assert_eq!(report.errors.len(), 1);
+    assert!(report.errors[0].contains("network 51821") && report.errors[0].contains("Operation not permitted"), "{:?}", report.errors);
+    let l = lines(&s);
+    assert!(l.contains(&"ip netns del network-51820".to_string()), "an interface already gone does not stop the removal");
+    assert!(!l.contains(&"ip netns del network-51821".to_string()), "a real failure stops that network's actions");
+}
+
+#[tokio::test]
+async fn a_failing_network_does_not_stop_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = Script::new().on("network-40000", Reply::fail(1, "boom"));
+    let s = system(dir.path(), Runner::scripted(script, Duration::from_secs(1)));
+    let actions = [Action::SetForwarding(40000), Action::UplinkUp(40000), Action::SetForwarding(40001), Action::BridgeUp];
+    let report = s.execute(&actions, &Desired::default(), &nginx()).await;
+    assert_eq!(report.failed.iter().copied().collect::<Vec<_>>(), vec![40000]);
+    assert_eq!(report.changed.iter().copied().collect::<Vec<_>>(), vec![40001]);
+    assert!(!report.global_failed);
+    let l = lines(&s);
+    assert_eq!(l.iter().filter(|l| l.contains("network-40000")).count(), 1, "40000's later actions skipped: {l:?}");
+    assert!(l.iter().any(|l| l.contains("network-40001")), "{l:?}");
+    assert!(l.contains(&"ip link set gwbr0 up".to_string()), "shared actions still run: {l:?}");
+}
+
+#[tokio::test]
+async fn an_action_for_a_network_not_desired_fails_before_any_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = system(dir.path(), Runner::dry_run());
+    let report = s.execute(&[Action::ConfigureWg(40000)], &Desired::default(), &nginx()).await;
+    assert_eq!(report.errors, ["network 40000: ConfigureWg(40000): network 40000 is not in the desired state"]);
+    assert!(lines(&s).is_empty());
+}
+
+#[tokio::test]
+async fn failing_nginx_check_restores_the_previous_files_or_removes_new_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = Script::new().on("-t -q", Reply::fail(1, "nginx: [emerg] unexpected \"}\""));
+    let s = system(dir.path(), Runner::scripted(script, Duration::from_secs(1)));
+    let report = s.execute(&[Action::WriteNginx], &Desired::default(), &nginx()).await;
+    assert!(report.global_failed);
+    assert!(report.errors[0].contains("nginx config check failed") && report.errors[0].contains("previous nginx files were restored"));
+    assert!(!dir.path().join("stream.conf").exists() && !dir.path().join("http.conf").exists(), "no previous files: none left");
+    std::fs::write(dir.path().join("stream.conf"), "old stream").unwrap();
+    std::fs::write(dir.path().join("http.conf"), "old http").unwrap();
+    let report = s.execute(&[Action::WriteNginx], &Desired::default(), &nginx()).await;
+    assert!(report.global_failed);
+    assert_eq!(std::fs::read_to_string(dir.path().join("stream.conf")).unwrap(), "old stream");
+    assert_eq!(std::fs::read_to_string(dir.path().join("http.conf")).unwrap(), "old http");
+}
+
+#[tokio::test]
+async fn nginx_that_cannot_start_restores_the_files() {
+    let dir = tempfile::tempdir().unwrap();
+    // The check passes, starting fails (a port in use).
+    let script = Script::new().on("-t -q", Reply::ok("")).on("nginx", Reply::fail(1, "bind() to 0.0.0.0:443 failed (98: Address in use)"));
+    let s = system(dir.path(), Runner::scripted(script, Duration::from_secs(1)));
+    std::fs::write(dir.path().join("stream.conf"), "old stream").unwrap();
+    let report = s.execute(&[Action::WriteNginx], &Desired::default(), &nginx()).await;
+    assert!(report.errors[0].contains("Address in use"), "{:?}", report.errors);
+    assert_eq!(std::fs::read_to_string(dir.path().join("stream.conf")).unwrap(), "old stream");
+    assert!(!dir.path().join("http.conf").exists());
+}
+
+#[tokio::test]
+async fn missing_wireguard_go_fails_the_network_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = Script::new().on("wireguard-go", Reply::not_found());
+    let mut s = system(dir.path(), Runner::scripted(script, Duration::from_secs(1)));
+    s.backend = Backend::Userspace;
+    let start = std::time::Instant::now();
+    let report = s.execute(&[Action::CreateWg(51820), Action::MoveWg(51820)], &Desired::default(), &nginx()).await;
+    assert!(start.elapsed() < Duration::from_secs(1), "no wait for a socket that cannot come");
+    assert_eq!(report.failed.into_iter().collect::<Vec<_>>(), [51820]);
+    assert!(report.errors[0].contains("could not be started"), "{:?}", report.errors);
+}

@@ -1,0 +1,62 @@
+//! The only layer that touches the system: it reads it ([`observe`]) and
+//! changes it ([`execute`]), every command through the one [`Runner`].
+//! One typed method per system operation ([`ops`]); tool failures are
+//! classified in one place ([`runner::CmdError::kind`]).
+
+mod error;
+pub mod execute;
+pub mod nginx;
+pub mod observe;
+mod ops;
+pub mod parse;
+pub mod procfs;
+pub mod runner;
+pub mod tools;
+pub mod wireguard;
+
+use std::path::PathBuf;
+
+pub use error::SysError;
+pub use execute::ExecReport;
+pub use runner::{Cmd, CmdError, FailureKind, Record, Reply, Runner, Script};
+pub use tools::Tools;
+pub use wireguard::Backend;
+
+use crate::layout::Layout;
+
+/// Files and directories the gateway reads and writes directly.
+#[derive(Debug, Clone)]
+pub struct SystemPaths {
+    pub netns_dir: PathBuf,
+    pub sys_class_net: PathBuf,
+    pub wireguard_sock_dir: PathBuf,
+    pub nginx_stream: PathBuf,
+    pub nginx_http: PathBuf,
+    pub nginx_conf: PathBuf,
+    pub nginx_pid: PathBuf,
+}
+
+impl SystemPaths {
+    /// Everything under `dir` (for tests): nothing of the real system is read.
+    pub fn under(dir: &std::path::Path) -> Self {
+        SystemPaths {
+            netns_dir: dir.join("netns"),
+            sys_class_net: dir.join("net"),
+            wireguard_sock_dir: dir.join("wireguard"),
+            nginx_stream: dir.join("stream.conf"),
+            nginx_http: dir.join("http.conf"),
+            nginx_conf: dir.join("nginx.conf"),
+            nginx_pid: dir.join("nginx.pid"),
+        }
+    }
+}
+
+/// Everything needed to read and change the system.
+#[derive(Clone)]
+pub struct System {
+    pub runner: Runner,
+    pub layout: Layout,
+    pub tools: Tools,
+    pub paths: SystemPaths,
+    pub backend: Backend,
+}

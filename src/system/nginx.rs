@@ -1,0 +1,88 @@
+//! nginx control: its two files written atomically, checked with `nginx -t`,
+//! reloaded (answering once new workers run) or started; the previous files
+//! put back when the check or the reload fails, so a bad config is never
+//! left in place.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use super::procfs::{ProcStat, children_of, read_trimmed};
+use super::wireguard::wait_for;
+use super::{SysError, System};
+use crate::render::NginxFiles;
+
+const RELOAD_WAIT: Duration = Duration::from_secs(5);
+
+fn write_atomic(path: &Path, content: &str) -> Result<(), SysError> {
+    let tmp = path.with_extension("gateway-tmp");
+    let err = |source| SysError::Write { path: path.display().to_string(), source };
+    std::fs::write(&tmp, content).map_err(err)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+impl System {
+    /// The pid of nginx's master process, if it runs: the pid file may be
+    /// stale (its pid reused by another program) or name a zombie.
+    pub fn nginx_master(&self) -> Option<u32> {
+        let pid = read_trimmed(&self.paths.nginx_pid)?.parse::<u32>().ok()?;
+        let stat = ProcStat::read(Path::new(&format!("/proc/{pid}")))?;
+        (stat.comm == "nginx" && stat.alive()).then_some(pid)
+    }
+
+    pub async fn nginx_test(&self) -> Result<(), SysError> {
+        self.runner.run(&self.tools.nginx(&self.paths.nginx_conf, ["-t", "-q"])).await.map(drop).map_err(SysError::NginxCheck)
+    }
+
+    /// Checks the config, then starts nginx.
+    pub async fn start_nginx(&self) -> Result<(), SysError> {
+        self.nginx_test().await?;
+        self.run(self.tools.nginx(&self.paths.nginx_conf, Vec::<String>::new())).await.map(drop)
+    }
+
+    /// `-s reload` only signals the master. Waits until new workers run the
+    /// new config (old ones stop accepting right after), so an applied route
+    /// is live when the API says so. None appear when nginx could not load it
+    /// (e.g. a listen port in use, which `nginx -t` does not check).
+    async fn reload_nginx(&self, master: u32) -> Result<(), SysError> {
+        let old_workers = children_of(master);
+        self.run(self.tools.nginx(&self.paths.nginx_conf, ["-s", "reload"])).await?;
+        wait_for(|| !children_of(master).is_subset(&old_workers), RELOAD_WAIT)
+            .await
+            .map_err(|_| SysError::NginxNotReloaded { secs: RELOAD_WAIT.as_secs() })
+    }
+
+    /// Writes both files, checks the whole config, then reloads (or starts)
+    /// nginx; on failure the previous files are put back, so the files always
+    /// show what nginx runs and the next pass tries again. Returns whether
+    /// nginx was reloaded.
+    pub async fn write_nginx(&self, files: &NginxFiles) -> Result<bool, SysError> {
+        let targets = [(&self.paths.nginx_stream, &files.stream), (&self.paths.nginx_http, &files.http)];
+        let previous: Vec<Option<String>> = targets.iter().map(|(p, _)| std::fs::read_to_string(p).ok()).collect();
+        let restore = || {
+            for ((path, _), old) in targets.iter().zip(&previous) {
+                let _ = match old {
+                    Some(old) => write_atomic(path, old),
+                    None => std::fs::remove_file(path).map_err(|source| SysError::Write { path: path.display().to_string(), source }),
+                };
+            }
+        };
+        let loaded = async {
+            for (path, content) in targets {
+                write_atomic(path, content)?;
+            }
+            self.nginx_test().await?;
+            match self.nginx_master() {
+                Some(master) => self.reload_nginx(master).await.map(|()| true),
+                None => self.run(self.tools.nginx(&self.paths.nginx_conf, Vec::<String>::new())).await.map(|_| false),
+            }
+        };
+        let result = loaded.await;
+        if let Err(err) = result {
+            restore();
+            return Err(SysError::NginxRestored(Box::new(err)));
+        }
+        result
+    }
+}

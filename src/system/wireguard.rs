@@ -1,0 +1,131 @@
+//! The two WireGuard backends: the kernel module (`ip link add type
+//! wireguard`) and wireguard-go. Either way the interface is born in the root
+//! namespace, so its UDP socket listens on the host, and is moved afterwards.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::runner::Runner;
+use super::tools::Tools;
+use super::{SysError, System};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Kernel,
+    Userspace,
+}
+
+/// How long wireguard-go gets to answer on its socket, and to exit.
+const WIREGUARD_GO_WAIT: Duration = Duration::from_secs(10);
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Kernel => "kernel",
+            Backend::Userspace => "userspace",
+        }
+    }
+
+    /// `auto`: kernel if `ip link add ... type wireguard` works here.
+    pub async fn detect(runner: &Runner, tools: &Tools, choice: &str) -> Result<Backend, String> {
+        match choice {
+            "kernel" => Ok(Backend::Kernel),
+            "userspace" => Ok(Backend::Userspace),
+            "auto" => {
+                let probe = format!("gwprobe{}", std::process::id() % 100_000);
+                match runner.run(&tools.ip(["link", "add", &probe, "type", "wireguard"])).await {
+                    Ok(_) => {
+                        let _ = runner.run(&tools.ip(["link", "del", &probe])).await;
+                        Ok(Backend::Kernel)
+                    }
+                    Err(_) => Ok(Backend::Userspace),
+                }
+            }
+            other => Err(format!("unknown WireGuard backend '{other}': use kernel, userspace or auto")),
+        }
+    }
+}
+
+impl System {
+    fn wireguard_socket(&self, iface: &str) -> std::path::PathBuf {
+        self.paths.wireguard_sock_dir.join(format!("{iface}.sock"))
+    }
+
+    /// Creates network `port`'s interface in the root namespace and tags it.
+    pub async fn create_wg(&self, port: u16) -> Result<(), SysError> {
+        let wg = self.layout.wg(port);
+        match self.backend {
+            Backend::Kernel => {
+                self.run(self.tools.ip(["link", "add", &wg, "type", "wireguard"])).await?;
+            }
+            Backend::Userspace => {
+                // With LOG_LEVEL set, the forked daemon would keep our output
+                // pipes open (and this command would never end).
+                self.run(super::runner::Cmd::new(&self.tools.wireguard_go, [wg.as_str()]).env_remove("LOG_LEVEL")).await?;
+                // wireguard-go creates its socket a moment after it forks, and
+                // listens on it a moment after that: wait until it answers.
+                let sock = self.wireguard_socket(&wg);
+                wait_for_async(|| uapi_answers(&sock), WIREGUARD_GO_WAIT)
+                    .await
+                    .map_err(|_| SysError::WireguardGoSilent { sock: sock.display().to_string(), secs: WIREGUARD_GO_WAIT.as_secs() })?;
+            }
+        }
+        self.tag_owned(&wg).await
+    }
+
+    /// Waits until the wireguard-go serving network `port` is gone (its
+    /// socket removed); nothing to wait for with the kernel backend.
+    pub async fn wait_wireguard_go_gone(&self, port: u16) -> Result<(), SysError> {
+        if self.backend == Backend::Userspace {
+            let iface = self.layout.wg(port);
+            let sock = self.wireguard_socket(&iface);
+            wait_for(|| !sock.exists(), WIREGUARD_GO_WAIT)
+                .await
+                .map_err(|_| SysError::WireguardGoLingers { iface, secs: WIREGUARD_GO_WAIT.as_secs() })?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether a wireguard-go control socket accepts a UAPI `get` and answers
+/// it, within a second (async: a stuck socket must not block the runtime).
+async fn uapi_answers(sock: &Path) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let probe = async {
+        let mut stream = tokio::net::UnixStream::connect(sock).await.ok()?;
+        stream.write_all(b"get=1\n\n").await.ok()?;
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        // The answer ends with an empty line after `errno=N`; it holds the
+        // private key, so it is read and dropped, never logged.
+        loop {
+            let n = stream.read(&mut buf).await.ok()?;
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&buf[..n]);
+            if answer.ends_with(b"\n\n") {
+                break;
+            }
+        }
+        Some(answer.windows(8).any(|w| w == b"errno=0\n"))
+    };
+    matches!(tokio::time::timeout(Duration::from_secs(1), probe).await, Ok(Some(true)))
+}
+
+/// Polls `cond` every 20 ms until it holds or `limit` has passed.
+pub async fn wait_for_async<F: std::future::Future<Output = bool>>(cond: impl Fn() -> F, limit: Duration) -> Result<(), ()> {
+    let start = std::time::Instant::now();
+    while !cond().await {
+        if start.elapsed() > limit {
+            return Err(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+pub async fn wait_for(cond: impl Fn() -> bool, limit: Duration) -> Result<(), ()> {
+    wait_for_async(|| std::future::ready(cond()), limit).await
+}

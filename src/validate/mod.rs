@@ -1,0 +1,101 @@
+//! Turns the loose JSON of the API into the checked [`Desired`] state. Values
+//! are parsed by their types (`crate::types`); this module only walks the
+//! config, collects every problem with its JSON path, and checks the rules
+//! that span values: one owner per hostname, per allowed IP, per private key.
+
+mod network;
+
+use std::collections::BTreeMap;
+
+use crate::model::{ErrorDetail, GatewayConfig};
+use crate::spec::{CustomForwarding, Desired};
+use crate::types::{Cidr, Hostname, SecretKey, parse_listen_port, truncate};
+
+/// At most this many distinct upstreams per network (each takes a DNAT port).
+pub const MAX_UPSTREAMS: usize = 1000;
+pub const MTU_RANGE: std::ops::RangeInclusive<u32> = 1280..=9000;
+
+/// What a config is checked against besides itself.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Context<'a> {
+    /// Static forwardings: their hostnames are taken.
+    pub custom: &'a [CustomForwarding],
+    /// Subnets the gateway uses itself (the bridge): no address, allowed IP or
+    /// upstream may fall inside them, or the namespace's route to nginx breaks.
+    pub reserved: &'a [Cidr],
+}
+
+/// Every problem found, each with its JSON path.
+#[derive(Debug, Default)]
+pub(crate) struct Problems(Vec<ErrorDetail>);
+
+impl Problems {
+    pub(crate) fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ErrorDetail { path: path.into(), message: message.into() });
+    }
+
+    fn count(&self) -> usize {
+        self.0.len()
+    }
+}
+
+/// `base["key"]`, with the key escaped as a JSON string, so a hostile key
+/// cannot break the path's syntax.
+pub fn key_path(base: &str, key: &str) -> String {
+    format!("{base}[{}]", serde_json::Value::String(truncate(key)))
+}
+
+/// Checks the whole config; on failure returns every problem with its JSON path.
+pub fn validate(config: &GatewayConfig, ctx: &Context<'_>) -> Result<Desired, Vec<ErrorDetail>> {
+    let mut problems = Problems::default();
+    let mut networks = BTreeMap::new();
+    for (key, net) in config {
+        let path = key_path("$", key);
+        let port = parse_listen_port(key).map_err(|e| problems.add(path.clone(), e)).ok();
+        if let Some(spec) = network::validate_network(&path, port, net, ctx, &mut problems) {
+            networks.insert(spec.port, spec);
+        }
+    }
+    let desired = Desired { networks };
+    one_network_per_hostname(&desired, ctx, &mut problems);
+    unique_private_keys(&desired, &mut problems);
+    if problems.0.is_empty() { Ok(desired) } else { Err(problems.0) }
+}
+
+/// A hostname may be served by only one network, whatever the scheme (and not
+/// by a custom forwarding): one tenant's http:// would otherwise answer for
+/// another's https:// name, e.g. to an ACME HTTP-01 check.
+fn one_network_per_hostname(desired: &Desired, ctx: &Context<'_>, problems: &mut Problems) {
+    let mut owners: BTreeMap<&Hostname, Option<u16>> = ctx.custom.iter().map(|f| (&f.url.host, None)).collect();
+    for spec in desired.networks.values() {
+        for (scheme, host) in spec.urls() {
+            match owners.get(host) {
+                Some(Some(p)) if *p == spec.port => {}
+                Some(other) => {
+                    let by = other.map_or("a --custom-forwarding".to_string(), |p| format!("network {p}"));
+                    problems.add(
+                        key_path(&format!("{}.proxy", key_path("$", &spec.port.to_string())), &format!("{}://{host}", scheme.name())),
+                        format!("{host} is already served by {by}; a hostname may be in only one network"),
+                    );
+                }
+                None => {
+                    owners.insert(host, Some(spec.port));
+                }
+            }
+        }
+    }
+}
+
+/// The same private key twice would be the same WireGuard identity twice.
+fn unique_private_keys(desired: &Desired, problems: &mut Problems) {
+    let mut keys: BTreeMap<&SecretKey, u16> = BTreeMap::new();
+    for spec in desired.networks.values() {
+        if let Some(other) = keys.insert(&spec.private_key, spec.port) {
+            let path = format!("{}.private_key", key_path("$", &spec.port.to_string()));
+            problems.add(path, format!("network {other} has the same private key"));
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

@@ -1,0 +1,234 @@
+//! Checks of one network, one concern per function. Each adds its problems
+//! and returns what it could parse, so one bad value does not hide another.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddrV4};
+
+use super::{Context, MAX_UPSTREAMS, MTU_RANGE, Problems, key_path};
+use crate::model::{NetworkConfig, PeerConfig};
+use crate::spec::{DEFAULT_MTU, NetworkSpec, PeerSpec};
+use crate::types::{Cidr, Hostname, ProxyUrl, PublicKey, Scheme, SecretKey, parse_endpoint, parse_upstream};
+
+pub(super) fn validate_network(
+    path: &str,
+    port: Option<u16>,
+    net: &NetworkConfig,
+    ctx: &Context<'_>,
+    problems: &mut Problems,
+) -> Option<NetworkSpec> {
+    let before = problems.count();
+    if let (Some(lp), Some(port)) = (net.listen_port, port) {
+        if lp != u32::from(port) {
+            problems.add(format!("{path}.listen_port"), format!("listen_port {lp} must equal the network's key {port}"));
+        }
+    }
+    let private_key =
+        net.private_key.parse::<SecretKey>().map(SecretKey::clamped).map_err(|e| problems.add(format!("{path}.private_key"), e));
+    let mtu = net.mtu.unwrap_or(DEFAULT_MTU);
+    if !MTU_RANGE.contains(&mtu) {
+        problems.add(format!("{path}.mtu"), format!("mtu must be {}..={}", MTU_RANGE.start(), MTU_RANGE.end()));
+    }
+    let addresses = addresses(path, &net.address, ctx, problems);
+    let public_key = private_key.as_ref().ok().map(SecretKey::public_key);
+    let peers = peers(path, &net.peers, public_key, ctx, problems);
+    let (https, http) = proxy(path, net, &addresses, &peers, ctx, problems);
+    if problems.count() != before {
+        return None;
+    }
+    Some(NetworkSpec {
+        port: port?,
+        private_key: private_key.ok()?,
+        public_key: public_key?,
+        mtu,
+        addresses: addresses.into_iter().collect(),
+        peers,
+        https,
+        http,
+    })
+}
+
+/// The first reserved subnet (the bridge's) that overlaps `c`, if any.
+fn reserved_overlap(ctx: &Context<'_>, c: &Cidr) -> Option<Cidr> {
+    ctx.reserved.iter().find(|r| Cidr { addr: c.addr, prefix: c.prefix.max(r.prefix) }.within(r)).copied()
+}
+
+fn addresses(path: &str, given: &[String], ctx: &Context<'_>, problems: &mut Problems) -> BTreeSet<Cidr> {
+    let mut addresses = BTreeSet::new();
+    for (i, a) in given.iter().enumerate() {
+        let apath = format!("{path}.address[{i}]");
+        match a.parse::<Cidr>() {
+            Ok(c) => {
+                if let Err(e) = check_interface_address(&c) {
+                    problems.add(apath, e);
+                } else if let Some(r) = reserved_overlap(ctx, &c) {
+                    problems.add(apath, format!("{} is inside the gateway's own bridge subnet {r}", c.addr));
+                } else if addresses.iter().any(|x: &Cidr| x.addr == c.addr) {
+                    problems.add(apath, format!("{} is listed twice", c.addr));
+                } else {
+                    addresses.insert(c);
+                }
+            }
+            Err(e) => problems.add(apath, e),
+        }
+    }
+    addresses
+}
+
+/// Addresses an interface may carry: unicast and global (the observer sees
+/// only global-scope addresses, so anything else would never converge).
+fn check_interface_address(c: &Cidr) -> Result<(), String> {
+    let bad = match c.addr {
+        IpAddr::V4(a) => a.is_loopback() || a.is_link_local() || a.is_multicast() || a.is_unspecified() || a.is_broadcast(),
+        IpAddr::V6(a) => {
+            let s = a.segments();
+            a.is_loopback()
+                || a.is_unspecified()
+                || a.is_multicast()
+                || (s[0] & 0xffc0) == 0xfe80
+                || (s[0] & 0xffc0) == 0xfec0
+                || a.to_ipv4_mapped().is_some()
+                || (s[..6] == [0; 6])
+        }
+    };
+    if bad {
+        Err(format!("{c} is not a global unicast address (loopback, link-local, multicast and IPv4-in-IPv6 forms are refused)"))
+    } else {
+        Ok(())
+    }
+}
+
+/// `::a.b.c.d` (first 96 bits zero, longer than /96): Rust and iproute2 print
+/// these differently, so they could never be matched against `ip`/`wg` output.
+fn is_ipv4_compatible(c: &Cidr) -> bool {
+    matches!(c.addr, IpAddr::V6(a) if c.prefix > 96 && a.segments()[..6] == [0; 6])
+}
+
+fn peers(
+    path: &str,
+    given: &BTreeMap<String, PeerConfig>,
+    own_key: Option<PublicKey>,
+    ctx: &Context<'_>,
+    problems: &mut Problems,
+) -> BTreeMap<PublicKey, PeerSpec> {
+    let mut peers = BTreeMap::new();
+    for (key, peer) in given {
+        let ppath = key_path(&format!("{path}.peers"), key);
+        let spec = peer_spec(&ppath, peer, ctx, problems);
+        match key.parse::<PublicKey>() {
+            // WireGuard silently ignores a peer with the interface's own key.
+            Ok(pk) if Some(pk) == own_key => problems.add(ppath, "this peer's key is the network's own public key"),
+            Ok(pk) => {
+                peers.insert(pk, spec);
+            }
+            Err(e) => problems.add(ppath, format!("peer key {e}")),
+        }
+    }
+    allowed_ips_have_one_owner(path, &peers, problems);
+    peers
+}
+
+fn peer_spec(ppath: &str, peer: &PeerConfig, ctx: &Context<'_>, problems: &mut Problems) -> PeerSpec {
+    let preshared_key = peer
+        .preshared_key
+        .as_ref()
+        .and_then(|k| k.parse::<SecretKey>().map_err(|e| problems.add(format!("{ppath}.preshared_key"), e)).ok())
+        // All zeros is how WireGuard spells "no preshared key".
+        .filter(|k| !k.is_zero());
+    let endpoint = peer.endpoint.as_ref().and_then(|e| parse_endpoint(e).map_err(|m| problems.add(format!("{ppath}.endpoint"), m)).ok());
+    let persistent_keepalive = match peer.persistent_keepalive {
+        None => None,
+        Some(k) if (1..=65535).contains(&k) => Some(k as u16),
+        Some(_) => {
+            problems.add(format!("{ppath}.persistent_keepalive"), "persistent_keepalive must be 1..=65535 seconds");
+            None
+        }
+    };
+    let allowed_ips = allowed_ips(ppath, &peer.allowed_ips, ctx, problems);
+    PeerSpec { preshared_key, allowed_ips, endpoint, persistent_keepalive }
+}
+
+fn allowed_ips(ppath: &str, given: &[String], ctx: &Context<'_>, problems: &mut Problems) -> Vec<Cidr> {
+    let mut allowed = BTreeSet::new();
+    for (i, a) in given.iter().enumerate() {
+        let ipath = format!("{ppath}.allowed_ips[{i}]");
+        match a.parse::<Cidr>() {
+            Ok(c) if is_ipv4_compatible(&c) => {
+                problems.add(ipath, format!("{c}: IPv4-compatible IPv6 addresses are refused (tools print them differently)"))
+            }
+            // Wider prefixes (a default route) are fine: the bridge's own more
+            // specific route still wins.
+            Ok(c) => match ctx.reserved.iter().find(|r| c.network().within(r)) {
+                Some(r) => problems.add(ipath, format!("{c} is inside the gateway's own bridge subnet {r}")),
+                None => {
+                    allowed.insert(c.network());
+                }
+            },
+            Err(e) => problems.add(ipath, e),
+        }
+    }
+    allowed.into_iter().collect()
+}
+
+/// Which peer owns an allowed IP must be unambiguous: WireGuard would
+/// silently move it to the last peer configured.
+fn allowed_ips_have_one_owner(path: &str, peers: &BTreeMap<PublicKey, PeerSpec>, problems: &mut Problems) {
+    let mut owner: BTreeMap<Cidr, &PublicKey> = BTreeMap::new();
+    for (pk, p) in peers {
+        for c in &p.allowed_ips {
+            if let Some(other) = owner.insert(*c, pk) {
+                problems.add(key_path(&format!("{path}.peers"), &pk.to_string()), format!("allowed IP {c} is also given to peer {other}"));
+            }
+        }
+    }
+}
+
+type Routes = BTreeMap<Hostname, Vec<SocketAddrV4>>;
+
+fn proxy(
+    path: &str,
+    net: &NetworkConfig,
+    addresses: &BTreeSet<Cidr>,
+    peers: &BTreeMap<PublicKey, PeerSpec>,
+    ctx: &Context<'_>,
+    problems: &mut Problems,
+) -> (Routes, Routes) {
+    let mut https = BTreeMap::new();
+    let mut http = BTreeMap::new();
+    let routed =
+        |ip: IpAddr| addresses.iter().any(|c| c.contains(ip)) || peers.values().any(|p| p.allowed_ips.iter().any(|c| c.contains(ip)));
+    for (url, ups) in &net.proxy {
+        let upath = key_path(&format!("{path}.proxy"), url);
+        let parsed = url.parse::<ProxyUrl>().map_err(|e| problems.add(upath.clone(), e)).ok();
+        if ups.is_empty() {
+            problems.add(upath.clone(), "at least one upstream IP:PORT is needed");
+        }
+        let list: BTreeSet<SocketAddrV4> =
+            ups.iter().enumerate().filter_map(|(i, u)| upstream(&format!("{upath}[{i}]"), u, &routed, ctx, problems)).collect();
+        if let Some(ProxyUrl { scheme, host }) = parsed {
+            let map = if scheme == Scheme::Https { &mut https } else { &mut http };
+            if map.insert(host, list.into_iter().collect()).is_some() {
+                problems.add(upath, "the same URL is given twice (e.g. with and without a trailing '/')");
+            }
+        }
+    }
+    if (!https.is_empty() || !http.is_empty()) && !addresses.iter().any(|c| c.addr.is_ipv4()) {
+        problems.add(format!("{path}.address"), "a network with proxy entries needs an IPv4 address");
+    }
+    let distinct: BTreeSet<&SocketAddrV4> = https.values().chain(http.values()).flatten().collect();
+    if distinct.len() > MAX_UPSTREAMS {
+        problems.add(format!("{path}.proxy"), format!("{} distinct upstreams; at most {MAX_UPSTREAMS} per network", distinct.len()));
+    }
+    (https, http)
+}
+
+/// One upstream: `IPV4:PORT`, routed into the network, outside the bridge.
+fn upstream(path: &str, u: &str, routed: &dyn Fn(IpAddr) -> bool, ctx: &Context<'_>, problems: &mut Problems) -> Option<SocketAddrV4> {
+    let sa = parse_upstream(u).map_err(|e| problems.add(path, e)).ok()?;
+    let ip = IpAddr::V4(*sa.ip());
+    if let Some(r) = ctx.reserved.iter().find(|r| r.contains(ip)) {
+        problems.add(path, format!("upstream {u} is inside the gateway's own bridge subnet {r}"));
+    } else if !routed(ip) {
+        problems.add(path, format!("upstream {u} is not inside the network (no address or peer allowed IP covers it)"));
+    }
+    Some(sa)
+}

@@ -1,0 +1,293 @@
+use super::*;
+use crate::model::{NetworkConfig, PeerConfig};
+use crate::spec::parse_custom_forwardings;
+
+pub const KEY_A: &str = "0EtpYOfpZyKaIcpkq+KO/+joyV431f1X99CcB2OMo3c=";
+pub const KEY_B: &str = "OxvFhrgLnI9e4xzMMA2qQ7wm/xCUzxaWW5cb1JGkWSA=";
+pub const KEY_C: &str = "4dcKbDNyb6pkkRuP22OPzkHgpOb9k67iaP5R9A0xv0c=";
+const ZERO_KEY: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+
+fn net() -> NetworkConfig {
+    NetworkConfig {
+        private_key: KEY_A.into(),
+        listen_port: None,
+        mtu: None,
+        address: vec!["10.80.0.1/16".into()],
+        peers: [(
+            KEY_B.to_string(),
+            PeerConfig {
+                preshared_key: None,
+                allowed_ips: vec!["10.80.0.2/32".into()],
+                endpoint: Some("203.0.113.7:41213".into()),
+                persistent_keepalive: None,
+            },
+        )]
+        .into(),
+        proxy: [
+            ("https://app.example.com".to_string(), vec!["10.80.0.2:443".to_string()]),
+            ("http://app.example.com".to_string(), vec!["10.80.0.2:80".to_string()]),
+        ]
+        .into(),
+    }
+}
+
+fn one(n: NetworkConfig) -> GatewayConfig {
+    [("51820".to_string(), n)].into()
+}
+
+fn paths(r: Result<Desired, Vec<ErrorDetail>>) -> Vec<String> {
+    r.expect_err("should be rejected").into_iter().map(|d| d.path).collect()
+}
+
+#[test]
+fn accepts_the_contract_example() {
+    let d = validate(&one(net()), &Context::default()).unwrap();
+    let spec = &d.networks[&51820];
+    assert_eq!(spec.mtu, 1420);
+    assert_eq!(spec.public_key.to_string(), KEY_C, "derived from the private key");
+    assert_eq!(spec.https.len(), 1);
+    assert_eq!(spec.http.len(), 1);
+    assert_eq!(spec.upstreams().len(), 2);
+    assert!(spec.routes().is_empty(), "10.80.0.2/32 is inside 10.80.0.1/16");
+    let mut n = net();
+    n.peers.get_mut(KEY_B).unwrap().allowed_ips = vec!["10.80.0.2/32".into(), "192.168.7.0/24".into(), "10.0.0.0/8".into()];
+    let spec = &validate(&one(n), &Context::default()).unwrap().networks[&51820];
+    let routes: Vec<String> = spec.routes().iter().map(ToString::to_string).collect();
+    assert_eq!(routes, ["10.0.0.0/8", "192.168.7.0/24"], "a wider prefix than the address is not covered");
+}
+
+#[test]
+fn mtu_edges_and_listen_port() {
+    for (mtu, ok) in [(1279, false), (1280, true), (9000, true), (9001, false)] {
+        let mut n = net();
+        n.mtu = Some(mtu);
+        assert_eq!(validate(&one(n), &Context::default()).is_ok(), ok, "mtu {mtu}");
+    }
+    let mut n = net();
+    n.listen_port = Some(51820);
+    assert!(validate(&one(n.clone()), &Context::default()).is_ok());
+    n.listen_port = Some(51821);
+    assert_eq!(paths(validate(&one(n), &Context::default())), [r#"$["51820"].listen_port"#]);
+}
+
+#[test]
+fn private_keys_are_stored_clamped_and_allowed_ips_normalized() {
+    let mut n = net();
+    n.private_key = "//////////////////////////////////////////8=".into();
+    n.peers.get_mut(KEY_B).unwrap().allowed_ips = vec!["10.80.0.2/32".into(), "192.168.7.9/24".into()];
+    let d = validate(&one(n), &Context::default()).unwrap();
+    let spec = &d.networks[&51820];
+    assert_eq!(spec.private_key.expose(), "+P///////////////////////////////////////38=");
+    let ips: Vec<String> = spec.peers.values().next().unwrap().allowed_ips.iter().map(ToString::to_string).collect();
+    assert_eq!(ips, ["10.80.0.2/32", "192.168.7.0/24"], "host bits cleared, as wg show reports them");
+}
+
+#[test]
+fn reports_every_problem_with_its_path() {
+    let mut n = net();
+    n.private_key = "nope".into();
+    n.mtu = Some(100);
+    n.listen_port = Some(1);
+    n.address.push("10.0.0.1/99".into());
+    n.proxy.insert("ftp://x.test".into(), vec!["10.80.0.2:21".into()]);
+    n.proxy.insert("https://y.test".into(), vec!["192.168.1.1:443".into()]);
+    n.proxy.insert("https://z.test".into(), vec![]);
+    let p = paths(validate(&[("51820".to_string(), n), ("0".to_string(), net())].into(), &Context::default()));
+    for want in [
+        r#"$["51820"].private_key"#,
+        r#"$["51820"].mtu"#,
+        r#"$["51820"].listen_port"#,
+        r#"$["51820"].address[1]"#,
+        r#"$["51820"].proxy["ftp://x.test"]"#,
+        r#"$["51820"].proxy["https://y.test"][0]"#,
+        r#"$["51820"].proxy["https://z.test"]"#,
+        r#"$["0"]"#,
+    ] {
+        assert!(p.contains(&want.to_string()), "missing {want} in {p:?}");
+    }
+}
+
+#[test]
+fn hostname_in_one_network_only() {
+    let mut second = net();
+    second.private_key = KEY_C.into();
+    let cfg = [("51820".to_string(), net()), ("51821".to_string(), second)].into();
+    let p = paths(validate(&cfg, &Context::default()));
+    assert_eq!(p, [r#"$["51821"].proxy["https://app.example.com"]"#, r#"$["51821"].proxy["http://app.example.com"]"#]);
+    let custom = parse_custom_forwardings("https://app.example.com=127.0.0.1:8443").unwrap();
+    let p = paths(validate(&one(net()), &Context { custom: &custom, reserved: &[] }));
+    assert_eq!(p, [r#"$["51820"].proxy["https://app.example.com"]"#, r#"$["51820"].proxy["http://app.example.com"]"#], "both schemes");
+}
+
+#[test]
+fn peer_keys_psk_and_compat_addresses() {
+    let mut n = net();
+    n.peers.insert(KEY_C.into(), PeerConfig { preshared_key: None, allowed_ips: vec![], endpoint: None, persistent_keepalive: None });
+    let e = validate(&one(n), &Context::default()).expect_err("own key as a peer");
+    assert!(e[0].message.contains("own public key"), "{e:?}");
+    let mut n = net();
+    n.peers.get_mut(KEY_B).unwrap().preshared_key = Some(ZERO_KEY.into());
+    let d = validate(&one(n), &Context::default()).unwrap();
+    assert_eq!(d.networks[&51820].peers.values().next().unwrap().preshared_key, None, "all zeros = none");
+    let mut n = net();
+    n.peers.get_mut(KEY_B).unwrap().preshared_key = Some(KEY_C.into());
+    let d = validate(&one(n), &Context::default()).unwrap();
+    assert_eq!(d.networks[&51820].peers.values().next().unwrap().preshared_key, Some(KEY_C.parse().unwrap()));
+    let mut n = net();
+    n.peers.get_mut(KEY_B).unwrap().allowed_ips.push("::102:304/128".into());
+    assert!(validate(&one(n), &Context::default()).is_err());
+}
+
+#[test]
+fn peer_problems() {
+    let mut n = net();
+    n.peers.insert(
+        "bad".into(),
+        PeerConfig {
+            preshared_key: Some("x".into()),
+            allowed_ips: vec!["10.80.0.2/32".into()],
+            endpoint: Some("host:1".into()),
+            persistent_keepalive: Some(0),
+        },
+    );
+    let p = paths(validate(&one(n), &Context::default()));
+    for want in [
+        r#"$["51820"].peers["bad"]"#,
+        r#"$["51820"].peers["bad"].preshared_key"#,
+        r#"$["51820"].peers["bad"].endpoint"#,
+        r#"$["51820"].peers["bad"].persistent_keepalive"#,
+    ] {
+        assert!(p.contains(&want.to_string()), "missing {want} in {p:?}");
+    }
+    for (k, ok) in [(1, true), (65535, true), (65536, false)] {
+        let mut n = net();
+        n.peers.get_mut(KEY_B).unwrap().persistent_keepalive = Some(k);
+        assert_eq!(validate(&one(n), &Context::default()).is_ok(), ok, "keepalive {k}");
+    }
+}
+
+#[test]
+fn an_allowed_ip_belongs_to_one_peer() {
+    let mut n = net();
+    n.peers.insert(
+        KEY_C.into(),
+        PeerConfig { preshared_key: None, allowed_ips: vec!["10.80.0.2/32".into()], endpoint: None, persistent_keepalive: None },
+    );
+    n.private_key = "0HPlRxcp5W4u92WrM/Esf7dN1T6XPk/a96sfThph7Vo=".into();
+    let e = validate(&one(n), &Context::default()).expect_err("shared allowed IP");
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(e[0].message.contains("also given to peer"), "{e:?}");
+}
+
+#[test]
+fn one_hostname_one_network_whatever_the_scheme() {
+    let mut other = net();
+    other.private_key = KEY_C.into();
+    other.proxy = [("http://app.example.com".to_string(), vec!["10.80.0.2:80".to_string()])].into();
+    let p = paths(validate(&[("51820".to_string(), net()), ("51821".to_string(), other)].into(), &Context::default()));
+    assert_eq!(p, vec![r#"$["51821"].proxy["http://app.example.com"]"#.to_string()]);
+}
+
+#[test]
+fn same_url_twice_and_proxy_needs_ipv4() {
+    let mut n = net();
+    n.proxy.insert("https://app.example.com/".into(), vec!["10.80.0.2:443".into()]);
+    let e = validate(&one(n), &Context::default()).expect_err("same URL twice");
+    assert!(e[0].message.contains("given twice"), "{e:?}");
+    let mut n = net();
+    n.address = vec!["fd00::1/64".into()];
+    n.peers.get_mut(KEY_B).unwrap().allowed_ips = vec!["10.80.0.2/32".into()];
+    let p = paths(validate(&one(n), &Context::default()));
+    assert_eq!(p, [r#"$["51820"].address"#]);
+}
+
+#[test]
+fn addresses_must_be_global_unique_and_outside_the_bridge() {
+    let bridge = ["10.199.0.0/16".parse().unwrap()];
+    let ctx = Context { custom: &[], reserved: &bridge };
+    for (bad, why) in [
+        ("127.0.0.2/8", "global"),
+        ("169.254.1.1/16", "global"),
+        ("fe80::1/64", "global"),
+        ("::ffff:10.0.0.1/128", "global"),
+        ("::102:304/128", "global"),
+        ("fec0::1/64", "global"),
+        ("224.0.0.1/4", "global"),
+        ("10.199.3.4/24", "bridge"),
+    ] {
+        let mut n = net();
+        n.address.push(bad.into());
+        let e = validate(&one(n), &ctx).expect_err(bad);
+        assert!(e[0].message.contains(why), "{bad}: {e:?}");
+    }
+    let mut n = net();
+    n.address = vec!["fd00::1/64".into(), "fd00::1/48".into(), "10.80.0.1/16".into()];
+    let e = validate(&one(n), &ctx).expect_err("same IP twice");
+    assert!(e[0].message.contains("listed twice"), "{e:?}");
+    let mut n = net();
+    n.peers.get_mut(KEY_B).unwrap().allowed_ips.push("10.199.0.0/24".into());
+    assert!(validate(&one(n), &ctx).is_err(), "allowed IP inside the bridge subnet");
+    let mut n = net();
+    n.peers.get_mut(KEY_B).unwrap().allowed_ips.push("0.0.0.0/0".into());
+    n.proxy.insert("https://x.test".into(), vec!["10.199.0.1:443".into()]);
+    let e = validate(&one(n.clone()), &ctx).expect_err("upstream in the bridge");
+    assert_eq!(e.len(), 1, "a default route is fine, the upstream is not: {e:?}");
+    n.proxy.remove("https://x.test");
+    assert!(validate(&one(n), &ctx).is_ok());
+}
+
+#[test]
+fn upstreams_must_be_inside_the_network() {
+    let mut n = net();
+    n.proxy.insert("https://lan.test".into(), vec!["192.168.7.5:443".into()]);
+    assert_eq!(paths(validate(&one(n.clone()), &Context::default())), [r#"$["51820"].proxy["https://lan.test"][0]"#]);
+    n.peers.get_mut(KEY_B).unwrap().allowed_ips.push("192.168.7.0/24".into());
+    assert!(validate(&one(n), &Context::default()).is_ok(), "a peer's allowed IPs route it");
+}
+
+#[test]
+fn private_keys_unique_and_upstreams_bounded() {
+    let mut other = net();
+    other.proxy.clear();
+    let p = paths(validate(&[("51820".to_string(), net()), ("51821".to_string(), other)].into(), &Context::default()));
+    assert_eq!(p, vec![r#"$["51821"].private_key"#.to_string()]);
+    let upstreams = |count: usize| -> Vec<String> { (0..count).map(|i| format!("10.80.{}.{}:443", i / 250, i % 250 + 2)).collect() };
+    let mut n = net();
+    n.proxy = [("https://many.test".to_string(), upstreams(MAX_UPSTREAMS + 1))].into();
+    assert_eq!(paths(validate(&one(n.clone()), &Context::default())), vec![r#"$["51820"].proxy"#.to_string()]);
+    n.proxy = [("https://many.test".to_string(), upstreams(MAX_UPSTREAMS))].into();
+    assert!(validate(&one(n), &Context::default()).is_ok(), "exactly the maximum is fine");
+}
+
+#[test]
+fn a_thousand_networks_validate() {
+    use base64::Engine;
+    let key = |n: u32, p: u8| {
+        let mut b = [0x40u8; 32];
+        b[1..5].copy_from_slice(&n.to_le_bytes());
+        b[5] = p;
+        base64::engine::general_purpose::STANDARD.encode(b)
+    };
+    let cfg: GatewayConfig = (0..1000u32)
+        .map(|i| {
+            let mut n = net();
+            n.private_key = key(i, 0);
+            n.peers = (1..=10u8)
+                .map(|p| {
+                    let peer = PeerConfig {
+                        preshared_key: None,
+                        allowed_ips: vec![format!("10.80.0.{}/32", p + 1)],
+                        endpoint: None,
+                        persistent_keepalive: None,
+                    };
+                    (key(i, p), peer)
+                })
+                .collect();
+            n.proxy = [(format!("https://svc{i}.test"), vec!["10.80.0.2:443".to_string()])].into();
+            ((20000 + i).to_string(), n)
+        })
+        .collect();
+    let d = validate(&cfg, &Context::default()).unwrap();
+    assert_eq!(d.networks.len(), 1000);
+    assert_eq!(d.networks.values().map(|s| s.peers.len()).sum::<usize>(), 10_000);
+}
