@@ -12,6 +12,7 @@ pub mod parse;
 pub mod procfs;
 pub mod runner;
 pub mod tools;
+mod wait;
 pub mod wireguard;
 
 use std::path::PathBuf;

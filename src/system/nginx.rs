@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::procfs::{ProcStat, children_of, read_trimmed};
-use super::wireguard::wait_for;
+use super::wait::wait_for;
 use super::{SysError, System};
 use crate::render::NginxFiles;
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::runner::Runner;
 use super::tools::Tools;
+use super::wait::{wait_for, wait_for_async};
 use super::{SysError, System};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -112,20 +113,4 @@ async fn uapi_answers(sock: &Path) -> bool {
         Some(answer.windows(8).any(|w| w == b"errno=0\n"))
     };
     matches!(tokio::time::timeout(Duration::from_secs(1), probe).await, Ok(Some(true)))
-}
-
-/// Polls `cond` every 20 ms until it holds or `limit` has passed.
-pub async fn wait_for_async<F: std::future::Future<Output = bool>>(cond: impl Fn() -> F, limit: Duration) -> Result<(), ()> {
-    let start = std::time::Instant::now();
-    while !cond().await {
-        if start.elapsed() > limit {
-            return Err(());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(())
-}
-
-pub async fn wait_for(cond: impl Fn() -> bool, limit: Duration) -> Result<(), ()> {
-    wait_for_async(|| std::future::ready(cond()), limit).await
 }
