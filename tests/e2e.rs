@@ -85,7 +85,7 @@ async fn https_by_sni_and_http_by_host_reach_the_node_and_removal_leaves_nothing
     assert!(ok && out.starts_with("node-https host=app.test"), "{out}");
     // HTTP chosen by Host, with the proxy headers set.
     let (ok, out) = client_curl(&n, &format!("-H 'Host: app.test' http://{}:{}/", n.client_gw_ip(), n.http_port()));
-    let client_ip = format!("172.31.{}.2", n.k);
+    let client_ip = n.client_ip();
     assert!(ok && out.contains(&format!("node-http host=app.test real={client_ip} xff={client_ip}")), "{out}");
     // An upstream on a LAN behind the node (an allowed IP outside the
     // interface's subnet) is reached through the route the gateway added.

@@ -51,35 +51,67 @@ pub async fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> b
     }
 }
 
-/// Names and ports of one test, derived from its index `k` (1..=50).
+/// How many copies of the suite may run at once on one machine.
+const SLOTS: u8 = 4;
+
+/// This process's slot, 0..SLOTS, held by an exclusive lock on a file for
+/// as long as the process lives: two runs of the suite at once get
+/// different slots, so different names, ports and subnets.
+fn slot() -> u8 {
+    static SLOT: std::sync::OnceLock<(u8, std::fs::File)> = std::sync::OnceLock::new();
+    SLOT.get_or_init(|| {
+        for _ in 0..600 {
+            for s in 0..SLOTS {
+                let path = std::env::temp_dir().join(format!("gateway-test-slot-{s}.lock"));
+                let Ok(file) = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path) else { continue };
+                use std::os::fd::AsRawFd;
+                if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                    return (s, file);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("all {SLOTS} test slots are taken by other runs of the suite for a minute");
+    })
+    .0
+}
+
+/// Names, ports and addresses of one test, derived from the run's slot `s`
+/// and the test's index `k` (1..=15). Networks live in 100.64.0.0/10 and the
+/// test hosts' links in 10.210-213.x (outside Docker's default pools).
 #[derive(Clone)]
 pub struct Names {
     pub k: u8,
+    pub s: u8,
     pub dir: PathBuf,
+    _tmp: Arc<tempfile::TempDir>,
 }
 
 impl Names {
     pub fn prefix(&self) -> String {
-        format!("gt{}", self.k)
+        format!("gt{}{:02}", self.s, self.k)
     }
     pub fn netns_prefix(&self) -> String {
-        format!("gt{}-net-", self.k)
+        format!("{}-net-", self.prefix())
     }
     pub fn wg(&self, port: u16) -> String {
-        format!("gt{}w{port}", self.k)
+        format!("{}w{port}", self.prefix())
     }
     pub fn netns(&self, port: u16) -> String {
         format!("{}{port}", self.netns_prefix())
     }
     pub fn bridge(&self) -> String {
-        format!("gt{}br", self.k)
+        format!("{}br", self.prefix())
     }
-    /// Network ports of this test: 30000 + 100k + i.
+    pub fn bridge_subnet(&self) -> String {
+        format!("100.{}.0.0/16", 64 + 16 * u16::from(self.s) + u16::from(self.k))
+    }
+    /// Network ports of this test: 30000 + 2500s + 100k + i.
     pub fn port(&self, i: u16) -> u16 {
-        30000 + 100 * u16::from(self.k) + i
+        30000 + 2500 * u16::from(self.s) + 100 * u16::from(self.k) + i
     }
     pub fn https_port(&self) -> u16 {
-        18000 + 10 * u16::from(self.k)
+        18000 + 250 * u16::from(self.s) + 10 * u16::from(self.k)
     }
     pub fn http_port(&self) -> u16 {
         self.https_port() + 1
@@ -88,21 +120,27 @@ impl Names {
         self.https_port() + 2
     }
     pub fn node_ns(&self) -> String {
-        format!("gt{}-node", self.k)
+        format!("{}-node", self.prefix())
     }
     pub fn client_ns(&self) -> String {
-        format!("gt{}-client", self.k)
+        format!("{}-client", self.prefix())
+    }
+    fn link_net(&self) -> String {
+        format!("10.{}.{}", 210 + u16::from(self.s), self.k)
     }
     /// Root-namespace address facing the node (the node's "internet").
     pub fn node_gw_ip(&self) -> String {
-        format!("172.30.{}.1", self.k)
+        format!("{}.1", self.link_net())
     }
     pub fn node_ip(&self) -> String {
-        format!("172.30.{}.2", self.k)
+        format!("{}.2", self.link_net())
     }
     /// Root-namespace address the client reaches nginx on.
     pub fn client_gw_ip(&self) -> String {
-        format!("172.31.{}.1", self.k)
+        format!("{}.5", self.link_net())
+    }
+    pub fn client_ip(&self) -> String {
+        format!("{}.6", self.link_net())
     }
     pub fn stream_file(&self) -> PathBuf {
         self.dir.join("stream.conf")
@@ -120,7 +158,8 @@ impl Names {
         self.dir.join("gateway.db")
     }
 
-    /// Removes everything with this test's prefix.
+    /// Removes everything with this test's prefix. Never panics: it runs in
+    /// `Drop`, also while a failing test unwinds.
     pub fn cleanup(&self) {
         let p = self.prefix();
         // Only our nginx: the pid file of a crashed run may name a reused pid.
@@ -130,7 +169,8 @@ impl Names {
                 sh_ok(&format!("kill {pid}"));
             }
         }
-        for ns in sh("ip netns list").lines().filter_map(|l| l.split_whitespace().next()) {
+        let namespaces = Command::new("ip").args(["netns", "list"]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+        for ns in namespaces.unwrap_or_default().lines().filter_map(|l| l.split_whitespace().next()) {
             if ns.starts_with(&format!("{p}-")) {
                 // Kill what runs inside (the node's servers and wireguard-go).
                 sh_ok(&format!("ip netns pids {ns} | xargs -r kill"));
@@ -146,12 +186,13 @@ impl Names {
     }
 }
 
+/// The names of test `k` (1..=15) in this run's slot; leftovers of an earlier
+/// crashed run in the same slot are removed first.
 pub fn names(k: u8) -> Names {
-    let dir = std::env::temp_dir().join(format!("gateway-test-{k}"));
-    let n = Names { k, dir };
+    assert!((1..=15).contains(&k), "test index {k} out of 1..=15");
+    let tmp = tempfile::Builder::new().prefix(&format!("gateway-test-{k}-")).tempdir().expect("temp dir");
+    let n = Names { k, s: slot(), dir: tmp.path().to_path_buf(), _tmp: Arc::new(tmp) };
     n.cleanup();
-    let _ = std::fs::remove_dir_all(&n.dir);
-    std::fs::create_dir_all(&n.dir).unwrap();
     n
 }
 
@@ -208,13 +249,13 @@ pub fn args(n: &Names, extra: &[&str]) -> Args {
         "--namespace-prefix".into(),
         n.netns_prefix(),
         "--interface-prefix".into(),
-        format!("gt{}w", n.k),
+        format!("{}w", n.prefix()),
         "--veth-prefix".into(),
-        format!("gt{}v", n.k),
+        format!("{}v", n.prefix()),
         "--bridge".into(),
         n.bridge(),
         "--bridge-subnet".into(),
-        format!("10.{}.0.0/16", 200 + u16::from(n.k)),
+        n.bridge_subnet(),
         "--nginx-conf".into(),
         n.nginx_conf().display().to_string(),
         "--nginx-stream-config".into(),
@@ -243,7 +284,8 @@ pub struct TestDaemon {
     /// None when the daemon's own loop (with its watchdog timer) runs.
     pub reconciler: Option<Arc<tokio::sync::Mutex<Reconciler>>>,
     pub shared: Arc<Shared>,
-    task: tokio::task::JoinHandle<()>,
+    /// Taken when stopped.
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl TestDaemon {
@@ -275,7 +317,7 @@ impl TestDaemon {
             (Some(reconciler), task)
         };
         let client = Client::untracked(gateway::api::rocket(shared.clone(), figment)).await.expect("rocket");
-        TestDaemon { client, runner, reconciler, shared, task }
+        TestDaemon { client, runner, reconciler, shared, task: Some(task) }
     }
 
     pub async fn drift_check(&self) -> Option<gateway::reconcile::PassOutcome> {
@@ -311,18 +353,27 @@ impl TestDaemon {
     }
 
     pub async fn stop(mut self) {
-        self.task.abort();
-        let _ = (&mut self.task).await;
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
         self.shared.store.pool.close().await;
     }
 }
 
 /// A test that panics must not leave the reconciler running while its guard
-/// cleans up (it would put namespaces back): stop it first. Fields drop
-/// after this, and the test's `Guard` (declared earlier) after that.
+/// cleans up (it would put namespaces back): stop it, and wait until it has
+/// stopped, first. Fields drop after this, and the test's `Guard` (declared
+/// earlier) after that. Never panics.
 impl Drop for TestDaemon {
     fn drop(&mut self) {
-        self.task.abort();
+        let Some(task) = self.task.take() else { return };
+        task.abort();
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
+                let _ = tokio::task::block_in_place(|| handle.block_on(task));
+            }
+        }
     }
 }
 
@@ -336,7 +387,7 @@ pub struct Node {
 }
 
 pub fn start_node(n: &Names, host: &str, gateway_public: &str, gateway_port: u16) -> Node {
-    let (ns, k, d) = (n.node_ns(), n.k, n.dir.display().to_string());
+    let (ns, k, d) = (n.node_ns(), n.prefix(), n.dir.display().to_string());
     let (private, public) = genkey();
     let listen_port = 51900;
     sh(&format!(
@@ -344,19 +395,19 @@ pub fn start_node(n: &Names, host: &str, gateway_public: &str, gateway_port: u16
          -subj /CN={host} -addext subjectAltName=DNS:{host} 2>/dev/null"
     ));
     sh(&format!("ip netns add {ns} && ip -n {ns} link set lo up"));
-    sh(&format!("ip link add gt{k}nh type veth peer name eth0 netns {ns}"));
-    sh(&format!("ip addr add {}/30 dev gt{k}nh && ip link set gt{k}nh up", n.node_gw_ip()));
+    sh(&format!("ip link add {k}nh type veth peer name eth0 netns {ns}"));
+    sh(&format!("ip addr add {}/30 dev {k}nh && ip link set {k}nh up", n.node_gw_ip()));
     sh(&format!("ip -n {ns} addr add {}/30 dev eth0 && ip -n {ns} link set eth0 up", n.node_ip()));
-    sh(&format!("ip netns exec {ns} wireguard-go gt{k}nwg >/dev/null 2>&1"));
+    sh(&format!("ip netns exec {ns} wireguard-go {k}nwg >/dev/null 2>&1"));
     std::fs::write(n.dir.join("node.wgkey"), &private).unwrap();
     sh(&format!(
-        "ip netns exec {ns} wg set gt{k}nwg private-key {d}/node.wgkey listen-port {listen_port} \
+        "ip netns exec {ns} wg set {k}nwg private-key {d}/node.wgkey listen-port {listen_port} \
          peer {gateway_public} endpoint {}:{gateway_port} allowed-ips 10.80.0.0/16 persistent-keepalive 5",
         n.node_gw_ip()
     ));
-    sh(&format!("ip -n {ns} addr add 10.80.0.2/16 dev gt{k}nwg && ip -n {ns} link set gt{k}nwg up"));
+    sh(&format!("ip -n {ns} addr add 10.80.0.2/16 dev {k}nwg && ip -n {ns} link set {k}nwg up"));
     // A "LAN" behind the node, reachable only through a route the gateway adds.
-    sh(&format!("ip -n {ns} addr add 192.168.50.1/24 dev gt{k}nwg"));
+    sh(&format!("ip -n {ns} addr add 192.168.50.1/24 dev {k}nwg"));
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/node_server.py");
     sh(&format!("ip netns exec {ns} python3 {script} {d}/node.crt {d}/node.key > {d}/node-server.log 2>&1 &"));
     let log = n.dir.join("node-server.log");
@@ -374,11 +425,11 @@ pub fn start_node(n: &Names, host: &str, gateway_public: &str, gateway_port: u16
 
 /// A client namespace that reaches the gateway host on `client_gw_ip`.
 pub fn start_client(n: &Names) {
-    let (ns, k) = (n.client_ns(), n.k);
+    let (ns, k) = (n.client_ns(), n.prefix());
     sh(&format!("ip netns add {ns} && ip -n {ns} link set lo up"));
-    sh(&format!("ip link add gt{k}ch type veth peer name eth0 netns {ns}"));
-    sh(&format!("ip addr add {}/30 dev gt{k}ch && ip link set gt{k}ch up", n.client_gw_ip()));
-    sh(&format!("ip -n {ns} addr add 172.31.{k}.2/30 dev eth0 && ip -n {ns} link set eth0 up"));
+    sh(&format!("ip link add {k}ch type veth peer name eth0 netns {ns}"));
+    sh(&format!("ip addr add {}/30 dev {k}ch && ip link set {k}ch up", n.client_gw_ip()));
+    sh(&format!("ip -n {ns} addr add {}/30 dev eth0 && ip -n {ns} link set eth0 up", n.client_ip()));
 }
 
 /// curl from the client namespace; returns (exit ok, stdout).
