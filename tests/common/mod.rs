@@ -60,7 +60,7 @@ const SLOTS: u8 = 4;
 fn slot() -> u8 {
     static SLOT: std::sync::OnceLock<(u8, std::fs::File)> = std::sync::OnceLock::new();
     SLOT.get_or_init(|| {
-        for _ in 0..600 {
+        for _ in 0..6000 {
             for s in 0..SLOTS {
                 let path = std::env::temp_dir().join(format!("gateway-test-slot-{s}.lock"));
                 let Ok(file) = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path) else { continue };
@@ -71,7 +71,7 @@ fn slot() -> u8 {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("all {SLOTS} test slots are taken by other runs of the suite for a minute");
+        panic!("all {SLOTS} test slots are taken by other runs of the suite for ten minutes");
     })
     .0
 }
