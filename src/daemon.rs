@@ -129,7 +129,13 @@ fn system_from(args: &Args, runner: Runner, layout: Layout, backend: Backend) ->
 }
 
 pub async fn build(args: &Args, runner: Runner) -> anyhow::Result<Daemon> {
-    let token = args.token.as_deref().and_then(ApiToken::new);
+    let token = args.token.as_deref().unwrap_or_default();
+    if token.trim() != token {
+        // A header value loses its surrounding whitespace on the way (HTTP
+        // trims it), so such a token could never match: refuse, not guess.
+        bail!("the token has leading or trailing whitespace, which no client can send in a header: remove it");
+    }
+    let token = ApiToken::new(token);
     let port = args.api_port().map_err(anyhow::Error::msg)?;
     if token.is_none() && !args.address.is_loopback() {
         bail!(
@@ -167,7 +173,9 @@ pub async fn build(args: &Args, runner: Runner) -> anyhow::Result<Daemon> {
         apply_wait: args.apply_wait,
     };
     let shared = Arc::new(Shared::new(store, system, settings, last, args.retention));
-    let figment = rocket::Config::figment()
+    // Not `Config::figment()`: that would let ROCKET_* variables and a
+    // Rocket.toml in the working directory change the API behind the options.
+    let figment = rocket::figment::Figment::from(rocket::Config::default())
         .merge(("address", args.address))
         .merge(("port", port))
         .merge(("log_level", rocket::config::LogLevel::Critical))
@@ -178,13 +186,23 @@ pub async fn build(args: &Args, runner: Runner) -> anyhow::Result<Daemon> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
 
     #[tokio::test]
     async fn open_api_only_on_loopback() {
-        let a = Args::try_parse_from(["gateway", "--address", "0.0.0.0", "--wireguard-backend", "userspace", "--token="]).unwrap();
+        let a = Args::try_parse_args_only(["gateway", "--port=8000", "--address", "0.0.0.0", "--wireguard-backend", "userspace"]).unwrap();
         let err = build(&a, Runner::new(Duration::from_secs(1))).await.err().expect("refused");
         assert!(err.to_string().contains("only listen on loopback"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_token_with_surrounding_whitespace_is_refused_at_start() {
+        for token in [" s3cret", "s3cret ", "s3cret\n", "\ts3cret"] {
+            let a = Args::try_parse_args_only(["gateway", "--port=8000", "--wireguard-backend", "userspace", "--token", token]).unwrap();
+            let err = build(&a, Runner::new(Duration::from_secs(1))).await.err().expect("refused");
+            assert!(err.to_string().contains("leading or trailing whitespace"), "{token:?}: {err}");
+        }
+        let a = Args::try_parse_args_only(["gateway", "--port=8000", "--wireguard-backend", "userspace", "--token", "s3 cret"]).unwrap();
+        assert!(build(&a, Runner::new(Duration::from_secs(1))).await.is_ok(), "inner whitespace is part of the token");
     }
 
     #[test]
