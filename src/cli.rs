@@ -146,6 +146,19 @@ pub struct Args {
 }
 
 impl Args {
+    /// Parses `argv` alone: no option is taken from the environment. For
+    /// tests (and tools) that must not inherit a live gateway's
+    /// `GATEWAY_TOKEN` or `GATEWAY_DATABASE` from the caller's shell.
+    pub fn try_parse_args_only<I, T>(argv: I) -> Result<Args, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::{CommandFactory, FromArgMatches};
+        let command = Args::command().mut_args(|a| a.env(None::<&'static str>));
+        Args::from_arg_matches(&command.try_get_matches_from(argv)?)
+    }
+
     pub fn api_port(&self) -> Result<u16, String> {
         match self.port {
             Some(p) => Ok(p),
@@ -192,10 +205,11 @@ mod tests {
     fn help_and_defaults() {
         use clap::CommandFactory;
         Args::command().debug_assert();
-        let a = Args::try_parse_from(["gateway"]).unwrap();
+        let a = Args::try_parse_args_only(["gateway"]).unwrap();
         assert_eq!(a.watchdog, Duration::from_secs(60));
         assert_eq!(a.retention, Duration::from_secs(86400));
         assert_eq!(a.https_listen, "443");
-        assert!(Args::try_parse_from(["gateway", "--wireguard-backend", "magic"]).is_err());
+        assert_eq!((a.token, a.database, a.port), (None, None, None), "nothing from the caller's environment");
+        assert!(Args::try_parse_args_only(["gateway", "--wireguard-backend", "magic"]).is_err());
     }
 }

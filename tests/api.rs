@@ -136,7 +136,10 @@ async fn invalid_config_lists_every_problem_and_changes_nothing() {
 
 #[tokio::test]
 async fn post_stores_a_generation_and_patch_replaces_or_removes_ports() {
-    let c = client(&["--token", "s3cret"]).await;
+    // A namespace directory of our own, where a namespace can appear.
+    let netns = tempfile::tempdir().unwrap();
+    let netns_arg = format!("--netns-dir={}", netns.path().display());
+    let c = client(&["--token", "s3cret", &netns_arg]).await;
     let body = json!({ "51820": net(KEY1, "a.test"), "51821": net(KEY2, "b.test") }).to_string();
     let (s, v) = call(&c, Method::Post, "/api/v1/config.json", token(), Some(&body)).await;
     // No reconciler runs in this test: the wait ends and says so.
@@ -169,6 +172,10 @@ async fn post_stores_a_generation_and_patch_replaces_or_removes_ports() {
     assert_eq!(st["desired_generation"], 3);
     assert_eq!(st["applied_generation"], 0);
     assert_eq!(st["networks"]["51820"]["namespace_present"], false, "really observed: nothing was applied");
+    std::fs::write(netns.path().join("network-51820"), "").unwrap();
+    let (_, st) = call(&c, Method::Get, "/api/v1/status.json", token(), None).await;
+    assert_eq!(st["networks"]["51820"]["namespace_present"], true, "read from the namespace directory: {st}");
+    assert_eq!(st["networks"]["51822"]["namespace_present"], false, "{st}");
 }
 
 #[tokio::test]
@@ -236,9 +243,20 @@ async fn concurrent_posts_get_distinct_generations_and_the_last_wins() {
 #[tokio::test]
 async fn token_forms_and_patch_keys_and_body_size() {
     let c = client(&["--token", "s3cret"]).await;
-    for h in [Header::new("Authorization", "bearer s3cret"), Header::new("Authorization", "BEARER   s3cret ")] {
+    // Whitespace around a header's value is not part of it (HTTP trims it);
+    // inside the value it is. (A configured token with surrounding
+    // whitespace is refused at start: `daemon::build`.)
+    for h in [
+        Header::new("Authorization", "bearer s3cret"),
+        Header::new("Authorization", "BEARER   s3cret "),
+        Header::new("Token", "  s3cret\t"),
+    ] {
         let (s, _) = call(&c, Method::Get, "/api/v1/config.json", Some(h.clone()), None).await;
         assert_eq!(s, Status::Ok, "{h:?}");
+    }
+    for h in [Header::new("Token", "s3 cret"), Header::new("Token", "s3cret s3cret"), Header::new("Authorization", "Bearer s3cret x")] {
+        let (s, _) = call(&c, Method::Get, "/api/v1/config.json", Some(h.clone()), None).await;
+        assert_eq!(s, Status::Unauthorized, "{h:?}");
     }
     // A stale Token header does not hide a right Bearer token (nor the reverse).
     let r = c

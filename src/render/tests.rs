@@ -5,6 +5,9 @@ use crate::model::{GatewayConfig, NetworkConfig, PeerConfig};
 use crate::spec::{Desired, parse_custom_forwardings};
 use crate::validate::{Context, validate};
 
+#[path = "../../tests/support/golden.rs"]
+mod golden_rule;
+
 pub const PRIV: &str = "0EtpYOfpZyKaIcpkq+KO/+joyV431f1X99CcB2OMo3c=";
 pub const PEER1: &str = "OxvFhrgLnI9e4xzMMA2qQ7wm/xCUzxaWW5cb1JGkWSA=";
 pub const PEER2: &str = "LRj4SHqfSjzR+dz1Zmcq7dfiZk4tFWIm+wKv1QqGXx0=";
@@ -63,8 +66,7 @@ pub fn sample_desired() -> Desired {
 /// never in CI (`CI` set), where a rewrite would hide the difference.
 pub fn golden(name: &str, actual: &str) {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
-    if std::env::var("UPDATE_GOLDEN").as_deref() == Ok("1") {
-        assert!(std::env::var_os("CI").is_none(), "UPDATE_GOLDEN=1 is refused in CI: golden files are checked there, never rewritten");
+    if golden_rule::rewrite_requested() {
         std::fs::write(&path, actual).expect("write golden file");
     }
     let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1)", path.display()));
@@ -123,4 +125,198 @@ fn nginx_and_nat_agree_on_ports() {
     }
     let routes = site.routes();
     assert_eq!(routes["https://api.example.com"], ["127.0.0.1:8443".parse().unwrap()], "custom forwardings go straight to their upstream");
+}
+
+// Round trips: what the renderers write, read back by a parser (our own, or
+// the real tool's output captured from a converged gateway), equals the spec.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, SocketAddrV4};
+
+use crate::system::parse::{parse_iptables_save, parse_wg_dump};
+use crate::testing::{converged_desired, fixture};
+use crate::types::{Cidr, PublicKey, SecretKey};
+
+/// One `[Peer]` of a WireGuard config, as `wg setconf` reads it.
+#[derive(Debug, Default, PartialEq)]
+struct ConfPeer {
+    preshared_key: Option<SecretKey>,
+    allowed_ips: Vec<Cidr>,
+    endpoint: Option<SocketAddr>,
+    keepalive: Option<u16>,
+}
+
+/// A small reader of the `wg setconf` format: (private key, listen port, peers).
+fn read_wg_conf(text: &str) -> (SecretKey, u16, BTreeMap<PublicKey, ConfPeer>) {
+    let (mut private, mut port, mut peers) = (None, None, BTreeMap::new());
+    let mut current: Option<(PublicKey, ConfPeer)> = None;
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if line == "[Interface]" || line == "[Peer]" {
+            peers.extend(current.take());
+            continue;
+        }
+        let (k, v) = line.split_once(" = ").unwrap_or_else(|| panic!("not KEY = VALUE: {line:?}"));
+        match (k, current.as_mut()) {
+            ("PrivateKey", None) => private = Some(v.parse::<SecretKey>().unwrap()),
+            ("ListenPort", None) => port = Some(v.parse::<u16>().unwrap()),
+            ("PublicKey", None) => current = Some((v.parse().unwrap(), ConfPeer::default())),
+            ("PresharedKey", Some((_, p))) => p.preshared_key = Some(v.parse::<SecretKey>().unwrap()).filter(|k| !k.is_zero()),
+            ("AllowedIPs", Some((_, p))) => p.allowed_ips = v.split(", ").map(|c| c.parse().unwrap()).collect(),
+            ("Endpoint", Some((_, p))) => p.endpoint = Some(v.parse().unwrap()),
+            ("PersistentKeepalive", Some((_, p))) => p.keepalive = (v != "off").then(|| v.parse().unwrap()),
+            _ => panic!("unexpected {line:?}"),
+        }
+    }
+    peers.extend(current);
+    (private.expect("PrivateKey"), port.expect("ListenPort"), peers)
+}
+
+fn spec_peers(spec: &crate::spec::NetworkSpec) -> BTreeMap<PublicKey, ConfPeer> {
+    spec.peers
+        .iter()
+        .map(|(k, p)| {
+            let c = ConfPeer {
+                preshared_key: p.preshared_key.clone(),
+                allowed_ips: p.allowed_ips.clone(),
+                endpoint: p.endpoint,
+                keepalive: p.persistent_keepalive,
+            };
+            (*k, c)
+        })
+        .collect()
+}
+
+#[test]
+fn wireguard_conf_reads_back_as_the_spec() {
+    for d in [sample_desired(), converged_desired()] {
+        for spec in d.networks.values() {
+            let (private, port, peers) = read_wg_conf(&wg_conf(spec));
+            assert_eq!((private, port), (spec.private_key.clone(), spec.port));
+            assert_eq!(peers, spec_peers(spec), "network {}", spec.port);
+        }
+    }
+}
+
+/// `wg show dump` of the rendered config applied to a real interface
+/// (captured by scripts/capture-fixtures.sh) reports exactly the spec.
+#[test]
+fn wireguard_as_the_real_tool_reports_it_is_the_spec() {
+    let d = converged_desired();
+    for (port, spec) in &d.networks {
+        let (dump, problems) = parse_wg_dump(&fixture(&format!("wg-dump-{port}.txt"))).unwrap();
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(
+            (dump.private_key.as_ref(), dump.public_key, dump.listen_port),
+            (Some(&spec.private_key), Some(spec.public_key), *port),
+            "network {port}"
+        );
+        let reported: BTreeMap<PublicKey, ConfPeer> = dump
+            .peers
+            .iter()
+            .map(|(k, p)| {
+                let c = ConfPeer {
+                    preshared_key: p.preshared_key.clone(),
+                    allowed_ips: p.allowed_ips.clone(),
+                    endpoint: p.endpoint,
+                    keepalive: p.keepalive,
+                };
+                (*k, c)
+            })
+            .collect();
+        assert_eq!(reported, spec_peers(spec), "network {port}");
+    }
+}
+
+/// The rules as rendered are, line for line and in order, what the real
+/// `iptables-save` printed after `iptables-restore` of the rendered text.
+#[test]
+fn iptables_rules_as_the_real_tool_saves_them_are_the_rendered_ones() {
+    let d = converged_desired();
+    let layout = Layout::default();
+    for (port, spec) in &d.networks {
+        let want = rules(&layout, spec);
+        let saved = fixture(&format!("iptables-save-{port}.txt"));
+        let observed = parse_iptables_save(&saved);
+        assert_eq!((&observed.nat, &observed.filter), (&want.nat, &want.filter), "network {port}");
+        assert_eq!(observed.jumps, JUMPS.iter().map(|j| j.1).collect(), "network {port}");
+        let mut ours: Vec<&str> = saved.lines().filter(|l| l.contains("GATEWAY-")).filter(|l| l.starts_with("-A")).collect();
+        let mut rendered: Vec<&str> = JUMPS.iter().map(|j| j.1).chain(want.nat.iter().chain(&want.filter).map(String::as_str)).collect();
+        ours.sort();
+        rendered.sort();
+        assert_eq!(ours, rendered, "network {port}: nothing else of ours in the saved rules");
+    }
+}
+
+#[test]
+fn iptables_restore_text_reads_back_as_the_rules() {
+    let (d, _) = site();
+    let rs = rules(&Layout::default(), &d.networks[&51820]);
+    let back = parse_iptables_save(&iptables_restore(&rs, &JUMPS.map(|j| j.1)));
+    assert_eq!((back.nat, back.filter), (rs.nat.clone(), rs.filter.clone()));
+    assert_eq!(back.jumps.len(), JUMPS.len());
+    assert!(parse_iptables_save(&iptables_restore(&rs, &[])).jumps.is_empty());
+}
+
+/// Upstream blocks of an nginx config: name -> servers (`down` ones left out).
+fn read_upstreams(text: &str) -> BTreeMap<String, Vec<SocketAddrV4>> {
+    let mut out = BTreeMap::new();
+    let mut current: Option<String> = None;
+    for line in text.lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix("upstream ").and_then(|l| l.strip_suffix(" {")) {
+            current = Some(name.to_string());
+            out.insert(name.to_string(), Vec::new());
+        } else if line == "}" {
+            current = None;
+        } else if let (Some(name), Some(server)) = (&current, line.strip_prefix("server ").and_then(|l| l.strip_suffix(';'))) {
+            if !server.ends_with(" down") {
+                out.get_mut(name).unwrap().push(server.parse().unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// Which hostname goes where, read back from nginx's two files: the SNI map
+/// of the stream file, the server_name/proxy_pass pairs of the http file.
+fn read_nginx_routes(stream: &str, http: &str) -> BTreeMap<String, Vec<SocketAddrV4>> {
+    let mut routes = BTreeMap::new();
+    let upstreams: BTreeMap<String, Vec<SocketAddrV4>> = read_upstreams(stream).into_iter().chain(read_upstreams(http)).collect();
+    let map = &stream[stream.find("map $ssl_preread_server_name").unwrap()..];
+    for line in map.lines().skip(1).map(str::trim).take_while(|l| *l != "}") {
+        let (host, upstream) = line.trim_end_matches(';').split_once(' ').unwrap();
+        if host != "default" {
+            let host = host.strip_prefix('\\').expect("map keys are escaped");
+            routes.insert(format!("https://{host}"), upstreams[upstream].clone());
+        }
+    }
+    let mut host = None;
+    for line in http.lines().map(str::trim) {
+        if let Some(h) = line.strip_prefix("server_name ").and_then(|l| l.strip_suffix(';')) {
+            host = Some(h.to_string());
+        } else if let Some(u) = line.strip_prefix("proxy_pass http://").and_then(|l| l.strip_suffix(';')) {
+            routes.insert(format!("http://{}", host.take().expect("server_name before proxy_pass")), upstreams[u].clone());
+        }
+    }
+    routes
+}
+
+#[test]
+fn nginx_files_read_back_as_the_routes() {
+    let (d, site) = site();
+    let routes = read_nginx_routes(&nginx_stream(&site), &nginx_http(&site));
+    assert_eq!(routes, site.routes());
+    // And the routes are the spec's: every URL of every network, plus the custom ones.
+    let mut urls: Vec<String> = d.networks.values().flat_map(|s| s.urls().map(|(sc, h)| format!("{}://{h}", sc.name()))).collect();
+    urls.extend(["https://api.example.com".into(), "http://api.example.com".into()]);
+    urls.sort();
+    assert_eq!(routes.keys().cloned().collect::<Vec<_>>(), urls);
+    for spec in d.networks.values() {
+        let ports = Layout::default().dnat_ports(&spec.upstreams());
+        for (scheme, map) in [("https", &spec.https), ("http", &spec.http)] {
+            for (host, ups) in map {
+                let via: Vec<u16> = routes[&format!("{scheme}://{host}")].iter().map(|s| s.port()).collect();
+                assert_eq!(via, ups.iter().map(|u| ports[u]).collect::<Vec<_>>(), "{scheme}://{host} goes to its upstreams' DNAT ports");
+            }
+        }
+    }
 }

@@ -11,7 +11,6 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use gateway::cli::Args;
 use gateway::daemon::{Daemon, Shared, build};
 use gateway::reconcile::{Mode, Reconciler};
@@ -41,6 +40,19 @@ pub fn genkey() -> (String, String) {
     let private = sh("wg genkey").trim().to_string();
     let public = sh(&format!("echo {private} | wg pubkey")).trim().to_string();
     (private, public)
+}
+
+/// Polls status.json until `cond` holds; returns that status.
+pub async fn wait_for_status(d: &TestDaemon, what: &str, limit: Duration, cond: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        let (code, st) = d.get("/api/v1/status.json").await;
+        if code == 200 && cond(&st) {
+            return st;
+        }
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}: {st}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 pub async fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
@@ -211,39 +223,26 @@ pub fn write_nginx_conf(n: &Names) {
 }
 
 /// Arguments for a daemon that touches nothing on the system (no namespace
-/// directory, in-memory database, no token unless `extra` gives one). Every
-/// option that has an environment variable is given, so a GATEWAY_DATABASE or
-/// GATEWAY_TOKEN in the caller's environment (a live gateway's) never leaks in.
+/// directory, in-memory database, no token unless `extra` gives one). Only
+/// these arguments count: no option is read from the caller's environment
+/// (a live gateway's GATEWAY_DATABASE or GATEWAY_TOKEN, a GATEWAY_PORT), and
+/// the port is given so ROCKET_PORT is not read either.
 pub fn isolated_args(extra: &[&str]) -> Args {
-    let mut argv = vec![
-        "gateway",
-        "--database=",
-        "--token=",
-        "--custom-forwarding=",
-        "--address=127.0.0.1",
-        "--wireguard-backend=userspace",
-        "--netns-dir=/nonexistent",
-    ];
+    let mut argv = vec!["gateway", "--port=8000", "--address=127.0.0.1", "--wireguard-backend=userspace", "--netns-dir=/nonexistent"];
     argv.extend(extra);
-    Args::try_parse_from(argv).expect("test arguments")
+    Args::try_parse_args_only(argv).expect("test arguments")
 }
 
 /// Command-line arguments of the daemon under test.
 pub fn args(n: &Names, extra: &[&str]) -> Args {
-    // Every option with an environment variable is given, so the caller's
-    // environment (a live gateway's GATEWAY_DATABASE, say) never leaks in.
-    let mut v: Vec<String> = [
-        "gateway",
-        "--token=test-token",
-        "--custom-forwarding=",
-        "--address=127.0.0.1",
-        "--wireguard-backend=userspace",
-        "--apply-wait=60s",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    // Only these arguments count (see `isolated_args`).
+    let mut v: Vec<String> = ["gateway", "--token=test-token", "--address=127.0.0.1", "--wireguard-backend=userspace", "--apply-wait=60s"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     v.extend([
+        "--port".into(),
+        n.api_port().to_string(),
         "--database".into(),
         n.db().display().to_string(),
         "--namespace-prefix".into(),
@@ -273,7 +272,7 @@ pub fn args(n: &Names, extra: &[&str]) -> Args {
         v.push("--watchdog=1h".into());
     }
     v.extend(extra.iter().map(|s| s.to_string()));
-    Args::try_parse_from(v).expect("test arguments")
+    Args::try_parse_args_only(v).expect("test arguments")
 }
 
 /// The daemon in-process: the Rocket app on a local client, the reconciler
@@ -284,6 +283,8 @@ pub struct TestDaemon {
     /// None when the daemon's own loop (with its watchdog timer) runs.
     pub reconciler: Option<Arc<tokio::sync::Mutex<Reconciler>>>,
     pub shared: Arc<Shared>,
+    /// Sees every pass recorded after the daemon was built.
+    passes: tokio::sync::watch::Receiver<Option<gateway::store::ApplyRecord>>,
     /// Taken when stopped.
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -302,6 +303,7 @@ impl TestDaemon {
     async fn start_inner(args: &Args, own_loop: bool) -> TestDaemon {
         let runner = Runner::recording(Duration::from_secs(30));
         let Daemon { shared, figment } = build(args, runner.clone()).await.expect("daemon starts");
+        let passes = shared.finished.subscribe();
         let rec = Reconciler::new(shared.clone()).await;
         let (reconciler, task) = if own_loop {
             (None, tokio::spawn(rec.run()))
@@ -317,11 +319,27 @@ impl TestDaemon {
             (Some(reconciler), task)
         };
         let client = Client::untracked(gateway::api::rocket(shared.clone(), figment)).await.expect("rocket");
-        TestDaemon { client, runner, reconciler, shared, task: Some(task) }
+        TestDaemon { client, runner, reconciler, shared, passes, task: Some(task) }
+    }
+
+    /// Waits for the next pass to be recorded (the first one: since the
+    /// daemon was built) and returns its record.
+    pub async fn next_pass(&mut self, limit: Duration) -> gateway::store::ApplyRecord {
+        match tokio::time::timeout(limit, self.passes.changed()).await {
+            Ok(Ok(())) => self.passes.borrow_and_update().clone().expect("a recorded pass"),
+            _ => panic!("no pass recorded within {limit:?}"),
+        }
     }
 
     pub async fn drift_check(&self) -> Option<gateway::reconcile::PassOutcome> {
         self.reconciler.as_ref().expect("drift checks on demand need TestDaemon::start").lock().await.tick(Mode::Drift).await
+    }
+
+    /// A drift check that must run and succeed.
+    pub async fn drift_ok(&self) -> gateway::reconcile::PassOutcome {
+        let outcome = self.drift_check().await.expect("a pass runs once a config was accepted");
+        assert!(outcome.record.ok, "drift check failed: {:?}", outcome.record.errors);
+        outcome
     }
 
     pub async fn post(&self, body: &serde_json::Value) -> (u16, serde_json::Value) {
