@@ -255,6 +255,7 @@ pub async fn store_tick(
             .execute(&mut *tx)
             .await?;
     }
+    // Inclusive window: a sample exactly `retention` old is kept.
     sqlx::query("DELETE FROM traffic_samples WHERE time < ?").bind(now - retention.as_secs() as i64).execute(&mut *tx).await?;
     tx.commit().await?;
     Ok(writes)
@@ -375,5 +376,21 @@ mod tests {
         store_tick(&store, &read, true, vec![r("a", 40, 10)], 100 + 86400 + 100, day).await.unwrap();
         let kept = traffic_since(&store, 0, i64::MAX).await.unwrap();
         assert_eq!(kept.networks["N"].devices["a"].times.len(), 1);
+    }
+
+    /// A sample exactly `retention` old is kept: the window is inclusive, so
+    /// `--retention 24h` always answers a query for the last 24 hours whole.
+    /// One second older, it is pruned.
+    #[tokio::test]
+    async fn retention_keeps_a_sample_exactly_at_its_edge() {
+        let store = Store::open(None).await.unwrap();
+        let (read, retention) = (["51820".to_string()], Duration::from_secs(3600));
+        store_tick(&store, &read, true, vec![r("a", 10, 0)], 1000, retention).await.unwrap();
+        store_tick(&store, &read, true, vec![r("a", 10, 0)], 1000 + 3600, retention).await.unwrap();
+        let info = traffic_since(&store, 0, i64::MAX).await.unwrap();
+        assert_eq!(info.traffic.rx, 10, "the sample at now - retention is kept");
+        store_tick(&store, &read, true, vec![r("a", 10, 0)], 1000 + 3601, retention).await.unwrap();
+        let info = traffic_since(&store, 0, i64::MAX).await.unwrap();
+        assert_eq!(info.traffic.rx, 0, "one second older it is pruned");
     }
 }

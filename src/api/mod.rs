@@ -24,3 +24,6 @@ pub fn rocket(shared: Arc<Shared>, figment: rocket::figment::Figment) -> Rocket<
     let figment = figment.merge(("limits.json", 16.mebibytes()));
     rocket::custom(figment).manage(shared).mount("/", routes).register("/", catchers![error::default_catcher])
 }
+
+#[cfg(test)]
+mod tests;

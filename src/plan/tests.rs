@@ -151,6 +151,22 @@ async fn observed_drift_of_each_kind_is_repaired() {
     );
     check("veth not isolated", &|o| o.host_veths.get_mut(&51820).unwrap().isolated = false, vec![Action::AttachVeth(51820)]);
     check("veth off the bridge", &|o| o.host_veths.get_mut(&51820).unwrap().on_bridge = false, vec![Action::AttachVeth(51820)]);
+    check("veth down", &|o| o.host_veths.get_mut(&51820).unwrap().up = false, vec![Action::AttachVeth(51820)]);
+    let new_uplink = |delete_first: bool| {
+        let mut v = if delete_first { vec![Action::DeleteHostVeth(51820)] } else { vec![] };
+        v.extend([Action::CreateVeth(51820), Action::AttachVeth(51820), Action::UplinkUp(51820)]);
+        v.push(Action::AddAddress { port: 51820, dev: Dev::Uplink, cidr: l.veth_ns_addr(51820) });
+        v
+    };
+    check("uplink gone, our root end lingering", &|o| net(o).uplink = None, new_uplink(true));
+    check(
+        "uplink gone, a root link of someone else's by that name",
+        &|o| {
+            net(o).uplink = None;
+            o.host_veths.get_mut(&51820).unwrap().owned = false;
+        },
+        new_uplink(false),
+    );
     check("bridge down", &|o| o.bridge.as_mut().unwrap().up = false, vec![Action::BridgeUp]);
     check("bridge address gone", &|o| o.bridge.as_mut().unwrap().addresses = Some(vec![]), vec![Action::AddBridgeAddress(l.bridge_addr())]);
     check("nginx stopped", &|o| o.nginx_running = false, vec![Action::StartNginx]);
@@ -211,6 +227,8 @@ async fn undesired_networks_are_removed_after_nginx() {
     o.wg_in_root.insert(40003, false);
     o.host_veths.insert(40002, HostVeth { owned: true, ..Default::default() });
     o.host_veths.insert(40004, HostVeth::default());
+    // The root end of a namespace being deleted goes with the namespace.
+    o.host_veths.insert(40000, HostVeth { owned: true, ..Default::default() });
     let nginx2 = NginxFiles { stream: "s2".into(), http: nginx_files(&d).http };
     let a = plan(&d, &o, &l, &nginx2);
     assert_eq!(a, vec![Action::WriteNginx, Action::DeleteNetwork(40000), Action::DeleteRootWg(40001), Action::DeleteHostVeth(40002)]);
@@ -255,4 +273,37 @@ fn converged_view_matches_what_the_tools_report() {
         o.networks.insert(*port, converged_view(&l, spec));
         assert_eq!(plan(&d, &o, &l, &nginx_files(&d)), vec![], "network {port}");
     }
+}
+
+/// The size a gateway may reach: 1,000 networks of 10 peers go through
+/// validation and planning; from nothing every network is built, converged
+/// nothing is planned, and one changed network plans only its own action.
+#[test]
+fn a_thousand_networks_plan() {
+    let mut cfg = crate::validate::tests::thousand_networks();
+    let d = validate(&cfg, &Context::default()).expect("valid");
+    let l = Layout::default();
+    let nginx = nginx_files(&d);
+    let cold = plan(&d, &Observed::default(), &l, &nginx);
+    let configured: BTreeSet<u16> = cold.iter().filter_map(|a| if let Action::ConfigureWg(p) = a { Some(*p) } else { None }).collect();
+    assert_eq!(configured, d.networks.keys().copied().collect(), "every network built");
+    assert_eq!(cold.iter().filter(|a| **a == Action::WriteNginx).count(), 1, "nginx written once for all");
+
+    let mut o = Observed {
+        bridge: Some(crate::observed::ObservedBridge { up: true, owned: true, addresses: Some(vec![l.bridge_addr()]) }),
+        nginx_stream: Some(nginx.stream.clone()),
+        nginx_http: Some(nginx.http.clone()),
+        nginx_running: true,
+        ..Default::default()
+    };
+    for (p, spec) in &d.networks {
+        o.namespaces.insert(*p);
+        o.host_veths.insert(*p, HostVeth { on_bridge: true, up: true, isolated: true, owned: true });
+        o.networks.insert(*p, converged_view(&l, spec));
+    }
+    assert_eq!(plan(&d, &o, &l, &nginx), vec![], "converged: nothing to do");
+
+    cfg.get_mut("20500").unwrap().mtu = Some(1500);
+    let d = validate(&cfg, &Context::default()).expect("valid");
+    assert_eq!(plan(&d, &o, &l, &nginx), [Action::SetWgLink { port: 20500, mtu: 1500 }]);
 }

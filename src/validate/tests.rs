@@ -259,8 +259,8 @@ fn private_keys_unique_and_upstreams_bounded() {
     assert!(validate(&one(n), &Context::default()).is_ok(), "exactly the maximum is fine");
 }
 
-#[test]
-fn a_thousand_networks_validate() {
+/// 1,000 networks of 10 peers, each with an HTTPS name.
+pub(crate) fn thousand_networks() -> GatewayConfig {
     use base64::Engine;
     let key = |n: u32, p: u8| {
         let mut b = [0x40u8; 32];
@@ -268,7 +268,7 @@ fn a_thousand_networks_validate() {
         b[5] = p;
         base64::engine::general_purpose::STANDARD.encode(b)
     };
-    let cfg: GatewayConfig = (0..1000u32)
+    (0..1000u32)
         .map(|i| {
             let mut n = net();
             n.private_key = key(i, 0);
@@ -286,8 +286,12 @@ fn a_thousand_networks_validate() {
             n.proxy = [(format!("https://svc{i}.test"), vec!["10.80.0.2:443".to_string()])].into();
             ((20000 + i).to_string(), n)
         })
-        .collect();
-    let d = validate(&cfg, &Context::default()).unwrap();
+        .collect()
+}
+
+#[test]
+fn a_thousand_networks_validate() {
+    let d = validate(&thousand_networks(), &Context::default()).unwrap();
     assert_eq!(d.networks.len(), 1000);
     assert_eq!(d.networks.values().map(|s| s.peers.len()).sum::<usize>(), 10_000);
 }

@@ -145,3 +145,18 @@ async fn missing_wireguard_go_fails_the_network_at_once() {
     assert_eq!(report.failed.into_iter().collect::<Vec<_>>(), [51820]);
     assert!(report.errors[0].contains("could not be started"), "{:?}", report.errors);
 }
+
+#[tokio::test]
+async fn mtu_edges_reach_the_interface() {
+    for mtu in [1280, 9000] {
+        let dir = tempfile::tempdir().unwrap();
+        let s = system(dir.path(), Runner::dry_run());
+        let mut cfg = crate::render::tests::sample_config();
+        cfg.get_mut("51820").unwrap().mtu = Some(mtu);
+        let desired = crate::validate::validate(&cfg, &crate::validate::Context::default()).expect("valid");
+        let actions = plan(&desired, &Observed::default(), &s.layout, &nginx());
+        let report = s.execute(&actions, &desired, &nginx()).await;
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        position(&lines(&s), &format!("ip -n network-51820 link set wg51820 mtu {mtu} up"));
+    }
+}

@@ -1,0 +1,158 @@
+//! The API's answers to an apply, without root: the Rocket app on a local
+//! client, its reconciler converging a fake host whose commands a script
+//! answers (from output captured on a converged gateway), with failures and
+//! slow commands injected.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rocket::http::{ContentType, Status};
+use rocket::local::asynchronous::Client;
+use serde_json::{Value, json};
+
+use crate::daemon::Shared;
+use crate::reconcile::{Mode, Reconciler};
+use crate::system::{Backend, Reply, Script};
+use crate::testing::{FakeHost, converged_config, converged_desired, converged_rules, nginx_files, shared};
+
+/// The command that changes network 51821's MTU to 1300.
+const SET_MTU: &str = "ip -n network-51821 link set wg51821 mtu 1300 up";
+
+struct App {
+    _host: FakeHost,
+    client: Client,
+    shared: Arc<Shared>,
+    reconciler: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        self.reconciler.abort();
+    }
+}
+
+/// The app on a converged fake host; `script`'s rules win over the fixtures.
+/// The runner's time limit is 2 s; POST waits up to 5 s for the apply.
+async fn app(script: Script) -> App {
+    let host = FakeHost::converged(&nginx_files(&converged_desired()));
+    let shared = shared(host.system(converged_rules(script), Backend::Kernel)).await;
+    let mut reconciler = Reconciler::new(shared.clone()).await;
+    let s = shared.clone();
+    let reconciler = tokio::spawn(async move {
+        loop {
+            s.wake.notified().await;
+            reconciler.tick(Mode::Apply).await;
+        }
+    });
+    let figment = rocket::figment::Figment::from(rocket::Config::default()).merge(("log_level", rocket::config::LogLevel::Off));
+    let client = Client::untracked(super::rocket(shared.clone(), figment)).await.expect("rocket");
+    App { _host: host, client, shared, reconciler }
+}
+
+impl App {
+    async fn send(&self, method: rocket::http::Method, path: &str, body: Option<&Value>) -> (Status, Value) {
+        let mut req = self.client.req(method, path.to_string());
+        if let Some(b) = body {
+            req = req.header(ContentType::JSON).body(b.to_string());
+        }
+        let r = req.dispatch().await;
+        let status = r.status();
+        let text = r.into_string().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    async fn post(&self, body: &Value) -> (Status, Value) {
+        self.send(rocket::http::Method::Post, "/api/v1/config.json", Some(body)).await
+    }
+
+    async fn status(&self) -> Value {
+        let (code, st) = self.send(rocket::http::Method::Get, "/api/v1/status.json", None).await;
+        assert_eq!(code, Status::Ok, "{st}");
+        st
+    }
+
+    fn ran(&self) -> Vec<String> {
+        self.shared.system.runner.take_records().into_iter().filter(|r| r.mutating).map(|r| r.line).collect()
+    }
+}
+
+fn config() -> Value {
+    serde_json::to_value(converged_config()).unwrap()
+}
+
+fn mtu_changed() -> Value {
+    let mut c = config();
+    c["51821"]["mtu"] = json!(1300);
+    c
+}
+
+fn messages(body: &Value) -> Vec<String> {
+    body["details"].as_array().into_iter().flatten().map(|d| d["message"].as_str().unwrap_or_default().to_string()).collect()
+}
+
+#[tokio::test]
+async fn a_converging_apply_answers_200_applied_with_the_changed_network() {
+    let app = app(Script::new()).await;
+    let (code, body) = app.post(&config()).await;
+    assert_eq!((code, &body["result"], &body["changed_networks"]), (Status::Ok, &json!("applied"), &json!([])), "{body}");
+    assert_eq!(app.ran(), Vec::<String>::new(), "the host is converged already");
+    let (code, body) = app.post(&mtu_changed()).await;
+    assert_eq!(code, Status::Ok, "{body}");
+    assert_eq!((&body["result"], &body["generation"], &body["applied_generation"]), (&json!("applied"), &json!(2), &json!(2)));
+    assert_eq!(body["changed_networks"], json!([51821]));
+    assert_eq!(app.ran(), [SET_MTU]);
+}
+
+#[tokio::test]
+async fn a_failing_command_answers_500_apply_failed_with_its_line_and_stderr() {
+    let app = app(Script::new().on(SET_MTU, Reply::fail(2, "RTNETLINK answers: Invalid argument"))).await;
+    app.post(&config()).await;
+    let (code, body) = app.post(&mtu_changed()).await;
+    assert_eq!(code, Status::InternalServerError, "{body}");
+    assert_eq!(body["error"], "apply_failed", "{body}");
+    let errors = messages(&body);
+    assert_eq!(errors.len(), 1, "{body}");
+    assert!(errors[0].starts_with("network 51821:"), "{errors:?}");
+    assert!(errors[0].contains(SET_MTU) && errors[0].contains("RTNETLINK answers: Invalid argument"), "{errors:?}");
+    let st = app.status().await;
+    assert_eq!((&st["desired_generation"], &st["applied_generation"]), (&json!(2), &json!(1)), "{st}");
+    assert_eq!(st["last_apply"]["result"], "failed");
+}
+
+#[tokio::test]
+async fn a_command_over_the_time_limit_is_reported_as_a_timeout() {
+    let app = app(Script::new().on(SET_MTU, Reply::ok("").after(Duration::from_secs(30)))).await;
+    app.post(&config()).await;
+    let (code, body) = app.post(&mtu_changed()).await;
+    assert_eq!((code, &body["error"]), (Status::InternalServerError, &json!("apply_failed")), "{body}");
+    let errors = messages(&body);
+    assert!(errors.iter().any(|e| e.contains(SET_MTU) && e.contains("did not finish within 2 s and was killed")), "{errors:?}");
+}
+
+#[tokio::test]
+async fn status_answers_during_a_slow_apply_with_the_state_before_it() {
+    let app = app(Script::new().on(SET_MTU, Reply::ok("").after(Duration::from_millis(1500)))).await;
+    let (code, _) = app.post(&config()).await;
+    assert_eq!(code, Status::Ok);
+    let changed = mtu_changed();
+    let slow_apply = app.post(&changed);
+    let read_meanwhile = async {
+        // Once generation 2 is stored, the apply is under way (its one
+        // command takes 1.5 s).
+        while app.shared.store.desired().await.unwrap().0 < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let st = app.status().await;
+        let apply_finished = app.shared.finished.borrow().as_ref().is_some_and(|r| r.generation == 2);
+        (st, apply_finished)
+    };
+    let ((code, body), (st, apply_finished_before_status)) = tokio::join!(slow_apply, read_meanwhile);
+    assert_eq!(code, Status::Ok, "{body}");
+    assert!(!apply_finished_before_status, "status.json waited for the apply instead of answering at once");
+    // Consistent: the new generation is desired, the previous one applied,
+    // and the system as it is (the old MTU).
+    assert_eq!((&st["desired_generation"], &st["applied_generation"]), (&json!(2), &json!(1)), "{st}");
+    assert_eq!((&st["last_apply"]["generation"], &st["last_apply"]["result"]), (&json!(1), &json!("applied")), "{st}");
+    assert_eq!(st["networks"]["51821"]["mtu"], 1420, "the MTU before the change: {st}");
+    assert_eq!(app.status().await["applied_generation"], 2, "and afterwards the apply's result");
+}
