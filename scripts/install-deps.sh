@@ -9,8 +9,9 @@ pkgs=(wireguard-tools wireguard-go iptables iproute2 nginx libnginx-mod-stream
       curl ca-certificates procps)
 if [ "${1:-}" != "--runtime" ]; then
   # Building (a C compiler for the bundled SQLite and the linker), the test
-  # servers and clients, and the OpenAPI validator's venv (from PyPI).
-  pkgs+=(gcc libc6-dev openssl python3 python3-venv)
+  # servers and clients, the OpenAPI validator's venv (from PyPI), and the
+  # linter for the shell scripts.
+  pkgs+=(gcc libc6-dev openssl python3 python3-venv shellcheck)
 fi
 missing=()
 for p in "${pkgs[@]}"; do

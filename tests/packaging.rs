@@ -14,20 +14,28 @@ fn read(p: &str) -> String {
 fn dockerfile_copies_only_what_exists_and_sets_the_defaults() {
     let df = read("Dockerfile");
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut copies = 0;
+    let mut copied = Vec::new();
     for line in df.lines().map(str::trim).filter(|l| l.starts_with("COPY ") && !l.contains("--from=")) {
         let parts: Vec<&str> = line.split_whitespace().collect();
         for src in &parts[1..parts.len() - 1] {
             assert!(root.join(src).exists(), "Dockerfile copies {src}, which does not exist");
-            copies += 1;
+            copied.push(*src);
         }
     }
-    assert!(copies >= 6, "expected the sources, migrations, scripts and entrypoint to be copied");
+    // What the build needs (cargo's manifest, lock file and build script, the
+    // sources, the SQL migrations compiled in) and what the image runs.
+    let mut needed = vec!["Cargo.toml", "Cargo.lock", "src", "migrations", "scripts/install-deps.sh", "docker/entrypoint.sh"];
+    if root.join("build.rs").exists() {
+        needed.push("build.rs");
+    }
+    for file in needed {
+        assert!(copied.contains(&file), "the image needs {file}, but the Dockerfile does not copy it (it copies {copied:?})");
+    }
     // cargo refuses to build when a declared target's file is missing.
     let cargo = read("Cargo.toml");
     for (section, dir) in [("[[bench]]", "benches"), ("[[example]]", "examples"), ("[[test]]", "tests")] {
         if cargo.contains(section) {
-            assert!(df.contains(&format!("COPY {dir} ")), "Cargo.toml declares {section}: the Dockerfile must copy {dir}/");
+            assert!(copied.contains(&dir), "Cargo.toml declares {section}: the Dockerfile must copy {dir}/");
         }
     }
     assert!(df.contains("install-deps.sh --runtime"), "the image uses CI's install script");
@@ -42,14 +50,11 @@ fn dockerfile_copies_only_what_exists_and_sets_the_defaults() {
 
 #[test]
 fn scripts_parse() {
+    // (scripts/test.sh runs shellcheck on them too; its install step installs it.)
     for s in ["scripts/install-deps.sh", "scripts/test.sh", "scripts/demo.sh", "docker/entrypoint.sh", ".ci/run"] {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(s);
         let out = Command::new("bash").arg("-n").arg(&path).output().unwrap();
         assert!(out.status.success(), "{s}: {}", String::from_utf8_lossy(&out.stderr));
-        if Command::new("shellcheck").arg("--version").output().is_ok() {
-            let out = Command::new("shellcheck").arg(&path).output().unwrap();
-            assert!(out.status.success(), "shellcheck {s}: {}", String::from_utf8_lossy(&out.stdout));
-        }
     }
 }
 
