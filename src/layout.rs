@@ -160,6 +160,9 @@ mod tests {
         assert_eq!(l.port_of_netns("network-51820"), Some(51820));
         assert_eq!(l.port_of_netns("network-0518"), None);
         assert_eq!(l.port_of_netns("other-1"), None);
+        assert_eq!((l.port_of_wg("wg51820"), l.port_of_wg("wgx"), l.port_of_wg("gwv51820")), (Some(51820), None, None));
+        assert_eq!((l.port_of_veth_host("gwv2"), l.port_of_veth_host("gwbr0"), l.port_of_veth_host("wg2")), (Some(2), None, None));
+        assert_eq!(l.bridge_subnet().to_string(), "10.199.0.0/16");
         assert!(Layout::new("x", "wg", "v", "br", "10.0.0.0/24", 20000).is_err());
         let ups: Vec<SocketAddrV4> = (2..200).map(|i| SocketAddrV4::new(Ipv4Addr::new(10, 80, 0, i), 443)).collect();
         let ports = l.dnat_ports(&ups);
@@ -169,5 +172,17 @@ mod tests {
         let fewer = l.dnat_ports(&ups[1..]);
         assert!(fewer.iter().all(|(u, p)| ports[u] == *p), "removing an upstream moves no other");
         assert!(Layout::new("x;rm", "wg", "v", "br", "10.0.0.0/16", 20000).is_err());
+    }
+
+    #[test]
+    fn dnat_port_collisions_take_the_next_free_port() {
+        // These two hash to the same slot (5837): the first in order takes
+        // it, the other the next one; alone, either takes the slot itself.
+        let a = SocketAddrV4::new(Ipv4Addr::new(10, 80, 0, 42), 443);
+        let b = SocketAddrV4::new(Ipv4Addr::new(10, 80, 0, 82), 80);
+        let l = Layout::default();
+        assert_eq!(l.dnat_ports(&[b, a]), BTreeMap::from([(a, 25837), (b, 25838)]));
+        assert_eq!(l.dnat_ports(&[b]), BTreeMap::from([(b, 25837)]));
+        assert_eq!(l.dnat_ports(&[a, a]), BTreeMap::from([(a, 25837)]), "an upstream twice takes one port");
     }
 }

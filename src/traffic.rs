@@ -307,6 +307,22 @@ mod tests {
     const N: &[String] = &[];
 
     #[test]
+    fn a_reading_needs_the_interface_and_its_dump_and_knows_when_it_is_partial() {
+        use crate::observed::{Link, ObservedNetwork};
+        let dump = WgDump { private_key: None, public_key: None, listen_port: 51820, peers: Default::default() };
+        let mut n =
+            ObservedNetwork { wg: Some(dump.clone()), wg_link: Some(Link { ifindex: 7, ..Default::default() }), ..Default::default() };
+        assert_eq!(InterfaceReading::of(&n), Some(InterfaceReading { dump: dump.clone(), ifindex: 7, partial: false }));
+        n.problems.push("peer line 1: 3 fields, expected 8".into());
+        assert_eq!(InterfaceReading::of(&n).map(|r| r.partial), Some(true));
+        n.wg_link = None;
+        assert_eq!(InterfaceReading::of(&n), None, "no interface");
+        n.wg_link = Some(Link::default());
+        n.wg = None;
+        assert_eq!(InterfaceReading::of(&n), None, "no dump");
+    }
+
+    #[test]
     fn deltas() {
         assert_eq!(counter_delta(None, 100), 100, "a new peer's bytes are new");
         assert_eq!(counter_delta(Some(100), 150), 50);

@@ -318,6 +318,18 @@ mod tests {
         assert!("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".parse::<PublicKey>().is_err());
         // Non-canonical trailing bits would print back differently.
         assert!("0EtpYOfpZyKaIcpkq+KO/+joyV431f1X99CcB2OMo3d=".parse::<PublicKey>().is_err());
+        // The form is checked before decoding, with the message saying so.
+        assert_eq!("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".parse::<PublicKey>(), Err(KEY_FORM.to_string()));
+        assert_eq!(format!("{k:?}"), format!("PublicKey({KEY_A})"));
+    }
+
+    #[test]
+    fn decimals_are_plain_and_bounded() {
+        assert_eq!(parse_decimal("0"), Some(0));
+        assert_eq!(parse_decimal("123456789"), Some(123_456_789), "nine digits fit");
+        for bad in ["", "1234567890", "01", "+1", "-1", " 1", "1 ", "1_0"] {
+            assert_eq!(parse_decimal(bad), None, "{bad:?}");
+        }
     }
 
     #[test]
@@ -335,8 +347,10 @@ mod tests {
 
     #[test]
     fn hostnames() {
-        for ok in ["app.example.com", "a", "x-1.test", "xn--bcher-kva.example"] {
-            assert!(ok.parse::<Hostname>().is_ok(), "{ok}");
+        let longest = format!("{}.{}.{}.{}", "a".repeat(63), "b".repeat(63), "c".repeat(63), "d".repeat(61));
+        assert_eq!(longest.len(), 253);
+        for ok in ["app.example.com", "a", "x-1.test", "xn--bcher-kva.example", &longest] {
+            assert_eq!(ok.parse::<Hostname>().map(|h| h.to_string()).as_deref(), Ok(ok), "{ok}");
         }
         let long_label = "a".repeat(64);
         let too_long = format!("{}.{}.{}.{}.x", "a".repeat(63), "b".repeat(63), "c".repeat(63), "d".repeat(61));
@@ -369,6 +383,10 @@ mod tests {
         assert_eq!("http://a.b".parse::<ProxyUrl>().unwrap().scheme, Scheme::Http);
         for bad in ["ftp://a.b", "https://a.b:8443", "https://a.b/x", "a.b", "https://", "https://a.b;", "HTTPS://a.b"] {
             assert!(bad.parse::<ProxyUrl>().is_err(), "{bad}");
+        }
+        for (bad, says) in [("https://a.b:8443", "no port"), ("http://a.b/x", "no port, path"), ("https://A.b", "lowercase")] {
+            let e = bad.parse::<ProxyUrl>().unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
         }
     }
 

@@ -135,6 +135,7 @@ async fn observed_drift_of_each_kind_is_repaired() {
         vec![Action::DelRoute { port: 51820, cidr: cidr("172.16.0.0/12") }],
     );
     check("a DNAT rule gone", &|o| drop(net(o).rules.nat.remove(0)), vec![Action::SetRules { port: 51820, missing_jumps: vec![] }]);
+    check("a FORWARD rule gone", &|o| drop(net(o).rules.filter.pop()), vec![Action::SetRules { port: 51820, missing_jumps: vec![] }]);
     check(
         "a jump gone",
         &|o| {

@@ -95,6 +95,10 @@ fn golden_nginx() {
     let empty = NginxSite::build(&Layout::default(), &Desired::default(), &[], &options());
     golden("nginx-stream-empty.conf", &nginx_stream(&empty));
     assert_eq!(nginx_http(&empty), HEADER);
+    let mut own = site;
+    own.options.server_names_hash_bucket_size = 0;
+    let http = nginx_http(&own);
+    assert!(!http.contains("server_names_hash_bucket_size") && http.contains("server_name app.example.com;"), "0: left to nginx.conf");
 }
 
 #[test]

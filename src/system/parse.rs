@@ -234,6 +234,13 @@ mod tests {
         let default = serde_json::json!([{"dst": "default", "dev": "wg1", "metric": 1024, "flags": [], "pref": "medium"}]);
         assert_eq!(parse_routes(&default, "wg1", true), ["::/0".parse::<Cidr>().unwrap()], "an IPv6 default route is IPv6");
         assert_eq!(parse_routes(&default, "wg1", false), ["0.0.0.0/0".parse::<Cidr>().unwrap()]);
+        let typed = serde_json::json!([
+            {"type": "unicast", "dst": "fd01::5", "dev": "wg1"},
+            {"type": "multicast", "dst": "ff00::/8", "dev": "wg1"},
+            {"dst": "10.9.0.0/16", "dev": "wg1", "protocol": "static"},
+        ]);
+        let r: Vec<String> = parse_routes(&typed, "wg1", true).iter().map(ToString::to_string).collect();
+        assert_eq!(r, ["10.9.0.0/16", "fd01::5/128"], "unicast only; a host route is /128 in IPv6");
     }
 
     #[test]

@@ -54,6 +54,12 @@ fn accepts_the_contract_example() {
     let spec = &validate(&one(n), &Context::default()).unwrap().networks[&51820];
     let routes: Vec<String> = spec.routes().iter().map(ToString::to_string).collect();
     assert_eq!(routes, ["10.0.0.0/8", "192.168.7.0/24"], "a wider prefix than the address is not covered");
+    let mut n = net();
+    n.peers.get_mut(KEY_B).unwrap().allowed_ips = vec!["10.80.0.0/12".into(), "fd80::/48".into()];
+    n.address.push("fd80::1/64".into());
+    let spec = &validate(&one(n), &Context::default()).unwrap().networks[&51820];
+    let routes: Vec<String> = spec.routes().iter().map(ToString::to_string).collect();
+    assert_eq!(routes, ["10.80.0.0/12", "fd80::/48"], "containing the address is not being covered by its subnet");
 }
 
 #[test]
@@ -197,8 +203,12 @@ fn same_url_twice_and_proxy_needs_ipv4() {
     let mut n = net();
     n.address = vec!["fd00::1/64".into()];
     n.peers.get_mut(KEY_B).unwrap().allowed_ips = vec!["10.80.0.2/32".into()];
-    let p = paths(validate(&one(n), &Context::default()));
+    let p = paths(validate(&one(n.clone()), &Context::default()));
     assert_eq!(p, [r#"$["51820"].address"#]);
+    n.proxy.retain(|u, _| u.starts_with("https"));
+    assert_eq!(paths(validate(&one(n.clone()), &Context::default())), [r#"$["51820"].address"#], "HTTPS entries alone");
+    n.proxy.clear();
+    assert!(validate(&one(n), &Context::default()).is_ok(), "an IPv6-only network without proxy entries is fine");
 }
 
 #[test]
@@ -213,6 +223,9 @@ fn addresses_must_be_global_unique_and_outside_the_bridge() {
         ("::102:304/128", "global"),
         ("fec0::1/64", "global"),
         ("224.0.0.1/4", "global"),
+        ("0.0.0.0/8", "global"),
+        ("255.255.255.255/32", "global"),
+        ("ff02::1/128", "global"),
         ("10.199.3.4/24", "bridge"),
     ] {
         let mut n = net();
