@@ -1,5 +1,5 @@
 //! Benchmarks of the hot paths that need no root: planning a converged
-//! gateway, parsing `wg show dump`, and storing one traffic tick, for 20
+//! gateway, parsing wireguard-go's answer, and storing one traffic tick, for 20
 //! networks x 10 peers. `cargo bench --bench reconcile`.
 
 use std::time::{Duration, Instant};
@@ -10,7 +10,7 @@ use gateway::observed::{HostVeth, Observed, ObservedBridge};
 use gateway::plan::{converged_view, plan};
 use gateway::render::NginxFiles;
 use gateway::store::Store;
-use gateway::system::parse::parse_wg_dump;
+use gateway::system::wgread::parse_uapi;
 use gateway::traffic::{Reading, store_tick};
 use gateway::validate::{Context, validate};
 
@@ -78,11 +78,22 @@ fn main() {
     time("validate 20 networks x 10 peers", 200, || validate(&config(), &Context::default()).is_ok());
     time("plan, converged, 20 networks x 10 peers (no actions)", 2000, || plan(&desired, &observed, &layout, &nginx).len());
 
-    let mut dump = format!("{}\t{}\t51000\toff\n", key(0, 0), key(0, 99));
+    let hex = |k: String| -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.decode(k).expect("key").iter().map(|b| format!("{b:02x}")).collect()
+    };
+    let mut uapi = format!("private_key={}\nlisten_port=51000\n", hex(key(0, 0)));
     for p in 1..=PEERS {
-        dump += &format!("{}\t(none)\t192.0.2.{p}:51820\t10.80.0.{}/32\t1764077400\t123456789\t987654321\toff\n", key(0, p), p + 1);
+        uapi += &format!(
+            "public_key={}\npreshared_key={}\nprotocol_version=1\nendpoint=192.0.2.{p}:51820\nlast_handshake_time_sec=1764077400\n\
+             last_handshake_time_nsec=0\ntx_bytes=987654321\nrx_bytes=123456789\npersistent_keepalive_interval=0\nallowed_ip=10.80.0.{}/32\n",
+            hex(key(0, p)),
+            "0".repeat(64),
+            p + 1
+        );
     }
-    time("parse one `wg show dump` of 10 peers", 20000, || parse_wg_dump(&dump).map(|d| d.0.peers.len()));
+    uapi += "errno=0\n\n";
+    time("parse wireguard-go's answer for 10 peers", 20000, || parse_uapi(&uapi).map(|d| d.0.peers.len()));
 
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");

@@ -36,13 +36,27 @@ for _ in $(seq 100); do curl -fsS "http://$api/health" >/dev/null 2>&1 && break;
 curl -fsS -H "Token: t" -H 'Content-Type: application/json' --data-binary "@$out/config.json" "http://$api/api/v1/config.json"
 echo
 for p in 51820 51821; do
-  printf 'addr show\nroute show table all root 0.0.0.0/0\nroute show table all root ::/0\n' \
-    | ip -n "network-$p" -json -batch - > "$out/ip-batch-$p.json"
-  ip netns exec "network-$p" wg show "wg$p" dump > "$out/wg-dump-$p.txt"
+  # The netlink dumps and wireguard-go's answer the daemon reads itself.
+  ip netns exec "network-$p" scripts/capture-netlink.py "$out/netlink-$p" "/var/run/wireguard/wg$p.sock"
   ip netns exec "network-$p" iptables-save | grep -v '^#' > "$out/iptables-save-$p.txt"
   ip netns exec "network-$p" sysctl -n -e net.ipv4.ip_forward net.ipv6.conf.all.forwarding \
     net.ipv4.conf.all.promote_secondaries > "$out/sysctl-$p.txt"
 done
-ip -json addr show dev gwbr0 > "$out/bridge-addr.json"
+# The bridge's addresses, from the root namespace: only the bridge's
+# messages are kept (the host's own links are nobody's business).
+scripts/capture-netlink.py "$dir/root"
+python3 - "$dir/root" "$out/netlink-root" "$(cat /sys/class/net/gwbr0/ifindex)" <<'PY'
+import struct, sys
+src, dst, index = sys.argv[1], sys.argv[2], int(sys.argv[3])
+for name, off in (("links", 4), ("addrs", 4)):
+    data, keep, pos = open(f"{src}-{name}.bin", "rb").read(), b"", 0
+    while pos + 16 <= len(data):
+        length, typ = struct.unpack_from("=IH", data, pos)
+        msg = data[pos:pos + length]
+        if typ in (2, 3) or struct.unpack_from("=i" if name == "links" else "=I", msg, 16 + off)[0] == index:
+            keep += msg + bytes((-length) % 4)
+        pos += (length + 3) & ~3
+    open(f"{dst}-{name}.bin", "wb").write(keep)
+PY
 curl -fsS -X POST -H "Token: t" -H 'Content-Type: application/json' -d '{}' "http://$api/api/v1/config.json" >/dev/null
 echo "captured into $out"

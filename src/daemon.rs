@@ -1,6 +1,7 @@
 //! The running daemon's wiring: the state the API and the reconciler share,
 //! built from the options, refusing bad values before anything is touched.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +13,7 @@ use tokio::sync::{Mutex, Notify, watch};
 use crate::cli::Args;
 use crate::layout::Layout;
 use crate::metrics::Metrics;
+use crate::observed::ObservedNetwork;
 use crate::render::{NginxFiles, NginxOptions};
 use crate::spec::{CustomForwarding, Desired, parse_custom_forwardings};
 use crate::store::{ApplyRecord, Store};
@@ -61,6 +63,58 @@ impl Settings {
     }
 }
 
+/// What was last seen of one network: status.json answers from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenNetwork {
+    /// Unix seconds of the look.
+    pub observed_at: i64,
+    /// `None`: its namespace was not there.
+    pub network: Option<ObservedNetwork>,
+}
+
+/// The last look at every network, kept up to date by the reconciler's
+/// passes and by status.json's own processless re-reads (at most one at a
+/// time, and not more often than [`Seen::due`] says).
+#[derive(Default)]
+pub struct Seen {
+    pub networks: std::sync::RwLock<BTreeMap<u16, SeenNetwork>>,
+    /// A re-read is running; its end is announced on `refreshed`.
+    pub refreshing: std::sync::atomic::AtomicBool,
+    pub refreshed: tokio::sync::Notify,
+    /// When the last re-read ended, and how long it took.
+    pub last: std::sync::Mutex<Option<(std::time::Instant, Duration)>>,
+}
+
+impl Seen {
+    /// Counters older than this are re-read for a status request.
+    pub const FRESH: Duration = Duration::from_secs(1);
+
+    /// Whether a re-read is due: the last one is older than [`Self::FRESH`],
+    /// or than five times its own duration (re-reads never take more than a
+    /// fifth of the reader's time, however many networks there are).
+    pub fn due(&self) -> bool {
+        match *self.last.lock().unwrap_or_else(|e| e.into_inner()) {
+            None => true,
+            Some((at, took)) => at.elapsed() > Self::FRESH.max(took * 5),
+        }
+    }
+
+    /// Records what a look saw (the newer look wins per network).
+    pub fn update(&self, seen: impl IntoIterator<Item = (u16, SeenNetwork)>) {
+        let mut networks = self.networks.write().unwrap_or_else(|e| e.into_inner());
+        for (port, s) in seen {
+            if networks.get(&port).is_none_or(|before| before.observed_at <= s.observed_at) {
+                networks.insert(port, s);
+            }
+        }
+    }
+
+    /// Forgets networks that are neither desired nor present.
+    pub fn retain(&self, keep: impl Fn(u16) -> bool) {
+        self.networks.write().unwrap_or_else(|e| e.into_inner()).retain(|p, _| keep(*p));
+    }
+}
+
 /// State shared by the API and the reconciler.
 pub struct Shared {
     pub store: Store,
@@ -74,6 +128,8 @@ pub struct Shared {
     pub write_lock: Mutex<()>,
     pub metrics: Metrics,
     pub accounting: Accounting,
+    /// The last look at each network.
+    pub seen: Seen,
 }
 
 impl Shared {
@@ -89,6 +145,7 @@ impl Shared {
             write_lock: Mutex::new(()),
             metrics: Metrics::default(),
             accounting: Accounting::new(retention),
+            seen: Seen::default(),
         }
     }
 
@@ -125,7 +182,7 @@ fn system_from(args: &Args, runner: Runner, layout: Layout, backend: Backend) ->
         nginx_pid: args.nginx_pid.clone(),
     };
     let tools = tools.resolved(&std::env::var("PATH").unwrap_or_default());
-    System { runner, layout, tools, paths, backend }
+    System { runner, layout, tools, paths, backend, reader: Arc::new(crate::system::nsread::KernelReader) }
 }
 
 pub async fn build(args: &Args, runner: Runner) -> anyhow::Result<Daemon> {

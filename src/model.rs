@@ -98,8 +98,15 @@ pub struct NetworkTraffic {
 /// `GET /api/v1/traffic.json`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 pub struct TrafficInfo {
+    /// Samples after this time (exclusive) are counted; with `step`, the
+    /// asked start rounded down to a multiple of the step.
     pub start_time: i64,
     pub stop_time: i64,
+    /// Present when sums per bucket were asked for: each key of `times` is
+    /// then the end of a bucket `(key - step, key]` (the last one may still
+    /// be filling), not a sample time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<u32>,
     pub traffic: Traffic,
     /// Keyed by the network's (gateway interface's) public key.
     pub networks: BTreeMap<String, NetworkTraffic>,
@@ -129,6 +136,10 @@ pub struct NetworkStatus {
     pub addresses: Vec<String>,
     /// Whether this network is in the desired state (false: leftover being removed).
     pub desired: bool,
+    /// Unix seconds when what this entry says was read from the system
+    /// (null: not looked at yet). Counters are re-read for a request when
+    /// older than a second; the rest comes from the reconciler's last look.
+    pub observed_at: Option<i64>,
     pub peers: BTreeMap<String, PeerStatus>,
 }
 

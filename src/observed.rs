@@ -58,7 +58,13 @@ pub struct ObservedNetwork {
     pub uplink: Option<Link>,
     /// Forwarding and the other `layout::NAMESPACE_SYSCTLS` are set.
     pub forwarding: bool,
-    pub rules: ObservedRules,
+    /// The gateway's rules; `None` when not read this pass (reading them
+    /// costs a process): the planner then takes them as last verified.
+    pub rules: Option<ObservedRules>,
+    /// nf_tables' ruleset generation of the namespace when it was read: it
+    /// changes with every change to its rules, so while it stays the rules
+    /// need no reading. `None` where nf_tables cannot tell.
+    pub rules_generation: Option<u32>,
     /// Static routes through the WireGuard interface (not the kernel's own), sorted.
     pub routes: Vec<Cidr>,
     /// A peer's desired endpoint differs from the one it was last given:

@@ -180,15 +180,17 @@ fn plan_namespace_settings(actions: &mut Vec<Action>, layout: &Layout, spec: &Ne
     if !obs.forwarding {
         actions.push(Action::SetForwarding(port));
     }
+    let Some(rules) = &obs.rules else { return };
     let want = render::rules(layout, spec);
-    let missing_jumps: Vec<&'static str> = render::JUMPS.iter().map(|j| j.1).filter(|j| !obs.rules.jumps.contains(j)).collect();
-    if obs.rules.nat != want.nat || obs.rules.filter != want.filter || !missing_jumps.is_empty() {
+    let missing_jumps: Vec<&'static str> = render::JUMPS.iter().map(|j| j.1).filter(|j| !rules.jumps.contains(j)).collect();
+    if rules.nat != want.nat || rules.filter != want.filter || !missing_jumps.is_empty() {
         actions.push(Action::SetRules { port, missing_jumps });
     }
 }
 
 fn plan_network(actions: &mut Vec<Action>, layout: &Layout, spec: &NetworkSpec, observed: &Observed) {
-    let fresh = ObservedNetwork::default();
+    // Nothing there yet: every rule is missing too.
+    let fresh = ObservedNetwork { rules: Some(ObservedRules::default()), ..Default::default() };
     let obs = if observed.namespaces.contains(&spec.port) {
         observed.networks.get(&spec.port).unwrap_or(&fresh)
     } else {
@@ -282,7 +284,8 @@ pub fn converged_view(layout: &Layout, spec: &NetworkSpec) -> ObservedNetwork {
         wg_link: Some(Link { ifindex: 0, mtu: spec.mtu, up: true, addresses: spec.addresses.clone() }),
         uplink: Some(Link { ifindex: 0, mtu: 1500, up: true, addresses: vec![layout.veth_ns_addr(spec.port)] }),
         forwarding: true,
-        rules: ObservedRules { nat: rules.nat, filter: rules.filter, jumps: render::JUMPS.iter().map(|j| j.1).collect() },
+        rules: Some(ObservedRules { nat: rules.nat, filter: rules.filter, jumps: render::JUMPS.iter().map(|j| j.1).collect() }),
+        rules_generation: None,
         routes: spec.routes(),
         endpoints_changed: false,
         problems: Vec::new(),

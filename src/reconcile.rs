@@ -18,7 +18,7 @@ use crate::clock::now_unix;
 use crate::daemon::Shared;
 use crate::model::GatewayConfig;
 use crate::observed::Observed;
-use crate::plan::{converged_view, plan};
+use crate::plan::plan;
 use crate::spec::{Desired, NetworkSpec};
 use crate::store::ApplyRecord;
 use crate::system::ExecReport;
@@ -75,6 +75,16 @@ struct Remembered {
     spec: NetworkSpec,
     /// That pass fully converged it: only then is it trusted without a look.
     verified: bool,
+    /// Its rules were read and matched `spec`, and nothing was changed in
+    /// the network since (see `look`).
+    rules: Option<RulesVerified>,
+}
+
+/// When a network's rules were last seen to be right.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RulesVerified {
+    /// nf_tables' ruleset generation read just before the rules were.
+    generation: Option<u32>,
 }
 
 /// The system as one pass saw it.
@@ -85,6 +95,10 @@ struct Look {
     dumps: BTreeMap<u16, InterfaceReading>,
     /// Networks whose state could not be read: nothing planned for them.
     unreadable: BTreeSet<u16>,
+    /// Networks read this pass (the others were trusted or not there).
+    read: BTreeSet<u16>,
+    /// Networks whose rules were read, with the generation read before them.
+    rules_read: BTreeMap<u16, Option<u32>>,
     /// An interface was there but `wg show` said nothing usable: this pass
     /// cannot vouch for its peers.
     partial_read: bool,
@@ -113,6 +127,8 @@ pub struct Reconciler {
     bridge_verified: bool,
     applied_generation: i64,
     retry: RetryPolicy,
+    /// Drift checks so far: whose turn it is to have its rules read anyway.
+    drift_checks: u64,
 }
 
 impl Reconciler {
@@ -122,7 +138,7 @@ impl Reconciler {
             _ => 0,
         };
         let retry = RetryPolicy::new(Duration::from_secs(1), shared.settings.watchdog);
-        Reconciler { shared, memory: BTreeMap::new(), bridge_verified: false, applied_generation, retry }
+        Reconciler { shared, memory: BTreeMap::new(), bridge_verified: false, applied_generation, retry, drift_checks: 0 }
     }
 
     /// Runs forever: a drift check at start and every watchdog interval, an
@@ -186,11 +202,15 @@ impl Reconciler {
             }
         };
         let nginx = shared.nginx_files(&desired);
-        let mut look = self.look(mode, &desired).await;
+        let mut look = self.look(mode, &desired, &nginx).await;
         let actions = plan(&desired, &look.observed, &shared.system.layout, &nginx);
         self.account_before_changes(mode, &desired, &mut look).await;
         let report = shared.system.execute(&actions, &desired, &nginx).await;
-        self.remember(&desired, &report, &look.unreadable);
+        self.remember(&desired, &report, &look);
+        self.publish(&look, &report, &desired).await;
+        if mode == Mode::Drift {
+            self.drift_checks += 1;
+        }
         self.finish(PassInfo { mode, generation, start, actions: actions.len() }, look, report, &desired)
     }
 
@@ -199,67 +219,15 @@ impl Reconciler {
         mode == Mode::Apply && self.memory.get(&spec.port).is_some_and(|m| m.verified && m.spec == *spec)
     }
 
-    /// Reads the system: the cheap part always, the bridge's addresses and
-    /// each network's namespace where needed.
-    async fn look(&self, mode: Mode, desired: &Desired) -> Look {
-        let system = &self.shared.system;
-        let mut look = Look { observed: system.observe_cheap(), ..Default::default() };
-        if mode == Mode::Drift || !self.bridge_verified {
-            if let Err(e) = system.observe_bridge_addresses(&mut look.observed).await {
-                look.errors.push(format!("reading the bridge: {e}"));
-            }
-        }
-        let present = look.observed.namespaces.clone();
-        for (port, spec) in desired.networks.iter().filter(|(p, _)| present.contains(p)) {
-            if self.trusted(mode, spec) {
-                look.observed.networks.insert(*port, converged_view(&system.layout, spec));
-                continue;
-            }
-            self.look_into(&mut look, spec).instrument(tracing::debug_span!("network", network = port)).await;
-        }
-        look
-    }
-
-    /// A deep look into one desired network.
-    async fn look_into(&self, look: &mut Look, spec: &NetworkSpec) {
-        let port = spec.port;
-        match self.shared.system.observe_network(port).await {
-            Ok(mut n) => {
-                n.endpoints_changed = self.memory.get(&port).is_some_and(|before| {
-                    let changed = |(k, p): (&crate::types::PublicKey, &crate::spec::PeerSpec)| {
-                        p.endpoint.is_some() && before.spec.peers.get(k).is_some_and(|b| b.endpoint != p.endpoint)
-                    };
-                    spec.peers.iter().any(changed)
-                });
-                for p in &n.problems {
-                    tracing::warn!(network = port, problem = %p, "unexpected `wg show` output");
-                }
-                match InterfaceReading::of(&n) {
-                    Some(reading) => {
-                        look.dumps.insert(port, reading);
-                    }
-                    None => look.partial_read |= n.wg_link.is_some(),
-                }
-                look.observed.networks.insert(port, n);
-            }
-            Err(e) => {
-                // Plan nothing for a network that could not be read: take it
-                // as converged, report the error, and look again next time.
-                look.errors.push(format!("network {port}: reading its state: {e}"));
-                look.observed.networks.insert(port, converged_view(&self.shared.system.layout, spec));
-                look.unreadable.insert(port);
-            }
-        }
-    }
-
     /// Accounts for traffic before anything changes: the counters of a
     /// network about to be removed, or of a peer about to go, are read now or
     /// never. A drift check reads every network, so it is the poll.
     async fn account_before_changes(&self, mode: Mode, desired: &Desired, look: &mut Look) {
         let shared = &self.shared;
-        for port in look.observed.namespaces.iter().filter(|p| !desired.networks.contains_key(p)) {
-            if let Some(reading) = shared.system.observe_network(*port).await.ok().as_ref().and_then(InterfaceReading::of) {
-                look.dumps.insert(*port, reading);
+        let leaving: Vec<u16> = look.observed.namespaces.iter().filter(|p| !desired.networks.contains_key(p)).copied().collect();
+        for (port, n) in shared.system.observe_networks(&leaving).await {
+            if let Some(reading) = n.ok().as_ref().and_then(InterfaceReading::of) {
+                look.dumps.insert(port, reading);
             }
         }
         if !look.dumps.is_empty() || mode == Mode::Drift {
@@ -268,11 +236,23 @@ impl Reconciler {
         }
     }
 
-    fn remember(&mut self, desired: &Desired, report: &ExecReport, unreadable: &BTreeSet<u16>) {
+    fn remember(&mut self, desired: &Desired, report: &ExecReport, look: &Look) {
         self.memory.retain(|p, _| desired.networks.contains_key(p));
+        let layout = &self.shared.system.layout;
         for (port, spec) in &desired.networks {
-            let verified = !(report.failed.contains(port) || unreadable.contains(port));
-            self.memory.insert(*port, Remembered { spec: spec.clone(), verified });
+            let verified = !(report.failed.contains(port) || look.unreadable.contains(port));
+            let before = self.memory.get(port);
+            // Anything done to a network (or a failure) calls for a fresh
+            // look at its rules; rules read and left alone are verified;
+            // rules not read stay as they were if the spec renders the same.
+            let rules = if !verified || report.changed.contains(port) {
+                None
+            } else if let Some(generation) = look.rules_read.get(port) {
+                Some(RulesVerified { generation: *generation })
+            } else {
+                before.filter(|b| crate::render::rules(layout, &b.spec) == crate::render::rules(layout, spec)).and_then(|b| b.rules)
+            };
+            self.memory.insert(*port, Remembered { spec: spec.clone(), verified, rules });
         }
         self.bridge_verified = !report.global_failed;
     }
@@ -321,5 +301,6 @@ impl Reconciler {
     }
 }
 
+mod look;
 #[cfg(test)]
 mod tests;

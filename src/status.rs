@@ -1,41 +1,83 @@
-//! `status.json`: a fresh, read-only look at what is on the system.
+//! `status.json`: what is on the system, from what is already known. The
+//! reconciler's passes record what they saw of each network
+//! ([`crate::daemon::Seen`]); a request older than a second's data starts
+//! one processless re-read of every namespace (shared by every request
+//! meanwhile) and waits for it a bounded time, so no request ever reads
+//! the system itself and concurrent requests cost one re-read.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
-use crate::daemon::Shared;
+use crate::clock::now_unix;
+use crate::daemon::{SeenNetwork, Shared};
 use crate::model::{LastApply, NetworkStatus, PeerStatus, StatusInfo};
-use crate::observed::{ObservedNetwork, WgPeer};
+use crate::observed::WgPeer;
 use crate::store::{ApplyRecord, StoreError};
-use crate::types::parse_listen_port;
 
-pub async fn collect(shared: &Shared) -> Result<StatusInfo, StoreError> {
-    let (generation, config) = shared.store.desired().await?;
+/// How long a request waits for a re-read before answering with what is known.
+pub const REFRESH_WAIT: Duration = Duration::from_millis(50);
+
+pub async fn collect(shared: &Arc<Shared>) -> Result<StatusInfo, StoreError> {
+    let (generation, ports) = shared.store.desired_ports().await?;
     let last = shared.store.last_apply().await?;
-    let system = &shared.system;
-    let observed = system.observe_cheap();
-    let desired: BTreeSet<u16> = config.keys().filter_map(|k| parse_listen_port(k).ok()).collect();
-    let mut networks = BTreeMap::new();
-    for port in desired.union(&observed.namespaces) {
-        let present = observed.namespaces.contains(port);
-        let seen = if present {
-            system
-                .observe_network(*port)
-                .await
-                .map_err(|e| tracing::warn!(network = port, error = %e, "status: cannot read the network"))
-                .ok()
-        } else {
-            None
-        };
-        networks.insert(port.to_string(), network_status(shared, *port, present, desired.contains(port), seen.as_ref()));
+    if shared.seen.due() {
+        let refreshed = shared.seen.refreshed.notified();
+        start_refresh(shared);
+        let _ = tokio::time::timeout(REFRESH_WAIT, refreshed).await;
     }
+    let desired: BTreeSet<u16> = ports.into_iter().collect();
+    let seen = shared.seen.networks.read().unwrap_or_else(|e| e.into_inner());
+    let networks = desired
+        .iter()
+        .chain(seen.keys())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .map(|port| (port.to_string(), network_status(shared, *port, desired.contains(port), seen.get(port))))
+        .collect();
     Ok(StatusInfo {
-        backend: system.backend.name().into(),
+        backend: shared.system.backend.name().into(),
         desired_generation: generation,
         applied_generation: last.as_ref().map(|r| r.applied_generation).unwrap_or(0),
         last_apply: last.map(last_apply),
-        nginx_running: observed.nginx_running,
+        nginx_running: shared.system.nginx_master().is_some(),
         networks,
     })
+}
+
+/// Starts a re-read unless one is running.
+fn start_refresh(shared: &Arc<Shared>) {
+    if shared.seen.refreshing.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        refresh(&shared).await;
+        shared.seen.refreshing.store(false, Ordering::Release);
+        shared.seen.refreshed.notify_waiters();
+    });
+}
+
+/// Re-reads every namespace with our prefix, without a process.
+pub async fn refresh(shared: &Shared) {
+    let start = Instant::now();
+    let now = now_unix();
+    let present: Vec<u16> = shared.system.namespaces().into_iter().collect();
+    let read = shared.system.observe_networks(&present).await;
+    let known: Vec<u16> = shared.seen.networks.read().unwrap_or_else(|e| e.into_inner()).keys().copied().collect();
+    let gone: Vec<(u16, SeenNetwork)> =
+        known.into_iter().filter(|p| !read.contains_key(p)).map(|p| (p, SeenNetwork { observed_at: now, network: None })).collect();
+    let fresh = read.into_iter().map(|(p, n)| {
+        // Unreadable: shown as a namespace without an interface.
+        let n = n.unwrap_or_else(|e| {
+            tracing::warn!(network = p, error = %e, "status: cannot read the network");
+            Default::default()
+        });
+        (p, SeenNetwork { observed_at: now, network: Some(n) })
+    });
+    shared.seen.update(fresh.chain(gone).collect::<Vec<_>>());
+    *shared.seen.last.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), start.elapsed()));
 }
 
 fn last_apply(r: ApplyRecord) -> LastApply {
@@ -58,13 +100,14 @@ fn peer_status(p: &WgPeer) -> PeerStatus {
     }
 }
 
-fn network_status(shared: &Shared, port: u16, present: bool, desired: bool, seen: Option<&ObservedNetwork>) -> NetworkStatus {
+fn network_status(shared: &Shared, port: u16, desired: bool, seen: Option<&SeenNetwork>) -> NetworkStatus {
     let layout = &shared.system.layout;
-    let link = seen.and_then(|n| n.wg_link.as_ref());
-    let wg = seen.and_then(|n| n.wg.as_ref());
+    let n = seen.and_then(|s| s.network.as_ref());
+    let link = n.and_then(|n| n.wg_link.as_ref());
+    let wg = n.and_then(|n| n.wg.as_ref());
     NetworkStatus {
         namespace: layout.netns(port),
-        namespace_present: present,
+        namespace_present: n.is_some(),
         interface: layout.wg(port),
         interface_present: link.is_some(),
         interface_up: link.is_some_and(|l| l.up),
@@ -73,7 +116,8 @@ fn network_status(shared: &Shared, port: u16, present: bool, desired: bool, seen
         mtu: link.map(|l| l.mtu),
         addresses: link.map(|l| l.addresses.iter().map(ToString::to_string).collect()).unwrap_or_default(),
         desired,
-        peers: wg.map(|d| d.peers.iter().map(|(k, p)| (k.to_string(), peer_status(p))).collect()).unwrap_or_default(),
+        observed_at: seen.map(|s| s.observed_at),
+        peers: wg.map(|d| d.peers.iter().map(|(k, p)| (k.to_string(), peer_status(p))).collect::<BTreeMap<_, _>>()).unwrap_or_default(),
     }
 }
 

@@ -85,6 +85,18 @@ impl Store {
         }
     }
 
+    /// The desired generation and its networks' ports, without parsing the
+    /// state (status.json asks for nothing more).
+    pub async fn desired_ports(&self) -> Result<(i64, Vec<u16>), StoreError> {
+        let row = sqlx::query("SELECT generation, (SELECT group_concat(key) FROM json_each(config)) FROM desired_state WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(r) = row else { return Ok((0, Vec::new())) };
+        let keys: Option<String> = r.try_get(1)?;
+        let ports = keys.unwrap_or_default().split(',').filter_map(|k| crate::types::parse_listen_port(k).ok()).collect();
+        Ok((r.try_get(0)?, ports))
+    }
+
     /// Stores a new desired state and returns its generation.
     pub async fn save_desired(&self, config: &GatewayConfig, now: i64) -> Result<i64, StoreError> {
         let text = serde_json::to_string(config).map_err(|e| StoreError::Corrupt(e.to_string()))?;

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::daemon::{Settings, Shared};
@@ -15,6 +15,8 @@ use crate::observed::Observed;
 use crate::render::NginxOptions;
 use crate::spec::Desired;
 use crate::store::Store;
+use crate::system::netlink::{self, Message};
+use crate::system::nsread::{NsRaw, Reader, Target, WgRaw};
 use crate::system::{Backend, Reply, Runner, Script, System, SystemPaths, Tools};
 use crate::validate::{Context, validate};
 
@@ -34,23 +36,92 @@ pub fn converged_desired() -> Desired {
     validate(&converged_config(), &Context::default()).expect("the fixture config is valid")
 }
 
-/// A script answering every read of the converged networks with what the
-/// tools printed; everything else (the changes) succeeds silently.
+/// A script answering every process-read of the converged networks (their
+/// rules) with what the tools printed; everything else (the changes)
+/// succeeds silently.
 pub fn converged_script() -> Script {
     converged_rules(Script::new())
 }
 
 /// `script`'s own rules first (they win), then the converged fixtures.
-pub fn converged_rules(script: Script) -> Script {
-    let mut script = script.on("-json addr show dev gwbr0", Reply::ok(fixture("bridge-addr.json")));
+pub fn converged_rules(mut script: Script) -> Script {
     for p in PORTS {
-        script = script
-            .on(&format!("-n network-{p} -json -batch -"), Reply::ok(fixture(&format!("ip-batch-{p}.json"))))
-            .on(&format!("wg show wg{p} dump"), Reply::ok(fixture(&format!("wg-dump-{p}.txt"))))
-            .on(&format!("network-{p} iptables-save"), Reply::ok(fixture(&format!("iptables-save-{p}.txt"))))
-            .on(&format!("network-{p} sysctl -n -e"), Reply::ok(fixture(&format!("sysctl-{p}.txt"))));
+        script = script.on(&format!("network-{p} iptables-save"), Reply::ok(fixture(&format!("iptables-save-{p}.txt"))));
     }
     script
+}
+
+fn fixture_bytes(name: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/converged").join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The messages of a captured netlink dump.
+pub fn netlink_fixture(name: &str) -> Vec<Message> {
+    let mut out = Vec::new();
+    netlink::answers(&fixture_bytes(name), 1, &mut out).expect("captured dump parses");
+    out
+}
+
+/// Replays what the kernel and wireguard-go answered for the converged
+/// gateway (`netlink-*` fixtures, by `scripts/capture-fixtures.sh`): the
+/// namespaces `network-P` of [`PORTS`] whose file exists on the fake host,
+/// and the root namespace (the bridge). Other namespaces cannot be entered.
+pub struct FixtureReader {
+    /// The nf_tables generation every namespace reports.
+    pub generation: Mutex<Option<u32>>,
+    /// The namespaces read so far (`root` for the daemon's own).
+    pub reads: Mutex<Vec<String>>,
+}
+
+impl Default for FixtureReader {
+    fn default() -> Self {
+        FixtureReader { generation: Mutex::new(Some(7)), reads: Mutex::new(Vec::new()) }
+    }
+}
+
+impl Reader for FixtureReader {
+    fn read(&self, targets: &[Target]) -> Vec<Result<NsRaw, String>> {
+        let mut reads = self.reads.lock().unwrap_or_else(|e| e.into_inner());
+        reads.extend(
+            targets
+                .iter()
+                .map(|t| t.netns.as_ref().and_then(|p| p.file_name()).map_or("root".into(), |n| n.to_string_lossy().into_owned())),
+        );
+        targets.iter().map(|t| self.read_one(t)).collect()
+    }
+}
+
+impl FixtureReader {
+    /// Returns and clears the namespaces read so far.
+    pub fn take_reads(&self) -> Vec<String> {
+        std::mem::take(&mut *self.reads.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl FixtureReader {
+    fn read_one(&self, t: &Target) -> Result<NsRaw, String> {
+        let Some(path) = &t.netns else {
+            let (links, addrs) = (netlink_fixture("netlink-root-links.bin"), netlink_fixture("netlink-root-addrs.bin"));
+            return Ok(NsRaw { links, addrs, ..Default::default() });
+        };
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let port = name.strip_prefix("network-").and_then(|p| p.parse::<u16>().ok()).filter(|p| PORTS.contains(p));
+        let (Some(port), true) = (port, path.exists()) else {
+            return Err(format!("opening {}: No such file or directory", path.display()));
+        };
+        let want = |file: &str| netlink_fixture(&format!("netlink-{port}-{file}.bin"));
+        let sysctls = fixture(&format!("sysctl-{port}.txt")).lines().map(|l| Some(l.trim().to_string())).collect();
+        let asked_wg = t.uapi.is_some() || t.genl_wg.is_some();
+        Ok(NsRaw {
+            links: want("links"),
+            addrs: want("addrs"),
+            routes: want("routes"),
+            sysctls,
+            nft_generation: *self.generation.lock().unwrap_or_else(|e| e.into_inner()),
+            wg: asked_wg.then(|| Ok(WgRaw::Uapi(fixture(&format!("netlink-{port}-uapi.txt"))))),
+        })
+    }
 }
 
 /// A host directory laid out like the real one, with a stand-in nginx
@@ -113,7 +184,19 @@ impl FakeHost {
     pub fn start_nginx(&mut self) {
         let bin = self.dir.path().join("nginx");
         std::fs::copy("/bin/sleep", &bin).expect("copy sleep");
-        let child = Command::new(&bin).arg("600").spawn().expect("fake nginx");
+        // Another test thread forking while the copy is open for writing
+        // makes exec fail with ETXTBSY for a moment: try again.
+        let spawn = || Command::new(&bin).arg("600").spawn();
+        let child = (0..100)
+            .find_map(|_| match spawn() {
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                    std::thread::sleep(Duration::from_millis(10));
+                    None
+                }
+                other => Some(other),
+            })
+            .expect("fake nginx: text file busy for a second")
+            .expect("fake nginx");
         std::fs::write(self.dir.path().join("nginx.pid"), child.id().to_string()).expect("pid file");
         self.nginx = Some(child);
     }
@@ -140,7 +223,13 @@ impl FakeHost {
     }
 
     pub fn system(&self, script: Script, backend: Backend) -> System {
+        self.system_reading(script, backend, Arc::new(FixtureReader::default()))
+    }
+
+    /// With a reader of the test's own (e.g. one whose generation it moves).
+    pub fn system_reading(&self, script: Script, backend: Backend, reader: Arc<dyn Reader>) -> System {
         System {
+            reader,
             runner: Runner::scripted(script, Duration::from_secs(2)),
             layout: Layout::default(),
             tools: Tools::default(),

@@ -8,13 +8,16 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use sqlx::Row;
+use sqlx::{QueryBuilder, Row};
 
 use crate::clock::now_unix;
 use crate::metrics::{Metrics, PeerLabels};
-use crate::model::{DeviceTraffic, Traffic, TrafficInfo};
+use crate::model::TrafficInfo;
 use crate::observed::{ObservedNetwork, WgDump};
 use crate::store::{Store, StoreError};
+
+mod query;
+pub use query::{MAX_SAMPLES, QueryError, Step, TrafficQuery, traffic as query};
 
 /// Bytes counted since the previous reading of one counter. `None` before
 /// means the peer is new to us: everything it has is new.
@@ -213,9 +216,13 @@ fn readings_of(interfaces: &BTreeMap<u16, InterfaceReading>, metrics: &Metrics) 
     (readings, labels)
 }
 
-/// Reads the previous counters, writes new counters and samples, drops the
-/// counters of peers that are gone, and prunes old samples, all in one
-/// transaction.
+/// Rows per multi-row INSERT (4 values each, far below SQLite's limit).
+const BATCH: usize = 250;
+
+/// Reads the previous counters, writes new counters, samples and hourly
+/// sums, and drops the counters of peers that are gone, all in one
+/// transaction; then prunes samples older than `retention` in small batches
+/// (see [`prune`]).
 pub async fn store_tick(
     store: &Store,
     networks_read: &[String],
@@ -225,72 +232,126 @@ pub async fn store_tick(
     retention: Duration,
 ) -> Result<TickWrites, StoreError> {
     let mut tx = store.pool.begin().await?;
+    let previous = previous_counters(&mut tx).await?;
+    let writes = plan_tick(&previous, networks_read, complete, readings);
+    for (network, peer_key) in &writes.stale {
+        sqlx::query("DELETE FROM peer_counters WHERE network = ? AND peer_key = ?").bind(network).bind(peer_key).execute(&mut *tx).await?;
+    }
+    for chunk in writes.counters.chunks(BATCH) {
+        let mut q = QueryBuilder::new("INSERT OR REPLACE INTO peer_counters (network, peer_key, epoch, rx, tx) ");
+        q.push_values(chunk, |mut b, c| {
+            b.push_bind(&c.network).push_bind(&c.peer_key).push_bind(c.epoch).push_bind(c.rx as i64).push_bind(c.tx as i64);
+        });
+        q.build().execute(&mut *tx).await?;
+    }
+    insert_samples(&mut tx, &writes.samples, now).await?;
+    tx.commit().await?;
+    prune(store, now - retention.as_secs() as i64).await?;
+    Ok(writes)
+}
+
+async fn previous_counters(tx: &mut sqlx::SqliteConnection) -> Result<HashMap<(String, String), Previous>, StoreError> {
     let mut previous = HashMap::new();
     for row in sqlx::query("SELECT network, peer_key, epoch, rx, tx FROM peer_counters").fetch_all(&mut *tx).await? {
         let key = (row.try_get::<String, _>(0)?, row.try_get::<String, _>(1)?);
         let prev = Previous { epoch: row.try_get(2)?, rx: row.try_get::<i64, _>(3)? as u64, tx: row.try_get::<i64, _>(4)? as u64 };
         previous.insert(key, prev);
     }
-    let writes = plan_tick(&previous, networks_read, complete, readings);
-    for (network, peer_key) in &writes.stale {
-        sqlx::query("DELETE FROM peer_counters WHERE network = ? AND peer_key = ?").bind(network).bind(peer_key).execute(&mut *tx).await?;
-    }
-    for c in &writes.counters {
-        sqlx::query("INSERT OR REPLACE INTO peer_counters (network, peer_key, epoch, rx, tx) VALUES (?, ?, ?, ?, ?)")
-            .bind(&c.network)
-            .bind(&c.peer_key)
-            .bind(c.epoch)
-            .bind(c.rx as i64)
-            .bind(c.tx as i64)
-            .execute(&mut *tx)
-            .await?;
-    }
-    for s in &writes.samples {
-        sqlx::query("INSERT INTO traffic_samples (time, network_key, peer_key, rx, tx) VALUES (?, ?, ?, ?, ?)")
-            .bind(now)
-            .bind(&s.network_key)
-            .bind(&s.peer_key)
-            .bind(s.rx as i64)
-            .bind(s.tx as i64)
-            .execute(&mut *tx)
-            .await?;
-    }
-    // Inclusive window: a sample exactly `retention` old is kept.
-    sqlx::query("DELETE FROM traffic_samples WHERE time < ?").bind(now - retention.as_secs() as i64).execute(&mut *tx).await?;
-    tx.commit().await?;
-    Ok(writes)
+    Ok(previous)
 }
 
-/// Traffic recorded after `start` (exclusive), in the contract's shape.
-pub async fn traffic_since(store: &Store, start: i64, now: i64) -> Result<TrafficInfo, StoreError> {
-    let rows = sqlx::query("SELECT time, network_key, peer_key, rx, tx FROM traffic_samples WHERE time > ? AND time <= ? ORDER BY time")
-        .bind(start)
-        .bind(now)
-        .fetch_all(&store.pool)
-        .await?;
-    let mut info = TrafficInfo { start_time: start, stop_time: now, ..Default::default() };
-    for row in rows {
-        let time: i64 = row.try_get(0)?;
-        let (net, peer): (String, String) = (row.try_get(1)?, row.try_get(2)?);
-        let t = Traffic { rx: row.try_get(3)?, tx: row.try_get(4)? };
-        add(&mut info.traffic, &t);
-        let n = info.networks.entry(net).or_default();
-        add(&mut n.traffic, &t);
-        let d: &mut DeviceTraffic = n.devices.entry(peer).or_default();
-        add(&mut d.traffic, &t);
-        add(d.times.entry(time.to_string()).or_default(), &t);
+/// The ids of the samples' peers, created where new.
+async fn peer_ids(tx: &mut sqlx::SqliteConnection, samples: &[Reading]) -> Result<HashMap<(String, String), i64>, StoreError> {
+    let mut ids = HashMap::new();
+    for chunk in samples.chunks(BATCH) {
+        let mut q = QueryBuilder::new("INSERT OR IGNORE INTO traffic_peers (network_key, peer_key) ");
+        q.push_values(chunk, |mut b, s| {
+            b.push_bind(&s.network_key).push_bind(&s.peer_key);
+        });
+        q.build().execute(&mut *tx).await?;
+        let mut q = QueryBuilder::new("SELECT id, network_key, peer_key FROM traffic_peers WHERE (network_key, peer_key) IN (");
+        let mut list = q.separated(", ");
+        for s in chunk {
+            list.push("(")
+                .push_bind_unseparated(&s.network_key)
+                .push_unseparated(", ")
+                .push_bind_unseparated(&s.peer_key)
+                .push_unseparated(")");
+        }
+        q.push(")");
+        for row in q.build().fetch_all(&mut *tx).await? {
+            ids.insert((row.try_get(1)?, row.try_get(2)?), row.try_get(0)?);
+        }
     }
-    Ok(info)
+    Ok(ids)
 }
 
-fn add(sum: &mut Traffic, t: &Traffic) {
-    sum.rx += t.rx;
-    sum.tx += t.tx;
+/// Samples at `now` and their hourly sums; a second poll in the same
+/// second (an apply's reading, then a drift check) adds to the first.
+async fn insert_samples(tx: &mut sqlx::SqliteConnection, samples: &[Reading], now: i64) -> Result<(), StoreError> {
+    let ids = peer_ids(tx, samples).await?;
+    let rows: Vec<(i64, i64, i64)> = samples
+        .iter()
+        .filter_map(|s| ids.get(&(s.network_key.clone(), s.peer_key.clone())).map(|id| (*id, s.rx as i64, s.tx as i64)))
+        .collect();
+    let hour = Step::HOUR.bucket_of(now);
+    for chunk in rows.chunks(BATCH) {
+        let mut q = QueryBuilder::new("INSERT INTO traffic_samples (time, peer, rx, tx) ");
+        q.push_values(chunk, |mut b, (id, rx, tx)| {
+            b.push_bind(now).push_bind(*id).push_bind(*rx).push_bind(*tx);
+        });
+        q.push(" ON CONFLICT DO UPDATE SET rx = rx + excluded.rx, tx = tx + excluded.tx");
+        q.build().execute(&mut *tx).await?;
+        let mut q = QueryBuilder::new("INSERT INTO traffic_hourly (hour, peer, rx, tx, entry) ");
+        q.push_values(chunk, |mut b, (id, rx, tx)| {
+            b.push_bind(hour).push_bind(*id).push_bind(*rx).push_bind(*tx).push_bind(format!("{hour}:{rx}:{tx}"));
+        });
+        q.push(
+            " ON CONFLICT DO UPDATE SET rx = rx + excluded.rx, tx = tx + excluded.tx,
+              entry = hour || ':' || (rx + excluded.rx) || ':' || (tx + excluded.tx)",
+        );
+        q.build().execute(&mut *tx).await?;
+    }
+    Ok(())
+}
+
+/// Rows deleted per pruning statement: each is its own short transaction,
+/// so a backlog (after a long downtime, or a shorter `--retention`) never
+/// holds the write lock long enough to stall an API write.
+const PRUNE_BATCH: i64 = 5000;
+
+/// Deletes samples older than `cutoff`, hourly sums of hours ending before
+/// it, and peers left without any, in batches.
+pub async fn prune(store: &Store, cutoff: i64) -> Result<u64, StoreError> {
+    let mut deleted = 0;
+    for sql in [
+        "DELETE FROM traffic_samples WHERE (time, peer) IN (SELECT time, peer FROM traffic_samples WHERE time < ?1 ORDER BY time LIMIT ?2)",
+        "DELETE FROM traffic_hourly WHERE (peer, hour) IN (SELECT peer, hour FROM traffic_hourly WHERE hour < ?1 LIMIT ?2)",
+    ] {
+        loop {
+            let n = sqlx::query(sql).bind(cutoff).bind(PRUNE_BATCH).execute(&store.pool).await?.rows_affected();
+            deleted += n;
+            if n < PRUNE_BATCH as u64 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+    if deleted > 0 {
+        sqlx::query("DELETE FROM traffic_peers WHERE id NOT IN (SELECT peer FROM traffic_hourly)").execute(&store.pool).await?;
+    }
+    Ok(deleted)
+}
+
+/// Traffic recorded after `start` (exclusive) up to `now`, per sample.
+pub async fn traffic_since(store: &Store, start: i64, now: i64) -> Result<TrafficInfo, QueryError> {
+    query::traffic(store, &TrafficQuery { start, stop: now, step: None }).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Traffic;
 
     fn r(peer: &str, rx: u64, tx: u64) -> Reading {
         re(peer, 1, rx, tx)

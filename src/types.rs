@@ -33,6 +33,13 @@ impl FromStr for PublicKey {
     }
 }
 
+impl PublicKey {
+    /// The key as WireGuard's kernel and UAPI interfaces give it (raw bytes).
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        PublicKey(bytes)
+    }
+}
+
 impl fmt::Display for PublicKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&BASE64.encode(self.0))
@@ -65,6 +72,11 @@ impl fmt::Debug for SecretKey {
 }
 
 impl SecretKey {
+    /// The key as WireGuard's kernel and UAPI interfaces give it (raw bytes).
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        SecretKey(bytes)
+    }
+
     /// The key in the clamped form WireGuard stores and reports for private
     /// keys (`wg genkey` output already is): any 32 bytes are accepted, and an
     /// unclamped key would otherwise never match what `wg show` prints.

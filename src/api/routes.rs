@@ -18,6 +18,7 @@ use crate::clock::now_unix;
 use crate::daemon::Shared;
 use crate::model::*;
 use crate::store::ApplyRecord;
+use crate::traffic::{QueryError, Step, TrafficQuery};
 use crate::types::parse_listen_port;
 use crate::validate::{key_path, validate};
 
@@ -134,13 +135,16 @@ async fn get_config(_auth: Auth, state: &State<Arc<Shared>>) -> Result<Json<Stor
 #[openapi(tag = "status")]
 #[get("/api/v1/status.json")]
 async fn status(_auth: Auth, state: &State<Arc<Shared>>) -> Result<Json<StatusInfo>, ApiError> {
-    Ok(Json(crate::status::collect(state).await?))
+    Ok(Json(crate::status::collect(state.inner()).await?))
 }
 
-/// Traffic recorded after `start` (unix seconds, exclusive), per network and peer.
+/// Traffic recorded after `start` (unix seconds, exclusive), per network and
+/// peer: per sample, or with `step` (seconds, 60 to 31622400) summed per
+/// bucket `(K - step, K]` keyed by its end K (a multiple of `step`; `start`
+/// is then rounded down to one).
 #[openapi(tag = "traffic")]
-#[get("/api/v1/traffic.json?<start>")]
-async fn traffic(_auth: Auth, state: &State<Arc<Shared>>, start: Option<&str>) -> Result<Json<TrafficInfo>, ApiError> {
+#[get("/api/v1/traffic.json?<start>&<step>")]
+async fn traffic(_auth: Auth, state: &State<Arc<Shared>>, start: Option<&str>, step: Option<&str>) -> Result<Json<TrafficInfo>, ApiError> {
     let start =
         start.ok_or_else(|| ApiError::BadRequest("query parameter `start` (unix seconds) is required, e.g. ?start=1700000000".into()))?;
     let start: i64 = start.parse().ok().filter(|s| *s >= 0).ok_or_else(|| {
@@ -149,7 +153,12 @@ async fn traffic(_auth: Auth, state: &State<Arc<Shared>>, start: Option<&str>) -
             start.chars().take(40).collect::<String>()
         ))
     })?;
-    Ok(Json(crate::traffic::traffic_since(&state.store, start, now_unix()).await?))
+    let step = step.map(Step::parse).transpose().map_err(ApiError::BadRequest)?;
+    let query = TrafficQuery { start, stop: now_unix(), step };
+    crate::traffic::query(&state.store, &query).await.map(Json).map_err(|e| match e {
+        QueryError::Store(e) => e.into(),
+        too_many @ QueryError::TooMany { .. } => ApiError::BadRequest(too_many.to_string()),
+    })
 }
 
 /// Prometheus metrics; send the token as `Authorization: Bearer`.

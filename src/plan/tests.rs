@@ -134,12 +134,20 @@ async fn observed_drift_of_each_kind_is_repaired() {
         &|o| net(o).routes.push(cidr("172.16.0.0/12")),
         vec![Action::DelRoute { port: 51820, cidr: cidr("172.16.0.0/12") }],
     );
-    check("a DNAT rule gone", &|o| drop(net(o).rules.nat.remove(0)), vec![Action::SetRules { port: 51820, missing_jumps: vec![] }]);
-    check("a FORWARD rule gone", &|o| drop(net(o).rules.filter.pop()), vec![Action::SetRules { port: 51820, missing_jumps: vec![] }]);
+    check(
+        "a DNAT rule gone",
+        &|o| drop(net(o).rules.as_mut().unwrap().nat.remove(0)),
+        vec![Action::SetRules { port: 51820, missing_jumps: vec![] }],
+    );
+    check(
+        "a FORWARD rule gone",
+        &|o| drop(net(o).rules.as_mut().unwrap().filter.pop()),
+        vec![Action::SetRules { port: 51820, missing_jumps: vec![] }],
+    );
     check(
         "a jump gone",
         &|o| {
-            net(o).rules.jumps.remove("-A FORWARD -j GATEWAY-FORWARD");
+            net(o).rules.as_mut().unwrap().jumps.remove("-A FORWARD -j GATEWAY-FORWARD");
         },
         vec![Action::SetRules { port: 51820, missing_jumps: vec!["-A FORWARD -j GATEWAY-FORWARD"] }],
     );

@@ -3,23 +3,27 @@
 
 use super::*;
 use crate::system::{Backend, Record, Reply, Script};
-use crate::testing::{FakeHost, converged_config, converged_desired, converged_rules, converged_script, nginx_files, shared};
+use crate::testing::{
+    FakeHost, FixtureReader, converged_config, converged_desired, converged_rules, converged_script, nginx_files, shared,
+};
 
 const PEER_A: &str = "OxvFhrgLnI9e4xzMMA2qQ7wm/xCUzxaWW5cb1JGkWSA=";
 const NETWORK_KEY_51820: &str = "4dcKbDNyb6pkkRuP22OPzkHgpOb9k67iaP5R9A0xv0c=";
 
 struct Setup {
     host: FakeHost,
+    reader: Arc<FixtureReader>,
     reconciler: Reconciler,
     shared: Arc<Shared>,
 }
 
 async fn setup(script: Script, config: &GatewayConfig) -> Setup {
     let host = FakeHost::converged(&nginx_files(&converged_desired()));
-    let shared = shared(host.system(script, Backend::Kernel)).await;
+    let reader = Arc::new(FixtureReader::default());
+    let shared = shared(host.system_reading(script, Backend::Kernel, reader.clone())).await;
     shared.store.save_desired(config, 1).await.unwrap();
     let reconciler = Reconciler::new(shared.clone()).await;
-    Setup { host, reconciler, shared }
+    Setup { host, reader, reconciler, shared }
 }
 
 impl Setup {
@@ -71,9 +75,11 @@ async fn an_apply_after_a_verified_pass_runs_no_process() {
     let mut s = setup(converged_script(), &converged_config()).await;
     s.reconciler.tick(Mode::Drift).await.unwrap();
     s.records();
+    s.reader.take_reads();
     let outcome = s.reconciler.tick(Mode::Apply).await.unwrap();
     assert!(outcome.record.ok && outcome.record.changed.is_empty());
-    assert_eq!(s.records(), vec![], "a no-op apply runs nothing, not even a read");
+    assert_eq!(s.records(), vec![], "a no-op apply runs nothing");
+    assert_eq!(s.reader.take_reads(), Vec::<String>::new(), "and reads nothing");
 }
 
 #[tokio::test]
@@ -82,11 +88,16 @@ async fn a_change_to_one_network_reads_and_touches_only_it() {
     s.reconciler.tick(Mode::Drift).await.unwrap();
     s.records();
     s.store(|c| c["51821"]["mtu"] = 1300.into()).await;
+    s.reader.take_reads();
     let outcome = s.reconciler.tick(Mode::Apply).await.unwrap();
     assert_eq!(outcome.record.changed, [51821]);
-    let records = s.records();
-    assert!(records.iter().all(|r| r.line.contains("51821")), "{records:?}");
-    assert_eq!(mutating(&records), ["ip -n network-51821 link set wg51821 mtu 1300 up"]);
+    assert_eq!(
+        s.reader.take_reads(),
+        ["network-51821", "network-51821"],
+        "read before the change and after it (for status.json), without a process"
+    );
+    let lines: Vec<String> = s.records().into_iter().map(|r| r.line).collect();
+    assert_eq!(lines, ["ip -n network-51821 link set wg51821 mtu 1300 up"], "rules rendering the same are not read again");
 }
 
 #[tokio::test]
@@ -152,9 +163,9 @@ async fn a_removed_network_is_read_for_its_counters_before_it_goes() {
     let outcome = s.reconciler.tick(Mode::Apply).await.unwrap();
     assert!(outcome.record.ok, "{:?}", outcome.record.errors);
     let lines: Vec<String> = s.records().into_iter().map(|r| r.line).collect();
-    let read = lines.iter().position(|l| l.contains("wg show wg51820 dump")).expect("counters read");
-    let delete = lines.iter().position(|l| l == "ip netns del network-51820").expect("network deleted");
-    assert!(read < delete, "{lines:#?}");
+    assert!(lines.iter().any(|l| l == "ip netns del network-51820"), "network deleted: {lines:#?}");
+    // (The counters are read before the pass executes anything: `pass`.)
+    assert!(s.reader.take_reads().contains(&"network-51820".to_string()), "counters read");
     let t = crate::traffic::traffic_since(&s.shared.store, 0, i64::MAX).await.unwrap();
     assert_eq!(t.networks[NETWORK_KEY_51820].traffic.tx, 148, "the last bytes are kept");
 }
@@ -167,6 +178,26 @@ async fn an_invalid_stored_state_is_reported_not_applied() {
     assert!(!outcome.record.ok);
     assert!(outcome.record.errors[0].contains("stored desired state is invalid"), "{:?}", outcome.record.errors);
     assert!(mutating(&s.records()).is_empty(), "nothing removed on the strength of a bad state");
+}
+
+#[tokio::test]
+async fn a_drift_check_reads_rules_only_where_their_generation_moved() {
+    let mut s = setup(converged_script(), &converged_config()).await;
+    let saves = |records: Vec<Record>| records.iter().filter(|r| r.line.contains("iptables-save")).count();
+    s.reconciler.tick(Mode::Drift).await.unwrap();
+    assert_eq!(saves(s.records()), 2, "nothing verified yet: both networks' rules are read");
+    // The second check is the second network's turn of the safety rounds.
+    s.reconciler.tick(Mode::Drift).await.unwrap();
+    assert_eq!(saves(s.records()), 1);
+    s.reconciler.tick(Mode::Drift).await.unwrap();
+    assert_eq!(s.records(), vec![], "rules unchanged since verified: the drift check runs no process");
+    assert_eq!(s.reader.take_reads().iter().filter(|n| n.starts_with("network-")).count(), 6, "but every network is read each time");
+    *s.reader.generation.lock().unwrap() = Some(8);
+    let outcome = s.reconciler.tick(Mode::Drift).await.unwrap();
+    assert!(outcome.record.ok, "{:?}", outcome.record.errors);
+    assert_eq!(saves(s.records()), 2, "the rules changed somewhere: read again");
+    s.reconciler.tick(Mode::Drift).await.unwrap();
+    assert_eq!(s.records(), vec![]);
 }
 
 #[test]

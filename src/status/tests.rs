@@ -1,17 +1,19 @@
 use super::*;
-use crate::system::{Backend, Reply};
+use crate::system::Backend;
 use crate::testing::{FakeHost, converged_config, converged_desired, converged_script, nginx_files, shared};
 
 #[tokio::test]
-async fn status_reports_what_the_tools_show() {
+async fn status_reports_what_was_read_without_a_process() {
     let host = FakeHost::converged(&nginx_files(&converged_desired()));
     host.add_namespace(40000);
-    let script = converged_script().on("network-40000", Reply::fail(1, "Cannot open network namespace"));
+    // The replayed reader cannot enter 40000: a namespace it knows nothing of.
+    let script = converged_script();
     let shared = shared(host.system(script, Backend::Userspace)).await;
     let mut config = converged_config();
     config.insert("40001".into(), config["51821"].clone());
     config.get_mut("40001").unwrap().private_key = "cMXKVx1hAvvJ0Hj9OtBhFTXDA4MVk9LlHBr8rBsq5F8=".into();
     shared.store.save_desired(&config, 1).await.unwrap();
+    refresh(&shared).await;
     let st = collect(&shared).await.unwrap();
     assert_eq!((st.backend.as_str(), st.desired_generation, st.applied_generation, st.nginx_running), ("userspace", 1, 0, true));
     let n = &st.networks["51820"];
@@ -27,4 +29,8 @@ async fn status_reports_what_the_tools_show() {
     assert!(!stray.interface_present, "unreadable: shown as not there, not as an error");
     let missing = &st.networks["40001"];
     assert!(missing.desired && !missing.namespace_present && !missing.interface_present && missing.peers.is_empty());
+    assert_eq!(missing.observed_at, None, "never looked at");
+    assert!(n.observed_at.is_some_and(|t| t > 1_700_000_000));
+    // No process was started for any of it.
+    assert_eq!(shared.system.runner.take_records(), vec![]);
 }

@@ -5,7 +5,9 @@
 
 mod error;
 pub mod execute;
+pub mod netlink;
 pub mod nginx;
+pub mod nsread;
 pub mod observe;
 mod ops;
 pub mod parse;
@@ -13,9 +15,11 @@ pub mod procfs;
 pub mod runner;
 pub mod tools;
 mod wait;
+pub mod wgread;
 pub mod wireguard;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 pub use error::SysError;
 pub use execute::ExecReport;
@@ -60,4 +64,6 @@ pub struct System {
     pub tools: Tools,
     pub paths: SystemPaths,
     pub backend: Backend,
+    /// Reads namespaces without a process (replayed in unit tests).
+    pub reader: Arc<dyn nsread::Reader>,
 }

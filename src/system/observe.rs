@@ -1,12 +1,19 @@
-//! Reads what is on the system. Cheap reads (the namespace directory, sysfs,
-//! nginx's files) cost no process; a deep look into one network costs four
-//! read-only commands and is done only where needed (see `reconcile`).
+//! Reads what is on the system. Nothing here starts a process except
+//! [`System::observe_rules`] (`iptables-save` inside one namespace): the
+//! namespace directory, sysfs and nginx's files are read directly, and
+//! every namespace's links, addresses, routes, sysctls, WireGuard state and
+//! rule generation come from one pass of a reader thread ([`nsread`]).
+//! `reconcile` decides whose rules need reading.
 
-use super::parse::{parse_batch, parse_ip_addr, parse_iptables_save, parse_wg_dump, sysctls_match};
+use std::collections::BTreeMap;
+
+use super::netlink::{parse_links, parse_routes};
+use super::nsread::{NsRaw, Target, WgRaw};
+use super::parse::parse_iptables_save;
 use super::procfs::{link_up, read_trimmed};
-use super::{SysError, System};
+use super::{Backend, SysError, System, wgread};
 use crate::layout::{NAMESPACE_SYSCTLS, OWNED_ALIAS, VETH_NS_NAME};
-use crate::observed::{HostVeth, Observed, ObservedBridge, ObservedNetwork, WgDump};
+use crate::observed::{HostVeth, Observed, ObservedBridge, ObservedNetwork, ObservedRules};
 
 impl System {
     /// Everything that costs no process: namespaces, root links, nginx files.
@@ -51,45 +58,124 @@ impl System {
         }
     }
 
-    /// Reads the bridge's addresses (one process).
+    /// Runs the reader on a thread of its own: it enters namespaces, which
+    /// must never happen to a thread the runtime reuses.
+    async fn read_raw(&self, targets: Vec<Target>) -> Vec<Result<NsRaw, String>> {
+        let reader = self.reader.clone();
+        let count = targets.len();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new().name("gateway-nsread".into()).spawn(move || {
+            let _ = tx.send(reader.read(&targets));
+        });
+        let failed = |why: &str| (0..count).map(|_| Err(why.to_string())).collect();
+        match spawned {
+            Ok(_) => rx.await.unwrap_or_else(|_| failed("the namespace reader stopped")),
+            Err(e) => failed(&format!("cannot start the namespace reader: {e}")),
+        }
+    }
+
+    fn target(&self, port: u16) -> Target {
+        let wg = self.layout.wg(port);
+        Target {
+            netns: Some(self.paths.netns_dir.join(self.layout.netns(port))),
+            genl_wg: (self.backend == Backend::Kernel).then(|| wg.clone()),
+            uapi: (self.backend == Backend::Userspace).then(|| self.wireguard_socket(&wg)),
+        }
+    }
+
+    /// Reads the bridge's addresses (no process: netlink in our namespace).
     pub async fn observe_bridge_addresses(&self, o: &mut Observed) -> Result<(), SysError> {
         if let Some(b) = &mut o.bridge {
-            let out = self.run(self.tools.ip(["-json", "addr", "show", "dev", &self.layout.bridge]).read_only()).await?;
-            let json = serde_json::from_str(&out).map_err(|e| unreadable("the bridge's addresses", e))?;
-            let links = parse_ip_addr(&json).map_err(|e| unreadable("the bridge's addresses", e))?;
+            let raw = self.read_raw(vec![Target { netns: None, genl_wg: None, uapi: None }]).await.pop();
+            let raw = raw.unwrap_or(Err("no answer".into())).map_err(|e| unreadable("the bridge's addresses", e))?;
+            let (links, _) = parse_links(&raw.links, &raw.addrs);
             b.addresses = Some(links.get(&self.layout.bridge).map(|l| l.addresses.clone()).unwrap_or_default());
         }
         Ok(())
     }
 
-    /// Network `port`'s WireGuard state, if its interface is there, with the
-    /// peer lines that did not parse.
-    pub async fn wg_dump(&self, port: u16) -> Result<Option<(WgDump, Vec<String>)>, SysError> {
-        let Some(text) = self.wg_show_dump(&self.layout.netns(port), &self.layout.wg(port)).await? else {
-            return Ok(None);
-        };
-        parse_wg_dump(&text).map(Some).map_err(|e| unreadable(&format!("`wg show {} dump`", self.layout.wg(port)), e))
+    /// Every network of `ports` in one pass of the reader, without a
+    /// process: all but their rules (`rules: None`, see [`Self::observe_rules`]).
+    pub async fn observe_networks(&self, ports: &[u16]) -> BTreeMap<u16, Result<ObservedNetwork, SysError>> {
+        let raws = self.read_raw(ports.iter().map(|p| self.target(*p)).collect()).await;
+        ports
+            .iter()
+            .zip(raws)
+            .map(|(port, raw)| {
+                let ns = self.layout.netns(*port);
+                let n = raw.map_err(|e| unreadable(&format!("namespace {ns}"), e)).map(|raw| network_of(raw, &self.layout.wg(*port)));
+                (*port, n)
+            })
+            .collect()
     }
 
-    /// A full look into one network's namespace (four read-only commands).
+    /// The gateway's rules in one network's namespace (one `iptables-save`).
+    pub async fn observe_rules(&self, port: u16) -> Result<ObservedRules, SysError> {
+        Ok(parse_iptables_save(&self.iptables_save(&self.layout.netns(port)).await?))
+    }
+
+    /// A full look into one network, rules included (one process).
     pub async fn observe_network(&self, port: u16) -> Result<ObservedNetwork, SysError> {
-        let ns = self.layout.netns(port);
-        let wg = self.layout.wg(port);
-        let (links, routes) = parse_batch(&self.ip_batch(&ns).await?, &wg).map_err(|e| unreadable(&format!("links of {ns}"), e))?;
-        let mut n =
-            ObservedNetwork { wg_link: links.get(&wg).cloned(), uplink: links.get(VETH_NS_NAME).cloned(), routes, ..Default::default() };
-        if n.wg_link.is_some() {
-            if let Some((dump, problems)) = self.wg_dump(port).await? {
-                n.wg = Some(dump);
-                n.problems = problems;
-            }
-        }
-        n.rules = parse_iptables_save(&self.iptables_save(&ns).await?);
-        n.forwarding = sysctls_match(&self.read_namespace_sysctls(&ns).await?, &NAMESPACE_SYSCTLS);
+        let mut n = self.observe_networks(&[port]).await.remove(&port).unwrap_or(Err(SysError::NotDesired(port)))?;
+        n.rules = Some(self.observe_rules(port).await?);
         Ok(n)
     }
 }
 
+/// One namespace's answers in the observed types.
+fn network_of(raw: NsRaw, wg: &str) -> ObservedNetwork {
+    let (links, _) = parse_links(&raw.links, &raw.addrs);
+    let wg_link = links.get(wg).cloned();
+    let routes = wg_link.as_ref().map(|l| parse_routes(&raw.routes, l.ifindex)).unwrap_or_default();
+    let mut n = ObservedNetwork {
+        uplink: links.get(VETH_NS_NAME).cloned(),
+        routes,
+        forwarding: sysctls_match(&raw.sysctls),
+        rules_generation: raw.nft_generation,
+        ..Default::default()
+    };
+    if wg_link.is_some() {
+        let parsed = match raw.wg {
+            Some(Ok(WgRaw::Uapi(text))) => wgread::parse_uapi(&text),
+            Some(Ok(WgRaw::Genl(msgs))) => wgread::parse_device(&msgs),
+            Some(Err(e)) => Err(e),
+            None => Err("not asked".into()),
+        };
+        match parsed {
+            Ok((dump, problems)) => {
+                n.wg = Some(dump);
+                n.problems = problems;
+            }
+            // No usable answer: planned as unconfigured (a `wg syncconf`
+            // then says what is wrong), and no counters are dropped.
+            Err(e) => n.problems.push(format!("reading {wg}: {e}")),
+        }
+    }
+    n.wg_link = wg_link;
+    n
+}
+
+/// Every key this kernel has holds the wanted value (keys it lacks, e.g.
+/// without IPv6, are skipped); nothing read is not set.
+pub fn sysctls_match(values: &[Option<String>]) -> bool {
+    let read: Vec<(&str, &str)> = values.iter().zip(NAMESPACE_SYSCTLS).filter_map(|(v, (_, want))| Some((v.as_deref()?, want))).collect();
+    !read.is_empty() && read.iter().all(|(have, want)| have == want)
+}
+
 fn unreadable(what: &str, detail: impl ToString) -> SysError {
     SysError::Unreadable { what: what.to_string(), detail: detail.to_string() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sysctl_values() {
+        let v = |s: &[Option<&str>]| s.iter().map(|x| x.map(str::to_string)).collect::<Vec<_>>();
+        assert!(sysctls_match(&v(&[Some("1"), Some("1"), Some("1")])));
+        assert!(sysctls_match(&v(&[Some("1"), None, Some("1")])), "a kernel without IPv6 lacks that key");
+        assert!(!sysctls_match(&v(&[Some("1"), Some("0"), Some("1")])));
+        assert!(!sysctls_match(&v(&[None, None, None])), "nothing read is not set");
+    }
 }

@@ -127,12 +127,6 @@ impl System {
         self.run(self.tools.in_netns(ns, &self.tools.sysctl, args)).await.map(drop)
     }
 
-    /// Reads [`NAMESPACE_SYSCTLS`] inside a namespace, one value per line.
-    pub async fn read_namespace_sysctls(&self, ns: &str) -> Result<String, SysError> {
-        let args = ["-n", "-e"].into_iter().chain(NAMESPACE_SYSCTLS.iter().map(|(k, _)| *k));
-        self.run(self.tools.in_netns(ns, &self.tools.sysctl, args).read_only()).await
-    }
-
     /// `iptables-restore --noflush` inside a namespace.
     pub async fn iptables_restore(&self, ns: &str, text: String) -> Result<(), SysError> {
         self.run(self.tools.in_netns(ns, &self.tools.iptables_restore, ["--noflush"]).stdin(text)).await.map(drop)
@@ -140,20 +134,5 @@ impl System {
 
     pub async fn iptables_save(&self, ns: &str) -> Result<String, SysError> {
         self.run(self.tools.in_netns(ns, &self.tools.iptables_save, Vec::<String>::new()).read_only()).await
-    }
-
-    /// Links, addresses and routes of a namespace in one command.
-    pub async fn ip_batch(&self, ns: &str) -> Result<String, SysError> {
-        self.run(self.tools.ip_in(ns, ["-json", "-batch", "-"]).stdin(super::parse::BATCH_SCRIPT).read_only()).await
-    }
-
-    /// `wg show IFACE dump` inside the namespace (works for both backends);
-    /// `None` when the interface is not there.
-    pub async fn wg_show_dump(&self, ns: &str, iface: &str) -> Result<Option<String>, SysError> {
-        match self.runner.run(&self.tools.in_netns(ns, &self.tools.wg, ["show", iface, "dump"]).read_only()).await {
-            Ok(text) => Ok(Some(text)),
-            Err(e) if e.kind() == FailureKind::Missing => Ok(None),
-            Err(e) => Err(e.into()),
-        }
     }
 }

@@ -49,7 +49,7 @@ impl Backend {
 }
 
 impl System {
-    fn wireguard_socket(&self, iface: &str) -> std::path::PathBuf {
+    pub(super) fn wireguard_socket(&self, iface: &str) -> std::path::PathBuf {
         self.paths.wireguard_sock_dir.join(format!("{iface}.sock"))
     }
 

@@ -9,7 +9,8 @@ use crate::render::tests::sample_desired;
 use crate::system::{Backend, Reply, Runner, Script, SystemPaths, Tools};
 
 fn system(dir: &Path, runner: Runner) -> System {
-    System { runner, layout: Layout::default(), tools: Tools::default(), paths: SystemPaths::under(dir), backend: Backend::Kernel }
+    let reader = std::sync::Arc::new(crate::testing::FixtureReader::default());
+    System { runner, layout: Layout::default(), tools: Tools::default(), paths: SystemPaths::under(dir), backend: Backend::Kernel, reader }
 }
 
 fn nginx() -> NginxFiles {

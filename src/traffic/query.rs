@@ -1,0 +1,254 @@
+//! traffic.json: samples streamed from SQLite into the answer, never all
+//! rows at once; the bucketed form (`step`) sums in SQL, from the hourly
+//! sums when the step is whole hours, so a day of 10,000 peers is a small
+//! read.
+
+use futures_util::TryStreamExt;
+use sqlx::Row;
+
+use crate::model::{DeviceTraffic, Traffic, TrafficInfo};
+use crate::store::{Store, StoreError};
+
+/// Most samples one answer without `step` may hold: beyond this the answer
+/// would be hundreds of megabytes; sums per bucket say the same in little.
+pub const MAX_SAMPLES: usize = 1_000_000;
+
+/// A bucket width in whole seconds, checked: at least a minute (samples are
+/// taken once per watchdog interval), at most a year.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step(u32);
+
+impl Step {
+    pub const MIN: u32 = 60;
+    pub const MAX: u32 = 366 * 86400;
+    /// The hourly sums' buckets.
+    pub const HOUR: Step = Step(3600);
+
+    pub fn parse(s: &str) -> Result<Step, String> {
+        s.parse::<u32>().ok().filter(|n| (Self::MIN..=Self::MAX).contains(n) && !s.starts_with('+')).map(Step).ok_or_else(|| {
+            format!(
+                "`step` must be whole seconds from {} to {} (e.g. step=3600 for hourly sums), not {:?}",
+                Self::MIN,
+                Self::MAX,
+                s.chars().take(40).collect::<String>()
+            )
+        })
+    }
+
+    pub fn secs(self) -> i64 {
+        i64::from(self.0)
+    }
+
+    /// The end of the bucket `time` falls in: buckets are `(K - step, K]`
+    /// with K a multiple of the step, as a sample's time is the end of the
+    /// interval it measured.
+    pub fn bucket_of(self, time: i64) -> i64 {
+        (time + self.secs() - 1).div_euclid(self.secs()) * self.secs()
+    }
+}
+
+/// What traffic.json was asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrafficQuery {
+    /// Exclusive; with a step, rounded down to a multiple of it.
+    pub start: i64,
+    pub stop: i64,
+    pub step: Option<Step>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("more than {limit} samples after start: ask for a later start, or for sums per bucket with step=SECONDS (e.g. step=3600)")]
+    TooMany { limit: usize },
+}
+
+impl From<sqlx::Error> for QueryError {
+    fn from(e: sqlx::Error) -> Self {
+        QueryError::Store(e.into())
+    }
+}
+
+/// The answer to `q`, in the contract's shape.
+pub async fn traffic(store: &Store, q: &TrafficQuery) -> Result<TrafficInfo, QueryError> {
+    match q.step {
+        None => per_sample(store, q.start, q.stop).await,
+        Some(step) => per_bucket(store, q.start, q.stop, step).await,
+    }
+}
+
+/// One row per peer: its keys and its `time:rx:tx` entries, comma-separated
+/// (SQLite packs them, so a day of 10,000 peers is 10,000 rows, not millions).
+const PACKED: &str = "SELECT p.network_key, p.peer_key, s.packed FROM (SELECT peer, group_concat(entry) AS packed
+     FROM ({rows}) GROUP BY peer) s JOIN traffic_peers p ON p.id = s.peer";
+
+/// Every sample in `(start, stop]`.
+async fn per_sample(store: &Store, start: i64, stop: i64) -> Result<TrafficInfo, QueryError> {
+    per_sample_limited(store, start, stop, MAX_SAMPLES).await
+}
+
+async fn per_sample_limited(store: &Store, start: i64, stop: i64, limit: usize) -> Result<TrafficInfo, QueryError> {
+    // Counting stops past the limit: too big an answer is refused quickly.
+    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM (SELECT 1 FROM traffic_samples WHERE time > ?1 AND time <= ?2 LIMIT ?3)")
+        .bind(start)
+        .bind(stop)
+        .bind(limit as i64 + 1)
+        .fetch_one(&store.pool)
+        .await?;
+    if count as usize > limit {
+        return Err(QueryError::TooMany { limit });
+    }
+    let rows = "SELECT peer, time || ':' || rx || ':' || tx AS entry FROM traffic_samples WHERE time > ?1 AND time <= ?2";
+    let mut info = TrafficInfo { start_time: start, stop_time: stop, ..Default::default() };
+    read_packed(store, &PACKED.replace("{rows}", rows), start, stop, &mut info, |t| t).await?;
+    Ok(info)
+}
+
+/// Sums per bucket: from the hourly sums when the step is whole hours,
+/// else from the samples; each peer's entries are put in their buckets here.
+async fn per_bucket(store: &Store, start: i64, stop: i64, step: Step) -> Result<TrafficInfo, QueryError> {
+    let from = start.div_euclid(step.secs()) * step.secs();
+    let rows = if step.secs() % 3600 == 0 {
+        "SELECT peer, entry FROM traffic_hourly WHERE hour > ?1 AND hour <= (?2 + 3599) / 3600 * 3600"
+    } else {
+        "SELECT peer, time || ':' || rx || ':' || tx AS entry FROM traffic_samples WHERE time > ?1 AND time <= ?2"
+    };
+    let mut info = TrafficInfo { start_time: from, stop_time: stop, step: Some(step.0), ..Default::default() };
+    read_packed(store, &PACKED.replace("{rows}", rows), from, stop, &mut info, |t| step.bucket_of(t)).await?;
+    Ok(info)
+}
+
+/// Streams the packed rows of `sql` into `info`, each entry's time mapped
+/// by `key` (a sample's own time, or its bucket).
+async fn read_packed(
+    store: &Store,
+    sql: &str,
+    from: i64,
+    stop: i64,
+    info: &mut TrafficInfo,
+    key: impl Fn(i64) -> i64,
+) -> Result<(), QueryError> {
+    let mut rows = sqlx::query(sql).bind(from).bind(stop).fetch(&store.pool);
+    while let Some(row) = rows.try_next().await? {
+        let (network, peer, packed): (String, String, String) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+        let mut device = DeviceTraffic::default();
+        for entry in packed.split(',') {
+            let mut f = entry.split(':').map(|x| x.parse::<i64>());
+            let (Some(Ok(time)), Some(Ok(rx)), Some(Ok(tx))) = (f.next(), f.next(), f.next()) else {
+                return Err(QueryError::Store(StoreError::Corrupt(format!("traffic entry {entry:?}"))));
+            };
+            let t = Traffic { rx, tx };
+            add(&mut device.traffic, &t);
+            add(device.times.entry(key(time).to_string()).or_default(), &t);
+        }
+        add(&mut info.traffic, &device.traffic);
+        let n = info.networks.entry(network).or_default();
+        add(&mut n.traffic, &device.traffic);
+        n.devices.insert(peer, device);
+    }
+    Ok(())
+}
+
+fn add(sum: &mut Traffic, t: &Traffic) {
+    sum.rx += t.rx;
+    sum.tx += t.tx;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::traffic::{Reading, prune, store_tick};
+
+    fn reading(peer: &str, rx: u64, tx: u64) -> Reading {
+        Reading { network: "51820".into(), network_key: "N".into(), peer_key: peer.into(), epoch: 1, rx, tx }
+    }
+
+    /// Two peers polled every minute for `minutes` from `t0`, each tick
+    /// adding 10 (a) and 1 (b) bytes received.
+    async fn minutes(store: &Store, t0: i64, minutes: i64) {
+        let read = ["51820".to_string()];
+        for m in 0..=minutes {
+            let r = vec![reading("a", 10 * m as u64, 0), reading("b", m as u64, 7)];
+            store_tick(store, &read, true, r, t0 + 60 * m, Duration::from_secs(10 * 86400)).await.unwrap();
+        }
+    }
+
+    async fn query(store: &Store, start: i64, stop: i64, step: Option<u32>) -> TrafficInfo {
+        traffic(store, &TrafficQuery { start, stop, step: step.map(Step) }).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn buckets_sum_the_same_bytes_as_the_samples() {
+        let store = Store::open(None).await.unwrap();
+        let t0 = 1_700_000_000 - 1_700_000_000 % 86400;
+        minutes(&store, t0, 180).await;
+        let all = query(&store, t0, t0 + 4 * 3600, None).await;
+        assert_eq!(all.traffic, Traffic { rx: 1800 + 180, tx: 0 }, "b's 7 tx bytes were its first reading, at t0 (not after start)");
+        assert_eq!(all.networks["N"].devices["a"].times.len(), 180);
+        for step in [3600, 1800, 600] {
+            let b = query(&store, t0, t0 + 4 * 3600, Some(step)).await;
+            assert_eq!((b.traffic.clone(), b.step, b.start_time), (all.traffic.clone(), Some(step), t0), "step {step}");
+            let a = &b.networks["N"].devices["a"];
+            assert_eq!(a.times.len() as u32, 3 * 3600 / step, "step {step}: {:?}", a.times.keys());
+            let first = format!("{}", t0 + i64::from(step));
+            assert_eq!(a.times[&first].rx, 10 * i64::from(step) / 60, "step {step}: the bucket ending at {first}");
+        }
+        // A start inside an hour is rounded down to the bucket it is in.
+        let b = query(&store, t0 + 3600 + 120, t0 + 4 * 3600, Some(3600)).await;
+        assert_eq!(b.start_time, t0 + 3600);
+        assert_eq!(b.networks["N"].devices["a"].traffic.rx, 1200);
+        let raw = query(&store, t0 + 3600 + 120, t0 + 4 * 3600, None).await;
+        assert_eq!(raw.networks["N"].devices["a"].traffic.rx, 1180, "without a step the start is exact");
+    }
+
+    #[tokio::test]
+    async fn too_many_samples_without_a_step_is_an_error_not_a_huge_answer() {
+        let store = Store::open(None).await.unwrap();
+        minutes(&store, 1_000_000, 3).await;
+        let err = per_sample_limited(&store, 0, i64::MAX, 6).await.unwrap_err();
+        assert!(err.to_string().contains("more than 6 samples") && err.to_string().contains("step="), "{err}");
+        assert!(per_sample_limited(&store, 0, i64::MAX, 7).await.is_ok(), "b's first tick, then 3 ticks x 2 peers");
+    }
+
+    #[tokio::test]
+    async fn pruning_goes_in_batches_and_forgets_idle_peers() {
+        let store = Store::open(None).await.unwrap();
+        let read = ["51820".to_string()];
+        let many = |m: u64| (0..3000).map(|p| reading(&format!("p{p}"), m, 0)).collect::<Vec<_>>();
+        let keep = Duration::from_secs(10 * 86400);
+        for m in 1..=4 {
+            store_tick(&store, &read, true, many(m), 3600 * m as i64, keep).await.unwrap();
+        }
+        let count = |sql: &'static str| {
+            let pool = store.pool.clone();
+            async move { sqlx::query_scalar::<_, i64>(sql).fetch_one(&pool).await.unwrap() }
+        };
+        assert_eq!(count("SELECT COUNT(*) FROM traffic_samples").await, 12000);
+        assert_eq!(prune(&store, 3600 * 3).await.unwrap(), 2 * 6000, "two hours of samples and their hourly sums");
+        assert_eq!(count("SELECT MIN(time) FROM traffic_samples").await, 3600 * 3);
+        assert_eq!(count("SELECT COUNT(*) FROM traffic_peers").await, 3000, "peers with samples left stay");
+        assert_eq!(prune(&store, 3600 * 10).await.unwrap(), 2 * 6000);
+        assert_eq!(count("SELECT COUNT(*) FROM traffic_peers").await, 0);
+    }
+
+    #[test]
+    fn steps_are_checked() {
+        assert_eq!(Step::parse("3600"), Ok(Step(3600)));
+        assert_eq!(Step::parse("60"), Ok(Step(60)));
+        for bad in ["", "0", "59", "-60", "+60", "1.5", "abc", "31622401", "99999999999999999999"] {
+            let e = Step::parse(bad).unwrap_err();
+            assert!(e.contains("whole seconds from 60 to 31622400"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn buckets_end_at_multiples_of_the_step() {
+        let s = Step(3600);
+        assert_eq!(s.bucket_of(3600), 3600, "a sample at the end of an hour belongs to that hour");
+        assert_eq!(s.bucket_of(3601), 7200);
+        assert_eq!(s.bucket_of(1), 3600);
+    }
+}
