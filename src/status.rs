@@ -28,13 +28,19 @@ pub async fn collect(shared: &Arc<Shared>) -> Result<StatusInfo, StoreError> {
         let _ = tokio::time::timeout(REFRESH_WAIT, refreshed).await;
     }
     let desired: BTreeSet<u16> = ports.into_iter().collect();
+    // Which namespaces are there is one directory listing: always fresh.
+    let present = shared.system.namespaces();
     let seen = shared.seen.networks.read().unwrap_or_else(|e| e.into_inner());
     let networks = desired
         .iter()
+        .chain(&present)
         .chain(seen.keys())
         .collect::<BTreeSet<_>>()
         .into_iter()
-        .map(|port| (port.to_string(), network_status(shared, *port, desired.contains(port), seen.get(port))))
+        .map(|port| {
+            let place = Place { desired: desired.contains(port), present: present.contains(port) };
+            (port.to_string(), network_status(shared, *port, place, seen.get(port)))
+        })
         .collect();
     Ok(StatusInfo {
         backend: shared.system.backend.name().into(),
@@ -100,14 +106,21 @@ fn peer_status(p: &WgPeer) -> PeerStatus {
     }
 }
 
-fn network_status(shared: &Shared, port: u16, desired: bool, seen: Option<&SeenNetwork>) -> NetworkStatus {
+/// Whether a network is desired, and whether its namespace is there now.
+struct Place {
+    desired: bool,
+    present: bool,
+}
+
+fn network_status(shared: &Shared, port: u16, place: Place, seen: Option<&SeenNetwork>) -> NetworkStatus {
     let layout = &shared.system.layout;
-    let n = seen.and_then(|s| s.network.as_ref());
+    // What was seen inside a namespace that is gone since says nothing now.
+    let n = seen.and_then(|s| s.network.as_ref()).filter(|_| place.present);
     let link = n.and_then(|n| n.wg_link.as_ref());
     let wg = n.and_then(|n| n.wg.as_ref());
     NetworkStatus {
         namespace: layout.netns(port),
-        namespace_present: n.is_some(),
+        namespace_present: place.present,
         interface: layout.wg(port),
         interface_present: link.is_some(),
         interface_up: link.is_some_and(|l| l.up),
@@ -115,7 +128,7 @@ fn network_status(shared: &Shared, port: u16, desired: bool, seen: Option<&SeenN
         listen_port: wg.map(|d| d.listen_port),
         mtu: link.map(|l| l.mtu),
         addresses: link.map(|l| l.addresses.iter().map(ToString::to_string).collect()).unwrap_or_default(),
-        desired,
+        desired: place.desired,
         observed_at: seen.map(|s| s.observed_at),
         peers: wg.map(|d| d.peers.iter().map(|(k, p)| (k.to_string(), peer_status(p))).collect::<BTreeMap<_, _>>()).unwrap_or_default(),
     }

@@ -137,7 +137,8 @@ fn nginx_and_nat_agree_on_ports() {
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, SocketAddrV4};
 
-use crate::system::parse::{parse_iptables_save, parse_wg_dump};
+use crate::system::parse::parse_iptables_save;
+use crate::system::wgread::parse_uapi;
 use crate::testing::{converged_desired, fixture};
 use crate::types::{Cidr, PublicKey, SecretKey};
 
@@ -207,7 +208,7 @@ fn wireguard_conf_reads_back_as_the_spec() {
 fn wireguard_as_the_real_tool_reports_it_is_the_spec() {
     let d = converged_desired();
     for (port, spec) in &d.networks {
-        let (dump, problems) = parse_wg_dump(&fixture(&format!("wg-dump-{port}.txt"))).unwrap();
+        let (dump, problems) = parse_uapi(&fixture(&format!("netlink-{port}-uapi.txt"))).unwrap();
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(
             (dump.private_key.as_ref(), dump.public_key, dump.listen_port),
