@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, exactly as CI runs it (.ci/run calls this script with
-# no argument; GitLab's jobs call single steps: fmt, clippy, test, openapi).
-# Needs root for `test`: the end-to-end tests build real namespaces,
+# no argument; GitLab's jobs call single steps: fmt, clippy, test, openapi, fuzz).
+# Needs root for `test` and `fuzz`: the end-to-end tests and the fuzzed daemon build real namespaces,
 # WireGuard interfaces, iptables rules and a private nginx.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,11 +49,21 @@ openapi() {
   target/venv-openapi/bin/openapi-spec-validator target/openapi.json
 }
 
+fuzz() {
+  if [ "$(id -u)" -ne 0 ]; then
+    as_root fuzz
+  fi
+  step "fuzz the API from its OpenAPI document (schemathesis, every check, ${FUZZ_SECONDS:-60} s, against a real daemon)"
+  cargo build --locked -q
+  scripts/fuzz-api.sh "${CARGO_TARGET_DIR:-target}/debug/gateway"
+}
+
 case "${1:-all}" in
   fmt) fmt ;;
   clippy) clippy ;;
   test) tests ;;
   openapi) openapi ;;
+  fuzz) fuzz ;;
   all)
     if [ "$(id -u)" -ne 0 ]; then
       as_root all
@@ -63,10 +73,11 @@ case "${1:-all}" in
     clippy
     tests
     openapi
+    fuzz
     printf '\nAll checks passed.\n'
     ;;
   *)
-    echo "usage: $0 [all|fmt|clippy|test|openapi]" >&2
+    echo "usage: $0 [all|fmt|clippy|test|openapi|fuzz]" >&2
     exit 2
     ;;
 esac

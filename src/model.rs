@@ -3,10 +3,20 @@
 //! bad value reaches `validate`, which reports every problem with its path,
 //! instead of failing in serde with only the first one.
 
+//!
+//! Their schemas in the OpenAPI document are exact: each string field and
+//! map key borrows the pattern of what the validator accepts ([`schema`]).
+
+pub mod schema;
+
 use std::collections::BTreeMap;
 
 use schemars::JsonSchema;
+use schemars::r#gen::SchemaGenerator;
+use schemars::schema::Schema;
 use serde::{Deserialize, Serialize};
+
+use schema::{AllowedIp, Endpoint, IntRange, InterfaceAddress, Keyed, ListenPortKey, NonEmpty, ProxyUrl, Upstream, WireGuardKey};
 
 /// The whole desired state, keyed by the network's WireGuard listen port.
 pub type GatewayConfig = BTreeMap<String, NetworkConfig>;
@@ -14,41 +24,122 @@ pub type GatewayConfig = BTreeMap<String, NetworkConfig>;
 /// A partial update: a `null` value removes that network.
 pub type GatewayConfigPartial = BTreeMap<String, Option<NetworkConfig>>;
 
+/// The schema of [`GatewayConfig`], named in the document.
+pub struct GatewayConfigSchema;
+
+impl JsonSchema for GatewayConfigSchema {
+    fn schema_name() -> String {
+        "GatewayConfig".into()
+    }
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        let mut schema = Keyed::<ListenPortKey, NetworkConfig>::json_schema(generator).into_object();
+        let meta = schema.metadata();
+        meta.description = Some("The whole desired state: networks keyed by their WireGuard listen port (a decimal string).".into());
+        meta.examples = vec![example_config()];
+        schema.into()
+    }
+}
+
+/// The schema of [`GatewayConfigPartial`], named in the document.
+pub struct GatewayConfigPartialSchema;
+
+impl JsonSchema for GatewayConfigPartialSchema {
+    fn schema_name() -> String {
+        "GatewayConfigPartial".into()
+    }
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        let mut schema = Keyed::<ListenPortKey, Option<NetworkConfig>>::json_schema(generator).into_object();
+        schema.metadata().description =
+            Some("A partial update keyed by listen port: each listed network is replaced, a `null` value removes that network.".into());
+        schema.into()
+    }
+}
+
+/// A configuration the server accepts, shown in the document (and sent by
+/// fuzzers as their first positive case).
+fn example_config() -> serde_json::Value {
+    serde_json::json!({
+        "51820": {
+            "private_key": "0EtpYOfpZyKaIcpkq+KO/+joyV431f1X99CcB2OMo3c=",
+            "mtu": 1420,
+            "address": ["10.80.0.1/16"],
+            "peers": {
+                "OxvFhrgLnI9e4xzMMA2qQ7wm/xCUzxaWW5cb1JGkWSA=": {
+                    "allowed_ips": ["10.80.0.2/32"],
+                    "endpoint": "203.0.113.7:41213",
+                    "persistent_keepalive": 25
+                }
+            },
+            "proxy": {
+                "https://app.example.com": ["10.80.0.2:443"],
+                "http://app.example.com": ["10.80.0.2:80"]
+            }
+        }
+    })
+}
+
+/// An optional whole number, also written with a zero fraction (`1420.0`)
+/// or an exponent (`1.42e3`): JSON Schema calls those integers too, and
+/// some JSON encoders write every number so.
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else { return Ok(None) };
+    let whole = match (n.as_u64(), n.as_f64()) {
+        (Some(u), _) => u32::try_from(u).ok(),
+        (None, Some(f)) if f.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(&f) => Some(f as u32),
+        _ => None,
+    };
+    whole.map(Some).ok_or_else(|| serde::de::Error::custom(format!("{n} is not a whole number 0..=4294967295")))
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkConfig {
-    /// Base64 WireGuard private key of the gateway's interface in this network.
+    /// Base64 WireGuard private key of the gateway's interface in this
+    /// network; no two networks may have the same.
+    #[schemars(with = "WireGuardKey")]
     pub private_key: String,
     /// Optional; when given it must equal the key of this network.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "whole_number")]
+    #[schemars(with = "Option<IntRange<2, 65534>>")]
     pub listen_port: Option<u32>,
     /// Interface MTU, 1280..=9000; defaults to 1420.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "whole_number")]
+    #[schemars(with = "Option<IntRange<1280, 9000>>")]
     pub mtu: Option<u32>,
-    /// Addresses of the gateway's interface, e.g. `10.80.0.1/16`.
+    /// Addresses of the gateway's interface, e.g. `10.80.0.1/16`; a network
+    /// with proxy entries needs an IPv4 one.
     #[serde(default)]
+    #[schemars(with = "Vec<InterfaceAddress>")]
     pub address: Vec<String>,
-    /// Peers keyed by their base64 public key.
+    /// Peers keyed by their base64 public key (not the network's own).
     #[serde(default)]
+    #[schemars(with = "Keyed<WireGuardKey, PeerConfig>")]
     pub peers: BTreeMap<String, PeerConfig>,
     /// `https://HOST` (TLS passthrough by SNI) or `http://HOST` (reverse proxy
-    /// by Host) mapped to upstreams `IP:PORT` inside the network.
+    /// by Host) mapped to upstreams `IP:PORT` inside the network (at most
+    /// 1000 distinct upstreams per network).
     #[serde(default)]
+    #[schemars(with = "Keyed<ProxyUrl, NonEmpty<Upstream>>")]
     pub proxy: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PeerConfig {
+    /// All zeros means none, as in WireGuard.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<WireGuardKey>")]
     pub preshared_key: Option<String>,
     #[serde(default)]
+    #[schemars(with = "Vec<AllowedIp>")]
     pub allowed_ips: Vec<String>,
     /// `IP:PORT` or `[IPv6]:PORT` (no hostnames: WireGuard would report the resolved address).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<Endpoint>")]
     pub endpoint: Option<String>,
     /// Seconds, 1..=65535; absent means off.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "whole_number")]
+    #[schemars(with = "Option<IntRange<1, 65535>>")]
     pub persistent_keepalive: Option<u32>,
 }
 
@@ -57,6 +148,7 @@ pub struct PeerConfig {
 pub struct StoredConfig {
     /// Increases by one with every accepted POST or PATCH; 0 = nothing accepted yet.
     pub generation: i64,
+    #[schemars(with = "GatewayConfigSchema")]
     pub config: GatewayConfig,
 }
 
@@ -186,4 +278,24 @@ pub struct ErrorDetail {
     /// JSON path of the offending value, e.g. `$["51820"].peers["abc="].endpoint`.
     pub path: String,
     pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whole_numbers_in_any_spelling() {
+        let net = |mtu: &str| serde_json::from_str::<NetworkConfig>(&format!(r#"{{"private_key": "k", "mtu": {mtu}}}"#));
+        for (text, want) in [("1420", 1420), ("1420.0", 1420), ("1.42e3", 1420), ("0", 0), ("4294967295", u32::MAX)] {
+            assert_eq!(net(text).unwrap().mtu, Some(want), "{text}");
+        }
+        assert_eq!(net("null").unwrap().mtu, None);
+        for bad in ["1420.5", "-1", "4294967296", "1e20", "\"1420\"", "true"] {
+            assert!(net(bad).is_err(), "{bad}");
+        }
+        let peer: PeerConfig = serde_json::from_str(r#"{"persistent_keepalive": 25.0}"#).unwrap();
+        assert_eq!(peer.persistent_keepalive, Some(25));
+        assert_eq!(serde_json::to_string(&peer).unwrap(), r#"{"allowed_ips":[],"persistent_keepalive":25}"#, "stored as written by us");
+    }
 }

@@ -222,7 +222,10 @@ const BATCH: usize = 250;
 /// Reads the previous counters, writes new counters, samples and hourly
 /// sums, and drops the counters of peers that are gone, all in one
 /// transaction; then prunes samples older than `retention` in small batches
-/// (see [`prune`]).
+/// (see [`prune`]). The transaction takes the write lock when it begins
+/// (`BEGIN IMMEDIATE`): one that read first could not upgrade to a write
+/// once another connection had written meanwhile (SQLITE_BUSY, which the
+/// busy timeout does not cover), and the tick would be lost.
 pub async fn store_tick(
     store: &Store,
     networks_read: &[String],
@@ -231,7 +234,7 @@ pub async fn store_tick(
     now: i64,
     retention: Duration,
 ) -> Result<TickWrites, StoreError> {
-    let mut tx = store.pool.begin().await?;
+    let mut tx = store.pool.begin_with("BEGIN IMMEDIATE").await?;
     let previous = previous_counters(&mut tx).await?;
     let writes = plan_tick(&previous, networks_read, complete, readings);
     for (network, peer_key) in &writes.stale {
@@ -469,5 +472,27 @@ mod tests {
         store_tick(&store, &read, true, vec![r("a", 10, 0)], 1000 + 3601, retention).await.unwrap();
         let info = traffic_since(&store, 0, i64::MAX).await.unwrap();
         assert_eq!(info.traffic.rx, 0, "one second older it is pruned");
+    }
+
+    /// Another connection writes while a tick is about to run: the tick
+    /// waits for it (busy timeout) instead of failing on a stale read.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_tick_waits_for_another_writer_instead_of_failing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(Some(dir.path().join("t.db").to_str().unwrap())).await.unwrap();
+        let day = Duration::from_secs(86400);
+        let read = ["51820".to_string()];
+        store_tick(&store, &read, true, vec![r("a", 1000, 2000)], 100, day).await.unwrap();
+        let mut other = store.pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
+        sqlx::query("UPDATE peer_counters SET rx = 1100").execute(&mut *other).await.unwrap();
+        let tick = tokio::spawn({
+            let store = store.clone();
+            async move { store_tick(&store, &["51820".to_string()], true, vec![r("a", 1200, 2000)], 160, day).await }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        other.commit().await.unwrap();
+        tick.await.unwrap().expect("the tick waited for the other writer");
+        let info = traffic_since(&store, 100, 200).await.unwrap();
+        assert_eq!(info.traffic.rx, 100, "counted from the other writer's committed counter");
     }
 }

@@ -10,6 +10,8 @@ use std::str::FromStr;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
+pub mod pattern;
+
 const KEY_FORM: &str = "must be a WireGuard key: 44 characters of standard base64 ending in '='";
 
 fn decode_key(s: &str) -> Result<[u8; 32], String> {

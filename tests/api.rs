@@ -185,6 +185,10 @@ async fn traffic_query_errors_are_clear() {
         ("/api/v1/traffic.json", "required"),
         ("/api/v1/traffic.json?start=abc", "unix seconds"),
         ("/api/v1/traffic.json?start=-5", "unix seconds"),
+        ("/api/v1/traffic.json?start=1.5", "unix seconds"),
+        ("/api/v1/traffic.json?start=1&start=2", "more than once"),
+        ("/api/v1/traffic.json?start=0&step=30", "from 60 to 31622400"),
+        ("/api/v1/traffic.json?start=0&step=x", "hourly sums"),
     ] {
         let (s, v) = call(&c, Method::Get, path, token(), None).await;
         assert_eq!(s, Status::BadRequest, "{path}: {v}");
@@ -196,9 +200,77 @@ async fn traffic_query_errors_are_clear() {
     assert_eq!(v["start_time"], 0);
     assert_eq!(v["traffic"], json!({"rx": 0, "tx": 0}));
     assert!(v["stop_time"].as_i64().unwrap() > 1_700_000_000);
+    // Integers in any spelling JSON Schema allows (as generated clients print them).
+    for (path, start) in
+        [("/api/v1/traffic.json?start=1.7e9", 1_700_000_000), ("/api/v1/traffic.json?start=1.8e9&step=3600.0", 1_800_000_000)]
+    {
+        let (s, v) = call(&c, Method::Get, path, token(), None).await;
+        assert_eq!((s, &v["start_time"]), (Status::Ok, &json!(start)), "{path}: {v}");
+    }
     let (s, v) = call(&c, Method::Get, "/api/v1/nothing", token(), None).await;
     assert_eq!(s, Status::NotFound);
     assert_error_shape(&v, "not_found");
+}
+
+/// A known path asked with a method it does not have: 405 with `Allow`
+/// (before the token is checked: the methods are no secret); an unknown
+/// path stays 404 whatever the method.
+#[tokio::test]
+async fn wrong_method_is_405_with_allow_and_unknown_path_404() {
+    let c = client(&["--token", "s3cret"]).await;
+    for (method, path, allow) in [
+        (Method::Trace, "/health", "GET, HEAD"),
+        (Method::Delete, "/api/v1/config.json", "GET, HEAD, PATCH, POST"),
+        (Method::Put, "/metrics", "GET, HEAD"),
+        (Method::Options, "/api/v1/traffic.json", "GET, HEAD"),
+        (Method::Post, "/api/v1/status.json", "GET, HEAD"),
+    ] {
+        let r = c.req(method, path).dispatch().await;
+        assert_eq!(r.status(), Status::MethodNotAllowed, "{method} {path}");
+        assert_eq!(r.headers().get_one("Allow"), Some(allow), "{method} {path}");
+        let v: Value = serde_json::from_str(&r.into_string().await.unwrap()).unwrap();
+        assert_error_shape(&v, "method_not_allowed");
+    }
+    for method in [Method::Delete, Method::Get, Method::Post] {
+        let (s, v) = call(&c, method, "/api/v1/config", token(), None).await;
+        assert_eq!(s, Status::NotFound, "{method}: {v}");
+        assert_error_shape(&v, "not_found");
+    }
+    let (s, _) = call(&c, Method::Head, "/health", None, None).await;
+    assert_eq!(s, Status::Ok, "HEAD is answered wherever GET is");
+}
+
+/// A method Rocket does not know at all (QUERY) reaches the server only
+/// over a socket: on a known path it is 405 with `Allow` too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_method_on_a_known_path_is_405() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let args = common::isolated_args(&["--port", &port.to_string()]);
+    let d = build(&args, Runner::new(Duration::from_secs(5))).await.unwrap();
+    let rocket = gateway::api::rocket(d.shared, d.figment).ignite().await.unwrap();
+    let shutdown = rocket.shutdown();
+    let server = tokio::spawn(rocket.launch());
+    let ask = |request: &'static str| async move {
+        for _ in 0..100 {
+            if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                s.write_all(request.as_bytes()).await.unwrap();
+                let mut answer = String::new();
+                s.read_to_string(&mut answer).await.unwrap();
+                return answer;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the API did not listen on {port}");
+    };
+    let answer = ask("QUERY /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("\r\nallow: get, head\r\n"), "{answer}");
+    assert!(answer.contains("method_not_allowed"), "{answer}");
+    let answer = ask("QUERY /nothing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "an unknown method on an unknown path: {answer}");
+    shutdown.notify();
+    let _ = server.await;
 }
 
 #[tokio::test]

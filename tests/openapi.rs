@@ -32,7 +32,7 @@ fn binary_prints_the_spec_and_exits_zero() {
     let out = gateway().arg("--openapi").output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["openapi"], "3.0.0");
+    assert_eq!(v["openapi"], "3.1.0");
     assert_eq!(v["info"]["title"], "gateway");
 }
 

@@ -4,19 +4,22 @@
 
 use rocket::Data;
 use rocket::data::{FromData, Limits};
+use rocket::form::{self, DataField, FromForm, ValueField};
 use rocket::http::{ContentType, Status};
 use rocket::request::Request;
 use rocket::response::{self, Responder};
 use rocket::serde::json::Json;
 use rocket_okapi::r#gen::OpenApiGenerator;
-use rocket_okapi::okapi::openapi3::Responses;
-use rocket_okapi::request::OpenApiFromData;
+use rocket_okapi::okapi::openapi3::{MediaType, Parameter, ParameterValue, RequestBody, Responses};
+use rocket_okapi::request::{OpenApiFromData, OpenApiFromForm};
 use rocket_okapi::response::OpenApiResponderInner;
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 
 use super::error::{ApiError, json_responses};
-use crate::model::{ApplyResponse, ErrorDetail, GatewayConfig, GatewayConfigPartial};
+use crate::model::schema::IntRange;
+use crate::model::{ApplyResponse, ErrorDetail};
+use crate::types::truncate;
 
 const TOO_LARGE: &str = "body too large";
 
@@ -32,19 +35,7 @@ pub(super) fn body_error(message: String) -> ApiError {
 /// A JSON body whose parse error is reported by the handler as a JSON error
 /// with serde's message (line and column), not as Rocket's HTML page. `S`
 /// names the body's schema in the OpenAPI document.
-pub struct JsonBody<T, S = T>(pub Result<T, String>, std::marker::PhantomData<S>);
-
-/// Schema of `GatewayConfig` (a map keyed by listen port), named in the spec.
-#[derive(serde::Deserialize, JsonSchema)]
-#[schemars(rename = "GatewayConfig")]
-#[allow(dead_code)]
-pub struct GatewayConfigSchema(GatewayConfig);
-
-/// Schema of `GatewayConfigPartial`: a `null` value removes that network.
-#[derive(serde::Deserialize, JsonSchema)]
-#[schemars(rename = "GatewayConfigPartial")]
-#[allow(dead_code)]
-pub struct GatewayConfigPartialSchema(GatewayConfigPartial);
+pub struct JsonBody<T, S>(pub Result<T, String>, std::marker::PhantomData<S>);
 
 #[rocket::async_trait]
 impl<'r, T: DeserializeOwned, S> FromData<'r> for JsonBody<T, S> {
@@ -60,9 +51,10 @@ impl<'r, T: DeserializeOwned, S> FromData<'r> for JsonBody<T, S> {
     }
 }
 
-impl<'r, T: DeserializeOwned, S: JsonSchema + DeserializeOwned + Send> OpenApiFromData<'r> for JsonBody<T, S> {
-    fn request_body(generator: &mut OpenApiGenerator) -> rocket_okapi::Result<rocket_okapi::okapi::openapi3::RequestBody> {
-        <Json<S> as OpenApiFromData>::request_body(generator)
+impl<'r, T: DeserializeOwned, S: JsonSchema + Send> OpenApiFromData<'r> for JsonBody<T, S> {
+    fn request_body(generator: &mut OpenApiGenerator) -> rocket_okapi::Result<RequestBody> {
+        let media = MediaType { schema: Some(generator.json_schema::<S>()), ..Default::default() };
+        Ok(RequestBody { content: [("application/json".to_string(), media)].into_iter().collect(), required: true, ..Default::default() })
     }
 }
 
@@ -102,5 +94,110 @@ impl OpenApiResponderInner for MetricsText {
         let mut r = <String as OpenApiResponderInner>::responses(generator)?;
         rocket_okapi::util::set_content_type(&mut r, "application/openmetrics-text; version=1.0.0; charset=utf-8")?;
         Ok(r)
+    }
+}
+
+/// A whole-number query parameter in `MIN..=MAX` (in any spelling JSON
+/// Schema calls an integer: `1700000000.0` too), required or not. It never
+/// fails to parse, so a bad value gets the handler's clear 400, not Rocket's
+/// generic answer; its document entry says exactly that range.
+pub struct QueryInt<const MIN: i64, const MAX: i64, const REQUIRED: bool>(pub Result<Option<i64>, String>);
+
+#[rocket::async_trait]
+impl<'r, const MIN: i64, const MAX: i64, const REQUIRED: bool> FromForm<'r> for QueryInt<MIN, MAX, REQUIRED> {
+    /// The parameter's name and every value given for it.
+    type Context = (&'r str, Vec<&'r str>);
+
+    fn init(_: form::Options) -> Self::Context {
+        ("", Vec::new())
+    }
+    fn push_value(given: &mut Self::Context, field: ValueField<'r>) {
+        given.0 = field.name.source().as_str();
+        given.1.push(field.value);
+    }
+    async fn push_data(_: &mut Self::Context, _: DataField<'r, '_>) {}
+    fn finalize((name, values): Self::Context) -> form::Result<'r, Self> {
+        let parsed = match values.as_slice() {
+            [] => Ok(None),
+            [one] => whole_decimal(one)
+                .filter(|n| (MIN..=MAX).contains(n))
+                .map(Some)
+                .ok_or_else(|| format!("`{name}` must be a whole number from {MIN} to {MAX}, not {:?}", truncate(one))),
+            _ => Err(format!("`{name}` is given more than once")),
+        };
+        Ok(QueryInt(parsed))
+    }
+}
+
+impl<'r, const MIN: i64, const MAX: i64, const REQUIRED: bool> OpenApiFromForm<'r> for QueryInt<MIN, MAX, REQUIRED> {
+    fn form_multi_parameter(generator: &mut OpenApiGenerator, name: String, _: bool) -> rocket_okapi::Result<Vec<Parameter>> {
+        let schema = generator.json_schema_no_ref::<IntRange<MIN, MAX>>();
+        let value = ParameterValue::Schema { style: None, explode: None, allow_reserved: false, schema, example: None, examples: None };
+        let p = Parameter {
+            name,
+            location: "query".into(),
+            description: None,
+            required: REQUIRED,
+            deprecated: false,
+            allow_empty_value: false,
+            value,
+            extensions: Default::default(),
+        };
+        Ok(vec![p])
+    }
+}
+
+/// A whole decimal number that fits an i64, also written with a zero
+/// fraction (`1700000000.0`) or an exponent (`1.7e9`): what JSON Schema
+/// calls an integer, as clients may print it into a query.
+fn whole_decimal(s: &str) -> Option<i64> {
+    let unsigned = s.strip_prefix('+').unwrap_or(s);
+    let (number, exponent) = match unsigned.split_once(['e', 'E']) {
+        Some((n, e)) => (n, e.parse::<i32>().ok().filter(|e| e.abs() <= 40)?),
+        None => (unsigned, 0),
+    };
+    let (int, frac) = match number.split_once('.') {
+        Some((_, "")) => return None,
+        Some(parts) => parts,
+        None => (number, ""),
+    };
+    if int.is_empty() || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let digits = format!("{int}{frac}");
+    let shift = exponent - frac.len() as i32;
+    let (kept, dropped) =
+        if shift >= 0 { (digits.as_str(), "") } else { digits.split_at(digits.len().saturating_sub(shift.unsigned_abs() as usize)) };
+    if !dropped.bytes().all(|b| b == b'0') {
+        return None;
+    }
+    let kept: i64 = if kept.is_empty() { 0 } else { kept.parse().ok()? };
+    kept.checked_mul(10i64.checked_pow(shift.max(0) as u32)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::whole_decimal;
+
+    #[test]
+    fn whole_decimals() {
+        for (text, want) in [
+            ("0", 0),
+            ("1700000000", 1_700_000_000),
+            ("1700000000.0", 1_700_000_000),
+            ("1.7e9", 1_700_000_000),
+            ("17E8", 1_700_000_000),
+            ("+5", 5),
+            ("007", 7),
+            ("9223372036854775807", i64::MAX),
+            ("9223372036854775807.000", i64::MAX),
+            ("50e-1", 5),
+            ("0.0", 0),
+        ] {
+            assert_eq!(whole_decimal(text), Some(want), "{text}");
+        }
+        for bad in ["", "abc", "1.5", "-1", "1e", "e5", ".5", "1.", "9223372036854775808", "1e19", "1e-1", "1_0", " 1", "0x10", "NaN"] {
+            assert_eq!(whole_decimal(bad), None, "{bad}");
+        }
     }
 }

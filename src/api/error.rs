@@ -2,7 +2,7 @@
 //! body in one place, plus the catcher for what Rocket answers itself.
 
 use rocket::catch;
-use rocket::http::Status;
+use rocket::http::{Method, Status};
 use rocket::request::Request;
 use rocket::response::{self, Responder};
 use rocket::serde::json::Json;
@@ -84,25 +84,84 @@ pub(super) fn json_responses<T: JsonSchema>(generator: &mut OpenApiGenerator, co
     Ok(r)
 }
 
+/// Every error status the API answers with, described once; each operation
+/// lists its own in the document (`openapi::ERRORS`).
+pub(super) const ERROR_STATUSES: &[(u16, &str)] = &[
+    (400, "malformed request (e.g. a bad query parameter)"),
+    (401, "missing or wrong token"),
+    (413, "the body is larger than the JSON limit (16 MiB)"),
+    (422, "invalid configuration: every problem with its JSON path; nothing changed"),
+    (
+        500,
+        "the apply failed (`apply_failed`: details list each error; stored anyway and retried) or an internal error (`internal`, e.g. the database)",
+    ),
+];
+
 impl OpenApiResponderInner for ApiError {
     fn responses(generator: &mut OpenApiGenerator) -> rocket_okapi::Result<Responses> {
-        json_responses::<ErrorBody>(
-            generator,
-            &[
-                (400, "malformed request (e.g. a bad query parameter)"),
-                (401, "missing or wrong token"),
-                (413, "the body is larger than the JSON limit"),
-                (422, "invalid configuration: every problem with its JSON path"),
-                (500, "the apply failed (details list each error) or an internal error"),
-            ],
-        )
+        json_responses::<ErrorBody>(generator, ERROR_STATUSES)
+    }
+}
+
+/// What the catcher answers: an error body, and for a known path asked with
+/// another method, the methods it has.
+pub(super) struct Caught {
+    status: Status,
+    body: ErrorBody,
+    allow: Option<String>,
+}
+
+impl<'r> Responder<'r, 'static> for Caught {
+    fn respond_to(self, req: &'r Request<'_>) -> response::Result<'static> {
+        let mut r = response::Response::build_from(Json(self.body).respond_to(req)?);
+        r.status(self.status);
+        if let Some(allow) = self.allow {
+            r.raw_header("Allow", allow);
+        }
+        r.ok()
+    }
+}
+
+/// The methods the mounted routes answer on the request's path (HEAD
+/// wherever GET is: Rocket answers it), `None` if no route has this path.
+fn allowed_methods(req: &Request<'_>) -> Option<Vec<Method>> {
+    let wanted: Vec<&str> = req.uri().path().segments().collect();
+    let same_path = |route: &rocket::Route| {
+        let segments: Vec<&str> = route.uri.path().split('/').filter(|s| !s.is_empty()).collect();
+        segments.len() == wanted.len() && segments.iter().zip(&wanted).all(|(r, w)| r.starts_with('<') || r == w)
+    };
+    let mut methods: Vec<Method> = req.rocket().routes().filter(|r| same_path(r)).map(|r| r.method).collect();
+    if methods.contains(&Method::Get) {
+        methods.push(Method::Head);
+    }
+    methods.sort_by_key(|m| m.as_str());
+    methods.dedup();
+    (!methods.is_empty()).then_some(methods)
+}
+
+/// Whether the catcher was called for a method the path does not have:
+/// 404 for a known method no route of the path answers; 400 for a method
+/// Rocket does not know at all (e.g. `QUERY`), which it reports with the
+/// request turned into a GET (no route here sends 400 to the catcher).
+fn wrong_method(status: Status, req: &Request<'_>, allowed: &[Method]) -> bool {
+    match status.code {
+        404 => !allowed.contains(&req.method()),
+        400 => true,
+        _ => false,
     }
 }
 
 /// What Rocket answers itself (no route, a failed guard, an oversized body)
-/// is JSON too, never an HTML page.
+/// is JSON too, never an HTML page. A known path asked with a method it does
+/// not have is 405 with `Allow`; an unknown path is 404.
 #[catch(default)]
-pub(super) fn default_catcher(status: Status, req: &Request<'_>) -> (Status, Json<ErrorBody>) {
+pub(super) fn default_catcher(status: Status, req: &Request<'_>) -> Caught {
+    if let Some(methods) = allowed_methods(req).filter(|m| wrong_method(status, req, m)) {
+        let allow = methods.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", ");
+        let message = format!("{} takes only {allow}", req.uri().path());
+        let body = ErrorBody { error: "method_not_allowed".into(), message, details: vec![] };
+        return Caught { status: Status::MethodNotAllowed, body, allow: Some(allow) };
+    }
     let (code, message) = match status.code {
         401 => ("unauthorized", "missing or wrong token: send `Token: <token>` or `Authorization: Bearer <token>`".to_string()),
         404 => ("not_found", format!("no route for {} {}", req.method(), req.uri().path())),
@@ -111,5 +170,5 @@ pub(super) fn default_catcher(status: Status, req: &Request<'_>) -> (Status, Jso
         c if c < 500 => ("bad_request", status.reason_lossy().to_string()),
         _ => ("internal", "internal error; see the daemon's log".to_string()),
     };
-    (status, Json(ErrorBody { error: code.into(), message, details: vec![] }))
+    Caught { status, body: ErrorBody { error: code.into(), message, details: vec![] }, allow: None }
 }

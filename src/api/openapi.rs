@@ -1,18 +1,62 @@
-//! The OpenAPI document: what rocket_okapi generates from the routes, with
-//! both ways to send the token and the config schema named.
+//! The OpenAPI document. rocket_okapi generates it from the routes and the
+//! model's schemas, as JSON Schema 2020-12 (OpenAPI 3.1), so the patterns
+//! and `propertyNames` of `model::schema` state exactly what the server
+//! accepts. [`finish`] is the one step after generation: what the routes
+//! cannot tell rocket_okapi (the version, both token schemes, which error
+//! statuses each operation really answers, 405 and the rules that span values).
 
-use rocket_okapi::okapi::openapi3::{OpenApi, RefOr, SecurityRequirement, SecurityScheme, SecuritySchemeData};
+use rocket_okapi::okapi::openapi3::{OpenApi, Operation, RefOr, SecurityRequirement, SecurityScheme, SecuritySchemeData};
+use rocket_okapi::settings::OpenApiSettings;
+use schemars::r#gen::SchemaSettings;
 
 use super::auth::BEARER_SCHEME;
 use super::routes::routes_and_spec;
 
-/// The OpenAPI document, with both ways to send the token.
+/// The OpenAPI document of the API.
 pub fn openapi_spec() -> OpenApi {
-    let (_, mut spec) = routes_and_spec();
+    finish(routes_and_spec().1)
+}
+
+/// JSON Schema 2020-12 (what OpenAPI 3.1 uses) with schemas in `components`.
+pub(super) fn settings() -> OpenApiSettings {
+    let schema_settings = SchemaSettings::draft2019_09().with(|s| {
+        s.definitions_path = "#/components/schemas/".into();
+        s.meta_schema = None;
+    });
+    OpenApiSettings { schema_settings, ..OpenApiSettings::default() }
+}
+
+/// The error statuses each operation answers (by operation id), besides
+/// its successes; what they mean is `error::ERROR_STATUSES`.
+const ERRORS: &[(&str, &[u16])] = &[
+    ("health", &[]),
+    ("post_config", &[401, 413, 422, 500]),
+    ("patch_config", &[401, 413, 422, 500]),
+    ("get_config", &[401, 500]),
+    ("status", &[401, 500]),
+    ("traffic", &[400, 401, 500]),
+    ("metrics", &[401, 500]),
+];
+
+const DESCRIPTION: &str = "Converges WireGuard network namespaces and nginx ingress to the posted desired state, and accounts traffic per peer.
+
+Every route but `/health` needs the token: `Token: <token>` or `Authorization: Bearer <token>`. Every error is an `ErrorBody`. A known path asked with a method it does not have answers `405` (`method_not_allowed`) with an `Allow` header listing its methods; an unknown path answers `404` (`not_found`).
+
+The schemas give each value its exact form. The server also checks the rules that span values, which a schema cannot state, and answers `422` with the JSON path of each problem:
+- `listen_port`, when given, equals the network's key;
+- no two networks have the same private key; no peer has the network's own public key;
+- an interface address appears once in a network; an allowed IP belongs to one peer of the network;
+- no address, allowed IP or upstream lies inside the gateway's bridge subnet (`--bridge-subnet`, default 10.199.0.0/16);
+- a network with proxy entries has an IPv4 address; each upstream lies inside its network (one of the network's addresses or a peer's allowed IPs covers it); at most 1000 distinct upstreams per network; no URL is given twice (with and without a trailing `/`);
+- a hostname is served by one network only, whatever the scheme, and not by a `--custom-forwarding`.
+A PATCH is checked as the whole state it would make.";
+
+/// The one step after generation; see the module's documentation.
+fn finish(mut spec: OpenApi) -> OpenApi {
+    spec.openapi = "3.1.0".into();
     spec.info.title = "gateway".into();
     spec.info.version = env!("CARGO_PKG_VERSION").into();
-    spec.info.description =
-        Some("Converges WireGuard network namespaces and nginx ingress to the posted desired state, and accounts traffic per peer.".into());
+    spec.info.description = Some(DESCRIPTION.into());
     let components = spec.components.get_or_insert_with(Default::default);
     components.security_schemes.insert(
         BEARER_SCHEME.into(),
@@ -24,30 +68,28 @@ pub fn openapi_spec() -> OpenApi {
     );
     for item in spec.paths.values_mut() {
         for op in [&mut item.get, &mut item.post, &mut item.patch].into_iter().flatten() {
-            if let Some(sec) = op.security.as_mut().filter(|s| !s.is_empty()) {
-                let mut bearer = SecurityRequirement::new();
-                bearer.insert(BEARER_SCHEME.into(), Vec::new());
-                sec.push(bearer);
-            }
+            add_bearer(op);
+            keep_own_errors(op);
         }
     }
-    name_gateway_config(spec)
+    spec
 }
 
-/// schemars inlines the map behind `GatewayConfig`; give it its name in
-/// `components` so clients generate a `GatewayConfig` type.
-fn name_gateway_config(spec: OpenApi) -> OpenApi {
-    let Ok(mut v) = serde_json::to_value(&spec) else {
-        return spec;
-    };
-    let body = &mut v["paths"]["/api/v1/config.json"]["post"]["requestBody"]["content"]["application/json"]["schema"];
-    if body.get("$ref").is_none() && body.is_object() {
-        let mut schema = body.take();
-        schema["description"] = "The whole desired state: networks keyed by their WireGuard listen port (a decimal string).".into();
-        *body = serde_json::json!({ "$ref": "#/components/schemas/GatewayConfig" });
-        v["components"]["schemas"]["GatewayConfig"] = schema;
+/// Either token header may carry the token.
+fn add_bearer(op: &mut Operation) {
+    if let Some(sec) = op.security.as_mut().filter(|s| !s.is_empty()) {
+        let mut bearer = SecurityRequirement::new();
+        bearer.insert(BEARER_SCHEME.into(), Vec::new());
+        sec.push(bearer);
     }
-    serde_json::from_value(v).unwrap_or(spec)
+}
+
+/// Drops the error statuses this operation never answers.
+fn keep_own_errors(op: &mut Operation) {
+    let own = ERRORS.iter().find(|(id, _)| op.operation_id.as_deref() == Some(*id)).map(|(_, codes)| *codes);
+    if let Some(own) = own {
+        op.responses.responses.retain(|code, _| code.parse::<u16>().is_ok_and(|c| c < 400 || own.contains(&c)));
+    }
 }
 
 #[cfg(test)]
@@ -58,6 +100,7 @@ mod tests {
     #[test]
     fn spec_lists_every_route_and_both_schemes() {
         let spec = serde_json::to_value(openapi_spec()).unwrap();
+        assert_eq!(spec["openapi"], "3.1.0");
         for p in ["/health", "/api/v1/config.json", "/api/v1/status.json", "/api/v1/traffic.json", "/metrics"] {
             assert!(spec["paths"].get(p).is_some(), "missing {p}");
         }
@@ -71,8 +114,47 @@ mod tests {
         }
         let post = &spec["paths"]["/api/v1/config.json"]["post"];
         assert_eq!(post["requestBody"]["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/GatewayConfig");
-        for code in ["200", "202", "401", "422", "500"] {
-            assert!(post["responses"].get(code).is_some(), "POST lacks {code}");
+    }
+
+    #[test]
+    fn each_operation_lists_the_errors_it_answers() {
+        let spec = serde_json::to_value(openapi_spec()).unwrap();
+        let mut seen = 0;
+        for (path, item) in spec["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                let id = op["operationId"].as_str().unwrap();
+                let (_, own) = ERRORS.iter().find(|(i, _)| *i == id).unwrap_or_else(|| panic!("{method} {path}: {id} not in ERRORS"));
+                let codes: Vec<u16> =
+                    op["responses"].as_object().unwrap().keys().map(|c| c.parse().unwrap()).filter(|c| *c >= 400).collect();
+                assert_eq!(&codes, own, "{method} {path}");
+                seen += 1;
+            }
         }
+        assert_eq!(seen, ERRORS.len(), "every operation of ERRORS exists");
+        let get = &spec["paths"]["/api/v1/traffic.json"]["get"];
+        assert_eq!(get["parameters"][0]["required"], true, "start is required: {get}");
+        assert_eq!(get["parameters"][0]["schema"]["minimum"], 0, "{get}");
+    }
+
+    #[test]
+    fn values_and_keys_have_their_exact_forms() {
+        let spec = serde_json::to_value(openapi_spec()).unwrap();
+        let schemas = &spec["components"]["schemas"];
+        let config = &schemas["GatewayConfig"];
+        assert_eq!(config["propertyNames"]["$ref"], "#/components/schemas/ListenPortKey");
+        assert_eq!(config["additionalProperties"]["$ref"], "#/components/schemas/NetworkConfig");
+        let net = &schemas["NetworkConfig"];
+        assert_eq!(net["additionalProperties"], false, "unknown fields are refused");
+        let mtu = &net["properties"]["mtu"];
+        assert_eq!((&mtu["minimum"], &mtu["maximum"], &mtu["type"]), (&1280.into(), &9000.into(), &serde_json::json!(["integer", "null"])));
+        assert_eq!(net["properties"]["peers"]["propertyNames"]["$ref"], "#/components/schemas/WireGuardKey");
+        assert_eq!(net["properties"]["proxy"]["propertyNames"]["$ref"], "#/components/schemas/ProxyUrl");
+        assert_eq!(net["properties"]["proxy"]["additionalProperties"]["minItems"], 1);
+        assert_eq!(schemas["PeerConfig"]["additionalProperties"], false);
+        for name in ["WireGuardKey", "ListenPortKey", "InterfaceAddress", "AllowedIp", "Endpoint", "ProxyUrl", "Upstream"] {
+            assert!(schemas[name]["pattern"].as_str().is_some_and(|p| p.starts_with('^') && p.ends_with('$')), "{name}");
+        }
+        let partial = &schemas["GatewayConfigPartial"]["additionalProperties"];
+        assert!(partial.to_string().contains("null"), "null removes a network: {partial}");
     }
 }

@@ -8,11 +8,10 @@ use rocket::http::Status;
 use rocket::serde::json::Json;
 use rocket::{State, get, patch, post};
 use rocket_okapi::okapi::openapi3::OpenApi;
-use rocket_okapi::settings::OpenApiSettings;
 use rocket_okapi::{openapi, openapi_get_routes_spec};
 
 use super::auth::Auth;
-use super::body::{Applied, GatewayConfigPartialSchema, JsonBody, MetricsText, body_error};
+use super::body::{Applied, JsonBody, MetricsText, QueryInt, body_error};
 use super::error::ApiError;
 use crate::clock::now_unix;
 use crate::daemon::Shared;
@@ -36,7 +35,11 @@ fn health() -> Json<Health> {
 /// not be converged (the reconciler keeps retrying).
 #[openapi(tag = "config")]
 #[post("/api/v1/config.json", data = "<body>")]
-async fn post_config(_auth: Auth, state: &State<Arc<Shared>>, body: JsonBody<GatewayConfig>) -> Result<Applied, ApiError> {
+async fn post_config(
+    _auth: Auth,
+    state: &State<Arc<Shared>>,
+    body: JsonBody<GatewayConfig, GatewayConfigSchema>,
+) -> Result<Applied, ApiError> {
     let config = body.0.map_err(body_error)?;
     store_and_apply(state, |_| Ok(config)).await
 }
@@ -144,16 +147,17 @@ async fn status(_auth: Auth, state: &State<Arc<Shared>>) -> Result<Json<StatusIn
 /// is then rounded down to one).
 #[openapi(tag = "traffic")]
 #[get("/api/v1/traffic.json?<start>&<step>")]
-async fn traffic(_auth: Auth, state: &State<Arc<Shared>>, start: Option<&str>, step: Option<&str>) -> Result<Json<TrafficInfo>, ApiError> {
-    let start =
-        start.ok_or_else(|| ApiError::BadRequest("query parameter `start` (unix seconds) is required, e.g. ?start=1700000000".into()))?;
-    let start: i64 = start.parse().ok().filter(|s| *s >= 0).ok_or_else(|| {
-        ApiError::BadRequest(format!(
-            "`start` must be unix seconds (a non-negative integer), not {:?}",
-            start.chars().take(40).collect::<String>()
-        ))
-    })?;
-    let step = step.map(Step::parse).transpose().map_err(ApiError::BadRequest)?;
+async fn traffic(
+    _auth: Auth,
+    state: &State<Arc<Shared>>,
+    start: QueryInt<0, { i64::MAX }, true>,
+    step: QueryInt<{ Step::MIN as i64 }, { Step::MAX as i64 }, false>,
+) -> Result<Json<TrafficInfo>, ApiError> {
+    let bad = |e: String| ApiError::BadRequest(e);
+    let start = start.0.map_err(|e| bad(format!("{e} (unix seconds)")))?;
+    let start = start.ok_or_else(|| bad("query parameter `start` (unix seconds) is required, e.g. ?start=1700000000".into()))?;
+    let step = step.0.map_err(|e| bad(format!("{e} (e.g. step=3600 for hourly sums)")))?;
+    let step = step.map(|s| Step::parse(&s.to_string())).transpose().map_err(bad)?;
     let query = TrafficQuery { start, stop: now_unix(), step };
     crate::traffic::query(&state.store, &query).await.map(Json).map_err(|e| match e {
         QueryError::Store(e) => e.into(),
@@ -169,7 +173,7 @@ fn metrics(_auth: Auth, state: &State<Arc<Shared>>) -> Result<MetricsText, ApiEr
 }
 
 pub(super) fn routes_and_spec() -> (Vec<rocket::Route>, OpenApi) {
-    let settings = OpenApiSettings::default();
+    let settings = super::openapi::settings();
     openapi_get_routes_spec![settings: health, post_config, patch_config, get_config, status, traffic, metrics]
 }
 

@@ -5,6 +5,9 @@
 
 mod network;
 
+#[cfg(test)]
+pub(crate) use network::{check_interface_address, is_ipv4_compatible};
+
 use std::collections::BTreeMap;
 
 use crate::model::{ErrorDetail, GatewayConfig};

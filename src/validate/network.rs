@@ -76,7 +76,7 @@ fn addresses(path: &str, given: &[String], ctx: &Context<'_>, problems: &mut Pro
 
 /// Addresses an interface may carry: unicast and global (the observer sees
 /// only global-scope addresses, so anything else would never converge).
-fn check_interface_address(c: &Cidr) -> Result<(), String> {
+pub(crate) fn check_interface_address(c: &Cidr) -> Result<(), String> {
     let bad = match c.addr {
         IpAddr::V4(a) => a.is_loopback() || a.is_link_local() || a.is_multicast() || a.is_unspecified() || a.is_broadcast(),
         IpAddr::V6(a) => {
@@ -99,7 +99,7 @@ fn check_interface_address(c: &Cidr) -> Result<(), String> {
 
 /// `::a.b.c.d` (first 96 bits zero, longer than /96): Rust and iproute2 print
 /// these differently, so they could never be matched against `ip`/`wg` output.
-fn is_ipv4_compatible(c: &Cidr) -> bool {
+pub(crate) fn is_ipv4_compatible(c: &Cidr) -> bool {
     matches!(c.addr, IpAddr::V6(a) if c.prefix > 96 && a.segments()[..6] == [0; 6])
 }
 
