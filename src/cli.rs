@@ -95,6 +95,9 @@ pub struct Args {
     /// How long POST/PATCH wait for the apply before answering 202 `pending`.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub apply_wait: Duration,
+    /// How many networks an apply works on at once (1 = one after the other). Shared steps (bridge, nginx) still run alone, and each network's steps in order.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub apply_concurrency: u16,
     /// Time limit of every command the daemon runs.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub command_timeout: Duration,

@@ -55,6 +55,8 @@ pub struct Settings {
     pub token: Option<ApiToken>,
     /// How long POST/PATCH wait for the reconciler before answering `pending`.
     pub apply_wait: Duration,
+    /// Networks worked on at once by a pass.
+    pub apply_concurrency: usize,
 }
 
 impl Settings {
@@ -180,6 +182,7 @@ fn system_from(args: &Args, runner: Runner, layout: Layout, backend: Backend) ->
         nginx_http: args.nginx_http_config.clone(),
         nginx_conf: args.nginx_conf.clone(),
         nginx_pid: args.nginx_pid.clone(),
+        inotify_max_user_instances: "/proc/sys/fs/inotify/max_user_instances".into(),
     };
     let tools = tools.resolved(&std::env::var("PATH").unwrap_or_default());
     System { runner, layout, tools, paths, backend, reader: Arc::new(crate::system::nsread::KernelReader) }
@@ -228,6 +231,7 @@ pub async fn build(args: &Args, runner: Runner) -> anyhow::Result<Daemon> {
         watchdog: args.watchdog,
         token,
         apply_wait: args.apply_wait,
+        apply_concurrency: usize::from(args.apply_concurrency),
     };
     let shared = Arc::new(Shared::new(store, system, settings, last, args.retention));
     // Not `Config::figment()`: that would let ROCKET_* variables and a

@@ -205,7 +205,7 @@ impl Reconciler {
         let mut look = self.look(mode, &desired, &nginx).await;
         let actions = plan(&desired, &look.observed, &shared.system.layout, &nginx);
         self.account_before_changes(mode, &desired, &mut look).await;
-        let report = shared.system.execute(&actions, &desired, &nginx).await;
+        let report = shared.system.execute_concurrently(&actions, &desired, &nginx, shared.settings.apply_concurrency).await;
         self.remember(&desired, &report, &look);
         self.publish(&look, &report, &desired).await;
         if mode == Mode::Drift {

@@ -257,6 +257,7 @@ pub async fn shared(system: System) -> Arc<Shared> {
         watchdog: Duration::from_secs(60),
         token: None,
         apply_wait: Duration::from_secs(5),
+        apply_concurrency: 4,
     };
     let store = Store::open(None).await.expect("in-memory database");
     Arc::new(Shared::new(store, system, settings, None, Duration::from_secs(86400)))

@@ -9,6 +9,8 @@ pub enum SysError {
     Write { path: String, source: std::io::Error },
     #[error("wireguard-go's socket {sock} did not answer within {secs} s")]
     WireguardGoSilent { sock: String, secs: u64 },
+    #[error("wireguard-go for {iface} exited while starting (its interface went away before it answered on its socket): {hint}")]
+    WireguardGoDied { iface: String, hint: String },
     #[error("wireguard-go for {iface} did not exit within {secs} s")]
     WireguardGoLingers { iface: String, secs: u64 },
     #[error("nginx config check failed: {0}")]

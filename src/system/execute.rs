@@ -120,5 +120,6 @@ impl System {
     }
 }
 
+mod concurrent;
 #[cfg(test)]
 mod tests;

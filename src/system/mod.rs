@@ -16,6 +16,7 @@ pub mod runner;
 pub mod tools;
 mod wait;
 pub mod wgread;
+mod wgstart;
 pub mod wireguard;
 
 use std::path::PathBuf;
@@ -39,6 +40,8 @@ pub struct SystemPaths {
     pub nginx_http: PathBuf,
     pub nginx_conf: PathBuf,
     pub nginx_pid: PathBuf,
+    /// `fs.inotify.max_user_instances` (each wireguard-go takes one).
+    pub inotify_max_user_instances: PathBuf,
 }
 
 impl SystemPaths {
@@ -52,6 +55,7 @@ impl SystemPaths {
             nginx_http: dir.join("http.conf"),
             nginx_conf: dir.join("nginx.conf"),
             nginx_pid: dir.join("nginx.pid"),
+            inotify_max_user_instances: dir.join("max_user_instances"),
         }
     }
 }

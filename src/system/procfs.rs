@@ -56,6 +56,27 @@ pub fn children_of(parent: u32) -> BTreeSet<u32> {
     out
 }
 
+/// How many inotify instances the processes of user `uid` hold (each fd
+/// that is `anon_inode:inotify`): the figure `fs.inotify.max_user_instances`
+/// limits. Scans /proc: for error messages, not for every pass.
+pub fn inotify_instances_of_uid(uid: u32) -> usize {
+    use std::os::unix::fs::MetadataExt;
+    let mut count = 0;
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let owned = e.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            && std::fs::metadata(e.path()).is_ok_and(|m| m.uid() == uid);
+        if !owned {
+            continue;
+        }
+        for fd in std::fs::read_dir(e.path().join("fd")).into_iter().flatten().flatten() {
+            if std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == "anon_inode:inotify") {
+                count += 1;
+            }
+        }
+    }
+    count
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::runner::Runner;
 use super::tools::Tools;
-use super::wait::{wait_for, wait_for_async};
+use super::wait::wait_for;
 use super::{SysError, System};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -60,17 +60,7 @@ impl System {
             Backend::Kernel => {
                 self.run(self.tools.ip(["link", "add", &wg, "type", "wireguard"])).await?;
             }
-            Backend::Userspace => {
-                // With LOG_LEVEL set, the forked daemon would keep our output
-                // pipes open (and this command would never end).
-                self.run(super::runner::Cmd::new(&self.tools.wireguard_go, [wg.as_str()]).env_remove("LOG_LEVEL")).await?;
-                // wireguard-go creates its socket a moment after it forks, and
-                // listens on it a moment after that: wait until it answers.
-                let sock = self.wireguard_socket(&wg);
-                wait_for_async(|| uapi_answers(&sock), WIREGUARD_GO_WAIT)
-                    .await
-                    .map_err(|_| SysError::WireguardGoSilent { sock: sock.display().to_string(), secs: WIREGUARD_GO_WAIT.as_secs() })?;
-            }
+            Backend::Userspace => self.start_wireguard_go(&wg).await?,
         }
         self.tag_owned(&wg).await
     }
@@ -91,7 +81,7 @@ impl System {
 
 /// Whether a wireguard-go control socket accepts a UAPI `get` and answers
 /// it, within a second (async: a stuck socket must not block the runtime).
-async fn uapi_answers(sock: &Path) -> bool {
+pub(super) async fn uapi_answers(sock: &Path) -> bool {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let probe = async {
         let mut stream = tokio::net::UnixStream::connect(sock).await.ok()?;

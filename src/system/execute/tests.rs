@@ -161,3 +161,45 @@ async fn mtu_edges_reach_the_interface() {
         position(&lines(&s), &format!("ip -n network-51820 link set wg51820 mtu {mtu} up"));
     }
 }
+
+/// Networks converge side by side: one failing stops only its own later
+/// steps, the others and nginx still converge, the error names it, and
+/// each network's steps keep their order.
+#[tokio::test]
+async fn concurrent_apply_one_network_fails_the_others_converge() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = Script::new().on("ip netns add network-51821", Reply::fail(1, "Cannot create namespace file: No space left on device"));
+    let s = system(dir.path(), Runner::scripted(script, Duration::from_secs(2)));
+    let desired = sample_desired();
+    let actions = plan(&desired, &Observed::default(), &s.layout, &nginx());
+    let report = s.execute_concurrently(&actions, &desired, &nginx(), 8).await;
+    assert_eq!(report.failed.iter().copied().collect::<Vec<_>>(), [51821]);
+    assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
+    assert!(report.errors[0].starts_with("network 51821: CreateNamespace(51821)") && report.errors[0].contains("No space left"));
+    assert_eq!(report.changed.iter().copied().collect::<Vec<_>>(), [51820]);
+    let l = lines(&s);
+    assert!(!l.iter().any(|x| x.contains("wg51821")), "the failed network's later steps are skipped: {l:#?}");
+    let ns = position(&l, "ip netns add network-51820");
+    let mv = position(&l, "ip link set wg51820 netns network-51820");
+    let conf = position(&l, "ip netns exec network-51820 wg syncconf wg51820 /dev/stdin");
+    let bridge = position(&l, "ip link add gwbr0 type bridge");
+    assert!(bridge < ns && ns < mv && mv < conf, "{l:#?}");
+    assert_eq!(std::fs::read_to_string(dir.path().join("stream.conf")).unwrap(), "s", "nginx is written once the networks are done");
+}
+
+#[tokio::test]
+async fn concurrent_apply_gives_the_sequential_result() {
+    let desired = sample_desired();
+    let mut reports = Vec::new();
+    for limit in [1, 8] {
+        let dir = tempfile::tempdir().unwrap();
+        let s = system(dir.path(), Runner::dry_run());
+        let actions = plan(&desired, &Observed::default(), &s.layout, &nginx());
+        let r = s.execute_concurrently(&actions, &desired, &nginx(), limit).await;
+        let dir = dir.path().display().to_string();
+        let mut l: Vec<String> = lines(&s).into_iter().map(|x| x.replace(&dir, "DIR")).collect();
+        l.sort();
+        reports.push((r.changed, r.failed, r.errors, l));
+    }
+    assert_eq!(reports[0], reports[1], "the same commands and the same report, whatever the concurrency");
+}
