@@ -138,6 +138,7 @@ impl Shared {
     /// `last`: the last recorded pass, so waiters see it; `retention`: how
     /// long traffic samples are kept.
     pub fn new(store: Store, system: System, settings: Settings, last: Option<ApplyRecord>, retention: Duration) -> Self {
+        let commands = system.runner.started();
         Shared {
             store,
             system,
@@ -145,7 +146,7 @@ impl Shared {
             wake: Notify::new(),
             finished: watch::channel(last).0,
             write_lock: Mutex::new(()),
-            metrics: Metrics::default(),
+            metrics: Metrics::new(commands),
             accounting: Accounting::new(retention),
             seen: Seen::default(),
         }

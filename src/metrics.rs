@@ -29,10 +29,19 @@ pub struct Metrics {
     pub last_success: Gauge,
     pub poll_errors: Counter,
     pub poll_duration: Gauge<f64, AtomicU64>,
+    /// Processes the daemon started: the runner's own count.
+    pub commands: Counter,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
+        Metrics::new(Counter::default())
+    }
+}
+
+impl Metrics {
+    /// `commands`: the runner's count of commands run.
+    pub fn new(commands: Counter) -> Self {
         let mut registry = Registry::with_prefix("gateway");
         let m = Metrics {
             registry: Registry::default(),
@@ -46,6 +55,7 @@ impl Default for Metrics {
             last_success: Gauge::default(),
             poll_errors: Counter::default(),
             poll_duration: Gauge::default(),
+            commands,
         };
         registry.register("peer_receive_bytes", "Bytes received from a peer (counted by the gateway's poller)", m.peer_rx.clone());
         registry.register("peer_transmit_bytes", "Bytes sent to a peer (counted by the gateway's poller)", m.peer_tx.clone());
@@ -65,11 +75,10 @@ impl Default for Metrics {
         );
         registry.register("poll_errors", "Traffic poll ticks or lines that failed", m.poll_errors.clone());
         registry.register("poll_duration_seconds", "Duration of the last traffic poll tick (storing)", m.poll_duration.clone());
+        registry.register("commands_started", "Processes the daemon started (every tool it runs; reads run none)", m.commands.clone());
         Metrics { registry, ..m }
     }
-}
 
-impl Metrics {
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
         let mut s = String::new();
         prometheus_client::encoding::text::encode(&mut s, &self.registry)?;

@@ -218,16 +218,18 @@ pub struct Runner {
     timeout: Duration,
     records: Option<Arc<Mutex<Vec<Record>>>>,
     mode: Mode,
+    /// Every command run (exported as `gateway_commands_started_total`).
+    started: prometheus_client::metrics::counter::Counter,
 }
 
 impl Runner {
     pub fn new(timeout: Duration) -> Self {
-        Runner { timeout, records: None, mode: Mode::Real }
+        Runner { timeout, records: None, mode: Mode::Real, started: Default::default() }
     }
 
     /// A runner that also remembers every command it ran.
     pub fn recording(timeout: Duration) -> Self {
-        Runner { timeout, records: Some(Arc::new(Mutex::new(Vec::new()))), mode: Mode::Real }
+        Runner { timeout, records: Some(Arc::new(Mutex::new(Vec::new()))), mode: Mode::Real, started: Default::default() }
     }
 
     /// A recording runner that runs nothing: `script` answers every command.
@@ -239,6 +241,11 @@ impl Runner {
     /// with empty output): for unit tests of what would be run, without root.
     pub fn dry_run() -> Self {
         Runner::scripted(Script::new(), Duration::from_secs(1))
+    }
+
+    /// The count of commands run, shared with every clone of this runner.
+    pub fn started(&self) -> prometheus_client::metrics::counter::Counter {
+        self.started.clone()
     }
 
     /// Returns and clears what was recorded so far.
@@ -253,6 +260,7 @@ impl Runner {
     /// that carries stderr.
     pub async fn run(&self, cmd: &Cmd) -> Result<String, CmdError> {
         let line = cmd.line();
+        self.started.inc();
         if cmd.mutating {
             tracing::debug!(command = %line, "run");
         } else {
