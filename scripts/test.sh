@@ -38,6 +38,17 @@ tests() {
   shellcheck scripts/*.sh docker/*.sh .ci/run
 }
 
+# The scale benchmark with a few networks, so it cannot rot: it must run to
+# completion (and clean up); its timings are printed, not judged.
+bench() {
+  if [ "$(id -u)" -ne 0 ]; then
+    as_root bench
+  fi
+  step "scale benchmark, small (scripts/bench.sh 5; timings not judged)"
+  cargo build --locked -q
+  GATEWAY_BIN="${CARGO_TARGET_DIR:-target}/debug/gateway" BENCH_TRAFFIC_PEERS=500 BENCH_WATCHDOG=5s scripts/bench.sh 5
+}
+
 openapi() {
   step "OpenAPI document (target/openapi.json) is valid: openapi-spec-validator from PyPI"
   mkdir -p target
@@ -64,6 +75,7 @@ case "${1:-all}" in
   test) tests ;;
   openapi) openapi ;;
   fuzz) fuzz ;;
+  bench) bench ;;
   all)
     if [ "$(id -u)" -ne 0 ]; then
       as_root all
@@ -72,12 +84,13 @@ case "${1:-all}" in
     fmt
     clippy
     tests
+    bench
     openapi
     fuzz
     printf '\nAll checks passed.\n'
     ;;
   *)
-    echo "usage: $0 [all|fmt|clippy|test|openapi|fuzz]" >&2
+    echo "usage: $0 [all|fmt|clippy|test|bench|openapi|fuzz]" >&2
     exit 2
     ;;
 esac
