@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, exactly as CI runs it (.ci/run calls this script with
-# no argument; GitLab's jobs call single steps: fmt, clippy, test, openapi, fuzz).
+# no argument; GitLab's jobs call single steps: fmt, clippy, test, bench, openapi, fuzz).
 # Needs root for `test` and `fuzz`: the end-to-end tests and the fuzzed daemon build real namespaces,
 # WireGuard interfaces, iptables rules and a private nginx.
 set -euo pipefail
