@@ -46,7 +46,7 @@ bench() {
   fi
   step "scale benchmark, small (scripts/bench.sh 5; timings not judged)"
   cargo build --locked -q
-  GATEWAY_BIN="${CARGO_TARGET_DIR:-target}/debug/gateway" BENCH_TRAFFIC_PEERS=500 BENCH_WATCHDOG=5s scripts/bench.sh 5
+  GATEWAY_BIN="${CARGO_TARGET_DIR:-target}/debug/gateway" BENCH_TRAFFIC_PEERS=100 BENCH_WATCHDOG=5s scripts/bench.sh 5
 }
 
 openapi() {
