@@ -20,7 +20,9 @@
 # a private nginx and a temp dir, and is removed on exit, also on failure.
 #
 #   scripts/bench.sh N          (as root; GATEWAY_BIN, BENCH_CONCURRENCY,
-#                                BENCH_WATCHDOG, BENCH_TRAFFIC_PEERS)
+#                                BENCH_WATCHDOG, BENCH_TRAFFIC_PEERS, and
+#                                BENCH_SKIP="floor https traffic" to leave
+#                                parts out)
 set -euo pipefail
 N=${1:?usage: scripts/bench.sh N (networks)}
 cd "$(dirname "$0")/.."
@@ -56,6 +58,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 now() { echo "$EPOCHREALTIME"; }
+skip() { [[ " ${BENCH_SKIP:-} " == *" $1 "* ]]; }
 ms() { python3 -c "print(round(($2 - $1) * 1000))"; }
 metric() { curl -fsS -H "Authorization: Bearer t" "${2:-$A}/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
 post() { curl -fsS -o "$work/answer.json" -w '%{http_code}' -H "Token: t" -H 'Content-Type: application/json' --data-binary "@$1" "$A/api/v1/config.json"; }
@@ -90,6 +93,7 @@ need=$((2 * N + 512))
 [ "$inotify_before" -ge "$need" ] || echo "$need" > /proc/sys/fs/inotify/max_user_instances
 
 # --- The floor: a minimal sequential script building the same state. ---
+if ! skip floor; then
 mkdir -p "$work/floor"
 python3 scripts/bench/state.py floor "$N" "$FBASE" "$work/floor"
 t0=$(now)
@@ -126,6 +130,7 @@ echo
 echo "floor (minimal sequential shell script, same state):"
 row "build $N networks" "$floor_build ms" ""
 row "tear down" "$floor_teardown ms" ""
+fi
 
 # --- A node with a real tunnel to network 0, and a client. ---
 ip netns add gbnode && ip -n gbnode link set lo up
@@ -195,6 +200,7 @@ row "status.json, 10 requests at once (all done)" "$(ms "$t0" "$t1") ms" ""
 row "daemon RSS" "$(awk '/VmRSS/ {printf "%d MiB", $2/1024}' /proc/$daemon/status)" ""
 
 # --- The HTTPS data path: through the gateway against the bare tunnel. ---
+if ! skip https; then
 big=$((64 * 1024 * 1024))
 best() { sort -g | tail -1; }
 gateway_get() {
@@ -213,6 +219,7 @@ echo "HTTPS data path (64 MiB, best of 3):"
 row "through the gateway (SNI, nginx, WireGuard)" "$(python3 -c "print(f'{$through / 1048576:.0f} MiB/s')")" ""
 row "bare tunnel from the gateway's namespace" "$(python3 -c "print(f'{$bare / 1048576:.0f} MiB/s')")" ""
 row "ratio" "$(python3 -c "print(f'{$through / $bare:.2f}')")" ""
+fi
 
 echo
 timed_post "removal of all $N networks" "$work/empty.json"
@@ -224,6 +231,7 @@ wait "$daemon" 2>/dev/null || true
 daemon=""
 
 # --- traffic.json on a synthetic day, in a second daemon's database. ---
+if ! skip traffic; then
 "$bin" --database "$work/traffic.db" --token t --address 127.0.0.1 --port $API2 --custom-forwarding= \
   --wireguard-backend userspace --netns-dir /nonexistent --nginx-conf /nonexistent > "$work/daemon2.log" 2>&1 &
 daemon2=$!
@@ -244,5 +252,6 @@ traffic "last 5 minutes (again)" "start=$((s - 300))"
 traffic "24 h, step=3600" "start=$((s - 86400))&step=3600"
 traffic "24 h, step=3600 (again)" "start=$((s - 86400))&step=3600"
 traffic "24 h per sample (refused past a million)" "start=$((s - 86400))"
+fi
 echo
 echo "done"
