@@ -452,6 +452,7 @@ mod tests {
         assert_eq!(dev.times["160"], Traffic { rx: 500, tx: 0 });
         let later = traffic_since(&store, 160, 300).await.unwrap();
         assert_eq!(later.traffic, Traffic { rx: 40, tx: 10 });
+        assert_eq!((later.start_time, later.stop_time), (160, 300), "the window asked for");
         // Retention removes old samples.
         store_tick(&store, &read, true, vec![r("a", 40, 10)], 100 + 86400 + 100, day).await.unwrap();
         let kept = traffic_since(&store, 0, i64::MAX).await.unwrap();
