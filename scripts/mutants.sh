@@ -55,6 +55,9 @@ for b in "${selected[@]}"; do
   if [ "$b" = traffic ]; then args+=(--re "$traffic_only"); fi
   case $b in core | rest) args+=(--exclude-re "$traffic_impure") ;; esac
   echo "== mutants: $b (${batches[$b]})"
+  # A batch run before (also one interrupted) continues: the mutants it
+  # caught are skipped (--iterate).
+  if [ -f "mutants.out/$b/mutants.out/caught.txt" ]; then args+=(--iterate); fi
   mkdir -p "mutants.out/$b"
   # --profile mutants: no debug info, so each mutant links fast. A test run
   # taking over 5x the baseline (at least 60 s) is a timeout (a mutant that
