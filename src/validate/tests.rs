@@ -308,3 +308,15 @@ fn a_thousand_networks_validate() {
     assert_eq!(d.networks.len(), 1000);
     assert_eq!(d.networks.values().map(|s| s.peers.len()).sum::<usize>(), 10_000);
 }
+
+#[test]
+fn an_invalid_network_is_left_out_of_the_checks_across_networks() {
+    // Its own problem is reported; that it would share a hostname (or a
+    // key) with a valid network is not a second, misleading one.
+    let mut bad = net();
+    bad.mtu = Some(100);
+    let mut good = net();
+    good.private_key = KEY_C.into();
+    let p = paths(validate(&[("51820".to_string(), bad), ("51821".to_string(), good)].into(), &Context::default()));
+    assert_eq!(p, [r#"$["51820"].mtu"#]);
+}
