@@ -418,6 +418,7 @@ mod tests {
         let c: Cidr = "10.80.0.5/24".parse().unwrap();
         assert_eq!(c.network().to_string(), "10.80.0.0/24");
         assert_eq!("fd00::1/64".parse::<Cidr>().unwrap().network().to_string(), "fd00::/64");
+        assert_eq!("fd00::1:2:3:4/64".parse::<Cidr>().unwrap().network().to_string(), "fd00::/64", "all 64 host bits cleared");
         assert_eq!("0.0.0.0/0".parse::<Cidr>().unwrap().network().to_string(), "0.0.0.0/0");
         for bad in ["10.0.0.1", "10.0.0.1/33", "fd00::1/129", "10.0.0.1/ 8", "10.0.0.01/8", "10.0.0.1/08", "x/8"] {
             assert!(bad.parse::<Cidr>().is_err(), "{bad}");
