@@ -72,6 +72,7 @@ fn main() {
         nginx_stream: Some("s".into()),
         nginx_http: Some("h".into()),
         nginx_running: true,
+        nginx_stale: false,
     };
     let nginx = NginxFiles { stream: "s".into(), http: "h".into() };
     assert!(plan(&desired, &observed, &layout, &nginx).is_empty());

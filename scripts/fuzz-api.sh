@@ -43,10 +43,10 @@ cleanup() {
   done
   # wireguard-go exits when its interface goes with its namespace; wait for it.
   for _ in $(seq 50); do
-    pgrep -f "^wireguard-go ${tag}w" >/dev/null || break
+    pgrep -f "(^|/)wireguard-go ${tag}w" >/dev/null || break
     sleep 0.1
   done
-  for pid in $(pgrep -f "^wireguard-go ${tag}w"); do kill "$pid"; done
+  for pid in $(pgrep -f "(^|/)wireguard-go ${tag}w"); do kill "$pid"; done
   rm -f /var/run/wireguard/"${tag}"w*.sock
   if [ -n "${FUZZ_KEEP:-}" ]; then echo "fuzz-api: kept $dir"; else rm -rf "$dir"; fi
 }

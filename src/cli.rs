@@ -47,6 +47,9 @@ pub struct Args {
     /// Secret that API calls must present (`Token:` header or `Authorization: Bearer`). Without one the API is open and only loopback is allowed.
     #[arg(long, env = "GATEWAY_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// File holding the token instead (e.g. a container secret): only its owner may read it (mode 0600 or 0400); surrounding whitespace and the final newline are ignored. Not together with --token; empty means none.
+    #[arg(long, env = "GATEWAY_TOKEN_FILE")]
+    pub token_file: Option<String>,
     /// SQLite file (created 0600 if missing) holding the desired state and traffic. Default (or empty): in memory, lost on exit.
     #[arg(long, env = "GATEWAY_DATABASE")]
     pub database: Option<String>,
@@ -98,6 +101,9 @@ pub struct Args {
     /// How many networks an apply works on at once (1 = one after the other). Shared steps (bridge, nginx) still run alone, and each network's steps in order.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub apply_concurrency: u16,
+    /// On SIGTERM/SIGINT, how long the running pass may take to finish before the daemon exits anyway (exit code 1).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
     /// Time limit of every command the daemon runs.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub command_timeout: Duration,

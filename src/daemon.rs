@@ -57,6 +57,8 @@ pub struct Settings {
     pub apply_wait: Duration,
     /// Networks worked on at once by a pass.
     pub apply_concurrency: usize,
+    /// How long a stop waits for the running pass.
+    pub shutdown_timeout: Duration,
 }
 
 impl Settings {
@@ -117,6 +119,18 @@ impl Seen {
     }
 }
 
+/// Where the daemon is in its life: a stop lets the running pass finish
+/// (`Stopping`, writes refused) before anything ends (`Stopped`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifecycle {
+    Running,
+    /// A stop was asked: the API takes no writes, the reconciler ends after
+    /// the pass it is running.
+    Stopping,
+    /// The reconciler has ended: nothing more will be applied.
+    Stopped,
+}
+
 /// State shared by the API and the reconciler.
 pub struct Shared {
     pub store: Store,
@@ -132,6 +146,7 @@ pub struct Shared {
     pub accounting: Accounting,
     /// The last look at each network.
     pub seen: Seen,
+    pub lifecycle: watch::Sender<Lifecycle>,
 }
 
 impl Shared {
@@ -149,6 +164,7 @@ impl Shared {
             metrics: Metrics::new(commands),
             accounting: Accounting::new(retention),
             seen: Seen::default(),
+            lifecycle: watch::channel(Lifecycle::Running).0,
         }
     }
 
@@ -165,7 +181,7 @@ pub struct Daemon {
     pub figment: rocket::figment::Figment,
 }
 
-fn system_from(args: &Args, runner: Runner, layout: Layout, backend: Backend) -> System {
+fn system_from(args: &Args, runner: Runner, layout: Layout, backend: Backend, store: &Store) -> System {
     let tools = Tools {
         ip: args.ip_bin.clone(),
         wg: args.wg_bin.clone(),
@@ -186,17 +202,43 @@ fn system_from(args: &Args, runner: Runner, layout: Layout, backend: Backend) ->
         inotify_max_user_instances: "/proc/sys/fs/inotify/max_user_instances".into(),
     };
     let tools = tools.resolved(&std::env::var("PATH").unwrap_or_default());
-    System { runner, layout, tools, paths, backend, reader: Arc::new(crate::system::nsread::KernelReader) }
+    let reader = Arc::new(crate::system::nsread::KernelReader);
+    System { runner, layout, tools, paths, backend, reader, journal: Arc::new(store.clone()) }
+}
+
+/// The token from `--token` or `--token-file`, if any.
+fn api_token(args: &Args) -> anyhow::Result<Option<ApiToken>> {
+    // Empty values mean none (tests and wrappers blank the environment's).
+    let given = args.token.as_deref().filter(|t| !t.is_empty());
+    let file = args.token_file.as_deref().filter(|p| !p.is_empty()).map(std::path::Path::new);
+    match (given, file) {
+        (Some(_), Some(_)) => bail!(
+            "both --token (GATEWAY_TOKEN) and --token-file (GATEWAY_TOKEN_FILE) are given: use one (the file keeps the token off command lines and out of the environment)"
+        ),
+        (_, Some(path)) => read_token_file(path).map(Some),
+        (Some(token), None) if token.trim() != token => {
+            // A header value loses its surrounding whitespace on the way (HTTP
+            // trims it), so such a token could never match: refuse, not guess.
+            bail!("the token has leading or trailing whitespace, which no client can send in a header: remove it")
+        }
+        (token, None) => Ok(token.and_then(ApiToken::new)),
+    }
+}
+
+/// Reads the token file, refusing one that others may read or change.
+fn read_token_file(path: &std::path::Path) -> anyhow::Result<ApiToken> {
+    use std::os::unix::fs::PermissionsExt;
+    let shown = path.display();
+    let mode = std::fs::metadata(path).with_context(|| format!("token file {shown}"))?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        bail!("token file {shown} is open to group or others (mode {mode:04o}): only its owner may read it, e.g. chmod 600 {shown}");
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("token file {shown}"))?;
+    ApiToken::new(text.trim()).ok_or_else(|| anyhow::anyhow!("token file {shown} is empty"))
 }
 
 pub async fn build(args: &Args, runner: Runner) -> anyhow::Result<Daemon> {
-    let token = args.token.as_deref().unwrap_or_default();
-    if token.trim() != token {
-        // A header value loses its surrounding whitespace on the way (HTTP
-        // trims it), so such a token could never match: refuse, not guess.
-        bail!("the token has leading or trailing whitespace, which no client can send in a header: remove it");
-    }
-    let token = ApiToken::new(token);
+    let token = api_token(args)?;
     let port = args.api_port().map_err(anyhow::Error::msg)?;
     if token.is_none() && !args.address.is_loopback() {
         bail!(
@@ -217,8 +259,8 @@ pub async fn build(args: &Args, runner: Runner) -> anyhow::Result<Daemon> {
     if args.database().is_none() {
         tracing::warn!("no --database given: the desired state and traffic live in memory and are lost on exit");
     }
-    let store = Store::open(args.database()).await.context("opening the database")?;
-    let mut system = system_from(args, runner, layout, Backend::Userspace);
+    let store = Store::open(args.database()).await?;
+    let mut system = system_from(args, runner, layout, Backend::Userspace, &store);
     system.backend = Backend::detect(&system.runner, &system.tools, &args.wireguard_backend).await.map_err(anyhow::Error::msg)?;
     let last = store.last_apply().await.context("reading the last apply")?;
     let settings = Settings {
@@ -233,6 +275,7 @@ pub async fn build(args: &Args, runner: Runner) -> anyhow::Result<Daemon> {
         token,
         apply_wait: args.apply_wait,
         apply_concurrency: usize::from(args.apply_concurrency),
+        shutdown_timeout: args.shutdown_timeout,
     };
     let shared = Arc::new(Shared::new(store, system, settings, last, args.retention));
     // Not `Config::figment()`: that would let ROCKET_* variables and a
@@ -241,7 +284,9 @@ pub async fn build(args: &Args, runner: Runner) -> anyhow::Result<Daemon> {
         .merge(("address", args.address))
         .merge(("port", port))
         .merge(("log_level", rocket::config::LogLevel::Critical))
-        .merge(("cli_colors", false));
+        .merge(("cli_colors", false))
+        // The daemon handles SIGTERM/SIGINT itself: the running pass ends first.
+        .merge(("shutdown", rocket::config::Shutdown { ctrlc: false, signals: Default::default(), ..Default::default() }));
     Ok(Daemon { shared, figment })
 }
 
@@ -265,6 +310,38 @@ mod tests {
         }
         let a = Args::try_parse_args_only(["gateway", "--port=8000", "--wireguard-backend", "userspace", "--token", "s3 cret"]).unwrap();
         assert!(build(&a, Runner::new(Duration::from_secs(1))).await.is_ok(), "inner whitespace is part of the token");
+    }
+
+    #[test]
+    fn token_file_owner_only_trimmed_and_not_with_a_token() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        let path = file.to_str().unwrap();
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["gateway"];
+            argv.extend(extra);
+            api_token(&Args::try_parse_args_only(argv).unwrap())
+        };
+        for mode in [0o600, 0o400] {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+            let token = parse(&["--token-file", path]).unwrap().expect("a token");
+            assert!(token.matches("s3cret") && !token.matches("s3cret\n"), "the newline is not part of it");
+        }
+        for mode in [0o644, 0o640, 0o604, 0o620] {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = parse(&["--token-file", path]).expect_err("refused").to_string();
+            assert!(err.contains("open to group or others") && err.contains(&format!("{mode:04o}")), "{err}");
+        }
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let err = parse(&["--token-file", path, "--token", "other"]).expect_err("refused").to_string();
+        assert!(err.contains("use one"), "{err}");
+        assert!(parse(&["--token-file", path, "--token="]).unwrap().is_some(), "an empty --token is no token");
+        assert!(parse(&["--token-file=", "--token", "t"]).unwrap().is_some(), "an empty --token-file is no file");
+        std::fs::write(&file, "\n").unwrap();
+        assert!(parse(&["--token-file", path]).expect_err("refused").to_string().contains("is empty"));
+        assert!(parse(&["--token-file", "/nonexistent/token"]).is_err());
     }
 
     #[test]

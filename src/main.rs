@@ -1,6 +1,6 @@
 use clap::Parser;
 use gateway::cli::Args;
-use gateway::daemon::build;
+use gateway::daemon::{Lifecycle, Shared, build};
 use gateway::reconcile::Reconciler;
 use gateway::system::Runner;
 use tracing_subscriber::EnvFilter;
@@ -19,10 +19,25 @@ async fn main() -> std::process::ExitCode {
     match run(args).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("gateway: {e:#}");
+            eprintln!("gateway: {}", one_line(&e));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes in one line, each cause once (a source's text is
+/// often part of its wrapper's already).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain().map(|c| c.to_string().replace('\n', " ")) {
+        if !line.contains(&cause) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&cause);
+        }
+    }
+    line
 }
 
 #[cfg(feature = "openapi")]
@@ -47,6 +62,7 @@ fn print_openapi() -> std::process::ExitCode {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let daemon = build(&args, Runner::new(args.command_timeout)).await?;
+    let mut stop = termination_signals()?;
     tracing::info!(
         backend = daemon.shared.system.backend.name(),
         version = env!("CARGO_PKG_VERSION"),
@@ -54,20 +70,62 @@ async fn run(args: Args) -> anyhow::Result<()> {
         port = args.api_port().unwrap_or(8000),
         "gateway serving the API"
     );
-    let reconciler = tokio::spawn(Reconciler::new(daemon.shared.clone()).await.run());
+    let shared = daemon.shared.clone();
+    let mut reconciler = tokio::spawn(Reconciler::new(shared.clone()).await.run());
     let rocket = gateway::api::rocket(daemon.shared, daemon.figment).ignite().await?;
     let shutdown = rocket.shutdown();
-    tokio::select! {
-        launched = rocket.launch() => {
-            launched?;
+    let mut server = tokio::spawn(rocket.launch());
+    let stopped = tokio::select! {
+        signal = stop.recv() => {
+            tracing::info!(signal, "stopping: the API takes no more writes; the running pass finishes first");
+            finish_running_pass(&shared, reconciler).await
         }
-        // The reconciler never returns; if it dies, an API that only stores
-        // states nobody applies would be worse than exiting for a restart.
-        ended = reconciler => {
-            shutdown.notify();
-            anyhow::bail!("the reconciler stopped ({ended:?}); exiting so the supervisor restarts the daemon");
-        }
-    }
-    tracing::info!("gateway stopped; networks stay as they are until the next start");
+        // The reconciler never returns unless stopped; if it dies, an API that
+        // only stores states nobody applies would be worse than exiting for a restart.
+        ended = &mut reconciler => Err(anyhow::anyhow!("the reconciler stopped ({ended:?}); exiting so the supervisor restarts the daemon")),
+        launched = &mut server => Err(match launched {
+            Ok(Err(e)) => anyhow::Error::new(e).context("the API stopped"),
+            other => anyhow::anyhow!("the API stopped ({other:?})"),
+        }),
+    };
+    // In-flight requests get Rocket's grace period to be answered.
+    shutdown.notify();
+    let _ = server.await;
+    shared.store.pool.close().await;
+    stopped?;
+    tracing::info!("gateway stopped; networks and nginx stay as they are until the next start");
     Ok(())
+}
+
+/// SIGTERM (supervisors) and SIGINT (a terminal), as one stream.
+fn termination_signals() -> anyhow::Result<tokio::sync::mpsc::Receiver<&'static str>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    for (kind, name) in [(SignalKind::terminate(), "SIGTERM"), (SignalKind::interrupt(), "SIGINT")] {
+        let mut s = signal(kind)?;
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while s.recv().await.is_some() {
+                let _ = tx.send(name).await;
+            }
+        });
+    }
+    Ok(rx)
+}
+
+/// Refuses writes, lets the running pass finish and be recorded (within
+/// `--shutdown-timeout`), then lets waiting requests answer.
+async fn finish_running_pass(shared: &Shared, reconciler: tokio::task::JoinHandle<()>) -> anyhow::Result<()> {
+    shared.lifecycle.send_replace(Lifecycle::Stopping);
+    let limit = shared.settings.shutdown_timeout;
+    let ended = tokio::time::timeout(limit, reconciler).await;
+    shared.lifecycle.send_replace(Lifecycle::Stopped);
+    match ended {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => anyhow::bail!("the reconciler failed while stopping: {e}"),
+        Err(_) => anyhow::bail!(
+            "the running pass did not finish within --shutdown-timeout ({} s); exiting without its result (the next start looks again)",
+            limit.as_secs_f64()
+        ),
+    }
 }

@@ -91,7 +91,7 @@ fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D
     whole.map(Some).ok_or_else(|| serde::de::Error::custom(format!("{n} is not a whole number 0..=4294967295")))
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkConfig {
     /// Base64 WireGuard private key of the gateway's interface in this
@@ -123,7 +123,7 @@ pub struct NetworkConfig {
     pub proxy: BTreeMap<String, Vec<String>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PeerConfig {
     /// All zeros means none, as in WireGuard.
@@ -141,6 +141,35 @@ pub struct PeerConfig {
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "whole_number")]
     #[schemars(with = "Option<IntRange<1, 65535>>")]
     pub persistent_keepalive: Option<u32>,
+}
+
+/// What `Debug` prints instead of a secret key.
+const REDACTED: &str = "(redacted)";
+
+/// Private keys never reach a log, even through `{:?}` of a whole config.
+impl std::fmt::Debug for NetworkConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetworkConfig")
+            .field("private_key", &REDACTED)
+            .field("listen_port", &self.listen_port)
+            .field("mtu", &self.mtu)
+            .field("address", &self.address)
+            .field("peers", &self.peers)
+            .field("proxy", &self.proxy)
+            .finish()
+    }
+}
+
+/// Preshared keys never reach a log either.
+impl std::fmt::Debug for PeerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerConfig")
+            .field("preshared_key", &self.preshared_key.as_ref().map(|_| REDACTED))
+            .field("allowed_ips", &self.allowed_ips)
+            .field("endpoint", &self.endpoint)
+            .field("persistent_keepalive", &self.persistent_keepalive)
+            .finish()
+    }
 }
 
 /// `GET /api/v1/config.json`: the desired state as last accepted.
@@ -297,5 +326,18 @@ mod tests {
         let peer: PeerConfig = serde_json::from_str(r#"{"persistent_keepalive": 25.0}"#).unwrap();
         assert_eq!(peer.persistent_keepalive, Some(25));
         assert_eq!(serde_json::to_string(&peer).unwrap(), r#"{"allowed_ips":[],"persistent_keepalive":25}"#, "stored as written by us");
+    }
+
+    #[test]
+    fn debug_output_hides_secret_keys() {
+        let secret = "0EtpYOfpZyKaIcpkq+KO/+joyV431f1X99CcB2OMo3c=";
+        let psk = "OxvFhrgLnI9e4xzMMA2qQ7wm/xCUzxaWW5cb1JGkWSA=";
+        let json = format!(
+            r#"{{"51820": {{"private_key": "{secret}", "peers": {{"S0DGe1Pns8GtjaEnjj/Twc2KUKtHerUm8bYxMUHwOQ8=": {{"preshared_key": "{psk}"}}}}}}}}"#
+        );
+        let config: GatewayConfig = serde_json::from_str(&json).unwrap();
+        let printed = format!("{config:?} {:?}", StoredConfig { generation: 1, config: config.clone() });
+        assert!(!printed.contains(secret) && !printed.contains(psk), "{printed}");
+        assert!(printed.contains("S0DGe1Pns8GtjaEnjj/Twc2KUKtHerUm8bYxMUHwOQ8="), "public keys are printed: {printed}");
     }
 }

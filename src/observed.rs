@@ -110,4 +110,7 @@ pub struct Observed {
     pub nginx_stream: Option<String>,
     pub nginx_http: Option<String>,
     pub nginx_running: bool,
+    /// nginx runs with older files than those on disk (looked at only when
+    /// no pass has confirmed what it runs: see `reconcile`).
+    pub nginx_stale: bool,
 }

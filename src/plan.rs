@@ -251,7 +251,11 @@ pub fn plan(desired: &Desired, observed: &Observed, layout: &Layout, nginx: &Ngi
     for spec in desired.networks.values() {
         plan_network(&mut actions, layout, spec, observed);
     }
-    if observed.nginx_stream.as_deref() != Some(nginx.stream.as_str()) || observed.nginx_http.as_deref() != Some(nginx.http.as_str()) {
+    let files_differ =
+        observed.nginx_stream.as_deref() != Some(nginx.stream.as_str()) || observed.nginx_http.as_deref() != Some(nginx.http.as_str());
+    // Stale: the files are right but nginx never loaded them (a crash
+    // between writing and reloading); writing them again reloads it.
+    if files_differ || observed.nginx_stale {
         actions.push(Action::WriteNginx);
     } else if !observed.nginx_running {
         actions.push(Action::StartNginx);

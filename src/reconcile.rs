@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tracing::Instrument;
 
 use crate::clock::now_unix;
-use crate::daemon::Shared;
+use crate::daemon::{Lifecycle, Shared};
 use crate::model::GatewayConfig;
 use crate::observed::Observed;
 use crate::plan::plan;
@@ -129,6 +129,10 @@ pub struct Reconciler {
     retry: RetryPolicy,
     /// Drift checks so far: whose turn it is to have its rules read anyway.
     drift_checks: u64,
+    /// A pass since the start left nginx running the files on disk (a
+    /// reload confirmed, or nothing to do): until then each pass checks
+    /// that nginx really loaded them.
+    nginx_confirmed: bool,
 }
 
 impl Reconciler {
@@ -138,15 +142,26 @@ impl Reconciler {
             _ => 0,
         };
         let retry = RetryPolicy::new(Duration::from_secs(1), shared.settings.watchdog);
-        Reconciler { shared, memory: BTreeMap::new(), bridge_verified: false, applied_generation, retry, drift_checks: 0 }
+        Reconciler {
+            shared,
+            memory: BTreeMap::new(),
+            bridge_verified: false,
+            applied_generation,
+            retry,
+            drift_checks: 0,
+            nginx_confirmed: false,
+        }
     }
 
-    /// Runs forever: a drift check at start and every watchdog interval, an
-    /// apply whenever woken, a retry when the policy says so.
+    /// Runs until a stop: a drift check at start and every watchdog
+    /// interval, an apply whenever woken, a retry when the policy says so.
+    /// A stop is seen only between passes, so the running pass finishes and
+    /// is recorded.
     pub async fn run(mut self) {
         let mut ticker = tokio::time::interval(self.shared.settings.watchdog);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut retry_in: Option<Duration> = None;
+        let mut lifecycle = self.shared.lifecycle.subscribe();
         loop {
             let retry = async {
                 match retry_in {
@@ -155,6 +170,8 @@ impl Reconciler {
                 }
             };
             let mode = tokio::select! {
+                biased;
+                _ = lifecycle.wait_for(|l| *l != Lifecycle::Running) => return,
                 _ = self.shared.wake.notified() => Mode::Apply,
                 _ = ticker.tick() => Mode::Drift,
                 _ = retry => Mode::Apply,
@@ -202,7 +219,13 @@ impl Reconciler {
             }
         };
         let nginx = shared.nginx_files(&desired);
+        // What a crash left half made goes first, so the look does not see it.
+        let undone = shared.system.undo_unfinished_links().await;
         let mut look = self.look(mode, &desired, &nginx).await;
+        look.errors.extend(undone);
+        if !self.nginx_confirmed {
+            look.observed.nginx_stale = shared.system.nginx_runs_older_files();
+        }
         let actions = plan(&desired, &look.observed, &shared.system.layout, &nginx);
         self.account_before_changes(mode, &desired, &mut look).await;
         let report = shared.system.execute_concurrently(&actions, &desired, &nginx, shared.settings.apply_concurrency).await;
@@ -255,6 +278,7 @@ impl Reconciler {
             self.memory.insert(*port, Remembered { spec: spec.clone(), verified, rules });
         }
         self.bridge_verified = !report.global_failed;
+        self.nginx_confirmed = !report.global_failed;
     }
 
     fn finish(&mut self, pass: PassInfo, look: Look, report: ExecReport, desired: &Desired) -> PassOutcome {

@@ -10,6 +10,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 
 use crate::model::GatewayConfig;
+use crate::system::intent::{Journal, JournalFuture, LinkIntent, LinkKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -21,6 +22,25 @@ pub enum StoreError {
     Corrupt(String),
     #[error("database file {path}: {source}")]
     File { path: String, source: std::io::Error },
+    /// The database could not be opened at start, in one sentence.
+    #[error("cannot open the database {path}: {detail}")]
+    Open { path: String, detail: String },
+}
+
+impl StoreError {
+    /// The error as one sentence about `path`, without the repetitions of
+    /// nested sources (for the one line printed when the daemon cannot start).
+    fn opening(self, path: &str) -> StoreError {
+        let detail = match &self {
+            StoreError::Db(sqlx::Error::Database(e)) => match e.code() {
+                Some(code) => format!("{} (SQLite error {code})", e.message()),
+                None => e.message().to_string(),
+            },
+            StoreError::File { source, .. } => source.to_string(),
+            other => other.to_string(),
+        };
+        StoreError::Open { path: path.to_string(), detail }
+    }
 }
 
 #[derive(Clone)]
@@ -44,6 +64,10 @@ pub struct ApplyRecord {
 impl Store {
     /// Opens (creating if needed) the database; `None` means in memory.
     pub async fn open(path: Option<&str>) -> Result<Self, StoreError> {
+        Self::open_inner(path).await.map_err(|e| e.opening(path.unwrap_or(":memory:")))
+    }
+
+    async fn open_inner(path: Option<&str>) -> Result<Self, StoreError> {
         let pool = match path {
             None => {
                 // One connection: every connection to :memory: is a separate database.
@@ -147,6 +171,48 @@ impl Store {
             duration_ms: r.try_get::<i64, _>("duration_ms")? as u64,
             changed: serde_json::from_str(&r.try_get::<String, _>("changed")?).unwrap_or_default(),
         }))
+    }
+}
+
+/// The journal of links about to be created (`system::intent`), in SQLite,
+/// so it survives the crash it is for.
+impl Journal for Store {
+    fn record<'a>(&'a self, intent: &'a LinkIntent) -> JournalFuture<'a, ()> {
+        Box::pin(async move {
+            sqlx::query("INSERT OR REPLACE INTO link_intents (name, kind, network, created_at) VALUES (?, ?, ?, ?)")
+                .bind(&intent.name)
+                .bind(intent.kind.as_str())
+                .bind(intent.network.map(i64::from))
+                .bind(crate::clock::now_unix())
+                .execute(&self.pool)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn forget<'a>(&'a self, name: &'a str) -> JournalFuture<'a, ()> {
+        Box::pin(async move {
+            sqlx::query("DELETE FROM link_intents WHERE name = ?").bind(name).execute(&self.pool).await.map(drop).map_err(|e| e.to_string())
+        })
+    }
+
+    fn unfinished(&self) -> JournalFuture<'_, Vec<LinkIntent>> {
+        Box::pin(async move {
+            let rows = sqlx::query("SELECT name, kind, network FROM link_intents ORDER BY created_at, name")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| e.to_string())?;
+            let intent = |r: &sqlx::sqlite::SqliteRow| -> Result<LinkIntent, String> {
+                let kind: String = r.try_get("kind").map_err(|e| e.to_string())?;
+                Ok(LinkIntent {
+                    name: r.try_get("name").map_err(|e| e.to_string())?,
+                    kind: LinkKind::parse(&kind).ok_or_else(|| format!("unknown link kind '{kind}'"))?,
+                    network: r.try_get::<Option<i64>, _>("network").map_err(|e| e.to_string())?.and_then(|p| u16::try_from(p).ok()),
+                })
+            };
+            rows.iter().map(intent).collect()
+        })
     }
 }
 

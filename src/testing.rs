@@ -235,6 +235,7 @@ impl FakeHost {
             tools: Tools::default(),
             paths: self.paths(),
             backend,
+            journal: Arc::new(crate::system::intent::NoJournal),
         }
     }
 }
@@ -258,6 +259,7 @@ pub async fn shared(system: System) -> Arc<Shared> {
         token: None,
         apply_wait: Duration::from_secs(5),
         apply_concurrency: 4,
+        shutdown_timeout: Duration::from_secs(5),
     };
     let store = Store::open(None).await.expect("in-memory database");
     Arc::new(Shared::new(store, system, settings, None, Duration::from_secs(86400)))

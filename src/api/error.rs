@@ -27,6 +27,8 @@ pub enum ApiError {
     TooLarge(String),
     #[error("{0}")]
     Internal(String),
+    #[error("the daemon is stopping: nothing was stored; send it again once it is back")]
+    ShuttingDown,
 }
 
 impl From<crate::store::StoreError> for ApiError {
@@ -49,6 +51,7 @@ impl ApiError {
             ),
             ApiError::TooLarge(_) => (Status::PayloadTooLarge, "too_large", vec![]),
             ApiError::Internal(_) => (Status::InternalServerError, "internal", vec![]),
+            ApiError::ShuttingDown => (Status::ServiceUnavailable, "shutting_down", vec![]),
         }
     }
 }
@@ -95,6 +98,7 @@ pub(super) const ERROR_STATUSES: &[(u16, &str)] = &[
         500,
         "the apply failed (`apply_failed`: details list each error; stored anyway and retried) or an internal error (`internal`, e.g. the database)",
     ),
+    (503, "the daemon is stopping (`shutting_down`): nothing was stored; send it again once it is back"),
 ];
 
 impl OpenApiResponderInner for ApiError {

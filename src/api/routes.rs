@@ -14,7 +14,7 @@ use super::auth::Auth;
 use super::body::{Applied, JsonBody, MetricsText, QueryInt, body_error};
 use super::error::ApiError;
 use crate::clock::now_unix;
-use crate::daemon::Shared;
+use crate::daemon::{Lifecycle, Shared};
 use crate::model::*;
 use crate::store::ApplyRecord;
 use crate::traffic::{QueryError, Step, TrafficQuery};
@@ -75,25 +75,34 @@ async fn patch_config(
 
 /// Builds the new desired state from the current one under the write lock,
 /// validates it, stores it, wakes the reconciler and waits for the result.
+/// Once a stop began nothing is stored (503); a request that stored its
+/// generation before is answered when the reconciler has ended (202 if
+/// its generation was not applied by then).
 async fn store_and_apply(
     shared: &Shared,
     build: impl FnOnce(GatewayConfig) -> Result<GatewayConfig, ApiError>,
 ) -> Result<Applied, ApiError> {
     let start = Instant::now();
     let mut finished = shared.finished.subscribe();
+    let running = || (*shared.lifecycle.borrow() == Lifecycle::Running).then_some(()).ok_or(ApiError::ShuttingDown);
+    running()?;
     let generation = {
         let _guard = shared.write_lock.lock().await;
+        running()?;
         let (_, current) = shared.store.desired().await?;
         let config = build(current)?;
         validate(&config, &shared.settings.validation()).map_err(ApiError::Invalid)?;
         shared.store.save_desired(&config, now_unix()).await?
     };
     shared.wake.notify_one();
-    let wait = finished.wait_for(|r| r.as_ref().is_some_and(|r| r.generation >= generation));
-    let record = match tokio::time::timeout(shared.settings.apply_wait, wait).await {
-        Ok(Ok(r)) => r.clone(),
-        _ => None,
-    };
+    let mut lifecycle = shared.lifecycle.subscribe();
+    let applied = finished.wait_for(|r| r.as_ref().is_some_and(|r| r.generation >= generation));
+    tokio::select! {
+        _ = tokio::time::timeout(shared.settings.apply_wait, applied) => {}
+        _ = lifecycle.wait_for(|l| *l == Lifecycle::Stopped) => {}
+    }
+    // Whichever ended the wait, the last pass may have covered this generation.
+    let record = shared.finished.borrow().clone().filter(|r| r.generation >= generation);
     let applied = shared.finished.borrow().as_ref().map(|r| r.applied_generation).unwrap_or(0);
     apply_answer(generation, record, applied, start.elapsed().as_millis() as u64)
 }

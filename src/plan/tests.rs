@@ -180,6 +180,7 @@ async fn observed_drift_of_each_kind_is_repaired() {
     check("bridge address gone", &|o| o.bridge.as_mut().unwrap().addresses = Some(vec![]), vec![Action::AddBridgeAddress(l.bridge_addr())]);
     check("nginx stopped", &|o| o.nginx_running = false, vec![Action::StartNginx]);
     check("nginx file edited", &|o| o.nginx_http = Some("# edited".into()), vec![Action::WriteNginx]);
+    check("nginx runs older files than those on disk", &|o| o.nginx_stale = true, vec![Action::WriteNginx]);
 }
 
 #[tokio::test]

@@ -23,4 +23,6 @@ pub enum SysError {
     NotDesired(u16),
     #[error("reading {what}: {detail}")]
     Unreadable { what: String, detail: String },
+    #[error("recording a link about to be created: {0}")]
+    Journal(String),
 }

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 
 use tracing::Instrument;
 
+use super::intent::{LinkIntent, LinkKind};
 use super::ops::Change;
 use super::{SysError, System};
 use crate::layout::VETH_NS_NAME;
@@ -46,6 +47,10 @@ impl ExecReport {
     }
 }
 
+fn intent(name: &str, kind: LinkKind, network: Option<u16>) -> LinkIntent {
+    LinkIntent { name: name.to_string(), kind, network }
+}
+
 impl System {
     pub async fn execute(&self, actions: &[Action], desired: &Desired, nginx: &NginxFiles) -> ExecReport {
         let mut report = ExecReport::default();
@@ -69,13 +74,13 @@ impl System {
             Dev::Uplink => VETH_NS_NAME.to_string(),
         };
         match action {
-            Action::CreateBridge => self.create_bridge().await,
+            Action::CreateBridge => self.create_tagged(intent(&l.bridge, LinkKind::Bridge, None), self.create_bridge()).await,
             Action::AddBridgeAddress(c) => self.address(None, Change::Add, *c, &l.bridge).await,
             Action::DelBridgeAddress(c) => self.address(None, Change::Del, *c, &l.bridge).await,
             Action::BridgeUp => self.link_up(None, &l.bridge, None).await,
             Action::DeleteBridge => self.delete_link(None, &l.bridge).await.map(drop),
             Action::CreateNamespace(p) => self.create_namespace(&l.netns(*p)).await,
-            Action::CreateWg(p) => self.create_wg(*p).await,
+            Action::CreateWg(p) => self.create_tagged(intent(&l.wg(*p), LinkKind::Wireguard, Some(*p)), self.create_wg(*p)).await,
             Action::MoveWg(p) => self.move_link(&l.wg(*p), &l.netns(*p)).await,
             Action::ConfigureWg(p) => self.wg_syncconf(&l.netns(*p), &l.wg(*p), render::wg_conf(spec(p)?)).await,
             Action::SetWgLink { port, mtu } => self.link_up(Some(&l.netns(*port)), &l.wg(*port), Some(*mtu)).await,
@@ -83,7 +88,10 @@ impl System {
             Action::DelAddress { port, dev: d, cidr } => self.address(Some(&l.netns(*port)), Change::Del, *cidr, &dev(*port, d)).await,
             Action::AddRoute { port, cidr } => self.route(&l.netns(*port), Change::Add, *cidr, &l.wg(*port)).await,
             Action::DelRoute { port, cidr } => self.route(&l.netns(*port), Change::Del, *cidr, &l.wg(*port)).await,
-            Action::CreateVeth(p) => self.create_veth(&l.veth_host(*p), VETH_NS_NAME, &l.netns(*p)).await,
+            Action::CreateVeth(p) => {
+                let (host, ns) = (l.veth_host(*p), l.netns(*p));
+                self.create_tagged(intent(&host, LinkKind::Veth, Some(*p)), self.create_veth(&host, VETH_NS_NAME, &ns)).await
+            }
             Action::AttachVeth(p) => self.attach_isolated(&l.veth_host(*p)).await,
             Action::UplinkUp(p) => self.link_up(Some(&l.netns(*p)), VETH_NS_NAME, None).await,
             Action::SetForwarding(p) => self.set_namespace_sysctls(&l.netns(*p)).await,

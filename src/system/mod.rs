@@ -5,6 +5,8 @@
 
 mod error;
 pub mod execute;
+pub mod fault;
+pub mod intent;
 pub mod netlink;
 pub mod nginx;
 pub mod nsread;
@@ -70,4 +72,6 @@ pub struct System {
     pub backend: Backend,
     /// Reads namespaces without a process (replayed in unit tests).
     pub reader: Arc<dyn nsread::Reader>,
+    /// Where links about to be created are recorded (see [`intent`]).
+    pub journal: Arc<dyn intent::Journal>,
 }

@@ -5,9 +5,9 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use super::procfs::{ProcStat, children_of, read_trimmed};
+use super::procfs::{ProcStat, children_of, read_trimmed, started_at};
 use super::wait::wait_for;
 use super::{SysError, System};
 use crate::render::NginxFiles;
@@ -22,6 +22,12 @@ fn write_atomic(path: &Path, content: &str) -> Result<(), SysError> {
     std::fs::rename(&tmp, path).map_err(err)
 }
 
+/// Whether workers started at `worker` cannot have read files written at
+/// `written` (unknown either way: they can, as far as anyone can tell).
+fn loaded_before(worker: Option<SystemTime>, written: Option<SystemTime>) -> bool {
+    matches!((worker, written), (Some(w), Some(f)) if w < f)
+}
+
 impl System {
     /// The pid of nginx's master process, if it runs: the pid file may be
     /// stale (its pid reused by another program) or name a zombie.
@@ -29,6 +35,22 @@ impl System {
         let pid = read_trimmed(&self.paths.nginx_pid)?.parse::<u32>().ok()?;
         let stat = ProcStat::read(Path::new(&format!("/proc/{pid}")))?;
         (stat.comm == "nginx" && stat.alive()).then_some(pid)
+    }
+
+    /// Whether the running nginx has not loaded the files on disk: its
+    /// newest worker started before the files were last written, as after a
+    /// crash between writing them and the reload (the files then equal the
+    /// desired ones, and nothing else would ever reload nginx). Reads /proc
+    /// and two file times, no process. False when nginx is not running or
+    /// nothing tells (no files, no workers).
+    pub fn nginx_runs_older_files(&self) -> bool {
+        let Some(master) = self.nginx_master() else { return false };
+        let written = [&self.paths.nginx_stream, &self.paths.nginx_http]
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+            .max();
+        let newest_worker = children_of(master).into_iter().filter_map(started_at).max();
+        loaded_before(newest_worker, written)
     }
 
     pub async fn nginx_test(&self) -> Result<(), SysError> {
@@ -72,6 +94,7 @@ impl System {
             for (path, content) in targets {
                 write_atomic(path, content)?;
             }
+            super::fault::point("after-nginx-write");
             self.nginx_test().await?;
             match self.nginx_master() {
                 Some(master) => self.reload_nginx(master).await.map(|()| true),
@@ -84,5 +107,20 @@ impl System {
             return Err(SysError::NginxRestored(Box::new(err)));
         }
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workers_older_than_the_files_have_not_loaded_them() {
+        let t = SystemTime::now();
+        let later = t + Duration::from_millis(30);
+        assert!(loaded_before(Some(t), Some(later)), "files written after the newest worker started");
+        assert!(!loaded_before(Some(later), Some(t)), "a worker started after the write read it");
+        assert!(!loaded_before(None, Some(t)), "no worker: nothing tells");
+        assert!(!loaded_before(Some(t), None), "no files: nothing to load");
     }
 }

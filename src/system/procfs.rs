@@ -2,6 +2,7 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::time::{Duration, SystemTime};
 
 pub fn read_trimmed(p: &Path) -> Option<String> {
     std::fs::read_to_string(p).ok().map(|s| s.trim().to_string())
@@ -77,9 +78,59 @@ pub fn inotify_instances_of_uid(uid: u32) -> usize {
     count
 }
 
+/// Live processes named `comm` whose first argument is `arg`, from /proc
+/// (e.g. the wireguard-go serving one interface: `wireguard-go wg51820`).
+pub fn processes_running(comm: &str, arg: &str) -> BTreeSet<u32> {
+    let mut out = BTreeSet::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !ProcStat::read(&e.path()).is_some_and(|s| s.comm == comm && s.alive()) {
+            continue;
+        }
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if cmdline.split(|b| *b == 0).nth(1) == Some(arg.as_bytes()) {
+            out.insert(pid);
+        }
+    }
+    out
+}
+
+/// When a process started (field 22 of /proc/PID/stat: clock ticks after
+/// boot, boot time included), as wall-clock time.
+pub fn started_at(pid: u32) -> Option<SystemTime> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let ticks: u64 = stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()?;
+    // SAFETY: sysconf and clock_gettime only write into the timespec given.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let mut boot = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    if hz <= 0 || unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut boot) } != 0 {
+        return None;
+    }
+    let since_boot = Duration::new(boot.tv_sec as u64, boot.tv_nsec as u32);
+    let booted = SystemTime::now().checked_sub(since_boot)?;
+    Some(booted + Duration::from_secs_f64(ticks as f64 / hz as f64))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn processes_by_name_and_argument_and_their_start() {
+        let before = SystemTime::now() - Duration::from_millis(50);
+        let mut child = std::process::Command::new("sleep").arg("31.5").spawn().unwrap();
+        let pid = child.id();
+        assert!(processes_running("sleep", "31.5").contains(&pid));
+        assert!(!processes_running("sleep", "31").contains(&pid), "the whole argument");
+        assert!(!processes_running("sleepy", "31.5").contains(&pid));
+        let started = started_at(pid).unwrap();
+        assert!(started >= before && started <= SystemTime::now(), "{started:?} after {before:?}");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!processes_running("sleep", "31.5").contains(&pid), "gone once reaped");
+    }
 
     #[test]
     fn stat_lines_with_odd_names() {

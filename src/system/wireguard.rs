@@ -60,7 +60,10 @@ impl System {
             Backend::Kernel => {
                 self.run(self.tools.ip(["link", "add", &wg, "type", "wireguard"])).await?;
             }
-            Backend::Userspace => self.start_wireguard_go(&wg).await?,
+            Backend::Userspace => {
+                self.start_wireguard_go(&wg).await?;
+                super::fault::point("after-wireguard-go-start");
+            }
         }
         self.tag_owned(&wg).await
     }

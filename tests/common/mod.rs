@@ -235,6 +235,12 @@ pub fn isolated_args(extra: &[&str]) -> Args {
 
 /// Command-line arguments of the daemon under test.
 pub fn args(n: &Names, extra: &[&str]) -> Args {
+    Args::try_parse_args_only(arg_list(n, extra)).expect("test arguments")
+}
+
+/// The same arguments as text (the first is the program name), to start
+/// the binary itself.
+pub fn arg_list(n: &Names, extra: &[&str]) -> Vec<String> {
     // Only these arguments count (see `isolated_args`).
     let mut v: Vec<String> = ["gateway", "--token=test-token", "--address=127.0.0.1", "--wireguard-backend=userspace", "--apply-wait=60s"]
         .iter()
@@ -272,7 +278,7 @@ pub fn args(n: &Names, extra: &[&str]) -> Args {
         v.push("--watchdog=1h".into());
     }
     v.extend(extra.iter().map(|s| s.to_string()));
-    Args::try_parse_args_only(v).expect("test arguments")
+    v
 }
 
 /// The daemon in-process: the Rocket app on a local client, the reconciler
@@ -469,8 +475,15 @@ pub fn leftovers(n: &Names, port: u16) -> Vec<String> {
     if std::path::Path::new(&format!("/var/run/wireguard/{}.sock", n.wg(port))).exists() {
         left.push(format!("wireguard-go socket of {}", n.wg(port)));
     }
-    if sh_ok(&format!("pgrep -f '^wireguard-go {}$'", n.wg(port))) {
+    if !wireguard_go_pids(&n.wg(port)).is_empty() {
         left.push(format!("wireguard-go process for {}", n.wg(port)));
     }
     left
+}
+
+/// The wireguard-go processes serving `iface`, whatever path started them
+/// (the daemon runs it by its absolute path).
+pub fn wireguard_go_pids(iface: &str) -> Vec<u32> {
+    let out = Command::new("pgrep").args(["-f", &format!("^(/\\S*/)?wireguard-go {iface}$")]).output().expect("pgrep");
+    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect()
 }

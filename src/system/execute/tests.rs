@@ -10,7 +10,16 @@ use crate::system::{Backend, Reply, Runner, Script, SystemPaths, Tools};
 
 fn system(dir: &Path, runner: Runner) -> System {
     let reader = std::sync::Arc::new(crate::testing::FixtureReader::default());
-    System { runner, layout: Layout::default(), tools: Tools::default(), paths: SystemPaths::under(dir), backend: Backend::Kernel, reader }
+    let journal = std::sync::Arc::new(crate::system::intent::NoJournal);
+    System {
+        runner,
+        layout: Layout::default(),
+        tools: Tools::default(),
+        paths: SystemPaths::under(dir),
+        backend: Backend::Kernel,
+        reader,
+        journal,
+    }
 }
 
 fn nginx() -> NginxFiles {
