@@ -66,6 +66,7 @@ fn main() {
     let observed = Observed {
         bridge: Some(ObservedBridge { up: true, addresses: Some(vec![layout.bridge_addr()]), owned: true }),
         namespaces: desired.networks.keys().copied().collect(),
+        stale_namespaces: Default::default(),
         wg_in_root: Default::default(),
         host_veths: desired.networks.keys().map(|p| (*p, HostVeth { on_bridge: true, up: true, isolated: true, owned: true })).collect(),
         networks: desired.networks.iter().map(|(p, s)| (*p, converged_view(&layout, s))).collect(),

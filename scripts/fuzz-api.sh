@@ -38,8 +38,8 @@ cleanup() {
   if pid=$(cat "$dir/nginx.pid" 2>/dev/null) && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = nginx ]; then
     kill "$pid"
   fi
-  for ns in $(ip netns list | awk '{print $1}' | grep "^$tag-"); do
-    ip netns del "$ns"
+  for ns in /run/netns/"$tag"-*; do
+    [ -e "$ns" ] && ip netns del "${ns##*/}"
   done
   # wireguard-go exits when its interface goes with its namespace; wait for it.
   for _ in $(seq 50); do
@@ -73,9 +73,20 @@ http {
 }
 EOF
 
+# Starts the daemon in the background ($daemon: its own pid, every step
+# execs the next) in the test's network namespace, with a sysfs of its own
+# (its /sys/class/net shows that namespace). Unlike `ip netns exec`, the
+# mount namespace keeps /run/netns shared with the host, so the namespaces
+# the daemon creates are there for the host and for its next start.
+spawn_daemon() {
+  (exec nsenter --net="/run/netns/$host_ns" -- unshare --mount --propagation unchanged -- \
+    sh -c 'mount --make-rprivate /sys && mount -t sysfs sysfs /sys && exec "$@"' sh "$@") &
+  daemon=$!
+}
+
 ip netns add "$host_ns"
 ip -n "$host_ns" link set lo up
-ip netns exec "$host_ns" "$bin" \
+spawn_daemon "$bin" \
   --token "$token" --database "$dir/gateway.db" --address 127.0.0.1 --port 8000 \
   --custom-forwarding= --wireguard-backend userspace --apply-wait 30s \
   --namespace-prefix "$tag-net-" --interface-prefix "${tag}w" --veth-prefix "${tag}v" \
@@ -83,8 +94,7 @@ ip netns exec "$host_ns" "$bin" \
   --nginx-conf "$dir/nginx.conf" --nginx-stream-config "$dir/stream.conf" \
   --nginx-http-config "$dir/http.conf" --nginx-pid "$dir/nginx.pid" \
   --https-listen 127.0.0.1:18443 --http-listen 127.0.0.1:18080 \
-  > "$dir/daemon.log" 2>&1 &
-daemon=$!
+  > "$dir/daemon.log" 2>&1
 for _ in $(seq 100); do
   ip netns exec "$host_ns" curl -sf http://127.0.0.1:8000/health >/dev/null && break
   kill -0 "$daemon" 2>/dev/null || { cat "$dir/daemon.log"; echo "fuzz-api: the daemon did not start" >&2; exit 1; }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, exactly as CI runs it (.ci/run calls this script with
-# no argument; GitLab's jobs call single steps: fmt, clippy, test, bench, openapi, fuzz).
-# Needs root for `test` and `fuzz`: the end-to-end tests and the fuzzed daemon build real namespaces,
+# no argument; GitLab's jobs call single steps: fmt, clippy, test, bench, openapi, fuzz, crash).
+# Needs root for `test`, `bench`, `fuzz` and `crash`: the end-to-end tests and the daemons they start build real namespaces,
 # WireGuard interfaces, iptables rules and a private nginx.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,7 +21,7 @@ clippy() {
 # Re-runs this script as root, keeping only what finds the toolchain (not,
 # say, UPDATE_GOLDEN from the caller's shell).
 as_root() {
-  exec sudo --preserve-env=CARGO_HOME,RUSTUP_HOME,CARGO_TARGET_DIR env "PATH=$PATH" "$0" "$@"
+  exec sudo --preserve-env=CARGO_HOME,RUSTUP_HOME,CARGO_TARGET_DIR,FUZZ_SEED,FUZZ_SECONDS,CRASH_SEED,CRASH_ROUNDS env "PATH=$PATH" "$0" "$@"
 }
 
 tests() {
@@ -69,6 +69,15 @@ fuzz() {
   scripts/fuzz-api.sh "${CARGO_TARGET_DIR:-target}/debug/gateway"
 }
 
+crash() {
+  if [ "$(id -u)" -ne 0 ]; then
+    as_root crash
+  fi
+  step "crash test: SIGKILL at random moments of random applies, ${CRASH_ROUNDS:-20} rounds, each restart converges"
+  cargo build --locked -q
+  CRASH_ROUNDS=${CRASH_ROUNDS:-20} scripts/crash-test.sh "${CARGO_TARGET_DIR:-target}/debug/gateway"
+}
+
 case "${1:-all}" in
   fmt) fmt ;;
   clippy) clippy ;;
@@ -76,6 +85,7 @@ case "${1:-all}" in
   openapi) openapi ;;
   fuzz) fuzz ;;
   bench) bench ;;
+  crash) crash ;;
   all)
     if [ "$(id -u)" -ne 0 ]; then
       as_root all
@@ -87,10 +97,11 @@ case "${1:-all}" in
     bench
     openapi
     fuzz
+    crash
     printf '\nAll checks passed.\n'
     ;;
   *)
-    echo "usage: $0 [all|fmt|clippy|test|bench|openapi|fuzz]" >&2
+    echo "usage: $0 [all|fmt|clippy|test|bench|openapi|fuzz|crash]" >&2
     exit 2
     ;;
 esac

@@ -110,6 +110,15 @@ impl Layout {
     pub fn veth_ns_addr(&self, port: u16) -> Cidr {
         Cidr { addr: self.veth_ns_ip(port).into(), prefix: self.bridge_prefix }
     }
+    /// The MAC address of network P's veth end in its namespace, derived from
+    /// P (locally administered): a veth made again (the network re-added,
+    /// repaired, or rebuilt after a crash) answers at the same MAC, so the
+    /// host's neighbour entry for its address stays right. A new MAC would
+    /// leave nginx's connections to the network unanswered until that entry
+    /// expired (tens of seconds).
+    pub fn uplink_mac(&self, port: u16) -> String {
+        format!("02:67:77:00:{:02x}:{:02x}", port >> 8, port & 0xff)
+    }
     /// Ports on the veth address that DNAT to each upstream. A port is
     /// derived from the upstream itself (a hash into 10,000 ports, the next
     /// free one on a collision), so adding or removing one upstream leaves
@@ -157,6 +166,7 @@ mod tests {
         assert_eq!(l.bridge_addr().to_string(), "10.199.0.1/16");
         assert_eq!(l.veth_ns_addr(2).to_string(), "10.199.0.2/16");
         assert_eq!(l.veth_ns_addr(51820).to_string(), "10.199.202.108/16");
+        assert_eq!((l.uplink_mac(51820), l.uplink_mac(2)), ("02:67:77:00:ca:6c".to_string(), "02:67:77:00:00:02".to_string()));
         assert_eq!(l.port_of_netns("network-51820"), Some(51820));
         assert_eq!(l.port_of_netns("network-0518"), None);
         assert_eq!(l.port_of_netns("other-1"), None);

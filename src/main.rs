@@ -83,10 +83,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         // The reconciler never returns unless stopped; if it dies, an API that
         // only stores states nobody applies would be worse than exiting for a restart.
         ended = &mut reconciler => Err(anyhow::anyhow!("the reconciler stopped ({ended:?}); exiting so the supervisor restarts the daemon")),
-        launched = &mut server => Err(match launched {
-            Ok(Err(e)) => anyhow::Error::new(e).context("the API stopped"),
-            other => anyhow::anyhow!("the API stopped ({other:?})"),
-        }),
+        launched = &mut server => {
+            shared.store.pool.close().await;
+            return Err(match launched {
+                Ok(Err(e)) => anyhow::Error::new(e).context("the API stopped"),
+                other => anyhow::anyhow!("the API stopped ({other:?})"),
+            });
+        }
     };
     // In-flight requests get Rocket's grace period to be answered.
     shutdown.notify();

@@ -100,6 +100,11 @@ pub struct Observed {
     pub bridge: Option<ObservedBridge>,
     /// Ports of the namespaces with our prefix.
     pub namespaces: BTreeSet<u16>,
+    /// Ports whose namespace name is taken by a file that holds no
+    /// namespace (nothing mounted on it): left by a crash inside `ip netns
+    /// add` or `del`, or by a mount namespace that ended (a container
+    /// restart). Nothing can enter or create it until the file goes.
+    pub stale_namespaces: BTreeSet<u16>,
     /// WireGuard interfaces with our prefix still in the root namespace
     /// (the value: created by the gateway).
     pub wg_in_root: BTreeMap<u16, bool>,

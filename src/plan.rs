@@ -23,6 +23,9 @@ pub enum Action {
     AddBridgeAddress(Cidr),
     DelBridgeAddress(Cidr),
     BridgeUp,
+    /// Remove a namespace file that holds no namespace (see
+    /// `Observed::stale_namespaces`), so the name can be used again.
+    RemoveStaleNamespace(u16),
     CreateNamespace(u16),
     /// Create the interface in the root namespace (its UDP socket stays there).
     CreateWg(u16),
@@ -75,8 +78,18 @@ impl Action {
     pub fn network(&self) -> Option<u16> {
         use Action::*;
         match self {
-            CreateNamespace(p) | CreateWg(p) | MoveWg(p) | ConfigureWg(p) | CreateVeth(p) | AttachVeth(p) | UplinkUp(p)
-            | SetForwarding(p) | DeleteNetwork(p) | DeleteRootWg(p) | DeleteHostVeth(p) => Some(*p),
+            RemoveStaleNamespace(p)
+            | CreateNamespace(p)
+            | CreateWg(p)
+            | MoveWg(p)
+            | ConfigureWg(p)
+            | CreateVeth(p)
+            | AttachVeth(p)
+            | UplinkUp(p)
+            | SetForwarding(p)
+            | DeleteNetwork(p)
+            | DeleteRootWg(p)
+            | DeleteHostVeth(p) => Some(*p),
             SetWgLink { port, .. }
             | AddAddress { port, .. }
             | DelAddress { port, .. }
@@ -244,7 +257,7 @@ fn plan_removals(actions: &mut Vec<Action>, desired: &Desired, observed: &Observ
 /// order to do it: shared bridge, networks, nginx, then removals (after
 /// nginx stopped sending traffic to them).
 pub fn plan(desired: &Desired, observed: &Observed, layout: &Layout, nginx: &NginxFiles) -> Vec<Action> {
-    let mut actions = Vec::new();
+    let mut actions: Vec<Action> = observed.stale_namespaces.iter().map(|p| Action::RemoveStaleNamespace(*p)).collect();
     if !desired.networks.is_empty() {
         plan_bridge(&mut actions, layout, observed);
     }

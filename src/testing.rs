@@ -156,7 +156,14 @@ impl FakeHost {
         d
     }
 
+    /// A namespace file that holds a namespace, as far as the observer can
+    /// tell (it lies on nsfs, not on the directory's file system).
     pub fn add_namespace(&self, port: u16) {
+        let _ = std::os::unix::fs::symlink("/proc/self/ns/net", self.dir.path().join("netns").join(format!("network-{port}")));
+    }
+
+    /// A namespace file that holds no namespace (left by a crash).
+    pub fn add_stale_namespace(&self, port: u16) {
         std::fs::write(self.dir.path().join("netns").join(format!("network-{port}")), "").expect("netns file");
     }
 

@@ -172,10 +172,13 @@ async fn post_stores_a_generation_and_patch_replaces_or_removes_ports() {
     assert_eq!(st["desired_generation"], 3);
     assert_eq!(st["applied_generation"], 0);
     assert_eq!(st["networks"]["51820"]["namespace_present"], false, "really observed: nothing was applied");
-    std::fs::write(netns.path().join("network-51820"), "").unwrap();
+    // A namespace file holds a namespace (it lies on nsfs, as this link
+    // does); a plain file is what a crash inside `ip netns add` leaves.
+    std::os::unix::fs::symlink("/proc/self/ns/net", netns.path().join("network-51820")).unwrap();
+    std::fs::write(netns.path().join("network-51822"), "").unwrap();
     let (_, st) = call(&c, Method::Get, "/api/v1/status.json", token(), None).await;
     assert_eq!(st["networks"]["51820"]["namespace_present"], true, "read from the namespace directory: {st}");
-    assert_eq!(st["networks"]["51822"]["namespace_present"], false, "{st}");
+    assert_eq!(st["networks"]["51822"]["namespace_present"], false, "a file that holds no namespace: {st}");
 }
 
 #[tokio::test]

@@ -284,9 +284,28 @@ fn a_crash_right_after_the_nginx_files_were_written_heals_at_the_next_start() {
     assert!(std::fs::read_to_string(n.http_file()).unwrap().contains("b.test"), "the files were written");
     assert_eq!(served(&n, "b.test"), "418", "the crash left nginx on the old routes");
 
-    let d = start(&n, &[]);
+    let mut d = start(&n, &[]);
     wait_applied(&n, &d, 2);
     assert_eq!((served(&n, "b.test"), served(&n, "a.test")), ("502".into(), "418".into()), "{}", d.log());
+
+    // A network removed and added again (as a crash or a repair rebuilds
+    // it) answers at once: its veth comes back with the same MAC, so the
+    // host's neighbour entry for its address (kept alive by the other
+    // network's bridge port) is still right.
+    let other = n.port(1).to_string();
+    let (key2, _) = genkey();
+    let patch = |body: Value| api(n.api_port(), "PATCH", "/api/v1/config.json", Some(&body)).map(|a| a.0);
+    // A bridge takes the lowest MAC of its ports unless given one, and a
+    // MAC change flushes its neighbour entries, which would hide a stale
+    // entry by chance: give it one first.
+    sh(&format!("ip link set dev {} address 02:00:00:00:00:01", n.bridge()));
+    assert_eq!(patch(json!({ &other: teapot_network(&key2, &["c.test"]) })), Some(200));
+    assert_eq!((served(&n, "b.test"), served(&n, "c.test")), ("502".into(), "502".into()));
+    assert_eq!(patch(json!({ &port: null })), Some(200));
+    assert_eq!(patch(json!({ &port: teapot_network(&key, &["b.test"]) })), Some(200));
+    let quick = sh(&format!("curl -s -o /dev/null -m 3 -w '%{{http_code}}' -H 'Host: b.test' http://127.0.0.1:{}/ || true", n.http_port()));
+    assert_eq!(quick, "502", "the re-added network answers at once");
+    d.stop();
 }
 
 #[test]

@@ -209,6 +209,23 @@ async fn cold_start_builds_everything_in_order() {
     assert!(a.contains(&Action::SetRules { port: 51820, missing_jumps: render::JUMPS.map(|j| j.1).to_vec() }));
 }
 
+/// A namespace file that holds no namespace (a crash inside `ip netns
+/// add`) goes first, whether its network is desired (then built anew) or not.
+#[tokio::test]
+async fn stale_namespace_files_go_first_and_a_desired_network_is_built_anew() {
+    let l = Layout::default();
+    let d = converged_desired();
+    let mut o = observed_converged().await;
+    o.namespaces.remove(&51821);
+    o.networks.remove(&51821);
+    o.stale_namespaces.extend([51821, 40000]);
+    let a = plan(&d, &o, &l, &nginx_files(&d));
+    assert_eq!(&a[..2], &[Action::RemoveStaleNamespace(40000), Action::RemoveStaleNamespace(51821)]);
+    assert!(a.contains(&Action::CreateNamespace(51821)) && a.contains(&Action::CreateWg(51821)), "{a:?}");
+    assert!(!a.iter().any(|x| x.network() == Some(51820)), "the other network is left alone: {a:?}");
+    assert!(!a.contains(&Action::DeleteNetwork(40000)), "nothing to delete in a namespace that is not there");
+}
+
 #[tokio::test]
 async fn roamed_endpoint_is_not_drift_but_a_missing_or_changed_one_is() {
     let l = Layout::default();

@@ -79,6 +79,7 @@ impl System {
             Action::DelBridgeAddress(c) => self.address(None, Change::Del, *c, &l.bridge).await,
             Action::BridgeUp => self.link_up(None, &l.bridge, None).await,
             Action::DeleteBridge => self.delete_link(None, &l.bridge).await.map(drop),
+            Action::RemoveStaleNamespace(p) => self.delete_namespace(&l.netns(*p)).await,
             Action::CreateNamespace(p) => self.create_namespace(&l.netns(*p)).await,
             Action::CreateWg(p) => self.create_tagged(intent(&l.wg(*p), LinkKind::Wireguard, Some(*p)), self.create_wg(*p)).await,
             Action::MoveWg(p) => self.move_link(&l.wg(*p), &l.netns(*p)).await,
@@ -90,7 +91,8 @@ impl System {
             Action::DelRoute { port, cidr } => self.route(&l.netns(*port), Change::Del, *cidr, &l.wg(*port)).await,
             Action::CreateVeth(p) => {
                 let (host, ns) = (l.veth_host(*p), l.netns(*p));
-                self.create_tagged(intent(&host, LinkKind::Veth, Some(*p)), self.create_veth(&host, VETH_NS_NAME, &ns)).await
+                self.create_tagged(intent(&host, LinkKind::Veth, Some(*p)), self.create_veth(&host, VETH_NS_NAME, &l.uplink_mac(*p), &ns))
+                    .await
             }
             Action::AttachVeth(p) => self.attach_isolated(&l.veth_host(*p)).await,
             Action::UplinkUp(p) => self.link_up(Some(&l.netns(*p)), VETH_NS_NAME, None).await,

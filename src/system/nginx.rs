@@ -22,6 +22,12 @@ fn write_atomic(path: &Path, content: &str) -> Result<(), SysError> {
     std::fs::rename(&tmp, path).map_err(err)
 }
 
+/// Whether an nginx worker has stopped accepting connections: its title is
+/// `nginx: worker process is shutting down` then (or it is gone).
+fn shutting_down(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).map_or(true, |c| String::from_utf8_lossy(&c).contains("shutting down"))
+}
+
 /// Whether workers started at `worker` cannot have read files written at
 /// `written` (unknown either way: they can, as far as anyone can tell).
 fn loaded_before(worker: Option<SystemTime>, written: Option<SystemTime>) -> bool {
@@ -64,15 +70,19 @@ impl System {
     }
 
     /// `-s reload` only signals the master. Waits until new workers run the
-    /// new config (old ones stop accepting right after), so an applied route
-    /// is live when the API says so. None appear when nginx could not load it
-    /// (e.g. a listen port in use, which `nginx -t` does not check).
+    /// new config and the old ones no longer accept connections (gone, or
+    /// shutting down gracefully: their title says so), so an applied route
+    /// is live for every new connection when the API says so. No new worker
+    /// appears when nginx could not load the config (e.g. a listen port in
+    /// use, which `nginx -t` does not check).
     async fn reload_nginx(&self, master: u32) -> Result<(), SysError> {
         let old_workers = children_of(master);
         self.run(self.tools.nginx(&self.paths.nginx_conf, ["-s", "reload"])).await?;
-        wait_for(|| !children_of(master).is_subset(&old_workers), RELOAD_WAIT)
-            .await
-            .map_err(|_| SysError::NginxNotReloaded { secs: RELOAD_WAIT.as_secs() })
+        let switched = || {
+            let now = children_of(master);
+            !now.is_subset(&old_workers) && old_workers.iter().filter(|p| now.contains(p)).all(|p| shutting_down(*p))
+        };
+        wait_for(switched, RELOAD_WAIT).await.map_err(|_| SysError::NginxNotReloaded { secs: RELOAD_WAIT.as_secs() })
     }
 
     /// Writes both files, checks the whole config, then reloads (or starts)

@@ -12,13 +12,16 @@ use super::nsread::{NsRaw, Target, WgRaw};
 use super::parse::parse_iptables_save;
 use super::procfs::{link_up, read_trimmed};
 use super::{Backend, SysError, System, wgread};
+use std::collections::BTreeSet;
+
 use crate::layout::{NAMESPACE_SYSCTLS, OWNED_ALIAS, VETH_NS_NAME};
 use crate::observed::{HostVeth, Observed, ObservedBridge, ObservedNetwork, ObservedRules};
 
 impl System {
     /// Everything that costs no process: namespaces, root links, nginx files.
     pub fn observe_cheap(&self) -> Observed {
-        let mut o = Observed { namespaces: self.namespaces(), ..Default::default() };
+        let (namespaces, stale_namespaces) = self.namespace_files();
+        let mut o = Observed { namespaces, stale_namespaces, ..Default::default() };
         self.observe_root_links(&mut o);
         o.nginx_stream = std::fs::read_to_string(&self.paths.nginx_stream).ok();
         o.nginx_http = std::fs::read_to_string(&self.paths.nginx_http).ok();
@@ -27,9 +30,28 @@ impl System {
     }
 
     /// Ports of the namespaces with our prefix.
-    pub fn namespaces(&self) -> std::collections::BTreeSet<u16> {
-        let entries = std::fs::read_dir(&self.paths.netns_dir).into_iter().flatten().flatten();
-        entries.filter_map(|e| e.file_name().to_str().and_then(|n| self.layout.port_of_netns(n))).collect()
+    pub fn namespaces(&self) -> BTreeSet<u16> {
+        self.namespace_files().0
+    }
+
+    /// Ports of the namespace files with our prefix: those that hold a
+    /// namespace, and the stale ones (see `Observed::stale_namespaces`). A
+    /// namespace is mounted on its file, so it lies on another device than
+    /// the directory (its inode is the namespace's, on nsfs).
+    fn namespace_files(&self) -> (BTreeSet<u16>, BTreeSet<u16>) {
+        use std::os::unix::fs::MetadataExt;
+        let dir_dev = std::fs::metadata(&self.paths.netns_dir).map(|m| m.dev()).ok();
+        let (mut live, mut stale) = (BTreeSet::new(), BTreeSet::new());
+        for e in std::fs::read_dir(&self.paths.netns_dir).into_iter().flatten().flatten() {
+            let Some(port) = e.file_name().to_str().and_then(|n| self.layout.port_of_netns(n)) else { continue };
+            let mounted = std::fs::metadata(e.path()).is_ok_and(|m| Some(m.dev()) != dir_dev);
+            if mounted {
+                live.insert(port)
+            } else {
+                stale.insert(port)
+            };
+        }
+        (live, stale)
     }
 
     /// Our links in the root namespace, from sysfs: WireGuard interfaces not
@@ -177,5 +199,16 @@ mod tests {
         assert!(sysctls_match(&v(&[Some("1"), None, Some("1")])), "a kernel without IPv6 lacks that key");
         assert!(!sysctls_match(&v(&[Some("1"), Some("0"), Some("1")])));
         assert!(!sysctls_match(&v(&[None, None, None])), "nothing read is not set");
+    }
+
+    #[test]
+    fn namespace_files_that_hold_no_namespace_are_stale() {
+        let host = crate::testing::FakeHost::new();
+        host.add_namespace(51820);
+        host.add_stale_namespace(51821);
+        let system = host.system(crate::system::Script::new(), crate::system::Backend::Kernel);
+        let o = system.observe_cheap();
+        assert_eq!((o.namespaces, o.stale_namespaces), ([51820].into(), [51821].into()));
+        assert_eq!(system.namespaces(), [51820].into());
     }
 }

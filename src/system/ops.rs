@@ -106,9 +106,10 @@ impl System {
         self.run(self.tools.ip_in(ns, ["route", verb, &cidr.to_string(), "dev", dev])).await.map(drop)
     }
 
-    /// A veth pair: `host` in the root namespace (tagged), `inside` in `ns`.
-    pub async fn create_veth(&self, host: &str, inside: &str, ns: &str) -> Result<(), SysError> {
-        self.run(self.tools.ip(["link", "add", host, "type", "veth", "peer", "name", inside, "netns", ns])).await?;
+    /// A veth pair: `host` in the root namespace (tagged), `inside` in `ns`
+    /// with the MAC address `mac`.
+    pub async fn create_veth(&self, host: &str, inside: &str, mac: &str, ns: &str) -> Result<(), SysError> {
+        self.run(self.tools.ip(["link", "add", host, "type", "veth", "peer", "name", inside, "address", mac, "netns", ns])).await?;
         self.tag_owned(host).await
     }
 
