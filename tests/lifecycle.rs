@@ -415,4 +415,21 @@ async fn sigterm_during_a_slow_apply_finishes_the_pass_and_the_data_plane_stays(
     for (what, key) in [("private key", &gw_private), ("preshared key", &psk)] {
         assert!(!log.contains(key.as_str()), "the {what} is in the daemon's log");
     }
+
+    // A pass that outlasts --shutdown-timeout: the daemon exits anyway, with 1.
+    let mut args = args;
+    args.push("--shutdown-timeout=1s".into());
+    let mut d = Process::start(&args[1..], &[], n.dir.join("daemon-2.log"));
+    d.wait_healthy(api_port);
+    let mut changed = config.clone();
+    changed[port.to_string()]["peers"][&node.public]["persistent_keepalive"] = json!(25);
+    let post = std::thread::spawn(move || api(api_port, "POST", "/api/v1/config.json", Some(&changed)));
+    let slow = slow_wg.display().to_string();
+    // (anchored, or pgrep would find the shell that runs it)
+    wait_until("the slow wg to run", Duration::from_secs(20), || sh_ok(&format!("pgrep -f '^/bin/sh {slow} '"))).await;
+    d.signal(libc::SIGTERM);
+    let status = d.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(1), "{}", d.log());
+    assert!(d.log().contains("did not finish within --shutdown-timeout"), "{}", d.log());
+    let _ = post.join();
 }

@@ -47,7 +47,7 @@ The schemas give each value its exact form. The server also checks the rules tha
 - no two networks have the same private key; no peer has the network's own public key;
 - an interface address appears once in a network; an allowed IP belongs to one peer of the network;
 - no address, allowed IP or upstream lies inside the gateway's bridge subnet (`--bridge-subnet`, default 10.199.0.0/16);
-- a network with proxy entries has an IPv4 address; each upstream lies inside its network (one of the network's addresses or a peer's allowed IPs covers it); at most 1000 distinct upstreams per network; no URL is given twice (with and without a trailing `/`);
+- each upstream lies inside its network (one of the network's addresses or a peer's allowed IPs covers it); at most 1000 distinct upstreams per network; no URL is given twice (with and without a trailing `/`);
 - a hostname is served by one network only, whatever the scheme, and not by a `--custom-forwarding`.
 A PATCH is checked as the whole state it would make.";
 
@@ -66,6 +66,9 @@ fn finish(mut spec: OpenApi) -> OpenApi {
             extensions: Default::default(),
         }),
     );
+    if let Some(network) = components.schemas.get_mut("NetworkConfig") {
+        proxy_needs_ipv4(network);
+    }
     for item in spec.paths.values_mut() {
         for op in [&mut item.get, &mut item.post, &mut item.patch].into_iter().flatten() {
             add_bearer(op);
@@ -73,6 +76,17 @@ fn finish(mut spec: OpenApi) -> OpenApi {
         }
     }
     spec
+}
+
+/// The one rule across a network's fields that JSON Schema can state and
+/// schemars cannot derive: proxy entries need an IPv4 address (nginx
+/// reaches the network over IPv4).
+fn proxy_needs_ipv4(network: &mut schemars::schema::SchemaObject) {
+    let ipv4 = serde_json::json!({ "pattern": "^[0-9.]+/" });
+    network.extensions.insert("if".into(), serde_json::json!({ "required": ["proxy"], "properties": { "proxy": { "minProperties": 1 } } }));
+    network
+        .extensions
+        .insert("then".into(), serde_json::json!({ "required": ["address"], "properties": { "address": { "contains": ipv4 } } }));
 }
 
 /// Either token header may carry the token.
@@ -151,6 +165,7 @@ mod tests {
         assert_eq!(net["properties"]["proxy"]["propertyNames"]["$ref"], "#/components/schemas/ProxyUrl");
         assert_eq!(net["properties"]["proxy"]["additionalProperties"]["minItems"], 1);
         assert_eq!(schemas["PeerConfig"]["additionalProperties"], false);
+        assert_eq!(net["then"]["properties"]["address"]["contains"]["pattern"], "^[0-9.]+/", "proxy entries need an IPv4 address");
         for name in ["WireGuardKey", "ListenPortKey", "InterfaceAddress", "AllowedIp", "Endpoint", "ProxyUrl", "Upstream"] {
             assert!(schemas[name]["pattern"].as_str().is_some_and(|p| p.starts_with('^') && p.ends_with('$')), "{name}");
         }

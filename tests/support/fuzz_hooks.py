@@ -29,7 +29,6 @@ RULES_SPANNING_VALUES = [
         r" is listed twice$",
         r"^allowed IP \S+ is also given to peer \S+$",
         r" is inside the gateway's own bridge subnet \S+$",
-        r"^a network with proxy entries needs an IPv4 address$",
         r"^upstream \S+ is not inside the network \(no address or peer allowed IP covers it\)$",
         r"^\d+ distinct upstreams; at most \d+ per network$",
         r"^the same URL is given twice \(e\.g\. with and without a trailing '/'\)$",
