@@ -70,8 +70,10 @@ PATH=$SYSPATH command -v busybox >/dev/null || need+=(busybox-static)
 if [ "${#need[@]}" -gt 0 ]; then
   echo "vm-test: installing ${need[*]}"
   as_root apt-get update -qq
-  as_root apt-get install -y -qq --no-install-recommends "${need[@]}" ||
-    die "could not install ${need[*]} with apt-get"
+  # --no-remove: never take anything away from the host to make room (a
+  # qemu-utils from backports, say, conflicts with bookworm's qemu-system).
+  as_root apt-get install -y -qq --no-install-recommends --no-remove "${need[@]}" ||
+    die "could not install ${need[*]} with apt-get without removing other packages (see above); install them to suit this machine and rerun"
 fi
 command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 is still missing after installing qemu-system-x86"
 
@@ -185,7 +187,8 @@ fi
 # python3 and the standard modules the node server and the guest test import.
 [ -x "$PY" ] || die "$PY (Debian's python3) is missing"
 put "$(readlink -f "$PY")" /usr/bin/python3
-mapfile -t pyfiles < <("$PY" -I - "$REPO/tests/support/node_server.py" json <<'PYEOF'
+# (json for the guest test; encodings.idna, which socket.getfqdn loads late.)
+mapfile -t pyfiles < <("$PY" -I - "$REPO/tests/support/node_server.py" json encodings.idna <<'PYEOF'
 import ast, importlib, os, sys
 names = set(sys.argv[2:])
 for node in ast.walk(ast.parse(open(sys.argv[1]).read())):

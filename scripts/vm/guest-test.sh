@@ -42,6 +42,7 @@ log() { printf '[%7s] %s\n' "$(uptime_s)" "$*"; }
 ok() { log "ok: $*"; }
 
 diagnostics() {
+  trap - ERR
   set +e
   echo "---- diagnostics"
   echo "-- ip netns list"; ip netns list
