@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite, exactly as CI runs it (.ci/run calls this script with
-# no argument; GitLab's jobs call single steps: fmt, clippy, test, bench, openapi, fuzz, crash).
+# no argument; GitLab's jobs call single steps: fmt, clippy, test, vm, bench, openapi, fuzz, crash).
 # Needs root for `test`, `bench`, `fuzz` and `crash`: the end-to-end tests and the daemons they start build real namespaces,
-# WireGuard interfaces, iptables rules and a private nginx.
+# WireGuard interfaces, iptables rules and a private nginx. `vm` runs the same
+# kind of checks with kernel WireGuard inside a qemu VM (scripts/vm-test.sh);
+# it needs root only to install its packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,9 +35,14 @@ tests() {
   step "cargo test (unit, API, poller, OpenAPI, packaging; end-to-end as root: --include-ignored)"
   cargo test --locked --no-fail-fast -- --include-ignored
   step "shell scripts parse and pass shellcheck"
-  for f in scripts/*.sh docker/*.sh .ci/run; do bash -n "$f"; done
+  for f in scripts/*.sh scripts/vm/* docker/*.sh .ci/run; do bash -n "$f"; done
   # Installed by scripts/install-deps.sh above: missing, this step fails.
-  shellcheck scripts/*.sh docker/*.sh .ci/run
+  shellcheck scripts/*.sh scripts/vm/* docker/*.sh .ci/run
+}
+
+vm() {
+  step "kernel WireGuard end to end in a VM (scripts/vm-test.sh: qemu TCG, Debian's cloud kernel)"
+  scripts/vm-test.sh
 }
 
 # The scale benchmark with a few networks, so it cannot rot: it must run to
@@ -82,6 +89,7 @@ case "${1:-all}" in
   fmt) fmt ;;
   clippy) clippy ;;
   test) tests ;;
+  vm) vm ;;
   openapi) openapi ;;
   fuzz) fuzz ;;
   bench) bench ;;
@@ -95,13 +103,14 @@ case "${1:-all}" in
     clippy
     tests
     bench
+    vm
     openapi
     fuzz
     crash
     printf '\nAll checks passed.\n'
     ;;
   *)
-    echo "usage: $0 [all|fmt|clippy|test|bench|openapi|fuzz|crash]" >&2
+    echo "usage: $0 [all|fmt|clippy|test|vm|bench|openapi|fuzz|crash]" >&2
     exit 2
     ;;
 esac

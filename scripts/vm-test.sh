@@ -18,6 +18,7 @@
 #   VM_TIMEOUT    hard limit on the VM's run, in seconds (default: 600)
 #   VM_SMP        virtual CPUs (default: 2)
 #   VM_KEEP=1     keep the temporary appliance directory (its path is printed)
+#   VM_VERBOSE=1  print the daemon's whole log (but its read commands) in the guest
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -265,7 +266,7 @@ set +e
 timeout -k 10 "$VM_TIMEOUT" qemu-system-x86_64 -accel tcg -cpu max -smp "$VM_SMP" -m 1024 \
   -nographic -no-reboot -nic none \
   -kernel "$KDIR/vmlinuz" -initrd "$WORK/initrd.cpio" \
-  -append "console=ttyS0 panic=-1 quiet loglevel=3 random.trust_cpu=on" \
+  -append "console=ttyS0 panic=-1 quiet loglevel=3 random.trust_cpu=on vmtest.verbose=${VM_VERBOSE:-0}" \
   < /dev/null 2>&1 | tee "$LOG"
 qemu_rc=${PIPESTATUS[0]}
 set -e

@@ -51,7 +51,16 @@ fn dockerfile_copies_only_what_exists_and_sets_the_defaults() {
 #[test]
 fn scripts_parse() {
     // (scripts/test.sh runs shellcheck on them too; its install step installs it.)
-    for s in ["scripts/install-deps.sh", "scripts/test.sh", "scripts/demo.sh", "docker/entrypoint.sh", ".ci/run"] {
+    for s in [
+        "scripts/install-deps.sh",
+        "scripts/test.sh",
+        "scripts/demo.sh",
+        "scripts/vm-test.sh",
+        "scripts/vm/guest-test.sh",
+        "scripts/vm/init",
+        "docker/entrypoint.sh",
+        ".ci/run",
+    ] {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(s);
         let out = Command::new("bash").arg("-n").arg(&path).output().unwrap();
         assert!(out.status.success(), "{s}: {}", String::from_utf8_lossy(&out.stderr));
@@ -62,7 +71,7 @@ fn scripts_parse() {
 fn ci_readme_and_gitlab_run_the_same_test_command() {
     assert!(read(".ci/run").contains("scripts/test.sh"));
     let gitlab = read(".gitlab-ci.yml");
-    for step in ["fmt", "clippy", "test", "openapi"] {
+    for step in ["fmt", "clippy", "test", "vm", "openapi"] {
         assert!(gitlab.contains(&format!("scripts/test.sh {step}")), "GitLab runs the {step} step of the same script");
     }
     let readme = read("README.md");

@@ -15,10 +15,13 @@
 #  - a no-op re-apply answers 200 with no changed network and runs no command
 #    (counted in the daemon's own log, RUST_LOG=gateway=trace), and the
 #    watchdog's drift checks find nothing to repair;
-#  - a 1 MB download is counted in traffic.json and /metrics;
+#  - a 1 MB download is counted in traffic.json and /metrics; a restart on
+#    the same database runs no command and counts nothing twice;
+#  - an interface deleted by hand is recreated the birthplace way, and the
+#    traffic over it is counted once;
 #  - a peer removed by hand (`wg set wgP peer KEY remove`) is put back;
 #  - PATCH null removes everything: namespace, interface, UDP socket, veth,
-#    bridge, nginx entries.
+#    bridge, nginx entries; bytes sent just before it are still counted.
 set -Eeuo pipefail
 
 GW=/usr/local/bin/gateway
@@ -180,7 +183,7 @@ start_daemon() { # start_daemon BACKEND
     --address 127.0.0.1 --port 8000 --wireguard-backend "$1" --watchdog 1s \
     --nginx-conf "$D/nginx.conf" --nginx-pid "$D/nginx.pid" \
     --nginx-stream-config "$D/stream.conf" --nginx-http-config "$D/http.conf" \
-    --https-listen "$HTTPS_PORT" --http-listen "$HTTP_PORT" > "$D/daemon.log" 2>&1 &
+    --https-listen "$HTTPS_PORT" --http-listen "$HTTP_PORT" >> "$D/daemon.log" 2>&1 &
   DAEMON_PID=$!
   wait_for "the daemon's API" 60 curl -sf --max-time 2 -o /dev/null "$API/health"
 }
@@ -189,6 +192,9 @@ stop_daemon() {
   kill "$DAEMON_PID"
   wait "$DAEMON_PID" || true
   DAEMON_PID=""
+}
+
+stop_nginx() {
   if [ -f "$D/nginx.pid" ]; then
     local pid
     pid=$(cat "$D/nginx.pid")
@@ -201,6 +207,29 @@ stop_daemon() {
 peer_rx_tx() { # peer_rx_tx GW_PUB NODE_PUB: "rx tx" recorded for the peer so far
   [ "$(api GET '/api/v1/traffic.json?start=0')" = 200 ] || fail "traffic.json: $(cat "$D/answer.json")"
   jget "$D/answer.json" "' '.join(str(d.get('networks', {}).get('$1', {}).get('devices', {}).get('$2', {}).get('traffic', {}).get(k, 0)) for k in ('rx', 'tx'))"
+}
+
+download() { # download BYTES: over HTTPS by SNI, through the tunnel
+  local n
+  n=$(https_get "$HOST" "/bytes/$1" | wc -c)
+  [ "$n" = "$1" ] || fail "downloaded $n bytes instead of $1"
+}
+
+# counted WHAT GW_PUB BEFORE BYTES: waits until the peer's rx in traffic.json
+# grew by BYTES since BEFORE ("rx tx"), and not by much more (WireGuard and
+# TLS overhead); sets COUNTED.
+counted() {
+  local what=$1 gw_pub=$2 before=$3 bytes=$4 now rx tx
+  grown() {
+    now=$(peer_rx_tx "$gw_pub" "$NODE_PUB")
+    [ $((${now% *} - ${before% *})) -ge "$bytes" ]
+  }
+  wait_for "traffic.json to count $what ($bytes bytes)" 30 grown
+  rx=$((${now% *} - ${before% *}))
+  tx=$((${now#* } - ${before#* }))
+  [ "$rx" -lt $((bytes + bytes / 5)) ] || fail "rx grew by $rx for $what ($bytes bytes)"
+  [ "$tx" -gt 0 ] || fail "tx did not grow for $what (the request went to the node)"
+  COUNTED="rx +$rx, tx +$tx bytes"
 }
 
 # --- one backend, one network, all the checks ----------------------------------
@@ -293,37 +322,59 @@ JSON
   ok "re-POST: 200, changed_networks [], no command run; drift checks since then change nothing"
 
   # Traffic: a download through the tunnel is counted (rx = from the peer).
-  local before after rx tx
+  local before after
   before=$(peer_rx_tx "$gw_pub" "$NODE_PUB")
-  out=$(https_get "$HOST" "/bytes/$BIG" | wc -c)
-  [ "$out" = "$BIG" ] || fail "downloaded $out bytes instead of $BIG"
-  traffic_counted() {
-    after=$(peer_rx_tx "$gw_pub" "$NODE_PUB")
-    [ $((${after% *} - ${before% *})) -ge "$BIG" ]
-  }
-  wait_for "traffic.json to count the download" 30 traffic_counted
-  rx=$((${after% *} - ${before% *}))
-  tx=$((${after#* } - ${before#* }))
-  [ "$rx" -lt $((BIG + BIG / 5)) ] || fail "rx grew by $rx for a $BIG-byte download"
-  [ "$tx" -gt 0 ] || fail "tx did not grow (the request went to the node)"
+  download "$BIG"
+  counted "the download" "$gw_pub" "$before" "$BIG"
   curl -sS --max-time 30 -H "Authorization: Bearer $TOKEN" "$API/metrics" > "$D/metrics.txt"
   out=$(grep "^gateway_peer_receive_bytes_total{.*$NODE_PUB" "$D/metrics.txt") || fail "no rx counter for the peer in /metrics"
   [ "${out##* }" -ge "$BIG" ] || fail "/metrics: $out"
-  ok "traffic.json counted the download: rx +$rx, tx +$tx bytes; /metrics agrees"
+  ok "traffic.json counted the download: $COUNTED; /metrics agrees"
+
+  # A restart on the same database changes nothing and counts nothing twice.
+  after=$(peer_rx_tx "$gw_pub" "$NODE_PUB")
+  stop_daemon
+  L0=$(log_lines)
+  start_daemon "$backend"
+  restarted() { tail -n +"$((L0 + 1))" "$D/daemon.log" | grep -q 'drift check: nothing to do'; }
+  wait_for "the restarted daemon's first pass" 30 restarted
+  # (auto's probe, `ip link add gwprobeN type wireguard` and its deletion, aside)
+  runs=$(tail -n +"$((L0 + 1))" "$D/daemon.log" | grep ' run command=' | grep -vc ' gwprobe[0-9]' || true)
+  [ "$runs" = 0 ] || fail "the restart changed something: $(tail -n +"$((L0 + 1))" "$D/daemon.log" | grep ' run command=')"
+  before=$(peer_rx_tx "$gw_pub" "$NODE_PUB")
+  [ $((${before% *} - ${after% *})) -lt 10000 ] || fail "the restart counted traffic again: rx $after -> $before"
+  ok "a restart on the same database runs no command and counts nothing twice"
+
+  # Drift: an interface deleted by hand is born again in the root namespace
+  # (its UDP socket there) and moved; its new counters count once.
+  L0=$(log_lines)
+  ip -n "$NS" link del "$WG"
+  wg_back() { ip netns exec "$NS" wg show "$WG" > /dev/null 2>&1 && udp_bound "$P"; }
+  wait_for "the watchdog to recreate $WG" 30 wg_back
+  [ ! -e "/sys/class/net/$WG" ] || fail "the recreated $WG stayed in the root namespace"
+  ! ip netns exec "$NS" bash -c "$(declare -f udp_bound); udp_bound $P" || fail "the recreated $WG has its UDP socket inside $NS"
+  tail -n +"$((L0 + 1))" "$D/daemon.log" | grep -q 'drift check converged' || fail "no drift repair in the daemon's log"
+  download $((2 * BIG))
+  counted "a download over the recreated interface" "$gw_pub" "$before" $((2 * BIG))
+  ok "an interface deleted by hand is recreated the birthplace way; traffic over it counted once: $COUNTED"
 
   # Drift: a peer removed by hand comes back with the next watchdog tick.
+  L0=$(log_lines)
   ip netns exec "$NS" wg set "$WG" peer "$NODE_PUB" remove
   ! ip netns exec "$NS" wg show "$WG" peers | grep -qF "$NODE_PUB" || fail "the peer is still there after removing it"
   peer_back() { ip netns exec "$NS" wg show "$WG" peers | grep -qF "$NODE_PUB"; }
   wait_for "the watchdog to put the peer back" 30 peer_back
   out=$(https_get "$HOST" /again) || fail "HTTPS after the repair failed: $out"
   [[ $out == "node-https host=$HOST"* ]] || fail "HTTPS after the repair: $out"
-  grep -q 'drift check converged' "$D/daemon.log" || fail "no drift repair in the daemon's log"
+  tail -n +"$((L0 + 1))" "$D/daemon.log" | grep -q 'drift check converged' || fail "no drift repair in the daemon's log"
   ok "a peer removed by hand is put back by the watchdog, and HTTPS works again"
 
-  # Removal leaves nothing.
+  # Removal leaves nothing; bytes sent just before it are still counted.
+  before=$(peer_rx_tx "$gw_pub" "$NODE_PUB")
+  download "$BIG"
   code=$(api PATCH /api/v1/config.json "{\"$P\": null}")
   [ "$code" = 200 ] || fail "PATCH null answered $code: $(cat "$D/answer.json")"
+  counted "a download just before the removal" "$gw_pub" "$before" "$BIG"
   ! ip netns list | awk '{ print $1 }' | grep -qx "$NS" || fail "namespace $NS is still there"
   [ ! -e "/sys/class/net/$WG" ] || fail "$WG is in the root namespace"
   [ -z "$(ip -br link show type wireguard)" ] || fail "WireGuard interfaces left in the root namespace: $(ip -br link show type wireguard)"
@@ -335,10 +386,17 @@ JSON
   ! grep -q "$HOST" "$D/stream.conf" "$D/http.conf" || fail "nginx still routes $HOST"
   [ "$(api GET /api/v1/status.json)" = 200 ] || fail "status.json after removal: $(cat "$D/answer.json")"
   [ "$(jget "$D/answer.json" 'len(d["networks"])')" = 0 ] || fail "status.json after removal: $(cat "$D/answer.json")"
-  ok "PATCH null: no namespace, no wg interface, no UDP socket, no veth, no bridge, no nginx entry left"
+  ok "PATCH null: no namespace, no wg interface, no UDP socket, no veth, no bridge, no nginx entry left; last download counted: $COUNTED"
 
   stop_daemon
+  stop_nginx
   stop_node
+  log "the daemon's passes that did something (commands: $(grep -c ' run command=' "$D/daemon.log") changing, $(grep -c ' read command=' "$D/daemon.log") reading):"
+  grep -E 'converged in|failed after|WARN|ERROR' "$D/daemon.log" | sed 's/^/    /'
+  if grep -q 'vmtest.verbose=1' /proc/cmdline; then
+    log "the daemon's log without its read commands (VM_VERBOSE=1):"
+    grep -v ' read command=' "$D/daemon.log" | sed 's/^/    /'
+  fi
   log "==== backend $backend passed in $(awk -v a="$t0" -v b="$(uptime_s)" 'BEGIN { printf "%.1f", b - a }') s"
 }
 
@@ -353,4 +411,5 @@ run_backend auto 51821
 left=$(ip -br link | awk '{ print $1 }' | grep -v -e '^lo$' -e '^vmclient@' || true)
 [ -z "$left" ] || fail "links left in the root namespace: $left"
 [ "$(ip netns list | awk '{ print $1 }')" = client ] || fail "namespaces left: $(ip netns list)"
+log "kernel modules loaded: $(awk '{ print $1 }' /proc/modules | sort | tr '\n' ' ')"
 log "all checks passed in $(awk -v a="$T_START" -v b="$(uptime_s)" 'BEGIN { printf "%.1f", b - a }') s"
