@@ -37,7 +37,12 @@ SYSPATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 PY=/usr/bin/python3
 
 WORK=""
+QEMU_PID=""
+TAIL_PID=""
 cleanup() {
+  # timeout passes the signal on to qemu.
+  if [ -n "$QEMU_PID" ]; then kill "$QEMU_PID" 2>/dev/null || true; wait "$QEMU_PID" 2>/dev/null || true; fi
+  if [ -n "$TAIL_PID" ]; then kill "$TAIL_PID" 2>/dev/null || true; fi
   if [ -n "$WORK" ] && [ -d "$WORK" ]; then
     if [ "${VM_KEEP:-0}" = 1 ]; then echo "vm-test: kept $WORK"; else rm -rf "$WORK"; fi
   fi
@@ -52,31 +57,36 @@ as_root() {
 }
 
 # --- 1. Host tools ----------------------------------------------------------
-say "host tools (qemu, kmod, cpio, busybox and what the gateway drives)"
-if ! command -v apt-get >/dev/null || ! command -v dpkg-deb >/dev/null; then
-  missing_cmds=()
-  for c in qemu-system-x86_64 depmod cpio busybox; do command -v "$c" >/dev/null || missing_cmds+=("$c"); done
-  if [ "${#missing_cmds[@]}" -gt 0 ] || ! command -v apt-get >/dev/null; then
-    die "this test needs a Debian-like host with apt-get and dpkg-deb (it downloads Debian's cloud kernel); missing: ${missing_cmds[*]:-apt-get}"
-  fi
-fi
-export DEBIAN_FRONTEND=noninteractive
-# What the gateway drives and the tests use (the same script as CI's test step).
-as_root scripts/install-deps.sh
-need=()
-command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
-PATH=$SYSPATH command -v depmod >/dev/null || need+=(kmod)
-command -v cpio >/dev/null || need+=(cpio)
-PATH=$SYSPATH command -v busybox >/dev/null || need+=(busybox-static)
-if [ "${#need[@]}" -gt 0 ]; then
-  echo "vm-test: installing ${need[*]}"
+say "host tools: qemu, kmod, cpio, busybox and what goes into the appliance"
+# Each command (looked up in the system directories) and its Debian package.
+declare -A pkg_of=(
+  [qemu-system-x86_64]=qemu-system-x86 [depmod]=kmod [kmod]=kmod [cpio]=cpio [busybox]=busybox-static
+  [bash]=bash [ip]=iproute2 [ss]=iproute2 [wg]=wireguard-tools [xtables-nft-multi]=iptables
+  [sysctl]=procps [nginx]=nginx [curl]=curl [openssl]=openssl
+)
+# syspath NAME: NAME's executable in the system directories (bash's
+# `command -v` also names a file that is there but not executable).
+syspath() {
+  local p
+  p=$(PATH=$SYSPATH command -v "$1") && [ -x "$p" ] && echo "$p"
+}
+missing=()
+for c in "${!pkg_of[@]}"; do syspath "$c" >/dev/null || missing+=("${pkg_of[$c]}"); done
+[ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || missing+=(libnginx-mod-stream)
+[ -x "$PY" ] || missing+=(python3)
+if [ "${#missing[@]}" -gt 0 ]; then
+  mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+  [ -x "$(command -v apt-get)" ] ||
+    die "missing on this host: ${missing[*]} (Debian packages), and there is no apt-get to install them; install them (qemu-system-x86_64 and the tools the appliance copies) and rerun"
+  echo "vm-test: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
   as_root apt-get update -qq
   # --no-remove: never take anything away from the host to make room (a
   # qemu-utils from backports, say, conflicts with bookworm's qemu-system).
-  as_root apt-get install -y -qq --no-install-recommends --no-remove "${need[@]}" ||
-    die "could not install ${need[*]} with apt-get without removing other packages (see above); install them to suit this machine and rerun"
+  as_root apt-get install -y -qq --no-install-recommends --no-remove "${missing[@]}" ||
+    die "could not install ${missing[*]} with apt-get without removing other packages (see above); install them to suit this machine and rerun"
 fi
-command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 is still missing after installing qemu-system-x86"
+QEMU=$(syspath qemu-system-x86_64) || die "qemu-system-x86_64 is still missing after installing qemu-system-x86"
 
 # --- 2. The gateway binary ----------------------------------------------------
 if [ -n "${GATEWAY_BIN:-}" ]; then
@@ -95,6 +105,9 @@ if [ -f "$KDIR/vmlinuz" ] && [ -f "$KDIR/version" ]; then
   say "kernel from the cache: $(cat "$KDIR/package") ($KDIR)"
 else
   say "kernel: downloading Debian's cloud kernel (cached in $KDIR)"
+  if [ ! -x "$(command -v apt-get)" ] || [ ! -x "$(command -v dpkg-deb)" ]; then
+    die "no kernel cached in $KDIR, and no apt-get and dpkg-deb to download Debian's linux-image-cloud-amd64"
+  fi
   dl=$(mktemp -d "${TMPDIR:-/tmp}/gateway-vm-kernel.XXXXXX")
   WORK=$dl # removed on exit if anything fails
   resolve() { apt-cache depends --important linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-/ { print $2; exit }'; }
@@ -153,7 +166,7 @@ put() {
 # tool NAME DIR: the host's NAME (found in the system directories) as DIR/NAME.
 tool() {
   local path
-  path=$(PATH=$SYSPATH command -v "$1") || die "tool $1 not found on the host"
+  path=$(syspath "$1") || die "tool $1 not found on the host"
   put "$path" "$2/$1"
 }
 
@@ -173,7 +186,7 @@ for l in iptables iptables-save iptables-restore iptables-nft iptables-nft-save 
   ip6tables ip6tables-save ip6tables-restore; do
   ln -s xtables-nft-multi "$R/usr/sbin/$l"
 done
-xt=$(dirname "$(PATH=$SYSPATH ldd "$(PATH=$SYSPATH command -v xtables-nft-multi)" | awk '/libxtables/ { print $3 }')")/xtables
+xt=$(dirname "$(PATH=$SYSPATH ldd "$(syspath xtables-nft-multi)" | awk '/libxtables/ { print $3 }')")/xtables
 [ -d "$xt" ] || die "iptables extensions not found (looked in $xt)"
 for f in "$xt"/*.so; do put "$f" "$f"; done
 put /usr/lib/nginx/modules/ngx_stream_module.so /usr/lib/nginx/modules/ngx_stream_module.so
@@ -186,7 +199,6 @@ else
 fi
 
 # python3 and the standard modules the node server and the guest test import.
-[ -x "$PY" ] || die "$PY (Debian's python3) is missing"
 put "$(readlink -f "$PY")" /usr/bin/python3
 # (json for the guest test; encodings.idna, which socket.getfqdn loads late.)
 mapfile -t pyfiles < <("$PY" -I - "$REPO/tests/support/node_server.py" json encodings.idna <<'PYEOF'
@@ -210,7 +222,7 @@ for f in "${pyfiles[@]}"; do put "$f" "$f"; done
 
 # busybox for the init script and the small commands (cat, grep, awk, ...):
 # in its own directory, last on PATH, so the real tools win.
-bb=$(PATH=$SYSPATH command -v busybox)
+bb=$(syspath busybox)
 put "$bb" /usr/local/busybox/busybox
 for a in $("$bb" --list); do
   [ "$a" = busybox ] || ln -s busybox "$R/usr/local/busybox/$a"
@@ -262,14 +274,22 @@ echo "vm-test: initramfs $(du -m "$WORK/initrd.cpio" | cut -f1) MB, built in $(s
 say "booting the VM (qemu TCG, ${VM_SMP} CPUs, 1 GiB, limit ${VM_TIMEOUT} s)"
 LOG=$WORK/console.log
 T_VM=$(date +%s%N)
-set +e
-timeout -k 10 "$VM_TIMEOUT" qemu-system-x86_64 -accel tcg -cpu max -smp "$VM_SMP" -m 1024 \
+: > "$LOG"
+# In the background with its pid kept, so an interrupted run stops it too;
+# `tail --pid` shows the console as it comes and ends with qemu.
+timeout -k 10 "$VM_TIMEOUT" "$QEMU" -accel tcg -cpu max -smp "$VM_SMP" -m 1024 \
   -nographic -no-reboot -nic none \
   -kernel "$KDIR/vmlinuz" -initrd "$WORK/initrd.cpio" \
   -append "console=ttyS0 panic=-1 quiet loglevel=3 random.trust_cpu=on vmtest.verbose=${VM_VERBOSE:-0}" \
-  < /dev/null 2>&1 | tee "$LOG"
-qemu_rc=${PIPESTATUS[0]}
-set -e
+  < /dev/null > "$LOG" 2>&1 &
+QEMU_PID=$!
+tail -n +1 -s 0.2 --pid="$QEMU_PID" -f "$LOG" &
+TAIL_PID=$!
+qemu_rc=0
+wait "$QEMU_PID" || qemu_rc=$?
+QEMU_PID=""
+wait "$TAIL_PID" || true
+TAIL_PID=""
 vm_s=$(since "$T_VM")
 
 result=$(tr -d '\r' < "$LOG" | sed -n 's/^GATEWAY-VM-RESULT: exit status \([0-9][0-9]*\)$/\1/p' | tail -n 1)
@@ -282,6 +302,7 @@ if [ -z "$result" ]; then
 fi
 echo "vm-test: VM ran ${vm_s} s, whole script $(since "$T0") s"
 if [ "$result" -ne 0 ]; then
-  die "the guest test failed (exit status $result; its output is above)"
+  printf '\nvm-test: FAILED: the guest test failed (exit status %s; its output is above)\n' "$result" >&2
+  exit "$result"
 fi
 echo "vm-test: kernel WireGuard backend passed in the VM"
