@@ -15,7 +15,8 @@
 #   GATEWAY_BIN   gateway binary to test (default: `cargo build --locked`,
 #                 the debug binary the test suite builds anyway)
 #   VM_CACHE      where the unpacked kernel is kept (default: target/vm)
-#   VM_TIMEOUT    hard limit on the VM's run, in seconds (default: 600)
+#   VM_TIMEOUT    hard limit on the VM's run, in seconds (default: 900; the run
+#                 takes about 70 s on an idle 2-core machine, 5 min on a busy one)
 #   VM_SMP        virtual CPUs (default: 2)
 #   VM_KEEP=1     keep the temporary appliance directory (its path is printed)
 #   VM_VERBOSE=1  print the daemon's whole log (but its read commands) in the guest
@@ -29,7 +30,7 @@ die() { printf '\nvm-test: FAILED: %s\n' "$*" >&2; exit 1; }
 since() { awk -v a="$1" -v b="$(date +%s%N)" 'BEGIN { printf "%.1f", (b - a) / 1e9 }'; }
 
 CACHE=${VM_CACHE:-$REPO/target/vm}
-VM_TIMEOUT=${VM_TIMEOUT:-600}
+VM_TIMEOUT=${VM_TIMEOUT:-900}
 VM_SMP=${VM_SMP:-2}
 # Search the system directories first: a pyenv or similar python3 on PATH
 # is not what goes into the appliance.
@@ -37,12 +38,14 @@ SYSPATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 PY=/usr/bin/python3
 
 WORK=""
+KNEW=""
 QEMU_PID=""
 TAIL_PID=""
 cleanup() {
   # timeout passes the signal on to qemu.
   if [ -n "$QEMU_PID" ]; then kill "$QEMU_PID" 2>/dev/null || true; wait "$QEMU_PID" 2>/dev/null || true; fi
   if [ -n "$TAIL_PID" ]; then kill "$TAIL_PID" 2>/dev/null || true; fi
+  if [ -n "$KNEW" ]; then rm -rf "$KNEW"; fi
   if [ -n "$WORK" ] && [ -d "$WORK" ]; then
     if [ "${VM_KEEP:-0}" = 1 ]; then echo "vm-test: kept $WORK"; else rm -rf "$WORK"; fi
   fi
@@ -101,7 +104,7 @@ fi
 
 # --- 3. The kernel (cached) ---------------------------------------------------
 KDIR=$CACHE/kernel
-if [ -f "$KDIR/vmlinuz" ] && [ -f "$KDIR/version" ]; then
+if [ -f "$KDIR/vmlinuz" ] && [ -f "$KDIR/version" ] && [ -d "$KDIR/lib/modules/$(cat "$KDIR/version")" ]; then
   say "kernel from the cache: $(cat "$KDIR/package") ($KDIR)"
 else
   say "kernel: downloading Debian's cloud kernel (cached in $KDIR)"
@@ -124,8 +127,9 @@ else
   if [ ! -f "$dl/x/boot/vmlinuz-$kver" ] || [ ! -d "$src" ]; then die "$pkg holds no vmlinuz-$kver or modules"; fi
   # Only what the tests load: networking (netfilter, bridge, IPv6, UDP
   # tunnels), WireGuard and veth, and the crypto they need.
-  new=$CACHE/kernel.new
-  rm -rf "$new"
+  mkdir -p "$CACHE"
+  new=$(mktemp -d "$CACHE/kernel.new.XXXXXX")
+  KNEW=$new # a half-made cache entry goes on failure
   mkdir -p "$new/lib/modules/$kver/kernel/drivers/net" "$new/lib/modules/$kver/kernel/arch/x86"
   cp -a "$src/kernel/net" "$src/kernel/lib" "$src/kernel/crypto" "$new/lib/modules/$kver/kernel/"
   cp -a "$src/kernel/arch/x86/crypto" "$new/lib/modules/$kver/kernel/arch/x86/"
@@ -137,6 +141,7 @@ else
   echo "$kver" > "$new/version"
   rm -rf "$KDIR"
   mv "$new" "$KDIR"
+  KNEW=""
   rm -rf "$dl"
   WORK=""
 fi
@@ -254,10 +259,12 @@ nobody:x:65534:
 EOF
 printf 'passwd: files\ngroup: files\nhosts: files\nservices: files\nprotocols: files\n' > "$R/etc/nsswitch.conf"
 printf '127.0.0.1 localhost\n::1 localhost\n' > "$R/etc/hosts"
-for f in /etc/protocols /etc/services /etc/ssl/openssl.cnf; do [ -f "$f" ] && put "$f" "$f"; done
+for f in /etc/protocols /etc/services /etc/ssl/openssl.cnf; do
+  if [ -f "$f" ]; then put "$f" "$f"; fi
+done
 mkdir -p "$R/usr/lib/ssl"
 ln -s /etc/ssl/openssl.cnf "$R/usr/lib/ssl/openssl.cnf"
-[ -d /etc/iproute2 ] && cp -a /etc/iproute2 "$R/etc/"
+if [ -d /etc/iproute2 ]; then cp -a /etc/iproute2 "$R/etc/"; fi
 
 # The kernel's modules, the init and the test.
 mkdir -p "$R/usr/lib/modules"

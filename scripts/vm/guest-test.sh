@@ -112,7 +112,7 @@ log_lines() { wc -l < "$D/daemon.log"; }
 # log_has LINE REGEX: the daemon logged REGEX after line LINE. (Not a pipe
 # into `grep -q`: with pipefail, the writer's SIGPIPE would fail it.)
 log_has() { awk -v from="$1" -v re="$2" 'NR > from && $0 ~ re { f = 1; exit } END { exit !f }' "$D/daemon.log"; }
-# Commands the daemon ran (mutating: `run`; reading: `read`) after line $1.
+# How many changing commands (`run` lines) the daemon ran after line $1.
 runs_after() { tail -n +"$(($1 + 1))" "$D/daemon.log" | grep -c ' run command=' || true; }
 
 # --- topology: a client namespace (the internet side) and a node ---------------
