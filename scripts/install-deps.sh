@@ -20,7 +20,7 @@ done
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "install-deps: installing ${missing[*]}"
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  apt-get install -y -qq --no-install-recommends --no-remove "${missing[@]}"
 fi
 # On a systemd host apt starts nginx.service; in a container or CI nothing
 # starts it. Either way the gateway reloads it (via its pid file) or starts it.
