@@ -262,7 +262,7 @@ JSON
   [ "$code" = 200 ] || fail "POST config answered $code: $(cat "$D/answer.json")"
   [ "$(jget "$D/answer.json" 'd["result"]')" = applied ] || fail "POST result: $(cat "$D/answer.json")"
   [ "$(jget "$D/answer.json" 'd["changed_networks"]')" = "[$P]" ] || fail "changed_networks: $(cat "$D/answer.json")"
-  ok "POST config: 200 applied, changed_networks [$P] ($(grep -o 'apply converged in [0-9]* ms' "$D/daemon.log" | head -n 1))"
+  ok "POST config: 200 applied, changed_networks [$P] ($(grep -o 'pass converged mode="apply".*duration_ms=[0-9]*' "$D/daemon.log" | head -n 1))"
 
   # Where things are: the birthplace trick with a kernel interface.
   ip -n "$NS" -d link show "$WG" | grep -q wireguard || fail "$WG is not a WireGuard interface in $NS"
@@ -314,10 +314,10 @@ JSON
   runs=$(awk -v from="$L0" '
     NR <= from { next }
     / (run|read) command=/ { n++ }
-    /drift check: nothing to do|drift check converged|failed after/ { n = 0 }
-    /apply converged in/ { if (/generation=2/) { print n + 0; found = 1; exit } n = 0 }
+    /drift check: nothing to do|pass converged mode="drift check"|pass failed/ { n = 0 }
+    /pass converged mode="apply"/ { if (/generation=2/) { print n + 0; found = 1; exit } n = 0 }
     END { if (!found) print "none" }' "$D/daemon.log")
-  [ "$runs" != none ] || fail "no 'apply converged ... generation=2' line in the daemon's log"
+  [ "$runs" != none ] || fail "no 'pass converged mode=\"apply\"' line of generation 2 in the daemon's log"
   [ "$runs" = 0 ] || fail "the no-op re-apply ran $runs commands"
   [ "$(runs_after "$L0")" = 0 ] || fail "commands changed the system after the re-apply: $(tail -n +"$((L0 + 1))" "$D/daemon.log" | grep ' run command=')"
   log_has "$L0" 'drift check: nothing to do' || fail "no drift check ran in 3 s (--watchdog 1s)"
@@ -355,7 +355,7 @@ JSON
   wait_for "the watchdog to recreate $WG" 30 wg_back
   [ ! -e "/sys/class/net/$WG" ] || fail "the recreated $WG stayed in the root namespace"
   ! ip netns exec "$NS" bash -c "$(declare -f udp_bound); udp_bound $P" || fail "the recreated $WG has its UDP socket inside $NS"
-  log_has "$L0" 'drift check converged' || fail "no drift repair in the daemon's log"
+  log_has "$L0" 'pass converged mode="drift check"' || fail "no drift repair in the daemon's log"
   download $((2 * BIG))
   counted "a download over the recreated interface" "$gw_pub" "$before" $((2 * BIG))
   ok "an interface deleted by hand is recreated the birthplace way; traffic over it counted once: $COUNTED"
@@ -368,7 +368,7 @@ JSON
   wait_for "the watchdog to put the peer back" 30 peer_back
   out=$(https_get "$HOST" /again) || fail "HTTPS after the repair failed: $out"
   [[ $out == "node-https host=$HOST"* ]] || fail "HTTPS after the repair: $out"
-  log_has "$L0" 'drift check converged' || fail "no drift repair in the daemon's log"
+  log_has "$L0" 'pass converged mode="drift check"' || fail "no drift repair in the daemon's log"
   ok "a peer removed by hand is put back by the watchdog, and HTTPS works again"
 
   # Removal leaves nothing; bytes sent just before it are still counted.
@@ -394,7 +394,7 @@ JSON
   stop_nginx
   stop_node
   log "the daemon's passes that did something (commands: $(grep -c ' run command=' "$D/daemon.log") changing, $(grep -c ' read command=' "$D/daemon.log") reading):"
-  grep -E 'converged in|failed after|WARN|ERROR' "$D/daemon.log" | sed 's/^/    /'
+  grep -E 'pass converged|pass failed|WARN|ERROR' "$D/daemon.log" | sed 's/^/    /'
   if grep -q 'vmtest.verbose=1' /proc/cmdline; then
     log "the daemon's log without its read commands (VM_VERBOSE=1):"
     grep -v ' read command=' "$D/daemon.log" | sed 's/^/    /'
