@@ -6,6 +6,9 @@
 # the certificate is the node's) and by Host, prints the traffic recorded,
 # then removes the network and everything else it made.
 #
+# DEMO_METRICS_MINUTES=N keeps traffic flowing for N minutes, scrapes
+# /metrics and renders docs/dashboard.png (the README's dashboard picture).
+#
 # Everything uses its own names (gwdemo*), a private nginx on ports 8443/8080
 # and a temp dir; /etc/nginx and other networks are not touched.
 set -euo pipefail
@@ -101,6 +104,28 @@ curl -sS -H "Host: $HOST" http://127.0.0.1:8080/hello
 say "Downloading 1 MB over HTTPS, then waiting for a traffic poll"
 curl -sS -o /dev/null -w '%{size_download} bytes\n' --cacert "$WORK/node.crt" --resolve $HOST:8443:127.0.0.1 https://$HOST:8443/bytes/1000000
 sleep 4
+
+if [ "${DEMO_METRICS_MINUTES:-0}" -gt 0 ]; then
+  say "Traffic for $DEMO_METRICS_MINUTES minutes, /metrics scraped every 5 s, one by-hand change repaired"
+  mkdir -p "$WORK/scrapes"
+  end=$(( $(date +%s) + 60 * DEMO_METRICS_MINUTES ))
+  half=$(( $(date +%s) + 30 * DEMO_METRICS_MINUTES ))
+  while [ "$(date +%s)" -lt "$end" ]; do
+    size=$(( (RANDOM % 40 + 1) * 100000 ))
+    curl -sS -o /dev/null --cacert "$WORK/node.crt" --resolve $HOST:8443:127.0.0.1 "https://$HOST:8443/bytes/$size" || true
+    curl -sS -H "Authorization: Bearer $TOKEN" $API/metrics > "$WORK/scrapes/$(date +%s).txt"
+    if [ -n "$half" ] && [ "$(date +%s)" -ge "$half" ]; then
+      ip netns exec gwdemo-net-$PORT wg set gwdemo$PORT peer "$NODE_PUB" remove
+      half=""
+    fi
+    sleep 5
+  done
+  if [ ! -x target/venv-plot/bin/python ]; then
+    python3 -m venv target/venv-plot && target/venv-plot/bin/pip install -q matplotlib
+  fi
+  target/venv-plot/bin/python scripts/dashboard-preview.py "$WORK/scrapes" docs/dashboard.png
+  echo "docs/dashboard.png written from $(ls "$WORK/scrapes" | wc -l) scrapes"
+fi
 
 say "GET /api/v1/traffic.json?start=0 (rx = bytes the gateway received from the peer)"
 curl -sS -H "Authorization: Bearer $TOKEN" "$API/api/v1/traffic.json?start=0" | python3 -m json.tool

@@ -89,6 +89,12 @@ pub struct Args {
     /// Extra static forwardings, e.g. `https://api.example.com=127.0.0.1:8443,http://b.example.com=127.0.0.1:8080`.
     #[arg(long, env = "GATEWAY_CUSTOM_FORWARDING", default_value = "")]
     pub custom_forwarding: String,
+    /// Export per-peer metric series (`gateway_peer_*`); turn off on very large hosts (per-network series stay).
+    #[arg(long, env = "GATEWAY_METRICS_PER_PEER", default_value_t = true, action = clap::ArgAction::Set)]
+    pub metrics_per_peer: bool,
+    /// Log lines as human-readable text or as JSON objects (one per line, with timestamp, level, message and fields).
+    #[arg(long, env = "GATEWAY_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
     /// How often the drift check and the traffic poll run.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub watchdog: Duration,

@@ -142,7 +142,7 @@ pub struct Shared {
     pub finished: watch::Sender<Option<ApplyRecord>>,
     /// Serializes POST/PATCH so each builds on the previous generation.
     pub write_lock: Mutex<()>,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     pub accounting: Accounting,
     /// The last look at each network.
     pub seen: Seen,
@@ -152,8 +152,14 @@ pub struct Shared {
 impl Shared {
     /// `last`: the last recorded pass, so waiters see it; `retention`: how
     /// long traffic samples are kept.
-    pub fn new(store: Store, system: System, settings: Settings, last: Option<ApplyRecord>, retention: Duration) -> Self {
-        let commands = system.runner.started();
+    pub fn new(
+        store: Store,
+        system: System,
+        settings: Settings,
+        metrics: Arc<Metrics>,
+        last: Option<ApplyRecord>,
+        retention: Duration,
+    ) -> Self {
         Shared {
             store,
             system,
@@ -161,7 +167,7 @@ impl Shared {
             wake: Notify::new(),
             finished: watch::channel(last).0,
             write_lock: Mutex::new(()),
-            metrics: Metrics::new(commands),
+            metrics,
             accounting: Accounting::new(retention),
             seen: Seen::default(),
             lifecycle: watch::channel(Lifecycle::Running).0,
@@ -260,7 +266,8 @@ pub async fn build(args: &Args, runner: Runner) -> anyhow::Result<Daemon> {
         tracing::warn!("no --database given: the desired state and traffic live in memory and are lost on exit");
     }
     let store = Store::open(args.database()).await?;
-    let mut system = system_from(args, runner, layout, Backend::Userspace, &store);
+    let metrics = Arc::new(Metrics::new(args.metrics_per_peer, runner.started()));
+    let mut system = system_from(args, runner.observed_by(metrics.clone()), layout, Backend::Userspace, &store);
     system.backend = Backend::detect(&system.runner, &system.tools, &args.wireguard_backend).await.map_err(anyhow::Error::msg)?;
     let last = store.last_apply().await.context("reading the last apply")?;
     let settings = Settings {
@@ -277,7 +284,7 @@ pub async fn build(args: &Args, runner: Runner) -> anyhow::Result<Daemon> {
         apply_concurrency: usize::from(args.apply_concurrency),
         shutdown_timeout: args.shutdown_timeout,
     };
-    let shared = Arc::new(Shared::new(store, system, settings, last, args.retention));
+    let shared = Arc::new(Shared::new(store, system, settings, metrics, last, args.retention));
     // Not `Config::figment()`: that would let ROCKET_* variables and a
     // Rocket.toml in the working directory change the API behind the options.
     let figment = rocket::figment::Figment::from(rocket::Config::default())

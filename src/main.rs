@@ -11,11 +11,7 @@ async fn main() -> std::process::ExitCode {
     if args.openapi {
         return print_openapi();
     }
-    // Rocket's route code logs per-request notes (e.g. every failed auth
-    // guard) under the target `gateway::api::_`: noise at info level.
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rocket=error,gateway::api::_=error"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi).init();
+    init_logging(&args.log_format);
     match run(args).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -38,6 +34,22 @@ fn one_line(e: &anyhow::Error) -> String {
         }
     }
     line
+}
+
+/// Text for people (no colours off a terminal) or one JSON object per line
+/// for log collectors: timestamp, level, message, the event's fields and the
+/// spans it happened in (pass, network).
+fn init_logging(format: &str) {
+    // Rocket's route code logs per-request notes (e.g. every failed auth
+    // guard) under the target `gateway::api::_`: noise at info level.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rocket=error,gateway::api::_=error"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if format == "json" {
+        builder.json().flatten_event(true).with_current_span(false).with_span_list(true).init();
+    } else {
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+        builder.with_target(false).with_ansi(ansi).init();
+    }
 }
 
 #[cfg(feature = "openapi")]

@@ -1,6 +1,11 @@
-//! Prometheus metrics, encoded by `prometheus-client`.
+//! Prometheus metrics, encoded by `prometheus-client` (OpenMetrics text).
+//! Names follow the Prometheus conventions: `_total` counters, `_seconds`
+//! durations as histograms, `_timestamp_seconds` for points in time, and a
+//! series appears only when it has a meaning (no handshake: no series).
 
-use std::sync::atomic::AtomicU64;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -8,6 +13,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use crate::system::runner::{CommandObserver, CommandOutcome};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PeerLabels {
@@ -17,66 +24,146 @@ pub struct PeerLabels {
     pub peer: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NetworkLabels {
+    pub network: String,
+}
+
+/// `apply` (a new generation or a retry) or `drift` (the watchdog's check).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModeLabels {
+    pub mode: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CommandLabels {
+    /// The tool run (for `ip netns exec NS TOOL`, the tool).
+    pub program: String,
+    /// `ok`, `failed`, `timeout` or `not_started`.
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProgramLabels {
+    pub program: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: String,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn pass_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 14))
+}
+
+fn command_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 14))
+}
+
 pub struct Metrics {
     registry: Registry,
-    pub peer_rx: Family<PeerLabels, Counter>,
-    pub peer_tx: Family<PeerLabels, Counter>,
-    pub peer_handshake: Family<PeerLabels, Gauge>,
+    /// Per-peer series on (off for very large hosts: per-network series stay).
+    per_peer: bool,
+    peer_rx: Family<PeerLabels, Counter>,
+    peer_tx: Family<PeerLabels, Counter>,
+    peer_handshake: Family<PeerLabels, Gauge>,
+    network_rx: Family<NetworkLabels, Counter>,
+    network_tx: Family<NetworkLabels, Counter>,
     pub networks: Gauge,
     pub peers: Gauge,
-    pub apply_duration: Histogram,
-    pub apply_failures: Counter,
+    apply_duration: Histograms<ModeLabels>,
+    apply_failures: Family<ModeLabels, Counter>,
+    drift_repairs: Counter,
     pub last_success: Gauge,
     pub poll_errors: Counter,
-    pub poll_duration: Gauge<f64, AtomicU64>,
+    pub poll_duration: Histogram,
     /// Processes the daemon started: the runner's own count.
-    pub commands: Counter,
+    commands_started: Counter,
+    commands: Family<CommandLabels, Counter>,
+    command_duration: Histograms<ProgramLabels>,
+    /// Peers with series, by network, so those of removed peers and
+    /// networks can be dropped.
+    exported: Mutex<BTreeMap<String, BTreeSet<String>>>,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
-        Metrics::new(Counter::default())
+        Metrics::new(true, Counter::default())
     }
 }
 
 impl Metrics {
-    /// `commands`: the runner's count of commands run.
-    pub fn new(commands: Counter) -> Self {
-        let mut registry = Registry::with_prefix("gateway");
-        let m = Metrics {
-            registry: Registry::default(),
+    /// `per_peer`: export per-peer series; `commands_started`: the runner's
+    /// count of the processes it started.
+    pub fn new(per_peer: bool, commands_started: Counter) -> Self {
+        let mut m = Metrics {
+            registry: Registry::with_prefix("gateway"),
+            per_peer,
             peer_rx: Family::default(),
             peer_tx: Family::default(),
             peer_handshake: Family::default(),
+            network_rx: Family::default(),
+            network_tx: Family::default(),
             networks: Gauge::default(),
             peers: Gauge::default(),
-            apply_duration: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
-            apply_failures: Counter::default(),
+            apply_duration: Family::new_with_constructor(pass_buckets),
+            apply_failures: Family::default(),
+            drift_repairs: Counter::default(),
             last_success: Gauge::default(),
             poll_errors: Counter::default(),
-            poll_duration: Gauge::default(),
-            commands,
+            poll_duration: pass_buckets(),
+            commands_started,
+            commands: Family::default(),
+            command_duration: Family::new_with_constructor(command_buckets),
+            exported: Mutex::default(),
         };
-        registry.register("peer_receive_bytes", "Bytes received from a peer (counted by the gateway's poller)", m.peer_rx.clone());
-        registry.register("peer_transmit_bytes", "Bytes sent to a peer (counted by the gateway's poller)", m.peer_tx.clone());
-        registry.register(
-            "peer_latest_handshake_seconds",
-            "Unix time of the latest WireGuard handshake with a peer (0 = never)",
-            m.peer_handshake.clone(),
+        m.register();
+        for mode in ["apply", "drift"] {
+            let _ = m.apply_failures.get_or_create(&ModeLabels { mode: mode.into() });
+        }
+        m
+    }
+
+    fn register(&mut self) {
+        let r = &mut self.registry;
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info.get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION").into() }).set(1);
+        r.register("build_info", "The gateway's version (always 1)", build_info);
+        r.register("peer_receive_bytes", "Bytes received from a peer, counted by the gateway's poll", self.peer_rx.clone());
+        r.register("peer_transmit_bytes", "Bytes sent to a peer, counted by the gateway's poll", self.peer_tx.clone());
+        r.register(
+            "peer_latest_handshake_timestamp_seconds",
+            "Unix time of the latest WireGuard handshake with a peer (no series before the first)",
+            self.peer_handshake.clone(),
         );
-        registry.register("networks", "Networks in the desired state", m.networks.clone());
-        registry.register("peers", "Peers in the desired state", m.peers.clone());
-        registry.register("apply_duration_seconds", "Duration of reconcile passes", m.apply_duration.clone());
-        registry.register("apply_failures", "Reconcile passes that ended with an error", m.apply_failures.clone());
-        registry.register(
+        r.register("network_receive_bytes", "Bytes received from all peers of a network", self.network_rx.clone());
+        r.register("network_transmit_bytes", "Bytes sent to all peers of a network", self.network_tx.clone());
+        r.register("networks", "Networks in the desired state", self.networks.clone());
+        r.register("peers", "Peers in the desired state", self.peers.clone());
+        r.register("apply_duration_seconds", "Duration of reconcile passes, by mode (apply, drift)", self.apply_duration.clone());
+        r.register("apply_failures", "Reconcile passes that ended with an error, by mode", self.apply_failures.clone());
+        r.register("drift_repairs", "Changes made by drift checks to undo what was changed by hand", self.drift_repairs.clone());
+        r.register(
             "last_successful_reconcile_timestamp_seconds",
             "Unix time of the last reconcile pass without error",
-            m.last_success.clone(),
+            self.last_success.clone(),
         );
-        registry.register("poll_errors", "Traffic poll ticks or lines that failed", m.poll_errors.clone());
-        registry.register("poll_duration_seconds", "Duration of the last traffic poll tick (storing)", m.poll_duration.clone());
-        registry.register("commands_started", "Processes the daemon started (every tool it runs; reads run none)", m.commands.clone());
-        Metrics { registry, ..m }
+        r.register(
+            "poll_errors",
+            "Traffic poll problems: ticks whose counters could not be stored, and `wg show` peer lines that could not be read",
+            self.poll_errors.clone(),
+        );
+        r.register(
+            "poll_duration_seconds",
+            "Duration of a traffic poll: reading every interface and storing the tick",
+            self.poll_duration.clone(),
+        );
+        r.register("commands_started", "Processes the daemon started (every tool it runs; reads run none)", self.commands_started.clone());
+        r.register("commands", "Commands the gateway ran, by program and result (ok, failed, timeout, not_started)", self.commands.clone());
+        r.register("command_duration_seconds", "Duration of the commands the gateway ran, by program", self.command_duration.clone());
     }
 
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
@@ -84,23 +171,163 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut s, &self.registry)?;
         Ok(s)
     }
+
+    /// One reconcile pass done.
+    pub fn record_pass(&self, mode: &str, ok: bool, duration: Duration, repairs: usize) {
+        let labels = ModeLabels { mode: mode.into() };
+        self.apply_duration.get_or_create(&labels).observe(duration.as_secs_f64());
+        if ok {
+            self.last_success.set(crate::clock::now_unix());
+        } else {
+            self.pass_failed(mode);
+        }
+        if mode == "drift" {
+            self.drift_repairs.inc_by(repairs as u64);
+        }
+    }
+
+    /// A pass that failed (also one that could not even start).
+    pub fn pass_failed(&self, mode: &str) {
+        self.apply_failures.get_or_create(&ModeLabels { mode: mode.into() }).inc();
+    }
+
+    /// A peer read by the poll: its counters exist from now on (at 0, so the
+    /// first delta is an increase), its handshake time only once it had one.
+    pub fn peer_seen(&self, network: &str, peer: &str, latest_handshake: i64) {
+        let _ = self.network_rx.get_or_create(&NetworkLabels { network: network.into() });
+        let _ = self.network_tx.get_or_create(&NetworkLabels { network: network.into() });
+        if !self.per_peer {
+            return;
+        }
+        let l = PeerLabels { network: network.into(), peer: peer.into() };
+        let _ = self.peer_rx.get_or_create(&l);
+        let _ = self.peer_tx.get_or_create(&l);
+        if latest_handshake > 0 {
+            self.peer_handshake.get_or_create(&l).set(latest_handshake);
+        } else {
+            self.peer_handshake.remove(&l);
+        }
+    }
+
+    /// Bytes counted for a peer by a stored tick.
+    pub fn count_traffic(&self, network: &str, peer: &str, rx: u64, tx: u64) {
+        let n = NetworkLabels { network: network.into() };
+        self.network_rx.get_or_create(&n).inc_by(rx);
+        self.network_tx.get_or_create(&n).inc_by(tx);
+        if self.per_peer {
+            let l = PeerLabels { network: network.into(), peer: peer.into() };
+            self.peer_rx.get_or_create(&l).inc_by(rx);
+            self.peer_tx.get_or_create(&l).inc_by(tx);
+        }
+    }
+
+    /// Drops the series of peers no longer there. `seen`: the peers read
+    /// this tick by network; `complete`: every managed interface was read,
+    /// so networks not read are gone too.
+    pub fn forget_peers(&self, seen: &BTreeMap<String, BTreeSet<String>>, complete: bool) {
+        let mut exported = self.exported.lock().unwrap_or_else(|e| e.into_inner());
+        for (network, peers) in exported.iter_mut() {
+            let now = seen.get(network);
+            if now.is_none() && !complete {
+                continue;
+            }
+            peers.retain(|peer| {
+                let keep = now.is_some_and(|n| n.contains(peer));
+                if !keep {
+                    let l = PeerLabels { network: network.clone(), peer: peer.clone() };
+                    self.peer_rx.remove(&l);
+                    self.peer_tx.remove(&l);
+                    self.peer_handshake.remove(&l);
+                }
+                keep
+            });
+            if now.is_none() {
+                self.network_rx.remove(&NetworkLabels { network: network.clone() });
+                self.network_tx.remove(&NetworkLabels { network: network.clone() });
+            }
+        }
+        exported.retain(|_, peers| !peers.is_empty());
+        for (network, peers) in seen {
+            exported.entry(network.clone()).or_default().extend(peers.iter().cloned());
+        }
+    }
+}
+
+impl CommandObserver for Metrics {
+    fn command_done(&self, program: &str, outcome: CommandOutcome, duration: Duration) {
+        let result = match outcome {
+            CommandOutcome::Ok => "ok",
+            CommandOutcome::Failed => "failed",
+            CommandOutcome::Timeout => "timeout",
+            CommandOutcome::NotStarted => "not_started",
+        };
+        self.commands.get_or_create(&CommandLabels { program: program.into(), result: result.into() }).inc();
+        self.command_duration.get_or_create(&ProgramLabels { program: program.into() }).observe(duration.as_secs_f64());
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn line(text: &str, start: &str) -> Option<String> {
+        text.lines().find(|l| l.starts_with(start)).map(str::to_string)
+    }
+
     #[test]
-    fn exposition_has_conventional_names() {
+    fn exposition_follows_the_conventions() {
         let m = Metrics::default();
-        let l = PeerLabels { network: "51820".into(), peer: "k".into() };
-        m.peer_rx.get_or_create(&l).inc_by(5);
-        m.apply_failures.inc();
         let text = m.encode().unwrap();
-        assert!(text.contains("# TYPE gateway_peer_receive_bytes counter"), "{text}");
-        assert!(text.contains(r#"gateway_peer_receive_bytes_total{network="51820",peer="k"} 5"#), "{text}");
-        assert!(text.contains("gateway_apply_failures_total 1"), "{text}");
-        assert!(text.contains("# TYPE gateway_apply_duration_seconds histogram"), "{text}");
+        assert!(text.contains(&format!("gateway_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"))), "{text}");
+        assert!(text.contains(r#"gateway_apply_failures_total{mode="apply"} 0"#), "failures exist from the start: {text}");
+        assert!(text.contains("# TYPE gateway_poll_duration_seconds histogram"), "{text}");
+        assert!(text.contains("# TYPE gateway_drift_repairs counter"), "{text}");
         assert!(text.ends_with("# EOF\n"));
+        m.record_pass("drift", false, Duration::from_millis(30), 3);
+        m.record_pass("apply", true, Duration::from_millis(10), 0);
+        let text = m.encode().unwrap();
+        assert!(text.contains(r#"gateway_apply_duration_seconds_count{mode="drift"} 1"#), "{text}");
+        assert!(text.contains(r#"gateway_apply_duration_seconds_count{mode="apply"} 1"#), "{text}");
+        assert!(text.contains(r#"gateway_apply_failures_total{mode="drift"} 1"#), "{text}");
+        assert!(text.contains("gateway_drift_repairs_total 3"), "{text}");
+        assert!(!text.contains("gateway_last_successful_reconcile_timestamp_seconds 0\n"), "set by the good pass: {text}");
+    }
+
+    #[test]
+    fn peer_series_start_at_zero_and_handshakes_only_once_there() {
+        let m = Metrics::default();
+        m.peer_seen("51820", "k", 0);
+        let text = m.encode().unwrap();
+        assert!(text.contains(r#"gateway_peer_receive_bytes_total{network="51820",peer="k"} 0"#), "{text}");
+        assert!(text.contains(r#"gateway_network_transmit_bytes_total{network="51820"} 0"#), "{text}");
+        assert!(line(&text, "gateway_peer_latest_handshake_timestamp_seconds{").is_none(), "no handshake yet, no series: {text}");
+        m.peer_seen("51820", "k", 1_700_000_000);
+        m.count_traffic("51820", "k", 5, 7);
+        let text = m.encode().unwrap();
+        assert!(text.contains(r#"gateway_peer_latest_handshake_timestamp_seconds{network="51820",peer="k"} 1700000000"#), "{text}");
+        assert!(text.contains(r#"gateway_peer_receive_bytes_total{network="51820",peer="k"} 5"#), "{text}");
+        assert!(text.contains(r#"gateway_network_transmit_bytes_total{network="51820"} 7"#), "{text}");
+    }
+
+    #[test]
+    fn per_peer_series_can_be_turned_off() {
+        let m = Metrics::new(false, Counter::default());
+        m.peer_seen("51820", "k", 1_700_000_000);
+        m.count_traffic("51820", "k", 5, 7);
+        let text = m.encode().unwrap();
+        assert!(!text.contains("peer=\"k\""), "{text}");
+        assert!(text.contains(r#"gateway_network_receive_bytes_total{network="51820"} 5"#), "{text}");
+    }
+
+    #[test]
+    fn commands_are_counted_by_program_and_result() {
+        let m = Metrics::default();
+        m.command_done("ip", CommandOutcome::Ok, Duration::from_millis(4));
+        m.command_done("ip", CommandOutcome::Ok, Duration::from_millis(4));
+        m.command_done("wg", CommandOutcome::Timeout, Duration::from_secs(30));
+        let text = m.encode().unwrap();
+        assert!(text.contains(r#"gateway_commands_total{program="ip",result="ok"} 2"#), "{text}");
+        assert!(text.contains(r#"gateway_commands_total{program="wg",result="timeout"} 1"#), "{text}");
+        assert!(text.contains(r#"gateway_command_duration_seconds_count{program="ip"} 2"#), "{text}");
     }
 }

@@ -40,6 +40,14 @@ impl Mode {
             Mode::Drift => "drift check",
         }
     }
+
+    /// The `mode` label of the pass metrics.
+    fn label(self) -> &'static str {
+        match self {
+            Mode::Apply => "apply",
+            Mode::Drift => "drift",
+        }
+    }
 }
 
 /// When to try again after a failed pass (kube-rs' `error_policy`): soon at
@@ -188,7 +196,7 @@ impl Reconciler {
             Ok(x) => x,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the desired state");
-                self.shared.metrics.apply_failures.inc();
+                self.shared.metrics.pass_failed(mode.label());
                 return None;
             }
         };
@@ -221,6 +229,7 @@ impl Reconciler {
         let nginx = shared.nginx_files(&desired);
         // What a crash left half made goes first, so the look does not see it.
         let undone = shared.system.undo_unfinished_links().await;
+        let poll_start = Instant::now();
         let mut look = self.look(mode, &desired, &nginx).await;
         look.errors.extend(undone);
         if !self.nginx_confirmed {
@@ -228,6 +237,9 @@ impl Reconciler {
         }
         let actions = plan(&desired, &look.observed, &shared.system.layout, &nginx);
         self.account_before_changes(mode, &desired, &mut look).await;
+        if mode == Mode::Drift {
+            shared.metrics.poll_duration.observe(poll_start.elapsed().as_secs_f64());
+        }
         let report = shared.system.execute_concurrently(&actions, &desired, &nginx, shared.settings.apply_concurrency).await;
         self.remember(&desired, &report, &look);
         self.publish(&look, &report, &desired).await;
@@ -290,7 +302,7 @@ impl Reconciler {
             self.applied_generation = generation;
         }
         let duration = start.elapsed();
-        self.update_metrics(ok, duration, desired);
+        self.update_metrics(mode, actions, ok, duration, desired);
         let changed: Vec<u16> = report.changed.into_iter().collect();
         let duration_ms = duration.as_millis() as u64;
         if !ok {
@@ -312,16 +324,11 @@ impl Reconciler {
         PassOutcome { record, actions, dumps: look.dumps }
     }
 
-    fn update_metrics(&self, ok: bool, duration: Duration, desired: &Desired) {
+    fn update_metrics(&self, mode: Mode, actions: usize, ok: bool, duration: Duration, desired: &Desired) {
         let m = &self.shared.metrics;
-        m.apply_duration.observe(duration.as_secs_f64());
+        m.record_pass(mode.label(), ok, duration, actions);
         m.networks.set(desired.networks.len() as i64);
         m.peers.set(desired.networks.values().map(|s| s.peers.len() as i64).sum());
-        if ok {
-            m.last_success.set(now_unix());
-        } else {
-            m.apply_failures.inc();
-        }
     }
 }
 

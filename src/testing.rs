@@ -269,7 +269,7 @@ pub async fn shared(system: System) -> Arc<Shared> {
         shutdown_timeout: Duration::from_secs(5),
     };
     let store = Store::open(None).await.expect("in-memory database");
-    Arc::new(Shared::new(store, system, settings, None, Duration::from_secs(86400)))
+    Arc::new(Shared::new(store, system, settings, Arc::new(crate::metrics::Metrics::default()), None, Duration::from_secs(86400)))
 }
 
 /// What the observer makes of the converged fixtures.

@@ -5,13 +5,13 @@
 //! old value), or when the peer was missing from the previous reading. rx and
 //! tx are independent.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use sqlx::{QueryBuilder, Row};
 
 use crate::clock::now_unix;
-use crate::metrics::{Metrics, PeerLabels};
+use crate::metrics::Metrics;
 use crate::model::TrafficInfo;
 use crate::observed::{ObservedNetwork, WgDump};
 use crate::store::{Store, StoreError};
@@ -126,41 +126,13 @@ pub fn plan_tick(
 
 pub struct Accounting {
     pub retention: Duration,
-    /// Metric label sets exported so far, by network port, so those of
-    /// removed peers and networks can be dropped from /metrics.
-    exported: std::sync::Mutex<BTreeMap<String, BTreeSet<String>>>,
 }
 
 impl Accounting {
     pub fn new(retention: Duration) -> Self {
-        Accounting { retention, exported: Default::default() }
+        Accounting { retention }
     }
 
-    /// Drops the metrics of peers no longer there. `complete`: every
-    /// managed interface was read, so networks not read are gone too.
-    fn forget_metrics(&self, metrics: &Metrics, seen: &BTreeMap<String, BTreeSet<String>>, complete: bool) {
-        let mut exported = self.exported.lock().unwrap_or_else(|e| e.into_inner());
-        for (network, peers) in exported.iter_mut() {
-            let now = seen.get(network);
-            if now.is_none() && !complete {
-                continue;
-            }
-            peers.retain(|peer| {
-                let keep = now.is_some_and(|n| n.contains(peer));
-                if !keep {
-                    let l = PeerLabels { network: network.clone(), peer: peer.clone() };
-                    metrics.peer_rx.remove(&l);
-                    metrics.peer_tx.remove(&l);
-                    metrics.peer_handshake.remove(&l);
-                }
-                keep
-            });
-        }
-        exported.retain(|_, peers| !peers.is_empty());
-        for (network, peers) in seen {
-            exported.entry(network.clone()).or_default().extend(peers.iter().cloned());
-        }
-    }
     /// Stores one tick's deltas in one transaction; errors are logged and
     /// counted, and the next tick simply tries again.
     pub async fn record_tick(&self, store: &Store, metrics: &Metrics, interfaces: &BTreeMap<u16, InterfaceReading>, complete: bool) {
@@ -169,14 +141,11 @@ impl Accounting {
         // a key rotation); samples are reported per public key.
         let networks_read: Vec<String> = interfaces.iter().filter(|(_, i)| !i.partial).map(|(p, _)| p.to_string()).collect();
         let complete = complete && interfaces.values().all(|i| !i.partial);
-        let (readings, labels) = readings_of(interfaces, metrics);
+        let readings = readings_of(interfaces, metrics);
         match store_tick(store, &networks_read, complete, readings, now_unix(), self.retention).await {
             Ok(writes) => {
                 for s in &writes.samples {
-                    if let Some(l) = labels.get(&(s.network_key.clone(), s.peer_key.clone())) {
-                        metrics.peer_rx.get_or_create(l).inc_by(s.rx);
-                        metrics.peer_tx.get_or_create(l).inc_by(s.tx);
-                    }
+                    metrics.count_traffic(&s.network, &s.peer_key, s.rx, s.tx);
                 }
                 tracing::debug!(samples = writes.samples.len(), elapsed_ms = start.elapsed().as_millis() as u64, "traffic tick stored");
             }
@@ -186,34 +155,30 @@ impl Accounting {
             }
         }
         let seen = interfaces.iter().map(|(port, i)| (port.to_string(), i.dump.peers.keys().map(ToString::to_string).collect())).collect();
-        self.forget_metrics(metrics, &seen, complete);
-        metrics.poll_duration.set(start.elapsed().as_secs_f64());
+        metrics.forget_peers(&seen, complete);
     }
 }
 
-/// The counters of every peer read, and their metric labels (setting each
-/// peer's handshake gauge on the way).
-fn readings_of(interfaces: &BTreeMap<u16, InterfaceReading>, metrics: &Metrics) -> (Vec<Reading>, HashMap<(String, String), PeerLabels>) {
-    let mut labels = HashMap::new();
+/// The counters of every peer read (each peer's series made known to the
+/// metrics on the way).
+fn readings_of(interfaces: &BTreeMap<u16, InterfaceReading>, metrics: &Metrics) -> Vec<Reading> {
     let mut readings = Vec::new();
     for (port, i) in interfaces {
         let Some(network_key) = i.dump.public_key.map(|k| k.to_string()) else { continue };
         for (key, p) in &i.dump.peers {
             let peer_key = key.to_string();
+            metrics.peer_seen(&port.to_string(), &peer_key, p.latest_handshake);
             readings.push(Reading {
                 network: port.to_string(),
                 network_key: network_key.clone(),
-                peer_key: peer_key.clone(),
+                peer_key,
                 epoch: epoch(i.ifindex),
                 rx: p.rx,
                 tx: p.tx,
             });
-            let l = PeerLabels { network: port.to_string(), peer: peer_key.clone() };
-            metrics.peer_handshake.get_or_create(&l).set(p.latest_handshake);
-            labels.insert((network_key.clone(), peer_key), l);
         }
     }
-    (readings, labels)
+    readings
 }
 
 /// Rows per multi-row INSERT (4 values each, far below SQLite's limit).

@@ -347,6 +347,28 @@ fn assert_payload_counted(counted: i64, payload: i64, what: &str) {
     );
 }
 
+/// The metric series an operator's dashboard relies on are there, named as
+/// Prometheus expects, with values from this run.
+fn assert_metrics_follow_the_conventions(metrics: &str, port: u16, peer: &str) {
+    let series: std::collections::BTreeSet<&str> =
+        metrics.lines().filter(|l| !l.starts_with('#')).filter_map(|l| l.split(['{', ' ']).next()).collect();
+    for name in dashboard_queries().iter().flat_map(|e| metric_names(e)) {
+        assert!(series.contains(name.as_str()), "the dashboard queries {name}, absent from this run's /metrics:\n{metrics}");
+    }
+    for want in [
+        format!("gateway_peer_latest_handshake_timestamp_seconds{{network=\"{port}\",peer=\"{peer}\"}}"),
+        format!("gateway_network_receive_bytes_total{{network=\"{port}\"}}"),
+        "gateway_apply_duration_seconds_count{mode=\"apply\"}".to_string(),
+        "gateway_apply_duration_seconds_count{mode=\"drift\"}".to_string(),
+        "gateway_commands_total{program=\"ip\",result=\"ok\"}".to_string(),
+        "gateway_command_duration_seconds_count{program=\"wg\"}".to_string(),
+        format!("gateway_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION")),
+    ] {
+        assert!(metrics.contains(&want), "{want} missing:\n{metrics}");
+    }
+    assert!(!metrics.contains("gateway_peer_latest_handshake_seconds"), "the old name is gone");
+}
+
 fn traffic_of(v: &Value, network: &str, peer: &str) -> (i64, i64) {
     let t = &v["networks"][network]["devices"][peer]["traffic"];
     (t["rx"].as_i64().unwrap_or(0), t["tx"].as_i64().unwrap_or(0))
@@ -385,10 +407,7 @@ async fn traffic_is_counted_once_across_restart_and_interface_recreation() {
         .unwrap_or_else(|| panic!("no rx counter for the peer in {metrics}"));
     let value: i64 = line.rsplit(' ').next().unwrap().parse().unwrap();
     assert!(value >= BIG, "{line}");
-    assert!(
-        metrics.contains(&format!("gateway_peer_latest_handshake_seconds{{network=\"{port}\",peer=\"{}\"}}", node.public)),
-        "{metrics}"
-    );
+    assert_metrics_follow_the_conventions(&metrics, port, &node.public);
 
     // Restart on the same database: nothing is counted twice.
     d.stop().await;

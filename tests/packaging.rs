@@ -3,6 +3,8 @@
 //! a health check, the scripts parse, and CI, README and .ci/run agree on the
 //! test command.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -82,4 +84,96 @@ fn ci_readme_and_gitlab_run_the_same_test_command() {
     assert_eq!(commands.len(), 2, "quick start is exactly two commands: {commands:?}");
     assert!(commands[0].starts_with("scripts/demo.sh"));
     assert!(commands[1].starts_with("scripts/test.sh"));
+}
+
+fn yaml(p: &str) -> serde_yaml::Value {
+    serde_yaml::from_str(&read(p)).unwrap_or_else(|e| panic!("{p} is not valid YAML: {e}"))
+}
+
+fn gateway_help() -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_gateway")).arg("--help").env_clear().output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Every `GATEWAY_*` variable a packaging file sets is one the daemon reads.
+fn assert_known_variables(file: &str, text: &str) {
+    let help = gateway_help();
+    for var in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| w.starts_with("GATEWAY_")) {
+        assert!(help.contains(&format!("[env: {var}")), "{file} sets {var}, which `gateway --help` does not know");
+    }
+}
+
+#[test]
+fn systemd_unit_verifies_and_keeps_the_data_plane_on_stop() {
+    let unit = read("packaging/gateway.service");
+    assert_known_variables("packaging/gateway.service", &unit);
+    for line in ["KillMode=process", "Restart=on-failure", "StateDirectory=gateway", "NoNewPrivileges=yes"] {
+        assert!(unit.lines().any(|l| l == line), "the unit lacks {line}");
+    }
+    let caps = unit.lines().find_map(|l| l.strip_prefix("CapabilityBoundingSet=")).expect("a capability bounding set");
+    for cap in ["CAP_NET_ADMIN", "CAP_SYS_ADMIN"] {
+        assert!(caps.split_whitespace().any(|c| c == cap), "{cap} missing from {caps}");
+    }
+    assert!(!caps.contains("CAP_SYS_MODULE") && !caps.contains("CAP_SYS_PTRACE"), "more than needed: {caps}");
+    // systemd-analyze checks the syntax and that the program exists; run it on
+    // a copy that points at the binary just built. Where systemd is not
+    // installed (a minimal container) the checks above still run.
+    let Ok(probe) = Command::new("systemd-analyze").arg("--version").output() else {
+        eprintln!("systemd-analyze not installed: unit syntax not verified here");
+        return;
+    };
+    assert!(probe.status.success());
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("gateway.service");
+    let exec = format!("ExecStart={}", env!("CARGO_BIN_EXE_gateway"));
+    std::fs::write(&copy, unit.lines().map(|l| if l.starts_with("ExecStart=") { exec.as_str() } else { l }).collect::<Vec<_>>().join("\n"))
+        .unwrap();
+    let out = Command::new("systemd-analyze").arg("verify").arg(&copy).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "systemd-analyze verify failed: {stderr}");
+    assert!(!stderr.contains("gateway.service"), "systemd-analyze warns about the unit: {stderr}");
+}
+
+#[test]
+fn compose_file_gives_the_container_what_it_needs() {
+    let compose = yaml("packaging/compose.yaml");
+    assert_known_variables("packaging/compose.yaml", &read("packaging/compose.yaml"));
+    let svc = &compose["services"]["gateway"];
+    assert_eq!(svc["network_mode"], "host", "namespaces, the bridge and nginx's ports are the host's");
+    let list =
+        |v: &serde_yaml::Value| -> Vec<String> { v.as_sequence().unwrap().iter().map(|x| x.as_str().unwrap().to_string()).collect() };
+    let caps = list(&svc["cap_add"]);
+    assert!(caps.contains(&"NET_ADMIN".into()) && caps.contains(&"SYS_ADMIN".into()), "{caps:?}");
+    assert!(list(&svc["devices"]).iter().any(|d| d.starts_with("/dev/net/tun:")), "wireguard-go needs /dev/net/tun");
+    let env = &svc["environment"];
+    let db = env["GATEWAY_DATABASE"].as_str().unwrap();
+    assert!(
+        list(&svc["volumes"]).iter().any(|v| v.starts_with("gateway-data:") && db.starts_with(v.split(':').nth(1).unwrap())),
+        "database on the volume"
+    );
+    let token_file = env["GATEWAY_TOKEN_FILE"].as_str().unwrap();
+    let secret = list(&svc["secrets"]).pop().unwrap();
+    assert_eq!(token_file, format!("/run/secrets/{secret}"), "the token comes from the secret");
+    assert!(compose["secrets"][secret.as_str()]["file"].is_string());
+    let dockerfile =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging").join(svc["build"]["context"].as_str().unwrap()).join("Dockerfile");
+    assert!(dockerfile.exists(), "the build context holds the Dockerfile");
+}
+
+#[test]
+fn dashboard_and_scrape_config_use_metrics_the_daemon_exports() {
+    let exprs = common::dashboard_queries();
+    assert!(exprs.len() >= 10, "{exprs:?}");
+    // The families the daemon registers (series of a family appear once
+    // there is something to report: the e2e run checks them with values).
+    let exposition = gateway::metrics::Metrics::default().encode().unwrap();
+    let families: Vec<&str> = exposition.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.split(' ').next()).collect();
+    for name in exprs.iter().flat_map(|e| common::metric_names(e)) {
+        let family = ["_total", "_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(&name);
+        assert!(families.contains(&family), "the dashboard queries {name}, which the daemon does not export ({families:?})");
+    }
+    let prom = yaml("packaging/prometheus/prometheus.yml");
+    let job = &prom["scrape_configs"][0];
+    assert_eq!(job["metrics_path"], "/metrics");
+    assert_eq!(job["authorization"]["type"], "Bearer", "the token is sent as a bearer token");
 }

@@ -44,7 +44,7 @@ async fn metrics_follow_the_peers_and_traffic_is_stored() {
     let text = s.metrics.encode().unwrap();
     assert!(has(&text, "gateway_peer_receive_bytes_total", A, "100"), "{text}");
     assert!(has(&text, "gateway_peer_transmit_bytes_total", A, "200"), "{text}");
-    assert!(has(&text, "gateway_peer_latest_handshake_seconds", B, "1700000000"), "{text}");
+    assert!(has(&text, "gateway_peer_latest_handshake_timestamp_seconds", B, "1700000000"), "{text}");
     let info = traffic_since(&s.store, 0, i64::MAX).await.unwrap();
     assert_eq!((info.traffic.rx, info.traffic.tx), (105, 200));
     assert_eq!(info.networks[NET].devices[A].traffic.rx, 100);

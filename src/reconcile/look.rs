@@ -74,6 +74,7 @@ impl Reconciler {
                 for p in &n.problems {
                     tracing::warn!(network = port, problem = %p, "unexpected WireGuard state");
                 }
+                self.shared.metrics.poll_errors.inc_by(n.problems.len() as u64);
                 match InterfaceReading::of(&n) {
                     Some(reading) => {
                         look.dumps.insert(port, reading);

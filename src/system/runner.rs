@@ -207,6 +207,41 @@ impl Script {
     }
 }
 
+/// How a command ended, for whoever counts commands (the metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandOutcome {
+    Ok,
+    Failed,
+    Timeout,
+    NotStarted,
+}
+
+impl CommandOutcome {
+    fn of(result: &Result<String, CmdError>) -> Self {
+        match result {
+            Ok(_) => CommandOutcome::Ok,
+            Err(CmdError::Failed { .. }) => CommandOutcome::Failed,
+            Err(CmdError::Timeout { .. }) => CommandOutcome::Timeout,
+            Err(CmdError::Spawn { .. }) => CommandOutcome::NotStarted,
+        }
+    }
+}
+
+/// Told about every command the runner finishes.
+pub trait CommandObserver: Send + Sync {
+    /// `program`: the tool's file name (for `ip netns exec NS TOOL ...`, TOOL's).
+    fn command_done(&self, program: &str, outcome: CommandOutcome, duration: Duration);
+}
+
+/// The tool a command runs: `ip netns exec NS wg show` runs `wg`.
+pub fn tool_of(cmd: &Cmd) -> &str {
+    let program = match cmd.args.as_slice() {
+        [netns, exec, _ns, tool, ..] if netns == "netns" && exec == "exec" => tool.as_str(),
+        _ => cmd.program.as_str(),
+    };
+    program.rsplit('/').next().unwrap_or(program)
+}
+
 #[derive(Clone)]
 enum Mode {
     Real,
@@ -220,16 +255,22 @@ pub struct Runner {
     mode: Mode,
     /// Every command run (exported as `gateway_commands_started_total`).
     started: prometheus_client::metrics::counter::Counter,
+    observer: Option<Arc<dyn CommandObserver>>,
 }
 
 impl Runner {
     pub fn new(timeout: Duration) -> Self {
-        Runner { timeout, records: None, mode: Mode::Real, started: Default::default() }
+        Runner { timeout, records: None, mode: Mode::Real, started: Default::default(), observer: None }
+    }
+
+    /// The same runner, telling `observer` about every command it finishes.
+    pub fn observed_by(self, observer: Arc<dyn CommandObserver>) -> Self {
+        Runner { observer: Some(observer), ..self }
     }
 
     /// A runner that also remembers every command it ran.
     pub fn recording(timeout: Duration) -> Self {
-        Runner { timeout, records: Some(Arc::new(Mutex::new(Vec::new()))), mode: Mode::Real, started: Default::default() }
+        Runner { timeout, records: Some(Arc::new(Mutex::new(Vec::new()))), mode: Mode::Real, started: Default::default(), observer: None }
     }
 
     /// A recording runner that runs nothing: `script` answers every command.
@@ -266,10 +307,14 @@ impl Runner {
         } else {
             tracing::trace!(command = %line, "read");
         }
+        let start = std::time::Instant::now();
         let result = match &self.mode {
             Mode::Real => self.run_process(cmd, &line).await,
             Mode::Scripted(script) => self.run_scripted(script, &line).await,
         };
+        if let Some(observer) = &self.observer {
+            observer.command_done(tool_of(cmd), CommandOutcome::of(&result), start.elapsed());
+        }
         if let Some(r) = &self.records {
             r.lock().unwrap_or_else(|e| e.into_inner()).push(Record { line: line.clone(), mutating: cmd.mutating, ok: result.is_ok() });
         }
@@ -383,6 +428,39 @@ mod tests {
         assert_eq!(failed("Cannot remove namespace file \"/run/netns/x\": No such file or directory").kind(), FailureKind::Missing);
         assert_eq!(failed("RTNETLINK answers: File exists").kind(), FailureKind::Exists);
         assert_eq!(failed("RTNETLINK answers: Operation not permitted").kind(), FailureKind::Other);
+    }
+
+    #[test]
+    fn the_tool_of_a_command() {
+        assert_eq!(tool_of(&Cmd::new("/usr/sbin/ip", ["netns", "exec", "ns1", "/usr/bin/wg", "show"])), "wg");
+        assert_eq!(tool_of(&Cmd::new("/usr/sbin/ip", ["-n", "ns1", "link"])), "ip");
+        assert_eq!(tool_of(&Cmd::new("nginx", ["-t"])), "nginx");
+    }
+
+    #[tokio::test]
+    async fn the_observer_hears_every_command() {
+        #[derive(Default)]
+        struct Tally(Mutex<Vec<(String, CommandOutcome)>>);
+        impl CommandObserver for Tally {
+            fn command_done(&self, program: &str, outcome: CommandOutcome, _: Duration) {
+                self.0.lock().unwrap().push((program.to_string(), outcome));
+            }
+        }
+        let tally = Arc::new(Tally::default());
+        let script = Script::new().on("fail", Reply::fail(1, "no")).on("gone", Reply::not_found());
+        let r = Runner::scripted(script, Duration::from_secs(1)).observed_by(tally.clone());
+        let _ = r.run(&Cmd::new("ip", ["ok"])).await;
+        let _ = r.run(&Cmd::new("ip", ["netns", "exec", "x", "iptables-save", "fail"])).await;
+        let _ = r.run(&Cmd::new("gone", Vec::<String>::new())).await;
+        let seen = tally.0.lock().unwrap().clone();
+        assert_eq!(
+            seen,
+            [
+                ("ip".to_string(), CommandOutcome::Ok),
+                ("iptables-save".to_string(), CommandOutcome::Failed),
+                ("gone".to_string(), CommandOutcome::NotStarted)
+            ]
+        );
     }
 
     #[tokio::test]

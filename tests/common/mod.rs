@@ -202,6 +202,11 @@ impl Names {
 /// crashed run in the same slot are removed first.
 pub fn names(k: u8) -> Names {
     assert!((1..=15).contains(&k), "test index {k} out of 1..=15");
+    static TAKEN: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+    let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
+    assert!(!taken.contains(&k), "test index {k} is used by two tests of this binary: give each test its own");
+    taken.push(k);
+    drop(taken);
     let tmp = tempfile::Builder::new().prefix(&format!("gateway-test-{k}-")).tempdir().expect("temp dir");
     let n = Names { k, s: slot(), dir: tmp.path().to_path_buf(), _tmp: Arc::new(tmp) };
     n.cleanup();
@@ -486,4 +491,27 @@ pub fn leftovers(n: &Names, port: u16) -> Vec<String> {
 pub fn wireguard_go_pids(iface: &str) -> Vec<u32> {
     let out = Command::new("pgrep").args(["-f", &format!("^(/\\S*/)?wireguard-go {iface}$")]).output().expect("pgrep");
     String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect()
+}
+
+/// The PromQL expressions of the Grafana dashboard in packaging/.
+pub fn dashboard_queries() -> Vec<String> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/grafana/gateway-dashboard.json");
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).expect("the dashboard is valid JSON");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    panels
+        .iter()
+        .flat_map(|p| p["targets"].as_array().expect("targets").iter().map(|t| t["expr"].as_str().expect("expr").to_string()))
+        .collect()
+}
+
+/// Metric names a PromQL expression uses (`gateway_...`).
+pub fn metric_names(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("gateway_") {
+        let name: String = rest[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+        rest = &rest[i + name.len()..];
+        out.push(name);
+    }
+    out
 }
