@@ -60,7 +60,11 @@ trap 'exit 130' INT TERM
 now() { echo "$EPOCHREALTIME"; }
 skip() { [[ " ${BENCH_SKIP:-} " == *" $1 "* ]]; }
 ms() { python3 -c "print(round(($2 - $1) * 1000))"; }
-metric() { curl -fsS -H "Authorization: Bearer t" "${2:-$A}/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
+# A metric's value, summed over its label sets (apply_duration_seconds has a mode label).
+metric() {
+  curl -fsS -H "Authorization: Bearer t" "${2:-$A}/metrics" |
+    awk -v m="$1" '$1 == m || index($1, m "{") == 1 { s += $2; n++ } END { if (n) printf "%.17g\n", s }'
+}
 post() { curl -fsS -o "$work/answer.json" -w '%{http_code}' -H "Token: t" -H 'Content-Type: application/json' --data-binary "@$1" "$A/api/v1/config.json"; }
 row() { printf '  %-46s %12s %14s\n' "$1" "$2" "$3"; }
 # Times one POST of file $2, printing a row named $1 with the processes it started.

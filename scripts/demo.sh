@@ -124,7 +124,7 @@ if [ "${DEMO_METRICS_MINUTES:-0}" -gt 0 ]; then
     python3 -m venv target/venv-plot && target/venv-plot/bin/pip install -q matplotlib
   fi
   target/venv-plot/bin/python scripts/dashboard-preview.py "$WORK/scrapes" docs/dashboard.png
-  echo "docs/dashboard.png written from $(ls "$WORK/scrapes" | wc -l) scrapes"
+  echo "docs/dashboard.png written from $(find "$WORK/scrapes" -type f | wc -l) scrapes"
 fi
 
 say "GET /api/v1/traffic.json?start=0 (rx = bytes the gateway received from the peer)"
