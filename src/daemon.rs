@@ -22,6 +22,10 @@ use crate::traffic::Accounting;
 use crate::types::Cidr;
 use crate::validate::Context;
 
+mod dry_run;
+
+pub use dry_run::{DryRunError, DryRunRequest, DryRuns};
+
 /// The API token. Compared in constant time; never printed.
 #[derive(Clone)]
 pub struct ApiToken(String);
@@ -147,6 +151,8 @@ pub struct Shared {
     /// The last look at each network.
     pub seen: Seen,
     pub lifecycle: watch::Sender<Lifecycle>,
+    /// Dry runs waiting for the reconciler.
+    pub dry_runs: DryRuns,
 }
 
 impl Shared {
@@ -171,6 +177,7 @@ impl Shared {
             accounting: Accounting::new(retention),
             seen: Seen::default(),
             lifecycle: watch::channel(Lifecycle::Running).0,
+            dry_runs: DryRuns::default(),
         }
     }
 

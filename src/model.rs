@@ -196,6 +196,29 @@ pub struct ApplyResponse {
     pub duration_ms: u64,
 }
 
+/// Answer of POST/PATCH `config.json?dry_run=true`: what an apply of that
+/// state would do now, from the same look and plan as a real apply.
+/// Nothing was stored, no generation made, nothing on the system changed.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct DryRunResponse {
+    /// Always `true`: this answer changed nothing.
+    pub dry_run: bool,
+    /// The desired generation the dry run was compared against (unchanged).
+    pub generation: i64,
+    /// Per network (listen port) that would change, one line per step, in
+    /// order; networks not listed would not be touched.
+    #[schemars(with = "Keyed<ListenPortKey, Vec<String>>")]
+    pub changes: BTreeMap<String, Vec<String>>,
+    /// Steps shared by all networks (the bridge, nginx), in order.
+    pub shared: Vec<String>,
+    /// nginx's files would be rewritten, checked and nginx reloaded.
+    pub nginx_reload: bool,
+    /// Networks that would be removed (also listed in `changes`).
+    pub removed: Vec<u16>,
+    /// What could not be read: the plan leaves those networks alone.
+    pub errors: Vec<String>,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
 pub struct Traffic {
     pub rx: i64,

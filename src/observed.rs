@@ -21,7 +21,7 @@ pub struct WgPeer {
 }
 
 /// A WireGuard interface as `wg show IFACE dump` reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WgDump {
     pub private_key: Option<SecretKey>,
     pub public_key: Option<PublicKey>,

@@ -2,12 +2,13 @@
 //! observed. No I/O here, so every decision is unit-tested without root.
 
 use std::collections::BTreeSet;
+use std::fmt;
 
 use crate::layout::Layout;
 use crate::observed::{Link, Observed, ObservedNetwork, ObservedRules, WgDump, WgPeer};
 use crate::render::{self, NginxFiles};
 use crate::spec::{Desired, NetworkSpec};
-use crate::types::Cidr;
+use crate::types::{Cidr, PublicKey};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dev {
@@ -31,8 +32,9 @@ pub enum Action {
     CreateWg(u16),
     MoveWg(u16),
     /// `wg syncconf` with the full desired configuration: sets key, port and
-    /// peers, removes peers that are not desired.
-    ConfigureWg(u16),
+    /// peers, removes peers that are not desired. The changes say why (for
+    /// a dry run and the events); the command is the same whatever they are.
+    ConfigureWg(u16, Vec<WgChange>),
     SetWgLink {
         port: u16,
         mtu: u32,
@@ -82,7 +84,7 @@ impl Action {
             | CreateNamespace(p)
             | CreateWg(p)
             | MoveWg(p)
-            | ConfigureWg(p)
+            | ConfigureWg(p, _)
             | CreateVeth(p)
             | AttachVeth(p)
             | UplinkUp(p)
@@ -101,22 +103,122 @@ impl Action {
     }
 }
 
-/// Whether one observed peer is exactly the desired one. The endpoint counts
-/// only when WireGuard has none: peers roam, and WireGuard's learned endpoint
-/// must win over the configured one.
-fn peer_matches(want: &crate::spec::PeerSpec, have: &WgPeer) -> bool {
-    have.preshared_key == want.preshared_key
-        && have.allowed_ips.iter().collect::<BTreeSet<_>>() == want.allowed_ips.iter().collect::<BTreeSet<_>>()
-        && have.keepalive == want.persistent_keepalive
-        && !(want.endpoint.is_some() && have.endpoint.is_none())
+/// What differs between WireGuard's configuration and the desired one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WgChange {
+    PrivateKey,
+    ListenPort,
+    AddPeer(PublicKey),
+    RemovePeer(PublicKey),
+    /// The peer's fields that differ (`allowed_ips`, `preshared_key`, ...).
+    UpdatePeer(PublicKey, Vec<&'static str>),
+    /// A peer's desired endpoint changed since it was last given.
+    Endpoints,
+    /// WireGuard's state could not be read: it is set in full.
+    Unknown,
+}
+
+/// The fields in which one observed peer differs from the desired one. The
+/// endpoint counts only when WireGuard has none: peers roam, and
+/// WireGuard's learned endpoint must win over the configured one.
+fn peer_differences(want: &crate::spec::PeerSpec, have: &WgPeer) -> Vec<&'static str> {
+    let allowed_ips = have.allowed_ips.iter().collect::<BTreeSet<_>>() != want.allowed_ips.iter().collect::<BTreeSet<_>>();
+    [
+        (have.preshared_key != want.preshared_key, "preshared_key"),
+        (allowed_ips, "allowed_ips"),
+        (have.keepalive != want.persistent_keepalive, "persistent_keepalive"),
+        (want.endpoint.is_some() && have.endpoint.is_none(), "endpoint"),
+    ]
+    .into_iter()
+    .filter_map(|(differs, field)| differs.then_some(field))
+    .collect()
+}
+
+/// How WireGuard's configuration differs from the desired one (nothing:
+/// it already runs exactly that).
+pub fn wg_changes(spec: &NetworkSpec, dump: &WgDump) -> Vec<WgChange> {
+    let mut changes = Vec::new();
+    if dump.private_key.as_ref() != Some(&spec.private_key) {
+        changes.push(WgChange::PrivateKey);
+    }
+    if dump.listen_port != spec.port {
+        changes.push(WgChange::ListenPort);
+    }
+    changes.extend(dump.peers.keys().filter(|k| !spec.peers.contains_key(k)).map(|k| WgChange::RemovePeer(*k)));
+    for (key, want) in &spec.peers {
+        match dump.peers.get(key) {
+            None => changes.push(WgChange::AddPeer(*key)),
+            Some(have) => {
+                let fields = peer_differences(want, have);
+                if !fields.is_empty() {
+                    changes.push(WgChange::UpdatePeer(*key, fields));
+                }
+            }
+        }
+    }
+    changes
 }
 
 /// Whether WireGuard already runs exactly the desired configuration.
 pub fn wg_matches(spec: &NetworkSpec, dump: &WgDump) -> bool {
-    dump.private_key.as_ref() == Some(&spec.private_key)
-        && dump.listen_port == spec.port
-        && dump.peers.len() == spec.peers.len()
-        && spec.peers.iter().all(|(key, want)| dump.peers.get(key).is_some_and(|have| peer_matches(want, have)))
+    wg_changes(spec, dump).is_empty()
+}
+
+impl fmt::Display for WgChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WgChange::PrivateKey => f.write_str("set private key"),
+            WgChange::ListenPort => f.write_str("set listen port"),
+            WgChange::AddPeer(k) => write!(f, "add peer {k}"),
+            WgChange::RemovePeer(k) => write!(f, "remove peer {k}"),
+            WgChange::UpdatePeer(k, fields) => write!(f, "update peer {k} ({})", fields.join(", ")),
+            WgChange::Endpoints => f.write_str("set the changed peer endpoints"),
+            WgChange::Unknown => f.write_str("set key, port and peers (its state was not readable)"),
+        }
+    }
+}
+
+/// One line per action, as a dry run lists it and events report it: what
+/// is done, in the operator's words; the network is given by the context.
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use Action::*;
+        let dev = |d: &Dev| match d {
+            Dev::Wg => "the WireGuard interface",
+            Dev::Uplink => "the uplink",
+        };
+        match self {
+            CreateBridge => f.write_str("create the bridge"),
+            AddBridgeAddress(c) => write!(f, "add address {c} to the bridge"),
+            DelBridgeAddress(c) => write!(f, "remove address {c} from the bridge"),
+            BridgeUp => f.write_str("set the bridge up"),
+            RemoveStaleNamespace(_) => f.write_str("remove a stale namespace file"),
+            CreateNamespace(_) => f.write_str("create the namespace"),
+            CreateWg(_) => f.write_str("create the WireGuard interface"),
+            MoveWg(_) => f.write_str("move the WireGuard interface into the namespace"),
+            ConfigureWg(_, changes) => {
+                let changes: Vec<String> = changes.iter().map(ToString::to_string).collect();
+                write!(f, "configure WireGuard: {}", changes.join(", "))
+            }
+            SetWgLink { mtu, .. } => write!(f, "set mtu {mtu} and up"),
+            AddAddress { dev: d, cidr, .. } => write!(f, "add address {cidr} to {}", dev(d)),
+            DelAddress { dev: d, cidr, .. } => write!(f, "remove address {cidr} from {}", dev(d)),
+            AddRoute { cidr, .. } => write!(f, "add route {cidr} through WireGuard"),
+            DelRoute { cidr, .. } => write!(f, "remove route {cidr}"),
+            CreateVeth(_) => f.write_str("create the veth to the bridge"),
+            AttachVeth(_) => f.write_str("attach the veth to the bridge (isolated)"),
+            UplinkUp(_) => f.write_str("set the uplink up"),
+            SetForwarding(_) => f.write_str("enable forwarding"),
+            SetRules { missing_jumps, .. } if missing_jumps.is_empty() => f.write_str("replace the iptables rules"),
+            SetRules { missing_jumps, .. } => write!(f, "replace the iptables rules (add jumps from {})", missing_jumps.join(", ")),
+            WriteNginx => f.write_str("write the nginx files, check and reload nginx"),
+            StartNginx => f.write_str("start nginx"),
+            DeleteNetwork(_) => f.write_str("delete the network (interface, namespace, rules)"),
+            DeleteRootWg(_) => f.write_str("delete the WireGuard interface left in the root namespace"),
+            DeleteHostVeth(_) => f.write_str("delete the veth"),
+            DeleteBridge => f.write_str("delete the bridge"),
+        }
+    }
 }
 
 fn diff_addresses(actions: &mut Vec<Action>, port: u16, dev: Dev, have: &[Cidr], want: &[Cidr]) {
@@ -148,14 +250,21 @@ fn plan_wireguard(actions: &mut Vec<Action>, spec: &NetworkSpec, obs: &ObservedN
             actions.push(Action::CreateWg(port));
         }
         actions.push(Action::MoveWg(port));
-        actions.push(Action::ConfigureWg(port));
+        actions.push(Action::ConfigureWg(port, wg_changes(spec, &WgDump::default())));
         actions.push(Action::SetWgLink { port, mtu: spec.mtu });
         diff_addresses(actions, port, Dev::Wg, &[], &spec.addresses);
         diff_routes(actions, port, &[], &spec.routes());
         return;
     };
-    if obs.endpoints_changed || !obs.wg.as_ref().is_some_and(|d| wg_matches(spec, d)) {
-        actions.push(Action::ConfigureWg(port));
+    let mut changes = match &obs.wg {
+        Some(dump) => wg_changes(spec, dump),
+        None => vec![WgChange::Unknown],
+    };
+    if obs.endpoints_changed && changes.is_empty() {
+        changes.push(WgChange::Endpoints);
+    }
+    if !changes.is_empty() {
+        actions.push(Action::ConfigureWg(port, changes));
     }
     if link.mtu != spec.mtu || !link.up {
         actions.push(Action::SetWgLink { port, mtu: spec.mtu });

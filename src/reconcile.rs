@@ -76,6 +76,16 @@ impl RetryPolicy {
     }
 }
 
+/// The next dry run, if this reconciler answers them (else never).
+pub async fn next_dry_run(
+    inbox: &mut Option<tokio::sync::mpsc::Receiver<crate::daemon::DryRunRequest>>,
+) -> Option<crate::daemon::DryRunRequest> {
+    match inbox {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// What the reconciler remembers of one network between passes.
 struct Remembered {
     /// The spec it was last given: kept after a failure too, since it tells
@@ -168,24 +178,34 @@ impl Reconciler {
     pub async fn run(mut self) {
         let mut ticker = tokio::time::interval(self.shared.settings.watchdog);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut retry_in: Option<Duration> = None;
+        let mut retry_at: Option<tokio::time::Instant> = None;
         let mut lifecycle = self.shared.lifecycle.subscribe();
+        let mut dry_runs = self.shared.dry_runs.take_inbox();
         loop {
-            let retry = async {
-                match retry_in {
-                    Some(d) => tokio::time::sleep(d).await,
+            // A deadline, not a delay: a dry run answered meanwhile must not put the retry off.
+            let retry = async move {
+                match retry_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
                     None => std::future::pending().await,
                 }
             };
             let mode = tokio::select! {
                 biased;
-                _ = lifecycle.wait_for(|l| *l != Lifecycle::Running) => return,
+                // Mapped to (): the borrow it returns must not live on into the dry-run branch's await.
+                _ = async { lifecycle.wait_for(|l| *l != Lifecycle::Running).await.map(drop) } => return,
                 _ = self.shared.wake.notified() => Mode::Apply,
                 _ = ticker.tick() => Mode::Drift,
-                _ = retry => Mode::Apply,
+                _ = retry => {
+                    retry_at = None;
+                    Mode::Apply
+                }
+                Some(request) = next_dry_run(&mut dry_runs) => {
+                    self.answer_dry_run(request).await;
+                    continue;
+                }
             };
             if let Some(outcome) = self.tick(mode).await {
-                retry_in = self.retry.after_pass(outcome.record.ok);
+                retry_at = self.retry.after_pass(outcome.record.ok).map(|d| tokio::time::Instant::now() + d);
             }
         }
     }
@@ -230,12 +250,8 @@ impl Reconciler {
         // What a crash left half made goes first, so the look does not see it.
         let undone = shared.system.undo_unfinished_links().await;
         let poll_start = Instant::now();
-        let mut look = self.look(mode, &desired, &nginx).await;
+        let (mut look, actions) = self.look_and_plan(mode, &desired, &nginx).await;
         look.errors.extend(undone);
-        if !self.nginx_confirmed {
-            look.observed.nginx_stale = shared.system.nginx_runs_older_files();
-        }
-        let actions = plan(&desired, &look.observed, &shared.system.layout, &nginx);
         self.account_before_changes(mode, &desired, &mut look).await;
         if mode == Mode::Drift {
             shared.metrics.poll_duration.observe(poll_start.elapsed().as_secs_f64());
@@ -247,6 +263,17 @@ impl Reconciler {
             self.drift_checks += 1;
         }
         self.finish(PassInfo { mode, generation, start, actions: actions.len() }, look, report, &desired)
+    }
+
+    /// Looks at the system and plans, reading only: what a pass does before
+    /// it changes anything, and all a dry run does.
+    async fn look_and_plan(&self, mode: Mode, desired: &Desired, nginx: &crate::render::NginxFiles) -> (Look, Vec<crate::plan::Action>) {
+        let mut look = self.look(mode, desired, nginx).await;
+        if !self.nginx_confirmed {
+            look.observed.nginx_stale = self.shared.system.nginx_runs_older_files();
+        }
+        let actions = plan(desired, &look.observed, &self.shared.system.layout, nginx);
+        (look, actions)
     }
 
     /// Whether a network can be taken as converged without a look.
@@ -333,5 +360,6 @@ impl Reconciler {
 }
 
 mod look;
+mod preview;
 #[cfg(test)]
 mod tests;

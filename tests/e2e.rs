@@ -701,3 +701,75 @@ async fn a_missing_wireguard_go_fails_its_networks_and_leaves_nothing_behind() {
     }
     d.stop().await;
 }
+
+/// What the system looks like for the dry-run test: namespaces, WireGuard,
+/// links, rules and nginx's files of this test's networks.
+fn system_snapshot(n: &Names, ports: &[u16]) -> Vec<String> {
+    let mut snap = vec![sh("ip netns list").lines().filter(|l| l.starts_with(&n.prefix())).collect::<Vec<_>>().join("\n")];
+    for p in ports {
+        let ns = n.netns(*p);
+        if !sh_ok(&format!("ip netns exec {ns} true")) {
+            snap.push(format!("{ns}: absent"));
+            continue;
+        }
+        snap.push(sh(&format!("ip netns exec {ns} wg show {} dump", n.wg(*p))));
+        // Without link-local addresses: their flags (tentative) change on their own.
+        let links = sh(&format!("ip -n {ns} -o addr show; ip -n {ns} -o link show; ip -n {ns} route show"));
+        snap.push(links.lines().filter(|l| !l.contains(" fe80::")).collect::<Vec<_>>().join("\n"));
+        let rules = sh(&format!("ip netns exec {ns} iptables-save"));
+        snap.push(rules.lines().filter(|l| !l.starts_with('#')).map(|l| l.split(" [").next().unwrap_or(l)).collect::<Vec<_>>().join("\n"));
+    }
+    snap.push(std::fs::read_to_string(n.stream_file()).unwrap_or_default());
+    snap.push(std::fs::read_to_string(n.http_file()).unwrap_or_default());
+    snap
+}
+
+/// A dry run of a change lists it and changes nothing (namespaces,
+/// WireGuard, links, rules, nginx's files, the generation); the real apply
+/// that follows changes exactly the networks it listed, and afterwards a
+/// dry run lists nothing left to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: scripts/test.sh runs it with --include-ignored"]
+async fn a_dry_run_lists_the_change_touches_nothing_and_the_apply_does_what_it_listed() {
+    require_root();
+    let n = names(8);
+    let _guard = Guard(n.clone());
+    write_nginx_conf(&n);
+    let d = TestDaemon::start(&args(&n, &[])).await;
+    let mut cfg = many_networks(2, 1, &n, ".test");
+    let (code, body) = d.post(&cfg).await;
+    assert_eq!(code, 200, "{body}");
+    let (a, b) = (n.port(0), n.port(1));
+    let new_peer = test_key(n.k, 0, 7);
+    let net = &mut cfg[a.to_string()];
+    net["mtu"] = json!(1400);
+    net["peers"][&new_peer] = json!({ "allowed_ips": ["10.80.0.7/32"] });
+    net["proxy"]["https://new.test"] = json!(["10.80.0.7:443"]);
+    cfg.as_object_mut().unwrap().remove(&b.to_string());
+
+    let before = system_snapshot(&n, &[a, b]);
+    const DRY: &str = "/api/v1/config.json?dry_run=true";
+    let (code, plan) = d.send_to(rocket::http::Method::Post, DRY, &cfg).await;
+    assert_eq!(code, 200, "{plan}");
+    let lines: Vec<&str> = plan["changes"][a.to_string()].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
+    for want in ["set mtu 1400 and up", &format!("configure WireGuard: add peer {new_peer}"), "replace the iptables rules"] {
+        assert!(lines.contains(&want), "{want:?} missing: {plan}");
+    }
+    assert_eq!(plan["changes"][b.to_string()][0], "delete the network (interface, namespace, rules)", "{plan}");
+    assert_eq!((&plan["removed"], &plan["nginx_reload"], &plan["generation"]), (&json!([b]), &json!(true), &json!(1)), "{plan}");
+    assert_eq!(system_snapshot(&n, &[a, b]), before, "the dry run changed the system");
+    assert_eq!(d.get("/api/v1/config.json").await.1["generation"], 1, "the dry run made a generation");
+
+    let (code, body) = d.post(&cfg).await;
+    assert_eq!(code, 200, "{body}");
+    let listed: Vec<u16> = plan["changes"].as_object().unwrap().keys().map(|k| k.parse().unwrap()).collect();
+    assert_eq!(body["changed_networks"], json!(listed), "the apply changed exactly the networks listed");
+    let show = sh(&format!("ip netns exec {} wg show {} peers; ip -n {0} link show {1}", n.netns(a), n.wg(a)));
+    assert!(show.contains(&new_peer) && show.contains("mtu 1400"), "{show}");
+    assert!(std::fs::read_to_string(n.stream_file()).unwrap().contains("new.test"));
+    assert!(leftovers(&n, b).is_empty(), "{:?}", leftovers(&n, b));
+    let (code, after) = d.send_to(rocket::http::Method::Post, DRY, &cfg).await;
+    assert_eq!(code, 200, "{after}");
+    assert_eq!((&after["changes"], &after["nginx_reload"], &after["generation"]), (&json!({}), &json!(false), &json!(2)), "{after}");
+    d.stop().await;
+}

@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 
 use super::error::{ApiError, json_responses};
 use crate::model::schema::IntRange;
-use crate::model::{ApplyResponse, ErrorDetail};
+use crate::model::{ApplyResponse, DryRunResponse, ErrorDetail};
 use crate::types::truncate;
 
 const TOO_LARGE: &str = "body too large";
@@ -76,6 +76,101 @@ impl OpenApiResponderInner for Applied {
                 (202, "stored; still converging when the wait ended (`result`: `pending`); see status.json"),
             ],
         )
+    }
+}
+
+/// Answer of POST/PATCH: the apply's, or with `?dry_run=true` the dry run's.
+pub enum ConfigAnswer {
+    Applied(Applied),
+    DryRun(DryRunResponse),
+}
+
+impl<'r> Responder<'r, 'static> for ConfigAnswer {
+    fn respond_to(self, req: &'r Request<'_>) -> response::Result<'static> {
+        match self {
+            ConfigAnswer::Applied(a) => a.respond_to(req),
+            ConfigAnswer::DryRun(d) => Json(d).respond_to(req),
+        }
+    }
+}
+
+/// The 200 answer's schema: one of the two shapes (`dry_run` tells them apart).
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+#[schemars(rename = "ConfigAnswer")]
+enum ConfigAnswerSchema {
+    Applied(ApplyResponse),
+    DryRun(DryRunResponse),
+}
+
+impl OpenApiResponderInner for ConfigAnswer {
+    fn responses(generator: &mut OpenApiGenerator) -> rocket_okapi::Result<Responses> {
+        let mut r = json_responses::<ConfigAnswerSchema>(
+            generator,
+            &[(
+                200,
+                "the system has converged to this generation (an ApplyResponse, `result`: `applied`); with `dry_run=true`, what an apply would do (a DryRunResponse; nothing stored or changed)",
+            )],
+        )?;
+        let pending = json_responses::<ApplyResponse>(
+            generator,
+            &[(202, "stored; still converging when the wait ended (`result`: `pending`); see status.json")],
+        )?;
+        r.responses.extend(pending.responses);
+        Ok(r)
+    }
+}
+
+/// The `dry_run` query parameter, `true` or `false` (the default). It never
+/// fails to parse, so any other value gets the handler's clear 400 (not
+/// Rocket's default, nor a silent `false` that would turn a dry run into
+/// an apply).
+pub struct DryRunFlag(pub Result<bool, String>);
+
+const DRY_RUN_DOC: &str = "`true`: validate as usual (422 on bad input), then answer what an apply would do now (a DryRunResponse), from the same look at the system and the same plan as a real apply; nothing is stored, no generation is made, nothing on the system changes.";
+
+#[rocket::async_trait]
+impl<'r> FromForm<'r> for DryRunFlag {
+    type Context = (&'r str, Vec<&'r str>);
+
+    fn init(_: form::Options) -> Self::Context {
+        ("", Vec::new())
+    }
+
+    fn push_value(given: &mut Self::Context, field: ValueField<'r>) {
+        given.0 = field.name.source().as_str();
+        given.1.push(field.value);
+    }
+
+    async fn push_data(_: &mut Self::Context, _: DataField<'r, '_>) {}
+
+    fn finalize((name, values): Self::Context) -> form::Result<'r, Self> {
+        let parsed = match values.as_slice() {
+            [] | ["false"] => Ok(false),
+            ["true"] => Ok(true),
+            [one] => Err(format!("`{name}` must be `true` or `false`, not {:?}", truncate(one))),
+            _ => Err(format!("`{name}` is given more than once")),
+        };
+        Ok(DryRunFlag(parsed))
+    }
+}
+
+impl<'r> OpenApiFromForm<'r> for DryRunFlag {
+    fn form_multi_parameter(generator: &mut OpenApiGenerator, name: String, _: bool) -> rocket_okapi::Result<Vec<Parameter>> {
+        let schema = generator.json_schema_no_ref::<bool>();
+        let value = ParameterValue::Schema { style: None, explode: None, allow_reserved: false, schema, example: None, examples: None };
+        let p = Parameter {
+            name,
+            location: "query".into(),
+            description: Some(DRY_RUN_DOC.into()),
+            required: false,
+            deprecated: false,
+            allow_empty_value: false,
+            value,
+            extensions: Default::default(),
+        };
+        Ok(vec![p])
     }
 }
 

@@ -29,6 +29,17 @@ pub enum ApiError {
     Internal(String),
     #[error("the daemon is stopping: nothing was stored; send it again once it is back")]
     ShuttingDown,
+    #[error("{0}")]
+    Busy(String),
+}
+
+impl From<crate::daemon::DryRunError> for ApiError {
+    fn from(e: crate::daemon::DryRunError) -> Self {
+        match e {
+            crate::daemon::DryRunError::Stopped => ApiError::ShuttingDown,
+            busy @ crate::daemon::DryRunError::Busy(_) => ApiError::Busy(busy.to_string()),
+        }
+    }
 }
 
 impl From<crate::store::StoreError> for ApiError {
@@ -52,6 +63,7 @@ impl ApiError {
             ApiError::TooLarge(_) => (Status::PayloadTooLarge, "too_large", vec![]),
             ApiError::Internal(_) => (Status::InternalServerError, "internal", vec![]),
             ApiError::ShuttingDown => (Status::ServiceUnavailable, "shutting_down", vec![]),
+            ApiError::Busy(_) => (Status::ServiceUnavailable, "busy", vec![]),
         }
     }
 }
@@ -98,7 +110,10 @@ pub(super) const ERROR_STATUSES: &[(u16, &str)] = &[
         500,
         "the apply failed (`apply_failed`: details list each error; stored anyway and retried) or an internal error (`internal`, e.g. the database)",
     ),
-    (503, "the daemon is stopping (`shutting_down`): nothing was stored; send it again once it is back"),
+    (
+        503,
+        "the daemon is stopping (`shutting_down`): nothing was stored; send it again once it is back; or a dry run waited too long for the reconciler (`busy`): try again",
+    ),
 ];
 
 impl OpenApiResponderInner for ApiError {

@@ -30,8 +30,8 @@ pub(super) fn settings() -> OpenApiSettings {
 /// its successes; what they mean is `error::ERROR_STATUSES`.
 const ERRORS: &[(&str, &[u16])] = &[
     ("health", &[]),
-    ("post_config", &[401, 413, 422, 500, 503]),
-    ("patch_config", &[401, 413, 422, 500, 503]),
+    ("post_config", &[400, 401, 413, 422, 500, 503]),
+    ("patch_config", &[400, 401, 413, 422, 500, 503]),
     ("get_config", &[401, 500]),
     ("status", &[401, 500]),
     ("traffic", &[400, 401, 500]),
@@ -148,6 +148,28 @@ mod tests {
         let get = &spec["paths"]["/api/v1/traffic.json"]["get"];
         assert_eq!(get["parameters"][0]["required"], true, "start is required: {get}");
         assert_eq!(get["parameters"][0]["schema"]["minimum"], 0, "{get}");
+    }
+
+    #[test]
+    fn config_writes_describe_the_dry_run() {
+        let spec = serde_json::to_value(openapi_spec()).unwrap();
+        for method in ["post", "patch"] {
+            let op = &spec["paths"]["/api/v1/config.json"][method];
+            let param = op["parameters"].as_array().unwrap().iter().find(|p| p["name"] == "dry_run").expect("dry_run parameter");
+            assert_eq!((&param["in"], &param["schema"]["type"]), (&"query".into(), &"boolean".into()));
+            assert_ne!(param["required"], true);
+            let ok = &op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"];
+            assert_eq!(ok, "#/components/schemas/ConfigAnswer", "{method}");
+            let pending = &op["responses"]["202"]["content"]["application/json"]["schema"]["$ref"];
+            assert_eq!(pending, "#/components/schemas/ApplyResponse", "{method}");
+        }
+        let answer = spec["components"]["schemas"]["ConfigAnswer"].to_string();
+        assert!(answer.contains("DryRunResponse") && answer.contains("ApplyResponse"), "{answer}");
+        let dry = &spec["components"]["schemas"]["DryRunResponse"];
+        for field in ["dry_run", "generation", "changes", "shared", "nginx_reload", "removed", "errors"] {
+            assert!(dry["required"].as_array().unwrap().contains(&field.into()), "{field}: {dry}");
+        }
+        assert_eq!(dry["properties"]["changes"]["propertyNames"]["$ref"], "#/components/schemas/ListenPortKey");
     }
 
     #[test]

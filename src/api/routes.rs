@@ -11,7 +11,7 @@ use rocket_okapi::okapi::openapi3::OpenApi;
 use rocket_okapi::{openapi, openapi_get_routes_spec};
 
 use super::auth::Auth;
-use super::body::{Applied, JsonBody, MetricsText, QueryInt, body_error};
+use super::body::{Applied, ConfigAnswer, DryRunFlag, JsonBody, MetricsText, QueryInt, body_error};
 use super::error::ApiError;
 use crate::clock::now_unix;
 use crate::daemon::{Lifecycle, Shared};
@@ -32,27 +32,33 @@ fn health() -> Json<Health> {
 ///
 /// 200: applied; 202: stored, still converging when the wait ended; 422:
 /// invalid, nothing changed; 500 `apply_failed`: stored, but the system could
-/// not be converged (the reconciler keeps retrying).
+/// not be converged (the reconciler keeps retrying). With `dry_run=true`:
+/// 200 with what the apply would do, nothing stored or changed.
 #[openapi(tag = "config")]
-#[post("/api/v1/config.json", data = "<body>")]
+#[post("/api/v1/config.json?<dry_run>", data = "<body>")]
 async fn post_config(
     _auth: Auth,
     state: &State<Arc<Shared>>,
+    dry_run: DryRunFlag,
     body: JsonBody<GatewayConfig, GatewayConfigSchema>,
-) -> Result<Applied, ApiError> {
+) -> Result<ConfigAnswer, ApiError> {
+    let dry_run = dry_run.0.map_err(ApiError::BadRequest)?;
     let config = body.0.map_err(body_error)?;
-    store_and_apply(state, |_| Ok(config)).await
+    answer(state, dry_run, |_| Ok(config)).await
 }
 
 /// Partial update: each listed port is replaced by the given network, or
-/// removed where the value is `null`; unlisted ports stay.
+/// removed where the value is `null`; unlisted ports stay. With
+/// `dry_run=true`: what the apply of the whole resulting state would do.
 #[openapi(tag = "config")]
-#[patch("/api/v1/config.json", data = "<body>")]
+#[patch("/api/v1/config.json?<dry_run>", data = "<body>")]
 async fn patch_config(
     _auth: Auth,
     state: &State<Arc<Shared>>,
+    dry_run: DryRunFlag,
     body: JsonBody<GatewayConfigPartial, GatewayConfigPartialSchema>,
-) -> Result<Applied, ApiError> {
+) -> Result<ConfigAnswer, ApiError> {
+    let dry_run = dry_run.0.map_err(ApiError::BadRequest)?;
     let patch = body.0.map_err(body_error)?;
     // Keys are checked here too: `"051820": null` would otherwise remove
     // nothing and still make a new generation.
@@ -61,7 +67,7 @@ async fn patch_config(
     if !bad.is_empty() {
         return Err(ApiError::Invalid(bad));
     }
-    store_and_apply(state, move |mut current| {
+    let build = move |mut current: GatewayConfig| {
         for (port, net) in patch {
             match net {
                 Some(n) => current.insert(port, n),
@@ -69,8 +75,35 @@ async fn patch_config(
             };
         }
         Ok(current)
-    })
-    .await
+    };
+    answer(state, dry_run, build).await
+}
+
+/// A dry run, or the real apply.
+async fn answer(
+    shared: &Shared,
+    dry_run: bool,
+    build: impl FnOnce(GatewayConfig) -> Result<GatewayConfig, ApiError>,
+) -> Result<ConfigAnswer, ApiError> {
+    if dry_run {
+        preview(shared, build).await.map(ConfigAnswer::DryRun)
+    } else {
+        store_and_apply(shared, build).await.map(ConfigAnswer::Applied)
+    }
+}
+
+/// Builds and validates the new desired state exactly as an apply would,
+/// then lets the reconciler say what applying it would do; stores nothing.
+async fn preview(
+    shared: &Shared,
+    build: impl FnOnce(GatewayConfig) -> Result<GatewayConfig, ApiError>,
+) -> Result<DryRunResponse, ApiError> {
+    if *shared.lifecycle.borrow() != Lifecycle::Running {
+        return Err(ApiError::ShuttingDown);
+    }
+    let (generation, current) = shared.store.desired().await?;
+    let desired = validate(&build(current)?, &shared.settings.validation()).map_err(ApiError::Invalid)?;
+    Ok(shared.dry_runs.ask(generation, desired, shared.settings.apply_wait).await?)
 }
 
 /// Builds the new desired state from the current one under the write lock,

@@ -39,9 +39,14 @@ async fn app(script: Script) -> App {
     let mut reconciler = Reconciler::new(shared.clone()).await;
     let s = shared.clone();
     let reconciler = tokio::spawn(async move {
+        let mut dry_runs = s.dry_runs.take_inbox();
         loop {
-            s.wake.notified().await;
-            reconciler.tick(Mode::Apply).await;
+            tokio::select! {
+                _ = s.wake.notified() => {
+                    reconciler.tick(Mode::Apply).await;
+                }
+                Some(request) = crate::reconcile::next_dry_run(&mut dry_runs) => reconciler.answer_dry_run(request).await,
+            }
         }
     });
     let figment = rocket::figment::Figment::from(rocket::Config::default()).merge(("log_level", rocket::config::LogLevel::Off));
@@ -155,4 +160,48 @@ async fn status_answers_during_a_slow_apply_with_the_state_before_it() {
     assert_eq!((&st["last_apply"]["generation"], &st["last_apply"]["result"]), (&json!(1), &json!("applied")), "{st}");
     assert_eq!(st["networks"]["51821"]["mtu"], 1420, "the MTU before the change: {st}");
     assert_eq!(app.status().await["applied_generation"], 2, "and afterwards the apply's result");
+}
+
+#[tokio::test]
+async fn a_dry_run_lists_the_change_changes_nothing_and_the_apply_then_does_exactly_that() {
+    use rocket::http::Method::{Patch, Post};
+    let app = app(Script::new()).await;
+    assert_eq!(app.post(&config()).await.0, Status::Ok);
+    let (code, body) = app.send(Post, "/api/v1/config.json?dry_run=true", Some(&mtu_changed())).await;
+    assert_eq!(code, Status::Ok, "{body}");
+    assert_eq!(body["dry_run"], true);
+    assert_eq!(body["generation"], 1);
+    assert_eq!(body["changes"], json!({"51821": ["set mtu 1300 and up"]}), "{body}");
+    assert_eq!((&body["nginx_reload"], &body["removed"], &body["shared"]), (&json!(false), &json!([]), &json!([])), "{body}");
+    let removal = json!({"51820": null});
+    let (code, body) = app.send(Patch, "/api/v1/config.json?dry_run=true", Some(&removal)).await;
+    assert_eq!(code, Status::Ok, "{body}");
+    assert_eq!(body["removed"], json!([51820]), "{body}");
+    assert_eq!(body["changes"]["51820"][0], "delete the network (interface, namespace, rules)", "{body}");
+    assert_eq!(body["nginx_reload"], true, "its hostnames leave nginx: {body}");
+    assert_eq!(app.ran(), Vec::<String>::new(), "a dry run runs no command");
+    assert_eq!(app.shared.store.desired().await.unwrap().0, 1, "no generation made");
+    let (code, body) = app.send(Post, "/api/v1/config.json?dry_run=false", Some(&mtu_changed())).await;
+    assert_eq!((code, &body["changed_networks"], &body["generation"]), (Status::Ok, &json!([51821]), &json!(2)), "{body}");
+    assert_eq!(app.ran(), [SET_MTU], "the apply did what the dry run listed, and only that");
+}
+
+#[tokio::test]
+async fn a_dry_run_of_bad_input_gets_the_same_422_and_a_bad_flag_a_400() {
+    use rocket::http::Method::{Patch, Post};
+    let app = app(Script::new()).await;
+    let mut bad = config();
+    bad["51821"]["mtu"] = json!(99);
+    let (code, dry) = app.send(Post, "/api/v1/config.json?dry_run=true", Some(&bad)).await;
+    assert_eq!(code, Status::UnprocessableEntity, "{dry}");
+    assert_eq!(dry["details"][0]["path"], "$[\"51821\"].mtu", "{dry}");
+    let (code, real) = app.post(&bad).await;
+    assert_eq!((code, &dry), (Status::UnprocessableEntity, &real), "the same answer as without dry_run");
+    let (code, body) = app.send(Patch, "/api/v1/config.json?dry_run=true", Some(&json!({"051820": null}))).await;
+    assert_eq!((code, &body["details"][0]["path"]), (Status::UnprocessableEntity, &json!("$[\"051820\"]")), "{body}");
+    for flag in ["yes", "1", "TRUE", "true&dry_run=true"] {
+        let (code, body) = app.send(Post, &format!("/api/v1/config.json?dry_run={flag}"), Some(&config())).await;
+        assert_eq!((code, &body["error"]), (Status::BadRequest, &json!("bad_request")), "{flag}: {body}");
+    }
+    assert_eq!(app.shared.store.desired().await.unwrap().0, 0, "nothing stored");
 }

@@ -60,7 +60,19 @@ async fn each_wireguard_field_changed_reconfigures_that_network_only() {
     for (what, change) in cases {
         let a = plan_after(change).await;
         let port = if what == "private key" || what == "peer added" { 51821 } else { 51820 };
-        assert_eq!(a, vec![Action::ConfigureWg(port)], "{what}");
+        let field = match what {
+            "private key" => "set private key".to_string(),
+            "peer removed" => format!("remove peer {PEER_A}"),
+            "peer added" => format!("add peer {other_key}"),
+            w if w.starts_with("preshared") => format!("update peer {} (preshared_key)", if w.ends_with("set") { PEER_B } else { PEER_A }),
+            w if w.starts_with("keepalive") => {
+                format!("update peer {} (persistent_keepalive)", if w.ends_with("set") { PEER_B } else { PEER_A })
+            }
+            w if w.starts_with("allowed IP") => format!("update peer {} (allowed_ips)", if w.ends_with("added") { PEER_B } else { PEER_A }),
+            _ => format!("update peer {PEER_B} (endpoint)"),
+        };
+        assert!(matches!(a.as_slice(), [Action::ConfigureWg(p, _)] if *p == port), "{what}: {a:?}");
+        assert_eq!(a[0].to_string(), format!("configure WireGuard: {field}"), "{what}");
     }
 }
 
@@ -85,7 +97,7 @@ async fn links_routes_rules_and_nginx_changes_give_exactly_their_action() {
         c["51820"]["proxy"].as_object_mut().unwrap().remove("https://lan.example.com");
     })
     .await;
-    assert!(a.contains(&Action::ConfigureWg(51820)), "{a:?}");
+    assert!(a.iter().any(|a| matches!(a, Action::ConfigureWg(51820, _))), "{a:?}");
     assert!(a.contains(&Action::DelRoute { port: 51820, cidr: cidr("192.168.7.0/24") }), "{a:?}");
     assert!(a.contains(&Action::AddRoute { port: 51820, cidr: cidr("192.168.8.0/24") }), "{a:?}");
     assert!(a.contains(&Action::SetRules { port: 51820, missing_jumps: vec![] }), "the LAN upstream's DNAT goes: {a:?}");
@@ -112,15 +124,15 @@ async fn observed_drift_of_each_kind_is_repaired() {
         change(&mut o);
         assert_eq!(plan(&d, &o, &l, &nginx), want, "{what}");
     };
-    check("listen port", &|o| net(o).wg.as_mut().unwrap().listen_port = 1, vec![Action::ConfigureWg(51820)]);
-    check("private key", &|o| net(o).wg.as_mut().unwrap().private_key = None, vec![Action::ConfigureWg(51820)]);
+    check("listen port", &|o| net(o).wg.as_mut().unwrap().listen_port = 1, vec![Action::ConfigureWg(51820, vec![WgChange::ListenPort])]);
+    check("private key", &|o| net(o).wg.as_mut().unwrap().private_key = None, vec![Action::ConfigureWg(51820, vec![WgChange::PrivateKey])]);
     check(
         "a stray peer",
         &|o| {
             let extra = net(o).wg.as_ref().unwrap().peers[&key(PEER_A)].clone();
             net(o).wg.as_mut().unwrap().peers.insert(key("cMXKVx1hAvvJ0Hj9OtBhFTXDA4MVk9LlHBr8rBsq5F8="), extra);
         },
-        vec![Action::ConfigureWg(51820)],
+        vec![Action::ConfigureWg(51820, vec![WgChange::RemovePeer(key("cMXKVx1hAvvJ0Hj9OtBhFTXDA4MVk9LlHBr8rBsq5F8="))])],
     );
     check("interface down", &|o| net(o).wg_link.as_mut().unwrap().up = false, vec![Action::SetWgLink { port: 51820, mtu: 1380 }]);
     check(
@@ -190,19 +202,16 @@ async fn cold_start_builds_everything_in_order() {
     let a = plan(&d, &Observed::default(), &l, &nginx_files(&d));
     assert_eq!(&a[..3], &[Action::CreateBridge, Action::AddBridgeAddress(l.bridge_addr()), Action::BridgeUp]);
     for p in [51820, 51821] {
-        for want in [
-            Action::CreateNamespace(p),
-            Action::CreateWg(p),
-            Action::MoveWg(p),
-            Action::ConfigureWg(p),
-            Action::CreateVeth(p),
-            Action::SetForwarding(p),
-        ] {
+        for want in [Action::CreateNamespace(p), Action::CreateWg(p), Action::MoveWg(p), Action::CreateVeth(p), Action::SetForwarding(p)] {
             assert!(a.contains(&want), "missing {want:?}");
         }
         let at = |x: Action| a.iter().position(|y| *y == x).unwrap();
+        let configure = a.iter().position(|y| matches!(y, Action::ConfigureWg(q, _) if *q == p)).expect("configured");
+        let Action::ConfigureWg(_, changes) = &a[configure] else { unreachable!() };
+        let peers = d.networks[&p].peers.keys().map(|k| WgChange::AddPeer(*k));
+        assert_eq!(changes, &[WgChange::PrivateKey, WgChange::ListenPort].into_iter().chain(peers).collect::<Vec<_>>());
         assert!(at(Action::CreateNamespace(p)) < at(Action::CreateWg(p)));
-        assert!(at(Action::CreateWg(p)) < at(Action::MoveWg(p)) && at(Action::MoveWg(p)) < at(Action::ConfigureWg(p)));
+        assert!(at(Action::CreateWg(p)) < at(Action::MoveWg(p)) && at(Action::MoveWg(p)) < configure);
     }
     assert_eq!(a.last(), Some(&Action::WriteNginx));
     assert!(a.contains(&Action::AddRoute { port: 51820, cidr: cidr("192.168.7.0/24") }), "a LAN behind a peer is routed");
@@ -238,10 +247,11 @@ async fn roamed_endpoint_is_not_drift_but_a_missing_or_changed_one_is() {
         Some("198.51.100.1:999".parse().unwrap());
     assert_eq!(plan(&d, &o, &l, &nginx), vec![], "roamed");
     o.networks.get_mut(&51820).unwrap().endpoints_changed = true;
-    assert_eq!(plan(&d, &o, &l, &nginx), vec![Action::ConfigureWg(51820)], "the desired endpoint changed");
+    assert_eq!(plan(&d, &o, &l, &nginx), vec![Action::ConfigureWg(51820, vec![WgChange::Endpoints])], "the desired endpoint changed");
     o.networks.get_mut(&51820).unwrap().endpoints_changed = false;
     peer(&mut o);
-    assert_eq!(plan(&d, &o, &l, &nginx), vec![Action::ConfigureWg(51820)], "WireGuard lost it");
+    let lost = WgChange::UpdatePeer(key(PEER_A), vec!["endpoint"]);
+    assert_eq!(plan(&d, &o, &l, &nginx), vec![Action::ConfigureWg(51820, vec![lost])], "WireGuard lost it");
 }
 
 #[tokio::test]
@@ -312,7 +322,7 @@ fn a_thousand_networks_plan() {
     let l = Layout::default();
     let nginx = nginx_files(&d);
     let cold = plan(&d, &Observed::default(), &l, &nginx);
-    let configured: BTreeSet<u16> = cold.iter().filter_map(|a| if let Action::ConfigureWg(p) = a { Some(*p) } else { None }).collect();
+    let configured: BTreeSet<u16> = cold.iter().filter_map(|a| if let Action::ConfigureWg(p, _) = a { Some(*p) } else { None }).collect();
     assert_eq!(configured, d.networks.keys().copied().collect(), "every network built");
     assert_eq!(cold.iter().filter(|a| **a == Action::WriteNginx).count(), 1, "nginx written once for all");
 
@@ -333,4 +343,32 @@ fn a_thousand_networks_plan() {
     cfg.get_mut("20500").unwrap().mtu = Some(1500);
     let d = validate(&cfg, &Context::default()).expect("valid");
     assert_eq!(plan(&d, &o, &l, &nginx), [Action::SetWgLink { port: 20500, mtu: 1500 }]);
+}
+
+/// Each action reads as one line in the operator's words (what a dry run
+/// lists and a drift_repaired event reports).
+#[test]
+fn actions_describe_themselves() {
+    let k = key(PEER_A);
+    for (action, line) in [
+        (Action::SetWgLink { port: 1, mtu: 1400 }, "set mtu 1400 and up".to_string()),
+        (
+            Action::AddAddress { port: 1, dev: Dev::Wg, cidr: cidr("10.0.0.1/24") },
+            "add address 10.0.0.1/24 to the WireGuard interface".into(),
+        ),
+        (Action::DelAddress { port: 1, dev: Dev::Uplink, cidr: cidr("10.0.0.1/24") }, "remove address 10.0.0.1/24 from the uplink".into()),
+        (Action::AddRoute { port: 1, cidr: cidr("192.168.7.0/24") }, "add route 192.168.7.0/24 through WireGuard".into()),
+        (
+            Action::ConfigureWg(1, vec![WgChange::AddPeer(k), WgChange::UpdatePeer(k, vec!["allowed_ips", "endpoint"])]),
+            format!("configure WireGuard: add peer {PEER_A}, update peer {PEER_A} (allowed_ips, endpoint)"),
+        ),
+        (Action::ConfigureWg(1, vec![WgChange::RemovePeer(k)]), format!("configure WireGuard: remove peer {PEER_A}")),
+        (Action::SetRules { port: 1, missing_jumps: vec![] }, "replace the iptables rules".into()),
+        (Action::SetRules { port: 1, missing_jumps: vec!["PREROUTING"] }, "replace the iptables rules (add jumps from PREROUTING)".into()),
+        (Action::WriteNginx, "write the nginx files, check and reload nginx".into()),
+        (Action::CreateNamespace(1), "create the namespace".into()),
+        (Action::DeleteNetwork(1), "delete the network (interface, namespace, rules)".into()),
+    ] {
+        assert_eq!(action.to_string(), line, "{action:?}");
+    }
 }

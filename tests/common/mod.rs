@@ -322,9 +322,14 @@ impl TestDaemon {
             let reconciler = Arc::new(tokio::sync::Mutex::new(rec));
             let (r, s) = (reconciler.clone(), shared.clone());
             let task = tokio::spawn(async move {
+                let mut dry_runs = s.dry_runs.take_inbox();
                 loop {
-                    s.wake.notified().await;
-                    r.lock().await.tick(Mode::Apply).await;
+                    tokio::select! {
+                        _ = s.wake.notified() => {
+                            r.lock().await.tick(Mode::Apply).await;
+                        }
+                        Some(request) = gateway::reconcile::next_dry_run(&mut dry_runs) => r.lock().await.answer_dry_run(request).await,
+                    }
                 }
             });
             (Some(reconciler), task)
@@ -359,6 +364,11 @@ impl TestDaemon {
 
     pub async fn patch(&self, body: &serde_json::Value) -> (u16, serde_json::Value) {
         self.send(rocket::http::Method::Patch, "/api/v1/config.json", Some(body)).await
+    }
+
+    /// A request with a JSON body to any path (e.g. with a query).
+    pub async fn send_to(&self, method: rocket::http::Method, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        self.send(method, path, Some(body)).await
     }
 
     pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
