@@ -732,7 +732,7 @@ fn system_snapshot(n: &Names, ports: &[u16]) -> Vec<String> {
 #[ignore = "needs root: scripts/test.sh runs it with --include-ignored"]
 async fn a_dry_run_lists_the_change_touches_nothing_and_the_apply_does_what_it_listed() {
     require_root();
-    let n = names(8);
+    let n = names(15);
     let _guard = Guard(n.clone());
     write_nginx_conf(&n);
     let d = TestDaemon::start(&args(&n, &[])).await;
