@@ -93,7 +93,7 @@ spawn_daemon "$bin" \
   --bridge "${tag}br" --bridge-subnet 10.198.0.0/16 \
   --nginx-conf "$dir/nginx.conf" --nginx-stream-config "$dir/stream.conf" \
   --nginx-http-config "$dir/http.conf" --nginx-pid "$dir/nginx.pid" \
-  --https-listen 127.0.0.1:18443 --http-listen 127.0.0.1:18080 \
+  --https-listen 127.0.0.1:18443 --http-listen 127.0.0.1:18080 --raw-listen 127.0.0.1 --nginx-sni-socket "$dir/sni.sock" \
   > "$dir/daemon.log" 2>&1
 for _ in $(seq 100); do
   ip netns exec "$host_ns" curl -sf http://127.0.0.1:8000/health >/dev/null && break

@@ -28,10 +28,19 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// What nginx listens on: `PORT`, `IPV4:PORT` or `[IPV6]:PORT`.
+/// What nginx listens on: a comma-separated list of `PORT`, `IPV4:PORT` or `[IPV6]:PORT`.
 fn parse_listen(s: &str) -> Result<String, String> {
-    let ok = s.parse::<u16>().is_ok_and(|p| p > 0) || s.parse::<std::net::SocketAddr>().is_ok_and(|a| a.port() > 0 && a.to_string() == s);
-    if ok { Ok(s.to_string()) } else { Err(format!("'{s}' must be PORT, IPV4:PORT or [IPV6]:PORT")) }
+    crate::render::Listen::parse_list(s).map(|_| s.to_string())
+}
+
+fn parse_raw_listen(s: &str) -> Result<String, String> {
+    crate::render::parse_addresses(s).map(|_| s.to_string())
+}
+
+/// A path nginx reads unquoted: absolute, of plain characters.
+fn parse_socket_path(s: &str) -> Result<String, String> {
+    let plain = s.starts_with('/') && s.len() <= 100 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-".contains(&b));
+    if plain { Ok(s.to_string()) } else { Err(format!("'{s}' must be an absolute path of at most 100 characters a-z, A-Z, 0-9, '/', '.', '_', '-'")) }
 }
 
 #[derive(Parser, Debug, Clone)]
@@ -77,12 +86,18 @@ pub struct Args {
     /// nginx's pid file, to tell whether it runs (reload) or not (start).
     #[arg(long, default_value = "/run/nginx.pid")]
     pub nginx_pid: PathBuf,
-    /// What the generated HTTPS (stream) server listens on.
-    #[arg(long, default_value = "443", value_parser = parse_listen)]
-    pub https_listen: String,
-    /// What the generated HTTP servers listen on.
-    #[arg(long, default_value = "80", value_parser = parse_listen)]
-    pub http_listen: String,
+    /// What the generated HTTPS (stream) server listens on: comma-separated `PORT` (IPv4), `IPV4:PORT` or `[IPV6]:PORT` [default: 443,[::]:443; only 443 on a host without IPv6].
+    #[arg(long, value_parser = parse_listen)]
+    pub https_listen: Option<String>,
+    /// What the generated HTTP servers listen on, as --https-listen [default: 80,[::]:80; only 80 on a host without IPv6].
+    #[arg(long, value_parser = parse_listen)]
+    pub http_listen: Option<String>,
+    /// Addresses the raw `tcp://PORT` and `udp://PORT` entries are opened on, comma-separated [default: 0.0.0.0,::; only 0.0.0.0 on a host without IPv6].
+    #[arg(long, value_parser = parse_raw_listen)]
+    pub raw_listen: Option<String>,
+    /// Unix socket inside nginx through which HTTPS routes without PROXY protocol pass once some route has it (the entry server then sends the header, this hop drops it).
+    #[arg(long, default_value = "/run/gateway-sni.sock", value_parser = parse_socket_path)]
+    pub nginx_sni_socket: String,
     /// `server_names_hash_bucket_size` written in the HTTP file so long hostnames fit; 0 = leave it to the main nginx config (set it there if your nginx.conf already has one).
     #[arg(long, default_value_t = 512)]
     pub nginx_server_names_hash_bucket_size: u32,
@@ -208,11 +223,19 @@ mod tests {
 
     #[test]
     fn listens() {
-        for ok in ["443", "0.0.0.0:443", "[::]:443", "127.0.0.1:18443"] {
+        for ok in ["443", "0.0.0.0:443", "[::]:443", "127.0.0.1:18443", "443,[::]:443", "10.0.0.1:443,[2001:db8::1]:443"] {
             assert!(parse_listen(ok).is_ok(), "{ok}");
         }
-        for bad in ["0", "443;", "host:443", "1.2.3.4", "443 ssl"] {
+        for bad in ["0", "443;", "host:443", "1.2.3.4", "443 ssl", "", "443,", "443,443", "0443", "+443", " 443", "[::0]:443", "[::]:0"] {
             assert!(parse_listen(bad).is_err(), "{bad}");
+        }
+        assert_eq!(crate::render::parse_addresses("0.0.0.0,::"), Ok(vec![IpAddr::from([0, 0, 0, 0]), IpAddr::from([0u16; 8])]));
+        for bad in ["", "0.0.0.0,", "::,::", "[::]", "010.0.0.1", "0.0.0.0:1", "::0"] {
+            assert!(crate::render::parse_addresses(bad).is_err(), "{bad}");
+        }
+        assert!(parse_socket_path("/run/gateway-sni.sock").is_ok());
+        for bad in ["run/x.sock", "/run/x y.sock", "/run/x;.sock", "/run/{x}.sock", ""] {
+            assert!(parse_socket_path(bad).is_err(), "{bad}");
         }
     }
 
@@ -223,7 +246,7 @@ mod tests {
         let a = Args::try_parse_args_only(["gateway"]).unwrap();
         assert_eq!(a.watchdog, Duration::from_secs(60));
         assert_eq!(a.retention, Duration::from_secs(86400));
-        assert_eq!(a.https_listen, "443");
+        assert_eq!(a.https_listen, None, "both families unless given");
         assert_eq!((a.token, a.database, a.port), (None, None, None), "nothing from the caller's environment");
         assert!(Args::try_parse_args_only(["gateway", "--wireguard-backend", "magic"]).is_err());
     }

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use crate::cli::Args;
 use crate::layout::Layout;
 use crate::metrics::Metrics;
 use crate::observed::ObservedNetwork;
-use crate::render::{NginxFiles, NginxOptions};
+use crate::render::{Listen, NginxFiles, NginxOptions, parse_addresses};
 use crate::spec::{CustomForwarding, Desired, parse_custom_forwardings};
 use crate::store::{ApplyRecord, Store};
 use crate::system::{Backend, Runner, System, SystemPaths, Tools};
@@ -54,6 +55,8 @@ pub struct Settings {
     pub custom: Vec<CustomForwarding>,
     /// Subnets no request may use (the bridge subnet).
     pub reserved: Vec<Cidr>,
+    /// Host ports the gateway uses itself (see `validate::Context::ports`).
+    pub ports: Vec<(u16, String)>,
     pub watchdog: Duration,
     /// None: the API is open (the daemon then listens on loopback only).
     pub token: Option<ApiToken>,
@@ -67,7 +70,7 @@ pub struct Settings {
 
 impl Settings {
     pub fn validation(&self) -> Context<'_> {
-        Context { custom: &self.custom, reserved: &self.reserved }
+        Context { custom: &self.custom, reserved: &self.reserved, ports: &self.ports }
     }
 }
 
@@ -212,6 +215,7 @@ fn system_from(args: &Args, runner: Runner, layout: Layout, backend: Backend, st
         nginx_http: args.nginx_http_config.clone(),
         nginx_conf: args.nginx_conf.clone(),
         nginx_pid: args.nginx_pid.clone(),
+        nginx_sni_socket: args.nginx_sni_socket.clone().into(),
         inotify_max_user_instances: "/proc/sys/fs/inotify/max_user_instances".into(),
     };
     let tools = tools.resolved(&std::env::var("PATH").unwrap_or_default());
@@ -250,6 +254,36 @@ fn read_token_file(path: &std::path::Path) -> anyhow::Result<ApiToken> {
     ApiToken::new(text.trim()).ok_or_else(|| anyhow::anyhow!("token file {shown} is empty"))
 }
 
+/// The nginx settings from the options: listeners default to both address
+/// families, or IPv4 alone on a host without IPv6 (nginx could not bind `[::]`).
+fn nginx_options(args: &Args, ipv6: bool) -> Result<NginxOptions, String> {
+    let listens = |given: &Option<String>, port: u16| match given {
+        Some(list) => Listen::parse_list(list),
+        None => Ok([Listen::Port(port), Listen::Addr(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)))][..1 + usize::from(ipv6)].to_vec()),
+    };
+    let raw_listen = match &args.raw_listen {
+        Some(list) => parse_addresses(list)?,
+        None => [IpAddr::from(Ipv4Addr::UNSPECIFIED), IpAddr::from(Ipv6Addr::UNSPECIFIED)][..1 + usize::from(ipv6)].to_vec(),
+    };
+    Ok(NginxOptions {
+        https_listen: listens(&args.https_listen, 443)?,
+        http_listen: listens(&args.http_listen, 80)?,
+        raw_listen,
+        sni_socket: args.nginx_sni_socket.clone(),
+        server_names_hash_bucket_size: args.nginx_server_names_hash_bucket_size,
+    })
+}
+
+/// Ports of the host the gateway uses itself, with what uses them: no raw
+/// `tcp://`/`udp://` entry may take one.
+fn gateway_ports(nginx: &NginxOptions, api_port: u16, custom: &[CustomForwarding]) -> Vec<(u16, String)> {
+    let mut ports: Vec<(u16, String)> = vec![(api_port, "the API".into())];
+    ports.extend(nginx.https_listen.iter().map(|l| (l.port(), "the HTTPS listener".into())));
+    ports.extend(nginx.http_listen.iter().map(|l| (l.port(), "the HTTP listener".into())));
+    ports.extend(custom.iter().map(|f| (f.upstream.port(), format!("--custom-forwarding {}", f.url))));
+    ports
+}
+
 pub async fn build(args: &Args, runner: Runner) -> anyhow::Result<Daemon> {
     let token = api_token(args)?;
     let port = args.api_port().map_err(anyhow::Error::msg)?;
@@ -277,12 +311,10 @@ pub async fn build(args: &Args, runner: Runner) -> anyhow::Result<Daemon> {
     let mut system = system_from(args, runner.observed_by(metrics.clone()), layout, Backend::Userspace, &store);
     system.backend = Backend::detect(&system.runner, &system.tools, &args.wireguard_backend).await.map_err(anyhow::Error::msg)?;
     let last = store.last_apply().await.context("reading the last apply")?;
+    let nginx = nginx_options(args, crate::system::host_has_ipv6()).map_err(anyhow::Error::msg)?;
     let settings = Settings {
-        nginx: NginxOptions {
-            https_listen: args.https_listen.clone(),
-            http_listen: args.http_listen.clone(),
-            server_names_hash_bucket_size: args.nginx_server_names_hash_bucket_size,
-        },
+        ports: gateway_ports(&nginx, port, &custom),
+        nginx,
         custom,
         reserved: vec![system.layout.bridge_subnet()],
         watchdog: args.watchdog,

@@ -16,7 +16,7 @@ use schemars::r#gen::SchemaGenerator;
 use schemars::schema::Schema;
 use serde::{Deserialize, Serialize};
 
-use schema::{AllowedIp, Endpoint, IntRange, InterfaceAddress, Keyed, ListenPortKey, NonEmpty, ProxyUrl, Upstream, WireGuardKey};
+use schema::{AllowedIp, Endpoint, IntRange, InterfaceAddress, Keyed, ListenPortKey, NonEmpty, ProxyKey, Upstream, WireGuardKey};
 
 /// The whole desired state, keyed by the network's WireGuard listen port.
 pub type GatewayConfig = BTreeMap<String, NetworkConfig>;
@@ -72,7 +72,10 @@ fn example_config() -> serde_json::Value {
             },
             "proxy": {
                 "https://app.example.com": ["10.80.0.2:443"],
-                "http://app.example.com": ["10.80.0.2:80"]
+                "http://app.example.com": ["10.80.0.2:80"],
+                "https://shop.example.com": {"upstreams": ["10.80.0.2:8443"], "proxy_protocol": true},
+                "tcp://2222": {"upstreams": ["10.80.0.2:22"], "proxy_protocol": false},
+                "udp://27015": ["10.80.0.2:27015"]
             }
         }
     })
@@ -115,12 +118,58 @@ pub struct NetworkConfig {
     #[serde(default)]
     #[schemars(with = "Keyed<WireGuardKey, PeerConfig>")]
     pub peers: BTreeMap<String, PeerConfig>,
-    /// `https://HOST` (TLS passthrough by SNI) or `http://HOST` (reverse proxy
-    /// by Host) mapped to upstreams `IP:PORT` inside the network (at most
-    /// 1000 distinct upstreams per network).
+    /// `https://HOST` (TLS passthrough by SNI), `http://HOST` (reverse proxy
+    /// by Host), `tcp://PORT` or `udp://PORT` (a raw port on the gateway
+    /// host) mapped to upstreams `IP:PORT` inside the network (at most 1000
+    /// distinct upstreams per network): a list of upstreams, or an object
+    /// that also asks for a PROXY protocol header (https:// and tcp:// only).
     #[serde(default)]
-    #[schemars(with = "Keyed<ProxyUrl, NonEmpty<Upstream>>")]
-    pub proxy: BTreeMap<String, Vec<String>>,
+    #[schemars(with = "Keyed<ProxyKey, ProxyTarget>")]
+    pub proxy: BTreeMap<String, ProxyTarget>,
+}
+
+/// A proxy entry's value: the list form (no PROXY protocol) or the object
+/// form. Anything else is kept as it came, for `validate` to say exactly
+/// what is wrong with it and where (serde could only say "no variant").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ProxyTarget {
+    Upstreams(Vec<String>),
+    Options(ProxyOptions),
+    Invalid(serde_json::Value),
+}
+
+impl From<Vec<String>> for ProxyTarget {
+    fn from(upstreams: Vec<String>) -> Self {
+        ProxyTarget::Upstreams(upstreams)
+    }
+}
+
+/// The object form of a proxy entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyOptions {
+    #[schemars(with = "NonEmpty<Upstream>")]
+    pub upstreams: Vec<String>,
+    /// Send a PROXY protocol v1 header with the client's address and port
+    /// before the (untouched) stream; `https://` and `tcp://` entries only.
+    /// Default false, as in the list form.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+}
+
+impl JsonSchema for ProxyTarget {
+    fn schema_name() -> String {
+        "ProxyTarget".into()
+    }
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        let mut schema = schemars::schema::SchemaObject::default();
+        schema.subschemas().any_of = Some(vec![generator.subschema_for::<NonEmpty<Upstream>>(), generator.subschema_for::<ProxyOptions>()]);
+        schema.metadata().description = Some(
+            "Upstreams `IPV4:PORT` inside the network: a list (no PROXY protocol), or an object `{\"upstreams\": [...], \"proxy_protocol\": true}`.".into(),
+        );
+        schema.into()
+    }
 }
 
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

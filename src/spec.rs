@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, SocketAddrV4};
 
-use crate::types::{Cidr, Hostname, ProxyUrl, PublicKey, Scheme, SecretKey, parse_upstream};
+use crate::types::{Cidr, Hostname, ProxyUrl, PublicKey, Scheme, SecretKey, Transport, parse_upstream};
 
 pub const DEFAULT_MTU: u32 = 1420;
 
@@ -32,6 +32,19 @@ pub struct NetworkSpec {
     pub peers: BTreeMap<PublicKey, PeerSpec>,
     pub https: BTreeMap<Hostname, Vec<SocketAddrV4>>,
     pub http: BTreeMap<Hostname, Vec<SocketAddrV4>>,
+    /// The `https://` hostnames whose upstreams get a PROXY protocol header.
+    pub proxy_protocol: BTreeSet<Hostname>,
+    /// Raw ports on the gateway host (`tcp://PORT`, `udp://PORT`).
+    pub tcp: BTreeMap<u16, RawRoute>,
+    pub udp: BTreeMap<u16, RawRoute>,
+}
+
+/// Where a raw port of the gateway host goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawRoute {
+    pub upstreams: Vec<SocketAddrV4>,
+    /// TCP only: a PROXY protocol header before the stream.
+    pub proxy_protocol: bool,
 }
 
 impl NetworkSpec {
@@ -45,10 +58,23 @@ impl NetworkSpec {
         set.into_iter().collect()
     }
 
-    /// Distinct upstreams of this network, sorted; each gets a DNAT port.
+    /// Distinct TCP upstreams of this network, sorted; each gets a DNAT port.
     pub fn upstreams(&self) -> Vec<SocketAddrV4> {
-        let set: BTreeSet<SocketAddrV4> = self.https.values().chain(self.http.values()).flatten().copied().collect();
+        let raw = self.tcp.values().flat_map(|r| &r.upstreams);
+        let set: BTreeSet<SocketAddrV4> = self.https.values().chain(self.http.values()).flatten().chain(raw).copied().collect();
         set.into_iter().collect()
+    }
+
+    /// Distinct UDP upstreams, sorted; each gets a DNAT port too (UDP's own
+    /// port space: the same number may serve a TCP upstream).
+    pub fn udp_upstreams(&self) -> Vec<SocketAddrV4> {
+        let set: BTreeSet<SocketAddrV4> = self.udp.values().flat_map(|r| &r.upstreams).copied().collect();
+        set.into_iter().collect()
+    }
+
+    /// The raw ports this network owns on the gateway host.
+    pub fn raw_ports(&self) -> impl Iterator<Item = (Transport, u16)> + '_ {
+        self.tcp.keys().map(|p| (Transport::Tcp, *p)).chain(self.udp.keys().map(|p| (Transport::Udp, *p)))
     }
 
     /// The hostnames this network serves, with their scheme.

@@ -248,7 +248,13 @@ impl FakeHost {
 }
 
 pub fn nginx_options() -> NginxOptions {
-    NginxOptions { https_listen: "443".into(), http_listen: "80".into(), server_names_hash_bucket_size: 512 }
+    NginxOptions {
+        https_listen: vec![crate::render::Listen::Port(443)],
+        http_listen: vec![crate::render::Listen::Port(80)],
+        raw_listen: vec![std::net::Ipv4Addr::UNSPECIFIED.into()],
+        sni_socket: "/run/gateway-sni.sock".into(),
+        server_names_hash_bucket_size: 512,
+    }
 }
 
 /// The nginx files for `desired` with the default layout and options.
@@ -262,6 +268,7 @@ pub async fn shared(system: System) -> Arc<Shared> {
         nginx: nginx_options(),
         custom: vec![],
         reserved: vec![system.layout.bridge_subnet()],
+        ports: vec![(8000, "the API".into()), (443, "the HTTPS listener".into()), (80, "the HTTP listener".into())],
         watchdog: Duration::from_secs(60),
         token: None,
         apply_wait: Duration::from_secs(5),

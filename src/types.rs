@@ -290,6 +290,49 @@ impl fmt::Display for ProxyUrl {
     }
 }
 
+/// The transport of a raw port entry (`tcp://PORT`, `udp://PORT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Transport {
+    Tcp,
+    Udp,
+}
+
+impl Transport {
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Udp => "udp",
+        }
+    }
+}
+
+/// A proxy entry's key: a hostname route (`https://HOST`, `http://HOST`) or
+/// a raw port on the gateway host (`tcp://PORT`, `udp://PORT`, PORT
+/// 1..=65535 in plain decimal).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ProxyKey {
+    Url(ProxyUrl),
+    Raw(Transport, u16),
+}
+
+impl FromStr for ProxyKey {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        for t in [Transport::Tcp, Transport::Udp] {
+            if let Some(port) = s.strip_prefix(t.name()).and_then(|r| r.strip_prefix("://")) {
+                let port = parse_decimal(port)
+                    .filter(|p| (1..=65535).contains(p))
+                    .ok_or_else(|| format!("{}://PORT needs a port 1..=65535 in plain decimal", t.name()))?;
+                return Ok(ProxyKey::Raw(t, port as u16));
+            }
+        }
+        if !s.starts_with("https://") && !s.starts_with("http://") {
+            return Err("key must start with https:// (TLS passthrough by SNI), http:// (reverse proxy by Host), tcp:// or udp:// (a raw port)".into());
+        }
+        s.parse().map(ProxyKey::Url)
+    }
+}
+
 /// An upstream inside a network (or, for custom forwardings, on the host): IPv4:PORT.
 pub fn parse_upstream(s: &str) -> Result<SocketAddrV4, String> {
     let (ip, port) = s.rsplit_once(':').ok_or_else(|| "upstream must be IPV4:PORT, e.g. 10.80.0.2:443".to_string())?;

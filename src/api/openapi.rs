@@ -48,7 +48,9 @@ The schemas give each value its exact form. The server also checks the rules tha
 - an interface address appears once in a network; an allowed IP belongs to one peer of the network;
 - no address, allowed IP or upstream lies inside the gateway's bridge subnet (`--bridge-subnet`, default 10.199.0.0/16);
 - each upstream lies inside its network (one of the network's addresses or a peer's allowed IPs covers it); at most 1000 distinct upstreams per network; no URL is given twice (with and without a trailing `/`);
-- a hostname is served by one network only, whatever the scheme, and not by a `--custom-forwarding`.
+- a hostname is served by one network only, whatever the scheme, and not by a `--custom-forwarding`;
+- `proxy_protocol: true` only on `https://` and `tcp://` entries (nginx cannot send the header to an HTTP reverse proxy's upstream, and PROXY v1 has no UDP form);
+- a `tcp://PORT` or `udp://PORT` port is owned by one network (its `tcp://` and `udp://` may share it) and is none of the gateway's own ports: the HTTPS and HTTP listeners, the API port, a network's WireGuard listen port, a `--custom-forwarding` upstream's port.
 A PATCH is checked as the whole state it would make.";
 
 /// The one step after generation; see the module's documentation.
@@ -184,11 +186,20 @@ mod tests {
         let mtu = &net["properties"]["mtu"];
         assert_eq!((&mtu["minimum"], &mtu["maximum"], &mtu["type"]), (&1280.into(), &9000.into(), &serde_json::json!(["integer", "null"])));
         assert_eq!(net["properties"]["peers"]["propertyNames"]["$ref"], "#/components/schemas/WireGuardKey");
-        assert_eq!(net["properties"]["proxy"]["propertyNames"]["$ref"], "#/components/schemas/ProxyUrl");
-        assert_eq!(net["properties"]["proxy"]["additionalProperties"]["minItems"], 1);
+        assert_eq!(net["properties"]["proxy"]["propertyNames"]["$ref"], "#/components/schemas/ProxyKey");
+        assert_eq!(net["properties"]["proxy"]["additionalProperties"]["$ref"], "#/components/schemas/ProxyTarget");
+        let forms = &schemas["ProxyTarget"]["anyOf"];
+        assert_eq!(forms[0]["minItems"], 1, "the list form: {forms}");
+        assert_eq!(forms[1]["$ref"], "#/components/schemas/ProxyOptions", "the object form: {forms}");
+        let object = &schemas["ProxyOptions"];
+        assert_eq!((&object["additionalProperties"], &object["required"]), (&false.into(), &serde_json::json!(["upstreams"])));
+        assert_eq!(object["properties"]["proxy_protocol"]["type"], "boolean");
+        assert_eq!(object["properties"]["upstreams"]["minItems"], 1);
+        let key = schemas["ProxyKey"]["pattern"].as_str().unwrap();
+        assert!(key.contains("(?:tcp|udp)://"), "{key}");
         assert_eq!(schemas["PeerConfig"]["additionalProperties"], false);
         assert_eq!(net["then"]["properties"]["address"]["contains"]["pattern"], "^[0-9.]+/", "proxy entries need an IPv4 address");
-        for name in ["WireGuardKey", "ListenPortKey", "InterfaceAddress", "AllowedIp", "Endpoint", "ProxyUrl", "Upstream"] {
+        for name in ["WireGuardKey", "ListenPortKey", "InterfaceAddress", "AllowedIp", "Endpoint", "ProxyKey", "Upstream"] {
             assert!(schemas[name]["pattern"].as_str().is_some_and(|p| p.starts_with('^') && p.ends_with('$')), "{name}");
         }
         let partial = &schemas["GatewayConfigPartial"]["additionalProperties"];

@@ -74,10 +74,10 @@ string_type!(
     "`IPV4:PORT` or `[IPV6]:PORT` (an optional scope: `[fe80::1%2]:51820`) in canonical form, port 1..=65535; no hostnames."
 );
 string_type!(
-    /// A proxy key.
-    ProxyUrl,
-    pattern::proxy_url(),
-    "`https://HOST` (TLS passed through, chosen by SNI) or `http://HOST` (reverse proxy by Host), an optional trailing `/`; HOST lowercase RFC 1123, at most 253 characters, no wildcard, port or path. A hostname may be in only one network, whatever the scheme."
+    /// A proxy key of any kind.
+    ProxyKey,
+    pattern::proxy_key(),
+    "`https://HOST` (TLS passed through, chosen by SNI) or `http://HOST` (reverse proxy by Host), an optional trailing `/`; HOST lowercase RFC 1123, at most 253 characters, no wildcard, port or path. A hostname may be in only one network, whatever the scheme. Or `tcp://PORT` / `udp://PORT`: a raw port on the gateway host, 1..=65535 in plain decimal, owned by one network and not used by the gateway itself (HTTPS/HTTP listeners, API, WireGuard listen ports, --custom-forwarding upstreams)."
 );
 string_type!(
     /// A proxy upstream.

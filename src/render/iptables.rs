@@ -19,8 +19,12 @@ pub fn rules(layout: &Layout, spec: &NetworkSpec) -> RuleSet {
     let wg = layout.wg(spec.port);
     let veth_ip = layout.veth_ns_ip(spec.port);
     let mut nat = Vec::new();
-    for (up, port) in layout.dnat_ports(&spec.upstreams()) {
-        nat.push(format!("-A {CHAIN_DNAT} -d {veth_ip}/32 -i {VETH_NS_NAME} -p tcp -m tcp --dport {port} -j DNAT --to-destination {up}"));
+    for (proto, upstreams) in [("tcp", spec.upstreams()), ("udp", spec.udp_upstreams())] {
+        for (up, port) in layout.dnat_ports(&upstreams) {
+            nat.push(format!(
+                "-A {CHAIN_DNAT} -d {veth_ip}/32 -i {VETH_NS_NAME} -p {proto} -m {proto} --dport {port} -j DNAT --to-destination {up}"
+            ));
+        }
     }
     nat.push(format!("-A {CHAIN_SNAT} -o {wg} -j MASQUERADE"));
     // Nodes reach each other and the DNATed ingress; nothing else crosses the

@@ -1,10 +1,10 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::net::SocketAddrV4;
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 
 use crate::layout::Layout;
 use crate::spec::{CustomForwarding, Desired};
-use crate::types::{Hostname, Scheme};
+use crate::types::{Hostname, Scheme, Transport};
 
 /// Where nginx should send one hostname.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,6 +13,18 @@ pub struct Route {
     /// A stable nginx upstream name.
     pub upstream_name: String,
     pub servers: Vec<SocketAddrV4>,
+    /// HTTPS only: the upstreams get a PROXY protocol header.
+    pub proxy_protocol: bool,
+}
+
+/// Where nginx should send one raw port of the gateway host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawRoute {
+    pub transport: Transport,
+    pub port: u16,
+    pub upstream_name: String,
+    pub servers: Vec<SocketAddrV4>,
+    pub proxy_protocol: bool,
 }
 
 /// Everything nginx needs, in typed form.
@@ -21,14 +33,88 @@ pub struct NginxSite {
     pub options: NginxOptions,
     pub https: Vec<Route>,
     pub http: Vec<Route>,
+    /// Sorted by transport, then port.
+    pub raw: Vec<RawRoute>,
+}
+
+/// One address a generated server listens on: `PORT` (nginx reads it as
+/// IPv4 only), `IPV4:PORT` or `[IPV6]:PORT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listen {
+    Port(u16),
+    Addr(SocketAddr),
+}
+
+impl Listen {
+    /// A comma-separated list, each `PORT`, `IPV4:PORT` or `[IPV6]:PORT` in
+    /// canonical form, port 1..=65535, none twice.
+    pub fn parse_list(s: &str) -> Result<Vec<Listen>, String> {
+        let mut out = Vec::new();
+        for item in s.split(',') {
+            let listen = match (item.parse::<u16>(), item.parse::<SocketAddr>()) {
+                (Ok(p), _) if p > 0 && p.to_string() == item => Listen::Port(p),
+                (_, Ok(a)) if a.port() > 0 && a.to_string() == item => Listen::Addr(a),
+                _ => return Err(format!("'{item}' must be PORT, IPV4:PORT or [IPV6]:PORT")),
+            };
+            if out.contains(&listen) {
+                return Err(format!("'{item}' is given twice"));
+            }
+            out.push(listen);
+        }
+        Ok(out)
+    }
+
+    pub fn port(&self) -> u16 {
+        match self {
+            Listen::Port(p) => *p,
+            Listen::Addr(a) => a.port(),
+        }
+    }
+
+    pub fn is_ipv6(&self) -> bool {
+        matches!(self, Listen::Addr(SocketAddr::V6(_)))
+    }
+
+    /// `[::]:PORT`: the one that would also take IPv4 without `ipv6only=on`.
+    fn is_ipv6_wildcard(&self) -> bool {
+        matches!(self, Listen::Addr(SocketAddr::V6(a)) if a.ip().is_unspecified())
+    }
+}
+
+/// Addresses for the raw ports: a comma-separated list of IPs in canonical form.
+pub fn parse_addresses(s: &str) -> Result<Vec<IpAddr>, String> {
+    let mut out = Vec::new();
+    for item in s.split(',') {
+        let ip = item.parse::<IpAddr>().ok().filter(|ip| ip.to_string() == item).ok_or_else(|| format!("'{item}' is not an IP address"))?;
+        if out.contains(&ip) {
+            return Err(format!("'{item}' is given twice"));
+        }
+        out.push(ip);
+    }
+    Ok(out)
+}
+
+impl std::fmt::Display for Listen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Listen::Port(p) => write!(f, "{p}"),
+            Listen::Addr(a) => write!(f, "{a}"),
+        }
+    }
 }
 
 /// Operator settings of the generated nginx config.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NginxOptions {
-    /// `PORT`, `IP:PORT` or `[IPv6]:PORT` (checked at start-up).
-    pub https_listen: String,
-    pub http_listen: String,
+    /// What the HTTPS (SNI) server and the HTTP servers listen on.
+    pub https_listen: Vec<Listen>,
+    pub http_listen: Vec<Listen>,
+    /// The addresses raw `tcp://`/`udp://` ports are opened on.
+    pub raw_listen: Vec<IpAddr>,
+    /// The unix socket through which HTTPS routes without PROXY protocol go
+    /// once some route has it (checked at start-up: an absolute path of
+    /// plain characters).
+    pub sni_socket: String,
     /// Written in the http file so long hostnames fit; 0 leaves it to the
     /// main config (nginx refuses the directive twice).
     pub server_names_hash_bucket_size: u32,
@@ -52,30 +138,41 @@ impl NginxSite {
     pub fn build(layout: &Layout, desired: &Desired, custom: &[CustomForwarding], options: &NginxOptions) -> Self {
         let mut https = Vec::new();
         let mut http = Vec::new();
+        let mut raw = Vec::new();
         for spec in desired.networks.values() {
-            let ports = layout.dnat_ports(&spec.upstreams());
             let veth_ip = layout.veth_ns_ip(spec.port);
-            let to_veth = |servers: &Vec<SocketAddrV4>| -> Vec<SocketAddrV4> {
+            let to_veth = |ports: &BTreeMap<SocketAddrV4, u16>, servers: &[SocketAddrV4]| -> Vec<SocketAddrV4> {
                 servers.iter().filter_map(|u| ports.get(u)).map(|p| SocketAddrV4::new(veth_ip, *p)).collect()
             };
+            let tcp_ports = layout.dnat_ports(&spec.upstreams());
+            let udp_ports = layout.dnat_ports(&spec.udp_upstreams());
             for (scheme, map, out) in [(Scheme::Https, &spec.https, &mut https), (Scheme::Http, &spec.http, &mut http)] {
                 for (i, (host, servers)) in map.iter().enumerate() {
                     let upstream_name = format!("gateway_{}_{}_{i}", scheme.name(), spec.port);
-                    out.push(Route { host: host.clone(), upstream_name, servers: to_veth(servers) });
+                    let proxy_protocol = scheme == Scheme::Https && spec.proxy_protocol.contains(host);
+                    out.push(Route { host: host.clone(), upstream_name, servers: to_veth(&tcp_ports, servers), proxy_protocol });
+                }
+            }
+            for (transport, map, ports) in [(Transport::Tcp, &spec.tcp, &tcp_ports), (Transport::Udp, &spec.udp, &udp_ports)] {
+                for (port, r) in map {
+                    let upstream_name = format!("gateway_{}_{}_{port}", transport.name(), spec.port);
+                    let servers = to_veth(ports, &r.upstreams);
+                    raw.push(RawRoute { transport, port: *port, upstream_name, servers, proxy_protocol: r.proxy_protocol });
                 }
             }
         }
         for (i, f) in custom.iter().enumerate() {
             let out = if f.url.scheme == Scheme::Https { &mut https } else { &mut http };
             let upstream_name = format!("gateway_{}_custom_{i}", f.url.scheme.name());
-            out.push(Route { host: f.url.host.clone(), upstream_name, servers: vec![f.upstream] });
+            out.push(Route { host: f.url.host.clone(), upstream_name, servers: vec![f.upstream], proxy_protocol: false });
         }
         https.sort_by(|a, b| a.host.cmp(&b.host));
         http.sort_by(|a, b| a.host.cmp(&b.host));
-        NginxSite { options: options.clone(), https, http }
+        raw.sort_by_key(|r| (r.transport, r.port));
+        NginxSite { options: options.clone(), https, http, raw }
     }
 
-    /// Which hostnames go where.
+    /// Which hostnames and raw ports go where.
     pub fn routes(&self) -> BTreeMap<String, Vec<SocketAddrV4>> {
         let mut m = BTreeMap::new();
         for (scheme, list) in [(Scheme::Https, &self.https), (Scheme::Http, &self.http)] {
@@ -83,47 +180,116 @@ impl NginxSite {
                 m.insert(format!("{}://{}", scheme.name(), r.host), r.servers.clone());
             }
         }
+        for r in &self.raw {
+            m.insert(format!("{}://{}", r.transport.name(), r.port), r.servers.clone());
+        }
         m
     }
 }
 
 pub(crate) const HEADER: &str = "# Written by gateway. Do not edit: it is rewritten whenever the desired state changes.\n";
 
-fn upstream_block(s: &mut String, indent: &str, r: &Route) {
-    let _ = writeln!(s, "{indent}upstream {} {{", r.upstream_name);
-    for srv in &r.servers {
+fn upstream_block(s: &mut String, indent: &str, name: &str, servers: &[SocketAddrV4]) {
+    let _ = writeln!(s, "{indent}upstream {name} {{");
+    for srv in servers {
         let _ = writeln!(s, "{indent}    server {srv};");
     }
     let _ = writeln!(s, "{indent}}}");
 }
 
-/// The `stream {}` block: HTTPS passed through untouched, chosen by SNI.
+/// `listen` lines for `addresses`, each with `extra` parameters (`udp`,
+/// `proxy_protocol`). `ipv6only=on` keeps `[::]:PORT` from also taking IPv4
+/// next to `PORT`; nginx allows such options once per address, so only
+/// where `with_options` is set.
+fn listen_lines(s: &mut String, indent: &str, addresses: &[Listen], extra: &str, with_options: bool) {
+    for l in addresses {
+        let only = if with_options && l.is_ipv6_wildcard() { " ipv6only=on" } else { "" };
+        let _ = writeln!(s, "{indent}listen {l}{extra}{only};");
+    }
+}
+
+const STREAM_TIMEOUTS: &str = concat!(
+    "        # The first connection may wait for a WireGuard handshake.\n",
+    "        proxy_connect_timeout 10s;\n",
+    "        # Long-lived TLS connections (websockets, streaming) stay open while idle.\n",
+    "        proxy_timeout 1h;\n",
+);
+
+/// The `stream {}` block: HTTPS passed through untouched, chosen by SNI;
+/// then the raw TCP and UDP ports.
 pub fn nginx_stream(site: &NginxSite) -> String {
     let mut s = String::from(HEADER);
     s.push_str("stream {\n");
     // Room for 253-character names and many of them.
     s.push_str("    map_hash_bucket_size 512;\n    map_hash_max_size 65536;\n");
-    s.push_str("    map $ssl_preread_server_name $gateway_backend {\n        default gateway_unknown_host;\n");
-    for r in &site.https {
-        // The leading backslash makes names like `default`, `include` or
-        // `hostnames` plain keys instead of map parameters.
-        let _ = writeln!(s, "        \\{} {};", r.host, r.upstream_name);
+    sni_map(&mut s, "$gateway_backend", "gateway_unknown_host", site.https.iter().map(|r| (&r.host, &r.upstream_name)));
+    let with_pp = site.https.iter().any(|r| r.proxy_protocol);
+    if with_pp {
+        s.push_str("    # Routes with PROXY protocol go straight to their upstreams; the others through the SNI hop, which drops the header.\n");
+        let direct = site.https.iter().filter(|r| r.proxy_protocol).map(|r| (&r.host, &r.upstream_name));
+        sni_map(&mut s, "$gateway_entry", "gateway_sni_hop", direct);
     }
-    s.push_str("    }\n\n");
     s.push_str("    # A name nobody serves: the connection is closed.\n");
     s.push_str("    upstream gateway_unknown_host {\n        server 127.0.0.1:9 down;\n    }\n");
+    if with_pp {
+        let _ = writeln!(s, "    upstream gateway_sni_hop {{\n        server unix:{};\n    }}", site.options.sni_socket);
+    }
     for r in &site.https {
-        upstream_block(&mut s, "    ", r);
+        upstream_block(&mut s, "    ", &r.upstream_name, &r.servers);
     }
     s.push_str("\n    server {\n");
-    let _ = writeln!(s, "        listen {};", site.options.https_listen);
-    s.push_str("        ssl_preread on;\n        proxy_pass $gateway_backend;\n");
-    s.push_str("        # The first connection may wait for a WireGuard handshake.\n");
-    s.push_str("        proxy_connect_timeout 10s;\n");
-    s.push_str("        # Long-lived TLS connections (websockets, streaming) stay open while idle.\n");
-    s.push_str("        proxy_timeout 1h;\n");
-    s.push_str("    }\n}\n");
+    listen_lines(&mut s, "        ", &site.options.https_listen, "", true);
+    s.push_str("        ssl_preread on;\n");
+    if with_pp {
+        s.push_str("        proxy_protocol on;\n        proxy_pass $gateway_entry;\n");
+    } else {
+        s.push_str("        proxy_pass $gateway_backend;\n");
+    }
+    s.push_str(STREAM_TIMEOUTS);
+    s.push_str("    }\n");
+    if with_pp {
+        s.push_str("\n    server {\n");
+        let _ = writeln!(s, "        listen unix:{} proxy_protocol;", site.options.sni_socket);
+        s.push_str("        ssl_preread on;\n        proxy_pass $gateway_backend;\n");
+        s.push_str(STREAM_TIMEOUTS);
+        s.push_str("    }\n");
+    }
+    for r in &site.raw {
+        raw_server(&mut s, site, r);
+    }
+    s.push_str("}\n");
     s
+}
+
+/// A `map` from the SNI name to an upstream name.
+fn sni_map<'a>(s: &mut String, variable: &str, default: &str, routes: impl Iterator<Item = (&'a Hostname, &'a String)>) {
+    let _ = writeln!(s, "    map $ssl_preread_server_name {variable} {{\n        default {default};");
+    for (host, upstream) in routes {
+        // The leading backslash makes names like `default`, `include` or
+        // `hostnames` plain keys instead of map parameters.
+        let _ = writeln!(s, "        \\{host} {upstream};");
+    }
+    s.push_str("    }\n\n");
+}
+
+/// One raw port: its upstream and a server on every raw listen address.
+fn raw_server(s: &mut String, site: &NginxSite, r: &RawRoute) {
+    s.push('\n');
+    upstream_block(s, "    ", &r.upstream_name, &r.servers);
+    s.push_str("    server {\n");
+    let addresses: Vec<Listen> = site.options.raw_listen.iter().map(|ip| Listen::Addr(SocketAddr::new(*ip, r.port))).collect();
+    let extra = if r.transport == Transport::Udp { " udp" } else { "" };
+    listen_lines(s, "        ", &addresses, extra, true);
+    if r.proxy_protocol {
+        s.push_str("        proxy_protocol on;\n");
+    }
+    let _ = writeln!(s, "        proxy_pass {};", r.upstream_name);
+    if r.transport == Transport::Tcp {
+        s.push_str(STREAM_TIMEOUTS);
+    } else {
+        s.push_str("        # A UDP session ends after a minute without datagrams.\n        proxy_timeout 1m;\n");
+    }
+    s.push_str("    }\n");
 }
 
 /// `server {}` blocks included inside `http {}`: reverse proxy by Host.
@@ -136,11 +302,11 @@ pub fn nginx_http(site: &NginxSite) -> String {
         let _ = writeln!(s, "server_names_hash_bucket_size {};", site.options.server_names_hash_bucket_size);
     }
     s.push_str("map $http_upgrade $gateway_connection_upgrade {\n    default upgrade;\n    '' close;\n}\n");
-    for r in &site.http {
+    for (i, r) in site.http.iter().enumerate() {
         s.push('\n');
-        upstream_block(&mut s, "", r);
+        upstream_block(&mut s, "", &r.upstream_name, &r.servers);
         s.push_str("server {\n");
-        let _ = writeln!(s, "    listen {};", site.options.http_listen);
+        listen_lines(&mut s, "    ", &site.options.http_listen, "", i == 0);
         let _ = writeln!(s, "    server_name {};", r.host);
         s.push_str("    location / {\n");
         let _ = writeln!(s, "        proxy_pass http://{};", r.upstream_name);

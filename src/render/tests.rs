@@ -42,9 +42,9 @@ pub fn sample_config() -> GatewayConfig {
         ]
         .into(),
         proxy: [
-            ("https://app.example.com".to_string(), vec!["10.80.0.2:443".to_string(), "10.80.0.3:443".to_string()]),
-            ("http://app.example.com".to_string(), vec!["10.80.0.2:80".to_string()]),
-            ("https://db.example.com".to_string(), vec!["10.80.0.3:443".to_string()]),
+            ("https://app.example.com".to_string(), vec!["10.80.0.2:443".to_string(), "10.80.0.3:443".to_string()].into()),
+            ("http://app.example.com".to_string(), vec!["10.80.0.2:80".to_string()].into()),
+            ("https://db.example.com".to_string(), vec!["10.80.0.3:443".to_string()].into()),
         ]
         .into(),
     };
@@ -54,7 +54,7 @@ pub fn sample_config() -> GatewayConfig {
     other.mtu = None;
     other.peers.clear();
     other.address = vec!["10.81.0.1/24".into()];
-    other.proxy = [("https://other.test".to_string(), vec!["10.81.0.9:8443".to_string()])].into();
+    other.proxy = [("https://other.test".to_string(), vec!["10.81.0.9:8443".to_string()].into())].into();
     [("51820".to_string(), net), ("51821".to_string(), other)].into()
 }
 
@@ -77,7 +77,13 @@ pub fn golden(name: &str, actual: &str) {
 }
 
 fn options() -> NginxOptions {
-    NginxOptions { https_listen: "443".into(), http_listen: "80".into(), server_names_hash_bucket_size: 512 }
+    NginxOptions {
+        https_listen: vec![crate::render::Listen::Port(443)],
+        http_listen: vec![crate::render::Listen::Port(80)],
+        raw_listen: vec![std::net::Ipv4Addr::UNSPECIFIED.into()],
+        sni_socket: "/run/gateway-sni.sock".into(),
+        server_names_hash_bucket_size: 512,
+    }
 }
 
 fn site() -> (Desired, NginxSite) {

@@ -42,6 +42,9 @@ pub struct SystemPaths {
     pub nginx_http: PathBuf,
     pub nginx_conf: PathBuf,
     pub nginx_pid: PathBuf,
+    /// nginx's SNI hop socket: left behind when nginx was killed, it would
+    /// keep a new nginx from starting, so it goes before a start.
+    pub nginx_sni_socket: PathBuf,
     /// `fs.inotify.max_user_instances` (each wireguard-go takes one).
     pub inotify_max_user_instances: PathBuf,
 }
@@ -57,6 +60,7 @@ impl SystemPaths {
             nginx_http: dir.join("http.conf"),
             nginx_conf: dir.join("nginx.conf"),
             nginx_pid: dir.join("nginx.pid"),
+            nginx_sni_socket: dir.join("sni.sock"),
             inotify_max_user_instances: dir.join("max_user_instances"),
         }
     }
@@ -74,4 +78,10 @@ pub struct System {
     pub reader: Arc<dyn nsread::Reader>,
     /// Where links about to be created are recorded (see [`intent`]).
     pub journal: Arc<dyn intent::Journal>,
+}
+
+/// Whether nginx could listen on IPv6 here: a socket bound to `[::]` (a
+/// kernel without IPv6, or booted with `ipv6.disable=1`, refuses it).
+pub fn host_has_ipv6() -> bool {
+    std::net::UdpSocket::bind((std::net::Ipv6Addr::UNSPECIFIED, 0)).is_ok()
 }

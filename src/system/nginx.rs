@@ -66,6 +66,18 @@ impl System {
     /// Checks the config, then starts nginx.
     pub async fn start_nginx(&self) -> Result<(), SysError> {
         self.nginx_test().await?;
+        self.launch_nginx().await
+    }
+
+    /// Starts nginx (not running), first removing the SNI hop socket a
+    /// killed nginx left behind: nginx would fail to bind it again. Only a
+    /// socket is removed, never a file of another kind.
+    async fn launch_nginx(&self) -> Result<(), SysError> {
+        use std::os::unix::fs::FileTypeExt;
+        let stale = &self.paths.nginx_sni_socket;
+        if std::fs::symlink_metadata(stale).is_ok_and(|m| m.file_type().is_socket()) {
+            std::fs::remove_file(stale).map_err(|source| SysError::Write { path: stale.display().to_string(), source })?;
+        }
         self.run(self.tools.nginx(&self.paths.nginx_conf, Vec::<String>::new())).await.map(drop)
     }
 
@@ -108,7 +120,7 @@ impl System {
             self.nginx_test().await?;
             match self.nginx_master() {
                 Some(master) => self.reload_nginx(master).await.map(|()| true),
-                None => self.run(self.tools.nginx(&self.paths.nginx_conf, Vec::<String>::new())).await.map(|_| false),
+                None => self.launch_nginx().await.map(|()| false),
             }
         };
         let result = loaded.await;

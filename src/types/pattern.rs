@@ -166,5 +166,13 @@ pub fn proxy_url() -> String {
     format!("^https?://(?![a-z0-9.-]{{254}})(?!(?:[a-z0-9-]+\\.)*[0-9]+/?$){label}(?:\\.{label})*/?$")
 }
 
+/// Any proxy key: a [`proxy_url`] or a raw port `tcp://PORT` / `udp://PORT`,
+/// PORT 1..=65535.
+pub fn proxy_key() -> String {
+    let url = proxy_url();
+    let url = url.trim_start_matches('^').trim_end_matches('$');
+    format!("^(?:{url}|(?:tcp|udp)://{})$", decimal_range(1, 65535))
+}
+
 #[cfg(test)]
 mod tests;

@@ -8,7 +8,7 @@ mod network;
 #[cfg(test)]
 pub(crate) use network::{check_interface_address, is_ipv4_compatible};
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::model::{ErrorDetail, GatewayConfig};
 use crate::spec::{CustomForwarding, Desired};
@@ -26,6 +26,10 @@ pub struct Context<'a> {
     /// Subnets the gateway uses itself (the bridge): no address, allowed IP or
     /// upstream may fall inside them, or the namespace's route to nginx breaks.
     pub reserved: &'a [Cidr],
+    /// Ports of the gateway host the gateway itself uses (its listeners, the
+    /// API, `--custom-forwarding` upstreams), each with what uses it: no
+    /// `tcp://`/`udp://` entry may take them.
+    pub ports: &'a [(u16, String)],
 }
 
 /// Every problem found, each with its JSON path.
@@ -61,6 +65,8 @@ pub fn validate(config: &GatewayConfig, ctx: &Context<'_>) -> Result<Desired, Ve
     }
     let desired = Desired { networks };
     one_network_per_hostname(&desired, ctx, &mut problems);
+    let wireguard_ports: BTreeSet<u16> = config.keys().filter_map(|k| parse_listen_port(k).ok()).collect();
+    one_owner_per_port(&desired, &wireguard_ports, ctx, &mut problems);
     unique_private_keys(&desired, &mut problems);
     if problems.0.is_empty() { Ok(desired) } else { Err(problems.0) }
 }
@@ -84,6 +90,31 @@ fn one_network_per_hostname(desired: &Desired, ctx: &Context<'_>, problems: &mut
                 None => {
                     owners.insert(host, Some(spec.port));
                 }
+            }
+        }
+    }
+}
+
+/// A raw port belongs to one network (`tcp://53` and `udp://53` of one
+/// network may go together), and never to a port the gateway itself uses:
+/// nginx would fail to bind it, and every route would go down with it.
+fn one_owner_per_port(desired: &Desired, wireguard_ports: &BTreeSet<u16>, ctx: &Context<'_>, problems: &mut Problems) {
+    let mut owners: BTreeMap<u16, u16> = BTreeMap::new();
+    for spec in desired.networks.values() {
+        for (transport, port) in spec.raw_ports() {
+            let taken_by = if let Some((_, what)) = ctx.ports.iter().find(|(p, _)| *p == port) {
+                Some(what.clone())
+            } else if wireguard_ports.contains(&port) {
+                Some(format!("network {port}'s WireGuard listen port"))
+            } else {
+                match *owners.entry(port).or_insert(spec.port) {
+                    owner if owner != spec.port => Some(format!("network {owner}")),
+                    _ => None,
+                }
+            };
+            if let Some(what) = taken_by {
+                let path = key_path(&format!("{}.proxy", key_path("$", &spec.port.to_string())), &format!("{}://{port}", transport.name()));
+                problems.add(path, format!("port {port} is already used by {what}; a port may be used once"));
             }
         }
     }

@@ -5,9 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddrV4};
 
 use super::{Context, MAX_UPSTREAMS, MTU_RANGE, Problems, key_path};
-use crate::model::{NetworkConfig, PeerConfig};
-use crate::spec::{DEFAULT_MTU, NetworkSpec, PeerSpec};
-use crate::types::{Cidr, Hostname, ProxyUrl, PublicKey, Scheme, SecretKey, parse_endpoint, parse_upstream};
+use crate::model::{NetworkConfig, PeerConfig, ProxyTarget};
+use crate::spec::{DEFAULT_MTU, NetworkSpec, PeerSpec, RawRoute};
+use crate::types::{Cidr, Hostname, ProxyKey, ProxyUrl, PublicKey, Scheme, SecretKey, Transport, parse_endpoint, parse_upstream};
 
 pub(super) fn validate_network(
     path: &str,
@@ -31,7 +31,7 @@ pub(super) fn validate_network(
     let addresses = addresses(path, &net.address, ctx, problems);
     let public_key = private_key.as_ref().ok().map(SecretKey::public_key);
     let peers = peers(path, &net.peers, public_key, ctx, problems);
-    let (https, http) = proxy(path, net, &addresses, &peers, ctx, problems);
+    let proxies = proxy(path, net, &addresses, &peers, ctx, problems);
     if problems.count() != before {
         return None;
     }
@@ -42,8 +42,11 @@ pub(super) fn validate_network(
         mtu,
         addresses: addresses.into_iter().collect(),
         peers,
-        https,
-        http,
+        https: proxies.https,
+        http: proxies.http,
+        proxy_protocol: proxies.proxy_protocol,
+        tcp: proxies.tcp,
+        udp: proxies.udp,
     })
 }
 
@@ -182,7 +185,38 @@ fn allowed_ips_have_one_owner(path: &str, peers: &BTreeMap<PublicKey, PeerSpec>,
     }
 }
 
-type Routes = BTreeMap<Hostname, Vec<SocketAddrV4>>;
+/// A network's proxy entries, parsed.
+#[derive(Default)]
+struct Proxies {
+    https: BTreeMap<Hostname, Vec<SocketAddrV4>>,
+    http: BTreeMap<Hostname, Vec<SocketAddrV4>>,
+    proxy_protocol: BTreeSet<Hostname>,
+    tcp: BTreeMap<u16, RawRoute>,
+    udp: BTreeMap<u16, RawRoute>,
+}
+
+impl Proxies {
+    fn is_empty(&self) -> bool {
+        self.https.is_empty() && self.http.is_empty() && self.tcp.is_empty() && self.udp.is_empty()
+    }
+
+    /// Files one entry; false if its key was already given in another spelling.
+    fn insert(&mut self, key: ProxyKey, upstreams: Vec<SocketAddrV4>, proxy_protocol: bool) -> bool {
+        match key {
+            ProxyKey::Url(ProxyUrl { scheme, host }) => {
+                if proxy_protocol {
+                    self.proxy_protocol.insert(host.clone());
+                }
+                let map = if scheme == Scheme::Https { &mut self.https } else { &mut self.http };
+                map.insert(host, upstreams).is_none()
+            }
+            ProxyKey::Raw(t, port) => {
+                let map = if t == Transport::Tcp { &mut self.tcp } else { &mut self.udp };
+                map.insert(port, RawRoute { upstreams, proxy_protocol }).is_none()
+            }
+        }
+    }
+}
 
 fn proxy(
     path: &str,
@@ -191,34 +225,82 @@ fn proxy(
     peers: &BTreeMap<PublicKey, PeerSpec>,
     ctx: &Context<'_>,
     problems: &mut Problems,
-) -> (Routes, Routes) {
-    let mut https = BTreeMap::new();
-    let mut http = BTreeMap::new();
+) -> Proxies {
+    let mut out = Proxies::default();
     let routed =
         |ip: IpAddr| addresses.iter().any(|c| c.contains(ip)) || peers.values().any(|p| p.allowed_ips.iter().any(|c| c.contains(ip)));
-    for (url, ups) in &net.proxy {
-        let upath = key_path(&format!("{path}.proxy"), url);
-        let parsed = url.parse::<ProxyUrl>().map_err(|e| problems.add(upath.clone(), e)).ok();
+    for (key, target) in &net.proxy {
+        let upath = key_path(&format!("{path}.proxy"), key);
+        let parsed = key.parse::<ProxyKey>().map_err(|e| problems.add(upath.clone(), e)).ok();
+        let Some((ups, ups_path, proxy_protocol)) = target_form(&upath, target, problems) else { continue };
         if ups.is_empty() {
-            problems.add(upath.clone(), "at least one upstream IP:PORT is needed");
+            problems.add(ups_path.clone(), "at least one upstream IP:PORT is needed");
         }
         let list: BTreeSet<SocketAddrV4> =
-            ups.iter().enumerate().filter_map(|(i, u)| upstream(&format!("{upath}[{i}]"), u, &routed, ctx, problems)).collect();
-        if let Some(ProxyUrl { scheme, host }) = parsed {
-            let map = if scheme == Scheme::Https { &mut https } else { &mut http };
-            if map.insert(host, list.into_iter().collect()).is_some() {
-                problems.add(upath, "the same URL is given twice (e.g. with and without a trailing '/')");
-            }
+            ups.iter().enumerate().filter_map(|(i, u)| upstream(&format!("{ups_path}[{i}]"), u, &routed, ctx, problems)).collect();
+        let Some(parsed) = parsed else { continue };
+        if proxy_protocol && !matches!(parsed, ProxyKey::Url(ProxyUrl { scheme: Scheme::Https, .. }) | ProxyKey::Raw(Transport::Tcp, _)) {
+            problems.add(format!("{upath}.proxy_protocol"), PROXY_PROTOCOL_ONLY);
+        }
+        if !out.insert(parsed, list.into_iter().collect(), proxy_protocol) {
+            problems.add(upath, "the same URL is given twice (e.g. with and without a trailing '/')");
         }
     }
-    if (!https.is_empty() || !http.is_empty()) && !addresses.iter().any(|c| c.addr.is_ipv4()) {
+    if !out.is_empty() && !addresses.iter().any(|c| c.addr.is_ipv4()) {
         problems.add(format!("{path}.address"), "a network with proxy entries needs an IPv4 address");
     }
-    let distinct: BTreeSet<&SocketAddrV4> = https.values().chain(http.values()).flatten().collect();
+    let raw = out.tcp.values().chain(out.udp.values()).flat_map(|r| &r.upstreams);
+    let distinct: BTreeSet<&SocketAddrV4> = out.https.values().chain(out.http.values()).flatten().chain(raw).collect();
     if distinct.len() > MAX_UPSTREAMS {
         problems.add(format!("{path}.proxy"), format!("{} distinct upstreams; at most {MAX_UPSTREAMS} per network", distinct.len()));
     }
-    (https, http)
+    out
+}
+
+/// nginx can add a PROXY protocol header only in its stream module over TCP:
+/// not to an HTTP reverse proxy's requests, and v1 has no UDP form.
+pub(crate) const PROXY_PROTOCOL_ONLY: &str = "proxy_protocol is only for https:// and tcp:// entries (nginx cannot send the header for http:// or udp://; http:// upstreams get X-Real-IP and X-Forwarded-For)";
+
+/// The upstreams of a proxy value (with their JSON path) and whether it asks
+/// for a PROXY protocol header; a value of neither form is reported in
+/// detail, field by field.
+fn target_form<'t>(path: &str, target: &'t ProxyTarget, problems: &mut Problems) -> Option<(&'t [String], String, bool)> {
+    match target {
+        ProxyTarget::Upstreams(list) => Some((list, path.to_string(), false)),
+        ProxyTarget::Options(o) => Some((&o.upstreams, format!("{path}.upstreams"), o.proxy_protocol)),
+        ProxyTarget::Invalid(value) => {
+            invalid_target(path, value, problems);
+            None
+        }
+    }
+}
+
+fn invalid_target(path: &str, value: &serde_json::Value, problems: &mut Problems) {
+    use serde_json::Value;
+    let strings = |path: &str, items: &[Value], problems: &mut Problems| {
+        for (i, _) in items.iter().enumerate().filter(|(_, v)| !v.is_string()) {
+            problems.add(format!("{path}[{i}]"), "an upstream must be a string IPV4:PORT");
+        }
+    };
+    match value {
+        Value::Array(items) => strings(path, items, problems),
+        Value::Object(fields) => {
+            if !fields.contains_key("upstreams") {
+                problems.add(path, "the object form needs \"upstreams\": a list of IPV4:PORT");
+            }
+            for (name, v) in fields {
+                let fpath = format!("{path}.{name}");
+                match (name.as_str(), v) {
+                    ("upstreams", Value::Array(items)) => strings(&fpath, items, problems),
+                    ("upstreams", _) => problems.add(fpath, "upstreams must be a list of IPV4:PORT"),
+                    ("proxy_protocol", Value::Bool(_)) => {}
+                    ("proxy_protocol", _) => problems.add(fpath, "proxy_protocol must be true or false"),
+                    _ => problems.add(key_path(path, name), "unknown field; the object form has only upstreams and proxy_protocol"),
+                }
+            }
+        }
+        _ => problems.add(path, "must be a list of upstreams IPV4:PORT or an object {\"upstreams\": [...], \"proxy_protocol\": bool}"),
+    }
 }
 
 /// One upstream: `IPV4:PORT`, routed into the network, outside the bridge.

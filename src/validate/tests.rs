@@ -24,8 +24,8 @@ fn net() -> NetworkConfig {
         )]
         .into(),
         proxy: [
-            ("https://app.example.com".to_string(), vec!["10.80.0.2:443".to_string()]),
-            ("http://app.example.com".to_string(), vec!["10.80.0.2:80".to_string()]),
+            ("https://app.example.com".to_string(), vec!["10.80.0.2:443".to_string()].into()),
+            ("http://app.example.com".to_string(), vec!["10.80.0.2:80".to_string()].into()),
         ]
         .into(),
     }
@@ -95,9 +95,9 @@ fn reports_every_problem_with_its_path() {
     n.mtu = Some(100);
     n.listen_port = Some(1);
     n.address.push("10.0.0.1/99".into());
-    n.proxy.insert("ftp://x.test".into(), vec!["10.80.0.2:21".into()]);
-    n.proxy.insert("https://y.test".into(), vec!["192.168.1.1:443".into()]);
-    n.proxy.insert("https://z.test".into(), vec![]);
+    n.proxy.insert("ftp://x.test".into(), vec!["10.80.0.2:21".into()].into());
+    n.proxy.insert("https://y.test".into(), vec!["192.168.1.1:443".into()].into());
+    n.proxy.insert("https://z.test".into(), vec![].into());
     let p = paths(validate(&[("51820".to_string(), n), ("0".to_string(), net())].into(), &Context::default()));
     for want in [
         r#"$["51820"].private_key"#,
@@ -121,7 +121,7 @@ fn hostname_in_one_network_only() {
     let p = paths(validate(&cfg, &Context::default()));
     assert_eq!(p, [r#"$["51821"].proxy["https://app.example.com"]"#, r#"$["51821"].proxy["http://app.example.com"]"#]);
     let custom = parse_custom_forwardings("https://app.example.com=127.0.0.1:8443").unwrap();
-    let p = paths(validate(&one(net()), &Context { custom: &custom, reserved: &[] }));
+    let p = paths(validate(&one(net()), &Context { custom: &custom, ..Default::default() }));
     assert_eq!(p, [r#"$["51820"].proxy["https://app.example.com"]"#, r#"$["51820"].proxy["http://app.example.com"]"#], "both schemes");
 }
 
@@ -189,7 +189,7 @@ fn an_allowed_ip_belongs_to_one_peer() {
 fn one_hostname_one_network_whatever_the_scheme() {
     let mut other = net();
     other.private_key = KEY_C.into();
-    other.proxy = [("http://app.example.com".to_string(), vec!["10.80.0.2:80".to_string()])].into();
+    other.proxy = [("http://app.example.com".to_string(), vec!["10.80.0.2:80".to_string()].into())].into();
     let p = paths(validate(&[("51820".to_string(), net()), ("51821".to_string(), other)].into(), &Context::default()));
     assert_eq!(p, vec![r#"$["51821"].proxy["http://app.example.com"]"#.to_string()]);
 }
@@ -197,7 +197,7 @@ fn one_hostname_one_network_whatever_the_scheme() {
 #[test]
 fn same_url_twice_and_proxy_needs_ipv4() {
     let mut n = net();
-    n.proxy.insert("https://app.example.com/".into(), vec!["10.80.0.2:443".into()]);
+    n.proxy.insert("https://app.example.com/".into(), vec!["10.80.0.2:443".into()].into());
     let e = validate(&one(n), &Context::default()).expect_err("same URL twice");
     assert!(e[0].message.contains("given twice"), "{e:?}");
     let mut n = net();
@@ -214,7 +214,7 @@ fn same_url_twice_and_proxy_needs_ipv4() {
 #[test]
 fn addresses_must_be_global_unique_and_outside_the_bridge() {
     let bridge = ["10.199.0.0/16".parse().unwrap()];
-    let ctx = Context { custom: &[], reserved: &bridge };
+    let ctx = Context { reserved: &bridge, ..Default::default() };
     for (bad, why) in [
         ("127.0.0.2/8", "global"),
         ("169.254.1.1/16", "global"),
@@ -242,7 +242,7 @@ fn addresses_must_be_global_unique_and_outside_the_bridge() {
     assert!(validate(&one(n), &ctx).is_err(), "allowed IP inside the bridge subnet");
     let mut n = net();
     n.peers.get_mut(KEY_B).unwrap().allowed_ips.push("0.0.0.0/0".into());
-    n.proxy.insert("https://x.test".into(), vec!["10.199.0.1:443".into()]);
+    n.proxy.insert("https://x.test".into(), vec!["10.199.0.1:443".into()].into());
     let e = validate(&one(n.clone()), &ctx).expect_err("upstream in the bridge");
     assert_eq!(e.len(), 1, "a default route is fine, the upstream is not: {e:?}");
     n.proxy.remove("https://x.test");
@@ -252,7 +252,7 @@ fn addresses_must_be_global_unique_and_outside_the_bridge() {
 #[test]
 fn upstreams_must_be_inside_the_network() {
     let mut n = net();
-    n.proxy.insert("https://lan.test".into(), vec!["192.168.7.5:443".into()]);
+    n.proxy.insert("https://lan.test".into(), vec!["192.168.7.5:443".into()].into());
     assert_eq!(paths(validate(&one(n.clone()), &Context::default())), [r#"$["51820"].proxy["https://lan.test"][0]"#]);
     n.peers.get_mut(KEY_B).unwrap().allowed_ips.push("192.168.7.0/24".into());
     assert!(validate(&one(n), &Context::default()).is_ok(), "a peer's allowed IPs route it");
@@ -266,9 +266,9 @@ fn private_keys_unique_and_upstreams_bounded() {
     assert_eq!(p, vec![r#"$["51821"].private_key"#.to_string()]);
     let upstreams = |count: usize| -> Vec<String> { (0..count).map(|i| format!("10.80.{}.{}:443", i / 250, i % 250 + 2)).collect() };
     let mut n = net();
-    n.proxy = [("https://many.test".to_string(), upstreams(MAX_UPSTREAMS + 1))].into();
+    n.proxy = [("https://many.test".to_string(), upstreams(MAX_UPSTREAMS + 1).into())].into();
     assert_eq!(paths(validate(&one(n.clone()), &Context::default())), vec![r#"$["51820"].proxy"#.to_string()]);
-    n.proxy = [("https://many.test".to_string(), upstreams(MAX_UPSTREAMS))].into();
+    n.proxy = [("https://many.test".to_string(), upstreams(MAX_UPSTREAMS).into())].into();
     assert!(validate(&one(n), &Context::default()).is_ok(), "exactly the maximum is fine");
 }
 
@@ -296,7 +296,7 @@ pub(crate) fn thousand_networks() -> GatewayConfig {
                     (key(i, p), peer)
                 })
                 .collect();
-            n.proxy = [(format!("https://svc{i}.test"), vec!["10.80.0.2:443".to_string()])].into();
+            n.proxy = [(format!("https://svc{i}.test"), vec!["10.80.0.2:443".to_string()].into())].into();
             ((20000 + i).to_string(), n)
         })
         .collect()
@@ -319,4 +319,112 @@ fn an_invalid_network_is_left_out_of_the_checks_across_networks() {
     good.private_key = KEY_C.into();
     let p = paths(validate(&[("51820".to_string(), bad), ("51821".to_string(), good)].into(), &Context::default()));
     assert_eq!(p, [r#"$["51820"].mtu"#]);
+}
+
+/// A proxy map from JSON, for the forms a struct literal cannot write.
+fn proxy_json(v: serde_json::Value) -> std::collections::BTreeMap<String, crate::model::ProxyTarget> {
+    serde_json::from_value(v).expect("a JSON object")
+}
+
+fn details(r: Result<Desired, Vec<ErrorDetail>>) -> Vec<(String, String)> {
+    r.expect_err("should be rejected").into_iter().map(|d| (d.path, d.message)).collect()
+}
+
+#[test]
+fn object_form_raw_ports_and_proxy_protocol() {
+    let mut n = net();
+    n.proxy.extend(proxy_json(serde_json::json!({
+        "https://pp.example.com": {"upstreams": ["10.80.0.2:8443"], "proxy_protocol": true},
+        "https://plain.example.com": {"upstreams": ["10.80.0.2:443"]},
+        "tcp://2222": {"upstreams": ["10.80.0.2:22"], "proxy_protocol": true},
+        "tcp://53": ["10.80.0.2:53"],
+        "udp://53": ["10.80.0.2:53"],
+        "udp://27015": {"upstreams": ["10.80.0.2:27015"], "proxy_protocol": false},
+    })));
+    let d = validate(&one(n), &Context::default()).unwrap();
+    let spec = &d.networks[&51820];
+    let pp: Vec<String> = spec.proxy_protocol.iter().map(ToString::to_string).collect();
+    assert_eq!(pp, ["pp.example.com"], "only where asked; the list form and a missing field mean false");
+    assert_eq!(spec.https.len(), 3);
+    assert_eq!((spec.tcp.keys().collect::<Vec<_>>(), spec.udp.keys().collect::<Vec<_>>()), (vec![&53, &2222], vec![&53, &27015]));
+    assert!(spec.tcp[&2222].proxy_protocol && !spec.tcp[&53].proxy_protocol);
+    assert!(spec.upstreams().iter().any(|u| u.port() == 22) && !spec.upstreams().iter().any(|u| u.port() == 27015), "TCP upstreams");
+    assert_eq!(spec.udp_upstreams().iter().map(|u| u.port()).collect::<Vec<_>>(), [53, 27015]);
+}
+
+#[test]
+fn new_forms_are_refused_with_their_paths() {
+    let mut n = net();
+    n.proxy.extend(proxy_json(serde_json::json!({
+        "http://h.example.com": {"upstreams": ["10.80.0.2:80"], "proxy_protocol": true},
+        "udp://5000": {"upstreams": ["10.80.0.2:5000"], "proxy_protocol": true},
+        "https://a.example.com": {"upstreams": ["10.80.0.2:443"], "proxy_protocol": "yes"},
+        "https://b.example.com": {"upstreams": ["10.80.0.2:443"], "extra": 1},
+        "https://c.example.com": {"proxy_protocol": true},
+        "https://d.example.com": {"upstreams": []},
+        "https://e.example.com": {"upstreams": "10.80.0.2:443"},
+        "https://f.example.com": ["10.80.0.2:443", 7],
+        "https://g.example.com": 42,
+        "tcp://0": ["10.80.0.2:1"],
+        "tcp://080": ["10.80.0.2:1"],
+        "tcp://+81": ["10.80.0.2:1"],
+        "tcp://65536": ["10.80.0.2:1"],
+        "udp:// 82": ["10.80.0.2:1"],
+        "sctp://83": ["10.80.0.2:1"],
+        "tcp://84": {"upstreams": ["10.80.0.2:x"]},
+    })));
+    let got = details(validate(&one(n), &Context::default()));
+    let p = |k: &str, tail: &str| format!(r#"$["51820"].proxy["{k}"]{tail}"#);
+    for (want, says) in [
+        (p("http://h.example.com", ".proxy_protocol"), "only for https:// and tcp://"),
+        (p("udp://5000", ".proxy_protocol"), "only for https:// and tcp://"),
+        (p("https://a.example.com", ".proxy_protocol"), "true or false"),
+        (p("https://b.example.com", r#"["extra"]"#), "unknown field"),
+        (p("https://c.example.com", ""), "needs \"upstreams\""),
+        (p("https://d.example.com", ".upstreams"), "at least one upstream"),
+        (p("https://e.example.com", ".upstreams"), "must be a list"),
+        (p("https://f.example.com", "[1]"), "must be a string"),
+        (p("https://g.example.com", ""), "a list of upstreams IPV4:PORT or an object"),
+        (p("tcp://0", ""), "1..=65535"),
+        (p("tcp://080", ""), "plain decimal"),
+        (p("tcp://+81", ""), "plain decimal"),
+        (p("tcp://65536", ""), "1..=65535"),
+        (p("udp:// 82", ""), "plain decimal"),
+        (p("sctp://83", ""), "tcp:// or udp://"),
+        (p("tcp://84", ".upstreams[0]"), "upstream port"),
+    ] {
+        assert!(got.iter().any(|(path, m)| *path == want && m.contains(says)), "no {want}: ...{says}... in {got:#?}");
+    }
+    assert_eq!(got.len(), 16, "one problem each: {got:#?}");
+}
+
+#[test]
+fn a_raw_port_has_one_owner_and_is_none_of_the_gateways_own() {
+    let raw = |n: &mut NetworkConfig, v: serde_json::Value| n.proxy = proxy_json(v);
+    let mut a = net();
+    raw(&mut a, serde_json::json!({"tcp://7000": ["10.80.0.2:7"], "udp://7000": ["10.80.0.2:7"]}));
+    let mut b = net();
+    b.private_key = KEY_C.into();
+    raw(&mut b, serde_json::json!({"udp://7000": ["10.80.0.2:7"], "udp://51820": ["10.80.0.2:7"], "tcp://443": ["10.80.0.2:7"]}));
+    assert!(validate(&one(a.clone()), &Context::default()).is_ok(), "tcp:// and udp:// of one port in one network");
+    let ports = [(443, "the HTTPS listener".to_string())];
+    let ctx = Context { ports: &ports, ..Default::default() };
+    let mut got = details(validate(&[("51820".to_string(), a), ("51821".to_string(), b)].into(), &ctx));
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            (r#"$["51821"].proxy["tcp://443"]"#.into(), "port 443 is already used by the HTTPS listener; a port may be used once".into()),
+            (r#"$["51821"].proxy["udp://51820"]"#.into(), "port 51820 is already used by network 51820's WireGuard listen port; a port may be used once".into()),
+            (r#"$["51821"].proxy["udp://7000"]"#.into(), "port 7000 is already used by network 51820; a port may be used once".into()),
+        ]
+    );
+}
+
+#[test]
+fn list_form_unchanged() {
+    let json = serde_json::json!({"https://app.example.com": ["10.80.0.2:443"]});
+    let map = proxy_json(json.clone());
+    assert!(matches!(map["https://app.example.com"], crate::model::ProxyTarget::Upstreams(_)));
+    assert_eq!(serde_json::to_value(&map).unwrap(), json, "stored and shown as given");
 }

@@ -33,6 +33,8 @@ RULES_SPANNING_VALUES = [
         r"^\d+ distinct upstreams; at most \d+ per network$",
         r"^the same URL is given twice \(e\.g\. with and without a trailing '/'\)$",
         r" is already served by (network \d+|a --custom-forwarding); a hostname may be in only one network$",
+        r"^proxy_protocol is only for https:// and tcp:// entries ",
+        r"^port \d+ is already used by .+; a port may be used once$",
     ]
 ]
 

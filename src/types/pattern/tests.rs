@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use fancy_regex::Regex;
 
 use super::*;
-use crate::types::{Cidr, ProxyUrl, PublicKey, parse_endpoint, parse_listen_port, parse_upstream};
+use crate::types::{Cidr, ProxyKey, ProxyUrl, PublicKey, parse_endpoint, parse_listen_port, parse_upstream};
 use crate::validate::{check_interface_address, is_ipv4_compatible};
 
 struct Rng(u64);
@@ -226,4 +226,19 @@ fn proxy_urls() {
     corpus.push(format!("https://{}a.b", "a".repeat(63)));
     let accepted = agrees(&proxy_url(), &corpus, |s| s.parse::<ProxyUrl>().is_ok());
     assert!(accepted > 100, "{accepted}");
+}
+
+#[test]
+fn proxy_keys() {
+    let mut rng = Rng(0x7070_1234_cdcd_0202);
+    let ports = ["0", "1", "22", "65535", "65536", "080", "+80", "-1", " 80", "80 ", "", "99999", "1e3", "443/"];
+    let hosts = ["app.example.com", "a", "A.b", "x/"];
+    let mut corpus = Vec::new();
+    for _ in 0..3000 {
+        let scheme = rng.pick(&["tcp://", "udp://", "https://", "http://", "TCP://", "sctp://", "tcp:/", ""]);
+        let tail = if rng.below(2) == 0 { *rng.pick(&ports) } else { *rng.pick(&hosts) };
+        corpus.push(format!("{scheme}{tail}"));
+    }
+    let accepted = agrees(&proxy_key(), &corpus, |s| s.parse::<ProxyKey>().is_ok());
+    assert!(accepted > 300, "{accepted}");
 }
