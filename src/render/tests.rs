@@ -1,5 +1,7 @@
 use super::nginx::HEADER;
 use super::*;
+use std::collections::BTreeMap;
+
 use crate::layout::Layout;
 use crate::model::{GatewayConfig, NetworkConfig, PeerConfig};
 use crate::spec::{Desired, parse_custom_forwardings};
@@ -137,10 +139,65 @@ fn nginx_and_nat_agree_on_ports() {
     assert_eq!(routes["https://api.example.com"], ["127.0.0.1:8443".parse().unwrap()], "custom forwardings go straight to their upstream");
 }
 
+/// The sample with the new forms: PROXY protocol on one HTTPS route, raw
+/// TCP (one with PROXY protocol) and UDP ports; listeners on both families.
+fn ingress_site() -> (Desired, NginxSite) {
+    let mut config = sample_config();
+    let extra: BTreeMap<String, crate::model::ProxyTarget> = serde_json::from_value(serde_json::json!({
+        "https://db.example.com": {"upstreams": ["10.80.0.3:443"], "proxy_protocol": true},
+        "tcp://2222": {"upstreams": ["10.80.0.2:22"], "proxy_protocol": true},
+        "tcp://5432": ["10.80.0.3:5432"],
+        "udp://27015": ["10.80.0.2:27015", "10.80.0.3:27015"],
+    }))
+    .unwrap();
+    config.get_mut("51820").unwrap().proxy.extend(extra);
+    let d = validate(&config, &Context::default()).expect("valid");
+    let mut opts = options();
+    opts.https_listen = Listen::parse_list("443,[::]:443").unwrap();
+    opts.http_listen = Listen::parse_list("80,[::]:80").unwrap();
+    opts.raw_listen = parse_addresses("0.0.0.0,::").unwrap();
+    let site = NginxSite::build(&Layout::default(), &d, &[], &opts);
+    (d, site)
+}
+
+#[test]
+fn golden_ingress() {
+    let (d, site) = ingress_site();
+    golden("nginx-stream-ingress.conf", &nginx_stream(&site));
+    golden("nginx-http-dual-stack.conf", &nginx_http(&site));
+    golden("iptables-51820-raw.rules", &iptables_restore(&rules(&Layout::default(), &d.networks[&51820]), &[]));
+    let http = nginx_http(&site);
+    assert_eq!(http.matches("ipv6only=on").count(), 1, "nginx takes listen options once per address: {http}");
+    assert_eq!(http.matches("listen [::]:80").count(), site.http.len());
+}
+
+#[test]
+fn raw_ports_and_their_dnat_rules_agree() {
+    let (d, site) = ingress_site();
+    let layout = Layout::default();
+    let rs = rules(&layout, &d.networks[&51820]);
+    assert_eq!(site.raw.iter().map(|r| (r.transport.name(), r.port)).collect::<Vec<_>>(), [("tcp", 2222), ("tcp", 5432), ("udp", 27015)]);
+    for r in &site.raw {
+        assert!(!r.servers.is_empty());
+        for srv in &r.servers {
+            let proto = r.transport.name();
+            let rule = format!("-d {}/32 -i gw-uplink -p {proto} -m {proto} --dport {} -j DNAT", srv.ip(), srv.port());
+            assert!(rs.nat.iter().any(|l| l.contains(&rule)), "{srv} ({proto}) has no DNAT rule in {:?}", rs.nat);
+        }
+    }
+    let without_pp = site.https.iter().filter(|r| !r.proxy_protocol).count();
+    assert_eq!(without_pp, 2, "app and other go through the hop");
+    let stream = nginx_stream(&site);
+    assert!(stream.contains("listen unix:/run/gateway-sni.sock proxy_protocol;"), "{stream}");
+    let mut plain = site.clone();
+    plain.https.iter_mut().for_each(|r| r.proxy_protocol = false);
+    let stream = nginx_stream(&plain);
+    assert!(!stream.contains("proxy_protocol on;\n        proxy_pass $gateway_entry") && !stream.contains("gateway_sni_hop"), "no hop without PROXY protocol routes");
+}
+
 // Round trips: what the renderers write, read back by a parser (our own, or
 // the real tool's output captured from a converged gateway), equals the spec.
 
-use std::collections::BTreeMap;
 use std::net::{SocketAddr, SocketAddrV4};
 
 use crate::system::parse::parse_iptables_save;
