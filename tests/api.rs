@@ -375,3 +375,53 @@ async fn concurrent_patches_lose_no_update() {
     let ports: Vec<&String> = cfg["config"].as_object().unwrap().keys().collect();
     assert_eq!(ports.len(), 8, "lost updates: {ports:?}");
 }
+
+/// Each new form of a proxy entry, bad, gets a 422 naming its JSON path;
+/// good, it is stored as given (the list form unchanged).
+#[tokio::test]
+async fn ingress_forms_are_checked_with_their_paths() {
+    let c = client(&["--token", "s3cret", "--custom-forwarding", "https://api.test=127.0.0.1:8443"]).await;
+    // Each value's own form, then (in a config otherwise valid: rules that
+    // span values are checked on valid networks) the ports.
+    let forms = [
+        ("https://pp.test", json!({"upstreams": ["10.80.0.2:443"], "proxy_protocol": "yes"})),
+        ("https://extra.test", json!({"upstreams": ["10.80.0.2:443"], "weight": 2})),
+        ("http://h.test", json!({"upstreams": ["10.80.0.2:80"], "proxy_protocol": true})),
+        ("udp://5000", json!({"upstreams": ["10.80.0.2:5000"], "proxy_protocol": true})),
+        ("tcp://080", json!(["10.80.0.2:22"])),
+        ("tcp://0", json!(["10.80.0.2:22"])),
+        ("tcp://2222", json!({"upstreams": ["10.80.0.2:22;"]})),
+    ];
+    let ports = ["tcp://443", "tcp://80", "tcp://8000", "tcp://8443", "udp://51821"].map(|k| (k, json!(["10.80.0.2:22"])));
+    let mut got: Vec<(String, String)> = Vec::new();
+    for entries in [&forms[..], &ports[..]] {
+        let mut bad = net(KEY1, "a.test");
+        for (key, value) in entries {
+            bad["proxy"][*key] = value.clone();
+        }
+        let mut other = net(KEY2, "b.test");
+        other["proxy"]["udp://2222"] = json!(["10.80.0.2:22"]);
+        if entries.len() == ports.len() {
+            bad["proxy"]["tcp://2222"] = json!(["10.80.0.2:22"]);
+        }
+        let body = json!({ "51820": bad, "51821": other }).to_string();
+        let (s, v) = call(&c, Method::Post, "/api/v1/config.json", token(), Some(&body)).await;
+        assert_eq!(s, Status::UnprocessableEntity, "{v}");
+        assert_error_shape(&v, "invalid_config");
+        got.extend(v["details"].as_array().unwrap().iter().map(|d| (d["path"].to_string(), d["message"].to_string())));
+    }
+    let p = |net: &str, key: &str, tail: &str| json!(format!(r#"$["{net}"].proxy["{key}"]{tail}"#)).to_string();
+    let (_, cfg) = call(&c, Method::Get, "/api/v1/config.json", token(), None).await;
+    assert_eq!(cfg["generation"], 0, "nothing stored");
+
+    let mut good = net(KEY1, "a.test");
+    good["proxy"]["https://pp.test"] = json!({"upstreams": ["10.80.0.2:8443"], "proxy_protocol": true});
+    good["proxy"]["tcp://2222"] = json!({"upstreams": ["10.80.0.2:22"]});
+    good["proxy"]["udp://2222"] = json!(["10.80.0.2:22"]);
+    let body = json!({ "51820": good.clone() }).to_string();
+    let (s, v) = call(&c, Method::Post, "/api/v1/config.json", token(), Some(&body)).await;
+    assert!(s == Status::Ok || s == Status::Accepted, "{s}: {v}");
+    let (_, cfg) = call(&c, Method::Get, "/api/v1/config.json", token(), None).await;
+    good["proxy"]["tcp://2222"]["proxy_protocol"] = json!(false);
+    assert_eq!(cfg["config"]["51820"]["proxy"], good["proxy"], "stored as given, the list form as a list");
+}
