@@ -278,6 +278,8 @@ pub fn arg_list(n: &Names, extra: &[&str]) -> Vec<String> {
         n.https_port().to_string(),
         "--http-listen".into(),
         n.http_port().to_string(),
+        "--nginx-sni-socket".into(),
+        n.dir.join("sni.sock").display().to_string(),
     ]);
     if !extra.iter().any(|e| e.starts_with("--watchdog")) {
         v.push("--watchdog=1h".into());
@@ -431,7 +433,7 @@ pub fn start_node(n: &Names, host: &str, gateway_public: &str, gateway_port: u16
     let listen_port = 51900;
     sh(&format!(
         "openssl req -x509 -newkey rsa:2048 -nodes -keyout {d}/node.key -out {d}/node.crt -days 1 \
-         -subj /CN={host} -addext subjectAltName=DNS:{host} 2>/dev/null"
+         -subj /CN={host} -addext subjectAltName=DNS:{host},DNS:pp.{host} 2>/dev/null"
     ));
     sh(&format!("ip netns add {ns} && ip -n {ns} link set lo up"));
     sh(&format!("ip link add {k}nh type veth peer name eth0 netns {ns}"));
