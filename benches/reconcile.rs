@@ -43,7 +43,7 @@ fn config() -> GatewayConfig {
                     )
                 })
                 .collect();
-            let proxy = [(format!("https://svc{n}.example.com"), vec!["10.80.0.2:443".to_string()])].into();
+            let proxy = [(format!("https://svc{n}.example.com"), vec!["10.80.0.2:443".to_string()].into())].into();
             let net =
                 NetworkConfig { private_key: key(n, 0), listen_port: None, mtu: None, address: vec!["10.80.0.1/16".into()], peers, proxy };
             ((51000 + n).to_string(), net)

@@ -40,7 +40,11 @@ fn parse_raw_listen(s: &str) -> Result<String, String> {
 /// A path nginx reads unquoted: absolute, of plain characters.
 fn parse_socket_path(s: &str) -> Result<String, String> {
     let plain = s.starts_with('/') && s.len() <= 100 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-".contains(&b));
-    if plain { Ok(s.to_string()) } else { Err(format!("'{s}' must be an absolute path of at most 100 characters a-z, A-Z, 0-9, '/', '.', '_', '-'")) }
+    if plain {
+        Ok(s.to_string())
+    } else {
+        Err(format!("'{s}' must be an absolute path of at most 100 characters a-z, A-Z, 0-9, '/', '.', '_', '-'"))
+    }
 }
 
 #[derive(Parser, Debug, Clone)]

@@ -340,6 +340,24 @@ pub async fn build(args: &Args, runner: Runner) -> anyhow::Result<Daemon> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn listeners_default_to_both_families_or_ipv4_alone_without_ipv6() {
+        let a = Args::try_parse_args_only(["gateway"]).unwrap();
+        let both = nginx_options(&a, true).unwrap();
+        let text = |l: &[Listen]| l.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+        assert_eq!((text(&both.https_listen), text(&both.http_listen)), ("443,[::]:443".into(), "80,[::]:80".into()));
+        assert_eq!(both.raw_listen, [IpAddr::from(Ipv4Addr::UNSPECIFIED), IpAddr::from(Ipv6Addr::UNSPECIFIED)]);
+        let v4 = nginx_options(&a, false).unwrap();
+        assert_eq!((text(&v4.https_listen), text(&v4.http_listen)), ("443".into(), "80".into()), "a host without IPv6 still works");
+        assert_eq!(v4.raw_listen, [IpAddr::from(Ipv4Addr::UNSPECIFIED)]);
+        let given = Args::try_parse_args_only(["gateway", "--https-listen=[::]:8443", "--raw-listen=127.0.0.1"]).unwrap();
+        let o = nginx_options(&given, false).unwrap();
+        assert_eq!((text(&o.https_listen), o.raw_listen), ("[::]:8443".into(), vec![IpAddr::from(Ipv4Addr::LOCALHOST)]), "given: as given");
+        let ports: Vec<u16> =
+            gateway_ports(&both, 8000, &parse_custom_forwardings("https://a.test=127.0.0.1:9443").unwrap()).iter().map(|p| p.0).collect();
+        assert_eq!(ports, [8000, 443, 443, 80, 80, 9443]);
+    }
+
     #[tokio::test]
     async fn open_api_only_on_loopback() {
         let a = Args::try_parse_args_only(["gateway", "--port=8000", "--address", "0.0.0.0", "--wireguard-backend", "userspace"]).unwrap();

@@ -327,7 +327,10 @@ impl FromStr for ProxyKey {
             }
         }
         if !s.starts_with("https://") && !s.starts_with("http://") {
-            return Err("key must start with https:// (TLS passthrough by SNI), http:// (reverse proxy by Host), tcp:// or udp:// (a raw port)".into());
+            return Err(
+                "key must start with https:// (TLS passthrough by SNI), http:// (reverse proxy by Host), tcp:// or udp:// (a raw port)"
+                    .into(),
+            );
         }
         s.parse().map(ProxyKey::Url)
     }

@@ -411,6 +411,24 @@ async fn ingress_forms_are_checked_with_their_paths() {
         got.extend(v["details"].as_array().unwrap().iter().map(|d| (d["path"].to_string(), d["message"].to_string())));
     }
     let p = |net: &str, key: &str, tail: &str| json!(format!(r#"$["{net}"].proxy["{key}"]{tail}"#)).to_string();
+    for (want, says) in [
+        (p("51820", "https://pp.test", ".proxy_protocol"), "true or false"),
+        (p("51820", "https://extra.test", r#"["weight"]"#), "unknown field"),
+        (p("51820", "http://h.test", ".proxy_protocol"), "only for https:// and tcp://"),
+        (p("51820", "udp://5000", ".proxy_protocol"), "only for https:// and tcp://"),
+        (p("51820", "tcp://080", ""), "plain decimal"),
+        (p("51820", "tcp://0", ""), "1..=65535"),
+        (p("51820", "tcp://2222", ".upstreams[0]"), "upstream"),
+        (p("51820", "tcp://443", ""), "the HTTPS listener"),
+        (p("51820", "tcp://80", ""), "the HTTP listener"),
+        (p("51820", "tcp://8000", ""), "the API"),
+        (p("51820", "tcp://8443", ""), "--custom-forwarding https://api.test"),
+        (p("51820", "udp://51821", ""), "network 51821's WireGuard listen port"),
+        (p("51821", "udp://2222", ""), "network 51820"),
+    ] {
+        assert!(got.iter().any(|(path, m)| *path == want && m.contains(says)), "no {want}: ...{says}... in {got:#?}");
+    }
+    assert_eq!(got.len(), 13, "one problem each: {got:#?}");
     let (_, cfg) = call(&c, Method::Get, "/api/v1/config.json", token(), None).await;
     assert_eq!(cfg["generation"], 0, "nothing stored");
 

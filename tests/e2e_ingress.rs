@@ -90,7 +90,10 @@ async fn proxy_protocol_carries_the_client_address_over_both_families() {
     // node's own certificate), the header outside it.
     let (gw4, client4) = (n.client_gw_ip(), n.client_ip());
     let (ok, out) = https_get(n, &t.node, "pp.app.test", &gw4);
-    assert!(ok && out.starts_with(&format!("node-pp header=PROXY TCP4 {client4} {gw4} ")) && out.trim_end().ends_with(&format!(" {hp}")), "{out}");
+    assert!(
+        ok && out.starts_with(&format!("node-pp header=PROXY TCP4 {client4} {gw4} ")) && out.trim_end().ends_with(&format!(" {hp}")),
+        "{out}"
+    );
     // A route without it goes through the SNI hop, which drops the header:
     // the node's plain TLS server would fail the handshake on one.
     let (ok, out) = https_get(n, &t.node, "app.test", &gw4);

@@ -112,7 +112,8 @@ async fn links_routes_rules_and_nginx_changes_give_exactly_their_action() {
 #[tokio::test]
 async fn new_ingress_forms_touch_only_their_network() {
     let rules_and_nginx = |port| vec![Action::SetRules { port, missing_jumps: vec![] }, Action::WriteNginx];
-    let a = plan_after(|c| c["51821"]["proxy"]["tcp://2222"] = serde_json::json!({"upstreams": ["10.81.0.9:22"], "proxy_protocol": true})).await;
+    let a = plan_after(|c| c["51821"]["proxy"]["tcp://2222"] = serde_json::json!({"upstreams": ["10.81.0.9:22"], "proxy_protocol": true}))
+        .await;
     assert_eq!(a, rules_and_nginx(51821), "a raw TCP port: its DNAT rule and nginx");
     let a = plan_after(|c| c["51820"]["proxy"]["udp://27015"] = serde_json::json!(["10.80.0.2:27015"])).await;
     assert_eq!(a, rules_and_nginx(51820), "a raw UDP port: its (UDP) DNAT rule and nginx");
@@ -121,9 +122,10 @@ async fn new_ingress_forms_touch_only_their_network() {
     // The same route in the object form, without and with PROXY protocol.
     let a = plan_after(|c| c["51821"]["proxy"]["https://other.test"] = serde_json::json!({"upstreams": ["10.81.0.9:8443"]})).await;
     assert_eq!(a, [], "the object form without proxy_protocol is the list form");
-    let a =
-        plan_after(|c| c["51821"]["proxy"]["https://other.test"] = serde_json::json!({"upstreams": ["10.81.0.9:8443"], "proxy_protocol": true}))
-            .await;
+    let a = plan_after(|c| {
+        c["51821"]["proxy"]["https://other.test"] = serde_json::json!({"upstreams": ["10.81.0.9:8443"], "proxy_protocol": true})
+    })
+    .await;
     assert_eq!(a, [Action::WriteNginx], "PROXY protocol is nginx's alone");
 }
 

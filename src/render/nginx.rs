@@ -225,7 +225,9 @@ pub fn nginx_stream(site: &NginxSite) -> String {
     sni_map(&mut s, "$gateway_backend", "gateway_unknown_host", site.https.iter().map(|r| (&r.host, &r.upstream_name)));
     let with_pp = site.https.iter().any(|r| r.proxy_protocol);
     if with_pp {
-        s.push_str("    # Routes with PROXY protocol go straight to their upstreams; the others through the SNI hop, which drops the header.\n");
+        s.push_str(
+            "    # Routes with PROXY protocol go straight to their upstreams; the others through the SNI hop, which drops the header.\n",
+        );
         let direct = site.https.iter().filter(|r| r.proxy_protocol).map(|r| (&r.host, &r.upstream_name));
         sni_map(&mut s, "$gateway_entry", "gateway_sni_hop", direct);
     }

@@ -192,7 +192,10 @@ fn raw_ports_and_their_dnat_rules_agree() {
     let mut plain = site.clone();
     plain.https.iter_mut().for_each(|r| r.proxy_protocol = false);
     let stream = nginx_stream(&plain);
-    assert!(!stream.contains("proxy_protocol on;\n        proxy_pass $gateway_entry") && !stream.contains("gateway_sni_hop"), "no hop without PROXY protocol routes");
+    assert!(
+        !stream.contains("proxy_protocol on;\n        proxy_pass $gateway_entry") && !stream.contains("gateway_sni_hop"),
+        "no hop without PROXY protocol routes"
+    );
 }
 
 // Round trips: what the renderers write, read back by a parser (our own, or

@@ -415,7 +415,10 @@ fn a_raw_port_has_one_owner_and_is_none_of_the_gateways_own() {
         got,
         [
             (r#"$["51821"].proxy["tcp://443"]"#.into(), "port 443 is already used by the HTTPS listener; a port may be used once".into()),
-            (r#"$["51821"].proxy["udp://51820"]"#.into(), "port 51820 is already used by network 51820's WireGuard listen port; a port may be used once".into()),
+            (
+                r#"$["51821"].proxy["udp://51820"]"#.into(),
+                "port 51820 is already used by network 51820's WireGuard listen port; a port may be used once".into()
+            ),
             (r#"$["51821"].proxy["udp://7000"]"#.into(), "port 7000 is already used by network 51820; a port may be used once".into()),
         ]
     );
