@@ -136,6 +136,22 @@ impl System {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn a_stale_sni_socket_goes_before_nginx_starts_and_nothing_else_does() {
+        use crate::system::{Backend, Script};
+        let host = crate::testing::FakeHost::new();
+        let system = host.system(Script::new(), Backend::Userspace);
+        let socket = &system.paths.nginx_sni_socket;
+        // A killed nginx leaves its socket file behind.
+        drop(std::os::unix::net::UnixListener::bind(socket).unwrap());
+        assert!(socket.exists());
+        system.start_nginx().await.unwrap();
+        assert!(!socket.exists(), "nginx would fail to bind it");
+        std::fs::write(socket, "not a socket").unwrap();
+        system.start_nginx().await.unwrap();
+        assert_eq!(std::fs::read_to_string(socket).unwrap(), "not a socket", "only a socket is removed");
+    }
+
     #[test]
     fn workers_older_than_the_files_have_not_loaded_them() {
         let t = SystemTime::now();
