@@ -99,7 +99,7 @@ pub struct Args {
     /// Addresses the raw `tcp://PORT` and `udp://PORT` entries are opened on, comma-separated [default: 0.0.0.0,::; only 0.0.0.0 on a host without IPv6].
     #[arg(long, value_parser = parse_raw_listen)]
     pub raw_listen: Option<String>,
-    /// Unix socket inside nginx through which HTTPS routes without PROXY protocol pass once some route has it (the entry server then sends the header, this hop drops it).
+    /// Unix socket inside nginx through which HTTPS routes without PROXY protocol pass once some route has it (the entry server then sends the header, this hop drops it). Its directory must be reachable by nginx's workers.
     #[arg(long, default_value = "/run/gateway-sni.sock", value_parser = parse_socket_path)]
     pub nginx_sni_socket: String,
     /// `server_names_hash_bucket_size` written in the HTTP file so long hostnames fit; 0 = leave it to the main nginx config (set it there if your nginx.conf already has one).
