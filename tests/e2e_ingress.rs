@@ -130,11 +130,16 @@ async fn proxy_protocol_carries_the_client_address_over_both_families() {
 /// Sends `payload` over TCP or UDP from the client namespace to the gateway
 /// and returns what came back (empty on no answer or a refused connection).
 fn echo(n: &Names, proto: &str, port: u16, payload: &str) -> String {
+    echo_to(n, &n.client_gw_ip(), proto, port, payload)
+}
+
+/// `echo` to the gateway at `address` (IPv4 or IPv6).
+fn echo_to(n: &Names, address: &str, proto: &str, port: u16, payload: &str) -> String {
     let script = r#"
 import socket, sys
 proto, host, port, payload = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4].encode()
 kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
-s = socket.socket(socket.AF_INET, kind)
+s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, kind)
 s.settimeout(3)
 got = b""
 try:
@@ -154,7 +159,7 @@ sys.stdout.write(got.decode(errors="replace"))
     let out = std::process::Command::new("ip")
         .args(["netns", "exec", &n.client_ns(), "python3"])
         .arg(&path)
-        .args([proto, &n.client_gw_ip(), &port.to_string(), payload])
+        .args([proto, address, &port.to_string(), payload])
         .output()
         .expect("python3");
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -192,6 +197,13 @@ async fn raw_tcp_and_udp_ports_reach_the_node_and_close_when_removed() {
     assert!(out.starts_with(&header) && out.ends_with(&format!(" {tcp_pp}\r\nping")), "{out:?}");
     let rules = sh(&format!("ip netns exec {} iptables-save -t nat", n.netns(t.port)));
     assert!(rules.contains("-p udp -m udp") && rules.contains("--to-destination 10.80.0.2:7001"), "{rules}");
+    // Both families by default (--raw-listen): the same from an IPv6 client.
+    add_ipv6_to_client(n);
+    let (gw6, client6) = ula(n);
+    assert_eq!(echo_to(n, &gw6, "tcp", tcp, "ping over tcp6"), "ping over tcp6");
+    assert_eq!(echo_to(n, &gw6, "udp", udp, "ping over udp6"), "ping over udp6");
+    let out = echo_to(n, &gw6, "tcp", tcp_pp, "ping");
+    assert!(out.starts_with(&format!("PROXY TCP6 {client6} {gw6} ")), "{out:?}");
 
     d.runner.take_records();
     let (code, body) = d.post(&cfg).await;
