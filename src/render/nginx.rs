@@ -287,7 +287,7 @@ fn raw_server(s: &mut String, site: &NginxSite, r: &RawRoute) {
     }
     let _ = writeln!(s, "        proxy_pass {};", r.upstream_name);
     if r.transport == Transport::Tcp {
-        s.push_str(STREAM_TIMEOUTS);
+        s.push_str("        proxy_connect_timeout 10s;\n        # Idle connections (SSH, databases) stay open for an hour.\n        proxy_timeout 1h;\n");
     } else {
         s.push_str("        # A UDP session ends after a minute without datagrams.\n        proxy_timeout 1m;\n");
     }
