@@ -355,7 +355,8 @@ JSON
   wait_for "the watchdog to recreate $WG" 30 wg_back
   [ ! -e "/sys/class/net/$WG" ] || fail "the recreated $WG stayed in the root namespace"
   ! ip netns exec "$NS" bash -c "$(declare -f udp_bound); udp_bound $P" || fail "the recreated $WG has its UDP socket inside $NS"
-  log_has "$L0" 'pass converged mode="drift check"' || fail "no drift repair in the daemon's log"
+  # The repair is visible before the pass logs its end.
+  wait_for "the drift repair in the daemon's log" 15 log_has "$L0" 'pass converged mode="drift check"'
   download $((2 * BIG))
   counted "a download over the recreated interface" "$gw_pub" "$before" $((2 * BIG))
   ok "an interface deleted by hand is recreated the birthplace way; traffic over it counted once: $COUNTED"
@@ -368,7 +369,8 @@ JSON
   wait_for "the watchdog to put the peer back" 30 peer_back
   out=$(https_get "$HOST" /again) || fail "HTTPS after the repair failed: $out"
   [[ $out == "node-https host=$HOST"* ]] || fail "HTTPS after the repair: $out"
-  log_has "$L0" 'pass converged mode="drift check"' || fail "no drift repair in the daemon's log"
+  # The repair is visible before the pass logs its end.
+  wait_for "the drift repair in the daemon's log" 15 log_has "$L0" 'pass converged mode="drift check"'
   ok "a peer removed by hand is put back by the watchdog, and HTTPS works again"
 
   # Removal leaves nothing; bytes sent just before it are still counted.
