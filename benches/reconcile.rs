@@ -8,14 +8,18 @@ use gateway::layout::Layout;
 use gateway::model::{GatewayConfig, NetworkConfig, PeerConfig};
 use gateway::observed::{HostVeth, Observed, ObservedBridge};
 use gateway::plan::{converged_view, plan};
-use gateway::render::NginxFiles;
+use gateway::render::{NginxFiles, NginxOptions};
 use gateway::store::Store;
 use gateway::system::wgread::parse_uapi;
 use gateway::traffic::{Reading, store_tick};
 use gateway::validate::{Context, validate};
 
-const NETWORKS: u16 = 20;
 const PEERS: u8 = 10;
+
+/// Networks in the benchmark's state: `BENCH_NETWORKS` (default 20).
+fn networks() -> u16 {
+    std::env::var("BENCH_NETWORKS").ok().and_then(|v| v.parse().ok()).unwrap_or(20)
+}
 
 fn key(n: u16, p: u8) -> String {
     use base64::Engine;
@@ -28,7 +32,7 @@ fn key(n: u16, p: u8) -> String {
 }
 
 fn config() -> GatewayConfig {
-    (0..NETWORKS)
+    (0..networks())
         .map(|n| {
             let peers = (1..=PEERS)
                 .map(|p| {
@@ -77,8 +81,20 @@ fn main() {
     };
     let nginx = NginxFiles { stream: "s".into(), http: "h".into() };
     assert!(plan(&desired, &observed, &layout, &nginx).is_empty());
-    time("validate 20 networks x 10 peers", 200, || validate(&config(), &Context::default()).is_ok());
-    time("plan, converged, 20 networks x 10 peers (no actions)", 2000, || plan(&desired, &observed, &layout, &nginx).len());
+    let n = networks();
+    let iterations = (4000 / u32::from(n)).max(5);
+    let json = serde_json::to_string(&config()).expect("json");
+    time(&format!("parse the JSON of {n} networks x 10 peers"), iterations, || {
+        serde_json::from_str::<GatewayConfig>(&json).map(|c| c.len()).unwrap_or(0)
+    });
+    let parsed = config();
+    time(&format!("validate {n} networks x 10 peers"), iterations, || validate(&parsed, &Context::default()).is_ok());
+    let options = NginxOptions { https_listen: "443".into(), http_listen: "80".into(), server_names_hash_bucket_size: 0 };
+    time(&format!("render nginx's files, {n} networks"), iterations, || NginxFiles::render(&layout, &desired, &[], &options).stream.len());
+    time(&format!("converged views of {n} networks"), iterations, || {
+        desired.networks.values().map(|s| converged_view(&layout, s).routes.len()).sum::<usize>()
+    });
+    time(&format!("plan, converged, {n} networks x 10 peers (no actions)"), iterations * 10, || plan(&desired, &observed, &layout, &nginx).len());
 
     let hex = |k: String| -> String {
         use base64::Engine;
@@ -101,7 +117,7 @@ fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = rt.block_on(Store::open(Some(dir.path().join("bench.db").to_str().expect("utf-8")))).expect("store");
     let readings = |tick: u64| -> Vec<Reading> {
-        (0..NETWORKS)
+        (0..networks())
             .flat_map(|n| {
                 (1..=PEERS).map(move |p| Reading {
                     network: (51000 + n).to_string(),
@@ -114,7 +130,7 @@ fn main() {
             })
             .collect()
     };
-    let networks: Vec<String> = (0..NETWORKS).map(|n| (51000 + n).to_string()).collect();
+    let networks: Vec<String> = (0..networks()).map(|n| (51000 + n).to_string()).collect();
     let mut tick = 1u64;
     let ticks = 50;
     let start = Instant::now();
