@@ -8,7 +8,7 @@ use gateway::layout::Layout;
 use gateway::model::{GatewayConfig, NetworkConfig, PeerConfig};
 use gateway::observed::{HostVeth, Observed, ObservedBridge};
 use gateway::plan::{converged_view, plan};
-use gateway::render::{NginxFiles, NginxOptions};
+use gateway::render::{Listen, NginxFiles, NginxOptions};
 use gateway::store::Store;
 use gateway::system::wgread::parse_uapi;
 use gateway::traffic::{Reading, store_tick};
@@ -89,12 +89,22 @@ fn main() {
     });
     let parsed = config();
     time(&format!("validate {n} networks x 10 peers"), iterations, || validate(&parsed, &Context::default()).is_ok());
-    let options = NginxOptions { https_listen: "443".into(), http_listen: "80".into(), server_names_hash_bucket_size: 0 };
+    let secrets: Vec<gateway::types::SecretKey> = (0..n).map(|i| key(i, 0).parse().expect("key")).collect();
+    time(&format!("derive {n} public keys (x25519)"), iterations, || secrets.iter().map(|k| k.public_key()).count());
+    let options = NginxOptions {
+        https_listen: vec![Listen::Port(443)],
+        http_listen: vec![Listen::Port(80)],
+        raw_listen: vec![std::net::Ipv4Addr::UNSPECIFIED.into()],
+        sni_socket: "/run/gateway-sni.sock".into(),
+        server_names_hash_bucket_size: 0,
+    };
     time(&format!("render nginx's files, {n} networks"), iterations, || NginxFiles::render(&layout, &desired, &[], &options).stream.len());
     time(&format!("converged views of {n} networks"), iterations, || {
         desired.networks.values().map(|s| converged_view(&layout, s).routes.len()).sum::<usize>()
     });
-    time(&format!("plan, converged, {n} networks x 10 peers (no actions)"), iterations * 10, || plan(&desired, &observed, &layout, &nginx).len());
+    time(&format!("plan, converged, {n} networks x 10 peers (no actions)"), iterations * 10, || {
+        plan(&desired, &observed, &layout, &nginx).len()
+    });
 
     let hex = |k: String| -> String {
         use base64::Engine;

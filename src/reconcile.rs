@@ -16,11 +16,11 @@ use tracing::Instrument;
 
 use crate::clock::now_unix;
 use crate::daemon::{Lifecycle, Shared};
-use crate::model::GatewayConfig;
+use crate::model::ErrorDetail;
 use crate::observed::Observed;
 use crate::plan::plan;
 use crate::spec::{Desired, NetworkSpec};
-use crate::store::ApplyRecord;
+use crate::store::{ApplyRecord, StoreError};
 use crate::system::ExecReport;
 use crate::traffic::InterfaceReading;
 use crate::validate::validate;
@@ -212,7 +212,7 @@ impl Reconciler {
 
     /// One pass in the given mode, recorded and published.
     pub async fn tick(&mut self, mode: Mode) -> Option<PassOutcome> {
-        let (generation, config) = match self.shared.store.desired().await {
+        let (generation, desired) = match self.desired().await {
             Ok(x) => x,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the desired state");
@@ -225,7 +225,7 @@ impl Reconciler {
             return None;
         }
         let span = tracing::info_span!("pass", mode = mode.name(), generation);
-        let outcome = self.pass(mode, generation, &config).instrument(span).await;
+        let outcome = self.pass(mode, generation, desired).instrument(span).await;
         if let Err(e) = self.shared.store.save_apply(&outcome.record).await {
             tracing::error!(error = %e, "cannot record the apply result");
         }
@@ -233,14 +233,33 @@ impl Reconciler {
         Some(outcome)
     }
 
-    async fn pass(&mut self, mode: Mode, generation: i64, config: &GatewayConfig) -> PassOutcome {
+    /// The desired generation and its validated state: the one the API
+    /// accepted when it is still the stored one, else the stored JSON parsed
+    /// and validated (at start, or if the options changed since it was
+    /// accepted: then its problems).
+    async fn desired(&self) -> Result<(i64, Result<Arc<Desired>, Vec<String>>), StoreError> {
+        let shared = &self.shared;
+        let generation = shared.store.desired_generation().await?;
+        if let Some(desired) = shared.accepted(generation) {
+            return Ok((generation, Ok(desired)));
+        }
+        let (generation, config) = shared.store.desired().await?;
+        let checked = validate(&config, &shared.settings.validation()).map(Arc::new);
+        if let Ok(desired) = &checked {
+            shared.remember_accepted(generation, desired.clone());
+        }
+        let problems =
+            |p: Vec<ErrorDetail>| p.into_iter().map(|p| format!("stored desired state is invalid: {}: {}", p.path, p.message)).collect();
+        Ok((generation, checked.map_err(problems)))
+    }
+
+    async fn pass(&mut self, mode: Mode, generation: i64, desired: Result<Arc<Desired>, Vec<String>>) -> PassOutcome {
         let start = Instant::now();
         let shared = self.shared.clone();
-        let desired = match validate(config, &shared.settings.validation()) {
+        let desired = match desired {
             Ok(d) => d,
-            Err(problems) => {
+            Err(errors) => {
                 // Possible only if --custom-forwarding changed since it was accepted.
-                let errors = problems.into_iter().map(|p| format!("stored desired state is invalid: {}: {}", p.path, p.message)).collect();
                 let look = Look { errors, ..Default::default() };
                 let pass = PassInfo { mode, generation, start, actions: 0 };
                 return self.finish(pass, look, ExecReport::default(), &Desired::default());

@@ -109,6 +109,15 @@ impl Store {
         }
     }
 
+    /// The desired generation alone (0: none yet), without reading the state.
+    pub async fn desired_generation(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT generation FROM desired_state WHERE id = 1").fetch_optional(&self.pool).await?;
+        Ok(match row {
+            Some(r) => r.try_get(0)?,
+            None => 0,
+        })
+    }
+
     /// The desired generation and its networks' ports, without parsing the
     /// state (status.json asks for nothing more).
     pub async fn desired_ports(&self) -> Result<(i64, Vec<u16>), StoreError> {

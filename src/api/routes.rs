@@ -19,7 +19,7 @@ use crate::model::*;
 use crate::store::ApplyRecord;
 use crate::traffic::{QueryError, Step, TrafficQuery};
 use crate::types::parse_listen_port;
-use crate::validate::{key_path, validate};
+use crate::validate::{Context, key_path, validate};
 
 /// Liveness; needs no token.
 #[openapi(tag = "health")]
@@ -122,10 +122,14 @@ async fn store_and_apply(
     let generation = {
         let _guard = shared.write_lock.lock().await;
         running()?;
-        let (_, current) = shared.store.desired().await?;
+        let (current_generation, current) = shared.store.desired().await?;
         let config = build(current)?;
-        validate(&config, &shared.settings.validation()).map_err(ApiError::Invalid)?;
-        shared.store.save_desired(&config, now_unix()).await?
+        let previous = shared.accepted(current_generation);
+        let ctx = Context { previous: previous.as_deref(), ..shared.settings.validation() };
+        let desired = validate(&config, &ctx).map_err(ApiError::Invalid)?;
+        let generation = shared.store.save_desired(&config, now_unix()).await?;
+        shared.remember_accepted(generation, Arc::new(desired));
+        generation
     };
     shared.wake.notify_one();
     let mut lifecycle = shared.lifecycle.subscribe();

@@ -2,6 +2,7 @@
 //! replayed by a scripted runner, with failures injected where needed.
 
 use super::*;
+use crate::model::GatewayConfig;
 use crate::system::{Backend, Record, Reply, Script};
 use crate::testing::{
     FakeHost, FixtureReader, converged_config, converged_desired, converged_rules, converged_script, nginx_files, shared,
@@ -80,6 +81,22 @@ async fn an_apply_after_a_verified_pass_runs_no_process() {
     assert!(outcome.record.ok && outcome.record.changed.is_empty());
     assert_eq!(s.records(), vec![], "a no-op apply runs nothing");
     assert_eq!(s.reader.take_reads(), Vec::<String>::new(), "and reads nothing");
+}
+
+/// The API hands the state it validated to the pass (no second parse and
+/// validation of the stored JSON), but only for the generation it stored.
+#[tokio::test]
+async fn a_pass_takes_the_state_validated_for_its_generation() {
+    let mut s = setup(converged_script(), &converged_config()).await;
+    let mut accepted = converged_desired();
+    accepted.networks.get_mut(&51821).unwrap().mtu = 1300;
+    let accepted = Arc::new(accepted);
+    s.shared.remember_accepted(1, accepted.clone());
+    let outcome = s.reconciler.tick(Mode::Apply).await.unwrap();
+    assert_eq!(outcome.record.changed, [51821], "the handed-over state was applied");
+    s.shared.remember_accepted(0, Arc::new(converged_desired()));
+    assert!(Arc::ptr_eq(&s.shared.accepted(1).unwrap(), &accepted), "an older generation never replaces a newer one");
+    assert!(s.shared.accepted(2).is_none());
 }
 
 #[tokio::test]

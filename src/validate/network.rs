@@ -29,7 +29,7 @@ pub(super) fn validate_network(
         problems.add(format!("{path}.mtu"), format!("mtu must be {}..={}", MTU_RANGE.start(), MTU_RANGE.end()));
     }
     let addresses = addresses(path, &net.address, ctx, problems);
-    let public_key = private_key.as_ref().ok().map(SecretKey::public_key);
+    let public_key = private_key.as_ref().ok().map(|k| public_key(ctx, port, k));
     let peers = peers(path, &net.peers, public_key, ctx, problems);
     let proxies = proxy(path, net, &addresses, &peers, ctx, problems);
     if problems.count() != before {
@@ -48,6 +48,13 @@ pub(super) fn validate_network(
         tcp: proxies.tcp,
         udp: proxies.udp,
     })
+}
+
+/// The public key of `key`: the previous state's where the network kept its
+/// private key, else derived.
+fn public_key(ctx: &Context<'_>, port: Option<u16>, key: &SecretKey) -> PublicKey {
+    let previous = ctx.previous.zip(port).and_then(|(d, p)| d.networks.get(&p)).filter(|s| s.private_key == *key);
+    previous.map_or_else(|| key.public_key(), |s| s.public_key)
 }
 
 /// The first reserved subnet (the bridge's) that overlaps `c`, if any.

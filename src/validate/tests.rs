@@ -431,3 +431,21 @@ fn list_form_unchanged() {
     assert!(matches!(map["https://app.example.com"], crate::model::ProxyTarget::Upstreams(_)));
     assert_eq!(serde_json::to_value(&map).unwrap(), json, "stored and shown as given");
 }
+
+/// A network that keeps its private key keeps the public key the previous
+/// state derived (no second x25519 multiplication); a new private key gets
+/// its own.
+#[test]
+fn the_previous_public_key_is_kept_only_with_the_same_private_key() {
+    let mut previous = validate(&one(net()), &Context::default()).unwrap();
+    // KEY_A derives KEY_C, not this: seeing it proves it was taken.
+    let marker = crate::types::PublicKey::from_bytes([7; 32]);
+    previous.networks.get_mut(&51820).unwrap().public_key = marker;
+    let ctx = Context { previous: Some(&previous), ..Context::default() };
+    assert_eq!(validate(&one(net()), &ctx).unwrap().networks[&51820].public_key, marker);
+    let mut n = net();
+    n.private_key = KEY_C.into();
+    let derived = KEY_C.parse::<SecretKey>().unwrap().clamped().public_key();
+    assert_eq!(validate(&one(n), &ctx).unwrap().networks[&51820].public_key, derived);
+    assert_ne!(derived, marker);
+}
