@@ -90,7 +90,7 @@ fn main() {
     let parsed = config();
     time(&format!("validate {n} networks x 10 peers"), iterations, || validate(&parsed, &Context::default()).is_ok());
     let secrets: Vec<gateway::types::SecretKey> = (0..n).map(|i| key(i, 0).parse().expect("key")).collect();
-    time(&format!("derive {n} public keys (x25519)"), iterations, || secrets.iter().map(|k| k.public_key()).count());
+    time(&format!("derive {n} public keys (x25519)"), iterations, || secrets.iter().map(|k| k.public_key()).collect::<Vec<_>>());
     let options = NginxOptions {
         https_listen: vec![Listen::Port(443)],
         http_listen: vec![Listen::Port(80)],
