@@ -78,15 +78,7 @@ pub fn golden(name: &str, actual: &str) {
     );
 }
 
-fn options() -> NginxOptions {
-    NginxOptions {
-        https_listen: vec![crate::render::Listen::Port(443)],
-        http_listen: vec![crate::render::Listen::Port(80)],
-        raw_listen: vec![std::net::Ipv4Addr::UNSPECIFIED.into()],
-        sni_socket: "/run/gateway-sni.sock".into(),
-        server_names_hash_bucket_size: 512,
-    }
-}
+use crate::testing::nginx_options as options;
 
 fn site() -> (Desired, NginxSite) {
     let d = sample_desired();
