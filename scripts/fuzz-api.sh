@@ -116,7 +116,17 @@ first=$(( seconds * 2 / 5 ))
 echo "fuzz-api: schemathesis $SCHEMATHESIS_VERSION, seed $seed: every operation ${first} s, then the config operations $(( seconds - first )) s"
 echo "fuzz-api: replay with FUZZ_SEED=$seed FUZZ_SECONDS=$seconds $0"
 status=0
-schemathesis --max-time "$first" || status=$?
+# The event stream never ends, so schemathesis (which reads a body to its
+# end) cannot test it: it is left out, and checked here, bounded, instead:
+# without the token 401 JSON, with it 200 text/event-stream.
+ev_url=http://127.0.0.1:8000/api/v1/events
+ev_denied=$(ip netns exec "$host_ns" curl -s -o /dev/null -w '%{http_code} %{content_type}' "$ev_url")
+ev_open=$(ip netns exec "$host_ns" curl -s -N -o /dev/null --max-time 1 -w '%{http_code} %{content_type}' -H "Token: $token" "$ev_url" || true)
+if [ "$ev_denied" != "401 application/json" ] || [ "${ev_open%%;*}" != "200 text/event-stream" ]; then
+  echo "fuzz-api: GET /api/v1/events answered \"$ev_denied\" without the token and \"$ev_open\" with it" >&2
+  status=1
+fi
+schemathesis --max-time "$first" --exclude-operation-id events || status=$?
 schemathesis --max-time "$(( seconds - first ))" --include-operation-id post_config --include-operation-id patch_config || status=$?
 echo "fuzz-api: $(grep -E '^ *[0-9]+ generated' "$dir/schemathesis.log" | awk '{n += $1} END {print n}') cases generated in all"
 

@@ -129,6 +129,9 @@ pub struct Args {
     /// On SIGTERM/SIGINT, how long the running pass may take to finish before the daemon exits anyway (exit code 1).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+    /// A peer counts as disconnected (event stream) once its latest handshake is older than this: WireGuard's reject-after time. Hidden: for tests.
+    #[arg(long, default_value = "180s", value_parser = parse_duration, hide = true)]
+    pub peer_timeout: Duration,
     /// Time limit of every command the daemon runs.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub command_timeout: Duration,

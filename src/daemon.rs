@@ -27,6 +27,8 @@ mod dry_run;
 
 pub use dry_run::{DryRunError, DryRunRequest, DryRuns};
 
+use crate::events::{Events, PeerWatch};
+
 /// The API token. Compared in constant time; never printed.
 #[derive(Clone)]
 pub struct ApiToken(String);
@@ -66,6 +68,8 @@ pub struct Settings {
     pub apply_concurrency: usize,
     /// How long a stop waits for the running pass.
     pub shutdown_timeout: Duration,
+    /// A peer whose latest handshake is older is disconnected (events).
+    pub peer_timeout: Duration,
 }
 
 impl Settings {
@@ -160,6 +164,10 @@ pub struct Shared {
     /// its generation: passes use it instead of parsing and validating the
     /// stored JSON again (about 100 ms at 1,000 networks).
     accepted: std::sync::Mutex<Option<(i64, Arc<Desired>)>>,
+    /// The event stream's events.
+    pub events: Events,
+    /// Which peers are connected, from every look at the networks.
+    pub peers: PeerWatch,
 }
 
 impl Shared {
@@ -173,6 +181,7 @@ impl Shared {
         last: Option<ApplyRecord>,
         retention: Duration,
     ) -> Self {
+        let settings_peer_timeout = settings.peer_timeout;
         Shared {
             store,
             system,
@@ -186,6 +195,8 @@ impl Shared {
             lifecycle: watch::channel(Lifecycle::Running).0,
             dry_runs: DryRuns::default(),
             accepted: std::sync::Mutex::new(None),
+            events: Events::new(crate::events::BACKLOG, first_event_id()),
+            peers: PeerWatch::new(settings_peer_timeout),
         }
     }
 
@@ -203,10 +214,27 @@ impl Shared {
         accepted.as_ref().filter(|(g, _)| *g == generation).map(|(_, d)| d.clone())
     }
 
+    /// Records a look at networks for status.json, and tells the event
+    /// stream which peers connected or disconnected since the last one.
+    pub fn record_seen(&self, seen: Vec<(u16, SeenNetwork)>) {
+        for (port, s) in &seen {
+            for (connected, event) in self.peers.observe(*port, s.observed_at, s.network.as_ref()) {
+                self.events.publish(if connected { "peer_connected" } else { "peer_disconnected" }, &event);
+            }
+        }
+        self.seen.update(seen);
+    }
+
     /// nginx's files for a desired state.
     pub fn nginx_files(&self, desired: &Desired) -> NginxFiles {
         NginxFiles::render(&self.system.layout, desired, &self.settings.custom, &self.settings.nginx)
     }
+}
+
+/// The first event id of this run: the start time in microseconds, so ids
+/// keep growing across restarts.
+fn first_event_id() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(1)
 }
 
 /// Everything started from the options.
@@ -341,6 +369,7 @@ pub async fn build(args: &Args, runner: Runner) -> anyhow::Result<Daemon> {
         apply_wait: args.apply_wait,
         apply_concurrency: usize::from(args.apply_concurrency),
         shutdown_timeout: args.shutdown_timeout,
+        peer_timeout: args.peer_timeout,
     };
     let shared = Arc::new(Shared::new(store, system, settings, metrics, last, args.retention));
     // Not `Config::figment()`: that would let ROCKET_* variables and a

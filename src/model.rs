@@ -7,6 +7,7 @@
 //! Their schemas in the OpenAPI document are exact: each string field and
 //! map key borrows the pattern of what the validator accepts ([`schema`]).
 
+pub mod events;
 pub mod schema;
 
 use std::collections::BTreeMap;

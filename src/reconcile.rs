@@ -230,6 +230,7 @@ impl Reconciler {
             tracing::error!(error = %e, "cannot record the apply result");
         }
         self.shared.finished.send_replace(Some(outcome.record.clone()));
+        self.announce_pass(mode, &outcome.record);
         Some(outcome)
     }
 
@@ -280,6 +281,7 @@ impl Reconciler {
         self.publish(&look, &report, &desired).await;
         if mode == Mode::Drift {
             self.drift_checks += 1;
+            self.announce_repairs(&actions, &report);
         }
         self.finish(PassInfo { mode, generation, start, actions: actions.len() }, look, report, &desired)
     }
@@ -378,6 +380,7 @@ impl Reconciler {
     }
 }
 
+mod announce;
 mod look;
 mod preview;
 #[cfg(test)]

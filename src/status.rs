@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crate::clock::now_unix;
 use crate::daemon::{SeenNetwork, Shared};
 use crate::model::{LastApply, NetworkStatus, PeerStatus, StatusInfo};
-use crate::observed::WgPeer;
+use crate::observed::{ObservedNetwork, WgPeer};
 use crate::store::{ApplyRecord, StoreError};
 
 /// How long a request waits for a re-read before answering with what is known.
@@ -78,11 +78,12 @@ pub async fn refresh(shared: &Shared) {
         // Unreadable: shown as a namespace without an interface.
         let n = n.unwrap_or_else(|e| {
             tracing::warn!(network = p, error = %e, "status: cannot read the network");
-            Default::default()
+            // A problem, so nobody takes its missing interface for a fact.
+            ObservedNetwork { problems: vec![format!("cannot read the network: {e}")], ..Default::default() }
         });
         (p, SeenNetwork { observed_at: now, network: Some(n) })
     });
-    shared.seen.update(fresh.chain(gone).collect::<Vec<_>>());
+    shared.record_seen(fresh.chain(gone).collect::<Vec<_>>());
     *shared.seen.last.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), start.elapsed()));
 }
 

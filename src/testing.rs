@@ -274,6 +274,7 @@ pub async fn shared(system: System) -> Arc<Shared> {
         apply_wait: Duration::from_secs(5),
         apply_concurrency: 4,
         shutdown_timeout: Duration::from_secs(5),
+        peer_timeout: Duration::from_secs(180),
     };
     let store = Store::open(None).await.expect("in-memory database");
     Arc::new(Shared::new(store, system, settings, Arc::new(crate::metrics::Metrics::default()), None, Duration::from_secs(86400)))

@@ -443,3 +443,15 @@ async fn ingress_forms_are_checked_with_their_paths() {
     good["proxy"]["tcp://2222"]["proxy_protocol"] = json!(false);
     assert_eq!(cfg["config"]["51820"]["proxy"], good["proxy"], "stored as given, the list form as a list");
 }
+
+/// The event stream needs the token too, and answers `text/event-stream`.
+#[tokio::test]
+async fn the_event_stream_needs_the_token() {
+    let c = client(&["--token", "s3cret"]).await;
+    let (s, v) = call(&c, Method::Get, "/api/v1/events", None, None).await;
+    assert_eq!(s, Status::Unauthorized);
+    assert_error_shape(&v, "unauthorized");
+    // Not read to its end: it has none.
+    let r = c.get("/api/v1/events").header(Header::new("Authorization", "Bearer s3cret")).dispatch().await;
+    assert_eq!((r.status(), r.content_type()), (Status::Ok, Some(rocket::http::ContentType::EventStream)));
+}

@@ -728,12 +728,63 @@ fn system_snapshot(n: &Names, ports: &[u16]) -> Vec<String> {
 /// WireGuard, links, rules, nginx's files, the generation); the real apply
 /// that follows changes exactly the networks it listed, and afterwards a
 /// dry run lists nothing left to do.
+///
+/// Then the event stream, with a node: `apply` after a POST, `peer_connected`
+/// after the node's first handshake, `drift_repaired` after a by-hand
+/// change, `peer_disconnected` after the node stopped (one test: index 15
+/// is the only one left for both).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root: scripts/test.sh runs it with --include-ignored"]
-async fn a_dry_run_lists_the_change_touches_nothing_and_the_apply_does_what_it_listed() {
+async fn a_dry_run_changes_nothing_and_events_tell_of_applies_peers_and_drift() {
     require_root();
     let n = names(15);
     let _guard = Guard(n.clone());
+    dry_run_lists_the_change_touches_nothing_and_the_apply_does_what_it_listed(&n).await;
+    n.cleanup();
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", n.db().display()));
+    }
+    events_tell_of_applies_peers_and_drift(&n).await;
+}
+
+async fn events_tell_of_applies_peers_and_drift(n: &Names) {
+    write_nginx_conf(n);
+    let (gw_private, gw_public) = genkey();
+    let port = n.port(2);
+    let node = start_node(n, "app.test", &gw_public, port);
+    // Peers count as disconnected 15 s after their latest handshake (the
+    // node's next one would come with its rekey after 120 s: none while
+    // this test runs, so a disconnect comes 15 s after the first handshake
+    // whether the node stops or not; it is stopped first, so the event
+    // follows the stop).
+    let d = TestDaemon::start(&args(n, &["--peer-timeout=15s"])).await;
+    let mut sse = Sse::open(&d).await;
+    let (code, body) = d.post(&json!({ port.to_string(): node_network(n, &gw_private, &node, "app.test") })).await;
+    assert_eq!(code, 200, "{body}");
+    let limit = Duration::from_secs(30);
+    let (apply, _) = sse.wait(&d, "apply", limit, |_| true).await;
+    assert_eq!((&apply["generation"], &apply["result"], &apply["changed_networks"]), (&json!(1), &json!("applied"), &json!([port])));
+
+    let (up, _) = sse.wait(&d, "peer_connected", limit, |e| e["peer_public_key"] == node.public.as_str()).await;
+    assert_eq!((&up["network"], &up["network_public_key"]), (&json!(port), &json!(gw_public)), "{up}");
+    assert_eq!(up["endpoint"], format!("{}:{}", n.node_ip(), node.listen_port), "{up}");
+    assert!(up["latest_handshake"].as_i64().is_some_and(|h| h > 0), "{up}");
+
+    // The node stops: no more handshakes.
+    sh(&format!("ip -n {} link del {}nwg", n.node_ns(), n.prefix()));
+    let (down, _) = sse.wait(&d, "peer_disconnected", limit, |e| e["peer_public_key"] == node.public.as_str()).await;
+    assert_eq!((&down["network"], &down["network_public_key"]), (&json!(port), &json!(gw_public)), "{down}");
+    sh(&format!("ip -n {} link set {} mtu 1300", n.netns(port), n.wg(port)));
+    d.drift_ok().await;
+    let (repaired, _) = sse.wait(&d, "drift_repaired", limit, |e| e["network"] == port).await;
+    assert_eq!(repaired["repaired"], json!(["set mtu 1420 and up"]), "{repaired}");
+
+    drop(sse);
+    d.stop().await;
+}
+
+async fn dry_run_lists_the_change_touches_nothing_and_the_apply_does_what_it_listed(n: &Names) {
+    let n = n.clone();
     write_nginx_conf(&n);
     let d = TestDaemon::start(&args(&n, &[])).await;
     let mut cfg = many_networks(2, 1, &n, ".test");

@@ -4,6 +4,7 @@
 mod auth;
 mod body;
 mod error;
+mod events;
 mod openapi;
 mod routes;
 

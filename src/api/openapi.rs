@@ -36,6 +36,7 @@ const ERRORS: &[(&str, &[u16])] = &[
     ("status", &[401, 500]),
     ("traffic", &[400, 401, 500]),
     ("metrics", &[401, 500]),
+    ("events", &[400, 401]),
 ];
 
 const DESCRIPTION: &str = "Converges WireGuard network namespaces and nginx ingress to the posted desired state, and accounts traffic per peer.
@@ -117,7 +118,7 @@ mod tests {
     fn spec_lists_every_route_and_both_schemes() {
         let spec = serde_json::to_value(openapi_spec()).unwrap();
         assert_eq!(spec["openapi"], "3.1.0");
-        for p in ["/health", "/api/v1/config.json", "/api/v1/status.json", "/api/v1/traffic.json", "/metrics"] {
+        for p in ["/health", "/api/v1/config.json", "/api/v1/status.json", "/api/v1/traffic.json", "/metrics", "/api/v1/events"] {
             assert!(spec["paths"].get(p).is_some(), "missing {p}");
         }
         assert!(spec["paths"]["/api/v1/config.json"]["patch"].is_object());
@@ -172,6 +173,24 @@ mod tests {
             assert!(dry["required"].as_array().unwrap().contains(&field.into()), "{field}: {dry}");
         }
         assert_eq!(dry["properties"]["changes"]["propertyNames"]["$ref"], "#/components/schemas/ListenPortKey");
+    }
+
+    #[test]
+    fn the_event_stream_is_described_with_its_events_and_data() {
+        let spec = serde_json::to_value(openapi_spec()).unwrap();
+        let get = &spec["paths"]["/api/v1/events"]["get"];
+        let ok = &get["responses"]["200"];
+        assert!(ok["content"]["text/event-stream"].is_object(), "{ok}");
+        let text = ok["description"].as_str().unwrap();
+        for name in ["`apply`", "`drift_repaired`", "`peer_connected`", "`peer_disconnected`", "Last-Event-ID", "`id:`"] {
+            assert!(text.contains(name), "{name} missing: {text}");
+        }
+        let header = get["parameters"].as_array().unwrap().iter().find(|p| p["name"] == "Last-Event-ID").expect("the header");
+        assert_eq!(header["in"], "header");
+        let schemas = &spec["components"]["schemas"];
+        for (name, field) in [("ApplyEvent", "generation"), ("DriftRepairedEvent", "repaired"), ("PeerEvent", "peer_public_key")] {
+            assert!(schemas[name]["properties"][field].is_object(), "{name}: {}", schemas[name]);
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@ use rocket_okapi::{openapi, openapi_get_routes_spec};
 use super::auth::Auth;
 use super::body::{Applied, ConfigAnswer, DryRunFlag, JsonBody, MetricsText, QueryInt, body_error};
 use super::error::ApiError;
+use super::events::{EventsStream, LastEventId};
 use crate::clock::now_unix;
 use crate::daemon::{Lifecycle, Shared};
 use crate::model::*;
@@ -218,9 +219,18 @@ fn metrics(_auth: Auth, state: &State<Arc<Shared>>) -> Result<MetricsText, ApiEr
     state.metrics.encode().map(MetricsText).map_err(|e| ApiError::Internal(format!("encoding metrics: {e}")))
 }
 
+/// The event stream (Server-Sent Events): `apply`, `drift_repaired`,
+/// `peer_connected`, `peer_disconnected`; resume with `Last-Event-ID`.
+#[openapi(tag = "events")]
+#[get("/api/v1/events")]
+fn events(_auth: Auth, state: &State<Arc<Shared>>, last: LastEventId, shutdown: rocket::Shutdown) -> Result<EventsStream, ApiError> {
+    let after = last.0.map_err(ApiError::BadRequest)?;
+    Ok(super::events::stream(state.events.subscribe(after), shutdown))
+}
+
 pub(super) fn routes_and_spec() -> (Vec<rocket::Route>, OpenApi) {
     let settings = super::openapi::settings();
-    openapi_get_routes_spec![settings: health, post_config, patch_config, get_config, status, traffic, metrics]
+    openapi_get_routes_spec![settings: health, post_config, patch_config, get_config, status, traffic, metrics, events]
 }
 
 #[cfg(test)]

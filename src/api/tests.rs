@@ -205,3 +205,91 @@ async fn a_dry_run_of_bad_input_gets_the_same_422_and_a_bad_flag_a_400() {
     }
     assert_eq!(app.shared.store.desired().await.unwrap().0, 0, "nothing stored");
 }
+
+/// The events of an SSE response, read as they come.
+struct Sse<'c> {
+    response: rocket::local::asynchronous::LocalResponse<'c>,
+    buffer: String,
+}
+
+/// One event: id, name, data.
+type SseEvent = (u64, String, Value);
+
+impl<'c> Sse<'c> {
+    fn new(response: rocket::local::asynchronous::LocalResponse<'c>) -> Self {
+        assert_eq!(response.status(), Status::Ok);
+        assert_eq!(response.content_type(), Some(ContentType::EventStream));
+        Sse { response, buffer: String::new() }
+    }
+
+    /// The next event (comments skipped), or None when the stream ends or `limit` passes.
+    async fn next(&mut self, limit: Duration) -> Option<SseEvent> {
+        use tokio::io::AsyncReadExt;
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            while let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let field = |name: &str| block.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_string());
+                if let (Some(id), Some(name), Some(data)) = (field("id:"), field("event:"), field("data:")) {
+                    return Some((id.parse().unwrap(), name, serde_json::from_str(&data).unwrap()));
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout_at(deadline, self.response.read(&mut chunk)).await {
+                Ok(Ok(n)) if n > 0 => self.buffer.push_str(std::str::from_utf8(&chunk[..n]).unwrap()),
+                _ => return None,
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn each_apply_is_an_event_and_a_client_resumes_after_its_last_event_id() {
+    let app = app(Script::new()).await;
+    let mut sse = Sse::new(app.client.get("/api/v1/events").dispatch().await);
+    assert_eq!(app.post(&config()).await.0, Status::Ok);
+    let (code, dry) = app.send(rocket::http::Method::Post, "/api/v1/config.json?dry_run=true", Some(&mtu_changed())).await;
+    assert_eq!(code, Status::Ok, "{dry}");
+    assert_eq!(app.post(&mtu_changed()).await.0, Status::Ok);
+    let limit = Duration::from_secs(5);
+    let (first, name, data) = sse.next(limit).await.expect("an event for the first apply");
+    assert_eq!(name, "apply");
+    assert_eq!(
+        (&data["generation"], &data["result"], &data["changed_networks"], &data["errors"]),
+        (&json!(1), &json!("applied"), &json!([]), &json!([]))
+    );
+    let (second, name, data) = sse.next(limit).await.expect("an event for the second apply (none for the dry run)");
+    assert_eq!((name.as_str(), &data["generation"], &data["changed_networks"]), ("apply", &json!(2), &json!([51821])), "{data}");
+    assert_eq!(second, first + 1, "ids count up by one");
+
+    let resumed = app.client.get("/api/v1/events").header(rocket::http::Header::new("Last-Event-ID", first.to_string())).dispatch().await;
+    let mut resumed = Sse::new(resumed);
+    let (id, _, data) = resumed.next(limit).await.expect("the event after the last one seen");
+    assert_eq!((id, &data["generation"]), (second, &json!(2)));
+    assert!(resumed.next(Duration::from_millis(300)).await.is_none(), "nothing else yet");
+
+    for bad in ["abc", "-1", "1.5", "99999999999999999999999"] {
+        let r = app.client.get("/api/v1/events").header(rocket::http::Header::new("Last-Event-ID", bad)).dispatch().await;
+        assert_eq!(r.status(), Status::BadRequest, "{bad}");
+        let body: Value = serde_json::from_str(&r.into_string().await.unwrap()).unwrap();
+        assert_eq!(body["error"], "bad_request", "{body}");
+    }
+}
+
+/// A client that never reads holds up nothing: applies go on while events
+/// pile up, and that client is dropped (its stream ends) once it is more
+/// than the backlog behind.
+#[tokio::test]
+async fn a_client_that_never_reads_does_not_hold_up_applies_and_is_dropped() {
+    let app = app(Script::new()).await;
+    let stalled = app.client.get("/api/v1/events").dispatch().await;
+    for n in 0..2 * crate::events::BACKLOG {
+        app.shared.events.publish("apply", &n);
+    }
+    let (code, _) = tokio::time::timeout(Duration::from_secs(10), app.post(&config())).await.expect("the apply was held up");
+    assert_eq!(code, Status::Ok);
+    let (code, _) = tokio::time::timeout(Duration::from_secs(10), app.post(&mtu_changed())).await.expect("the apply was held up");
+    assert_eq!(code, Status::Ok);
+    let rest = tokio::time::timeout(Duration::from_secs(10), stalled.into_string()).await.expect("the stalled stream was not ended");
+    assert!(!rest.unwrap_or_default().contains("\"generation\""), "it got nothing after it fell behind");
+}

@@ -176,7 +176,7 @@ impl Reconciler {
             out.push((port, seen(n.ok().filter(|_| now_there.contains(&port)))));
         }
         out.extend(desired.networks.keys().filter(|p| !now_there.contains(p)).map(|p| (*p, seen(None))));
-        self.shared.seen.update(out);
+        self.shared.record_seen(out);
         self.shared.seen.retain(|p| desired.networks.contains_key(&p) || now_there.contains(&p));
     }
 }

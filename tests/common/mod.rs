@@ -527,3 +527,65 @@ pub fn metric_names(expr: &str) -> Vec<String> {
     }
     out
 }
+
+/// An event stream client on the daemon's `GET /api/v1/events`.
+pub struct Sse<'c> {
+    response: rocket::local::asynchronous::LocalResponse<'c>,
+    buffer: String,
+}
+
+/// One event: id, name, data.
+pub type SseEvent = (u64, String, serde_json::Value);
+
+impl<'c> Sse<'c> {
+    pub async fn open(d: &'c TestDaemon) -> Sse<'c> {
+        let response = d.client.get("/api/v1/events").header(rocket::http::Header::new("Token", "test-token")).dispatch().await;
+        assert_eq!(response.status().code, 200);
+        assert_eq!(response.content_type(), Some(rocket::http::ContentType::EventStream));
+        Sse { response, buffer: String::new() }
+    }
+
+    /// The next event (comments skipped), or None when the stream ends or `limit` passes.
+    pub async fn next(&mut self, limit: Duration) -> Option<SseEvent> {
+        use tokio::io::AsyncReadExt;
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            while let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let field = |name: &str| block.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_string());
+                if let (Some(id), Some(name), Some(data)) = (field("id:"), field("event:"), field("data:")) {
+                    return Some((id.parse().expect("numeric id"), name, serde_json::from_str(&data).expect("JSON data")));
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout_at(deadline, self.response.read(&mut chunk)).await {
+                Ok(Ok(n)) if n > 0 => self.buffer.push_str(&String::from_utf8_lossy(&chunk[..n])),
+                _ => return None,
+            }
+        }
+    }
+
+    /// Waits for an event `name` whose data satisfies `cond`, asking for
+    /// status.json meanwhile (its reads are what notice handshakes);
+    /// returns it and the events skipped before it.
+    pub async fn wait(
+        &mut self,
+        d: &TestDaemon,
+        name: &str,
+        limit: Duration,
+        cond: impl Fn(&serde_json::Value) -> bool,
+    ) -> (serde_json::Value, Vec<SseEvent>) {
+        let start = Instant::now();
+        let mut skipped = Vec::new();
+        while start.elapsed() < limit {
+            match self.next(Duration::from_millis(300)).await {
+                Some((_, n, data)) if n == name && cond(&data) => return (data, skipped),
+                Some(other) => skipped.push(other),
+                None => {
+                    let _ = d.get("/api/v1/status.json").await;
+                }
+            }
+        }
+        panic!("no {name} event within {limit:?}; got {skipped:?}");
+    }
+}

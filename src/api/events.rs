@@ -1,0 +1,123 @@
+//! `GET /api/v1/events` as Server-Sent Events: the `Last-Event-ID` guard
+//! and the stream, which ends when its subscriber fell too far behind
+//! (the reconciler never waits for it) or the server stops.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rocket::futures::stream::{self, BoxStream, StreamExt};
+use rocket::request::{FromRequest, Outcome, Request};
+use rocket::response::stream::{Event as Sse, EventStream};
+use rocket::response::{self, Responder};
+use rocket_okapi::r#gen::OpenApiGenerator;
+use rocket_okapi::okapi::openapi3::{MediaType, Parameter, ParameterValue, Responses};
+use rocket_okapi::request::{OpenApiFromRequest, RequestHeaderInput};
+use rocket_okapi::response::OpenApiResponderInner;
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::events::{Event, Subscription};
+use crate::model::events::{ApplyEvent, DriftRepairedEvent, PeerEvent};
+use crate::types::truncate;
+
+/// A keep-alive comment at least this often, so proxies keep an idle stream open.
+pub const HEARTBEAT: Duration = Duration::from_secs(10);
+
+/// The `Last-Event-ID` header: the id of the last event a client got. It
+/// never fails to parse, so a bad value gets the handler's clear 400.
+pub struct LastEventId(pub Result<Option<u64>, String>);
+
+#[rocket::async_trait]
+impl<'r> FromRequest<'r> for LastEventId {
+    type Error = std::convert::Infallible;
+
+    async fn from_request(req: &'r Request<'_>) -> Outcome<Self, Self::Error> {
+        let parsed = match req.headers().get_one("Last-Event-ID").map(str::trim) {
+            None | Some("") => Ok(None),
+            Some(id) => id
+                .parse::<u64>()
+                .ok()
+                .filter(|_| id.bytes().all(|b| b.is_ascii_digit()))
+                .map(Some)
+                .ok_or_else(|| format!("header Last-Event-ID must be an event id (a whole number), not {:?}", truncate(id))),
+        };
+        Outcome::Success(LastEventId(parsed))
+    }
+}
+
+impl OpenApiFromRequest<'_> for LastEventId {
+    fn from_request_input(generator: &mut OpenApiGenerator, _: String, _: bool) -> rocket_okapi::Result<RequestHeaderInput> {
+        let mut schema = generator.json_schema_no_ref::<String>();
+        schema.string().pattern = Some("^[0-9]{1,19}$".into());
+        let value = ParameterValue::Schema { style: None, explode: None, allow_reserved: false, schema, example: None, examples: None };
+        Ok(RequestHeaderInput::Parameter(Parameter {
+            name: "Last-Event-ID".into(),
+            location: "header".into(),
+            description: Some(
+                "The `id` of the last event received: the events after it that are still kept (the last 1024) are sent first. Browsers' EventSource sends it when they reconnect."
+                    .into(),
+            ),
+            required: false,
+            deprecated: false,
+            allow_empty_value: false,
+            value,
+            extensions: Default::default(),
+        }))
+    }
+}
+
+/// The open stream.
+pub struct EventsStream(EventStream<BoxStream<'static, Sse>>);
+
+fn sse(event: Arc<Event>) -> Sse {
+    Sse::data(event.data.clone()).event(event.name).id(event.id.to_string())
+}
+
+/// The subscription's missed events, then the live ones, until the
+/// subscriber falls behind by more than the backlog or the server stops.
+pub fn stream(subscription: Subscription, shutdown: rocket::Shutdown) -> EventsStream {
+    let Subscription { missed, live } = subscription;
+    let live = stream::unfold(live, |mut rx| async move {
+        match rx.recv().await {
+            Ok(event) => Some((sse(event), rx)),
+            Err(RecvError::Lagged(n)) => {
+                tracing::info!(missed = n, "an event subscriber fell too far behind and was dropped; it may resume with Last-Event-ID");
+                None
+            }
+            Err(RecvError::Closed) => None,
+        }
+    });
+    let events = stream::iter(missed.into_iter().map(sse)).chain(live).take_until(shutdown).boxed();
+    EventsStream(EventStream::from(events).heartbeat(HEARTBEAT))
+}
+
+impl<'r> Responder<'r, 'r> for EventsStream {
+    fn respond_to(self, req: &'r Request<'_>) -> response::Result<'r> {
+        self.0.respond_to(req)
+    }
+}
+
+const DESCRIPTION: &str = "Server-Sent Events (`text/event-stream`), endless: each event has an `id:` (increasing by one; a client resumes with `Last-Event-ID`), an `event:` name and a JSON `data:` line; a comment (`:`) at least every 10 s keeps the connection alive.
+- `apply` (data: ApplyEvent): a pass for a new generation, or its retry, finished.
+- `drift_repaired` (data: DriftRepairedEvent): the watchdog put back what was changed by hand.
+- `peer_connected` / `peer_disconnected` (data: PeerEvent): a peer's latest handshake became newer / older than 180 s (seen by the drift check and status reads).
+A client more than 1024 events behind is disconnected (it may resume from what is kept); the reconciler never waits for a client.";
+
+impl OpenApiResponderInner for EventsStream {
+    fn responses(generator: &mut OpenApiGenerator) -> rocket_okapi::Result<Responses> {
+        // The data schemas, named in the components.
+        let data =
+            [generator.json_schema::<ApplyEvent>(), generator.json_schema::<DriftRepairedEvent>(), generator.json_schema::<PeerEvent>()];
+        let mut r = Responses::default();
+        let mut schema = generator.json_schema_no_ref::<String>();
+        schema.metadata().description = Some("The event stream; each `data:` line is one of the referenced JSON objects.".into());
+        let mut media = MediaType { schema: Some(schema), ..Default::default() };
+        media.extensions.insert("x-event-data".into(), serde_json::to_value(data).unwrap_or_default());
+        let response = rocket_okapi::okapi::openapi3::Response {
+            description: DESCRIPTION.into(),
+            content: [("text/event-stream".to_string(), media)].into_iter().collect(),
+            ..Default::default()
+        };
+        r.responses.insert("200".into(), response.into());
+        Ok(r)
+    }
+}

@@ -1,0 +1,42 @@
+//! The data of each event of `GET /api/v1/events` (JSON in the SSE `data:`
+//! field; the SSE `event:` field names it).
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// `apply`: a pass for a new generation (or its retry) finished.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+pub struct ApplyEvent {
+    pub generation: i64,
+    /// `applied` or `failed`.
+    pub result: String,
+    /// Networks that changed on the system.
+    pub changed_networks: Vec<u16>,
+    pub errors: Vec<String>,
+    pub duration_ms: u64,
+}
+
+/// `drift_repaired`: the watchdog found something changed by hand and put it back.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+pub struct DriftRepairedEvent {
+    /// The network's listen port; null for what all networks share (the bridge, nginx).
+    pub network: Option<u16>,
+    /// What was repaired, one line per step (as a dry run lists them).
+    pub repaired: Vec<String>,
+}
+
+/// `peer_connected` (a handshake newer than 180 s, WireGuard's
+/// reject-after time) and `peer_disconnected` (the latest one got older,
+/// the peer or its network went).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+pub struct PeerEvent {
+    /// The network's listen port.
+    pub network: u16,
+    /// The gateway interface's public key in that network.
+    pub network_public_key: Option<String>,
+    pub peer_public_key: String,
+    /// The peer's endpoint as WireGuard knows it.
+    pub endpoint: Option<String>,
+    /// Unix seconds of its latest handshake (null if never or unknown).
+    pub latest_handshake: Option<i64>,
+}
