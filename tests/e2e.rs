@@ -778,6 +778,13 @@ async fn events_tell_of_applies_peers_and_drift(n: &Names) {
     d.drift_ok().await;
     let (repaired, _) = sse.wait(&d, "drift_repaired", limit, |e| e["network"] == port).await;
     assert_eq!(repaired["repaired"], json!(["set mtu 1420 and up"]), "{repaired}");
+    // Over the ~20 s of this test, keep-alive comments filled every silence.
+    assert!(
+        sse.comments >= 2 && sse.longest_silence <= Duration::from_secs(15),
+        "{} comments, longest silence {:?}",
+        sse.comments,
+        sse.longest_silence
+    );
 
     drop(sse);
     d.stop().await;
@@ -800,8 +807,22 @@ async fn dry_run_lists_the_change_touches_nothing_and_the_apply_does_what_it_lis
 
     let before = system_snapshot(&n, &[a, b]);
     const DRY: &str = "/api/v1/config.json?dry_run=true";
+    d.runner.take_records();
+    let started = Instant::now();
     let (code, plan) = d.send_to(rocket::http::Method::Post, DRY, &cfg).await;
+    let took = started.elapsed();
     assert_eq!(code, 200, "{plan}");
+    let ran = d.runner.take_records();
+    assert!(
+        ran.iter().all(|r| !r.mutating),
+        "the dry run ran a command that changes something: {:?}",
+        ran.iter().map(|r| &r.line).collect::<Vec<_>>()
+    );
+    println!(
+        "dry run of a change to 2 networks: {took:?}, {} processes (reads only): {:?}",
+        ran.len(),
+        ran.iter().map(|r| &r.line).collect::<Vec<_>>()
+    );
     let lines: Vec<&str> = plan["changes"][a.to_string()].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
     for want in ["set mtu 1400 and up", &format!("configure WireGuard: add peer {new_peer}"), "replace the iptables rules"] {
         assert!(lines.contains(&want), "{want:?} missing: {plan}");

@@ -532,6 +532,12 @@ pub fn metric_names(expr: &str) -> Vec<String> {
 pub struct Sse<'c> {
     response: rocket::local::asynchronous::LocalResponse<'c>,
     buffer: String,
+    /// When the stream last sent something (an event or a keep-alive comment).
+    last_sent: Instant,
+    /// The longest silence of the stream so far.
+    pub longest_silence: Duration,
+    /// Keep-alive comments received.
+    pub comments: usize,
 }
 
 /// One event: id, name, data.
@@ -542,7 +548,7 @@ impl<'c> Sse<'c> {
         let response = d.client.get("/api/v1/events").header(rocket::http::Header::new("Token", "test-token")).dispatch().await;
         assert_eq!(response.status().code, 200);
         assert_eq!(response.content_type(), Some(rocket::http::ContentType::EventStream));
-        Sse { response, buffer: String::new() }
+        Sse { response, buffer: String::new(), last_sent: Instant::now(), longest_silence: Duration::ZERO, comments: 0 }
     }
 
     /// The next event (comments skipped), or None when the stream ends or `limit` passes.
@@ -553,13 +559,18 @@ impl<'c> Sse<'c> {
             while let Some(end) = self.buffer.find("\n\n") {
                 let block: String = self.buffer.drain(..end + 2).collect();
                 let field = |name: &str| block.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_string());
+                self.comments += block.lines().filter(|l| l.starts_with(':')).count();
                 if let (Some(id), Some(name), Some(data)) = (field("id:"), field("event:"), field("data:")) {
                     return Some((id.parse().expect("numeric id"), name, serde_json::from_str(&data).expect("JSON data")));
                 }
             }
             let mut chunk = [0u8; 4096];
             match tokio::time::timeout_at(deadline, self.response.read(&mut chunk)).await {
-                Ok(Ok(n)) if n > 0 => self.buffer.push_str(&String::from_utf8_lossy(&chunk[..n])),
+                Ok(Ok(n)) if n > 0 => {
+                    self.longest_silence = self.longest_silence.max(self.last_sent.elapsed());
+                    self.last_sent = Instant::now();
+                    self.buffer.push_str(&String::from_utf8_lossy(&chunk[..n]))
+                }
                 _ => return None,
             }
         }
