@@ -103,7 +103,10 @@ async fn preview(
         return Err(ApiError::ShuttingDown);
     }
     let (generation, current) = shared.store.desired().await?;
-    let desired = validate(&build(current)?, &shared.settings.validation()).map_err(ApiError::Invalid)?;
+    let config = build(current)?;
+    let previous = shared.accepted(generation);
+    let ctx = Context { previous: previous.as_deref(), ..shared.settings.validation() };
+    let desired = validate(&config, &ctx).map_err(ApiError::Invalid)?;
     Ok(shared.dry_runs.ask(generation, desired, shared.settings.apply_wait).await?)
 }
 
