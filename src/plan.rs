@@ -76,6 +76,15 @@ pub enum Action {
 }
 
 impl Action {
+    /// How errors and logs name the action: its Debug form, but without
+    /// the WireGuard changes (a new network's name every one of its peers).
+    pub fn label(&self) -> String {
+        match self {
+            Action::ConfigureWg(port, _) => format!("ConfigureWg({port})"),
+            other => format!("{other:?}"),
+        }
+    }
+
     /// The network an action belongs to; a failure stops only that network's actions.
     pub fn network(&self) -> Option<u16> {
         use Action::*;

@@ -28,19 +28,20 @@ pub struct ExecReport {
 impl ExecReport {
     fn record(&mut self, action: &Action, result: Result<(), SysError>) {
         let net = action.network();
+        let label = action.label();
         match (result, net) {
             (Ok(()), Some(p)) => {
                 self.changed.insert(p);
             }
             (Ok(()), None) => {}
             (Err(e), Some(p)) => {
-                tracing::warn!(network = p, action = ?action, error = %e, "action failed; the network's other actions are skipped");
-                self.errors.push(format!("network {p}: {action:?}: {e}"));
+                tracing::warn!(network = p, action = %label, error = %e, "action failed; the network's other actions are skipped");
+                self.errors.push(format!("network {p}: {label}: {e}"));
                 self.failed.insert(p);
             }
             (Err(e), None) => {
-                tracing::warn!(action = ?action, error = %e, "action failed");
-                self.errors.push(format!("{action:?}: {e}"));
+                tracing::warn!(action = %label, error = %e, "action failed");
+                self.errors.push(format!("{label}: {e}"));
                 self.global_failed = true;
             }
         }

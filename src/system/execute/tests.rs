@@ -108,8 +108,8 @@ async fn a_failing_network_does_not_stop_the_others() {
 async fn an_action_for_a_network_not_desired_fails_before_any_command() {
     let dir = tempfile::tempdir().unwrap();
     let s = system(dir.path(), Runner::dry_run());
-    let report = s.execute(&[Action::ConfigureWg(40000, vec![])], &Desired::default(), &nginx()).await;
-    assert_eq!(report.errors, ["network 40000: ConfigureWg(40000, []): network 40000 is not in the desired state"]);
+    let report = s.execute(&[Action::ConfigureWg(40000, vec![crate::plan::WgChange::PrivateKey])], &Desired::default(), &nginx()).await;
+    assert_eq!(report.errors, ["network 40000: ConfigureWg(40000): network 40000 is not in the desired state"]);
     assert!(lines(&s).is_empty());
 }
 
