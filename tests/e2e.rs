@@ -9,13 +9,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{Value, json};
 
-struct Guard(Names);
-impl Drop for Guard {
-    fn drop(&mut self) {
-        self.0.cleanup();
-    }
-}
-
 fn network(private: &str, peers: Value, proxy: Value) -> Value {
     json!({ "private_key": private, "address": ["10.80.0.1/16"], "peers": peers, "proxy": proxy })
 }
@@ -46,29 +39,6 @@ fn https_get(n: &Names, node: &Node, host: &str, path: &str) -> (bool, String) {
             ip = n.client_gw_ip()
         ),
     )
-}
-
-/// A private nginx, a node serving `app.test` through a tunnel to the
-/// gateway's first network, and a client; everything goes when it drops.
-struct NodeTopology {
-    n: Names,
-    gw_private: String,
-    gw_public: String,
-    port: u16,
-    node: Node,
-    _guard: Guard,
-}
-
-fn node_topology(k: u8) -> NodeTopology {
-    require_root();
-    let n = names(k);
-    let _guard = Guard(n.clone());
-    write_nginx_conf(&n);
-    let (gw_private, gw_public) = genkey();
-    let port = n.port(0);
-    let node = start_node(&n, "app.test", &gw_public, port);
-    start_client(&n);
-    NodeTopology { n, gw_private, gw_public, port, node, _guard }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

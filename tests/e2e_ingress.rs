@@ -11,36 +11,7 @@ use std::time::Duration;
 use common::*;
 use serde_json::{Value, json};
 
-struct Guard(Names);
-impl Drop for Guard {
-    fn drop(&mut self) {
-        self.0.cleanup();
-    }
-}
-
-/// A private nginx, a node (serving `app.test` and `pp.app.test`) through a
-/// tunnel to network `n.port(0)`, and a client; everything goes on drop.
-struct Topology {
-    n: Names,
-    gw_private: String,
-    port: u16,
-    node: Node,
-    _guard: Guard,
-}
-
-fn topology(k: u8) -> Topology {
-    require_root();
-    let n = names(k);
-    let _guard = Guard(n.clone());
-    write_nginx_conf(&n);
-    let (gw_private, gw_public) = genkey();
-    let port = n.port(0);
-    let node = start_node(&n, "app.test", &gw_public, port);
-    start_client(&n);
-    Topology { n, gw_private, port, node, _guard }
-}
-
-fn network(t: &Topology, proxy: Value) -> Value {
+fn network(t: &NodeTopology, proxy: Value) -> Value {
     let peer = json!({ "allowed_ips": ["10.80.0.2/32"], "endpoint": format!("{}:{}", t.n.node_ip(), t.node.listen_port) });
     json!({ t.port.to_string(): { "private_key": t.gw_private, "address": ["10.80.0.1/16"], "peers": { &t.node.public: peer }, "proxy": proxy } })
 }
@@ -67,7 +38,7 @@ fn https_get(n: &Names, node: &Node, host: &str, address: &str) -> (bool, String
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root: scripts/test.sh runs it with --include-ignored"]
 async fn proxy_protocol_carries_the_client_address_over_both_families() {
-    let t = topology(1);
+    let t = node_topology(1);
     let n = &t.n;
     add_ipv6_to_client(n);
     let (hp, cp) = (n.https_port(), n.http_port());
@@ -172,7 +143,7 @@ fn listens(proto: &str, port: u16) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root: scripts/test.sh runs it with --include-ignored"]
 async fn raw_tcp_and_udp_ports_reach_the_node_and_close_when_removed() {
-    let t = topology(5);
+    let t = node_topology(5);
     let n = &t.n;
     let (tcp, tcp_pp, udp) = (n.https_port() + 3, n.https_port() + 4, n.https_port() + 5);
     let d = TestDaemon::start(&args(n, &[])).await;

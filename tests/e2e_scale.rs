@@ -10,13 +10,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::{Value, json};
 
-struct Guard(Names);
-impl Drop for Guard {
-    fn drop(&mut self) {
-        self.0.cleanup();
-    }
-}
-
 /// A distinct 32-byte key (any 32 bytes are a valid WireGuard key).
 fn key(k: u8, network: u16, peer: u16) -> String {
     use base64::Engine;

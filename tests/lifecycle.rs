@@ -213,13 +213,6 @@ fn rt_open(db: &str) {
     });
 }
 
-struct Guard(Names);
-impl Drop for Guard {
-    fn drop(&mut self) {
-        self.0.cleanup();
-    }
-}
-
 /// A test host whose nginx answers 418 for hostnames it does not serve:
 /// a served one answers 502 (its upstream refuses at once), so what nginx
 /// has loaded can be told apart from what its files say.
@@ -359,14 +352,7 @@ fn a_crash_right_after_wireguard_go_started_heals_at_the_next_start() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root: scripts/test.sh runs it with --include-ignored"]
 async fn sigterm_during_a_slow_apply_finishes_the_pass_and_the_data_plane_stays() {
-    require_root();
-    let n = names(13);
-    let _guard = Guard(n.clone());
-    write_nginx_conf(&n);
-    let (gw_private, gw_public) = genkey();
-    let port = n.port(0);
-    let node = start_node(&n, "app.test", &gw_public, port);
-    start_client(&n);
+    let NodeTopology { n, gw_private, gw_public, port, node, _guard } = node_topology(13);
     let slow_wg = n.dir.join("slow-wg");
     std::fs::write(&slow_wg, "#!/bin/sh\nsleep 3\nexec wg \"$@\"\n").unwrap();
     sh(&format!("chmod 755 {}", slow_wg.display()));

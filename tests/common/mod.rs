@@ -600,3 +600,35 @@ impl<'c> Sse<'c> {
         panic!("no {name} event within {limit:?}; got {skipped:?}");
     }
 }
+
+/// Removes everything test `n` made when it drops, also when the test fails.
+pub struct Guard(pub Names);
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.0.cleanup();
+    }
+}
+
+/// A private nginx, a node serving `app.test` (and `pp.app.test`) through a
+/// tunnel to the gateway's network `n.port(0)`, and a client; everything
+/// goes when it drops.
+pub struct NodeTopology {
+    pub n: Names,
+    pub gw_private: String,
+    pub gw_public: String,
+    pub port: u16,
+    pub node: Node,
+    pub _guard: Guard,
+}
+
+pub fn node_topology(k: u8) -> NodeTopology {
+    require_root();
+    let n = names(k);
+    let _guard = Guard(n.clone());
+    write_nginx_conf(&n);
+    let (gw_private, gw_public) = genkey();
+    let port = n.port(0);
+    let node = start_node(&n, "app.test", &gw_public, port);
+    start_client(&n);
+    NodeTopology { n, gw_private, gw_public, port, node, _guard }
+}
