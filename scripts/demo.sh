@@ -49,7 +49,7 @@ cleanup ""
 say "Installing system tools and building the gateway"
 scripts/install-deps.sh
 cargo build --release --locked -q
-BIN=target/release/gateway
+BIN=${CARGO_TARGET_DIR:-target}/release/gateway
 
 say "A node: namespace gwdemo-node, wireguard-go, an HTTPS + HTTP site for $HOST"
 read -r GW_PRIV <<<"$(wg genkey)"; GW_PUB=$(echo "$GW_PRIV" | wg pubkey)
