@@ -71,10 +71,6 @@ impl Listen {
         }
     }
 
-    pub fn is_ipv6(&self) -> bool {
-        matches!(self, Listen::Addr(SocketAddr::V6(_)))
-    }
-
     /// `[::]:PORT`: the one that would also take IPv4 without `ipv6only=on`.
     fn is_ipv6_wildcard(&self) -> bool {
         matches!(self, Listen::Addr(SocketAddr::V6(a)) if a.ip().is_unspecified())
