@@ -17,6 +17,7 @@ use super::events::{EventsStream, LastEventId};
 use crate::clock::now_unix;
 use crate::daemon::{Lifecycle, Shared};
 use crate::model::*;
+use crate::spec::Desired;
 use crate::store::ApplyRecord;
 use crate::traffic::{QueryError, Step, TrafficQuery};
 use crate::types::parse_listen_port;
@@ -102,12 +103,23 @@ async fn preview(
     if *shared.lifecycle.borrow() != Lifecycle::Running {
         return Err(ApiError::ShuttingDown);
     }
+    let (generation, _, desired) = build_checked(shared, build).await?;
+    Ok(shared.dry_runs.ask(generation, desired, shared.settings.apply_wait).await?)
+}
+
+/// The current generation, the new state built on it, and that state
+/// validated: the same for a dry run and an apply, so both answer the same
+/// 422. Validation keeps the public keys of the accepted state.
+async fn build_checked(
+    shared: &Shared,
+    build: impl FnOnce(GatewayConfig) -> Result<GatewayConfig, ApiError>,
+) -> Result<(i64, GatewayConfig, Desired), ApiError> {
     let (generation, current) = shared.store.desired().await?;
     let config = build(current)?;
     let previous = shared.accepted(generation);
     let ctx = Context { previous: previous.as_deref(), ..shared.settings.validation() };
     let desired = validate(&config, &ctx).map_err(ApiError::Invalid)?;
-    Ok(shared.dry_runs.ask(generation, desired, shared.settings.apply_wait).await?)
+    Ok((generation, config, desired))
 }
 
 /// Builds the new desired state from the current one under the write lock,
@@ -126,11 +138,7 @@ async fn store_and_apply(
     let generation = {
         let _guard = shared.write_lock.lock().await;
         running()?;
-        let (current_generation, current) = shared.store.desired().await?;
-        let config = build(current)?;
-        let previous = shared.accepted(current_generation);
-        let ctx = Context { previous: previous.as_deref(), ..shared.settings.validation() };
-        let desired = validate(&config, &ctx).map_err(ApiError::Invalid)?;
+        let (_, config, desired) = build_checked(shared, build).await?;
         let generation = shared.store.save_desired(&config, now_unix()).await?;
         shared.remember_accepted(generation, Arc::new(desired));
         generation
