@@ -354,7 +354,7 @@ pub async fn build(args: &Args, runner: Runner) -> anyhow::Result<Daemon> {
         tracing::warn!("no --database given: the desired state and traffic live in memory and are lost on exit");
     }
     let store = Store::open(args.database()).await?;
-    let metrics = Arc::new(Metrics::new(args.metrics_per_peer, runner.started()));
+    let metrics = Arc::new(Metrics::new(args.metrics_per_peer));
     let mut system = system_from(args, runner.observed_by(metrics.clone()), layout, Backend::Userspace, &store);
     system.backend = Backend::detect(&system.runner, &system.tools, &args.wireguard_backend).await.map_err(anyhow::Error::msg)?;
     let last = store.last_apply().await.context("reading the last apply")?;

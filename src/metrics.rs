@@ -80,7 +80,7 @@ pub struct Metrics {
     pub last_success: Gauge,
     pub poll_errors: Counter,
     pub poll_duration: Histogram,
-    /// Processes the daemon started: the runner's own count.
+    /// Every command the runner ran (also those that could not start).
     commands_started: Counter,
     commands: Family<CommandLabels, Counter>,
     command_duration: Histograms<ProgramLabels>,
@@ -91,14 +91,13 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        Metrics::new(true, Counter::default())
+        Metrics::new(true)
     }
 }
 
 impl Metrics {
-    /// `per_peer`: export per-peer series; `commands_started`: the runner's
-    /// count of the processes it started.
-    pub fn new(per_peer: bool, commands_started: Counter) -> Self {
+    /// `per_peer`: export per-peer series.
+    pub fn new(per_peer: bool) -> Self {
         let mut m = Metrics {
             registry: Registry::with_prefix("gateway"),
             per_peer,
@@ -115,7 +114,7 @@ impl Metrics {
             last_success: Gauge::default(),
             poll_errors: Counter::default(),
             poll_duration: pass_buckets(),
-            commands_started,
+            commands_started: Counter::default(),
             commands: Family::default(),
             command_duration: Family::new_with_constructor(command_buckets),
             exported: Mutex::default(),
@@ -261,6 +260,7 @@ impl CommandObserver for Metrics {
             CommandOutcome::Timeout => "timeout",
             CommandOutcome::NotStarted => "not_started",
         };
+        self.commands_started.inc();
         self.commands.get_or_create(&CommandLabels { program: program.into(), result: result.into() }).inc();
         self.command_duration.get_or_create(&ProgramLabels { program: program.into() }).observe(duration.as_secs_f64());
     }
@@ -311,7 +311,7 @@ mod tests {
 
     #[test]
     fn per_peer_series_can_be_turned_off() {
-        let m = Metrics::new(false, Counter::default());
+        let m = Metrics::new(false);
         m.peer_seen("51820", "k", 1_700_000_000);
         m.count_traffic("51820", "k", 5, 7);
         let text = m.encode().unwrap();
@@ -328,6 +328,7 @@ mod tests {
         let text = m.encode().unwrap();
         assert!(text.contains(r#"gateway_commands_total{program="ip",result="ok"} 2"#), "{text}");
         assert!(text.contains(r#"gateway_commands_total{program="wg",result="timeout"} 1"#), "{text}");
+        assert!(text.contains("gateway_commands_started_total 3"), "every command counted once: {text}");
         assert!(text.contains(r#"gateway_command_duration_seconds_count{program="ip"} 2"#), "{text}");
     }
 }

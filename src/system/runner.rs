@@ -253,14 +253,12 @@ pub struct Runner {
     timeout: Duration,
     records: Option<Arc<Mutex<Vec<Record>>>>,
     mode: Mode,
-    /// Every command run (exported as `gateway_commands_started_total`).
-    started: prometheus_client::metrics::counter::Counter,
     observer: Option<Arc<dyn CommandObserver>>,
 }
 
 impl Runner {
     pub fn new(timeout: Duration) -> Self {
-        Runner { timeout, records: None, mode: Mode::Real, started: Default::default(), observer: None }
+        Runner { timeout, records: None, mode: Mode::Real, observer: None }
     }
 
     /// The same runner, telling `observer` about every command it finishes.
@@ -270,7 +268,7 @@ impl Runner {
 
     /// A runner that also remembers every command it ran.
     pub fn recording(timeout: Duration) -> Self {
-        Runner { timeout, records: Some(Arc::new(Mutex::new(Vec::new()))), mode: Mode::Real, started: Default::default(), observer: None }
+        Runner { timeout, records: Some(Arc::new(Mutex::new(Vec::new()))), mode: Mode::Real, observer: None }
     }
 
     /// A recording runner that runs nothing: `script` answers every command.
@@ -282,11 +280,6 @@ impl Runner {
     /// with empty output): for unit tests of what would be run, without root.
     pub fn dry_run() -> Self {
         Runner::scripted(Script::new(), Duration::from_secs(1))
-    }
-
-    /// The count of commands run, shared with every clone of this runner.
-    pub fn started(&self) -> prometheus_client::metrics::counter::Counter {
-        self.started.clone()
     }
 
     /// Returns and clears what was recorded so far.
@@ -301,7 +294,6 @@ impl Runner {
     /// that carries stderr.
     pub async fn run(&self, cmd: &Cmd) -> Result<String, CmdError> {
         let line = cmd.line();
-        self.started.inc();
         if cmd.mutating {
             tracing::debug!(command = %line, "run");
         } else {
