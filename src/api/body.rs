@@ -11,6 +11,7 @@ use rocket::response::{self, Responder};
 use rocket::serde::json::Json;
 use rocket_okapi::r#gen::OpenApiGenerator;
 use rocket_okapi::okapi::openapi3::{MediaType, Parameter, ParameterValue, RequestBody, Responses};
+use rocket_okapi::okapi::schemars::schema::SchemaObject;
 use rocket_okapi::request::{OpenApiFromData, OpenApiFromForm};
 use rocket_okapi::response::OpenApiResponderInner;
 use schemars::JsonSchema;
@@ -122,6 +123,39 @@ impl OpenApiResponderInner for ConfigAnswer {
     }
 }
 
+/// The name of a query parameter and every value given for it: the query
+/// types below take them all and decide in `finalize`, so a bad value, or
+/// one given twice, gets the handler's clear 400.
+type Given<'r> = (&'r str, Vec<&'r str>);
+
+fn remember<'r>(given: &mut Given<'r>, field: ValueField<'r>) {
+    given.0 = field.name.source().as_str();
+    given.1.push(field.value);
+}
+
+/// The value given, if any; more than one is an error.
+fn single<'r>(name: &str, values: &[&'r str]) -> Result<Option<&'r str>, String> {
+    match values {
+        [] => Ok(None),
+        [one] => Ok(Some(one)),
+        _ => Err(format!("`{name}` is given more than once")),
+    }
+}
+
+/// A query parameter's entry in the OpenAPI document.
+fn query_parameter(name: String, schema: SchemaObject, description: Option<&str>, required: bool) -> Parameter {
+    Parameter {
+        name,
+        location: "query".into(),
+        description: description.map(Into::into),
+        required,
+        deprecated: false,
+        allow_empty_value: false,
+        value: ParameterValue::Schema { style: None, explode: None, allow_reserved: false, schema, example: None, examples: None },
+        extensions: Default::default(),
+    }
+}
+
 /// The `dry_run` query parameter, `true` or `false` (the default). It never
 /// fails to parse, so any other value gets the handler's clear 400 (not
 /// Rocket's default, nor a silent `false` that would turn a dry run into
@@ -132,45 +166,31 @@ const DRY_RUN_DOC: &str = "`true`: validate as usual (422 on bad input), then an
 
 #[rocket::async_trait]
 impl<'r> FromForm<'r> for DryRunFlag {
-    type Context = (&'r str, Vec<&'r str>);
+    type Context = Given<'r>;
 
     fn init(_: form::Options) -> Self::Context {
         ("", Vec::new())
     }
 
     fn push_value(given: &mut Self::Context, field: ValueField<'r>) {
-        given.0 = field.name.source().as_str();
-        given.1.push(field.value);
+        remember(given, field);
     }
 
     async fn push_data(_: &mut Self::Context, _: DataField<'r, '_>) {}
 
     fn finalize((name, values): Self::Context) -> form::Result<'r, Self> {
-        let parsed = match values.as_slice() {
-            [] | ["false"] => Ok(false),
-            ["true"] => Ok(true),
-            [one] => Err(format!("`{name}` must be `true` or `false`, not {:?}", truncate(one))),
-            _ => Err(format!("`{name}` is given more than once")),
-        };
+        let parsed = single(name, &values).and_then(|value| match value {
+            None | Some("false") => Ok(false),
+            Some("true") => Ok(true),
+            Some(one) => Err(format!("`{name}` must be `true` or `false`, not {:?}", truncate(one))),
+        });
         Ok(DryRunFlag(parsed))
     }
 }
 
 impl<'r> OpenApiFromForm<'r> for DryRunFlag {
     fn form_multi_parameter(generator: &mut OpenApiGenerator, name: String, _: bool) -> rocket_okapi::Result<Vec<Parameter>> {
-        let schema = generator.json_schema_no_ref::<bool>();
-        let value = ParameterValue::Schema { style: None, explode: None, allow_reserved: false, schema, example: None, examples: None };
-        let p = Parameter {
-            name,
-            location: "query".into(),
-            description: Some(DRY_RUN_DOC.into()),
-            required: false,
-            deprecated: false,
-            allow_empty_value: false,
-            value,
-            extensions: Default::default(),
-        };
-        Ok(vec![p])
+        Ok(vec![query_parameter(name, generator.json_schema_no_ref::<bool>(), Some(DRY_RUN_DOC), false)])
     }
 }
 
@@ -200,45 +220,28 @@ pub struct QueryInt<const MIN: i64, const MAX: i64, const REQUIRED: bool>(pub Re
 
 #[rocket::async_trait]
 impl<'r, const MIN: i64, const MAX: i64, const REQUIRED: bool> FromForm<'r> for QueryInt<MIN, MAX, REQUIRED> {
-    /// The parameter's name and every value given for it.
-    type Context = (&'r str, Vec<&'r str>);
+    type Context = Given<'r>;
 
     fn init(_: form::Options) -> Self::Context {
         ("", Vec::new())
     }
     fn push_value(given: &mut Self::Context, field: ValueField<'r>) {
-        given.0 = field.name.source().as_str();
-        given.1.push(field.value);
+        remember(given, field);
     }
     async fn push_data(_: &mut Self::Context, _: DataField<'r, '_>) {}
     fn finalize((name, values): Self::Context) -> form::Result<'r, Self> {
-        let parsed = match values.as_slice() {
-            [] => Ok(None),
-            [one] => whole_decimal(one)
+        let whole = |one: &str| {
+            whole_decimal(one)
                 .filter(|n| (MIN..=MAX).contains(n))
-                .map(Some)
-                .ok_or_else(|| format!("`{name}` must be a whole number from {MIN} to {MAX}, not {:?}", truncate(one))),
-            _ => Err(format!("`{name}` is given more than once")),
+                .ok_or_else(|| format!("`{name}` must be a whole number from {MIN} to {MAX}, not {:?}", truncate(one)))
         };
-        Ok(QueryInt(parsed))
+        Ok(QueryInt(single(name, &values).and_then(|value| value.map(whole).transpose())))
     }
 }
 
 impl<'r, const MIN: i64, const MAX: i64, const REQUIRED: bool> OpenApiFromForm<'r> for QueryInt<MIN, MAX, REQUIRED> {
     fn form_multi_parameter(generator: &mut OpenApiGenerator, name: String, _: bool) -> rocket_okapi::Result<Vec<Parameter>> {
-        let schema = generator.json_schema_no_ref::<IntRange<MIN, MAX>>();
-        let value = ParameterValue::Schema { style: None, explode: None, allow_reserved: false, schema, example: None, examples: None };
-        let p = Parameter {
-            name,
-            location: "query".into(),
-            description: None,
-            required: REQUIRED,
-            deprecated: false,
-            allow_empty_value: false,
-            value,
-            extensions: Default::default(),
-        };
-        Ok(vec![p])
+        Ok(vec![query_parameter(name, generator.json_schema_no_ref::<IntRange<MIN, MAX>>(), None, REQUIRED)])
     }
 }
 
