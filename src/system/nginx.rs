@@ -14,12 +14,30 @@ use crate::render::NginxFiles;
 
 const RELOAD_WAIT: Duration = Duration::from_secs(5);
 
+/// Where the new content of `path` is written before it is renamed over
+/// it: in a directory of its own beside `path`'s directory
+/// (`/etc/nginx/sites-enabled.gateway-tmp/gateway.conf`), on the same file
+/// system, so a crash before the rename never leaves a second copy where
+/// nginx includes every file of a directory (Debian's `sites-enabled/*`);
+/// no glob of nginx's reaches it.
+fn temp_path(path: &Path) -> Option<std::path::PathBuf> {
+    let dir = path.parent().filter(|d| d.file_name().is_some())?;
+    let mut own = dir.as_os_str().to_os_string();
+    own.push(".gateway-tmp");
+    Some(Path::new(&own).join(path.file_name()?))
+}
+
 fn write_atomic(path: &Path, content: &str) -> Result<(), SysError> {
-    let tmp = path.with_extension("gateway-tmp");
     let err = |source| SysError::Write { path: path.display().to_string(), source };
+    let tmp = temp_path(path).ok_or_else(|| err(std::io::Error::other("the file must be in a directory other than /")))?;
+    let tmp_dir = tmp.parent().unwrap_or(Path::new("/"));
+    std::fs::create_dir_all(tmp_dir).map_err(err)?;
     std::fs::write(&tmp, content).map_err(err)?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
+    std::fs::rename(&tmp, path).map_err(err)?;
+    // Empty now; another instance writing beside it keeps it (not empty).
+    let _ = std::fs::remove_dir(tmp_dir);
+    Ok(())
 }
 
 /// Whether an nginx worker has stopped accepting connections: its title is
@@ -150,6 +168,30 @@ mod tests {
         std::fs::write(socket, "not a socket").unwrap();
         system.start_nginx().await.unwrap();
         assert_eq!(std::fs::read_to_string(socket).unwrap(), "not a socket", "only a socket is removed");
+    }
+
+    #[test]
+    fn temporary_files_stay_out_of_the_directory_nginx_includes() {
+        let tmp = temp_path(Path::new("/etc/nginx/sites-enabled/gateway.conf")).unwrap();
+        assert_eq!(tmp, Path::new("/etc/nginx/sites-enabled.gateway-tmp/gateway.conf"));
+        assert_eq!(temp_path(Path::new("/gateway.conf")), None, "no directory beside /");
+        // A write leaves the target alone in its directory, and nothing beside it.
+        let dir = tempfile::tempdir().unwrap();
+        let included = dir.path().join("sites-enabled");
+        std::fs::create_dir(&included).unwrap();
+        let target = included.join("gateway.conf");
+        write_atomic(&target, "one").unwrap();
+        write_atomic(&target, "two").unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "two");
+        let names = |d: &Path| std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect::<Vec<_>>();
+        assert_eq!(names(&included), ["gateway.conf"]);
+        assert_eq!(names(dir.path()), ["sites-enabled"], "the temporary directory goes once empty");
+        // What a crash before the rename leaves is outside the included directory.
+        std::fs::create_dir(included.with_extension("gateway-tmp")).unwrap();
+        std::fs::write(temp_path(&target).unwrap(), "half").unwrap();
+        assert_eq!(names(&included), ["gateway.conf"]);
+        write_atomic(&target, "three").unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "three", "a leftover is overwritten");
     }
 
     #[test]
