@@ -290,6 +290,19 @@ fn raw_server(s: &mut String, site: &NginxSite, r: &RawRoute) {
     s.push_str("    }\n");
 }
 
+/// The gateway's own server, first on every HTTP listen address: nginx
+/// makes the first server of an address its default (unless another one
+/// says `default_server`, e.g. Debian's own site: then that one), so a
+/// Host no route names, or none at all, never reaches a tenant's node (an
+/// ACME HTTP-01 check for another tenant's name included). The connection
+/// is closed without an answer (nginx's 444). It carries the listen
+/// options, nginx taking them once per address.
+fn catch_all(s: &mut String, site: &NginxSite) {
+    s.push_str("\n# Host names no route serves: closed by the gateway, never passed to a tenant.\nserver {\n");
+    listen_lines(s, "    ", &site.options.http_listen, "", true);
+    s.push_str("    server_name _;\n    return 444;\n}\n");
+}
+
 /// `server {}` blocks included inside `http {}`: reverse proxy by Host.
 pub fn nginx_http(site: &NginxSite) -> String {
     let mut s = String::from(HEADER);
@@ -300,11 +313,12 @@ pub fn nginx_http(site: &NginxSite) -> String {
         let _ = writeln!(s, "server_names_hash_bucket_size {};", site.options.server_names_hash_bucket_size);
     }
     s.push_str("map $http_upgrade $gateway_connection_upgrade {\n    default upgrade;\n    '' close;\n}\n");
-    for (i, r) in site.http.iter().enumerate() {
+    catch_all(&mut s, site);
+    for r in &site.http {
         s.push('\n');
         upstream_block(&mut s, "", &r.upstream_name, &r.servers);
         s.push_str("server {\n");
-        listen_lines(&mut s, "    ", &site.options.http_listen, "", i == 0);
+        listen_lines(&mut s, "    ", &site.options.http_listen, "", false);
         let _ = writeln!(s, "    server_name {};", r.host);
         s.push_str("    location / {\n");
         let _ = writeln!(s, "        proxy_pass http://{};", r.upstream_name);

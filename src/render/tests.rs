@@ -160,7 +160,39 @@ fn golden_ingress() {
     golden("iptables-51820-raw.rules", &iptables_restore(&rules(&Layout::default(), &d.networks[&51820]), &[]));
     let http = nginx_http(&site);
     assert_eq!(http.matches("ipv6only=on").count(), 1, "nginx takes listen options once per address: {http}");
-    assert_eq!(http.matches("listen [::]:80").count(), site.http.len());
+    assert_eq!(http.matches("listen [::]:80").count(), site.http.len() + 1, "the routes and the gateway's catch-all");
+}
+
+/// The server blocks of an http file: (listen lines, server_name, body lines).
+fn http_servers(http: &str) -> Vec<(Vec<String>, String, Vec<String>)> {
+    let mut out = Vec::new();
+    for block in http.split("\nserver {\n").skip(1) {
+        let lines: Vec<String> = block.lines().map(|l| l.trim().to_string()).take_while(|l| !l.starts_with("upstream ")).collect();
+        let listen = lines.iter().filter(|l| l.starts_with("listen ")).cloned().collect();
+        let name = lines.iter().find_map(|l| l.strip_prefix("server_name ")).unwrap_or_default().to_string();
+        out.push((listen, name, lines));
+    }
+    out
+}
+
+#[test]
+fn unknown_host_names_are_the_gateways_on_every_http_listen_address() {
+    let (_, site) = ingress_site();
+    let servers = http_servers(&nginx_http(&site));
+    // nginx makes the first server of an address its default: the gateway's own.
+    let (listen, name, body) = &servers[0];
+    assert_eq!(listen, &["listen 80;", "listen [::]:80 ipv6only=on;"]);
+    assert_eq!(name, "_;", "a name no request carries");
+    assert!(body.contains(&"return 444;".to_string()), "closed without an answer: {body:?}");
+    assert!(!body.iter().any(|l| l.contains("proxy_pass")), "no upstream: {body:?}");
+    assert!(!body.iter().any(|l| l.contains("default_server")), "an operator's own default server stays allowed");
+    for (listen, name, _) in &servers[1..] {
+        assert_eq!(listen, &["listen 80;", "listen [::]:80;"], "{name}");
+    }
+    assert_eq!(servers.len(), 1 + site.http.len());
+    let (_, site) = self::site();
+    let servers = http_servers(&nginx_http(&site));
+    assert_eq!((&servers[0].0, servers[0].1.as_str()), (&vec!["listen 80;".to_string()], "_;"));
 }
 
 #[test]
