@@ -20,8 +20,6 @@ pub struct Cmd {
     stdin: Option<Vec<u8>>,
     /// False for commands that only read the system.
     pub mutating: bool,
-    /// Environment variables not passed on.
-    env_remove: Vec<&'static str>,
 }
 
 impl Cmd {
@@ -30,23 +28,12 @@ impl Cmd {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        Cmd {
-            program: program.to_string(),
-            args: args.into_iter().map(Into::into).collect(),
-            stdin: None,
-            mutating: true,
-            env_remove: Vec::new(),
-        }
+        Cmd { program: program.to_string(), args: args.into_iter().map(Into::into).collect(), stdin: None, mutating: true }
     }
 
     /// Marks a command that only reads the system.
     pub fn read_only(mut self) -> Self {
         self.mutating = false;
-        self
-    }
-
-    pub fn env_remove(mut self, name: &'static str) -> Self {
-        self.env_remove.push(name);
         self
     }
 
@@ -242,6 +229,25 @@ pub fn tool_of(cmd: &Cmd) -> &str {
     program.rsplit('/').next().unwrap_or(program)
 }
 
+/// The whole environment of every process the daemon starts: `PATH` (so
+/// `ip netns exec` and nginx find their tools), nothing else. The daemon's
+/// own environment may hold secrets (`GATEWAY_TOKEN`) and settings meant
+/// for it alone (`GATEWAY_*`, `ROCKET_*`, `RUST_LOG`), and wireguard-go and
+/// nginx run for as long as the networks serve, their environment readable
+/// in `/proc`. It also keeps `LOG_LEVEL` from wireguard-go, whose forked
+/// daemon would then keep our output pipes open (and the command never end),
+/// and the locale from the tools whose output is parsed.
+fn child_environment() -> &'static [(&'static str, std::ffi::OsString)] {
+    static ENV: std::sync::OnceLock<Vec<(&'static str, std::ffi::OsString)>> = std::sync::OnceLock::new();
+    ENV.get_or_init(|| {
+        let path = std::env::var_os("PATH").filter(|p| !p.is_empty()).unwrap_or_else(|| DEFAULT_PATH.into());
+        vec![("PATH", path)]
+    })
+}
+
+/// `PATH` for the tools when the daemon was started without one.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 #[derive(Clone)]
 enum Mode {
     Real,
@@ -332,10 +338,9 @@ impl Runner {
 
     async fn run_process(&self, cmd: &Cmd, line: &str) -> Result<String, CmdError> {
         let mut command = tokio::process::Command::new(&cmd.program);
-        for name in &cmd.env_remove {
-            command.env_remove(name);
-        }
         command
+            .env_clear()
+            .envs(child_environment().iter().map(|(name, value)| (name, value)))
             .args(&cmd.args)
             .stdin(if cmd.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
@@ -384,6 +389,16 @@ mod tests {
         assert!(rec[0].mutating && rec[0].ok);
         assert!(!rec[1].mutating && !rec[1].ok);
         assert!(r.take_records().is_empty());
+    }
+
+    /// Nothing of the daemon's environment reaches a child but PATH (the
+    /// test process has plenty: HOME, cargo's CARGO_*, ...).
+    #[tokio::test]
+    async fn children_get_only_path() {
+        assert!(std::env::vars_os().count() > 1);
+        let out = Runner::new(Duration::from_secs(5)).run(&Cmd::new("env", Vec::<String>::new())).await.unwrap();
+        let names: Vec<&str> = out.lines().filter_map(|l| l.split_once('=').map(|(n, _)| n)).collect();
+        assert_eq!(names, ["PATH"], "{out}");
     }
 
     #[tokio::test]

@@ -25,9 +25,9 @@ impl System {
     /// Starts wireguard-go for `wg` and waits until it answers (see the module).
     pub(super) async fn start_wireguard_go(&self, wg: &str) -> Result<(), SysError> {
         let sock = self.wireguard_socket(wg);
-        // With LOG_LEVEL set, the forked daemon would keep our output pipes
-        // open (and this command would never end).
-        if let Err(e) = self.run(Cmd::new(&self.tools.wireguard_go, [wg]).env_remove("LOG_LEVEL")).await {
+        // The runner passes no LOG_LEVEL: with it the forked daemon would
+        // keep our output pipes open (and this command would never end).
+        if let Err(e) = self.run(Cmd::new(&self.tools.wireguard_go, [wg])).await {
             self.remove_failed_start(wg, &sock).await;
             return Err(e);
         }

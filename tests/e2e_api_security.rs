@@ -1,0 +1,163 @@
+//! What the daemon leaves within reach of others: the processes
+//! it starts inherit none of its secrets or settings (root: a real daemon,
+//! wireguard-go and nginx), and its database is not opened through a
+//! symlink or when someone else owns it. A test binary of its own: its
+//! process takes a slot of its own, so its indexes do not meet the other
+//! binaries' tests.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+const BIN: &str = env!("CARGO_BIN_EXE_gateway");
+
+/// The binary with exactly `env` as its environment (and PATH).
+fn gateway(args: &[String], env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).envs(env.iter().copied());
+    cmd
+}
+
+/// A running daemon, killed if the test ends while it runs.
+struct Daemon {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn start(args: &[String], env: &[(&str, &str)], log: PathBuf) -> Daemon {
+        let out = std::fs::File::create(&log).unwrap();
+        let child = gateway(args, env).stdout(out.try_clone().unwrap()).stderr(out).stdin(Stdio::null()).spawn().unwrap();
+        Daemon { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn wait_healthy(&mut self, port: u16) {
+        let start = Instant::now();
+        while !sh_ok(&format!("curl -sf http://127.0.0.1:{port}/health")) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("the daemon exited ({status}): {}", self.log());
+            }
+            assert!(start.elapsed() < Duration::from_secs(20), "the API did not come up: {}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The environment of process `pid`, one `NAME=value` per entry.
+fn environ(pid: u32) -> Vec<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    raw.split(|b| *b == 0).filter(|e| !e.is_empty()).map(|e| String::from_utf8_lossy(e).into_owned()).collect()
+}
+
+/// Whether `needle` is anywhere in the writable memory of process `pid`
+/// (heap, stack, anonymous mappings: where a copied environment lives).
+fn memory_contains(pid: u32, needle: &[u8]) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    for line in maps.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (Some(range), Some(perms)) = (fields.first(), fields.get(1)) else { continue };
+        let Some((from, to)) = range.split_once('-') else { continue };
+        let (from, to) = (u64::from_str_radix(from, 16).unwrap(), u64::from_str_radix(to, 16).unwrap());
+        if !perms.starts_with("rw") || to - from > 256 << 20 {
+            continue;
+        }
+        let mut buf = vec![0; (to - from) as usize];
+        if mem.seek(SeekFrom::Start(from)).is_ok() && mem.read_exact(&mut buf).is_ok() && buf.windows(needle.len()).any(|w| w == needle) {
+            return true;
+        }
+    }
+    false
+}
+
+/// Every process whose parent is `pid`.
+fn children(pid: u32) -> Vec<u32> {
+    let out = sh(&format!("ps -o pid= --ppid {pid} || true"));
+    out.split_whitespace().filter_map(|p| p.parse().ok()).collect()
+}
+
+/// Started with the token, the ROCKET_ and GATEWAY_ settings and a
+/// LOG_LEVEL in its environment, the daemon builds a network (wireguard-go)
+/// and routes for it (nginx, which it starts itself): none of what it
+/// started carries any of that, only PATH; and no process on the machine
+/// but the daemon holds the token in its environment.
+#[test]
+#[ignore = "needs root: scripts/test.sh runs it with --include-ignored"]
+fn the_processes_the_daemon_starts_inherit_nothing_of_its_environment() {
+    require_root();
+    let n = names(1);
+    let _guard = Guard(n.clone());
+    write_nginx_conf(&n);
+    let token = format!("env-token-{}-{}", std::process::id(), n.prefix());
+    let args: Vec<String> = arg_list(&n, &[]).into_iter().skip(1).filter(|a| !a.starts_with("--token")).collect();
+    let env = [
+        ("GATEWAY_TOKEN", token.as_str()),
+        ("GATEWAY_LOG_FORMAT", "text"),
+        ("ROCKET_ADDRESS", "127.0.0.1"),
+        ("ROCKET_LIMITS", "{json=1MiB}"),
+        ("RUST_LOG", "info"),
+    ];
+    let mut d = Daemon::start(&args, &env, n.dir.join("daemon.log"));
+    d.wait_healthy(n.api_port());
+
+    let port = n.port(0);
+    let (key, _) = genkey();
+    let body = json!({ port.to_string(): {
+        "private_key": key, "address": ["10.80.0.1/24"], "proxy": { "http://isolated.test": ["10.80.0.1:9"] } } });
+    let answer = sh(&format!(
+        "curl -s -m 60 -w ' %{{http_code}}' -H 'Token: {token}' -H 'Content-Type: application/json' --data-binary '{body}' http://127.0.0.1:{}/api/v1/config.json",
+        n.api_port()
+    ));
+    assert!(answer.ends_with(" 200"), "{answer}\n{}", d.log());
+
+    let wireguard_go = wireguard_go_pids(&n.wg(port));
+    assert_eq!(wireguard_go.len(), 1, "the network's wireguard-go runs: {}", d.log());
+    let master: u32 = std::fs::read_to_string(n.nginx_pid()).unwrap().trim().parse().unwrap();
+    let workers = children(master);
+    assert!(!workers.is_empty(), "nginx's workers run");
+    let path = format!("PATH={}", std::env::var("PATH").unwrap_or_default());
+    // What wireguard-go hands its own forked daemon.
+    let own = ["WG_TUN_FD=", "WG_UAPI_FD=", "WG_PROCESS_FOREGROUND="];
+    for pid in &wireguard_go {
+        let env = environ(*pid);
+        let foreign: Vec<&String> = env.iter().filter(|e| **e != path && !own.iter().any(|o| e.starts_with(o))).collect();
+        assert!(env.contains(&path) && foreign.is_empty(), "wireguard-go {pid} has PATH and its own WG_* only: {env:?}");
+    }
+    // nginx writes its process title over its original environment (after
+    // copying it to its heap): /proc shows the title's tail, so its memory
+    // is searched instead.
+    for pid in [master].iter().chain(&workers) {
+        assert!(!environ(*pid).iter().any(|e| e.contains(&token)), "nginx {pid}: {:?}", environ(*pid));
+        assert!(!memory_contains(*pid, token.as_bytes()), "nginx {pid} holds the token");
+        assert!(!memory_contains(*pid, b"ROCKET_LIMITS="), "nginx {pid} holds the daemon's ROCKET_ settings");
+        assert!(memory_contains(*pid, path.as_bytes()), "the search works: nginx {pid} holds its PATH");
+    }
+
+    // Nothing else the daemon may have started, however short-lived its
+    // parent, holds the token either.
+    let daemon = d.child.id();
+    let holders: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()))
+        .filter(|pid| *pid != daemon && environ(*pid).iter().any(|e| e.contains(&token)))
+        .collect();
+    assert_eq!(holders, Vec::<u32>::new(), "processes with the token in their environment");
+}
