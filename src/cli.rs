@@ -63,7 +63,7 @@ pub struct Args {
     /// File holding the token instead (e.g. a container secret): only its owner may read it (mode 0600 or 0400); surrounding whitespace and the final newline are ignored. Not together with --token; empty means none.
     #[arg(long, env = "GATEWAY_TOKEN_FILE")]
     pub token_file: Option<String>,
-    /// SQLite file (created 0600 if missing) holding the desired state and traffic. Default (or empty): in memory, lost on exit.
+    /// SQLite file (created 0600 if missing) holding the desired state and traffic. Default (or empty, or `:memory:`): in memory, lost on exit.
     #[arg(long, env = "GATEWAY_DATABASE")]
     pub database: Option<String>,
     /// API listen address.

@@ -350,8 +350,12 @@ pub async fn build(args: &Args, runner: Runner) -> anyhow::Result<Daemon> {
     )
     .map_err(anyhow::Error::msg)?;
     let custom = parse_custom_forwardings(&args.custom_forwarding).map_err(anyhow::Error::msg)?;
-    if args.database().is_none() {
-        tracing::warn!("no --database given: the desired state and traffic live in memory and are lost on exit");
+    match args.database() {
+        None => tracing::warn!("no --database given: the desired state and traffic live in memory and are lost on exit"),
+        Some(crate::store::IN_MEMORY) => {
+            tracing::warn!("--database :memory:: the desired state and traffic live in memory and are lost on exit")
+        }
+        Some(_) => {}
     }
     let store = Store::open(args.database()).await?;
     let metrics = Arc::new(Metrics::new(args.metrics_per_peer));

@@ -61,9 +61,14 @@ pub struct ApplyRecord {
     pub changed: Vec<u16>,
 }
 
+/// SQLite's name for an in-memory database: no file of that name is made.
+pub const IN_MEMORY: &str = ":memory:";
+
 impl Store {
-    /// Opens (creating if needed) the database; `None` means in memory.
+    /// Opens (creating if needed) the database; `None` (or SQLite's own
+    /// spelling `:memory:`) means in memory.
     pub async fn open(path: Option<&str>) -> Result<Self, StoreError> {
+        let path = path.filter(|p| *p != IN_MEMORY);
         Self::open_inner(path).await.map_err(|e| e.opening(path.unwrap_or(":memory:")))
     }
 

@@ -455,3 +455,20 @@ async fn the_event_stream_needs_the_token() {
     let r = c.get("/api/v1/events").header(Header::new("Authorization", "Bearer s3cret")).dispatch().await;
     assert_eq!((r.status(), r.content_type()), (Status::Ok, Some(rocket::http::ContentType::EventStream)));
 }
+
+#[tokio::test]
+async fn database_memory_is_in_memory_and_leaves_no_file() {
+    // SQLite's own spelling: a file named `:memory:` in the working
+    // directory (where cargo runs the tests) would be the bug.
+    let file = std::path::Path::new(":memory:");
+    let _ = std::fs::remove_file(file);
+    let c = client(&["--token", "s3cret", "--database", ":memory:"]).await;
+    let body = json!({ "51820": net(KEY1, "a.test") }).to_string();
+    for generation in 1..=3 {
+        let (s, v) = call(&c, Method::Post, "/api/v1/config.json", token(), Some(&body)).await;
+        assert_eq!((s, v["generation"].clone()), (Status::Accepted, json!(generation)), "{v}");
+    }
+    let (s, cfg) = call(&c, Method::Get, "/api/v1/config.json", token(), None).await;
+    assert_eq!((s, cfg["generation"].clone()), (Status::Ok, json!(3)), "{cfg}");
+    assert!(!file.exists(), "no file named :memory: is made");
+}
