@@ -472,3 +472,79 @@ async fn database_memory_is_in_memory_and_leaves_no_file() {
     assert_eq!((s, cfg["generation"].clone()), (Status::Ok, json!(3)), "{cfg}");
     assert!(!file.exists(), "no file named :memory: is made");
 }
+
+/// One request with extra headers: status, ETag, body.
+async fn call_with(
+    c: &Client,
+    method: Method,
+    path: &str,
+    headers: &[(&'static str, &str)],
+    body: Option<&str>,
+) -> (Status, Option<String>, Value) {
+    let mut req = c.req(method, path.to_string()).header(Header::new("Token", "s3cret"));
+    for (name, value) in headers {
+        req = req.header(Header::new(*name, value.to_string()));
+    }
+    if let Some(b) = body {
+        req = req.header(ContentType::JSON).body(b);
+    }
+    let r = req.dispatch().await;
+    let (status, etag) = (r.status(), r.headers().get_one("ETag").map(str::to_string));
+    let text = r.into_string().await.unwrap_or_default();
+    (status, etag, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+#[tokio::test]
+async fn if_match_refuses_a_stale_generation_and_takes_the_current_one() {
+    let c = client(&["--token", "s3cret"]).await;
+    let (s, etag, _) = call_with(&c, Method::Get, "/api/v1/config.json", &[], None).await;
+    assert_eq!((s, etag.as_deref()), (Status::Ok, Some("\"0\"")), "nothing accepted yet: generation 0");
+    let body = json!({ "51820": net(KEY1, "a.test") }).to_string();
+    let (s, _, v) = call_with(&c, Method::Post, "/api/v1/config.json", &[("If-Match", "\"0\"")], Some(&body)).await;
+    assert_eq!((s, v["generation"].clone()), (Status::Accepted, json!(1)), "the current generation: {v}");
+    let (_, etag, cfg) = call_with(&c, Method::Get, "/api/v1/config.json", &[], None).await;
+    assert_eq!(etag.as_deref(), Some("\"1\""));
+
+    // A writer that read generation 0 is too late, with POST, PATCH and a dry run.
+    let other = json!({ "51821": net(KEY2, "b.test") }).to_string();
+    for (method, path) in
+        [(Method::Post, "/api/v1/config.json"), (Method::Patch, "/api/v1/config.json"), (Method::Post, "/api/v1/config.json?dry_run=true")]
+    {
+        let (s, _, v) = call_with(&c, method, path, &[("If-Match", "\"0\"")], Some(&other)).await;
+        assert_eq!(s, Status::PreconditionFailed, "{method} {path}: {v}");
+        assert_error_shape(&v, "precondition_failed");
+        assert!(v["message"].as_str().unwrap().contains("stored generation is 1"), "{v}");
+    }
+    let (_, _, after) = call_with(&c, Method::Get, "/api/v1/config.json", &[], None).await;
+    assert_eq!(after, cfg, "nothing changed");
+
+    // The current one, then without the header (as before), then `*`.
+    let (s, _, v) = call_with(&c, Method::Patch, "/api/v1/config.json", &[("If-Match", "\"1\"")], Some(&other)).await;
+    assert_eq!((s, v["generation"].clone()), (Status::Accepted, json!(2)), "{v}");
+    let (s, _, v) = call_with(&c, Method::Patch, "/api/v1/config.json", &[], Some(r#"{"51821": null}"#)).await;
+    assert_eq!((s, v["generation"].clone()), (Status::Accepted, json!(3)), "{v}");
+    let (s, _, v) = call_with(&c, Method::Post, "/api/v1/config.json", &[("If-Match", "*")], Some(&body)).await;
+    assert_eq!((s, v["generation"].clone()), (Status::Accepted, json!(4)), "{v}");
+    for bad in ["4", "W/\"4\"", "\"four\""] {
+        let (s, _, v) = call_with(&c, Method::Post, "/api/v1/config.json", &[("If-Match", bad)], Some(&body)).await;
+        assert_eq!(s, Status::BadRequest, "{bad}: {v}");
+        assert!(v["message"].as_str().unwrap().contains("If-Match"), "{v}");
+    }
+    let (_, etag, _) = call_with(&c, Method::Get, "/api/v1/config.json", &[], None).await;
+    assert_eq!(etag.as_deref(), Some("\"4\""), "the refused requests stored nothing");
+}
+
+#[tokio::test]
+async fn concurrent_writes_with_the_same_if_match_store_exactly_one() {
+    let c = client(&["--token", "s3cret"]).await;
+    let bodies: Vec<String> = (0..8).map(|i| json!({ (51820 + i).to_string(): net(KEY1, "a.test") }).to_string()).collect();
+    let answers = futures::future::join_all(
+        bodies.iter().map(|b| call_with(&c, Method::Post, "/api/v1/config.json", &[("If-Match", "\"0\"")], Some(b))),
+    )
+    .await;
+    let statuses: Vec<u16> = answers.iter().map(|(s, _, _)| s.code).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 202).count(), 1, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 412).count(), 7, "{statuses:?}");
+    let (_, etag, _) = call_with(&c, Method::Get, "/api/v1/config.json", &[], None).await;
+    assert_eq!(etag.as_deref(), Some("\"1\""));
+}

@@ -31,6 +31,10 @@ pub enum ApiError {
     ShuttingDown,
     #[error("{0}")]
     Busy(String),
+    #[error(
+        "If-Match asks for generation {expected}, but the stored generation is {stored}: nothing changed; GET /api/v1/config.json again, then send the change with its ETag"
+    )]
+    PreconditionFailed { expected: i64, stored: i64 },
 }
 
 impl From<crate::daemon::DryRunError> for ApiError {
@@ -64,6 +68,7 @@ impl ApiError {
             ApiError::Internal(_) => (Status::InternalServerError, "internal", vec![]),
             ApiError::ShuttingDown => (Status::ServiceUnavailable, "shutting_down", vec![]),
             ApiError::Busy(_) => (Status::ServiceUnavailable, "busy", vec![]),
+            ApiError::PreconditionFailed { .. } => (Status::PreconditionFailed, "precondition_failed", vec![]),
         }
     }
 }
@@ -104,6 +109,7 @@ pub(super) fn json_responses<T: JsonSchema>(generator: &mut OpenApiGenerator, co
 pub(super) const ERROR_STATUSES: &[(u16, &str)] = &[
     (400, "malformed request (e.g. a bad query parameter)"),
     (401, "missing or wrong token"),
+    (412, "`precondition_failed`: the `If-Match` generation is not the stored one (another change came first); nothing changed"),
     (413, "the body is larger than the JSON limit (16 MiB)"),
     (422, "invalid configuration: every problem with its JSON path; nothing changed"),
     (

@@ -3,6 +3,7 @@
 
 mod auth;
 mod body;
+mod concurrency;
 mod error;
 mod events;
 mod openapi;

@@ -30,8 +30,8 @@ pub(super) fn settings() -> OpenApiSettings {
 /// its successes; what they mean is `error::ERROR_STATUSES`.
 const ERRORS: &[(&str, &[u16])] = &[
     ("health", &[]),
-    ("post_config", &[400, 401, 413, 422, 500, 503]),
-    ("patch_config", &[400, 401, 413, 422, 500, 503]),
+    ("post_config", &[400, 401, 412, 413, 422, 500, 503]),
+    ("patch_config", &[400, 401, 412, 413, 422, 500, 503]),
     ("get_config", &[401, 500]),
     ("status", &[401, 500]),
     ("traffic", &[400, 401, 500]),

@@ -12,6 +12,7 @@ use rocket_okapi::{openapi, openapi_get_routes_spec};
 
 use super::auth::Auth;
 use super::body::{Applied, ConfigAnswer, DryRunFlag, JsonBody, MetricsText, QueryInt, body_error};
+use super::concurrency::{IfMatch, Tagged};
 use super::error::ApiError;
 use super::events::{EventsStream, LastEventId};
 use crate::clock::now_unix;
@@ -42,11 +43,13 @@ async fn post_config(
     _auth: Auth,
     state: &State<Arc<Shared>>,
     dry_run: DryRunFlag,
+    if_match: IfMatch,
     body: JsonBody<GatewayConfig, GatewayConfigSchema>,
 ) -> Result<ConfigAnswer, ApiError> {
     let dry_run = dry_run.0.map_err(ApiError::BadRequest)?;
+    let expected = if_match.0.map_err(ApiError::BadRequest)?;
     let config = body.0.map_err(body_error)?;
-    answer(state, dry_run, |_| Ok(config)).await
+    answer(state, dry_run, expected, |_| Ok(config)).await
 }
 
 /// Partial update: each listed port is replaced by the given network, or
@@ -58,9 +61,11 @@ async fn patch_config(
     _auth: Auth,
     state: &State<Arc<Shared>>,
     dry_run: DryRunFlag,
+    if_match: IfMatch,
     body: JsonBody<GatewayConfigPartial, GatewayConfigPartialSchema>,
 ) -> Result<ConfigAnswer, ApiError> {
     let dry_run = dry_run.0.map_err(ApiError::BadRequest)?;
+    let expected = if_match.0.map_err(ApiError::BadRequest)?;
     let patch = body.0.map_err(body_error)?;
     // Keys are checked here too: `"051820": null` would otherwise remove
     // nothing and still make a new generation.
@@ -78,19 +83,20 @@ async fn patch_config(
         }
         Ok(current)
     };
-    answer(state, dry_run, build).await
+    answer(state, dry_run, expected, build).await
 }
 
-/// A dry run, or the real apply.
+/// A dry run, or the real apply; `expected`: the generation `If-Match` asks for.
 async fn answer(
     shared: &Shared,
     dry_run: bool,
+    expected: Option<i64>,
     build: impl FnOnce(GatewayConfig) -> Result<GatewayConfig, ApiError>,
 ) -> Result<ConfigAnswer, ApiError> {
     if dry_run {
-        preview(shared, build).await.map(ConfigAnswer::DryRun)
+        preview(shared, expected, build).await.map(ConfigAnswer::DryRun)
     } else {
-        store_and_apply(shared, build).await.map(ConfigAnswer::Applied)
+        store_and_apply(shared, expected, build).await.map(ConfigAnswer::Applied)
     }
 }
 
@@ -98,23 +104,29 @@ async fn answer(
 /// then lets the reconciler say what applying it would do; stores nothing.
 async fn preview(
     shared: &Shared,
+    expected: Option<i64>,
     build: impl FnOnce(GatewayConfig) -> Result<GatewayConfig, ApiError>,
 ) -> Result<DryRunResponse, ApiError> {
     if *shared.lifecycle.borrow() != Lifecycle::Running {
         return Err(ApiError::ShuttingDown);
     }
-    let (generation, _, desired) = build_checked(shared, build).await?;
+    let (generation, _, desired) = build_checked(shared, expected, build).await?;
     Ok(shared.dry_runs.ask(generation, desired, shared.settings.apply_wait).await?)
 }
 
 /// The current generation, the new state built on it, and that state
 /// validated: the same for a dry run and an apply, so both answer the same
-/// 422. Validation keeps the public keys of the accepted state.
+/// 422. Validation keeps the public keys of the accepted state. A stale
+/// `expected` generation (`If-Match`) is refused before anything is built.
 async fn build_checked(
     shared: &Shared,
+    expected: Option<i64>,
     build: impl FnOnce(GatewayConfig) -> Result<GatewayConfig, ApiError>,
 ) -> Result<(i64, GatewayConfig, Desired), ApiError> {
     let (generation, current) = shared.store.desired().await?;
+    if let Some(expected) = expected.filter(|e| *e != generation) {
+        return Err(ApiError::PreconditionFailed { expected, stored: generation });
+    }
     let config = build(current)?;
     let previous = shared.accepted(generation);
     let ctx = Context { previous: previous.as_deref(), ..shared.settings.validation() };
@@ -129,6 +141,7 @@ async fn build_checked(
 /// its generation was not applied by then).
 async fn store_and_apply(
     shared: &Shared,
+    expected: Option<i64>,
     build: impl FnOnce(GatewayConfig) -> Result<GatewayConfig, ApiError>,
 ) -> Result<Applied, ApiError> {
     let start = Instant::now();
@@ -138,7 +151,9 @@ async fn store_and_apply(
     let generation = {
         let _guard = shared.write_lock.lock().await;
         running()?;
-        let (_, config, desired) = build_checked(shared, build).await?;
+        // Read, compared with If-Match, built and stored under the one lock:
+        // no other write can come between the check and the store.
+        let (_, config, desired) = build_checked(shared, expected, build).await?;
         let generation = shared.store.save_desired(&config, now_unix()).await?;
         shared.remember_accepted(generation, Arc::new(desired));
         generation
@@ -183,12 +198,13 @@ fn apply_answer(generation: i64, record: Option<ApplyRecord>, applied_so_far: i6
     }
 }
 
-/// The desired state as last accepted, with its generation.
+/// The desired state as last accepted, with its generation (also as
+/// `ETag: "<generation>"`, for `If-Match` on POST and PATCH).
 #[openapi(tag = "config")]
 #[get("/api/v1/config.json")]
-async fn get_config(_auth: Auth, state: &State<Arc<Shared>>) -> Result<Json<StoredConfig>, ApiError> {
+async fn get_config(_auth: Auth, state: &State<Arc<Shared>>) -> Result<Tagged<StoredConfig>, ApiError> {
     let (generation, config) = state.store.desired().await?;
-    Ok(Json(StoredConfig { generation, config }))
+    Ok(Tagged(generation, StoredConfig { generation, config }))
 }
 
 /// What is really on the system now (read fresh), plus generations and the
