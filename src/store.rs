@@ -6,8 +6,10 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous, SqliteTransactionManager,
+};
+use sqlx::{Connection, Row, SqlitePool, TransactionManager};
 
 use crate::model::GatewayConfig;
 use crate::system::intent::{Journal, JournalFuture, LinkIntent, LinkKind};
@@ -49,7 +51,7 @@ pub struct Store {
 }
 
 /// The outcome of one reconcile pass, as persisted and reported.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ApplyRecord {
     pub generation: i64,
     pub applied_generation: i64,
@@ -76,7 +78,7 @@ impl Store {
         let pool = match path {
             None => {
                 // One connection: every connection to :memory: is a separate database.
-                SqlitePoolOptions::new()
+                pool_options()
                     .max_connections(1)
                     .min_connections(1)
                     .idle_timeout(None)
@@ -94,7 +96,7 @@ impl Store {
                     .synchronous(SqliteSynchronous::Normal)
                     .busy_timeout(Duration::from_secs(10))
                     .foreign_keys(true);
-                SqlitePoolOptions::new().max_connections(4).connect_with(opts).await?
+                pool_options().max_connections(4).connect_with(opts).await?
             }
         };
         sqlx::migrate!("./migrations").run(&pool).await?;
@@ -186,6 +188,37 @@ impl Store {
             changed: serde_json::from_str(&r.try_get::<String, _>("changed")?).unwrap_or_default(),
         }))
     }
+}
+
+/// The pool's options: every connection goes back to the pool clean.
+pub(crate) fn pool_options() -> SqlitePoolOptions {
+    SqlitePoolOptions::new().after_release(|conn, _| Box::pin(end_stale_transaction(conn)))
+}
+
+/// Ends what a failed transaction left on a connection going back to the
+/// pool. SQLite rolls a transaction back by itself on some errors
+/// (`SQLITE_FULL`, `SQLITE_IOERR`: a full disk); the rollback sqlx then
+/// sends on dropping the transaction fails ("no transaction is active"), and
+/// sqlx still counts the transaction as open, so every later `begin` on that
+/// connection failed ("attempted to call begin_with at non-zero transaction
+/// depth") until a restart. sqlx's own begin at that count opens a
+/// savepoint, which starts a transaction if SQLite has none; rolling back
+/// twice (to the savepoint, then the transaction) ends both and brings the
+/// count to zero, whether SQLite's transaction was still open or not.
+/// `Ok(false)` (the pool closes the connection) if that does not do it.
+async fn end_stale_transaction(conn: &mut SqliteConnection) -> Result<bool, sqlx::Error> {
+    // Commands run in order: once the ping answers, the rollback queued by a
+    // dropped transaction has run.
+    conn.ping().await?;
+    if !conn.is_in_transaction() {
+        return Ok(true);
+    }
+    tracing::warn!("a failed database transaction was left open on a connection: ending it");
+    SqliteTransactionManager::begin(conn, None).await?;
+    while conn.is_in_transaction() {
+        SqliteTransactionManager::rollback(conn).await?;
+    }
+    Ok(true)
 }
 
 /// The journal of links about to be created (`system::intent`), in SQLite,

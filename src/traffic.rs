@@ -440,6 +440,32 @@ mod tests {
         assert_eq!(info.traffic.rx, 0, "one second older it is pruned");
     }
 
+    /// A tick after a transaction SQLite rolled back by itself (what it does
+    /// when the disk is full: `SQLITE_FULL` at commit) is stored: sqlx's
+    /// rollback of that transaction fails and it went on counting it as open,
+    /// so every later tick failed with "non-zero transaction depth" until a
+    /// restart. One connection, so the tick surely gets the spoiled one. The
+    /// end-to-end test fills a real filesystem.
+    #[tokio::test]
+    async fn a_transaction_sqlite_ended_by_itself_does_not_spoil_the_next_tick() {
+        use sqlx::sqlite::SqliteConnectOptions;
+        let dir = tempfile::tempdir().unwrap();
+        let opts = SqliteConnectOptions::new().filename(dir.path().join("t.db")).create_if_missing(true);
+        let pool = crate::store::pool_options().max_connections(1).connect_with(opts).await.unwrap();
+        sqlx::migrate!("./migrations").run(&pool).await.unwrap();
+        let store = Store { pool };
+        let (day, read) = (Duration::from_secs(86400), ["51820".to_string()]);
+        store_tick(&store, &read, true, vec![r("a", 10, 20)], 100, day).await.unwrap();
+        let mut tx = store.pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
+        sqlx::query("UPDATE peer_counters SET rx = 0").execute(&mut *tx).await.unwrap();
+        sqlx::query("ROLLBACK").execute(&mut *tx).await.unwrap();
+        drop(tx);
+        store_tick(&store, &read, true, vec![r("a", 15, 20)], 160, day).await.expect("the next tick is stored");
+        store.save_apply(&crate::store::ApplyRecord { generation: 1, ..Default::default() }).await.expect("and so is an apply record");
+        let info = traffic_since(&store, 100, 300).await.unwrap();
+        assert_eq!(info.traffic, Traffic { rx: 5, tx: 0 }, "counted from the counters the rolled back transaction did not change");
+    }
+
     /// Another connection writes while a tick is about to run: the tick
     /// waits for it (busy timeout) instead of failing on a stale read.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
