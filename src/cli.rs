@@ -37,6 +37,10 @@ fn parse_raw_listen(s: &str) -> Result<String, String> {
     crate::render::parse_addresses(s).map(|_| s.to_string())
 }
 
+fn parse_port_range(s: &str) -> Result<crate::types::PortRange, String> {
+    s.parse()
+}
+
 /// A path nginx reads unquoted: absolute, of plain characters.
 fn parse_socket_path(s: &str) -> Result<String, String> {
     let plain = s.starts_with('/') && s.len() <= 100 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-".contains(&b));
@@ -105,6 +109,9 @@ pub struct Args {
     /// `server_names_hash_bucket_size` written in the HTTP file so long hostnames fit; 0 = leave it to the main nginx config (set it there if your nginx.conf already has one).
     #[arg(long, default_value_t = 512)]
     pub nginx_server_names_hash_bucket_size: u32,
+    /// Which raw `tcp://PORT` / `udp://PORT` entries a config may open: FIRST-LAST, both included. Ports outside are refused (422), so no tenant takes the host's own services (SSH, DNS, NTP).
+    #[arg(long, env = "GATEWAY_RAW_PORT_RANGE", default_value = "1024-65535", value_parser = parse_port_range)]
+    pub raw_port_range: crate::types::PortRange,
     /// Extra static forwardings, e.g. `https://api.example.com=127.0.0.1:8443,http://b.example.com=127.0.0.1:8080`.
     #[arg(long, env = "GATEWAY_CUSTOM_FORWARDING", default_value = "")]
     pub custom_forwarding: String,

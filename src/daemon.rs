@@ -59,6 +59,8 @@ pub struct Settings {
     pub reserved: Vec<Cidr>,
     /// Host ports the gateway uses itself (see `validate::Context::ports`).
     pub ports: Vec<(u16, String)>,
+    /// Which raw ports a config may open.
+    pub raw_ports: crate::types::PortRange,
     pub watchdog: Duration,
     /// None: the API is open (the daemon then listens on loopback only).
     pub token: Option<ApiToken>,
@@ -74,7 +76,7 @@ pub struct Settings {
 
 impl Settings {
     pub fn validation(&self) -> Context<'_> {
-        Context { custom: &self.custom, reserved: &self.reserved, ports: &self.ports, previous: None }
+        Context { custom: &self.custom, reserved: &self.reserved, ports: &self.ports, raw_ports: self.raw_ports, previous: None }
     }
 }
 
@@ -225,6 +227,24 @@ impl Shared {
         self.seen.update(seen);
     }
 
+    /// The host ports of `ports` another program holds, each a problem at
+    /// its path (nginx, or WireGuard, could not open it): raw ports on the
+    /// raw listen addresses, WireGuard ports on every address.
+    pub fn ports_held_by_others(&self, ports: &[crate::validate::HostPort]) -> Vec<crate::model::ErrorDetail> {
+        let all = [IpAddr::from(Ipv4Addr::UNSPECIFIED), IpAddr::from(Ipv6Addr::UNSPECIFIED)];
+        let wireguard_ips = if crate::system::host_has_ipv6() { &all[..] } else { &all[..1] };
+        let mut problems = Vec::new();
+        for p in ports {
+            let ips = if p.wireguard { wireguard_ips } else { &self.settings.nginx.raw_listen[..] };
+            let Some(holder) = self.system.port_held_by_another(p.transport, ips, p.port) else { continue };
+            let (what, opener) =
+                if p.wireguard { ("UDP port", "the network's WireGuard interface") } else { (p.transport.label(), "nginx") };
+            let message = format!("{what} {} is in use by {holder}: {opener} could not open it; choose another port or free it", p.port);
+            problems.push(crate::model::ErrorDetail { path: p.path.clone(), message });
+        }
+        problems
+    }
+
     /// nginx's files for a desired state.
     pub fn nginx_files(&self, desired: &Desired) -> NginxFiles {
         NginxFiles::render(&self.system.layout, desired, &self.settings.custom, &self.settings.nginx)
@@ -267,7 +287,16 @@ fn system_from(args: &Args, runner: Runner, layout: Layout, backend: Backend, st
     };
     let tools = tools.resolved(&std::env::var("PATH").unwrap_or_default());
     let reader = Arc::new(crate::system::nsread::KernelReader);
-    System { runner, layout, tools, paths, backend, reader, journal: Arc::new(store.clone()) }
+    System {
+        runner,
+        layout,
+        tools,
+        paths,
+        backend,
+        reader,
+        journal: Arc::new(store.clone()),
+        ports: Arc::new(crate::system::ports::KernelPorts),
+    }
 }
 
 /// The token from `--token` or `--token-file`, if any.
@@ -368,6 +397,7 @@ pub async fn build(args: &Args, runner: Runner) -> anyhow::Result<Daemon> {
         nginx,
         custom,
         reserved: vec![system.layout.bridge_subnet()],
+        raw_ports: args.raw_port_range,
         watchdog: args.watchdog,
         token,
         apply_wait: args.apply_wait,

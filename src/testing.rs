@@ -17,7 +17,9 @@ use crate::spec::Desired;
 use crate::store::Store;
 use crate::system::netlink::{self, Message};
 use crate::system::nsread::{NsRaw, Reader, Target, WgRaw};
+use crate::system::ports::{PortProbe, Probe, Process};
 use crate::system::{Backend, Reply, Runner, Script, System, SystemPaths, Tools};
+use crate::types::Transport;
 use crate::validate::{Context, validate};
 
 pub const PORTS: [u16; 2] = [51820, 51821];
@@ -124,11 +126,36 @@ impl FixtureReader {
     }
 }
 
+/// Ports of a fake host: free unless a test says who holds them.
+#[derive(Default)]
+pub struct FakePorts {
+    held: Mutex<std::collections::BTreeMap<(Transport, u16), Vec<Process>>>,
+}
+
+impl FakePorts {
+    /// `transport` port `port` is held on every address, by `holders`.
+    pub fn hold(&self, transport: Transport, port: u16, holders: Vec<Process>) {
+        self.held.lock().unwrap().insert((transport, port), holders);
+    }
+
+    pub fn free(&self, transport: Transport, port: u16) {
+        self.held.lock().unwrap().remove(&(transport, port));
+    }
+}
+
+impl PortProbe for FakePorts {
+    fn probe(&self, transport: Transport, _ip: std::net::IpAddr, port: u16) -> Probe {
+        self.held.lock().unwrap().get(&(transport, port)).map_or(Probe::Free, |h| Probe::Held(h.clone()))
+    }
+}
+
 /// A host directory laid out like the real one, with a stand-in nginx
-/// master (a `sleep` named `nginx`) when asked for.
+/// master (a `sleep` named `nginx`) when asked for, and ports a test may
+/// say are held.
 pub struct FakeHost {
     pub dir: tempfile::TempDir,
     nginx: Option<Child>,
+    pub ports: Arc<FakePorts>,
 }
 
 impl Drop for FakeHost {
@@ -143,7 +170,7 @@ impl FakeHost {
         for d in ["netns", "net", "wireguard"] {
             std::fs::create_dir_all(dir.path().join(d)).expect("fake host dirs");
         }
-        FakeHost { dir, nginx: None }
+        FakeHost { dir, nginx: None, ports: Arc::default() }
     }
 
     pub fn paths(&self) -> SystemPaths {
@@ -243,6 +270,7 @@ impl FakeHost {
             paths: self.paths(),
             backend,
             journal: Arc::new(crate::system::intent::NoJournal),
+            ports: self.ports.clone(),
         }
     }
 }
@@ -269,6 +297,7 @@ pub async fn shared(system: System) -> Arc<Shared> {
         custom: vec![],
         reserved: vec![system.layout.bridge_subnet()],
         ports: vec![(8000, "the API".into()), (443, "the HTTPS listener".into()), (80, "the HTTP listener".into())],
+        raw_ports: Default::default(),
         watchdog: Duration::from_secs(60),
         token: None,
         apply_wait: Duration::from_secs(5),

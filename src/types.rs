@@ -290,6 +290,46 @@ impl fmt::Display for ProxyUrl {
     }
 }
 
+/// Which raw ports (`tcp://PORT`, `udp://PORT`) a config may open:
+/// `FIRST-LAST`, both included (`--raw-port-range`). The default leaves the
+/// privileged ports (below 1024: SSH, DNS, NTP, ...) to the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl Default for PortRange {
+    fn default() -> Self {
+        PortRange { first: 1024, last: 65535 }
+    }
+}
+
+impl PortRange {
+    pub fn contains(&self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+}
+
+impl FromStr for PortRange {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("'{s}' must be FIRST-LAST, two ports 1..=65535 in plain decimal, FIRST <= LAST (e.g. 1024-65535)");
+        let (a, b) = s.split_once('-').ok_or_else(bad)?;
+        let port = |x: &str| parse_decimal(x).filter(|p| (1..=65535).contains(p)).map(|p| p as u16);
+        match (port(a), port(b)) {
+            (Some(first), Some(last)) if first <= last => Ok(PortRange { first, last }),
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
 /// The transport of a raw port entry (`tcp://PORT`, `udp://PORT`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Transport {
@@ -302,6 +342,14 @@ impl Transport {
         match self {
             Transport::Tcp => "tcp",
             Transport::Udp => "udp",
+        }
+    }
+
+    /// `TCP port` or `UDP port`, for messages.
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::Tcp => "TCP port",
+            Transport::Udp => "UDP port",
         }
     }
 }
@@ -366,6 +414,19 @@ mod tests {
     use super::*;
 
     pub const KEY_A: &str = "0EtpYOfpZyKaIcpkq+KO/+joyV431f1X99CcB2OMo3c=";
+
+    #[test]
+    fn port_ranges_parse_strictly() {
+        assert_eq!("1024-65535".parse(), Ok(PortRange::default()));
+        assert_eq!("1-1".parse(), Ok(PortRange { first: 1, last: 1 }));
+        let r: PortRange = "2000-3000".parse().unwrap();
+        assert!(r.contains(2000) && r.contains(3000) && !r.contains(1999) && !r.contains(3001));
+        assert_eq!(r.to_string(), "2000-3000");
+        assert!(!PortRange::default().contains(1023) && PortRange::default().contains(1024));
+        for bad in ["", "1024", "0-10", "10-5", "1024-65536", "01024-2000", "1024 - 2000", "-5", "a-b", "1024-", "1-2-3"] {
+            assert!(bad.parse::<PortRange>().is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn keys_parse_strictly_and_print_back() {

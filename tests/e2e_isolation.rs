@@ -46,3 +46,83 @@ async fn an_unknown_host_or_sni_reaches_no_node() {
     assert!(!ok && !out.contains("node-"), "{out}");
     d.stop().await;
 }
+
+/// A process of the test's own holding ports of the host; killed (by its
+/// pid) when dropped.
+struct Holder(std::process::Child);
+
+impl Holder {
+    /// Holds TCP `tcp` (listening) and UDP `udp` on 0.0.0.0.
+    fn start(tcp: u16, udp: u16) -> Holder {
+        let script = format!(
+            "import socket, sys, time\n\
+             t = socket.socket(); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); t.bind(('0.0.0.0', {tcp})); t.listen()\n\
+             u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(('0.0.0.0', {udp}))\n\
+             print('ready', flush=True)\ntime.sleep(600)\n"
+        );
+        let mut child =
+            std::process::Command::new("python3").args(["-c", &script]).stdout(std::process::Stdio::piped()).spawn().expect("python3");
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+        assert_eq!(line.trim(), "ready", "the holder could not bind its ports");
+        Holder(child)
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn problems(body: &Value) -> Vec<(String, String)> {
+    let details = body["details"].as_array().cloned().unwrap_or_default();
+    details.iter().map(|d| (d["path"].as_str().unwrap_or("").to_string(), d["message"].as_str().unwrap_or("").to_string())).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: scripts/test.sh runs it with --include-ignored"]
+async fn a_port_another_process_holds_is_a_422_and_the_next_change_applies() {
+    let t = node_topology(2);
+    let n = &t.n;
+    let (raw, second) = (n.https_port() + 3, n.port(1));
+    let holder = Holder::start(raw, second);
+    let d = TestDaemon::start(&args(n, &[])).await;
+    let mut cfg = network(&t, json!({ "http://app.test": ["10.80.0.2:80"], format!("tcp://{raw}"): ["10.80.0.2:7000"] }));
+    let (other_key, _) = genkey();
+    cfg[second.to_string()] = json!({ "private_key": other_key, "address": ["10.81.0.1/24"] });
+    let (code, body) = d.post(&cfg).await;
+    assert_eq!(code, 422, "{body}");
+    let by = format!("python3 (pid {}) on 0.0.0.0", holder.pid());
+    assert_eq!(
+        problems(&body),
+        [
+            (
+                format!(r#"$["{}"].proxy["tcp://{raw}"]"#, t.port),
+                format!("TCP port {raw} is in use by {by}: nginx could not open it; choose another port or free it")
+            ),
+            (
+                format!(r#"$["{second}"]"#),
+                format!(
+                    "UDP port {second} is in use by {by}: the network's WireGuard interface could not open it; choose another port or free it"
+                )
+            ),
+        ]
+    );
+    // Nothing was stored: the next change, to any network, applies and serves.
+    let (code, body) = d.post(&network(&t, json!({ "http://app.test": ["10.80.0.2:80"] }))).await;
+    assert_eq!((code, &body["result"]), (200, &json!("applied")), "{body}");
+    let (ok, out) = http_get(n, "app.test");
+    assert!(ok && out.contains("node-http host=app.test"), "{out}");
+    // Freed, the port is accepted and opened.
+    drop(holder);
+    let cfg = network(&t, json!({ "http://app.test": ["10.80.0.2:80"], format!("tcp://{raw}"): ["10.80.0.2:7000"] }));
+    let (code, body) = d.post(&cfg).await;
+    assert_eq!((code, &body["result"]), (200, &json!("applied")), "{body}");
+    d.stop().await;
+}

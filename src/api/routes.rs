@@ -22,7 +22,7 @@ use crate::spec::Desired;
 use crate::store::ApplyRecord;
 use crate::traffic::{QueryError, Step, TrafficQuery};
 use crate::types::parse_listen_port;
-use crate::validate::{Context, key_path, validate};
+use crate::validate::{Context, host_ports_of, key_path, new_host_ports, validate};
 
 /// Liveness; needs no token.
 #[openapi(tag = "health")]
@@ -127,10 +127,17 @@ async fn build_checked(
     if let Some(expected) = expected.filter(|e| *e != generation) {
         return Err(ApiError::PreconditionFailed { expected, stored: generation });
     }
+    let opened_before = host_ports_of(&current);
     let config = build(current)?;
     let previous = shared.accepted(generation);
     let ctx = Context { previous: previous.as_deref(), ..shared.settings.validation() };
     let desired = validate(&config, &ctx).map_err(ApiError::Invalid)?;
+    // Then the system: a port another program holds would fail nginx (or
+    // WireGuard) at the apply, so it is refused before it is stored.
+    let held = shared.ports_held_by_others(&new_host_ports(&opened_before, &desired));
+    if !held.is_empty() {
+        return Err(ApiError::Invalid(held));
+    }
     Ok((generation, config, desired))
 }
 

@@ -293,3 +293,60 @@ async fn a_client_that_never_reads_does_not_hold_up_applies_and_is_dropped() {
     let rest = tokio::time::timeout(Duration::from_secs(10), stalled.into_string()).await.expect("the stalled stream was not ended");
     assert!(!rest.unwrap_or_default().contains("\"generation\""), "it got nothing after it fell behind");
 }
+
+/// A raw port, or a new network's WireGuard port, that another program holds
+/// is a 422 at its path naming the holder; nothing is stored. Ports the
+/// gateway opened before are not looked at again.
+#[tokio::test]
+async fn a_port_another_program_holds_is_refused_before_it_is_stored() {
+    use crate::system::ports::Process;
+    use crate::types::Transport::{Tcp, Udp};
+    use rocket::http::Method::Post;
+    let app = app(Script::new()).await;
+    let (code, body) = app.post(&config()).await;
+    assert_eq!(code, Status::Ok, "{body}");
+    let ports = &app._host.ports;
+    ports.hold(Tcp, 7000, vec![Process { pid: 812, program: "sshd".into() }]);
+    ports.hold(Udp, 51822, vec![]);
+    let mut c = config();
+    c["51821"]["proxy"]["tcp://7000"] = json!(["10.81.0.9:22"]);
+    c["51821"]["proxy"]["udp://7000"] = json!(["10.81.0.9:22"]);
+    let mut other = c["51821"].clone();
+    other["private_key"] = json!("4dcKbDNyb6pkkRuP22OPzkHgpOb9k67iaP5R9A0xv0c=");
+    other["proxy"] = json!({});
+    c["51822"] = other;
+    for path in ["/api/v1/config.json", "/api/v1/config.json?dry_run=true"] {
+        let (code, body) = app.send(Post, path, Some(&c)).await;
+        assert_eq!((code, &body["error"]), (Status::UnprocessableEntity, &json!("invalid_config")), "{path}: {body}");
+        let details: Vec<(String, String)> = body["details"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| (d["path"].as_str().unwrap().into(), d["message"].as_str().unwrap().into()))
+            .collect();
+        assert_eq!(
+            details,
+            [
+                (
+                    r#"$["51821"].proxy["tcp://7000"]"#.to_string(),
+                    "TCP port 7000 is in use by sshd (pid 812) on 0.0.0.0: nginx could not open it; choose another port or free it".to_string()
+                ),
+                (
+                    r#"$["51822"]"#.to_string(),
+                    "UDP port 51822 is in use by a socket no process shows (the kernel's, e.g. a WireGuard interface's) on 0.0.0.0: the network's WireGuard interface could not open it; choose another port or free it".to_string()
+                ),
+            ],
+            "{path}: udp://7000 is free; only what is held"
+        );
+    }
+    assert_eq!(app.status().await["desired_generation"], json!(1), "nothing stored");
+    ports.free(Tcp, 7000);
+    ports.free(Udp, 51822);
+    let (code, body) = app.send(Post, "/api/v1/config.json?dry_run=true", Some(&c)).await;
+    assert_eq!(code, Status::Ok, "freed: accepted {body}");
+    // A port the gateway opened already is not looked at again: held behind
+    // its back, other changes still go through.
+    ports.hold(Udp, 51820, vec![Process { pid: 812, program: "wireguard-go".into() }]);
+    let (code, body) = app.post(&mtu_changed()).await;
+    assert_eq!((code, &body["generation"]), (Status::Ok, &json!(2)), "{body}");
+}

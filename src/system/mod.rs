@@ -13,6 +13,7 @@ pub mod nsread;
 pub mod observe;
 mod ops;
 pub mod parse;
+pub mod ports;
 pub mod procfs;
 pub mod runner;
 pub mod tools;
@@ -78,6 +79,30 @@ pub struct System {
     pub reader: Arc<dyn nsread::Reader>,
     /// Where links about to be created are recorded (see [`intent`]).
     pub journal: Arc<dyn intent::Journal>,
+    /// Whether the host's ports can be opened (scripted in unit tests).
+    pub ports: Arc<dyn ports::PortProbe>,
+}
+
+impl System {
+    /// Who other than the gateway holds `transport` port `port` on one of
+    /// `ips`, as `sshd (pid 812) on 0.0.0.0`; None when nginx or WireGuard
+    /// could open it there, or only the gateway's own nginx holds it (a
+    /// reload keeps its sockets).
+    pub fn port_held_by_another(&self, transport: crate::types::Transport, ips: &[std::net::IpAddr], port: u16) -> Option<String> {
+        for ip in ips {
+            let ports::Probe::Held(holders) = self.ports.probe(transport, *ip, port) else { continue };
+            let ours = self.nginx_master().map(|m| {
+                let mut pids = procfs::children_of(m);
+                pids.insert(m);
+                pids
+            });
+            if !holders.is_empty() && ours.is_some_and(|ours| holders.iter().all(|h| ours.contains(&h.pid))) {
+                continue;
+            }
+            return Some(format!("{} on {ip}", ports::describe(&holders)));
+        }
+        None
+    }
 }
 
 /// Whether nginx could listen on IPv6 here: a socket bound to `[::]` (a

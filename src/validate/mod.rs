@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::model::{ErrorDetail, GatewayConfig};
 use crate::spec::{CustomForwarding, Desired};
-use crate::types::{Cidr, Hostname, SecretKey, parse_listen_port, truncate};
+use crate::types::{Cidr, Hostname, PortRange, ProxyKey, SecretKey, Transport, parse_listen_port, truncate};
 
 /// At most this many distinct upstreams per network (each takes a DNAT port).
 pub const MAX_UPSTREAMS: usize = 1000;
@@ -30,6 +30,8 @@ pub struct Context<'a> {
     /// API, `--custom-forwarding` upstreams), each with what uses it: no
     /// `tcp://`/`udp://` entry may take them.
     pub ports: &'a [(u16, String)],
+    /// Which raw ports a config may open (`--raw-port-range`).
+    pub raw_ports: PortRange,
     /// The state accepted before, if known: a network that keeps its
     /// private key keeps its public key without deriving it again (an x25519
     /// multiplication each, a third of validating 1,000 networks).
@@ -99,9 +101,10 @@ fn one_network_per_hostname(desired: &Desired, ctx: &Context<'_>, problems: &mut
     }
 }
 
-/// A raw port belongs to one network (`tcp://53` and `udp://53` of one
-/// network may go together), and never to a port the gateway itself uses:
-/// nginx would fail to bind it, and every route would go down with it.
+/// A raw port belongs to one network (`tcp://5353` and `udp://5353` of one
+/// network may go together), never to a port the gateway itself uses (nginx
+/// would fail to bind it), and lies in the operator's `--raw-port-range`
+/// (a tenant must not take the host's SSH or DNS port).
 fn one_owner_per_port(desired: &Desired, wireguard_ports: &BTreeSet<u16>, ctx: &Context<'_>, problems: &mut Problems) {
     let mut owners: BTreeMap<u16, u16> = BTreeMap::new();
     for spec in desired.networks.values() {
@@ -116,12 +119,59 @@ fn one_owner_per_port(desired: &Desired, wireguard_ports: &BTreeSet<u16>, ctx: &
                     _ => None,
                 }
             };
+            let path = || key_path(&format!("{}.proxy", key_path("$", &spec.port.to_string())), &format!("{}://{port}", transport.name()));
             if let Some(what) = taken_by {
-                let path = key_path(&format!("{}.proxy", key_path("$", &spec.port.to_string())), &format!("{}://{port}", transport.name()));
-                problems.add(path, format!("port {port} is already used by {what}; a port may be used once"));
+                problems.add(path(), format!("port {port} is already used by {what}; a port may be used once"));
+            } else if !ctx.raw_ports.contains(port) {
+                let range = ctx.raw_ports;
+                problems.add(path(), format!("port {port} is outside the raw ports this gateway opens ({range}, --raw-port-range)"));
             }
         }
     }
+}
+
+/// A port of the gateway host a state opens: a raw port's nginx listener
+/// or a network's WireGuard socket, with the JSON path that asks for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort {
+    pub path: String,
+    pub transport: Transport,
+    pub port: u16,
+    /// The network's own WireGuard listen port (else a raw port).
+    pub wireguard: bool,
+}
+
+/// The host ports a stored config opens (its networks' WireGuard ports and
+/// raw ports, read from its keys: a stored config need not be valid today).
+pub fn host_ports_of(config: &GatewayConfig) -> BTreeSet<(Transport, u16)> {
+    let mut out = BTreeSet::new();
+    for (key, net) in config {
+        out.extend(parse_listen_port(key).ok().map(|p| (Transport::Udp, p)));
+        out.extend(net.proxy.keys().filter_map(|k| match k.parse::<ProxyKey>() {
+            Ok(ProxyKey::Raw(t, p)) => Some((t, p)),
+            _ => None,
+        }));
+    }
+    out
+}
+
+/// The host ports `desired` opens that the state before did not
+/// (`before`, from [`host_ports_of`]): only these need a look at who holds
+/// them. A port the gateway opened already is its own; probing it again
+/// would fail every change once a port was taken behind its back.
+pub fn new_host_ports(before: &BTreeSet<(Transport, u16)>, desired: &Desired) -> Vec<HostPort> {
+    let mut out = Vec::new();
+    for spec in desired.networks.values() {
+        let net = key_path("$", &spec.port.to_string());
+        if !before.contains(&(Transport::Udp, spec.port)) {
+            out.push(HostPort { path: net.clone(), transport: Transport::Udp, port: spec.port, wireguard: true });
+        }
+        for (transport, port) in spec.raw_ports().filter(|p| !before.contains(p)) {
+            let path = key_path(&format!("{net}.proxy"), &format!("{}://{port}", transport.name()));
+            out.push(HostPort { path, transport, port, wireguard: false });
+        }
+    }
+    out
 }
 
 /// The same private key twice would be the same WireGuard identity twice.

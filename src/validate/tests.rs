@@ -337,8 +337,8 @@ fn object_form_raw_ports_and_proxy_protocol() {
         "https://pp.example.com": {"upstreams": ["10.80.0.2:8443"], "proxy_protocol": true},
         "https://plain.example.com": {"upstreams": ["10.80.0.2:443"]},
         "tcp://2222": {"upstreams": ["10.80.0.2:22"], "proxy_protocol": true},
-        "tcp://53": ["10.80.0.2:53"],
-        "udp://53": ["10.80.0.2:53"],
+        "tcp://5353": ["10.80.0.2:53"],
+        "udp://5353": ["10.80.0.2:53"],
         "udp://27015": {"upstreams": ["10.80.0.2:27015"], "proxy_protocol": false},
     })));
     let d = validate(&one(n), &Context::default()).unwrap();
@@ -346,8 +346,8 @@ fn object_form_raw_ports_and_proxy_protocol() {
     let pp: Vec<String> = spec.proxy_protocol.iter().map(ToString::to_string).collect();
     assert_eq!(pp, ["pp.example.com"], "only where asked; the list form and a missing field mean false");
     assert_eq!(spec.https.len(), 3);
-    assert_eq!((spec.tcp.keys().collect::<Vec<_>>(), spec.udp.keys().collect::<Vec<_>>()), (vec![&53, &2222], vec![&53, &27015]));
-    assert!(spec.tcp[&2222].proxy_protocol && !spec.tcp[&53].proxy_protocol);
+    assert_eq!((spec.tcp.keys().collect::<Vec<_>>(), spec.udp.keys().collect::<Vec<_>>()), (vec![&2222, &5353], vec![&5353, &27015]));
+    assert!(spec.tcp[&2222].proxy_protocol && !spec.tcp[&5353].proxy_protocol);
     assert!(spec.upstreams().iter().any(|u| u.port() == 22) && !spec.upstreams().iter().any(|u| u.port() == 27015), "TCP upstreams");
     assert_eq!(spec.udp_upstreams().iter().map(|u| u.port()).collect::<Vec<_>>(), [53, 27015]);
 }
@@ -422,6 +422,53 @@ fn a_raw_port_has_one_owner_and_is_none_of_the_gateways_own() {
             (r#"$["51821"].proxy["udp://7000"]"#.into(), "port 7000 is already used by network 51820; a port may be used once".into()),
         ]
     );
+}
+
+#[test]
+fn raw_ports_outside_the_operators_range_are_refused() {
+    let mut n = net();
+    n.proxy = proxy_json(serde_json::json!({
+        "tcp://22": ["10.80.0.2:22"], "udp://1023": ["10.80.0.2:7"], "tcp://1024": ["10.80.0.2:7"], "udp://65535": ["10.80.0.2:7"],
+    }));
+    let got = details(validate(&one(n.clone()), &Context::default()));
+    let says = |port: u16, range: &str| format!("port {port} is outside the raw ports this gateway opens ({range}, --raw-port-range)");
+    assert_eq!(
+        got,
+        [
+            (r#"$["51820"].proxy["tcp://22"]"#.into(), says(22, "1024-65535")),
+            (r#"$["51820"].proxy["udp://1023"]"#.into(), says(1023, "1024-65535")),
+        ],
+        "the default is 1024-65535, both ends included"
+    );
+    let ctx = Context { raw_ports: "1-2000".parse().unwrap(), ..Context::default() };
+    let got = details(validate(&one(n), &ctx));
+    assert_eq!(got, [(r#"$["51820"].proxy["udp://65535"]"#.into(), says(65535, "1-2000"))]);
+}
+
+#[test]
+fn only_host_ports_the_state_before_did_not_open_are_probed() {
+    use crate::types::Transport::{Tcp, Udp};
+    let mut a = net();
+    a.proxy = proxy_json(serde_json::json!({"tcp://7000": ["10.80.0.2:7"], "udp://7001": ["10.80.0.2:7"]}));
+    let mut b = net();
+    b.private_key = KEY_C.into();
+    b.proxy = proxy_json(serde_json::json!({"tcp://7002": ["10.80.0.2:7"]}));
+    let before: crate::model::GatewayConfig = [("51820".to_string(), a.clone())].into();
+    let ports = host_ports_of(&before);
+    assert_eq!(ports, [(Tcp, 7000), (Udp, 7001), (Udp, 51820)].into());
+    let after = validate(&[("51820".to_string(), a), ("51821".to_string(), b)].into(), &Context::default()).unwrap();
+    let new: Vec<(String, Transport, u16, bool)> =
+        new_host_ports(&ports, &after).into_iter().map(|h| (h.path, h.transport, h.port, h.wireguard)).collect();
+    assert_eq!(
+        new,
+        [(r#"$["51821"]"#.to_string(), Udp, 51821, true), (r#"$["51821"].proxy["tcp://7002"]"#.to_string(), Tcp, 7002, false),],
+        "network 51820's ports are the gateway's already"
+    );
+    assert!(new_host_ports(&host_ports_of(&Default::default()), &after).len() == 5, "all of them from an empty state");
+    // A stored config that is not valid today still tells its ports.
+    let mut odd = net();
+    odd.proxy = proxy_json(serde_json::json!({"tcp://22": ["nonsense"], "https://x.test": ["10.80.0.2:443"]}));
+    assert_eq!(host_ports_of(&[("51822".to_string(), odd)].into()), [(Tcp, 22), (Udp, 51822)].into());
 }
 
 #[test]

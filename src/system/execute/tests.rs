@@ -19,6 +19,7 @@ fn system(dir: &Path, runner: Runner) -> System {
         backend: Backend::Kernel,
         reader,
         journal,
+        ports: std::sync::Arc::new(crate::testing::FakePorts::default()),
     }
 }
 
