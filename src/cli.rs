@@ -61,12 +61,18 @@ fn parse_socket_path(s: &str) -> Result<String, String> {
     after_help = "Runs as root on Linux. The orchestrator POSTs the desired state to /api/v1/config.json; the daemon converges the system to it and keeps it there. RUST_LOG sets log filtering (default: info,rocket=error,gateway::api::_=error)."
 )]
 pub struct Args {
-    /// Secret that API calls must present (`Token:` header or `Authorization: Bearer`). Without one the API is open and only loopback is allowed.
+    /// Admin secret that API calls must present (`Token:` header or `Authorization: Bearer`): it may do everything. Without one the API is open and only loopback is allowed.
     #[arg(long, env = "GATEWAY_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// File holding the token instead (e.g. a container secret): only its owner may read it (mode 0600 or 0400); surrounding whitespace and the final newline are ignored. Not together with --token; empty means none.
+    /// File holding the admin token instead (e.g. a container secret), or several, one per line (rotation): only its owner may read it (mode 0600 or 0400); surrounding whitespace and blank lines are ignored; read again on SIGHUP. Not together with --token; empty means none.
     #[arg(long, env = "GATEWAY_TOKEN_FILE")]
     pub token_file: Option<String>,
+    /// Token that may only read: status.json, traffic.json, /metrics, the event stream (never config.json, which holds private keys, and no write). Needs an admin token (--token or --token-file).
+    #[arg(long, env = "GATEWAY_READ_TOKEN", hide_env_values = true)]
+    pub read_token: Option<String>,
+    /// File holding read tokens, one per line, as --token-file (owner only, read again on SIGHUP). Not together with --read-token.
+    #[arg(long, env = "GATEWAY_READ_TOKEN_FILE")]
+    pub read_token_file: Option<String>,
     /// SQLite file (created 0600 if missing) holding the desired state and traffic. Default (or empty, or `:memory:`): in memory, lost on exit.
     #[arg(long, env = "GATEWAY_DATABASE")]
     pub database: Option<String>,

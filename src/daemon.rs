@@ -2,13 +2,11 @@
 //! built from the options, refusing bad values before anything is touched.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use subtle::ConstantTimeEq;
 use tokio::sync::{Mutex, Notify, watch};
 
 use crate::cli::Args;
@@ -24,31 +22,12 @@ use crate::types::Cidr;
 use crate::validate::Context;
 
 mod dry_run;
+mod tokens;
 
 pub use dry_run::{DryRunError, DryRunRequest, DryRuns};
+pub use tokens::{ApiToken, Scope, TokenSet, TokenSources};
 
 use crate::events::{Events, PeerWatch};
-
-/// The API token. Compared in constant time; never printed.
-#[derive(Clone)]
-pub struct ApiToken(String);
-
-impl ApiToken {
-    /// `None` for an empty token: the API is then open.
-    pub fn new(token: &str) -> Option<Self> {
-        (!token.is_empty()).then(|| ApiToken(token.to_string()))
-    }
-
-    pub fn matches(&self, given: &str) -> bool {
-        given.as_bytes().ct_eq(self.0.as_bytes()).into()
-    }
-}
-
-impl fmt::Debug for ApiToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ApiToken(redacted)")
-    }
-}
 
 /// Settings that do not change while the daemon runs.
 #[derive(Debug, Clone)]
@@ -62,8 +41,9 @@ pub struct Settings {
     /// Which raw ports a config may open.
     pub raw_ports: crate::types::PortRange,
     pub watchdog: Duration,
-    /// None: the API is open (the daemon then listens on loopback only).
-    pub token: Option<ApiToken>,
+    /// Where the API's tokens come from (read again on SIGHUP); none: the
+    /// API is open (the daemon then listens on loopback only).
+    pub tokens: TokenSources,
     /// How long POST/PATCH wait for the reconciler before answering `pending`.
     pub apply_wait: Duration,
     /// Networks worked on at once by a pass.
@@ -170,6 +150,8 @@ pub struct Shared {
     pub events: Events,
     /// Which peers are connected, from every look at the networks.
     pub peers: PeerWatch,
+    /// The API tokens in force (replaced whole on SIGHUP).
+    tokens: std::sync::RwLock<Arc<TokenSet>>,
 }
 
 impl Shared {
@@ -199,6 +181,30 @@ impl Shared {
             accepted: std::sync::Mutex::new(None),
             events: Events::new(crate::events::BACKLOG, first_event_id()),
             peers: PeerWatch::new(settings_peer_timeout),
+            tokens: Default::default(),
+        }
+    }
+
+    /// The API tokens in force.
+    pub fn tokens(&self) -> Arc<TokenSet> {
+        self.tokens.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set_tokens(&self, tokens: TokenSet) {
+        *self.tokens.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(tokens);
+    }
+
+    /// SIGHUP: reads the token files again. A file that cannot be used
+    /// (gone, open to others, empty) keeps the tokens in force: a reload
+    /// never opens the API nor locks everyone out.
+    pub fn reload_tokens(&self) {
+        match self.settings.tokens.load() {
+            Ok(tokens) => {
+                let (admin, read) = tokens.counts();
+                self.set_tokens(tokens);
+                tracing::info!(admin, read, "API tokens read again");
+            }
+            Err(e) => tracing::error!(error = %format!("{e:#}"), "API tokens not read again; the previous ones stay in force"),
         }
     }
 
@@ -299,37 +305,6 @@ fn system_from(args: &Args, runner: Runner, layout: Layout, backend: Backend, st
     }
 }
 
-/// The token from `--token` or `--token-file`, if any.
-fn api_token(args: &Args) -> anyhow::Result<Option<ApiToken>> {
-    // Empty values mean none (tests and wrappers blank the environment's).
-    let given = args.token.as_deref().filter(|t| !t.is_empty());
-    let file = args.token_file.as_deref().filter(|p| !p.is_empty()).map(std::path::Path::new);
-    match (given, file) {
-        (Some(_), Some(_)) => bail!(
-            "both --token (GATEWAY_TOKEN) and --token-file (GATEWAY_TOKEN_FILE) are given: use one (the file keeps the token off command lines and out of the environment)"
-        ),
-        (_, Some(path)) => read_token_file(path).map(Some),
-        (Some(token), None) if token.trim() != token => {
-            // A header value loses its surrounding whitespace on the way (HTTP
-            // trims it), so such a token could never match: refuse, not guess.
-            bail!("the token has leading or trailing whitespace, which no client can send in a header: remove it")
-        }
-        (token, None) => Ok(token.and_then(ApiToken::new)),
-    }
-}
-
-/// Reads the token file, refusing one that others may read or change.
-fn read_token_file(path: &std::path::Path) -> anyhow::Result<ApiToken> {
-    use std::os::unix::fs::PermissionsExt;
-    let shown = path.display();
-    let mode = std::fs::metadata(path).with_context(|| format!("token file {shown}"))?.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        bail!("token file {shown} is open to group or others (mode {mode:04o}): only its owner may read it, e.g. chmod 600 {shown}");
-    }
-    let text = std::fs::read_to_string(path).with_context(|| format!("token file {shown}"))?;
-    ApiToken::new(text.trim()).ok_or_else(|| anyhow::anyhow!("token file {shown} is empty"))
-}
-
 /// The nginx settings from the options: listeners default to both address
 /// families, or IPv4 alone on a host without IPv6 (nginx could not bind `[::]`).
 fn nginx_options(args: &Args, ipv6: bool) -> Result<NginxOptions, String> {
@@ -361,9 +336,10 @@ fn gateway_ports(nginx: &NginxOptions, api_port: u16, custom: &[CustomForwarding
 }
 
 pub async fn build(args: &Args, runner: Runner) -> anyhow::Result<Daemon> {
-    let token = api_token(args)?;
+    let token_sources = TokenSources::from_args(args)?;
+    let tokens = token_sources.load()?;
     let port = args.api_port().map_err(anyhow::Error::msg)?;
-    if token.is_none() && !args.address.is_loopback() {
+    if tokens.is_open() && !args.address.is_loopback() {
         bail!(
             "no token given (--token or GATEWAY_TOKEN): the API would be open, so it may only listen on loopback, not {}. Set a token or use --address 127.0.0.1",
             args.address
@@ -399,13 +375,14 @@ pub async fn build(args: &Args, runner: Runner) -> anyhow::Result<Daemon> {
         reserved: vec![system.layout.bridge_subnet()],
         raw_ports: args.raw_port_range,
         watchdog: args.watchdog,
-        token,
+        tokens: token_sources,
         apply_wait: args.apply_wait,
         apply_concurrency: usize::from(args.apply_concurrency),
         shutdown_timeout: args.shutdown_timeout,
         peer_timeout: args.peer_timeout,
     };
     let shared = Arc::new(Shared::new(store, system, settings, metrics, last, args.retention));
+    shared.set_tokens(tokens);
     // Not `Config::figment()`: that would let ROCKET_* variables and a
     // Rocket.toml in the working directory change the API behind the options.
     let figment = rocket::figment::Figment::from(rocket::Config::default())
@@ -456,48 +433,5 @@ mod tests {
         }
         let a = Args::try_parse_args_only(["gateway", "--port=8000", "--wireguard-backend", "userspace", "--token", "s3 cret"]).unwrap();
         assert!(build(&a, Runner::new(Duration::from_secs(1))).await.is_ok(), "inner whitespace is part of the token");
-    }
-
-    #[test]
-    fn token_file_owner_only_trimmed_and_not_with_a_token() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("token");
-        std::fs::write(&file, "s3cret\n").unwrap();
-        let path = file.to_str().unwrap();
-        let parse = |extra: &[&str]| {
-            let mut argv = vec!["gateway"];
-            argv.extend(extra);
-            api_token(&Args::try_parse_args_only(argv).unwrap())
-        };
-        for mode in [0o600, 0o400] {
-            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
-            let token = parse(&["--token-file", path]).unwrap().expect("a token");
-            assert!(token.matches("s3cret") && !token.matches("s3cret\n"), "the newline is not part of it");
-        }
-        for mode in [0o644, 0o640, 0o604, 0o620] {
-            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
-            let err = parse(&["--token-file", path]).expect_err("refused").to_string();
-            assert!(err.contains("open to group or others") && err.contains(&format!("{mode:04o}")), "{err}");
-        }
-        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let err = parse(&["--token-file", path, "--token", "other"]).expect_err("refused").to_string();
-        assert!(err.contains("use one"), "{err}");
-        assert!(parse(&["--token-file", path, "--token="]).unwrap().is_some(), "an empty --token is no token");
-        assert!(parse(&["--token-file=", "--token", "t"]).unwrap().is_some(), "an empty --token-file is no file");
-        std::fs::write(&file, "\n").unwrap();
-        assert!(parse(&["--token-file", path]).expect_err("refused").to_string().contains("is empty"));
-        assert!(parse(&["--token-file", "/nonexistent/token"]).is_err());
-    }
-
-    #[test]
-    fn tokens_compare_exactly_and_never_print() {
-        let t = ApiToken::new("secret").unwrap();
-        assert!(t.matches("secret"));
-        for other in ["secret ", "secre", "", "Secret"] {
-            assert!(!t.matches(other), "{other:?}");
-        }
-        assert!(ApiToken::new("").is_none(), "an empty token is no token");
-        assert!(!format!("{t:?}").contains("secret"));
     }
 }

@@ -75,6 +75,7 @@ fn print_openapi() -> std::process::ExitCode {
 async fn run(args: Args) -> anyhow::Result<()> {
     let daemon = build(&args, Runner::new(args.command_timeout)).await?;
     let mut stop = termination_signals()?;
+    reload_tokens_on_sighup(daemon.shared.clone())?;
     tracing::info!(
         backend = daemon.shared.system.backend.name(),
         version = env!("CARGO_PKG_VERSION"),
@@ -126,6 +127,18 @@ fn termination_signals() -> anyhow::Result<tokio::sync::mpsc::Receiver<&'static 
         });
     }
     Ok(rx)
+}
+
+/// SIGHUP reads the token files again (a rotation needs no restart).
+fn reload_tokens_on_sighup(shared: std::sync::Arc<Shared>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            shared.reload_tokens();
+        }
+    });
+    Ok(())
 }
 
 /// Refuses writes, lets the running pass finish and be recorded (within

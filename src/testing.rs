@@ -299,7 +299,7 @@ pub async fn shared(system: System) -> Arc<Shared> {
         ports: vec![(8000, "the API".into()), (443, "the HTTPS listener".into()), (80, "the HTTP listener".into())],
         raw_ports: Default::default(),
         watchdog: Duration::from_secs(60),
-        token: None,
+        tokens: Default::default(),
         apply_wait: Duration::from_secs(5),
         apply_concurrency: 4,
         shutdown_timeout: Duration::from_secs(5),

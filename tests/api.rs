@@ -548,3 +548,39 @@ async fn concurrent_writes_with_the_same_if_match_store_exactly_one() {
     let (_, etag, _) = call_with(&c, Method::Get, "/api/v1/config.json", &[], None).await;
     assert_eq!(etag.as_deref(), Some("\"1\""));
 }
+
+/// A read token (the Prometheus scrape's, a dashboard's) reads status,
+/// traffic, metrics and events; config.json (private keys) and every write
+/// answer 403 with it, and nothing is stored. The admin token does all.
+#[tokio::test]
+async fn the_read_token_reads_and_never_sees_keys_nor_writes() {
+    let c = client(&["--token", "s3cret", "--read-token", "scrape"]).await;
+    let read = || Some(Header::new("Authorization", "Bearer scrape"));
+    for path in ["/api/v1/status.json", "/api/v1/traffic.json?start=0", "/metrics"] {
+        let (s, v) = call(&c, Method::Get, path, read(), None).await;
+        assert_eq!(s, Status::Ok, "{path}: {v}");
+    }
+    let r = c.get("/api/v1/events").header(Header::new("Token", "scrape")).dispatch().await;
+    assert_eq!((r.status(), r.content_type()), (Status::Ok, Some(ContentType::EventStream)));
+    let body = json!({"51820": net(KEY1, "a.example.com")}).to_string();
+    let writes = [
+        (Method::Get, "/api/v1/config.json", None),
+        (Method::Post, "/api/v1/config.json", Some(body.as_str())),
+        (Method::Post, "/api/v1/config.json?dry_run=true", Some(body.as_str())),
+        (Method::Patch, "/api/v1/config.json", Some(r#"{"51820": null}"#)),
+    ];
+    for (m, path, body) in writes {
+        let (s, v) = call(&c, m, path, read(), body).await;
+        assert_eq!(s, Status::Forbidden, "{m} {path}: {v}");
+        assert_error_shape(&v, "forbidden");
+        assert!(v["message"].as_str().unwrap().contains("admin token"), "{v}");
+    }
+    let (s, cfg) = call(&c, Method::Get, "/api/v1/config.json", token(), None).await;
+    assert_eq!((s, &cfg["generation"]), (Status::Ok, &json!(0)), "nothing stored: {cfg}");
+    let (s, _) = call(&c, Method::Get, "/metrics", token(), None).await;
+    assert_eq!(s, Status::Ok, "the admin token reads too");
+    for wrong in ["scrap", "scrapes", "s3cret-"] {
+        let (s, v) = call(&c, Method::Get, "/api/v1/status.json", Some(Header::new("Token", wrong)), None).await;
+        assert_eq!(s, Status::Unauthorized, "{wrong:?}: {v}");
+    }
+}

@@ -1,5 +1,6 @@
-//! The token guard: `Token: T` or `Authorization: Bearer T`, compared in
-//! constant time (`daemon::ApiToken`).
+//! The token guards: `Token: T` or `Authorization: Bearer T`, compared in
+//! constant time (`daemon::TokenSet`). [`Auth`] needs the admin token,
+//! [`ReadAuth`] the read token or the admin one.
 
 use std::sync::Arc;
 
@@ -10,13 +11,17 @@ use rocket_okapi::okapi::openapi3::{SecurityRequirement, SecurityScheme, Securit
 use rocket_okapi::request::{OpenApiFromRequest, RequestHeaderInput};
 
 use super::error::ApiError;
-use crate::daemon::Shared;
+use crate::daemon::{Scope, Shared};
 
 pub const TOKEN_SCHEME: &str = "TokenHeader";
 pub const BEARER_SCHEME: &str = "BearerAuth";
 
-/// Request guard: present on every route but `/health`.
+/// Request guard of the routes that write or show config.json: the admin token.
 pub struct Auth;
+
+/// Request guard of the routes that only read (status, traffic, metrics,
+/// events): the read token or the admin token.
+pub struct ReadAuth;
 
 /// The tokens a request carries: either header may hold the right one.
 fn given_tokens<'a>(req: &'a Request<'_>) -> impl Iterator<Item = &'a str> {
@@ -30,33 +35,68 @@ fn given_tokens<'a>(req: &'a Request<'_>) -> impl Iterator<Item = &'a str> {
     [token, bearer].into_iter().flatten()
 }
 
+/// Whether the request may use a route that needs `needed`: 401 without a
+/// valid token, 403 for a read token on an admin route.
+fn check(req: &Request<'_>, needed: Scope) -> Result<(), (Status, ApiError)> {
+    let Some(shared) = req.rocket().state::<Arc<Shared>>() else {
+        return Err((Status::InternalServerError, ApiError::Internal("no API state".into())));
+    };
+    let tokens = shared.tokens();
+    if tokens.is_open() {
+        return Ok(());
+    }
+    let scope = given_tokens(req).filter_map(|g| tokens.scope_of(g)).max();
+    match scope {
+        Some(s) if s >= needed => Ok(()),
+        Some(_) => Err((Status::Forbidden, ApiError::Forbidden)),
+        None => Err((Status::Unauthorized, ApiError::Unauthorized)),
+    }
+}
+
+fn outcome<T>(req: &Request<'_>, needed: Scope, ok: T) -> Outcome<T, ApiError> {
+    match check(req, needed) {
+        Ok(()) => Outcome::Success(ok),
+        Err(e) => Outcome::Error(e),
+    }
+}
+
 #[rocket::async_trait]
 impl<'r> FromRequest<'r> for Auth {
     type Error = ApiError;
     async fn from_request(req: &'r Request<'_>) -> Outcome<Self, Self::Error> {
-        let Some(shared) = req.rocket().state::<Arc<Shared>>() else {
-            return Outcome::Error((Status::InternalServerError, ApiError::Internal("no API state".into())));
-        };
-        let Some(expected) = &shared.settings.token else {
-            return Outcome::Success(Auth);
-        };
-        if given_tokens(req).any(|g| expected.matches(g)) {
-            Outcome::Success(Auth)
-        } else {
-            Outcome::Error((Status::Unauthorized, ApiError::Unauthorized))
-        }
+        outcome(req, Scope::Admin, Auth)
     }
 }
 
+#[rocket::async_trait]
+impl<'r> FromRequest<'r> for ReadAuth {
+    type Error = ApiError;
+    async fn from_request(req: &'r Request<'_>) -> Outcome<Self, Self::Error> {
+        outcome(req, Scope::Read, ReadAuth)
+    }
+}
+
+fn security(description: &str) -> rocket_okapi::Result<RequestHeaderInput> {
+    let scheme = SecurityScheme {
+        description: Some(description.into()),
+        data: SecuritySchemeData::ApiKey { name: "Token".into(), location: "header".into() },
+        extensions: Default::default(),
+    };
+    let mut req = SecurityRequirement::new();
+    req.insert(TOKEN_SCHEME.into(), Vec::new());
+    Ok(RequestHeaderInput::Security(TOKEN_SCHEME.into(), scheme, req))
+}
+
+const SCHEME_TEXT: &str = "The token, as header `Token: <token>`. The admin token (`--token`) opens every route; a read token (`--read-token`) opens status.json, traffic.json, /metrics and the event stream, and gets 403 elsewhere.";
+
 impl OpenApiFromRequest<'_> for Auth {
     fn from_request_input(_g: &mut OpenApiGenerator, _name: String, _required: bool) -> rocket_okapi::Result<RequestHeaderInput> {
-        let scheme = SecurityScheme {
-            description: Some("The token, as header `Token: <token>`.".into()),
-            data: SecuritySchemeData::ApiKey { name: "Token".into(), location: "header".into() },
-            extensions: Default::default(),
-        };
-        let mut req = SecurityRequirement::new();
-        req.insert(TOKEN_SCHEME.into(), Vec::new());
-        Ok(RequestHeaderInput::Security(TOKEN_SCHEME.into(), scheme, req))
+        security(SCHEME_TEXT)
+    }
+}
+
+impl OpenApiFromRequest<'_> for ReadAuth {
+    fn from_request_input(_g: &mut OpenApiGenerator, _name: String, _required: bool) -> rocket_okapi::Result<RequestHeaderInput> {
+        security(SCHEME_TEXT)
     }
 }

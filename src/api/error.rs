@@ -13,10 +13,14 @@ use schemars::JsonSchema;
 
 use crate::model::{ErrorBody, ErrorDetail};
 
+const FORBIDDEN: &str = "this token may only read (status.json, traffic.json, /metrics, the event stream): config.json, which holds private keys, and every write need the admin token";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("missing or wrong token")]
     Unauthorized,
+    #[error("{FORBIDDEN}")]
+    Forbidden,
     #[error("{0}")]
     BadRequest(String),
     #[error("the configuration is invalid: {} problem(s)", .0.len())]
@@ -57,6 +61,7 @@ impl ApiError {
     fn parts(&self) -> (Status, &'static str, Vec<ErrorDetail>) {
         match self {
             ApiError::Unauthorized => (Status::Unauthorized, "unauthorized", vec![]),
+            ApiError::Forbidden => (Status::Forbidden, "forbidden", vec![]),
             ApiError::BadRequest(_) => (Status::BadRequest, "bad_request", vec![]),
             ApiError::Invalid(d) => (Status::UnprocessableEntity, "invalid_config", d.clone()),
             ApiError::ApplyFailed { errors, .. } => (
@@ -109,6 +114,7 @@ pub(super) fn json_responses<T: JsonSchema>(generator: &mut OpenApiGenerator, co
 pub(super) const ERROR_STATUSES: &[(u16, &str)] = &[
     (400, "malformed request (e.g. a bad query parameter)"),
     (401, "missing or wrong token"),
+    (403, "a read token on a route that needs the admin token (config.json: it holds private keys; every write)"),
     (412, "`precondition_failed`: the `If-Match` generation is not the stored one (another change came first); nothing changed"),
     (413, "the body is larger than the JSON limit (16 MiB)"),
     (422, "invalid configuration: every problem with its JSON path; nothing changed"),
@@ -189,6 +195,7 @@ pub(super) fn default_catcher(status: Status, req: &Request<'_>) -> Caught {
     }
     let (code, message) = match status.code {
         401 => ("unauthorized", "missing or wrong token: send `Token: <token>` or `Authorization: Bearer <token>`".to_string()),
+        403 => ("forbidden", FORBIDDEN.to_string()),
         404 => ("not_found", format!("no route for {} {}", req.method(), req.uri().path())),
         413 => ("too_large", "request body too large".to_string()),
         422 => ("invalid_config", "the body could not be read as the expected JSON".to_string()),

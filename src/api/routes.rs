@@ -10,7 +10,7 @@ use rocket::{State, get, patch, post};
 use rocket_okapi::okapi::openapi3::OpenApi;
 use rocket_okapi::{openapi, openapi_get_routes_spec};
 
-use super::auth::Auth;
+use super::auth::{Auth, ReadAuth};
 use super::body::{Applied, ConfigAnswer, DryRunFlag, JsonBody, MetricsText, QueryInt, body_error};
 use super::concurrency::{IfMatch, Tagged};
 use super::error::ApiError;
@@ -218,7 +218,7 @@ async fn get_config(_auth: Auth, state: &State<Arc<Shared>>) -> Result<Tagged<St
 /// last apply's result.
 #[openapi(tag = "status")]
 #[get("/api/v1/status.json")]
-async fn status(_auth: Auth, state: &State<Arc<Shared>>) -> Result<Json<StatusInfo>, ApiError> {
+async fn status(_auth: ReadAuth, state: &State<Arc<Shared>>) -> Result<Json<StatusInfo>, ApiError> {
     Ok(Json(crate::status::collect(state.inner()).await?))
 }
 
@@ -229,7 +229,7 @@ async fn status(_auth: Auth, state: &State<Arc<Shared>>) -> Result<Json<StatusIn
 #[openapi(tag = "traffic")]
 #[get("/api/v1/traffic.json?<start>&<step>")]
 async fn traffic(
-    _auth: Auth,
+    _auth: ReadAuth,
     state: &State<Arc<Shared>>,
     start: QueryInt<0, { i64::MAX }, true>,
     step: QueryInt<{ Step::MIN as i64 }, { Step::MAX as i64 }, false>,
@@ -249,7 +249,7 @@ async fn traffic(
 /// Prometheus metrics; send the token as `Authorization: Bearer`.
 #[openapi(tag = "metrics")]
 #[get("/metrics")]
-fn metrics(_auth: Auth, state: &State<Arc<Shared>>) -> Result<MetricsText, ApiError> {
+fn metrics(_auth: ReadAuth, state: &State<Arc<Shared>>) -> Result<MetricsText, ApiError> {
     state.metrics.encode().map(MetricsText).map_err(|e| ApiError::Internal(format!("encoding metrics: {e}")))
 }
 
@@ -257,7 +257,7 @@ fn metrics(_auth: Auth, state: &State<Arc<Shared>>) -> Result<MetricsText, ApiEr
 /// `peer_connected`, `peer_disconnected`; resume with `Last-Event-ID`.
 #[openapi(tag = "events")]
 #[get("/api/v1/events")]
-fn events(_auth: Auth, state: &State<Arc<Shared>>, last: LastEventId, shutdown: rocket::Shutdown) -> Result<EventsStream, ApiError> {
+fn events(_auth: ReadAuth, state: &State<Arc<Shared>>, last: LastEventId, shutdown: rocket::Shutdown) -> Result<EventsStream, ApiError> {
     let after = last.0.map_err(ApiError::BadRequest)?;
     Ok(super::events::stream(state.events.subscribe(after), shutdown))
 }
