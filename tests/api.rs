@@ -119,6 +119,21 @@ async fn invalid_config_lists_every_problem_and_changes_nothing() {
     let (_, cfg) = call(&c, Method::Get, "/api/v1/config.json", token(), None).await;
     assert_eq!(cfg, json!({"generation": 0, "config": {}}), "nothing stored");
 
+    // An endpoint the host's WireGuard socket must not send to (here inside
+    // the default bridge subnet, in its IPv4-mapped form): 422 at its path.
+    for endpoint in ["127.0.0.1:51820", "[::ffff:10.199.0.1]:51820", "[fe80::1%2]:51820"] {
+        let mut n = net(KEY1, "e.test");
+        n["peers"][KEY3]["endpoint"] = json!(endpoint);
+        let body = json!({ "51820": n }).to_string();
+        let (s, v) = call(&c, Method::Post, "/api/v1/config.json", token(), Some(&body)).await;
+        assert_eq!(s, Status::UnprocessableEntity, "{endpoint}: {v}");
+        assert_eq!(v["details"].as_array().unwrap().len(), 1, "{v}");
+        assert_eq!(v["details"][0]["path"], format!(r#"$["51820"].peers["{KEY3}"].endpoint"#), "{v}");
+        assert!(v["details"][0]["message"].as_str().unwrap().contains(endpoint), "{v}");
+    }
+    let (_, cfg) = call(&c, Method::Get, "/api/v1/config.json", token(), None).await;
+    assert_eq!(cfg["generation"], 0, "nothing stored");
+
     // Not JSON, wrong types, unknown fields: a JSON 422 with serde's reason.
     for body in ["{", "[]", r#"{"51820": {"private_key": 5}}"#, &json!({"51820": {"private_key": KEY1, "surprise": 1}}).to_string()] {
         let (s, v) = call(&c, Method::Post, "/api/v1/config.json", token(), Some(body)).await;

@@ -477,21 +477,22 @@ async fn peer_changes_land_and_then_nothing_is_left_to_do() {
 
     cfg[port.to_string()]["peers"][&p]["preshared_key"] = json!(test_key(n.k, 9, 9));
     cfg[port.to_string()]["peers"][&p]["persistent_keepalive"] = json!(25);
-    cfg[port.to_string()]["peers"][&p]["endpoint"] = json!("127.0.0.1:51998");
+    let local = local_endpoint_ip(&n);
+    cfg[port.to_string()]["peers"][&p]["endpoint"] = json!(format!("{local}:51998"));
     let (code, body) = d.post(&cfg).await;
     assert_eq!(code, 200, "{body}");
     let line = peer_line(&show());
-    assert!(line.contains(&test_key(n.k, 9, 9)) && line.ends_with("\t25") && line.contains("127.0.0.1:51998"), "{line}");
+    assert!(line.contains(&test_key(n.k, 9, 9)) && line.ends_with("\t25") && line.contains(&format!("{local}:51998")), "{line}");
 
     let peers = &mut cfg[port.to_string()]["peers"][&p];
     peers.as_object_mut().unwrap().remove("preshared_key");
     peers.as_object_mut().unwrap().remove("persistent_keepalive");
-    peers["endpoint"] = json!("127.0.0.1:51999");
+    peers["endpoint"] = json!(format!("{local}:51999"));
     let (code, body) = d.post(&cfg).await;
     assert_eq!((code, &body["changed_networks"]), (200, &json!([port])), "{body}");
     let line = peer_line(&show());
     let fields: Vec<&str> = line.split('\t').collect();
-    assert_eq!((fields[1], fields[2], fields[7]), ("(none)", "127.0.0.1:51999", "off"), "{line}");
+    assert_eq!((fields[1], fields[2], fields[7]), ("(none)", format!("{local}:51999").as_str(), "off"), "{line}");
 
     let outcome = d.drift_ok().await;
     assert_eq!(outcome.actions, 0, "converged: nothing left for the drift check");

@@ -23,8 +23,9 @@ fn key(k: u8, network: u16, peer: u16) -> String {
 /// `count` networks with one peer each (with an endpoint) and an HTTPS name.
 fn networks(n: &Names, count: u16) -> Value {
     let mut cfg = serde_json::Map::new();
+    let endpoint = format!("{}:51999", local_endpoint_ip(n));
     for i in 0..count {
-        let peer = json!({ key(n.k, i, 1): { "allowed_ips": ["10.80.0.2/32"], "endpoint": "127.0.0.1:51999" } });
+        let peer = json!({ key(n.k, i, 1): { "allowed_ips": ["10.80.0.2/32"], "endpoint": endpoint } });
         cfg.insert(
             n.port(i).to_string(),
             json!({ "private_key": key(n.k, i, 0), "address": ["10.80.0.1/16"], "peers": peer,
@@ -91,7 +92,7 @@ async fn status_shows_a_change_by_hand_within_one_drift_check() {
     assert_eq!(code, 200, "{body}");
     let (port, peer) = (n.port(0).to_string(), key(n.k, 0, 1));
     let (_, st) = d.get("/api/v1/status.json").await;
-    assert_eq!(st["networks"][&port]["peers"][&peer]["endpoint"], "127.0.0.1:51999", "{st}");
+    assert_eq!(st["networks"][&port]["peers"][&peer]["endpoint"], format!("{}:51999", local_endpoint_ip(&n)), "{st}");
     let before = st["networks"][&port]["observed_at"].as_i64().expect("observed");
 
     std::thread::sleep(Duration::from_millis(1100));

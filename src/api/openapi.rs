@@ -47,7 +47,7 @@ The schemas give each value its exact form. The server also checks the rules tha
 - `listen_port`, when given, equals the network's key;
 - no two networks have the same private key; no peer has the network's own public key;
 - an interface address appears once in a network; an allowed IP belongs to one peer of the network;
-- no address, allowed IP or upstream lies inside the gateway's bridge subnet (`--bridge-subnet`, default 10.199.0.0/16);
+- no address, allowed IP, upstream or peer endpoint (also in its IPv4-mapped form) lies inside the gateway's bridge subnet (`--bridge-subnet`, default 10.199.0.0/16);
 - each upstream lies inside its network (one of the network's addresses or a peer's allowed IPs covers it); at most 1000 distinct upstreams per network; no URL is given twice (with and without a trailing `/`);
 - a hostname is served by one network only, whatever the scheme, and not by a `--custom-forwarding`;
 - `proxy_protocol: true` only on `https://` and `tcp://` entries (nginx cannot send the header to an HTTP reverse proxy's upstream, and PROXY v1 has no UDP form);

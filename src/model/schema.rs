@@ -71,7 +71,7 @@ string_type!(
     /// A peer's endpoint.
     Endpoint,
     pattern::endpoint(),
-    "`IPV4:PORT` or `[IPV6]:PORT` (an optional scope: `[fe80::1%2]:51820`) in canonical form, port 1..=65535; no hostnames."
+    "`IPV4:PORT` or `[IPV6]:PORT` in canonical form, port 1..=65535; no hostnames, no scope id. A unicast address of another machine: not loopback, link-local, multicast, broadcast, unspecified (0.0.0.0/8, `::`), IPv4-compatible, nor an IPv4-mapped form of those; outside the gateway's bridge subnet."
 );
 string_type!(
     /// A proxy key of any kind.

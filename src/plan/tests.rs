@@ -55,7 +55,7 @@ async fn each_wireguard_field_changed_reconfigures_that_network_only() {
         ("allowed IP removed", Box::new(|c| c["51820"]["peers"][PEER_A]["allowed_ips"] = serde_json::json!(["10.80.0.2/32"]))),
         ("peer removed", Box::new(|c| c["51820"]["peers"].as_object_mut().unwrap().retain(|k, _| k != PEER_A))),
         ("peer added", Box::new(|c| c["51821"]["peers"] = serde_json::json!({ other_key: { "allowed_ips": ["10.81.0.9/32"] } }))),
-        ("endpoint set where WireGuard has none", Box::new(|c| c["51820"]["peers"][PEER_B]["endpoint"] = "127.0.0.1:1".into())),
+        ("endpoint set where WireGuard has none", Box::new(|c| c["51820"]["peers"][PEER_B]["endpoint"] = "10.254.0.8:1".into())),
     ];
     for (what, change) in cases {
         let a = plan_after(change).await;

@@ -122,7 +122,7 @@ async fn a_changed_endpoint_is_pushed_although_wireguard_has_one() {
     let mut s = setup(converged_script(), &converged_config()).await;
     s.reconciler.tick(Mode::Drift).await.unwrap();
     s.records();
-    s.store(|c| c["51820"]["peers"][PEER_A]["endpoint"] = "127.0.0.1:41214".into()).await;
+    s.store(|c| c["51820"]["peers"][PEER_A]["endpoint"] = "10.254.0.7:41214".into()).await;
     s.reconciler.tick(Mode::Apply).await.unwrap();
     let records = s.records();
     assert_eq!(mutating(&records), ["ip netns exec network-51820 wg syncconf wg51820 /dev/stdin"]);

@@ -22,7 +22,7 @@ async fn status_reports_what_was_read_without_a_process() {
     assert_eq!((n.listen_port, n.mtu), (Some(51820), Some(1380)));
     assert_eq!(n.addresses, ["10.80.0.1/16", "fd80::1/64"]);
     let peer = &n.peers["OxvFhrgLnI9e4xzMMA2qQ7wm/xCUzxaWW5cb1JGkWSA="];
-    assert_eq!((peer.endpoint.as_deref(), peer.latest_handshake, peer.tx_bytes), (Some("127.0.0.1:41213"), None, 148));
+    assert_eq!((peer.endpoint.as_deref(), peer.latest_handshake, peer.tx_bytes), (Some("10.254.0.7:41213"), None, 148));
     assert_eq!(peer.allowed_ips, ["10.80.0.2/32", "fd80::2/128"]);
     let stray = &st.networks["40000"];
     assert!(stray.namespace_present && !stray.desired, "a leftover being removed");

@@ -146,11 +146,13 @@ pub fn allowed_ip() -> String {
     format!("^(?!::(?:{HEX}{{1,4}}(?::{HEX}{{1,4}})?)?/(?:9[7-9]|1[01][0-9]|12[0-8])$){}$", cidr_body())
 }
 
-/// A peer endpoint: `IPV4:PORT` or `[IPV6]:PORT`, with an optional scope
-/// (`[fe80::1%2]:51820`), port 1..=65535.
+/// A peer endpoint: `IPV4:PORT` or `[IPV6]:PORT`, port 1..=65535, no scope
+/// id; not loopback, link-local, multicast, broadcast, 0.0.0.0/8, `::/96`,
+/// nor an IPv4-mapped form of those (`validate::check_endpoint`).
 pub fn endpoint() -> String {
-    let scope = decimal_range(1, u64::from(u32::MAX));
-    format!("^(?:{}|\\[{}(?:%{scope})?\\]):{}$", ipv4(), ipv6("[\\]%]"), decimal_range(1, 65535))
+    let v4 = |end: &str| format!("(?:(?:127|0|22[4-9]|23[0-9])\\.|169\\.254\\.|255\\.255\\.255\\.255{end})");
+    let v6 = format!("::(?:{HEX}{{1,4}}(?::{HEX}{{1,4}})?)?\\]|fe[89ab]{HEX}:|ff{HEX}{{2}}:|::ffff:{}", v4("\\]"));
+    format!("^(?!{}|\\[(?:{v6}))(?:{}|\\[{}\\]):{}$", v4(":"), ipv4(), ipv6("\\]"), decimal_range(1, 65535))
 }
 
 /// An upstream: `IPV4:PORT`, port 1..=65535.

@@ -6,7 +6,7 @@
 mod network;
 
 #[cfg(test)]
-pub(crate) use network::{check_interface_address, is_ipv4_compatible};
+pub(crate) use network::{check_endpoint, check_interface_address, is_ipv4_compatible};
 
 use std::collections::{BTreeMap, BTreeSet};
 

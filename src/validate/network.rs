@@ -2,7 +2,7 @@
 //! and returns what it could parse, so one bad value does not hide another.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use super::{Context, MAX_UPSTREAMS, MTU_RANGE, Problems, key_path};
 use crate::model::{NetworkConfig, PeerConfig, ProxyTarget};
@@ -107,6 +107,67 @@ pub(crate) fn check_interface_address(c: &Cidr) -> Result<(), String> {
     }
 }
 
+/// Where the host's WireGuard socket may send a peer's packets: a unicast
+/// address of some other machine. Loopback would reach the host's own
+/// services, link-local and multicast its local links, unspecified
+/// addresses nothing; an IPv4-mapped IPv6 address is judged by its IPv4
+/// address (the socket sends to that). Link-local scope ids (`%N`) go with
+/// link-local addresses.
+pub(crate) fn check_endpoint(e: &SocketAddr) -> Result<(), String> {
+    let v4 = |a: Ipv4Addr| {
+        let o = a.octets();
+        if a.is_loopback() {
+            Some("a loopback address")
+        } else if a.is_link_local() {
+            Some("a link-local address")
+        } else if a.is_multicast() || a.is_broadcast() {
+            Some("a multicast or broadcast address")
+        } else if o[0] == 0 {
+            Some("an unspecified address (0.0.0.0/8)")
+        } else {
+            None
+        }
+    };
+    let what = match e {
+        SocketAddr::V4(e) => v4(*e.ip()),
+        SocketAddr::V6(e) if e.scope_id() != 0 => Some("a scoped address (a scope id is for link-local addresses, which are refused)"),
+        SocketAddr::V6(e) => match e.ip().to_ipv4_mapped() {
+            Some(a) => v4(a),
+            None => {
+                let (a, s) = (e.ip(), e.ip().segments());
+                if s[..6] == [0; 6] {
+                    Some("a loopback, unspecified or IPv4-compatible address (::/96)")
+                } else if (s[0] & 0xffc0) == 0xfe80 {
+                    Some("a link-local address")
+                } else if a.is_multicast() {
+                    Some("a multicast address")
+                } else {
+                    None
+                }
+            }
+        },
+    };
+    match what {
+        Some(what) => Err(format!(
+            "endpoint {e} is {what}: the gateway's WireGuard socket would send this peer's packets there; give the unicast address the node is reachable at"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// An endpoint inside the gateway's own bridge subnet would make the host's
+/// WireGuard socket send into the networks' namespaces.
+fn outside_bridge(ctx: &Context<'_>, e: SocketAddr) -> Result<SocketAddr, String> {
+    let ip = match e.ip() {
+        IpAddr::V6(a) => a.to_ipv4_mapped().map_or(IpAddr::V6(a), IpAddr::V4),
+        v4 => v4,
+    };
+    match ctx.reserved.iter().find(|r| r.contains(ip)) {
+        Some(r) => Err(format!("endpoint {e} is inside the gateway's own bridge subnet {r}; give the address the node is reachable at")),
+        None => Ok(e),
+    }
+}
+
 /// `::a.b.c.d` (first 96 bits zero, longer than /96): Rust and iproute2 print
 /// these differently, so they could never be matched against `ip`/`wg` output.
 pub(crate) fn is_ipv4_compatible(c: &Cidr) -> bool {
@@ -144,7 +205,10 @@ fn peer_spec(ppath: &str, peer: &PeerConfig, ctx: &Context<'_>, problems: &mut P
         .and_then(|k| k.parse::<SecretKey>().map_err(|e| problems.add(format!("{ppath}.preshared_key"), e)).ok())
         // All zeros is how WireGuard spells "no preshared key".
         .filter(|k| !k.is_zero());
-    let endpoint = peer.endpoint.as_ref().and_then(|e| parse_endpoint(e).map_err(|m| problems.add(format!("{ppath}.endpoint"), m)).ok());
+    let endpoint = peer.endpoint.as_ref().and_then(|e| {
+        let checked = parse_endpoint(e).and_then(|a| check_endpoint(&a).map(|()| a)).and_then(|a| outside_bridge(ctx, a));
+        checked.map_err(|m| problems.add(format!("{ppath}.endpoint"), m)).ok()
+    });
     let persistent_keepalive = match peer.persistent_keepalive {
         None => None,
         Some(k) if (1..=65535).contains(&k) => Some(k as u16),

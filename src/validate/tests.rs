@@ -496,3 +496,52 @@ fn the_previous_public_key_is_kept_only_with_the_same_private_key() {
     assert_eq!(validate(&one(n), &ctx).unwrap().networks[&51820].public_key, derived);
     assert_ne!(derived, marker);
 }
+
+/// Endpoints the host's WireGuard socket must not send to: each a 422 at
+/// the endpoint's own path, saying what it is; addresses of other machines
+/// (public or private, IPv4, IPv6 or IPv4-mapped) pass.
+#[test]
+fn endpoints_must_be_unicast_addresses_outside_the_bridge() {
+    let bridge = ["10.199.0.0/16".parse().unwrap()];
+    let ctx = Context { reserved: &bridge, ..Default::default() };
+    let path = format!(r#"$["51820"].peers["{KEY_B}"].endpoint"#);
+    for (bad, why) in [
+        ("127.0.0.1:51820", "loopback"),
+        ("127.8.9.10:1", "loopback"),
+        ("[::1]:51820", "loopback"),
+        ("[::ffff:127.0.0.1]:51820", "loopback"),
+        ("169.254.169.254:80", "link-local"),
+        ("[fe80::1]:51820", "link-local"),
+        ("[febf::1]:51820", "link-local"),
+        ("[fe80::1%2]:51820", "scope id"),
+        ("[2001:db8::1%2]:51820", "scope id"),
+        ("[::ffff:169.254.0.1]:51820", "link-local"),
+        ("224.0.0.1:51820", "multicast"),
+        ("239.255.255.250:1900", "multicast"),
+        ("255.255.255.255:51820", "broadcast"),
+        ("[ff02::1]:51820", "multicast"),
+        ("[::ffff:224.0.0.5]:51820", "multicast"),
+        ("0.0.0.0:51820", "unspecified"),
+        ("0.1.2.3:51820", "unspecified"),
+        ("[::]:51820", "unspecified"),
+        ("[::ffff:0.0.0.0]:51820", "unspecified"),
+        ("[::102:304]:51820", "IPv4-compatible"),
+        ("10.199.0.1:51820", "bridge subnet 10.199.0.0/16"),
+        ("10.199.202.108:51820", "bridge subnet"),
+        ("[::ffff:10.199.0.1]:51820", "bridge subnet"),
+    ] {
+        let mut n = net();
+        n.peers.get_mut(KEY_B).unwrap().endpoint = Some(bad.into());
+        let e = validate(&one(n), &ctx).expect_err(bad);
+        assert_eq!(e.len(), 1, "{bad}: {e:?}");
+        assert_eq!(e[0].path, path, "{bad}");
+        assert!(e[0].message.contains(why) && e[0].message.contains(bad), "{bad}: {}", e[0].message);
+    }
+    for good in
+        ["203.0.113.7:41213", "10.200.0.1:51820", "192.168.1.5:1", "[2001:db8::1]:51820", "[::ffff:203.0.113.7]:51820", "[fd00::2]:51820"]
+    {
+        let mut n = net();
+        n.peers.get_mut(KEY_B).unwrap().endpoint = Some(good.into());
+        assert!(validate(&one(n), &ctx).is_ok(), "{good}");
+    }
+}

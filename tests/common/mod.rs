@@ -464,6 +464,19 @@ pub fn start_node(n: &Names, host: &str, gateway_public: &str, gateway_port: u16
     Node { private, public, listen_port, cert: n.dir.join("node.crt") }
 }
 
+/// An address of the gateway host that is neither loopback nor in a
+/// network's bridge subnet, on a veth pair of the test's own in the root
+/// namespace: a peer endpoint (loopback ones are refused) whose WireGuard
+/// packets stay on this machine. Made once per test; removed by cleanup.
+pub fn local_endpoint_ip(n: &Names) -> String {
+    let (k, ip) = (n.prefix(), format!("{}.9", n.link_net()));
+    if !std::path::Path::new(&format!("/sys/class/net/{k}ea")).exists() {
+        sh(&format!("ip link add {k}ea type veth peer name {k}eb && ip addr add {ip}/32 dev {k}ea"));
+        sh(&format!("ip link set {k}ea up && ip link set {k}eb up"));
+    }
+    ip
+}
+
 /// A client namespace that reaches the gateway host on `client_gw_ip`.
 pub fn start_client(n: &Names) {
     let (ns, k) = (n.client_ns(), n.prefix());

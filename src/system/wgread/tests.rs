@@ -25,7 +25,7 @@ fn uapi_answer_of_a_converged_interface() {
     assert_eq!(d.private_key, Some(private));
     let a = &d.peers[&key(PEER_A)];
     assert_eq!(a.preshared_key, Some(PEER_B.parse().unwrap()));
-    assert_eq!(a.endpoint, Some("127.0.0.1:41213".parse().unwrap()));
+    assert_eq!(a.endpoint, Some("10.254.0.7:41213".parse().unwrap()));
     assert_eq!(a.allowed_ips, vec!["10.80.0.2/32".parse().unwrap(), "fd80::2/128".parse().unwrap()]);
     assert_eq!((a.keepalive, a.tx, a.rx, a.latest_handshake), (Some(25), 148, 0, 0));
     let b = &d.peers[&key(PEER_B)];
