@@ -44,6 +44,9 @@ pub struct Settings {
     /// Where the API's tokens come from (read again on SIGHUP); none: the
     /// API is open (the daemon then listens on loopback only).
     pub tokens: TokenSources,
+    /// The address the API listens on: without a token, a request's Host
+    /// must name it or loopback (DNS rebinding).
+    pub api_address: IpAddr,
     /// How long POST/PATCH wait for the reconciler before answering `pending`.
     pub apply_wait: Duration,
     /// Networks worked on at once by a pass.
@@ -376,6 +379,7 @@ pub async fn build(args: &Args, runner: Runner) -> anyhow::Result<Daemon> {
         raw_ports: args.raw_port_range,
         watchdog: args.watchdog,
         tokens: token_sources,
+        api_address: args.address,
         apply_wait: args.apply_wait,
         apply_concurrency: usize::from(args.apply_concurrency),
         shutdown_timeout: args.shutdown_timeout,

@@ -48,6 +48,12 @@ pub struct ProgramLabels {
     pub program: String,
 }
 
+/// Why an API request failed authentication.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
     pub version: String,
@@ -84,6 +90,7 @@ pub struct Metrics {
     commands_started: Counter,
     commands: Family<CommandLabels, Counter>,
     command_duration: Histograms<ProgramLabels>,
+    api_auth_failures: Family<ReasonLabels, Counter>,
     /// Peers with series, by network, so those of removed peers and
     /// networks can be dropped.
     exported: Mutex<BTreeMap<String, BTreeSet<String>>>,
@@ -117,11 +124,15 @@ impl Metrics {
             commands_started: Counter::default(),
             commands: Family::default(),
             command_duration: Family::new_with_constructor(command_buckets),
+            api_auth_failures: Family::default(),
             exported: Mutex::default(),
         };
         m.register();
         for mode in ["apply", "drift"] {
             let _ = m.apply_failures.get_or_create(&ModeLabels { mode: mode.into() });
+        }
+        for reason in Self::AUTH_FAILURE_REASONS {
+            let _ = m.api_auth_failures.get_or_create(&ReasonLabels { reason: reason.into() });
         }
         m
     }
@@ -163,6 +174,19 @@ impl Metrics {
         r.register("commands_started", "Processes the daemon started (every tool it runs; reads run none)", self.commands_started.clone());
         r.register("commands", "Commands the gateway ran, by program and result (ok, failed, timeout, not_started)", self.commands.clone());
         r.register("command_duration_seconds", "Duration of the commands the gateway ran, by program", self.command_duration.clone());
+        r.register(
+            "api_auth_failures",
+            "API requests refused for their token, by reason: missing (none sent), invalid (no such token), forbidden (a read token on an admin route)",
+            self.api_auth_failures.clone(),
+        );
+    }
+
+    /// The `reason` values of `gateway_api_auth_failures_total`.
+    pub const AUTH_FAILURE_REASONS: [&'static str; 3] = ["missing", "invalid", "forbidden"];
+
+    /// An API request refused for its token.
+    pub fn auth_failure(&self, reason: &str) {
+        self.api_auth_failures.get_or_create(&ReasonLabels { reason: reason.into() }).inc();
     }
 
     pub fn encode(&self) -> Result<String, std::fmt::Error> {

@@ -300,6 +300,7 @@ pub async fn shared(system: System) -> Arc<Shared> {
         raw_ports: Default::default(),
         watchdog: Duration::from_secs(60),
         tokens: Default::default(),
+        api_address: std::net::Ipv4Addr::LOCALHOST.into(),
         apply_wait: Duration::from_secs(5),
         apply_concurrency: 4,
         shutdown_timeout: Duration::from_secs(5),

@@ -599,3 +599,99 @@ async fn the_read_token_reads_and_never_sees_keys_nor_writes() {
         assert_eq!(s, Status::Unauthorized, "{wrong:?}: {v}");
     }
 }
+
+/// A web page may POST `text/plain` (or a form) anywhere without asking
+/// first; the API takes writes only as `application/json`: 415 otherwise,
+/// nothing stored, before the body is read.
+#[tokio::test]
+async fn writes_need_a_json_content_type() {
+    let c = client(&["--token", "s3cret"]).await;
+    let body = json!({ "51820": net(KEY1, "a.test") }).to_string();
+    let types = [Some(ContentType::Plain), Some(ContentType::Form), Some(ContentType::new("multipart", "form-data")), None];
+    for method in [Method::Post, Method::Patch] {
+        for path in ["/api/v1/config.json", "/api/v1/config.json?dry_run=true"] {
+            for ct in &types {
+                let mut req = c.req(method, path).header(Header::new("Token", "s3cret")).body(&body);
+                if let Some(ct) = ct {
+                    req = req.header(ct.clone());
+                }
+                let r = req.dispatch().await;
+                assert_eq!(r.status(), Status::UnsupportedMediaType, "{method} {path} {ct:?}");
+                let v: Value = serde_json::from_str(&r.into_string().await.unwrap()).unwrap();
+                assert_error_shape(&v, "unsupported_media_type");
+                assert!(v["message"].as_str().unwrap().contains("application/json"), "{v}");
+            }
+        }
+    }
+    // The token is checked first: no hint about the body to a stranger.
+    let r = c.post("/api/v1/config.json").header(ContentType::Plain).body(&body).dispatch().await;
+    assert_eq!(r.status(), Status::Unauthorized);
+    let (s, cfg) = call(&c, Method::Get, "/api/v1/config.json", token(), None).await;
+    assert_eq!((s, &cfg["generation"]), (Status::Ok, &json!(0)), "nothing stored: {cfg}");
+    let r = c
+        .post("/api/v1/config.json")
+        .header(Header::new("Token", "s3cret"))
+        .header(Header::new("Content-Type", "application/json; charset=utf-8"))
+        .body(&body)
+        .dispatch()
+        .await;
+    assert_eq!(r.status(), Status::Accepted, "JSON with a charset is JSON");
+}
+
+/// Without a token (loopback only), a request must name loopback or the
+/// API's address as its Host: a page on a name that resolves to 127.0.0.1
+/// (DNS rebinding) gets 421 and neither reads nor writes. With a token, any
+/// Host is fine (the token is what a page cannot have).
+#[tokio::test]
+async fn without_a_token_a_foreign_host_is_refused() {
+    let c = client(&[]).await;
+    let body = json!({ "51820": net(KEY1, "a.test") }).to_string();
+    for host in ["evil.example", "evil.example:8000", "127.0.0.1.evil.example:8000", "192.0.2.1:8000"] {
+        for (m, path, body) in [
+            (Method::Get, "/api/v1/config.json", None),
+            (Method::Get, "/api/v1/status.json", None),
+            (Method::Get, "/metrics", None),
+            (Method::Post, "/api/v1/config.json", Some(body.as_str())),
+        ] {
+            let (s, v) = call(&c, m, path, Some(Header::new("Host", host)), body).await;
+            assert_eq!(s, Status::MisdirectedRequest, "{m} {path} Host: {host}: {v}");
+            assert_error_shape(&v, "misdirected_request");
+        }
+    }
+    let (_, cfg) = call(&c, Method::Get, "/api/v1/config.json", None, None).await;
+    assert_eq!(cfg["generation"], 0, "nothing stored: {cfg}");
+    for host in ["localhost:8000", "127.0.0.1:8000", "[::1]:8000", "LOCALHOST"] {
+        let (s, v) = call(&c, Method::Get, "/api/v1/config.json", Some(Header::new("Host", host)), None).await;
+        assert_eq!(s, Status::Ok, "Host: {host}: {v}");
+    }
+    let c = client(&["--token", "s3cret"]).await;
+    let r =
+        c.get("/api/v1/config.json").header(Header::new("Token", "s3cret")).header(Header::new("Host", "gw.example:8000")).dispatch().await;
+    assert_eq!(r.status(), Status::Ok, "with a token, any name");
+}
+
+/// Each refused token is counted by reason: none sent, no such token, a
+/// read token on an admin route.
+#[tokio::test]
+async fn auth_failures_are_counted_by_reason() {
+    let c = client(&["--token", "s3cret", "--read-token", "scrape"]).await;
+    let count = |text: &str, reason: &str| -> u64 {
+        let prefix = format!("gateway_api_auth_failures_total{{reason=\"{reason}\"}} ");
+        text.lines().find_map(|l| l.strip_prefix(&prefix)).unwrap_or_else(|| panic!("{reason} missing in {text}")).parse().unwrap()
+    };
+    let metrics = || async { c.get("/metrics").header(Header::new("Token", "s3cret")).dispatch().await.into_string().await.unwrap() };
+    let before = metrics().await;
+    for reason in ["missing", "invalid", "forbidden"] {
+        assert_eq!(count(&before, reason), 0, "every reason has a series from the start");
+    }
+    let _ = call(&c, Method::Get, "/api/v1/status.json", None, None).await;
+    for wrong in ["nope", "s3cre"] {
+        let _ = call(&c, Method::Get, "/api/v1/config.json", Some(Header::new("Token", wrong)), None).await;
+    }
+    for _ in 0..3 {
+        let _ = call(&c, Method::Get, "/api/v1/config.json", Some(Header::new("Token", "scrape")), None).await;
+    }
+    let _ = call(&c, Method::Get, "/api/v1/status.json", Some(Header::new("Token", "scrape")), None).await;
+    let after = metrics().await;
+    assert_eq!((count(&after, "missing"), count(&after, "invalid"), count(&after, "forbidden")), (1, 2, 3), "{after}");
+}

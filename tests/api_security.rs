@@ -137,3 +137,28 @@ fn tokens_rotate_through_the_file_and_sighup() {
     assert_eq!(d.child.id(), pid, "no restart");
     assert!(!d.log().contains("new-admin") && !d.log().contains("old-read"), "no token in the log: {}", d.log());
 }
+
+/// A failed authentication is logged with the client's address and never
+/// the presented token, at most one line per 10 s (a flood of bad tokens
+/// does not flood the log), and counted by reason in /metrics.
+#[test]
+fn auth_failures_are_logged_rate_limited_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), &["--token", "s3cret-admin", "--read-token", "s3cret-read"]);
+    for i in 0..5 {
+        assert_eq!(d.get("/api/v1/status.json", &format!("guess-{i}")), "401");
+    }
+    assert_eq!(d.get("/api/v1/config.json", "s3cret-read"), "403");
+    d.wait_log("API authentication failed", 1);
+    std::thread::sleep(Duration::from_millis(300));
+    let log = d.log();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("API authentication failed")).collect();
+    assert_eq!(lines.len(), 1, "one line for six failures within 10 s: {log}");
+    assert!(lines[0].contains("127.0.0.1") && lines[0].contains("invalid"), "the client's address and the reason: {}", lines[0]);
+    assert!(!log.contains("guess-") && !log.contains("s3cret"), "no presented token in the log: {log}");
+    let (_, metrics) = curl(&["-H", "Token: s3cret-read", &d.url("/metrics")]);
+    for (reason, n) in [("invalid", 5), ("forbidden", 1), ("missing", 0)] {
+        let line = format!("gateway_api_auth_failures_total{{reason=\"{reason}\"}} {n}\n");
+        assert!(metrics.contains(&line), "{line:?} not in {metrics}");
+    }
+}

@@ -40,8 +40,13 @@ pub struct JsonBody<T, S>(pub Result<T, String>, std::marker::PhantomData<S>);
 
 #[rocket::async_trait]
 impl<'r, T: DeserializeOwned, S> FromData<'r> for JsonBody<T, S> {
-    type Error = std::convert::Infallible;
+    type Error = ApiError;
     async fn from_data(req: &'r Request<'_>, data: Data<'r>) -> rocket::data::Outcome<'r, Self> {
+        // A browser page may POST `text/plain` to any address without asking
+        // first (a "simple" request); `application/json` it may not.
+        if !req.content_type().is_some_and(|ct| ct.is_json()) {
+            return rocket::outcome::Outcome::Error((Status::UnsupportedMediaType, ApiError::UnsupportedMediaType));
+        }
         let limit = req.limits().get("json").unwrap_or(Limits::JSON);
         let parsed = match data.open(limit).into_bytes().await {
             Ok(b) if b.is_complete() => serde_json::from_slice(&b).map_err(|e| format!("body is not a valid configuration: {e}")),

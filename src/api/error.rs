@@ -15,12 +15,19 @@ use crate::model::{ErrorBody, ErrorDetail};
 
 const FORBIDDEN: &str = "this token may only read (status.json, traffic.json, /metrics, the event stream): config.json, which holds private keys, and every write need the admin token";
 
+const MISDIRECTED: &str = "the API has no token, so it answers only requests addressed to loopback (Host: localhost, 127.0.0.1, [::1]) or to its own address: set a token (--token) to use another name";
+const UNSUPPORTED_MEDIA_TYPE: &str = "a write needs `Content-Type: application/json`";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("missing or wrong token")]
     Unauthorized,
     #[error("{FORBIDDEN}")]
     Forbidden,
+    #[error("{MISDIRECTED}")]
+    MisdirectedRequest,
+    #[error("{UNSUPPORTED_MEDIA_TYPE}")]
+    UnsupportedMediaType,
     #[error("{0}")]
     BadRequest(String),
     #[error("the configuration is invalid: {} problem(s)", .0.len())]
@@ -62,6 +69,8 @@ impl ApiError {
         match self {
             ApiError::Unauthorized => (Status::Unauthorized, "unauthorized", vec![]),
             ApiError::Forbidden => (Status::Forbidden, "forbidden", vec![]),
+            ApiError::MisdirectedRequest => (Status::MisdirectedRequest, "misdirected_request", vec![]),
+            ApiError::UnsupportedMediaType => (Status::UnsupportedMediaType, "unsupported_media_type", vec![]),
             ApiError::BadRequest(_) => (Status::BadRequest, "bad_request", vec![]),
             ApiError::Invalid(d) => (Status::UnprocessableEntity, "invalid_config", d.clone()),
             ApiError::ApplyFailed { errors, .. } => (
@@ -115,6 +124,8 @@ pub(super) const ERROR_STATUSES: &[(u16, &str)] = &[
     (400, "malformed request (e.g. a bad query parameter)"),
     (401, "missing or wrong token"),
     (403, "a read token on a route that needs the admin token (config.json: it holds private keys; every write)"),
+    (415, "the body is not sent as `Content-Type: application/json`"),
+    (421, "no token is configured and the `Host` header names neither loopback nor the API's address (DNS rebinding)"),
     (412, "`precondition_failed`: the `If-Match` generation is not the stored one (another change came first); nothing changed"),
     (413, "the body is larger than the JSON limit (16 MiB)"),
     (422, "invalid configuration: every problem with its JSON path; nothing changed"),
@@ -196,6 +207,8 @@ pub(super) fn default_catcher(status: Status, req: &Request<'_>) -> Caught {
     let (code, message) = match status.code {
         401 => ("unauthorized", "missing or wrong token: send `Token: <token>` or `Authorization: Bearer <token>`".to_string()),
         403 => ("forbidden", FORBIDDEN.to_string()),
+        415 => ("unsupported_media_type", UNSUPPORTED_MEDIA_TYPE.to_string()),
+        421 => ("misdirected_request", MISDIRECTED.to_string()),
         404 => ("not_found", format!("no route for {} {}", req.method(), req.uri().path())),
         413 => ("too_large", "request body too large".to_string()),
         422 => ("invalid_config", "the body could not be read as the expected JSON".to_string()),

@@ -24,7 +24,11 @@ use crate::daemon::Shared;
 pub fn rocket(shared: Arc<Shared>, figment: rocket::figment::Figment) -> Rocket<Build> {
     let (routes, _) = routes::routes_and_spec();
     let figment = figment.merge(("limits.json", 16.mebibytes()));
-    rocket::custom(figment).manage(shared).mount("/", routes).register("/", catchers![error::default_catcher])
+    rocket::custom(figment)
+        .manage(shared)
+        .manage(auth::FailureLog::default())
+        .mount("/", routes)
+        .register("/", catchers![error::default_catcher])
 }
 
 #[cfg(test)]

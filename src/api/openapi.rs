@@ -30,18 +30,18 @@ pub(super) fn settings() -> OpenApiSettings {
 /// its successes; what they mean is `error::ERROR_STATUSES`.
 const ERRORS: &[(&str, &[u16])] = &[
     ("health", &[]),
-    ("post_config", &[400, 401, 403, 412, 413, 422, 500, 503]),
-    ("patch_config", &[400, 401, 403, 412, 413, 422, 500, 503]),
-    ("get_config", &[401, 403, 500]),
-    ("status", &[401, 500]),
-    ("traffic", &[400, 401, 500]),
-    ("metrics", &[401, 500]),
-    ("events", &[400, 401]),
+    ("post_config", &[400, 401, 403, 412, 413, 415, 421, 422, 500, 503]),
+    ("patch_config", &[400, 401, 403, 412, 413, 415, 421, 422, 500, 503]),
+    ("get_config", &[401, 403, 421, 500]),
+    ("status", &[401, 421, 500]),
+    ("traffic", &[400, 401, 421, 500]),
+    ("metrics", &[401, 421, 500]),
+    ("events", &[400, 401, 421]),
 ];
 
 const DESCRIPTION: &str = "Converges WireGuard network namespaces and nginx ingress to the posted desired state, and accounts traffic per peer.
 
-Every route but `/health` needs a token: `Token: <token>` or `Authorization: Bearer <token>`. The admin token opens every route; a read token opens status.json, traffic.json, /metrics and the event stream, and gets `403` (`forbidden`) on config.json (it holds private keys) and on every write. Every error is an `ErrorBody`. A known path asked with a method it does not have answers `405` (`method_not_allowed`) with an `Allow` header listing its methods; an unknown path answers `404` (`not_found`).
+Every route but `/health` needs a token: `Token: <token>` or `Authorization: Bearer <token>`. The admin token opens every route; a read token opens status.json, traffic.json, /metrics and the event stream, and gets `403` (`forbidden`) on config.json (it holds private keys) and on every write. A write needs `Content-Type: application/json` (else `415`, `unsupported_media_type`). Without any token configured (loopback only), a request whose `Host` names neither loopback nor the API's address gets `421` (`misdirected_request`). Every error is an `ErrorBody`. A known path asked with a method it does not have answers `405` (`method_not_allowed`) with an `Allow` header listing its methods; an unknown path answers `404` (`not_found`).
 
 The schemas give each value its exact form. The server also checks the rules that span values, which a schema cannot state, and answers `422` with the JSON path of each problem:
 - `listen_port`, when given, equals the network's key;
