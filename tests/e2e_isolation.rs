@@ -126,3 +126,52 @@ async fn a_port_another_process_holds_is_a_422_and_the_next_change_applies() {
     assert_eq!((code, &body["result"]), (200, &json!("applied")), "{body}");
     d.stop().await;
 }
+
+/// Sends one datagram from each of `sessions` source ports of the client to
+/// the gateway's UDP `port`: each is a session nginx holds for a minute.
+fn udp_flood(n: &Names, port: u16, sessions: usize) {
+    let script = format!(
+        "import socket\nsocks = []\nfor i in range({sessions}):\n\
+         \x20   s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         \x20   s.sendto(b'flood', ('{}', {port}))\n\
+         \x20   socks.append(s)\n\
+         \x20   if len(socks) >= 500:\n\
+         \x20       for s in socks: s.close()\n\
+         \x20       socks = []\n",
+        n.client_gw_ip()
+    );
+    sh(&format!("ip netns exec {} python3 -c \"{script}\"", n.client_ns()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: scripts/test.sh runs it with --include-ignored"]
+async fn a_udp_flood_on_one_tenants_port_leaves_another_tenants_https_answering() {
+    let t = node_topology(3);
+    let n = &t.n;
+    let udp = n.https_port() + 3;
+    let d = TestDaemon::start(&args(n, &[])).await;
+    // Tenant A: a UDP port to a node that never answers (its sessions stay
+    // for their minute); tenant B: HTTPS to its node. The test's nginx has
+    // 256 worker connections, as a busy host has its few thousand.
+    let mut cfg = network(&t, json!({ "https://app.test": ["10.80.0.2:443"] }));
+    let (a_key, _) = genkey();
+    cfg[n.port(1).to_string()] = json!({ "private_key": a_key, "address": ["10.81.0.1/24"], "proxy": { format!("udp://{udp}"): ["10.81.0.9:7001"] } });
+    let (code, body) = d.post(&cfg).await;
+    assert_eq!((code, &body["result"]), (200, &json!("applied")), "{body}");
+    let hp = n.https_port();
+    let https = || client_curl(n, &format!("--cacert {} --resolve app.test:{hp}:{} https://app.test:{hp}/", t.node.cert.display(), n.client_gw_ip()));
+    let (ok, out) = https();
+    assert!(ok && out.starts_with("node-https host=app.test"), "{out}");
+
+    udp_flood(n, udp, 4000);
+    for i in 1..=3 {
+        let (ok, out) = https();
+        assert!(ok && out.starts_with("node-https host=app.test"), "request {i} after the flood: {out}");
+    }
+    // nginx holds one upstream socket per session: the per-client bound (32)
+    // cut the flood.
+    let veth = d.shared.system.layout.veth_ns_ip(n.port(1));
+    let sessions = sh(&format!("ss -Hun dst {veth}")).lines().count();
+    assert!((1..=32).contains(&sessions), "{sessions} sessions toward tenant A");
+    d.stop().await;
+}

@@ -25,6 +25,23 @@ pub struct RawRoute {
     pub upstream_name: String,
     pub servers: Vec<SocketAddrV4>,
     pub proxy_protocol: bool,
+    pub limits: SessionLimits,
+}
+
+/// How many sessions (TCP connections, UDP client address:port pairs) one
+/// raw port holds at once, in all and per client address. nginx's workers
+/// share one pool of connections among every route: without a bound, one
+/// tenant's port (a UDP flood needs only a new source port per datagram)
+/// takes them all and every other route stops answering. A route's own
+/// limits (per-route access control) take the place of the defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionLimits {
+    pub per_port: u32,
+    pub per_client: u32,
+}
+
+impl SessionLimits {
+    pub const DEFAULT: SessionLimits = SessionLimits { per_port: 512, per_client: 32 };
 }
 
 /// Everything nginx needs, in typed form.
@@ -153,7 +170,8 @@ impl NginxSite {
                 for (port, r) in map {
                     let upstream_name = format!("gateway_{}_{}_{port}", transport.name(), spec.port);
                     let servers = to_veth(ports, &r.upstreams);
-                    raw.push(RawRoute { transport, port: *port, upstream_name, servers, proxy_protocol: r.proxy_protocol });
+                    let (proxy_protocol, limits) = (r.proxy_protocol, SessionLimits::DEFAULT);
+                    raw.push(RawRoute { transport, port: *port, upstream_name, servers, proxy_protocol, limits });
                 }
             }
         }
@@ -252,6 +270,9 @@ pub fn nginx_stream(site: &NginxSite) -> String {
         s.push_str(STREAM_TIMEOUTS);
         s.push_str("    }\n");
     }
+    if !site.raw.is_empty() {
+        s.push_str(RAW_LIMIT_ZONES);
+    }
     for r in &site.raw {
         raw_server(&mut s, site, r);
     }
@@ -270,6 +291,16 @@ fn sni_map<'a>(s: &mut String, variable: &str, default: &str, routes: impl Itera
     s.push_str("    }\n\n");
 }
 
+/// The session counters of the raw ports (see [`SessionLimits`]): per
+/// port and transport, and per client address on it; 1 MB holds about
+/// 8,000 keys, a key over the limit is refused, not evicted.
+const RAW_LIMIT_ZONES: &str = concat!(
+    "\n    # Sessions per raw port, and per client address on it (UDP included): one port's flood cannot take every route's connections.\n",
+    "    limit_conn_zone $protocol$server_port zone=gateway_raw_port:1m;\n",
+    "    limit_conn_zone $binary_remote_addr$protocol$server_port zone=gateway_raw_client:16m;\n",
+    "    limit_conn_log_level warn;\n",
+);
+
 /// One raw port: its upstream and a server on every raw listen address.
 fn raw_server(s: &mut String, site: &NginxSite, r: &RawRoute) {
     s.push('\n');
@@ -282,6 +313,7 @@ fn raw_server(s: &mut String, site: &NginxSite, r: &RawRoute) {
         s.push_str("        proxy_protocol on;\n");
     }
     let _ = writeln!(s, "        proxy_pass {};", r.upstream_name);
+    let _ = writeln!(s, "        limit_conn gateway_raw_port {};\n        limit_conn gateway_raw_client {};", r.limits.per_port, r.limits.per_client);
     if r.transport == Transport::Tcp {
         s.push_str("        proxy_connect_timeout 10s;\n        # Idle connections (SSH, databases) stay open for an hour.\n        proxy_timeout 1h;\n");
     } else {

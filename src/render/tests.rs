@@ -163,6 +163,29 @@ fn golden_ingress() {
     assert_eq!(http.matches("listen [::]:80").count(), site.http.len() + 1, "the routes and the gateway's catch-all");
 }
 
+#[test]
+fn every_raw_port_bounds_its_sessions_in_all_and_per_client() {
+    let (_, mut site) = ingress_site();
+    let stream = nginx_stream(&site);
+    assert_eq!(stream.matches("limit_conn_zone ").count(), 2, "the zones once: {stream}");
+    assert!(stream.contains("limit_conn_zone $protocol$server_port zone=gateway_raw_port:1m;"));
+    assert!(stream.contains("limit_conn_zone $binary_remote_addr$protocol$server_port zone=gateway_raw_client:16m;"));
+    // Each raw server (TCP and UDP alike) carries both limits, the documented defaults.
+    let servers: Vec<&str> = stream.split("    server {\n").skip(1).filter(|b| !b.contains("ssl_preread")).collect();
+    assert_eq!(servers.len(), 3, "tcp://2222, tcp://5432, udp://27015");
+    for body in &servers {
+        assert!(body.contains("limit_conn gateway_raw_port 512;\n        limit_conn gateway_raw_client 32;\n"), "{body}");
+    }
+    // A route's own limits (per-route access control) replace the defaults there only.
+    site.raw[0].limits = SessionLimits { per_port: 10, per_client: 2 };
+    let stream = nginx_stream(&site);
+    assert_eq!(stream.matches("limit_conn gateway_raw_port 10;").count() + stream.matches("limit_conn gateway_raw_client 2;").count(), 2);
+    assert_eq!(stream.matches("limit_conn gateway_raw_port 512;").count(), 2);
+    // No raw port, no zones: nothing in the way of the SNI server.
+    let (_, plain) = self::site();
+    assert!(!nginx_stream(&plain).contains("limit_conn"));
+}
+
 /// The server blocks of an http file: (listen lines, server_name, body lines).
 fn http_servers(http: &str) -> Vec<(Vec<String>, String, Vec<String>)> {
     let mut out = Vec::new();
