@@ -151,6 +151,9 @@ pub struct Reconciler {
     /// reload confirmed, or nothing to do): until then each pass checks
     /// that nginx really loaded them.
     nginx_confirmed: bool,
+    /// How many raw ports nginx's worker connections were last checked
+    /// against (None: not yet).
+    capacity_checked: Option<usize>,
 }
 
 impl Reconciler {
@@ -168,6 +171,7 @@ impl Reconciler {
             retry,
             drift_checks: 0,
             nginx_confirmed: false,
+            capacity_checked: None,
         }
     }
 
@@ -267,6 +271,7 @@ impl Reconciler {
             }
         };
         let nginx = shared.nginx_files(&desired);
+        self.check_nginx_capacity(&desired);
         // What a crash left half made goes first, so the look does not see it.
         let undone = shared.system.undo_unfinished_links().await;
         let poll_start = Instant::now();
@@ -295,6 +300,23 @@ impl Reconciler {
         }
         let actions = plan(desired, &look.observed, &self.shared.system.layout, nginx);
         (look, actions)
+    }
+
+    /// At start, and whenever the number of raw ports changes: one warning
+    /// line when their bounded sessions could take every connection nginx's
+    /// workers have.
+    fn check_nginx_capacity(&mut self, desired: &Desired) {
+        let raw_ports = desired.networks.values().map(|s| s.tcp.len() + s.udp.len()).sum();
+        if self.capacity_checked == Some(raw_ports) {
+            return;
+        }
+        self.capacity_checked = Some(raw_ports);
+        let shared = &self.shared;
+        let Some((limits, cpus, open_files)) = shared.system.nginx_worker_limits() else { return };
+        let site = crate::render::NginxSite::build(&shared.system.layout, desired, &shared.settings.custom, &shared.settings.nginx);
+        if let Some(line) = crate::render::capacity_warning(&site, &limits, cpus, open_files) {
+            tracing::warn!("{line}");
+        }
     }
 
     /// Whether a network can be taken as converged without a look.

@@ -155,11 +155,14 @@ async fn a_udp_flood_on_one_tenants_port_leaves_another_tenants_https_answering(
     // 256 worker connections, as a busy host has its few thousand.
     let mut cfg = network(&t, json!({ "https://app.test": ["10.80.0.2:443"] }));
     let (a_key, _) = genkey();
-    cfg[n.port(1).to_string()] = json!({ "private_key": a_key, "address": ["10.81.0.1/24"], "proxy": { format!("udp://{udp}"): ["10.81.0.9:7001"] } });
+    cfg[n.port(1).to_string()] =
+        json!({ "private_key": a_key, "address": ["10.81.0.1/24"], "proxy": { format!("udp://{udp}"): ["10.81.0.9:7001"] } });
     let (code, body) = d.post(&cfg).await;
     assert_eq!((code, &body["result"]), (200, &json!("applied")), "{body}");
     let hp = n.https_port();
-    let https = || client_curl(n, &format!("--cacert {} --resolve app.test:{hp}:{} https://app.test:{hp}/", t.node.cert.display(), n.client_gw_ip()));
+    let https = || {
+        client_curl(n, &format!("--cacert {} --resolve app.test:{hp}:{} https://app.test:{hp}/", t.node.cert.display(), n.client_gw_ip()))
+    };
     let (ok, out) = https();
     assert!(ok && out.starts_with("node-https host=app.test"), "{out}");
 

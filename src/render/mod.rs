@@ -6,7 +6,10 @@ mod nginx;
 mod wireguard;
 
 pub use iptables::{JUMPS, RuleSet, iptables_restore, rules};
-pub use nginx::{Listen, NginxFiles, NginxOptions, NginxSite, RawRoute, Route, SessionLimits, nginx_http, nginx_stream, parse_addresses};
+pub use nginx::{
+    Listen, NginxFiles, NginxOptions, NginxSite, RawRoute, Route, SessionLimits, WorkerLimits, capacity_warning, nginx_http, nginx_stream,
+    parse_addresses,
+};
 pub use wireguard::wg_conf;
 
 #[cfg(test)]

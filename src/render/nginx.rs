@@ -291,6 +291,58 @@ fn sni_map<'a>(s: &mut String, variable: &str, default: &str, routes: impl Itera
     s.push_str("    }\n\n");
 }
 
+/// What nginx.conf says about its workers' connections; nginx's defaults
+/// where it says nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerLimits {
+    /// `worker_processes`; None: `auto` (one per CPU).
+    pub processes: Option<u64>,
+    /// `worker_connections` of each worker (default 512).
+    pub connections: u64,
+    /// `worker_rlimit_nofile`; None: the limit nginx was started with.
+    pub rlimit_nofile: Option<u64>,
+}
+
+impl WorkerLimits {
+    /// Reads the directives from the main config's text (comments skipped).
+    pub fn parse(conf: &str) -> Self {
+        let mut limits = WorkerLimits { processes: Some(1), connections: 512, rlimit_nofile: None };
+        for statement in conf.lines().map(|l| l.split('#').next().unwrap_or("")).collect::<Vec<_>>().join("\n").split([';', '{', '}']) {
+            let mut words = statement.split_whitespace();
+            let (Some(name), Some(value), None) = (words.next(), words.next(), words.next()) else { continue };
+            match name {
+                "worker_processes" => limits.processes = if value == "auto" { None } else { value.parse().ok().or(limits.processes) },
+                "worker_connections" => limits.connections = value.parse().unwrap_or(limits.connections),
+                "worker_rlimit_nofile" => limits.rlimit_nofile = value.parse().ok(),
+                _ => {}
+            }
+        }
+        limits
+    }
+}
+
+/// One warning line, with the figures, when the raw ports' sessions (two
+/// connections each: the client's and the upstream's) could take every
+/// connection nginx's workers have, so a flood within the bounds would
+/// still stop the other routes. `cpus` stands for `worker_processes auto`;
+/// `open_files` is the open-file limit nginx starts with.
+pub fn capacity_warning(site: &NginxSite, limits: &WorkerLimits, cpus: u64, open_files: u64) -> Option<String> {
+    let workers = limits.processes.unwrap_or(cpus).max(1);
+    let per_worker = limits.connections.min(limits.rlimit_nofile.unwrap_or(open_files));
+    let have = workers * per_worker;
+    let need: u64 = site.raw.iter().map(|r| 2 * u64::from(r.limits.per_port)).sum();
+    if need < have {
+        return None;
+    }
+    let want = need.div_ceil(workers) + 512;
+    Some(format!(
+        "nginx has {have} connections ({workers} worker(s) x min(worker_connections {}, open files {})) but the {} raw port(s) may hold {need} (sessions x 2): a flood on them could stop every other route; raise worker_connections to {want} or more, and worker_rlimit_nofile with it, in nginx.conf",
+        limits.connections,
+        limits.rlimit_nofile.unwrap_or(open_files),
+        site.raw.len()
+    ))
+}
+
 /// The session counters of the raw ports (see [`SessionLimits`]): per
 /// port and transport, and per client address on it; 1 MB holds about
 /// 8,000 keys, a key over the limit is refused, not evicted.
@@ -313,7 +365,11 @@ fn raw_server(s: &mut String, site: &NginxSite, r: &RawRoute) {
         s.push_str("        proxy_protocol on;\n");
     }
     let _ = writeln!(s, "        proxy_pass {};", r.upstream_name);
-    let _ = writeln!(s, "        limit_conn gateway_raw_port {};\n        limit_conn gateway_raw_client {};", r.limits.per_port, r.limits.per_client);
+    let _ = writeln!(
+        s,
+        "        limit_conn gateway_raw_port {};\n        limit_conn gateway_raw_client {};",
+        r.limits.per_port, r.limits.per_client
+    );
     if r.transport == Transport::Tcp {
         s.push_str("        proxy_connect_timeout 10s;\n        # Idle connections (SSH, databases) stay open for an hour.\n        proxy_timeout 1h;\n");
     } else {

@@ -186,6 +186,33 @@ fn every_raw_port_bounds_its_sessions_in_all_and_per_client() {
     assert!(!nginx_stream(&plain).contains("limit_conn"));
 }
 
+#[test]
+fn worker_limits_are_read_from_nginx_conf_with_nginx_defaults() {
+    let debian = "user www-data;\nworker_processes auto;\npid /run/nginx.pid;\n# worker_connections 9;\nevents {\n\tworker_connections 768;\n\t# multi_accept on;\n}\n";
+    assert_eq!(WorkerLimits::parse(debian), WorkerLimits { processes: None, connections: 768, rlimit_nofile: None });
+    let tuned = "worker_processes 4; worker_rlimit_nofile 65536;\nevents { worker_connections 16384; }";
+    assert_eq!(WorkerLimits::parse(tuned), WorkerLimits { processes: Some(4), connections: 16384, rlimit_nofile: Some(65536) });
+    assert_eq!(WorkerLimits::parse(""), WorkerLimits { processes: Some(1), connections: 512, rlimit_nofile: None }, "nginx's own defaults");
+}
+
+#[test]
+fn a_warning_when_the_raw_ports_could_take_every_worker_connection() {
+    let (_, site) = ingress_site(); // three raw ports: 3 x 512 sessions x 2 connections = 3072
+    let debian = WorkerLimits { processes: None, connections: 768, rlimit_nofile: None };
+    let line = capacity_warning(&site, &debian, 2, 1024).expect("2 x 768 = 1536 < 3072");
+    assert_eq!(
+        line,
+        "nginx has 1536 connections (2 worker(s) x min(worker_connections 768, open files 1024)) but the 3 raw port(s) may hold 3072 (sessions x 2): a flood on them could stop every other route; raise worker_connections to 2048 or more, and worker_rlimit_nofile with it, in nginx.conf"
+    );
+    let roomy = WorkerLimits { processes: Some(2), connections: 4096, rlimit_nofile: None };
+    assert_eq!(capacity_warning(&site, &roomy, 2, 65536), None, "8192 > 3072");
+    let files = capacity_warning(&site, &roomy, 2, 1024).expect("the open-file limit caps each worker at 1024");
+    assert!(files.contains("nginx has 2048 connections"), "{files}");
+    assert_eq!(capacity_warning(&site, &WorkerLimits { rlimit_nofile: Some(65536), ..roomy }, 2, 1024), None, "worker_rlimit_nofile wins");
+    let (_, plain) = self::site();
+    assert_eq!(capacity_warning(&plain, &WorkerLimits::parse(""), 1, 1024), None, "no raw port, nothing to bound");
+}
+
 /// The server blocks of an http file: (listen lines, server_name, body lines).
 fn http_servers(http: &str) -> Vec<(Vec<String>, String, Vec<String>)> {
     let mut out = Vec::new();

@@ -77,6 +77,18 @@ impl System {
         loaded_before(newest_worker, written)
     }
 
+    /// The figures nginx's connections depend on: the main config's worker
+    /// directives (None if it cannot be read), the CPUs (`worker_processes
+    /// auto`), and the open-file limit an nginx the daemon starts inherits.
+    pub fn nginx_worker_limits(&self) -> Option<(crate::render::WorkerLimits, u64, u64)> {
+        let conf = std::fs::read_to_string(&self.paths.nginx_conf).ok()?;
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+        let mut rlimit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit writes into the struct given.
+        let open_files = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rlimit) } == 0 { rlimit.rlim_cur } else { 1024 };
+        Some((crate::render::WorkerLimits::parse(&conf), cpus, open_files))
+    }
+
     pub async fn nginx_test(&self) -> Result<(), SysError> {
         self.runner.run(&self.tools.nginx(&self.paths.nginx_conf, ["-t", "-q"])).await.map(drop).map_err(SysError::NginxCheck)
     }
