@@ -249,7 +249,7 @@ impl Shared {
             let (what, opener) =
                 if p.wireguard { ("UDP port", "the network's WireGuard interface") } else { (p.transport.label(), "nginx") };
             let message = format!("{what} {} is in use by {holder}: {opener} could not open it; choose another port or free it", p.port);
-            problems.push(crate::model::ErrorDetail { path: p.path.clone(), message });
+            problems.push(crate::model::ErrorDetail::new(p.path.clone(), message));
         }
         problems
     }
@@ -370,6 +370,8 @@ pub async fn build(args: &Args, runner: Runner) -> anyhow::Result<Daemon> {
     let mut system = system_from(args, runner.observed_by(metrics.clone()), layout, Backend::Userspace, &store);
     system.backend = Backend::detect(&system.runner, &system.tools, &args.wireguard_backend).await.map_err(anyhow::Error::msg)?;
     let last = store.last_apply().await.context("reading the last apply")?;
+    metrics.set_generation("desired", store.desired_generation().await.context("reading the desired generation")?);
+    metrics.set_generation("applied", last.as_ref().map_or(0, |r| r.applied_generation));
     let nginx = nginx_options(args, crate::system::host_has_ipv6()).map_err(anyhow::Error::msg)?;
     let settings = Settings {
         ports: gateway_ports(&nginx, port, &custom),

@@ -54,6 +54,12 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+/// `desired` (the generation last accepted) or `applied` (the last one converged).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GenerationLabels {
+    pub kind: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
     pub version: String,
@@ -80,6 +86,7 @@ pub struct Metrics {
     network_tx: Family<NetworkLabels, Counter>,
     pub networks: Gauge,
     pub peers: Gauge,
+    generation: Family<GenerationLabels, Gauge>,
     apply_duration: Histograms<ModeLabels>,
     apply_failures: Family<ModeLabels, Counter>,
     drift_repairs: Counter,
@@ -115,6 +122,7 @@ impl Metrics {
             network_tx: Family::default(),
             networks: Gauge::default(),
             peers: Gauge::default(),
+            generation: Family::default(),
             apply_duration: Family::new_with_constructor(pass_buckets),
             apply_failures: Family::default(),
             drift_repairs: Counter::default(),
@@ -133,6 +141,9 @@ impl Metrics {
         }
         for reason in Self::AUTH_FAILURE_REASONS {
             let _ = m.api_auth_failures.get_or_create(&ReasonLabels { reason: reason.into() });
+        }
+        for kind in ["desired", "applied"] {
+            m.set_generation(kind, 0);
         }
         m
     }
@@ -153,6 +164,11 @@ impl Metrics {
         r.register("network_transmit_bytes", "Bytes sent to all peers of a network", self.network_tx.clone());
         r.register("networks", "Networks in the desired state", self.networks.clone());
         r.register("peers", "Peers in the desired state", self.peers.clone());
+        r.register(
+            "generation",
+            "The desired generation (last accepted) and the applied one (last converged): equal when the host serves what it was asked to",
+            self.generation.clone(),
+        );
         r.register("apply_duration_seconds", "Duration of reconcile passes, by mode (apply, drift)", self.apply_duration.clone());
         r.register("apply_failures", "Reconcile passes that ended with an error, by mode", self.apply_failures.clone());
         r.register("drift_repairs", "Changes made by drift checks to undo what was changed by hand", self.drift_repairs.clone());
@@ -193,6 +209,11 @@ impl Metrics {
         let mut s = String::new();
         prometheus_client::encoding::text::encode(&mut s, &self.registry)?;
         Ok(s)
+    }
+
+    /// The generation of `kind`: `desired` or `applied`.
+    pub fn set_generation(&self, kind: &str, generation: i64) {
+        self.generation.get_or_create(&GenerationLabels { kind: kind.into() }).set(generation);
     }
 
     /// One reconcile pass done.

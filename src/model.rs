@@ -361,6 +361,20 @@ pub struct StatusInfo {
     pub networks: BTreeMap<String, NetworkStatus>,
 }
 
+/// Answer of `GET /ready`: 200 with `ready: true`, or 503 with the reasons.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct Readiness {
+    /// The applied generation is the desired one, nginx runs, no network fails.
+    pub ready: bool,
+    pub desired_generation: i64,
+    pub applied_generation: i64,
+    pub nginx_running: bool,
+    /// Listen ports of the networks the last pass could not converge.
+    pub failing_networks: Vec<u16>,
+    /// Why it is not ready, each with its path and `code` (empty when ready).
+    pub reasons: Vec<ErrorDetail>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct Health {
     pub status: String,
@@ -377,9 +391,53 @@ pub struct ErrorBody {
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
 pub struct ErrorDetail {
-    /// JSON path of the offending value, e.g. `$["51820"].peers["abc="].endpoint`.
+    /// JSON path of the offending value, e.g. `$["51820"].peers["abc="].endpoint`;
+    /// for an apply error, the failing network (`$["51820"]`) or `$` for a
+    /// shared step (bridge, nginx).
     pub path: String,
     pub message: String,
+    /// What kind of problem, for programs (apply errors and readiness):
+    /// `network_failed`, `network_unreadable`, `shared_failed`,
+    /// `stored_state_invalid`, `not_applied`, `nginx_not_running`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+}
+
+impl ErrorDetail {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        ErrorDetail { path: path.into(), message: message.into(), code: None }
+    }
+
+    /// A pass's error (as recorded, see [`pass_error`]) with the path of
+    /// what failed and its code.
+    pub fn of_pass_error(message: &str) -> Self {
+        let (path, code) = if let Some((port, what)) = pass_error_network(message) {
+            let code = if what.starts_with(UNREADABLE) { "network_unreadable" } else { "network_failed" };
+            (format!("$[\"{port}\"]"), code)
+        } else if let Some(rest) = message.strip_prefix(STORED_INVALID) {
+            (rest.split_once(": ").map_or("$", |(path, _)| path).to_string(), "stored_state_invalid")
+        } else {
+            ("$".to_string(), "shared_failed")
+        };
+        ErrorDetail { path, message: message.to_string(), code: Some(code.into()) }
+    }
+}
+
+/// A pass's error about network `port`: `network P: WHAT`, the form
+/// [`pass_error_network`] reads back.
+pub fn pass_error(port: u16, what: impl std::fmt::Display) -> String {
+    format!("network {port}: {what}")
+}
+
+/// What a look that could not read a network says (after the network).
+pub const UNREADABLE: &str = "reading its state: ";
+/// What a pass says of a stored state that no longer validates.
+pub const STORED_INVALID: &str = "stored desired state is invalid: ";
+
+/// The network a pass's error is about, and the rest of the message.
+pub fn pass_error_network(message: &str) -> Option<(u16, &str)> {
+    let (port, what) = message.strip_prefix("network ")?.split_once(": ")?;
+    Some((crate::types::parse_listen_port(port).ok()?, what))
 }
 
 #[cfg(test)]
@@ -412,5 +470,21 @@ mod tests {
         let printed = format!("{config:?} {:?}", StoredConfig { generation: 1, config: config.clone() });
         assert!(!printed.contains(secret) && !printed.contains(psk), "{printed}");
         assert!(printed.contains("S0DGe1Pns8GtjaEnjj/Twc2KUKtHerUm8bYxMUHwOQ8="), "public keys are printed: {printed}");
+    }
+
+    #[test]
+    fn pass_errors_carry_their_network_and_code() {
+        let d = ErrorDetail::of_pass_error(&pass_error(51820, "ConfigureWg: wg set failed"));
+        assert_eq!((d.path.as_str(), d.code.as_deref()), ("$[\"51820\"]", Some("network_failed")));
+        assert_eq!(d.message, "network 51820: ConfigureWg: wg set failed");
+        let d = ErrorDetail::of_pass_error(&pass_error(1024, format_args!("{UNREADABLE}Permission denied")));
+        assert_eq!((d.path.as_str(), d.code.as_deref()), ("$[\"1024\"]", Some("network_unreadable")));
+        let d = ErrorDetail::of_pass_error(&format!("{STORED_INVALID}$[\"51820\"].proxy[\"https://a.test\"]: taken"));
+        assert_eq!((d.path.as_str(), d.code.as_deref()), ("$[\"51820\"].proxy[\"https://a.test\"]", Some("stored_state_invalid")));
+        for shared in ["ReloadNginx: nginx -t failed", "network abc: x", "network 0: x", "reading the bridge: gone"] {
+            let d = ErrorDetail::of_pass_error(shared);
+            assert_eq!((d.path.as_str(), d.code.as_deref()), ("$", Some("shared_failed")), "{shared}");
+        }
+        assert_eq!(pass_error_network("network 51820: x: y"), Some((51820, "x: y")));
     }
 }

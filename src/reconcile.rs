@@ -254,7 +254,7 @@ impl Reconciler {
             shared.remember_accepted(generation, desired.clone());
         }
         let problems =
-            |p: Vec<ErrorDetail>| p.into_iter().map(|p| format!("stored desired state is invalid: {}: {}", p.path, p.message)).collect();
+            |p: Vec<ErrorDetail>| p.into_iter().map(|p| format!("{}{}: {}", crate::model::STORED_INVALID, p.path, p.message)).collect();
         Ok((generation, checked.map_err(problems)))
     }
 
@@ -371,6 +371,7 @@ impl Reconciler {
         if ok {
             self.applied_generation = generation;
         }
+        self.shared.metrics.set_generation("applied", self.applied_generation);
         let duration = start.elapsed();
         self.update_metrics(mode, actions, ok, duration, desired);
         let changed: Vec<u16> = report.changed.into_iter().collect();

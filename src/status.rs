@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::clock::now_unix;
 use crate::daemon::{SeenNetwork, Shared};
-use crate::model::{LastApply, NetworkStatus, PeerStatus, StatusInfo};
+use crate::model::{ErrorDetail, LastApply, NetworkStatus, PeerStatus, Readiness, StatusInfo};
 use crate::observed::{ObservedNetwork, WgPeer};
 use crate::store::{ApplyRecord, StoreError};
 
@@ -50,6 +50,48 @@ pub async fn collect(shared: &Arc<Shared>) -> Result<StatusInfo, StoreError> {
         nginx_running: shared.system.nginx_master().is_some(),
         networks,
     })
+}
+
+/// Whether the host serves what it was asked to: the applied generation is
+/// the desired one, nginx runs, and the last pass failed on no network.
+/// A database that cannot be read makes it not ready too.
+pub async fn readiness(shared: &Shared) -> Readiness {
+    let nginx_running = shared.system.nginx_master().is_some();
+    let read = async { Ok::<_, StoreError>((shared.store.desired_generation().await?, shared.store.last_apply().await?)) };
+    let (desired, last) = match read.await {
+        Ok(found) => found,
+        Err(e) => {
+            let reason = ErrorDetail { code: Some("internal".into()), ..ErrorDetail::new("$", format!("reading the state: {e}")) };
+            return Readiness {
+                ready: false,
+                desired_generation: 0,
+                applied_generation: 0,
+                nginx_running,
+                failing_networks: vec![],
+                reasons: vec![reason],
+            };
+        }
+    };
+    let applied = last.as_ref().map_or(0, |r| r.applied_generation);
+    let mut reasons = Vec::new();
+    let reason = |code: &str, message: String| ErrorDetail { code: Some(code.into()), ..ErrorDetail::new("$", message) };
+    if applied != desired {
+        reasons.push(reason("not_applied", format!("generation {desired} is desired, {applied} is the last applied")));
+    }
+    if !nginx_running {
+        reasons.push(reason("nginx_not_running", "nginx is not running".into()));
+    }
+    let errors = last.filter(|r| !r.ok).map(|r| r.errors).unwrap_or_default();
+    let failing_networks: BTreeSet<u16> = errors.iter().filter_map(|e| crate::model::pass_error_network(e)).map(|(p, _)| p).collect();
+    reasons.extend(errors.iter().map(|e| ErrorDetail::of_pass_error(e)));
+    Readiness {
+        ready: reasons.is_empty(),
+        desired_generation: desired,
+        applied_generation: applied,
+        nginx_running,
+        failing_networks: failing_networks.into_iter().collect(),
+        reasons,
+    }
 }
 
 /// Starts a re-read unless one is running.

@@ -695,3 +695,21 @@ async fn auth_failures_are_counted_by_reason() {
     let after = metrics().await;
     assert_eq!((count(&after, "missing"), count(&after, "invalid"), count(&after, "forbidden")), (1, 2, 3), "{after}");
 }
+
+#[tokio::test]
+async fn ready_needs_no_token_and_says_why_not() {
+    let c = client(&["--token", "s3cret", "--nginx-pid=/nonexistent/nginx.pid"]).await;
+    let (s, v) = call(&c, Method::Get, "/ready", None, None).await;
+    assert_eq!(s, Status::ServiceUnavailable, "{v}");
+    assert_eq!((&v["ready"], &v["nginx_running"]), (&json!(false), &json!(false)), "{v}");
+    assert_eq!(v["reasons"], json!([{"path": "$", "message": "nginx is not running", "code": "nginx_not_running"}]));
+    let body = json!({ "51820": net(KEY1, "a.test") }).to_string();
+    let (s, _) = call(&c, Method::Post, "/api/v1/config.json", token(), Some(&body)).await;
+    assert_eq!(s, Status::Accepted, "no reconciler here: never applied");
+    let (s, v) = call(&c, Method::Get, "/ready", None, None).await;
+    assert_eq!((s, &v["desired_generation"], &v["applied_generation"]), (Status::ServiceUnavailable, &json!(1), &json!(0)), "{v}");
+    assert_eq!(v["reasons"][0]["code"], "not_applied", "{v}");
+    let (_, text) = call(&c, Method::Get, "/metrics", token(), None).await;
+    let text = text.as_str().unwrap();
+    assert!(text.contains("gateway_generation{kind=\"desired\"} 1") && text.contains("gateway_generation{kind=\"applied\"} 0"), "{text}");
+}

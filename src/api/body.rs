@@ -19,18 +19,14 @@ use serde::de::DeserializeOwned;
 
 use super::error::{ApiError, json_responses};
 use crate::model::schema::IntRange;
-use crate::model::{ApplyResponse, DryRunResponse, ErrorDetail};
+use crate::model::{ApplyResponse, DryRunResponse, ErrorDetail, Readiness};
 use crate::types::truncate;
 
 const TOO_LARGE: &str = "body too large";
 
 /// A body that could not be read: 413 when over the limit, else 422.
 pub(super) fn body_error(message: String) -> ApiError {
-    if message.starts_with(TOO_LARGE) {
-        ApiError::TooLarge(message)
-    } else {
-        ApiError::Invalid(vec![ErrorDetail { path: "$".into(), message }])
-    }
+    if message.starts_with(TOO_LARGE) { ApiError::TooLarge(message) } else { ApiError::Invalid(vec![ErrorDetail::new("$", message)]) }
 }
 
 /// A JSON body whose parse error is reported by the handler as a JSON error
@@ -80,6 +76,28 @@ impl OpenApiResponderInner for Applied {
             &[
                 (200, "the system has converged to this generation (`result`: `applied`)"),
                 (202, "stored; still converging when the wait ended (`result`: `pending`); see status.json"),
+            ],
+        )
+    }
+}
+
+/// Answer of `GET /ready`: 200 when ready, else 503, the same shape.
+pub struct Ready(pub Readiness);
+
+impl<'r> Responder<'r, 'static> for Ready {
+    fn respond_to(self, req: &'r Request<'_>) -> response::Result<'static> {
+        let status = if self.0.ready { Status::Ok } else { Status::ServiceUnavailable };
+        response::Response::build_from(Json(self.0).respond_to(req)?).status(status).ok()
+    }
+}
+
+impl OpenApiResponderInner for Ready {
+    fn responses(generator: &mut OpenApiGenerator) -> rocket_okapi::Result<Responses> {
+        json_responses::<Readiness>(
+            generator,
+            &[
+                (200, "ready: the applied generation is the desired one, nginx runs and no network fails"),
+                (503, "not ready: `reasons` says why (each with `code` and the failing network's `path`)"),
             ],
         )
     }

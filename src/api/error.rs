@@ -73,11 +73,9 @@ impl ApiError {
             ApiError::UnsupportedMediaType => (Status::UnsupportedMediaType, "unsupported_media_type", vec![]),
             ApiError::BadRequest(_) => (Status::BadRequest, "bad_request", vec![]),
             ApiError::Invalid(d) => (Status::UnprocessableEntity, "invalid_config", d.clone()),
-            ApiError::ApplyFailed { errors, .. } => (
-                Status::InternalServerError,
-                "apply_failed",
-                errors.iter().map(|e| ErrorDetail { path: "$".into(), message: e.clone() }).collect(),
-            ),
+            ApiError::ApplyFailed { errors, .. } => {
+                (Status::InternalServerError, "apply_failed", errors.iter().map(|e| ErrorDetail::of_pass_error(e)).collect())
+            }
             ApiError::TooLarge(_) => (Status::PayloadTooLarge, "too_large", vec![]),
             ApiError::Internal(_) => (Status::InternalServerError, "internal", vec![]),
             ApiError::ShuttingDown => (Status::ServiceUnavailable, "shutting_down", vec![]),

@@ -30,6 +30,7 @@ pub(super) fn settings() -> OpenApiSettings {
 /// its successes; what they mean is `error::ERROR_STATUSES`.
 const ERRORS: &[(&str, &[u16])] = &[
     ("health", &[]),
+    ("ready", &[503]),
     ("post_config", &[400, 401, 403, 412, 413, 415, 421, 422, 500, 503]),
     ("patch_config", &[400, 401, 403, 412, 413, 415, 421, 422, 500, 503]),
     ("get_config", &[401, 403, 421, 500]),
@@ -41,7 +42,7 @@ const ERRORS: &[(&str, &[u16])] = &[
 
 const DESCRIPTION: &str = "Converges WireGuard network namespaces and nginx ingress to the posted desired state, and accounts traffic per peer.
 
-Every route but `/health` needs a token: `Token: <token>` or `Authorization: Bearer <token>`. The admin token opens every route; a read token opens status.json, traffic.json, /metrics and the event stream, and gets `403` (`forbidden`) on config.json (it holds private keys) and on every write. A write needs `Content-Type: application/json` (else `415`, `unsupported_media_type`). Without any token configured (loopback only), a request whose `Host` names neither loopback nor the API's address gets `421` (`misdirected_request`). Every error is an `ErrorBody`. A known path asked with a method it does not have answers `405` (`method_not_allowed`) with an `Allow` header listing its methods; an unknown path answers `404` (`not_found`).
+Every route but `/health` and `/ready` needs a token: `Token: <token>` or `Authorization: Bearer <token>`. The admin token opens every route; a read token opens status.json, traffic.json, /metrics and the event stream, and gets `403` (`forbidden`) on config.json (it holds private keys) and on every write. A write needs `Content-Type: application/json` (else `415`, `unsupported_media_type`). Without any token configured (loopback only), a request whose `Host` names neither loopback nor the API's address gets `421` (`misdirected_request`). Every error is an `ErrorBody`. A known path asked with a method it does not have answers `405` (`method_not_allowed`) with an `Allow` header listing its methods; an unknown path answers `404` (`not_found`).
 
 The schemas give each value its exact form. The server also checks the rules that span values, which a schema cannot state, and answers `422` with the JSON path of each problem:
 - `listen_port`, when given, equals the network's key;
@@ -126,6 +127,7 @@ mod tests {
         assert_eq!(schemes[TOKEN_SCHEME]["in"], "header");
         assert_eq!(schemes[BEARER_SCHEME]["scheme"], "bearer");
         assert!(spec["paths"]["/health"]["get"].get("security").is_none());
+        assert!(spec["paths"]["/ready"]["get"].get("security").is_none(), "readiness needs no token");
         for name in ["GatewayConfig", "GatewayConfigPartial", "TrafficInfo", "StatusInfo", "ErrorBody", "ApplyResponse", "StoredConfig"] {
             assert!(spec["components"]["schemas"].get(name).is_some(), "schema {name} missing");
         }

@@ -11,7 +11,7 @@ use rocket_okapi::okapi::openapi3::OpenApi;
 use rocket_okapi::{openapi, openapi_get_routes_spec};
 
 use super::auth::{Auth, ReadAuth};
-use super::body::{Applied, ConfigAnswer, DryRunFlag, JsonBody, MetricsText, QueryInt, body_error};
+use super::body::{Applied, ConfigAnswer, DryRunFlag, JsonBody, MetricsText, QueryInt, Ready, body_error};
 use super::concurrency::{IfMatch, Tagged};
 use super::error::ApiError;
 use super::events::{EventsStream, LastEventId};
@@ -29,6 +29,14 @@ use crate::validate::{Context, host_ports_of, key_path, new_host_ports, validate
 #[get("/health")]
 fn health() -> Json<Health> {
     Json(Health { status: "ok".into() })
+}
+
+/// Readiness; needs no token. 200 when the applied generation is the
+/// desired one, nginx runs and no network fails; else 503 with the reasons.
+#[openapi(tag = "health")]
+#[get("/ready")]
+async fn ready(state: &State<Arc<Shared>>) -> Ready {
+    Ready(crate::status::readiness(state.inner()).await)
 }
 
 /// Replace the whole desired state, then wait (bounded) until it converged.
@@ -70,7 +78,7 @@ async fn patch_config(
     // Keys are checked here too: `"051820": null` would otherwise remove
     // nothing and still make a new generation.
     let bad: Vec<ErrorDetail> =
-        patch.keys().filter_map(|k| parse_listen_port(k).err().map(|m| ErrorDetail { path: key_path("$", k), message: m })).collect();
+        patch.keys().filter_map(|k| parse_listen_port(k).err().map(|m| ErrorDetail::new(key_path("$", k), m))).collect();
     if !bad.is_empty() {
         return Err(ApiError::Invalid(bad));
     }
@@ -163,6 +171,7 @@ async fn store_and_apply(
         let (_, config, desired) = build_checked(shared, expected, build).await?;
         let generation = shared.store.save_desired(&config, now_unix()).await?;
         shared.remember_accepted(generation, Arc::new(desired));
+        shared.metrics.set_generation("desired", generation);
         generation
     };
     shared.wake.notify_one();
@@ -264,7 +273,7 @@ fn events(_auth: ReadAuth, state: &State<Arc<Shared>>, last: LastEventId, shutdo
 
 pub(super) fn routes_and_spec() -> (Vec<rocket::Route>, OpenApi) {
     let settings = super::openapi::settings();
-    openapi_get_routes_spec![settings: health, post_config, patch_config, get_config, status, traffic, metrics, events]
+    openapi_get_routes_spec![settings: health, ready, post_config, patch_config, get_config, status, traffic, metrics, events]
 }
 
 #[cfg(test)]

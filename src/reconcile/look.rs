@@ -90,7 +90,7 @@ impl Reconciler {
     /// Plan nothing for a network that could not be read: take it as
     /// converged, report the error, and look again next time.
     fn unreadable(&self, look: &mut Look, spec: &NetworkSpec, error: String) {
-        look.errors.push(format!("network {}: reading its state: {error}", spec.port));
+        look.errors.push(crate::model::pass_error(spec.port, format_args!("{}{error}", crate::model::UNREADABLE)));
         look.observed.networks.insert(spec.port, converged_view(&self.shared.system.layout, spec));
         look.unreadable.insert(spec.port);
     }

@@ -36,7 +36,7 @@ impl ExecReport {
             (Ok(()), None) => {}
             (Err(e), Some(p)) => {
                 tracing::warn!(network = p, action = %label, error = %e, "action failed; the network's other actions are skipped");
-                self.errors.push(format!("network {p}: {label}: {e}"));
+                self.errors.push(crate::model::pass_error(p, format_args!("{label}: {e}")));
                 self.failed.insert(p);
             }
             (Err(e), None) => {

@@ -44,7 +44,7 @@ pub(crate) struct Problems(Vec<ErrorDetail>);
 
 impl Problems {
     pub(crate) fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.0.push(ErrorDetail { path: path.into(), message: message.into() });
+        self.0.push(ErrorDetail::new(path, message));
     }
 
     fn count(&self) -> usize {
