@@ -3,10 +3,11 @@
 # Run:   docker run --net=host --cap-add NET_ADMIN --cap-add SYS_ADMIN --device /dev/net/tun \
 #          -e GATEWAY_TOKEN=... -e GATEWAY_DATABASE=/var/lib/gateway/gateway.db \
 #          -v gateway-data:/var/lib/gateway gateway
-# The image's default database is /tmp/gateway.db (the daemon's own default
-# is in memory): keep it on a volume
-# (as above) so the desired state and the traffic counters survive the
-# container, or a new container counts the interfaces' bytes again.
+# The image's database is /var/lib/gateway/gateway.db, a volume (the daemon's
+# own default is in memory): name the volume (as above) so the desired state
+# and the traffic counters survive the container, or a new container counts
+# the interfaces' bytes again. Secrets and databases stay out of the build
+# context (.dockerignore).
 
 FROM rust:1-slim-bookworm AS build
 WORKDIR /src
@@ -27,12 +28,13 @@ COPY --from=build /src/target/release/gateway /usr/local/bin/gateway
 COPY docker/entrypoint.sh /usr/local/bin/gateway-entrypoint
 
 ENV GATEWAY_PORT=8000 \
-    GATEWAY_DATABASE=/tmp/gateway.db \
+    GATEWAY_DATABASE=/var/lib/gateway/gateway.db \
     ROCKET_ADDRESS=0.0.0.0 \
     RUST_LOG=info,rocket=error,gateway::api::_=error
 # GATEWAY_TOKEN comes from the environment at run time (required: the API
 # listens on 0.0.0.0 here, and the daemon refuses an open API off loopback).
 
+VOLUME /var/lib/gateway
 EXPOSE 8000 80 443
 HEALTHCHECK --interval=30s --timeout=3s --start-period=10s --retries=3 \
   CMD curl -fsS "http://127.0.0.1:${GATEWAY_PORT}/health" || exit 1

@@ -45,6 +45,71 @@ impl StoreError {
     }
 }
 
+/// Opens the database file (creating it 0600) without following a
+/// symlink in its last component (`O_NOFOLLOW`), and checks that root or
+/// the daemon's own user owns it: a link planted where the database is
+/// expected would make the daemon write private keys wherever it points,
+/// and a file someone else owns can be read or replaced by them. The same
+/// for SQLite's `-wal` and `-shm` files beside it, if they exist.
+fn own_database_file(path: &str) -> std::io::Result<std::fs::File> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| if e.raw_os_error() == Some(libc::ELOOP) { symlink_refused("it") } else { e })?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    check_owner("it", &meta)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    for suffix in ["-wal", "-shm"] {
+        let side = format!("{path}{suffix}");
+        match std::fs::symlink_metadata(&side) {
+            Ok(m) if m.file_type().is_symlink() => return Err(symlink_refused(&side)),
+            Ok(m) => check_owner(&side, &m)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(file)
+}
+
+/// `what`: "it" for the database itself, else the path of the file meant.
+fn symlink_refused(what: &str) -> std::io::Error {
+    std::io::Error::other(format!("{what} is a symbolic link; the database is never opened through one: give the file's own path"))
+}
+
+/// Root's or the daemon's own user's file; anyone else's is refused.
+fn check_owner(what: &str, meta: &std::fs::Metadata) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() == 0 || meta.uid() == me {
+        return Ok(());
+    }
+    Err(std::io::Error::other(format!(
+        "{what} is owned by uid {}, not by root or the daemon's uid {me}: chown it or give another path",
+        meta.uid()
+    )))
+}
+
+/// SQLite opens the database by its path: the file there must still be the
+/// one checked, not a link or another file swapped in meanwhile.
+fn still_the_same_file(path: &str, checked: &std::fs::File) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let (now, then) = (std::fs::symlink_metadata(path)?, checked.metadata()?);
+    if now.file_type().is_symlink() {
+        return Err(symlink_refused("it"));
+    }
+    if (now.dev(), now.ino()) != (then.dev(), then.ino()) {
+        return Err(std::io::Error::other("the file was replaced while it was being opened"));
+    }
+    Ok(())
+}
+
 #[derive(Clone)]
 pub struct Store {
     pub pool: SqlitePool,
@@ -88,15 +153,17 @@ impl Store {
             }
             Some(path) => {
                 let file_err = |source| StoreError::File { path: path.to_string(), source };
-                std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path).map_err(file_err)?;
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(file_err)?;
+                let file = own_database_file(path).map_err(file_err)?;
                 let opts = SqliteConnectOptions::new()
                     .filename(path)
+                    .create_if_missing(false)
                     .journal_mode(SqliteJournalMode::Wal)
                     .synchronous(SqliteSynchronous::Normal)
                     .busy_timeout(Duration::from_secs(10))
                     .foreign_keys(true);
-                pool_options().max_connections(4).connect_with(opts).await?
+                let pool = pool_options().max_connections(4).connect_with(opts).await?;
+                still_the_same_file(path, &file).map_err(file_err)?;
+                pool
             }
         };
         sqlx::migrate!("./migrations").run(&pool).await?;

@@ -8,7 +8,7 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -160,4 +160,85 @@ fn the_processes_the_daemon_starts_inherit_nothing_of_its_environment() {
         .filter(|pid| *pid != daemon && environ(*pid).iter().any(|e| e.contains(&token)))
         .collect();
     assert_eq!(holders, Vec::<u32>::new(), "processes with the token in their environment");
+}
+
+/// The binary run to its end within 20 s: exit status, stdout and stderr.
+fn run_to_end(args: &[&str]) -> (ExitStatus, String, String) {
+    let mut argv = vec!["20", BIN];
+    argv.extend(args);
+    let out = Command::new("timeout").args(&argv).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).output().unwrap();
+    (out.status, String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// The start with database `db` fails with exit code 1 and one line on
+/// stderr that contains every `needle`.
+fn assert_database_refused(db: &str, needles: &[&str]) {
+    let (status, stdout, stderr) = run_to_end(&["--wireguard-backend=userspace", "--netns-dir=/nonexistent", "--database", db]);
+    assert_eq!(status.code(), Some(1), "{db}: {stdout}{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line, not {stderr:?}");
+    assert!(lines[0].starts_with(&format!("gateway: cannot open the database {db}: ")), "{lines:?}");
+    for needle in needles {
+        assert!(lines[0].contains(needle), "{needle:?} not in {lines:?}");
+    }
+}
+
+fn create_database(db: &str) {
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        gateway::store::Store::open(Some(db)).await.unwrap().pool.close().await;
+    });
+}
+
+/// A symlink planted where the database is expected (to a file, or to a
+/// file not there yet), or beside it as SQLite's `-wal` file, is refused at
+/// start, and nothing is written where it points.
+#[test]
+fn a_database_behind_a_symlink_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let at = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let (target, db) = (at("target"), at("gateway.db"));
+    std::fs::write(&target, "").unwrap();
+    std::os::unix::fs::symlink(&target, &db).unwrap();
+    assert_database_refused(&db, &["it is a symbolic link"]);
+    assert_eq!(std::fs::metadata(&target).unwrap().len(), 0, "nothing written through the link");
+
+    let (missing, dangling) = (at("not-yet"), at("dangling.db"));
+    std::os::unix::fs::symlink(&missing, &dangling).unwrap();
+    assert_database_refused(&dangling, &["it is a symbolic link"]);
+    assert!(!std::path::Path::new(&missing).exists(), "nothing created through the link");
+
+    let real = at("real.db");
+    create_database(&real);
+    let wal = format!("{real}-wal");
+    std::os::unix::fs::symlink(&target, &wal).unwrap();
+    assert_database_refused(&real, &[&format!("{wal} is a symbolic link")]);
+    assert_eq!(std::fs::metadata(&target).unwrap().len(), 0);
+}
+
+/// A database file that another user owns is refused (root may chown).
+#[test]
+#[ignore = "needs root: scripts/test.sh runs it with --include-ignored"]
+fn a_database_someone_else_owns_is_refused() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("gateway.db").to_str().unwrap().to_string();
+    create_database(&db);
+    sh(&format!("chown 65534 {db}"));
+    assert_database_refused(&db, &["it is owned by uid 65534, not by root or the daemon's uid 0"]);
+    sh(&format!("chown 0 {db}"));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let args: Vec<String> = [
+        "--wireguard-backend=userspace",
+        "--netns-dir=/nonexistent",
+        "--address=127.0.0.1",
+        "--database",
+        &db,
+        "--port",
+        &port.to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut d = Daemon::start(&args, &[], dir.path().join("daemon.log"));
+    d.wait_healthy(port);
 }

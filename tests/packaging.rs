@@ -42,9 +42,12 @@ fn dockerfile_copies_only_what_exists_and_sets_the_defaults() {
     }
     assert!(df.contains("install-deps.sh --runtime"), "the image uses CI's install script");
     // The defaults issue 4 asks the image to set (the daemon's own database default is in memory).
-    for default in ["GATEWAY_PORT=8000", "GATEWAY_DATABASE=/tmp/gateway.db", "ROCKET_ADDRESS=0.0.0.0", "RUST_LOG="] {
+    for default in ["GATEWAY_PORT=8000", "GATEWAY_DATABASE=/var/lib/gateway/gateway.db", "ROCKET_ADDRESS=0.0.0.0", "RUST_LOG="] {
         assert!(df.contains(default), "Dockerfile lacks {default}");
     }
+    // The database (private keys, the state) on a volume, not in the
+    // container's own layer or /tmp.
+    assert!(df.lines().any(|l| l.trim() == "VOLUME /var/lib/gateway"), "the database's directory is a volume");
     assert!(df.contains("HEALTHCHECK") && df.contains("/health"), "health check on /health");
     assert!(df.contains("ENTRYPOINT [\"/usr/bin/tini\", \"--\", \"/usr/local/bin/gateway-entrypoint\"]"), "an init reaps daemons");
     assert!(read("docker/entrypoint.sh").contains("net.ipv4.ip_forward=1"));
@@ -176,4 +179,26 @@ fn dashboard_and_scrape_config_use_metrics_the_daemon_exports() {
     let job = &prom["scrape_configs"][0];
     assert_eq!(job["metrics_path"], "/metrics");
     assert_eq!(job["authorization"]["type"], "Bearer", "the token is sent as a bearer token");
+}
+
+/// Secrets (the compose file's token file, keys, certificates) and
+/// databases (private keys, the state) stay out of the repository and out
+/// of the image's build context.
+#[test]
+fn secrets_and_databases_are_ignored_by_git_and_docker() {
+    let secrets = ["packaging/gateway_token.txt", "tls/api.key", "api.key", "tls/api.pem", "gateway.db", "data/gateway.db-wal"];
+    for path in secrets {
+        let ignored = Command::new("git")
+            .args(["check-ignore", "--no-index", "-q", path])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("git runs");
+        assert!(ignored.success(), "git does not ignore {path}");
+    }
+    let dockerignore = read(".dockerignore");
+    let patterns: Vec<&str> = dockerignore.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+    // Docker matches from the context's root: `*.key` would miss tls/api.key.
+    for needed in ["packaging/gateway_token.txt", "**/*.key", "**/*.pem", "**/*.db", "**/*.db-*", "target/"] {
+        assert!(patterns.contains(&needed), ".dockerignore lacks {needed}");
+    }
 }
