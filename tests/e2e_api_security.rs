@@ -173,7 +173,17 @@ fn run_to_end(args: &[&str]) -> (ExitStatus, String, String) {
 /// The start with database `db` fails with exit code 1 and one line on
 /// stderr that contains every `needle`.
 fn assert_database_refused(db: &str, needles: &[&str]) {
-    let (status, stdout, stderr) = run_to_end(&["--wireguard-backend=userspace", "--netns-dir=/nonexistent", "--database", db]);
+    // Should it start after all, it must not take another daemon's port.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
+    let (status, stdout, stderr) = run_to_end(&[
+        "--wireguard-backend=userspace",
+        "--netns-dir=/nonexistent",
+        "--address=127.0.0.1",
+        "--port",
+        &port,
+        "--database",
+        db,
+    ]);
     assert_eq!(status.code(), Some(1), "{db}: {stdout}{stderr}");
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 1, "one line, not {stderr:?}");
@@ -207,8 +217,9 @@ fn a_database_behind_a_symlink_is_refused() {
     assert_database_refused(&dangling, &["it is a symbolic link"]);
     assert!(!std::path::Path::new(&missing).exists(), "nothing created through the link");
 
+    // (An empty file is a new database to SQLite.)
     let real = at("real.db");
-    create_database(&real);
+    std::fs::write(&real, "").unwrap();
     let wal = format!("{real}-wal");
     std::os::unix::fs::symlink(&target, &wal).unwrap();
     assert_database_refused(&real, &[&format!("{wal} is a symbolic link")]);
