@@ -90,6 +90,7 @@ pub struct Metrics {
     apply_duration: Histograms<ModeLabels>,
     apply_failures: Family<ModeLabels, Counter>,
     drift_repairs: Counter,
+    routes_failed: Family<NetworkLabels, Gauge>,
     pub last_success: Gauge,
     pub poll_errors: Counter,
     pub poll_duration: Histogram,
@@ -126,6 +127,7 @@ impl Metrics {
             apply_duration: Family::new_with_constructor(pass_buckets),
             apply_failures: Family::default(),
             drift_repairs: Counter::default(),
+            routes_failed: Family::default(),
             last_success: Gauge::default(),
             poll_errors: Counter::default(),
             poll_duration: pass_buckets(),
@@ -173,6 +175,11 @@ impl Metrics {
         r.register("apply_failures", "Reconcile passes that ended with an error, by mode", self.apply_failures.clone());
         r.register("drift_repairs", "Changes made by drift checks to undo what was changed by hand", self.drift_repairs.clone());
         r.register(
+            "routes_failed",
+            "Raw routes of a network left out of nginx because another process holds their port",
+            self.routes_failed.clone(),
+        );
+        r.register(
             "last_successful_reconcile_timestamp_seconds",
             "Unix time of the last reconcile pass without error",
             self.last_success.clone(),
@@ -214,6 +221,15 @@ impl Metrics {
     /// The generation of `kind`: `desired` or `applied`.
     pub fn set_generation(&self, kind: &str, generation: i64) {
         self.generation.get_or_create(&GenerationLabels { kind: kind.into() }).set(generation);
+    }
+
+    /// The networks of the routes left out of nginx, one entry per route:
+    /// their series only (a network with none has none).
+    pub fn set_routes_failed(&self, networks: impl Iterator<Item = u16>) {
+        self.routes_failed.clear();
+        for n in networks {
+            self.routes_failed.get_or_create(&NetworkLabels { network: n.to_string() }).inc();
+        }
     }
 
     /// One reconcile pass done.

@@ -151,6 +151,8 @@ pub struct Reconciler {
     /// reload confirmed, or nothing to do): until then each pass checks
     /// that nginx really loaded them.
     nginx_confirmed: bool,
+    /// Raw routes the last pass left out of nginx (their port held by another process).
+    left_out: Vec<ingress::LeftOut>,
     /// How many raw ports nginx's worker connections were last checked
     /// against (None: not yet).
     capacity_checked: Option<usize>,
@@ -172,6 +174,7 @@ impl Reconciler {
             drift_checks: 0,
             nginx_confirmed: false,
             capacity_checked: None,
+            left_out: Vec::new(),
         }
     }
 
@@ -270,7 +273,7 @@ impl Reconciler {
                 return self.finish(pass, look, ExecReport::default(), &Desired::default());
             }
         };
-        let nginx = shared.nginx_files(&desired);
+        let (nginx, left_out) = self.nginx_for(&desired);
         self.check_nginx_capacity(&desired);
         // What a crash left half made goes first, so the look does not see it.
         let undone = shared.system.undo_unfinished_links().await;
@@ -281,7 +284,8 @@ impl Reconciler {
         if mode == Mode::Drift {
             shared.metrics.poll_duration.observe(poll_start.elapsed().as_secs_f64());
         }
-        let report = shared.system.execute_concurrently(&actions, &desired, &nginx, shared.settings.apply_concurrency).await;
+        let mut report = shared.system.execute_concurrently(&actions, &desired, &nginx, shared.settings.apply_concurrency).await;
+        self.isolate_nginx_faults(&desired, &mut report, left_out).await;
         self.remember(&desired, &report, &look);
         self.publish(&look, &report, &desired).await;
         if mode == Mode::Drift {
@@ -404,6 +408,7 @@ impl Reconciler {
 }
 
 mod announce;
+mod ingress;
 mod look;
 mod preview;
 #[cfg(test)]

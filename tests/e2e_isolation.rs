@@ -178,3 +178,68 @@ async fn a_udp_flood_on_one_tenants_port_leaves_another_tenants_https_answering(
     assert!((1..=32).contains(&sessions), "{sessions} sessions toward tenant A");
     d.stop().await;
 }
+
+fn listens(proto: &str, port: u16) -> bool {
+    sh(&format!("ss -Hln --{proto} sport = :{port}")).lines().any(|l| !l.trim().is_empty())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: scripts/test.sh runs it with --include-ignored"]
+async fn a_route_unbindable_after_validation_fails_alone_and_the_rest_is_served() {
+    let t = node_topology(4);
+    let n = &t.n;
+    let (raw, a) = (n.https_port() + 3, n.port(1));
+    let d = TestDaemon::start(&args(n, &[])).await;
+    // Tenant A has a raw TCP port; tenant B (the node's network) a hostname.
+    let (a_key, _) = genkey();
+    let tenant_a = json!({ "private_key": a_key, "address": ["10.81.0.1/24"], "proxy": { format!("tcp://{raw}"): ["10.81.0.9:22"] } });
+    let mut cfg = network(&t, json!({ "http://app.test": ["10.80.0.2:80"] }));
+    cfg[a.to_string()] = tenant_a.clone();
+    let (code, body) = d.post(&cfg).await;
+    assert_eq!((code, &body["result"]), (200, &json!("applied")), "{body}");
+    assert!(listens("tcp", raw));
+
+    // nginx goes down (a container restart) and another process takes the
+    // port meanwhile: validated, stored, and no longer bindable.
+    let pid = std::fs::read_to_string(n.nginx_pid()).unwrap().trim().to_string();
+    sh(&format!("kill {pid}"));
+    wait_until("nginx gone", std::time::Duration::from_secs(10), || !std::path::Path::new(&format!("/proc/{pid}")).exists()).await;
+    let holder = Holder::start(raw, n.https_port() + 4);
+    let mut events = Sse::open(&d).await;
+
+    // Tenant B's change: a new hostname. nginx is started with what is valid.
+    let mut cfg = network(&t, json!({ "http://app.test": ["10.80.0.2:80"], "http://new.app.test": ["10.80.0.2:80"] }));
+    cfg[a.to_string()] = tenant_a.clone();
+    let (code, body) = d.post(&cfg).await;
+    let error = format!(
+        "network {a}: tcp://{raw}: TCP port {raw} is in use by python3 (pid {}) on 0.0.0.0: left out of nginx until it is free",
+        holder.pid()
+    );
+    assert_eq!((code, &body["error"]), (500, &json!("apply_failed")), "{body}");
+    let messages: Vec<String> = problems(&body).into_iter().map(|(_, m)| m).collect();
+    assert_eq!(messages, [error.clone()], "only tenant A's route fails");
+    for host in ["new.app.test", "app.test"] {
+        let (ok, out) = http_get(n, host);
+        assert!(ok && out.contains(&format!("node-http host={host}")), "{host}: {out}");
+    }
+    // Reported as tenant A's: status.json, an event, a metric.
+    let (_, st) = d.get("/api/v1/status.json").await;
+    assert!(st["last_apply"]["errors"].as_array().unwrap().contains(&json!(error)), "{st}");
+    let (event, _) = events.wait(&d, "route_failed", std::time::Duration::from_secs(5), |_| true).await;
+    assert_eq!(
+        event,
+        json!({ "network": a, "route": format!("tcp://{raw}"), "error": error.split_once(&format!("tcp://{raw}: ")).unwrap().1 })
+    );
+    let (_, metrics) = d.get_text("/metrics").await;
+    assert!(metrics.contains(&format!("gateway_routes_failed{{network=\"{a}\"}} 1")), "{metrics}");
+
+    // Freed: the next pass opens it, and nothing is failing any more.
+    drop(holder);
+    let outcome = d.drift_check().await.expect("a pass");
+    assert!(outcome.record.ok, "{:?}", outcome.record.errors);
+    assert!(listens("tcp", raw), "opened once free");
+    let (_, metrics) = d.get_text("/metrics").await;
+    assert!(!metrics.contains("gateway_routes_failed{"), "{metrics}");
+    drop(events);
+    d.stop().await;
+}

@@ -16,7 +16,7 @@ use rocket_okapi::response::OpenApiResponderInner;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::events::{Event, Subscription};
-use crate::model::events::{ApplyEvent, DriftRepairedEvent, PeerEvent};
+use crate::model::events::{ApplyEvent, DriftRepairedEvent, PeerEvent, RouteFailedEvent};
 use crate::types::truncate;
 
 /// A keep-alive comment at least this often, so proxies keep an idle stream open.
@@ -100,13 +100,18 @@ const DESCRIPTION: &str = "Server-Sent Events (`text/event-stream`), endless: ea
 - `apply` (data: ApplyEvent): a pass for a new generation, or its retry, finished.
 - `drift_repaired` (data: DriftRepairedEvent): the watchdog put back what was changed by hand.
 - `peer_connected` / `peer_disconnected` (data: PeerEvent): a peer's latest handshake became newer / older than 180 s (seen by the drift check and status reads).
+- `route_failed` (data: RouteFailedEvent): a raw route was left out of nginx because another process holds its port; everything else is served.
 A client more than 1024 events behind is disconnected (it may resume from what is kept); the reconciler never waits for a client.";
 
 impl OpenApiResponderInner for EventsStream {
     fn responses(generator: &mut OpenApiGenerator) -> rocket_okapi::Result<Responses> {
         // The data schemas, named in the components.
-        let data =
-            [generator.json_schema::<ApplyEvent>(), generator.json_schema::<DriftRepairedEvent>(), generator.json_schema::<PeerEvent>()];
+        let data = [
+            generator.json_schema::<ApplyEvent>(),
+            generator.json_schema::<DriftRepairedEvent>(),
+            generator.json_schema::<PeerEvent>(),
+            generator.json_schema::<RouteFailedEvent>(),
+        ];
         let mut r = Responses::default();
         let mut schema = generator.json_schema_no_ref::<String>();
         schema.metadata().description = Some("The event stream; each `data:` line is one of the referenced JSON objects.".into());

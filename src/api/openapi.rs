@@ -184,13 +184,18 @@ mod tests {
         let ok = &get["responses"]["200"];
         assert!(ok["content"]["text/event-stream"].is_object(), "{ok}");
         let text = ok["description"].as_str().unwrap();
-        for name in ["`apply`", "`drift_repaired`", "`peer_connected`", "`peer_disconnected`", "Last-Event-ID", "`id:`"] {
+        for name in ["`apply`", "`drift_repaired`", "`peer_connected`", "`peer_disconnected`", "`route_failed`", "Last-Event-ID", "`id:`"] {
             assert!(text.contains(name), "{name} missing: {text}");
         }
         let header = get["parameters"].as_array().unwrap().iter().find(|p| p["name"] == "Last-Event-ID").expect("the header");
         assert_eq!(header["in"], "header");
         let schemas = &spec["components"]["schemas"];
-        for (name, field) in [("ApplyEvent", "generation"), ("DriftRepairedEvent", "repaired"), ("PeerEvent", "peer_public_key")] {
+        for (name, field) in [
+            ("ApplyEvent", "generation"),
+            ("DriftRepairedEvent", "repaired"),
+            ("PeerEvent", "peer_public_key"),
+            ("RouteFailedEvent", "route"),
+        ] {
             assert!(schemas[name]["properties"][field].is_object(), "{name}: {}", schemas[name]);
         }
     }

@@ -40,3 +40,16 @@ pub struct PeerEvent {
     /// Unix seconds of its latest handshake (null if never or unknown).
     pub latest_handshake: Option<i64>,
 }
+
+/// `route_failed`: a raw route was left out of nginx because another
+/// process holds its port; the network's other routes, and every other
+/// network, are served. Sent when it is first left out; the pass's errors
+/// and `gateway_routes_failed` say so until the port is free and opened.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+pub struct RouteFailedEvent {
+    /// The network's listen port.
+    pub network: u16,
+    /// `tcp://PORT` or `udp://PORT`.
+    pub route: String,
+    pub error: String,
+}

@@ -12,8 +12,10 @@ impl Reconciler {
     /// Answers a dry run: what an apply of `request.desired` would do now.
     /// Only reads; run between passes, so it sees no half-done pass.
     pub async fn answer_dry_run(&self, request: DryRunRequest) {
-        let nginx = self.shared.nginx_files(&request.desired);
-        let (look, actions) = self.look_and_plan(Mode::Apply, &request.desired, &nginx).await;
+        // As an apply would: without the raw routes whose port another process holds.
+        let (nginx, left_out) = self.nginx_for(&request.desired);
+        let (mut look, actions) = self.look_and_plan(Mode::Apply, &request.desired, &nginx).await;
+        look.errors.extend(left_out.into_iter().map(|l| format!("network {}: {}: {}", l.network, l.route, l.error)));
         let response = describe(request.generation, &actions, look.errors, &request.desired);
         // The asker may have given up waiting: nothing to do then.
         let _ = request.answer.send(response);

@@ -8,7 +8,7 @@ mod wireguard;
 pub use iptables::{JUMPS, RuleSet, iptables_restore, rules};
 pub use nginx::{
     Listen, NginxFiles, NginxOptions, NginxSite, RawRoute, Route, SessionLimits, WorkerLimits, capacity_warning, nginx_http, nginx_stream,
-    parse_addresses,
+    parse_addresses, raw_listens,
 };
 pub use wireguard::wg_conf;
 

@@ -20,6 +20,8 @@ pub struct Route {
 /// Where nginx should send one raw port of the gateway host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawRoute {
+    /// The network whose route it is.
+    pub network: u16,
     pub transport: Transport,
     pub port: u16,
     pub upstream_name: String,
@@ -142,9 +144,26 @@ pub struct NginxFiles {
 
 impl NginxFiles {
     pub fn render(layout: &Layout, desired: &Desired, custom: &[CustomForwarding], options: &NginxOptions) -> Self {
-        let site = NginxSite::build(layout, desired, custom, options);
-        NginxFiles { stream: nginx_stream(&site), http: nginx_http(&site) }
+        Self::of(&NginxSite::build(layout, desired, custom, options))
     }
+
+    pub fn of(site: &NginxSite) -> Self {
+        NginxFiles { stream: nginx_stream(site), http: nginx_http(site) }
+    }
+}
+
+/// The raw ports (`listen ADDR:PORT[ udp]`) a stream file written by the
+/// gateway opens: what an nginx running it holds already.
+pub fn raw_listens(stream: &str) -> std::collections::BTreeSet<(Transport, u16)> {
+    let mut out = std::collections::BTreeSet::new();
+    for line in stream.lines().map(str::trim) {
+        let Some(rest) = line.strip_prefix("listen ").and_then(|l| l.strip_suffix(';')) else { continue };
+        let mut words = rest.split_whitespace();
+        let Some(Ok(addr)) = words.next().map(str::parse::<SocketAddr>) else { continue };
+        let transport = if words.any(|w| w == "udp") { Transport::Udp } else { Transport::Tcp };
+        out.insert((transport, addr.port()));
+    }
+    out
 }
 
 impl NginxSite {
@@ -171,7 +190,7 @@ impl NginxSite {
                     let upstream_name = format!("gateway_{}_{}_{port}", transport.name(), spec.port);
                     let servers = to_veth(ports, &r.upstreams);
                     let (proxy_protocol, limits) = (r.proxy_protocol, SessionLimits::DEFAULT);
-                    raw.push(RawRoute { transport, port: *port, upstream_name, servers, proxy_protocol, limits });
+                    raw.push(RawRoute { network: spec.port, transport, port: *port, upstream_name, servers, proxy_protocol, limits });
                 }
             }
         }

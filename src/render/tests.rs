@@ -187,6 +187,17 @@ fn every_raw_port_bounds_its_sessions_in_all_and_per_client() {
 }
 
 #[test]
+fn the_raw_ports_a_stream_file_opens_read_back() {
+    use crate::types::Transport::{Tcp, Udp};
+    let (_, site) = ingress_site();
+    let stream = nginx_stream(&site);
+    let mut want: std::collections::BTreeSet<_> = [(Tcp, 2222), (Tcp, 5432), (Udp, 27015)].into();
+    want.insert((Tcp, 443)); // the SNI server's [::]:443, never a raw port (validation keeps them apart)
+    assert_eq!(raw_listens(&stream), want);
+    assert!(raw_listens(HEADER).is_empty());
+}
+
+#[test]
 fn worker_limits_are_read_from_nginx_conf_with_nginx_defaults() {
     let debian = "user www-data;\nworker_processes auto;\npid /run/nginx.pid;\n# worker_connections 9;\nevents {\n\tworker_connections 768;\n\t# multi_accept on;\n}\n";
     assert_eq!(WorkerLimits::parse(debian), WorkerLimits { processes: None, connections: 768, rlimit_nofile: None });
