@@ -217,7 +217,7 @@ async fn a_route_unbindable_after_validation_fails_alone_and_the_rest_is_served(
     );
     assert_eq!((code, &body["error"]), (500, &json!("apply_failed")), "{body}");
     let messages: Vec<String> = problems(&body).into_iter().map(|(_, m)| m).collect();
-    assert_eq!(messages, [error.clone()], "only tenant A's route fails");
+    assert_eq!(messages, std::slice::from_ref(&error), "only tenant A's route fails");
     for host in ["new.app.test", "app.test"] {
         let (ok, out) = http_get(n, host);
         assert!(ok && out.contains(&format!("node-http host={host}")), "{host}: {out}");
