@@ -82,6 +82,21 @@ pub struct Args {
     /// API listen port (also read from ROCKET_PORT) [default: 8000].
     #[arg(long, env = "GATEWAY_PORT")]
     pub port: Option<u16>,
+    /// Serve the API over TLS with this certificate chain (PEM); with --api-tls-key.
+    #[arg(long, env = "GATEWAY_API_TLS_CERT", requires = "api_tls_key")]
+    pub api_tls_cert: Option<PathBuf>,
+    /// The TLS private key (PEM; only its owner may read it); with --api-tls-cert.
+    #[arg(long, env = "GATEWAY_API_TLS_KEY", requires = "api_tls_cert")]
+    pub api_tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM): mutual TLS; needs --api-tls-cert.
+    #[arg(long, env = "GATEWAY_API_CLIENT_CA", requires = "api_tls_cert")]
+    pub api_client_ca: Option<PathBuf>,
+    /// A connection must complete its TLS handshake and request head within this time, and is closed after this long without a byte either way. Keep it above 10s for the event stream (its heartbeat).
+    #[arg(long, env = "GATEWAY_API_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub api_timeout: Duration,
+    /// API connections open at once; one more is closed at once.
+    #[arg(long, env = "GATEWAY_API_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub api_max_connections: u32,
     /// Print the OpenAPI 3 spec as JSON and exit.
     #[arg(long)]
     pub openapi: bool,

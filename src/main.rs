@@ -84,9 +84,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "gateway serving the API"
     );
     let shared = daemon.shared.clone();
+    let front = open_api_socket(&args).await?;
     let mut reconciler = tokio::spawn(Reconciler::new(shared.clone()).await.run());
-    let rocket = gateway::api::rocket(daemon.shared, daemon.figment).ignite().await?;
+    let (listening, upstream) = tokio::sync::watch::channel(None);
+    let peers = std::sync::Arc::new(gateway::api::gate::Peers::default());
+    let rocket = gateway::api::rocket_behind_gate(daemon.shared, daemon.figment, peers.clone(), listening).ignite().await?;
     let shutdown = rocket.shutdown();
+    let limits = gateway::api::gate::Limits { timeout: args.api_timeout, max_connections: args.api_max_connections as usize };
+    let gate = tokio::spawn(gateway::api::gate::serve(front, upstream, limits, peers));
     let mut server = tokio::spawn(rocket.launch());
     let stopped = tokio::select! {
         signal = stop.recv() => {
@@ -105,6 +110,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     // In-flight requests get Rocket's grace period to be answered.
+    gate.abort();
     shutdown.notify();
     let _ = server.await;
     shared.store.pool.close().await;
@@ -127,6 +133,39 @@ fn termination_signals() -> anyhow::Result<tokio::sync::mpsc::Receiver<&'static 
         });
     }
     Ok(rx)
+}
+
+/// The API's public socket (TLS with `--api-tls-cert`), bound before
+/// anything runs so a port in use or a bad certificate stops the start.
+/// A socket beyond loopback without TLS gets one warning: the token would
+/// cross the network in clear text.
+async fn open_api_socket(args: &gateway::cli::Args) -> anyhow::Result<gateway::api::gate::Front> {
+    raise_open_files_limit();
+    let port = args.api_port().map_err(anyhow::Error::msg)?;
+    let tls = match (&args.api_tls_cert, &args.api_tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(gateway::api::gate::TlsFiles { cert: cert.clone(), key: key.clone(), client_ca: args.api_client_ca.clone() })
+        }
+        _ => None,
+    };
+    if tls.is_none() && !args.address.is_loopback() {
+        tracing::warn!(address = %args.address, "the API listens beyond loopback without TLS: tokens and private keys cross the network in clear text; set --api-tls-cert and --api-tls-key");
+    }
+    gateway::api::gate::bind(std::net::SocketAddr::new(args.address, port), tls.as_ref()).await
+}
+
+/// Each API connection holds up to three descriptors (client, and both
+/// ends of the private hop): lift the soft limit to the hard one, as the
+/// systemd unit's LimitNOFILE does.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit write and read only the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
 }
 
 /// SIGHUP reads the token files again (a rotation needs no restart).

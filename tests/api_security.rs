@@ -1,5 +1,7 @@
 //! The API's own security, against the binary itself: tokens rotated
-//! through a token file and SIGHUP with no restart. Needs no root.
+//! through a token file and SIGHUP with no restart, failed authentication
+//! logged, idle sockets closed and capped, TLS with and without client
+//! certificates (made with openssl here). Needs no root.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -14,15 +16,24 @@ struct Daemon {
     child: Child,
     log: PathBuf,
     port: u16,
+    /// `http://127.0.0.1:PORT`, or `https://localhost:PORT` with TLS.
+    base: String,
+    /// What curl needs for TLS (the CA, a client certificate).
+    tls: Vec<String>,
 }
 
 impl Daemon {
     fn start(dir: &Path, extra: &[&str]) -> Daemon {
+        Daemon::start_with(dir, "127.0.0.1", extra, None)
+    }
+
+    /// `tls`: the scheme is https and curl gets these options.
+    fn start_with(dir: &Path, address: &str, extra: &[&str], tls: Option<Vec<String>>) -> Daemon {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let log = dir.join(format!("daemon-{port}.log"));
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(BIN)
-            .args(["--address=127.0.0.1", "--wireguard-backend=userspace", "--netns-dir=/nonexistent", "--port", &port.to_string()])
+            .args(["--address", address, "--wireguard-backend=userspace", "--netns-dir=/nonexistent", "--port", &port.to_string()])
             .args(extra)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -31,7 +42,11 @@ impl Daemon {
             .stdin(Stdio::null())
             .spawn()
             .expect("gateway starts");
-        let mut d = Daemon { child, log, port };
+        let base = match tls {
+            Some(_) => format!("https://localhost:{port}"),
+            None => format!("http://127.0.0.1:{port}"),
+        };
+        let mut d = Daemon { child, log, port, base, tls: tls.unwrap_or_default() };
         d.wait_healthy();
         d
     }
@@ -42,7 +57,7 @@ impl Daemon {
 
     fn wait_healthy(&mut self) {
         let start = Instant::now();
-        while curl(&["-sf", &self.url("/health")]).0 != "200" {
+        while self.curl(&[&self.url("/health")]).0 != "200" {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("the daemon exited ({status}): {}", self.log());
             }
@@ -52,7 +67,14 @@ impl Daemon {
     }
 
     fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        format!("{}{path}", self.base)
+    }
+
+    /// curl with the daemon's TLS options.
+    fn curl(&self, args: &[&str]) -> (String, String) {
+        let mut all: Vec<&str> = self.tls.iter().map(String::as_str).collect();
+        all.extend(args);
+        curl(&all)
     }
 
     fn signal(&self, signal: i32) {
@@ -62,7 +84,7 @@ impl Daemon {
 
     /// The status code of GET `path` with `Token: token`.
     fn get(&self, path: &str, token: &str) -> String {
-        curl(&["-H", &format!("Token: {token}"), &self.url(path)]).0
+        self.curl(&["-H", &format!("Token: {token}"), &self.url(path)]).0
     }
 
     /// Waits until the log holds `needle` `times` times.
@@ -161,4 +183,123 @@ fn auth_failures_are_logged_rate_limited_and_counted() {
         let line = format!("gateway_api_auth_failures_total{{reason=\"{reason}\"}} {n}\n");
         assert!(metrics.contains(&line), "{line:?} not in {metrics}");
     }
+}
+
+/// Whether the server closed `s`: a read sees the end (or a reset).
+fn closed(s: &std::net::TcpStream) -> bool {
+    use std::io::Read;
+    s.set_nonblocking(true).unwrap();
+    let mut byte = [0u8; 1];
+    let mut reader = s;
+    match reader.read(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+    }
+}
+
+/// /health answered (by a fresh connection), and how long it took.
+fn health_time(d: &Daemon) -> Duration {
+    let start = Instant::now();
+    let (code, body) = d.curl(&[&d.url("/health")]);
+    assert_eq!(code, "200", "{body}: {}", d.log());
+    start.elapsed()
+}
+
+/// 500 sockets that send nothing (and one that sends half a request head)
+/// neither slow the API down nor stay open past --api-timeout.
+#[test]
+fn idle_sockets_do_not_block_the_api_and_are_closed_after_the_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), &["--token", "t", "--api-timeout", "4s"]);
+    let opened = Instant::now();
+    let idle: Vec<std::net::TcpStream> = (0..500).map(|_| std::net::TcpStream::connect(("127.0.0.1", d.port)).unwrap()).collect();
+    let mut slow = std::net::TcpStream::connect(("127.0.0.1", d.port)).unwrap();
+    let all_open = Instant::now();
+    std::io::Write::write_all(&mut slow, b"GET /api/v1/status.json HTTP/1.1\r\nHost: localhost\r\n").unwrap();
+    let slowest = (0..5).map(|_| health_time(&d)).max().unwrap();
+    assert!(slowest < Duration::from_secs(1), "/health took {slowest:?} with 501 idle sockets open");
+    assert!(opened.elapsed() < Duration::from_millis(3800), "the check ran before the timeout: {:?}", opened.elapsed());
+    assert!(idle.iter().all(|s| !closed(s)), "open before the timeout");
+    std::thread::sleep(Duration::from_millis(5500).saturating_sub(all_open.elapsed()));
+    let open = idle.iter().filter(|s| !closed(s)).count();
+    assert_eq!(open, 0, "{open} of 500 idle sockets still open 5.5 s after the last was opened (--api-timeout 4s)");
+    assert!(closed(&slow), "a request head still incomplete after the timeout is closed");
+    assert!(health_time(&d) < Duration::from_secs(1));
+}
+
+/// --api-max-connections: one more connection than the cap is closed at
+/// once; once the others are gone the API answers again.
+#[test]
+fn connections_beyond_the_cap_are_closed_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), &["--token", "t", "--api-max-connections", "3"]);
+    let held: Vec<std::net::TcpStream> = (0..3).map(|_| std::net::TcpStream::connect(("127.0.0.1", d.port)).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut extra = std::net::TcpStream::connect(("127.0.0.1", d.port)).unwrap();
+    extra.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut buf = [0u8; 1];
+    let read = std::io::Read::read(&mut extra, &mut buf);
+    assert!(matches!(read, Ok(0)) || read.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset), "{read:?}");
+    drop(held);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(health_time(&d) < Duration::from_secs(1));
+}
+
+/// Runs a shell command in `dir`; panics with its output if it fails.
+fn sh_in(dir: &Path, cmd: &str) {
+    let out = Command::new("sh").arg("-c").arg(cmd).current_dir(dir).output().expect("sh");
+    assert!(out.status.success(), "`{cmd}`: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A CA (`NAME-ca.pem`) and a certificate it signed (`CERT.pem`, `CERT.key`).
+fn make_certs(dir: &Path, ca: &str, cert: &str, cn: &str) {
+    let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+    if !dir.join(format!("{ca}-ca.pem")).exists() {
+        sh_in(dir, &format!("openssl req -x509 {ec} -keyout {ca}-ca.key -out {ca}-ca.pem -days 2 -subj /CN={ca}-ca"));
+    }
+    sh_in(dir, &format!("openssl req {ec} -keyout {cert}.key -out {cert}.csr -subj /CN={cn}"));
+    sh_in(dir, &format!("printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\n' > {cert}.ext"));
+    sh_in(
+        dir,
+        &format!(
+            "openssl x509 -req -in {cert}.csr -CA {ca}-ca.pem -CAkey {ca}-ca.key -CAcreateserial -out {cert}.pem -days 2 -extfile {cert}.ext"
+        ),
+    );
+    std::fs::set_permissions(dir.join(format!("{cert}.key")), std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// TLS with client certificates: a client with a certificate of the CA
+/// given to --api-client-ca gets its answer; one without a certificate, with
+/// one of another CA, or speaking plain HTTP gets none. Without
+/// --api-client-ca TLS needs no client certificate. A socket beyond
+/// loopback without TLS logs one warning; with TLS none.
+#[test]
+fn tls_with_and_without_a_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    make_certs(dir.path(), "test", "server", "localhost");
+    make_certs(dir.path(), "test", "client", "orchestrator");
+    make_certs(dir.path(), "other", "stranger", "orchestrator");
+    let (ca, server, server_key) = (p("test-ca.pem"), p("server.pem"), p("server.key"));
+    let with_cert = vec!["--cacert".into(), ca.clone(), "--cert".into(), p("client.pem"), "--key".into(), p("client.key")];
+    let tls = ["--token", "t", "--api-tls-cert", &server, "--api-tls-key", &server_key];
+    let mut mutual = tls.to_vec();
+    mutual.extend(["--api-client-ca", &ca]);
+    let d = Daemon::start_with(dir.path(), "127.0.0.1", &mutual, Some(with_cert));
+    assert_eq!(d.get("/api/v1/status.json", "t"), "200", "with the client certificate");
+    let status = d.url("/api/v1/status.json");
+    let without = curl(&["--cacert", &ca, "-H", "Token: t", &status]);
+    assert_eq!(without.0, "000", "no client certificate, no answer: {without:?}");
+    let stranger = curl(&["--cacert", &ca, "--cert", &p("stranger.pem"), "--key", &p("stranger.key"), "-H", "Token: t", &status]);
+    assert_eq!(stranger.0, "000", "a certificate of another CA, no answer: {stranger:?}");
+    let plain = curl(&["-H", "Token: t", &format!("http://127.0.0.1:{}/api/v1/status.json", d.port)]);
+    assert_eq!(plain.0, "000", "plain HTTP, no answer: {plain:?}");
+    assert!(!d.log().contains("without TLS"), "{}", d.log());
+
+    let d = Daemon::start_with(dir.path(), "0.0.0.0", &tls, Some(vec!["--cacert".into(), ca.clone()]));
+    assert_eq!(d.get("/api/v1/status.json", "t"), "200", "TLS alone needs no client certificate");
+    assert!(!d.log().contains("without TLS"), "{}", d.log());
+    let d = Daemon::start_with(dir.path(), "0.0.0.0", &["--token", "t"], None);
+    assert_eq!(d.log().matches("the API listens beyond loopback without TLS").count(), 1, "{}", d.log());
 }

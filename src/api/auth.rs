@@ -72,6 +72,15 @@ fn check(req: &Request<'_>, needed: Scope) -> Result<(), (Status, ApiError)> {
     let Some(shared) = req.rocket().state::<Arc<Shared>>() else {
         return Err((Status::InternalServerError, ApiError::Internal("no API state".into())));
     };
+    // Behind the gate, a request reaches Rocket only through it; one that
+    // came to the private port directly skipped TLS and the limits.
+    let client = match req.rocket().state::<Arc<super::gate::Peers>>() {
+        Some(peers) => match req.remote().and_then(|r| peers.client(r)) {
+            Some(c) => Some(c),
+            None => return Err((Status::MisdirectedRequest, ApiError::MisdirectedRequest)),
+        },
+        None => req.remote(),
+    };
     let tokens = shared.tokens();
     if tokens.is_open() {
         return match host_allowed(req.headers().get_one("Host"), shared.settings.api_address) {
@@ -86,7 +95,7 @@ fn check(req: &Request<'_>, needed: Scope) -> Result<(), (Status, ApiError)> {
     let reason = failure_reason(req, scope);
     shared.metrics.auth_failure(reason);
     if let Some(log) = req.rocket().state::<FailureLog>() {
-        log.note(req.remote(), reason);
+        log.note(client, reason);
     }
     match reason {
         "forbidden" => Err((Status::Forbidden, ApiError::Forbidden)),

@@ -15,7 +15,7 @@ use crate::model::{ErrorBody, ErrorDetail};
 
 const FORBIDDEN: &str = "this token may only read (status.json, traffic.json, /metrics, the event stream): config.json, which holds private keys, and every write need the admin token";
 
-const MISDIRECTED: &str = "the API has no token, so it answers only requests addressed to loopback (Host: localhost, 127.0.0.1, [::1]) or to its own address: set a token (--token) to use another name";
+const MISDIRECTED: &str = "not for this API: without a token it answers only requests addressed to loopback (Host: localhost, 127.0.0.1, [::1]) or to its own address (set a token, --token, to use another name), and only on its public address";
 const UNSUPPORTED_MEDIA_TYPE: &str = "a write needs `Content-Type: application/json`";
 
 #[derive(Debug, thiserror::Error)]

@@ -6,6 +6,7 @@ mod body;
 mod concurrency;
 mod error;
 mod events;
+pub mod gate;
 mod openapi;
 mod routes;
 
@@ -29,6 +30,25 @@ pub fn rocket(shared: Arc<Shared>, figment: rocket::figment::Figment) -> Rocket<
         .manage(auth::FailureLog::default())
         .mount("/", routes)
         .register("/", catchers![error::default_catcher])
+}
+
+/// The app as it runs behind the [`gate`]: on a private loopback port,
+/// one request per connection (so the gate sees every request head),
+/// telling `listening` its port once it listens.
+pub fn rocket_behind_gate(
+    shared: Arc<Shared>,
+    figment: rocket::figment::Figment,
+    peers: Arc<gate::Peers>,
+    listening: tokio::sync::watch::Sender<Option<std::net::SocketAddr>>,
+) -> Rocket<Build> {
+    let figment = figment.merge(("address", std::net::Ipv4Addr::LOCALHOST)).merge(("port", 0)).merge(("keep_alive", 0));
+    let listening = rocket::fairing::AdHoc::on_liftoff("gate", move |r| {
+        let addr = std::net::SocketAddr::new(r.config().address, r.config().port);
+        Box::pin(async move {
+            listening.send_replace(Some(addr));
+        })
+    });
+    rocket(shared, figment).manage(peers).attach(listening)
 }
 
 #[cfg(test)]
