@@ -16,9 +16,15 @@ cleanup() {
   [ -f "$dir/nginx.pid" ] && kill "$(cat "$dir/nginx.pid")" 2>/dev/null
   for p in 51820 51821; do ip netns del "network-$p" 2>/dev/null || true; done
   ip link del gwbr0 2>/dev/null || true
+  ip link del gwcapture0 2>/dev/null || true
   rm -rf "$dir"
 }
 trap cleanup EXIT
+# The peer endpoint of config.json is an address of this host (on a veth
+# pair of the script's own): WireGuard's keepalives stay on the machine.
+ip link add gwcapture0 type veth peer name gwcapture1
+ip addr add 10.254.0.7/32 dev gwcapture0
+ip link set gwcapture0 up && ip link set gwcapture1 up
 cat > "$dir/nginx.conf" <<CONF
 load_module /usr/lib/nginx/modules/ngx_stream_module.so;
 pid $dir/nginx.pid;
@@ -39,6 +45,7 @@ for p in 51820 51821; do
   # The netlink dumps and wireguard-go's answer the daemon reads itself.
   ip netns exec "network-$p" scripts/capture-netlink.py "$out/netlink-$p" "/var/run/wireguard/wg$p.sock"
   ip netns exec "network-$p" iptables-save | grep -v '^#' > "$out/iptables-save-$p.txt"
+  ip netns exec "network-$p" ip6tables-save | grep -v '^#' > "$out/ip6tables-save-$p.txt"
   ip netns exec "network-$p" sysctl -n -e net.ipv4.ip_forward net.ipv6.conf.all.forwarding \
     net.ipv4.conf.all.promote_secondaries > "$out/sysctl-$p.txt"
 done

@@ -196,6 +196,12 @@ pub struct Args {
     /// The `iptables-restore` program.
     #[arg(long, default_value = "iptables-restore", help_heading = "Tool paths")]
     pub iptables_restore_bin: String,
+    /// The `ip6tables-save` program (not used on a kernel without IPv6).
+    #[arg(long, env = "GATEWAY_IP6TABLES_SAVE_BIN", default_value = "ip6tables-save", help_heading = "Tool paths")]
+    pub ip6tables_save_bin: String,
+    /// The `ip6tables-restore` program (not used on a kernel without IPv6).
+    #[arg(long, env = "GATEWAY_IP6TABLES_RESTORE_BIN", default_value = "ip6tables-restore", help_heading = "Tool paths")]
+    pub ip6tables_restore_bin: String,
     /// The `sysctl` program.
     #[arg(long, default_value = "sysctl", help_heading = "Tool paths")]
     pub sysctl_bin: String,

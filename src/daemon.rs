@@ -280,6 +280,8 @@ fn system_from(args: &Args, runner: Runner, layout: Layout, backend: Backend, st
         wireguard_go: args.wireguard_go_bin.clone(),
         iptables_save: args.iptables_save_bin.clone(),
         iptables_restore: args.iptables_restore_bin.clone(),
+        ip6tables_save: args.ip6tables_save_bin.clone(),
+        ip6tables_restore: args.ip6tables_restore_bin.clone(),
         sysctl: args.sysctl_bin.clone(),
         nginx: args.nginx_bin.clone(),
     };
@@ -305,6 +307,7 @@ fn system_from(args: &Args, runner: Runner, layout: Layout, backend: Backend, st
         reader,
         journal: Arc::new(store.clone()),
         ports: Arc::new(crate::system::ports::KernelPorts),
+        ipv6: crate::system::kernel_has_ipv6(),
     }
 }
 

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
+use crate::render::{Family, Jump};
 use crate::types::{Cidr, PublicKey, SecretKey};
 
 /// One peer as `wg show IFACE dump` reports it.
@@ -41,13 +42,17 @@ pub struct Link {
     pub addresses: Vec<Cidr>,
 }
 
-/// The gateway's own rules as `iptables-save` prints them.
+/// The gateway's own rules as `iptables-save` and `ip6tables-save` print them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ObservedRules {
     pub nat: Vec<String>,
     pub filter: Vec<String>,
+    /// IPv6's filter; None where IPv6 rules are not read (a kernel without IPv6).
+    pub filter6: Option<Vec<String>>,
     /// Jumps (from `render::JUMPS`) present in the built-in chains.
-    pub jumps: BTreeSet<&'static str>,
+    pub jumps: BTreeSet<Jump>,
+    /// The families whose FORWARD policy is DROP.
+    pub forward_drop: BTreeSet<Family>,
 }
 
 /// What one network looks like inside its namespace.

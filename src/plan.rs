@@ -6,7 +6,7 @@ use std::fmt;
 
 use crate::layout::Layout;
 use crate::observed::{Link, Observed, ObservedNetwork, ObservedRules, WgDump, WgPeer};
-use crate::render::{self, NginxFiles};
+use crate::render::{self, Family, Jump, NginxFiles};
 use crate::spec::{Desired, NetworkSpec};
 use crate::types::{Cidr, PublicKey};
 
@@ -62,9 +62,11 @@ pub enum Action {
     AttachVeth(u16),
     UplinkUp(u16),
     SetForwarding(u16),
+    /// Both families' rules and FORWARD policies (`iptables-restore` and
+    /// `ip6tables-restore`), adding the jumps that are missing.
     SetRules {
         port: u16,
-        missing_jumps: Vec<&'static str>,
+        missing_jumps: Vec<Jump>,
     },
     /// Write nginx's files, check them, reload (or start) nginx.
     WriteNginx,
@@ -219,7 +221,10 @@ impl fmt::Display for Action {
             UplinkUp(_) => f.write_str("set the uplink up"),
             SetForwarding(_) => f.write_str("enable forwarding"),
             SetRules { missing_jumps, .. } if missing_jumps.is_empty() => f.write_str("replace the iptables rules"),
-            SetRules { missing_jumps, .. } => write!(f, "replace the iptables rules (add jumps from {})", missing_jumps.join(", ")),
+            SetRules { missing_jumps, .. } => {
+                let jumps: Vec<String> = missing_jumps.iter().map(ToString::to_string).collect();
+                write!(f, "replace the iptables rules (add jumps from {})", jumps.join(", "))
+            }
             WriteNginx => f.write_str("write the nginx files, check and reload nginx"),
             StartNginx => f.write_str("start nginx"),
             DeleteNetwork(_) => f.write_str("delete the network (interface, namespace, rules)"),
@@ -305,32 +310,41 @@ fn plan_uplink(actions: &mut Vec<Action>, layout: &Layout, port: u16, obs: &Obse
     diff_addresses(actions, port, Dev::Uplink, &link.addresses, &veth_addr);
 }
 
-/// Forwarding and the gateway's iptables chains inside the namespace.
-fn plan_namespace_settings(actions: &mut Vec<Action>, layout: &Layout, spec: &NetworkSpec, obs: &ObservedNetwork) {
-    let port = spec.port;
-    if !obs.forwarding {
-        actions.push(Action::SetForwarding(port));
-    }
+/// The gateway's chains and FORWARD policies, in both families (IPv6 where
+/// its rules were read), as the desired rules say.
+fn plan_rules(actions: &mut Vec<Action>, layout: &Layout, spec: &NetworkSpec, obs: &ObservedNetwork) {
     let Some(rules) = &obs.rules else { return };
     let want = render::rules(layout, spec);
-    let missing_jumps: Vec<&'static str> = render::JUMPS.iter().map(|j| j.1).filter(|j| !rules.jumps.contains(j)).collect();
-    if rules.nat != want.nat || rules.filter != want.filter || !missing_jumps.is_empty() {
-        actions.push(Action::SetRules { port, missing_jumps });
+    let families: Vec<Family> = [Family::Ipv4].into_iter().chain(rules.filter6.as_ref().map(|_| Family::Ipv6)).collect();
+    let missing_jumps: Vec<Jump> = render::JUMPS.into_iter().filter(|j| families.contains(&j.family) && !rules.jumps.contains(j)).collect();
+    let differ = rules.nat != want.nat
+        || rules.filter != want.filter
+        || rules.filter6.as_ref().is_some_and(|f| *f != want.filter)
+        || families.iter().any(|f| !rules.forward_drop.contains(f));
+    if differ || !missing_jumps.is_empty() {
+        actions.push(Action::SetRules { port: spec.port, missing_jumps });
     }
 }
 
 fn plan_network(actions: &mut Vec<Action>, layout: &Layout, spec: &NetworkSpec, observed: &Observed) {
-    // Nothing there yet: every rule is missing too.
-    let fresh = ObservedNetwork { rules: Some(ObservedRules::default()), ..Default::default() };
+    // Nothing there yet: every rule of both families is missing too.
+    let fresh = ObservedNetwork { rules: Some(ObservedRules { filter6: Some(Vec::new()), ..Default::default() }), ..Default::default() };
     let obs = if observed.namespaces.contains(&spec.port) {
         observed.networks.get(&spec.port).unwrap_or(&fresh)
     } else {
         actions.push(Action::CreateNamespace(spec.port));
         &fresh
     };
+    // The filter first (FORWARD policy DROP in both families), before any
+    // link can carry a packet into the namespace; forwarding last, once the
+    // filter and the links are there. A failing step stops the network's
+    // later ones, so forwarding is never on without the filter.
+    plan_rules(actions, layout, spec, obs);
     plan_wireguard(actions, spec, obs, observed);
     plan_uplink(actions, layout, spec.port, obs, observed);
-    plan_namespace_settings(actions, layout, spec, obs);
+    if !obs.forwarding {
+        actions.push(Action::SetForwarding(spec.port));
+    }
 }
 
 /// The bridge in the root namespace: there, up, with its address; another
@@ -419,7 +433,13 @@ pub fn converged_view(layout: &Layout, spec: &NetworkSpec) -> ObservedNetwork {
         wg_link: Some(Link { ifindex: 0, mtu: spec.mtu, up: true, addresses: spec.addresses.clone() }),
         uplink: Some(Link { ifindex: 0, mtu: 1500, up: true, addresses: vec![layout.veth_ns_addr(spec.port)] }),
         forwarding: true,
-        rules: Some(ObservedRules { nat: rules.nat, filter: rules.filter, jumps: render::JUMPS.iter().map(|j| j.1).collect() }),
+        rules: Some(ObservedRules {
+            nat: rules.nat,
+            filter6: Some(rules.filter.clone()),
+            filter: rules.filter,
+            jumps: render::JUMPS.into_iter().collect(),
+            forward_drop: [Family::Ipv4, Family::Ipv6].into(),
+        }),
         rules_generation: None,
         routes: spec.routes(),
         endpoints_changed: false,

@@ -49,6 +49,7 @@ pub fn converged_script() -> Script {
 pub fn converged_rules(mut script: Script) -> Script {
     for p in PORTS {
         script = script.on(&format!("network-{p} iptables-save"), Reply::ok(fixture(&format!("iptables-save-{p}.txt"))));
+        script = script.on(&format!("network-{p} ip6tables-save"), Reply::ok(fixture(&format!("ip6tables-save-{p}.txt"))));
     }
     script
 }
@@ -271,6 +272,7 @@ impl FakeHost {
             backend,
             journal: Arc::new(crate::system::intent::NoJournal),
             ports: self.ports.clone(),
+            ipv6: true,
         }
     }
 }

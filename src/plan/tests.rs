@@ -179,10 +179,31 @@ async fn observed_drift_of_each_kind_is_repaired() {
     check(
         "a jump gone",
         &|o| {
-            net(o).rules.as_mut().unwrap().jumps.remove("-A FORWARD -j GATEWAY-FORWARD");
+            net(o).rules.as_mut().unwrap().jumps.remove(&render::JUMPS[2]);
         },
-        vec![Action::SetRules { port: 51820, missing_jumps: vec!["-A FORWARD -j GATEWAY-FORWARD"] }],
+        vec![Action::SetRules { port: 51820, missing_jumps: vec![render::JUMPS[2]] }],
     );
+    check(
+        "the IPv6 jump gone",
+        &|o| {
+            net(o).rules.as_mut().unwrap().jumps.remove(&render::JUMPS[3]);
+        },
+        vec![Action::SetRules { port: 51820, missing_jumps: vec![render::JUMPS[3]] }],
+    );
+    check(
+        "an IPv6 FORWARD rule gone",
+        &|o| drop(net(o).rules.as_mut().unwrap().filter6.as_mut().unwrap().pop()),
+        vec![Action::SetRules { port: 51820, missing_jumps: vec![] }],
+    );
+    for family in [render::Family::Ipv4, render::Family::Ipv6] {
+        check(
+            &format!("FORWARD policy ACCEPT ({family:?})"),
+            &|o| {
+                net(o).rules.as_mut().unwrap().forward_drop.remove(&family);
+            },
+            vec![Action::SetRules { port: 51820, missing_jumps: vec![] }],
+        );
+    }
     check("forwarding off", &|o| net(o).forwarding = false, vec![Action::SetForwarding(51820)]);
     check("uplink down", &|o| net(o).uplink.as_mut().unwrap().up = false, vec![Action::UplinkUp(51820)]);
     check(
@@ -232,10 +253,16 @@ async fn cold_start_builds_everything_in_order() {
         assert_eq!(changes, &[WgChange::PrivateKey, WgChange::ListenPort].into_iter().chain(peers).collect::<Vec<_>>());
         assert!(at(Action::CreateNamespace(p)) < at(Action::CreateWg(p)));
         assert!(at(Action::CreateWg(p)) < at(Action::MoveWg(p)) && at(Action::MoveWg(p)) < configure);
+        // The filter (FORWARD policy DROP) before any link that could carry
+        // a packet in; forwarding after every other step of the network.
+        let rules = at(Action::SetRules { port: p, missing_jumps: render::JUMPS.to_vec() });
+        assert_eq!(rules, at(Action::CreateNamespace(p)) + 1, "{a:#?}");
+        let last = a.iter().rposition(|x| x.network() == Some(p)).unwrap();
+        assert_eq!(at(Action::SetForwarding(p)), last, "{a:#?}");
     }
     assert_eq!(a.last(), Some(&Action::WriteNginx));
     assert!(a.contains(&Action::AddRoute { port: 51820, cidr: cidr("192.168.7.0/24") }), "a LAN behind a peer is routed");
-    assert!(a.contains(&Action::SetRules { port: 51820, missing_jumps: render::JUMPS.map(|j| j.1).to_vec() }));
+    assert!(a.contains(&Action::SetRules { port: 51820, missing_jumps: render::JUMPS.to_vec() }));
 }
 
 /// A namespace file that holds no namespace (a crash inside `ip netns
@@ -384,7 +411,10 @@ fn actions_describe_themselves() {
         ),
         (Action::ConfigureWg(1, vec![WgChange::RemovePeer(k)]), format!("configure WireGuard: remove peer {PEER_A}")),
         (Action::SetRules { port: 1, missing_jumps: vec![] }, "replace the iptables rules".into()),
-        (Action::SetRules { port: 1, missing_jumps: vec!["PREROUTING"] }, "replace the iptables rules (add jumps from PREROUTING)".into()),
+        (
+            Action::SetRules { port: 1, missing_jumps: render::JUMPS[2..].to_vec() },
+            "replace the iptables rules (add jumps from -A FORWARD -j GATEWAY-FORWARD, -A FORWARD -j GATEWAY-FORWARD (IPv6))".into(),
+        ),
         (Action::WriteNginx, "write the nginx files, check and reload nginx".into()),
         (Action::CreateNamespace(1), "create the namespace".into()),
         (Action::DeleteNetwork(1), "delete the network (interface, namespace, rules)".into()),

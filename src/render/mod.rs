@@ -5,7 +5,7 @@ mod iptables;
 mod nginx;
 mod wireguard;
 
-pub use iptables::{JUMPS, RuleSet, iptables_restore, rules};
+pub use iptables::{FORWARD_POLICY, Family, JUMPS, Jump, RuleSet, iptables_restore, rules};
 pub use nginx::{
     Listen, NginxFiles, NginxOptions, NginxSite, RawRoute, Route, SessionLimits, WorkerLimits, capacity_warning, nginx_http, nginx_stream,
     parse_addresses, raw_listens,

@@ -105,8 +105,27 @@ fn golden_nginx() {
 fn golden_iptables() {
     let (d, _) = site();
     let rs = rules(&Layout::default(), &d.networks[&51820]);
-    golden("iptables-51820.rules", &iptables_restore(&rs, &JUMPS.map(|j| j.1)));
-    assert!(!iptables_restore(&rs, &[]).contains("-A PREROUTING"), "present jumps are not added again");
+    golden("iptables-51820.rules", &iptables_restore(&rs, Family::Ipv4, &JUMPS));
+    golden("ip6tables-51820.rules", &iptables_restore(&rs, Family::Ipv6, &JUMPS));
+    for family in [Family::Ipv4, Family::Ipv6] {
+        let text = iptables_restore(&rs, family, &[]);
+        assert!(!text.contains("-A PREROUTING") && !text.contains("-A FORWARD"), "present jumps are not added again: {text}");
+        assert!(text.contains("*filter\n:FORWARD DROP [0:0]\n"), "{family:?}: {text}");
+    }
+    let v4 = iptables_restore(&rs, Family::Ipv4, &JUMPS[3..]);
+    assert!(!v4.contains("-A FORWARD"), "an IPv6 jump is not added to IPv4: {v4}");
+}
+
+/// Only what comes from the bridge (nginx's ingress) is masqueraded:
+/// traffic between two nodes keeps its source address.
+#[test]
+fn only_ingress_from_the_bridge_is_masqueraded() {
+    let (d, _) = site();
+    let rs = rules(&Layout::default(), &d.networks[&51820]);
+    let snat: Vec<&String> = rs.nat.iter().filter(|l| l.starts_with("-A GATEWAY-SNAT")).collect();
+    assert_eq!(snat, ["-A GATEWAY-SNAT -s 10.199.0.0/16 -o wg51820 -j MASQUERADE"]);
+    let other = Layout::new("n-", "wg", "v", "br", "172.20.0.0/14", 20000).unwrap();
+    assert!(rules(&other, &d.networks[&51820]).nat.contains(&"-A GATEWAY-SNAT -s 172.20.0.0/14 -o wg51820 -j MASQUERADE".to_string()));
 }
 
 #[test]
@@ -157,7 +176,7 @@ fn golden_ingress() {
     let (d, site) = ingress_site();
     golden("nginx-stream-ingress.conf", &nginx_stream(&site));
     golden("nginx-http-dual-stack.conf", &nginx_http(&site));
-    golden("iptables-51820-raw.rules", &iptables_restore(&rules(&Layout::default(), &d.networks[&51820]), &[]));
+    golden("iptables-51820-raw.rules", &iptables_restore(&rules(&Layout::default(), &d.networks[&51820]), Family::Ipv4, &[]));
     let http = nginx_http(&site);
     assert_eq!(http.matches("ipv6only=on").count(), 1, "nginx takes listen options once per address: {http}");
     assert_eq!(http.matches("listen [::]:80").count(), site.http.len() + 1, "the routes and the gateway's catch-all");
@@ -288,7 +307,7 @@ fn raw_ports_and_their_dnat_rules_agree() {
 
 use std::net::{SocketAddr, SocketAddrV4};
 
-use crate::system::parse::parse_iptables_save;
+use crate::system::parse::parse_rules;
 use crate::system::wgread::parse_uapi;
 use crate::testing::{converged_desired, fixture};
 use crate::types::{Cidr, PublicKey, SecretKey};
@@ -384,22 +403,30 @@ fn wireguard_as_the_real_tool_reports_it_is_the_spec() {
 }
 
 /// The rules as rendered are, line for line and in order, what the real
-/// `iptables-save` printed after `iptables-restore` of the rendered text.
+/// `iptables-save` and `ip6tables-save` printed after `iptables-restore`
+/// and `ip6tables-restore` of the rendered text (scripts/capture-fixtures.sh).
 #[test]
 fn iptables_rules_as_the_real_tool_saves_them_are_the_rendered_ones() {
     let d = converged_desired();
     let layout = Layout::default();
     for (port, spec) in &d.networks {
         let want = rules(&layout, spec);
-        let saved = fixture(&format!("iptables-save-{port}.txt"));
-        let observed = parse_iptables_save(&saved);
+        let (saved, saved6) = (fixture(&format!("iptables-save-{port}.txt")), fixture(&format!("ip6tables-save-{port}.txt")));
+        let observed = parse_rules(&saved, Some(&saved6));
         assert_eq!((&observed.nat, &observed.filter), (&want.nat, &want.filter), "network {port}");
-        assert_eq!(observed.jumps, JUMPS.iter().map(|j| j.1).collect(), "network {port}");
-        let mut ours: Vec<&str> = saved.lines().filter(|l| l.contains("GATEWAY-")).filter(|l| l.starts_with("-A")).collect();
-        let mut rendered: Vec<&str> = JUMPS.iter().map(|j| j.1).chain(want.nat.iter().chain(&want.filter).map(String::as_str)).collect();
-        ours.sort();
-        rendered.sort();
-        assert_eq!(ours, rendered, "network {port}: nothing else of ours in the saved rules");
+        assert_eq!(observed.filter6.as_ref(), Some(&want.filter), "network {port}: IPv6 has the same filter");
+        assert_eq!(observed.jumps, JUMPS.into_iter().collect(), "network {port}");
+        assert_eq!(observed.forward_drop, [Family::Ipv4, Family::Ipv6].into(), "network {port}");
+        for (text, family) in [(&saved, Family::Ipv4), (&saved6, Family::Ipv6)] {
+            assert!(text.lines().any(|l| l == ":FORWARD DROP [0:0]"), "{family:?}: {text}");
+            let mut ours: Vec<&str> = text.lines().filter(|l| l.contains("GATEWAY-")).filter(|l| l.starts_with("-A")).collect();
+            let nat = if family == Family::Ipv4 { &want.nat[..] } else { &[] };
+            let jumps = JUMPS.iter().filter(|j| j.family == family).map(|j| j.rule);
+            let mut rendered: Vec<&str> = jumps.chain(nat.iter().chain(&want.filter).map(String::as_str)).collect();
+            ours.sort();
+            rendered.sort();
+            assert_eq!(ours, rendered, "network {port} {family:?}: nothing else of ours in the saved rules");
+        }
     }
 }
 
@@ -407,10 +434,13 @@ fn iptables_rules_as_the_real_tool_saves_them_are_the_rendered_ones() {
 fn iptables_restore_text_reads_back_as_the_rules() {
     let (d, _) = site();
     let rs = rules(&Layout::default(), &d.networks[&51820]);
-    let back = parse_iptables_save(&iptables_restore(&rs, &JUMPS.map(|j| j.1)));
-    assert_eq!((back.nat, back.filter), (rs.nat.clone(), rs.filter.clone()));
-    assert_eq!(back.jumps.len(), JUMPS.len());
-    assert!(parse_iptables_save(&iptables_restore(&rs, &[])).jumps.is_empty());
+    let (v4, v6) = (iptables_restore(&rs, Family::Ipv4, &JUMPS), iptables_restore(&rs, Family::Ipv6, &JUMPS));
+    let back = parse_rules(&v4, Some(&v6));
+    assert_eq!((&back.nat, &back.filter, back.filter6.as_ref()), (&rs.nat, &rs.filter, Some(&rs.filter)));
+    assert_eq!(back.jumps, JUMPS.into_iter().collect());
+    assert_eq!(back.forward_drop, [Family::Ipv4, Family::Ipv6].into());
+    let none = parse_rules(&iptables_restore(&rs, Family::Ipv4, &[]), Some(&iptables_restore(&rs, Family::Ipv6, &[])));
+    assert!(none.jumps.is_empty());
 }
 
 /// Upstream blocks of an nginx config: name -> servers (`down` ones left out).

@@ -10,7 +10,7 @@ use super::ops::Change;
 use super::{SysError, System};
 use crate::layout::VETH_NS_NAME;
 use crate::plan::{Action, Dev};
-use crate::render::{self, NginxFiles};
+use crate::render::{self, Family, Jump, NginxFiles};
 use crate::spec::{Desired, NetworkSpec};
 
 #[derive(Debug, Default, Clone)]
@@ -98,9 +98,7 @@ impl System {
             Action::AttachVeth(p) => self.attach_isolated(&l.veth_host(*p)).await,
             Action::UplinkUp(p) => self.link_up(Some(&l.netns(*p)), VETH_NS_NAME, None).await,
             Action::SetForwarding(p) => self.set_namespace_sysctls(&l.netns(*p)).await,
-            Action::SetRules { port, missing_jumps } => {
-                self.iptables_restore(&l.netns(*port), render::iptables_restore(&render::rules(l, spec(port)?), missing_jumps)).await
-            }
+            Action::SetRules { port, missing_jumps } => self.set_rules(*port, spec(port)?, missing_jumps).await,
             Action::DeleteNetwork(p) => self.delete_network(*p).await,
             Action::DeleteRootWg(p) => {
                 self.delete_link(None, &l.wg(*p)).await?;
@@ -113,6 +111,16 @@ impl System {
             }
             Action::StartNginx => self.start_nginx().await,
         }
+    }
+
+    /// Both families' rules; IPv6 first, so IPv4's (the ingress path) are
+    /// not replaced while IPv6's fail. Without IPv6 in the kernel, IPv4 alone.
+    async fn set_rules(&self, port: u16, spec: &NetworkSpec, missing_jumps: &[Jump]) -> Result<(), SysError> {
+        let (ns, rules) = (self.layout.netns(port), render::rules(&self.layout, spec));
+        if self.ipv6 {
+            self.iptables_restore(&ns, Family::Ipv6, render::iptables_restore(&rules, Family::Ipv6, missing_jumps)).await?;
+        }
+        self.iptables_restore(&ns, Family::Ipv4, render::iptables_restore(&rules, Family::Ipv4, missing_jumps)).await
     }
 
     /// Deletes the interface first, which makes wireguard-go exit now, not

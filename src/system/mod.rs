@@ -81,6 +81,8 @@ pub struct System {
     pub journal: Arc<dyn intent::Journal>,
     /// Whether the host's ports can be opened (scripted in unit tests).
     pub ports: Arc<dyn ports::PortProbe>,
+    /// The kernel has IPv6: namespaces get IPv6 rules (`ip6tables`) too.
+    pub ipv6: bool,
 }
 
 impl System {
@@ -103,6 +105,12 @@ impl System {
         }
         None
     }
+}
+
+/// Whether the kernel has IPv6 at all (it is not booted with
+/// `ipv6.disable=1`): then every namespace has IPv6 and needs its filter.
+pub fn kernel_has_ipv6() -> bool {
+    std::path::Path::new("/proc/sys/net/ipv6").exists()
 }
 
 /// Whether nginx could listen on IPv6 here: a socket bound to `[::]` (a

@@ -9,13 +9,14 @@ use std::collections::BTreeMap;
 
 use super::netlink::{parse_links, parse_routes};
 use super::nsread::{NsRaw, Target, WgRaw};
-use super::parse::parse_iptables_save;
+use super::parse::parse_rules;
 use super::procfs::{link_up, read_trimmed};
 use super::{Backend, SysError, System, wgread};
 use std::collections::BTreeSet;
 
 use crate::layout::{NAMESPACE_SYSCTLS, OWNED_ALIAS, VETH_NS_NAME};
 use crate::observed::{HostVeth, Observed, ObservedBridge, ObservedNetwork, ObservedRules};
+use crate::render::Family;
 
 impl System {
     /// Everything that costs no process: namespaces, root links, nginx files.
@@ -131,9 +132,12 @@ impl System {
             .collect()
     }
 
-    /// The gateway's rules in one network's namespace (one `iptables-save`).
+    /// The gateway's rules in one network's namespace: one `iptables-save`,
+    /// and one `ip6tables-save` where the kernel has IPv6.
     pub async fn observe_rules(&self, port: u16) -> Result<ObservedRules, SysError> {
-        Ok(parse_iptables_save(&self.iptables_save(&self.layout.netns(port)).await?))
+        let ns = self.layout.netns(port);
+        let v6 = if self.ipv6 { Some(self.iptables_save(&ns, Family::Ipv6).await?) } else { None };
+        Ok(parse_rules(&self.iptables_save(&ns, Family::Ipv4).await?, v6.as_deref()))
     }
 
     /// A full look into one network, rules included (one process).

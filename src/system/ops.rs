@@ -5,6 +5,7 @@
 use super::runner::{Cmd, FailureKind};
 use super::{SysError, System};
 use crate::layout::{NAMESPACE_SYSCTLS, OWNED_ALIAS};
+use crate::render::Family;
 use crate::types::Cidr;
 
 /// `add` or `del` for addresses and routes.
@@ -128,12 +129,21 @@ impl System {
         self.run(self.tools.in_netns(ns, &self.tools.sysctl, args)).await.map(drop)
     }
 
-    /// `iptables-restore --noflush` inside a namespace.
-    pub async fn iptables_restore(&self, ns: &str, text: String) -> Result<(), SysError> {
-        self.run(self.tools.in_netns(ns, &self.tools.iptables_restore, ["--noflush"]).stdin(text)).await.map(drop)
+    /// `iptables-restore --noflush` (or `ip6tables-restore`) inside a namespace.
+    pub async fn iptables_restore(&self, ns: &str, family: Family, text: String) -> Result<(), SysError> {
+        let program = match family {
+            Family::Ipv4 => &self.tools.iptables_restore,
+            Family::Ipv6 => &self.tools.ip6tables_restore,
+        };
+        self.run(self.tools.in_netns(ns, program, ["--noflush"]).stdin(text)).await.map(drop)
     }
 
-    pub async fn iptables_save(&self, ns: &str) -> Result<String, SysError> {
-        self.run(self.tools.in_netns(ns, &self.tools.iptables_save, Vec::<String>::new()).read_only()).await
+    /// `iptables-save` (or `ip6tables-save`) inside a namespace.
+    pub async fn iptables_save(&self, ns: &str, family: Family) -> Result<String, SysError> {
+        let program = match family {
+            Family::Ipv4 => &self.tools.iptables_save,
+            Family::Ipv6 => &self.tools.ip6tables_save,
+        };
+        self.run(self.tools.in_netns(ns, program, Vec::<String>::new()).read_only()).await
     }
 }

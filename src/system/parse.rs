@@ -3,13 +3,26 @@
 //! is read over netlink and parsed in `netlink` and `wgread`.
 
 use crate::observed::ObservedRules;
-use crate::render::JUMPS;
+use crate::render::{FORWARD_POLICY, Family, JUMPS};
 
-/// The gateway's chains and jumps from `iptables-save`; everything else
-/// (other tools' rules) is left out.
-pub fn parse_iptables_save(text: &str) -> ObservedRules {
+/// The gateway's chains, jumps and FORWARD policies from `iptables-save`
+/// (`v4`) and `ip6tables-save` (`v6`; None where IPv6 rules are not read,
+/// on a kernel without IPv6); everything else (other tools' rules) is left out.
+pub fn parse_rules(v4: &str, v6: Option<&str>) -> ObservedRules {
     let mut r = ObservedRules::default();
+    parse_family(v4, Family::Ipv4, &mut r);
+    if let Some(v6) = v6 {
+        parse_family(v6, Family::Ipv6, &mut r);
+    }
+    r
+}
+
+fn parse_family(text: &str, family: Family, r: &mut ObservedRules) {
     let mut table = "";
+    let filter = match family {
+        Family::Ipv4 => &mut r.filter,
+        Family::Ipv6 => r.filter6.insert(Vec::new()),
+    };
     for line in text.lines() {
         if let Some(t) = line.strip_prefix('*') {
             table = match t {
@@ -19,17 +32,18 @@ pub fn parse_iptables_save(text: &str) -> ObservedRules {
             };
             continue;
         }
-        if let Some((_, jump)) = JUMPS.iter().find(|(t, j)| *t == table && line == *j) {
-            r.jumps.insert(jump);
+        if let Some(j) = JUMPS.iter().find(|j| j.family == family && j.table == table && line == j.rule) {
+            r.jumps.insert(*j);
+        } else if table == "filter" && line.split(" [").next() == Some(FORWARD_POLICY) {
+            r.forward_drop.insert(family);
         } else if line.starts_with("-A GATEWAY-") {
-            match table {
-                "nat" => r.nat.push(line.to_string()),
-                "filter" => r.filter.push(line.to_string()),
+            match (table, family) {
+                ("nat", Family::Ipv4) => r.nat.push(line.to_string()),
+                ("filter", _) => filter.push(line.to_string()),
                 _ => {}
             }
         }
     }
-    r
 }
 
 #[cfg(test)]
@@ -40,10 +54,12 @@ mod tests {
 
     #[test]
     fn iptables_save_fixture() {
-        let r = parse_iptables_save(SAVE);
+        let r = parse_rules(SAVE, None);
         assert_eq!(r.jumps.len(), 3);
         assert_eq!(r.nat.len(), 2);
         assert_eq!(r.filter.len(), 4);
+        assert_eq!(r.filter6, None, "IPv6 not read");
+        assert!(r.forward_drop.is_empty(), "FORWARD ACCEPT there");
         assert!(r.nat.iter().all(|l| l.starts_with("-A GATEWAY-")));
         // A foreign rule in PREROUTING is not ours and not reported.
         assert!(!r.nat.iter().any(|l| l.contains("8.8.8.8")));

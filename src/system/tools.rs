@@ -14,6 +14,8 @@ pub struct Tools {
     pub wireguard_go: String,
     pub iptables_save: String,
     pub iptables_restore: String,
+    pub ip6tables_save: String,
+    pub ip6tables_restore: String,
     pub sysctl: String,
     pub nginx: String,
 }
@@ -26,6 +28,8 @@ impl Default for Tools {
             wireguard_go: "wireguard-go".into(),
             iptables_save: "iptables-save".into(),
             iptables_restore: "iptables-restore".into(),
+            ip6tables_save: "ip6tables-save".into(),
+            ip6tables_restore: "ip6tables-restore".into(),
             sysctl: "sysctl".into(),
             nginx: "nginx".into(),
         }
@@ -59,6 +63,8 @@ impl Tools {
             wireguard_go: r(self.wireguard_go),
             iptables_save: r(self.iptables_save),
             iptables_restore: r(self.iptables_restore),
+            ip6tables_save: r(self.ip6tables_save),
+            ip6tables_restore: r(self.ip6tables_restore),
             sysctl: r(self.sysctl),
             nginx: r(self.nginx),
         }

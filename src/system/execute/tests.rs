@@ -20,6 +20,7 @@ fn system(dir: &Path, runner: Runner) -> System {
         reader,
         journal,
         ports: std::sync::Arc::new(crate::testing::FakePorts::default()),
+        ipv6: true,
     }
 }
 
@@ -58,7 +59,13 @@ async fn kernel_backend_creates_in_the_root_namespace_then_moves() {
     position(&l, "ip -n network-51820 route replace 192.168.7.0/24 dev wg51820");
     position(&l, "ip link set gwv51820 master gwbr0 up");
     position(&l, "ip link set dev gwv51820 type bridge_slave isolated on");
-    position(&l, "ip netns exec network-51820 iptables-restore --noflush");
+    // The filter of both families right after the namespace, before any
+    // link exists; forwarding after everything else of the network.
+    let rules6 = position(&l, "ip netns exec network-51820 ip6tables-restore --noflush");
+    let rules = position(&l, "ip netns exec network-51820 iptables-restore --noflush");
+    let forwarding = l.iter().position(|x| x.starts_with("ip netns exec network-51820 sysctl ")).expect("forwarding set");
+    let last = l.iter().rposition(|x| x.contains("network-51820") || x.contains("gwv51820")).unwrap();
+    assert!(ns < rules6 && rules6 < rules && rules < create && forwarding == last, "{l:#?}");
     assert_eq!(report.changed.into_iter().collect::<Vec<_>>(), vec![51820, 51821]);
     assert_eq!(std::fs::read_to_string(dir.path().join("stream.conf")).unwrap(), "s", "nginx's files are written");
 }
@@ -212,4 +219,15 @@ async fn concurrent_apply_gives_the_sequential_result() {
         reports.push((r.changed, r.failed, r.errors, l));
     }
     assert_eq!(reports[0], reports[1], "the same commands and the same report, whatever the concurrency");
+}
+
+/// A kernel without IPv6 has no IPv6 filter to set: IPv4's alone.
+#[tokio::test]
+async fn without_ipv6_in_the_kernel_only_ipv4_rules_are_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = System { ipv6: false, ..system(dir.path(), Runner::dry_run()) };
+    let actions = [Action::SetRules { port: 51820, missing_jumps: crate::render::JUMPS.to_vec() }];
+    let report = s.execute(&actions, &sample_desired(), &nginx()).await;
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(lines(&s), ["ip netns exec network-51820 iptables-restore --noflush"]);
 }
