@@ -303,3 +303,26 @@ fn tls_with_and_without_a_client_certificate() {
     let d = Daemon::start_with(dir.path(), "0.0.0.0", &["--token", "t"], None);
     assert_eq!(d.log().matches("the API listens beyond loopback without TLS").count(), 1, "{}", d.log());
 }
+
+/// Rocket listens on a private loopback port behind the gate; a request
+/// sent there directly (skipping TLS, the timeouts and the cap) is refused.
+#[test]
+fn the_private_port_behind_the_gate_answers_nothing_but_health() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), &["--token", "t"]);
+    let out = Command::new("ss").args(["-Hltnp"]).output().expect("ss");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let pid = format!("pid={},", d.child.id());
+    let ports: Vec<u16> = text
+        .lines()
+        .filter(|l| l.contains(&pid))
+        .filter_map(|l| l.split_whitespace().nth(3)?.rsplit_once(':')?.1.parse().ok())
+        .filter(|p| *p != d.port)
+        .collect();
+    assert_eq!(ports.len(), 1, "one private port besides {}: {text}", d.port);
+    let private = format!("http://127.0.0.1:{}", ports[0]);
+    let (code, body) = curl(&["-H", "Token: t", &format!("{private}/api/v1/status.json")]);
+    assert_eq!(code, "421", "{body}");
+    assert!(body.contains("misdirected_request"), "{body}");
+    assert_eq!(d.get("/api/v1/status.json", "t"), "200", "through the gate");
+}
