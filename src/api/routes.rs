@@ -251,7 +251,7 @@ async fn traffic(
     let query = TrafficQuery { start, stop: now_unix(), step };
     crate::traffic::query(&state.store, &query).await.map(Json).map_err(|e| match e {
         QueryError::Store(e) => e.into(),
-        too_many @ QueryError::TooMany { .. } => ApiError::BadRequest(too_many.to_string()),
+        too_many @ (QueryError::TooMany { .. } | QueryError::TooManyForStep { .. }) => ApiError::BadRequest(too_many.to_string()),
     })
 }
 

@@ -62,6 +62,10 @@ pub enum QueryError {
     Store(#[from] StoreError),
     #[error("more than {limit} samples after start: ask for a later start, or for sums per bucket with step=SECONDS (e.g. step=3600)")]
     TooMany { limit: usize },
+    #[error(
+        "more than {limit} samples after start to sum per {step} s: ask for a later start, or for a step of whole hours (e.g. step=3600), summed from the hourly sums"
+    )]
+    TooManyForStep { limit: usize, step: u32 },
 }
 
 impl From<sqlx::Error> for QueryError {
@@ -74,7 +78,7 @@ impl From<sqlx::Error> for QueryError {
 pub async fn traffic(store: &Store, q: &TrafficQuery) -> Result<TrafficInfo, QueryError> {
     match q.step {
         None => per_sample(store, q.start, q.stop).await,
-        Some(step) => per_bucket(store, q.start, q.stop, step).await,
+        Some(step) => per_bucket(store, q.start, q.stop, step, MAX_SAMPLES).await,
     }
 }
 
@@ -88,15 +92,20 @@ async fn per_sample(store: &Store, start: i64, stop: i64) -> Result<TrafficInfo,
     per_sample_limited(store, start, stop, MAX_SAMPLES).await
 }
 
-async fn per_sample_limited(store: &Store, start: i64, stop: i64, limit: usize) -> Result<TrafficInfo, QueryError> {
-    // Counting stops past the limit: too big an answer is refused quickly.
+/// Whether more than `limit` samples are in `(start, stop]`. Counting stops
+/// past the limit: too big a read is refused quickly.
+async fn over_limit(store: &Store, start: i64, stop: i64, limit: usize) -> Result<bool, QueryError> {
     let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM (SELECT 1 FROM traffic_samples WHERE time > ?1 AND time <= ?2 LIMIT ?3)")
         .bind(start)
         .bind(stop)
         .bind(limit as i64 + 1)
         .fetch_one(&store.pool)
         .await?;
-    if count as usize > limit {
+    Ok(count as usize > limit)
+}
+
+async fn per_sample_limited(store: &Store, start: i64, stop: i64, limit: usize) -> Result<TrafficInfo, QueryError> {
+    if over_limit(store, start, stop, limit).await? {
         return Err(QueryError::TooMany { limit });
     }
     let rows = "SELECT peer, time || ':' || rx || ':' || tx AS entry FROM traffic_samples WHERE time > ?1 AND time <= ?2";
@@ -106,11 +115,15 @@ async fn per_sample_limited(store: &Store, start: i64, stop: i64, limit: usize) 
 }
 
 /// Sums per bucket: from the hourly sums when the step is whole hours,
-/// else from the samples; each peer's entries are put in their buckets here.
-async fn per_bucket(store: &Store, start: i64, stop: i64, step: Step) -> Result<TrafficInfo, QueryError> {
+/// else from the samples (every one of them read and packed, so at most
+/// `limit`, as without a step); each peer's entries are put in their
+/// buckets here.
+async fn per_bucket(store: &Store, start: i64, stop: i64, step: Step, limit: usize) -> Result<TrafficInfo, QueryError> {
     let from = start.div_euclid(step.secs()) * step.secs();
     let rows = if step.secs() % 3600 == 0 {
         "SELECT peer, entry FROM traffic_hourly WHERE hour > ?1 AND hour <= (?2 + 3599) / 3600 * 3600"
+    } else if over_limit(store, from, stop, limit).await? {
+        return Err(QueryError::TooManyForStep { limit, step: step.0 });
     } else {
         "SELECT peer, time || ':' || rx || ':' || tx AS entry FROM traffic_samples WHERE time > ?1 AND time <= ?2"
     };
@@ -211,6 +224,18 @@ mod tests {
         let err = per_sample_limited(&store, 0, i64::MAX, 6).await.unwrap_err();
         assert!(err.to_string().contains("more than 6 samples") && err.to_string().contains("step="), "{err}");
         assert!(per_sample_limited(&store, 0, i64::MAX, 7).await.is_ok(), "b's first tick, then 3 ticks x 2 peers");
+    }
+
+    /// Buckets summed from the samples (a step that is not whole hours) read
+    /// every sample: the same cap; whole hours come from the hourly sums.
+    #[tokio::test]
+    async fn too_many_samples_for_a_step_of_minutes_is_an_error_too() {
+        let store = Store::open(None).await.unwrap();
+        minutes(&store, 1_000_000, 3).await;
+        let err = per_bucket(&store, 0, i64::MAX, Step(60), 6).await.unwrap_err();
+        assert!(err.to_string().contains("more than 6 samples") && err.to_string().contains("step=3600"), "{err}");
+        assert!(per_bucket(&store, 0, i64::MAX, Step(60), 7).await.is_ok());
+        assert!(per_bucket(&store, 0, i64::MAX, Step(3600), 6).await.is_ok(), "hourly sums are not samples");
     }
 
     #[tokio::test]
