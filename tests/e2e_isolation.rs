@@ -143,9 +143,34 @@ fn udp_flood(n: &Names, port: u16, sessions: usize) {
     sh(&format!("ip netns exec {} python3 -c \"{script}\"", n.client_ns()));
 }
 
+/// The daemon's log lines (of every test of this binary: the subscriber is
+/// global), from the first call on.
+fn captured_log() -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    static LOG: std::sync::OnceLock<std::sync::Arc<std::sync::Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+    LOG.get_or_init(|| {
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Sink {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let sink = log.clone();
+        let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || Sink(sink.clone())).finish();
+        let _ = tracing::subscriber::set_global_default(subscriber);
+        log
+    })
+    .clone()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root: scripts/test.sh runs it with --include-ignored"]
 async fn a_udp_flood_on_one_tenants_port_leaves_another_tenants_https_answering() {
+    let log = captured_log();
     let t = node_topology(3);
     let n = &t.n;
     let udp = n.https_port() + 3;
@@ -155,8 +180,7 @@ async fn a_udp_flood_on_one_tenants_port_leaves_another_tenants_https_answering(
     // 256 worker connections, as a busy host has its few thousand.
     let mut cfg = network(&t, json!({ "https://app.test": ["10.80.0.2:443"] }));
     let (a_key, _) = genkey();
-    cfg[n.port(1).to_string()] =
-        json!({ "private_key": a_key, "address": ["10.81.0.1/24"], "proxy": { format!("udp://{udp}"): ["10.81.0.9:7001"] } });
+    cfg[n.port(1).to_string()] = json!({ "private_key": a_key, "address": ["10.81.0.1/24"], "proxy": { format!("udp://{udp}"): ["10.81.0.9:7001"], format!("tcp://{udp}"): ["10.81.0.9:7001"] } });
     let (code, body) = d.post(&cfg).await;
     assert_eq!((code, &body["result"]), (200, &json!("applied")), "{body}");
     let hp = n.https_port();
@@ -176,6 +200,18 @@ async fn a_udp_flood_on_one_tenants_port_leaves_another_tenants_https_answering(
     let veth = d.shared.system.layout.veth_ns_ip(n.port(1));
     let sessions = sh(&format!("ss -Hun dst {veth}")).lines().count();
     assert!((1..=32).contains(&sessions), "{sessions} sessions toward tenant A");
+    // The test's nginx (1 worker, 256 connections) cannot hold the bounded
+    // 512 sessions of each of tenant A's two ports: one warning line with
+    // the figures (this test is the only one of the binary with two).
+    let log = String::from_utf8_lossy(&log.lock().unwrap()).into_owned();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("but the 2 raw port(s) may hold 2048 (sessions x 2)")).collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    let figures = "nginx has 256 connections (1 worker(s) x min(worker_connections 256, open files ";
+    assert!(
+        lines[0].contains("WARN") && lines[0].contains(figures) && lines[0].contains("raise worker_connections to 2560 or more"),
+        "{}",
+        lines[0]
+    );
     d.stop().await;
 }
 
