@@ -86,8 +86,25 @@ if [ "${#missing[@]}" -gt 0 ]; then
   as_root apt-get update -qq
   # --no-remove: never take anything away from the host to make room (a
   # qemu-utils from backports, say, conflicts with bookworm's qemu-system).
-  as_root apt-get install -y -qq --no-install-recommends --no-remove "${missing[@]}" ||
-    die "could not install ${missing[*]} with apt-get without removing other packages (see above); install them to suit this machine and rerun"
+  if ! as_root apt-get install -y -qq --no-install-recommends --no-remove "${missing[@]}"; then
+    # A host whose qemu-utils is a backport (this kind of machine ships one)
+    # takes qemu-system from the same backports suite, added for this one
+    # install and taken away again; nothing installed is removed.
+    case "$(dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null)" in
+      *~bpo*) ;;
+      *) die "could not install ${missing[*]} with apt-get without removing other packages (see above); install them to suit this machine and rerun" ;;
+    esac
+    suite="$(sed -n 's/^VERSION_CODENAME=//p' /etc/os-release)-backports"
+    src=/etc/apt/sources.list.d/gateway-vm-test-backports.sources
+    echo "vm-test: qemu-utils is a backport: installing from $suite"
+    printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: %s\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' "$suite" |
+      as_root tee "$src" >/dev/null
+    ok=1
+    as_root apt-get update -qq && as_root apt-get install -y -qq --no-install-recommends --no-remove -t "$suite" "${missing[@]}" || ok=0
+    as_root rm -f "$src"
+    [ "$ok" = 1 ] ||
+      die "could not install ${missing[*]} from $suite without removing other packages (see above); install them to suit this machine and rerun"
+  fi
 fi
 QEMU=$(syspath qemu-system-x86_64) || die "qemu-system-x86_64 is still missing after installing qemu-system-x86"
 
