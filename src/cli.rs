@@ -76,8 +76,8 @@ pub struct Args {
     /// SQLite file (created 0600 if missing) holding the desired state and traffic. Default (or empty, or `:memory:`): in memory, lost on exit.
     #[arg(long, env = "GATEWAY_DATABASE")]
     pub database: Option<String>,
-    /// API listen address.
-    #[arg(long, env = "ROCKET_ADDRESS", default_value = "127.0.0.1")]
+    /// API listen address (also read from ROCKET_ADDRESS).
+    #[arg(long, env = "GATEWAY_ADDRESS", default_value = "127.0.0.1")]
     pub address: IpAddr,
     /// API listen port (also read from ROCKET_PORT) [default: 8000].
     #[arg(long, env = "GATEWAY_PORT")]
@@ -216,7 +216,65 @@ pub struct Args {
     pub wireguard_sock_dir: PathBuf,
 }
 
+/// Options that are actions, not settings: no variable stands for them.
+const ACTIONS: [&str; 3] = ["help", "version", "openapi"];
+
+/// Variables the daemon reads besides its options' (a test hook).
+const OTHER_VARIABLES: [&str; 1] = ["GATEWAY_FAULT"];
+
+/// The variable of option `--some-name`: `GATEWAY_SOME_NAME`.
+fn variable_of(id: &str) -> String {
+    format!("GATEWAY_{}", id.to_ascii_uppercase().replace('-', "_"))
+}
+
 impl Args {
+    /// The command line with a `GATEWAY_*` variable for every option that
+    /// does not name its own, so no setting is reachable only by argument
+    /// (`--help` lists each).
+    pub fn command_with_env() -> clap::Command {
+        use clap::CommandFactory;
+        Args::command().mut_args(|a| {
+            if a.get_env().is_some() || ACTIONS.contains(&a.get_id().as_str()) {
+                return a;
+            }
+            // clap keeps `&'static str`; the few names are made once per process.
+            let name: &'static str = Box::leak(variable_of(a.get_id().as_str()).into_boxed_str());
+            a.env(name)
+        })
+    }
+
+    /// Parses the command line and the environment as `main` does: every
+    /// option's `GATEWAY_*` variable, and `ROCKET_ADDRESS` when neither
+    /// `--address` nor `GATEWAY_ADDRESS` is given. Exits on an error.
+    pub fn parse_with_env() -> Args {
+        use clap::FromArgMatches;
+        let mut command = Args::command_with_env();
+        let matches = command.get_matches_mut();
+        let mut args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        if matches.value_source("address") == Some(clap::parser::ValueSource::DefaultValue) {
+            if let Ok(given) = std::env::var("ROCKET_ADDRESS") {
+                args.address = given.parse().unwrap_or_else(|_| {
+                    let message = format!("ROCKET_ADDRESS '{given}' is not an IP address (prefer --address or GATEWAY_ADDRESS)");
+                    command.error(clap::error::ErrorKind::ValueValidation, message).exit()
+                });
+            }
+        }
+        args
+    }
+
+    /// The `GATEWAY_*` variables of `vars` that no option reads (a typo, or
+    /// a setting of another version): worth one warning at start.
+    pub fn unknown_variables(vars: impl IntoIterator<Item = String>) -> Vec<String> {
+        let command = Args::command_with_env();
+        let known: Vec<String> = command.get_arguments().filter_map(|a| a.get_env()).map(|e| e.to_string_lossy().into_owned()).collect();
+        let mut unknown: Vec<String> = vars
+            .into_iter()
+            .filter(|v| v.starts_with("GATEWAY_") && !known.contains(v) && !OTHER_VARIABLES.contains(&v.as_str()))
+            .collect();
+        unknown.sort();
+        unknown
+    }
+
     /// Parses `argv` alone: no option is taken from the environment. For
     /// tests (and tools) that must not inherit a live gateway's
     /// `GATEWAY_TOKEN` or `GATEWAY_DATABASE` from the caller's shell.
@@ -290,5 +348,31 @@ mod tests {
         assert_eq!(a.https_listen, None, "both families unless given");
         assert_eq!((a.token, a.database, a.port), (None, None, None), "nothing from the caller's environment");
         assert!(Args::try_parse_args_only(["gateway", "--wireguard-backend", "magic"]).is_err());
+    }
+
+    #[test]
+    fn every_option_has_its_variable_and_unknown_ones_are_found() {
+        Args::command_with_env().debug_assert();
+        for a in Args::command_with_env().get_arguments() {
+            let id = a.get_id().as_str();
+            let env = a.get_env().map(|e| e.to_string_lossy().into_owned());
+            if ACTIONS.contains(&id) {
+                assert_eq!(env, None, "--{id} is an action");
+            } else {
+                assert_eq!(env, Some(variable_of(id)), "--{id}");
+            }
+        }
+        assert_eq!(variable_of("nginx_pid"), "GATEWAY_NGINX_PID");
+        let vars = [
+            "GATEWAY_RETENTION",
+            "GATEWAY_RETENTON",
+            "GATEWAY_TOKEN",
+            "GATEWAY_FAULT",
+            "HOME",
+            "GATEWAY_ADDRESS",
+            "ROCKET_PORT",
+            "GATEWAY_",
+        ];
+        assert_eq!(Args::unknown_variables(vars.map(String::from)), ["GATEWAY_", "GATEWAY_RETENTON"]);
     }
 }

@@ -1,4 +1,3 @@
-use clap::Parser;
 use gateway::cli::Args;
 use gateway::daemon::{Lifecycle, Shared, build};
 use gateway::reconcile::Reconciler;
@@ -7,11 +6,15 @@ use tracing_subscriber::EnvFilter;
 
 #[rocket::main]
 async fn main() -> std::process::ExitCode {
-    let args = Args::parse();
+    let args = Args::parse_with_env();
     if args.openapi {
         return print_openapi();
     }
     init_logging(&args.log_format);
+    let unknown = Args::unknown_variables(std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()));
+    if !unknown.is_empty() {
+        tracing::warn!(variables = %unknown.join(", "), "unknown GATEWAY_* variables are ignored: no option reads them (`gateway --help` lists each option's)");
+    }
     match run(args).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -419,3 +419,39 @@ async fn sigterm_during_a_slow_apply_finishes_the_pass_and_the_data_plane_stays(
     assert!(d.log().contains("did not finish within --shutdown-timeout"), "{}", d.log());
     let _ = post.join();
 }
+
+/// Every option is read from its `GATEWAY_*` variable (here the port and
+/// the retention, which had none), `ROCKET_ADDRESS` still works, and a
+/// `GATEWAY_*` variable no option reads is one warning line at start.
+#[test]
+fn options_come_from_their_variables_and_an_unknown_one_is_one_warning() {
+    let (status, _, stderr) = {
+        let out = gateway(&isolated(&[]), &[("GATEWAY_RETENTION", "forever")]).output().unwrap();
+        (out.status, String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    assert_eq!(status.code(), Some(2), "a bad GATEWAY_RETENTION is refused: {stderr}");
+    assert!(stderr.contains("forever") && stderr.contains("--retention"), "{stderr}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let env = [
+        ("GATEWAY_PORT", port.to_string()),
+        ("GATEWAY_RETENTION", "2h".into()),
+        ("GATEWAY_RETENTON", "1h".into()),
+        ("ROCKET_ADDRESS", "127.0.0.1".into()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut d = Process::start(&isolated(&[]), &env, dir.path().join("daemon.log"));
+    d.wait_healthy(port);
+    let log = d.log();
+    let warnings: Vec<&str> = log.lines().filter(|l| l.contains("unknown GATEWAY_* variables")).collect();
+    assert_eq!(warnings.len(), 1, "{log}");
+    assert!(warnings[0].contains("GATEWAY_RETENTON") && !warnings[0].contains("GATEWAY_RETENTION"), "{log}");
+    d.stop();
+    // Without --address, ROCKET_ADDRESS is read (and checked).
+    let bare = ["--wireguard-backend=userspace".to_string(), "--netns-dir=/nonexistent".to_string()];
+    let out = gateway(&bare, &[("ROCKET_ADDRESS", "not-an-ip")]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("ROCKET_ADDRESS 'not-an-ip'"), "{stderr}");
+}
