@@ -48,6 +48,17 @@ cleanup ""
 
 say "Installing system tools and building the gateway"
 scripts/install-deps.sh
+# The crate needs Rust 1.85 or newer (edition 2024); Debian's own rustc is older.
+need_rust() {
+  echo "demo: $1. Install Rust 1.85 or newer with rustup:" >&2
+  echo "  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y && . \"\$HOME/.cargo/env\"" >&2
+  exit 1
+}
+command -v cargo >/dev/null || need_rust "cargo is not installed (not on PATH)"
+rust=$(rustc --version 2>/dev/null | awk '{print $2}')
+case "$rust" in
+  1.[0-9].*|1.[0-7][0-9].*|1.8[0-4].*|"") need_rust "rustc ${rust:-is missing}: too old" ;;
+esac
 cargo build --release --locked -q
 BIN=${CARGO_TARGET_DIR:-target}/release/gateway
 
