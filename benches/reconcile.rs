@@ -78,6 +78,7 @@ fn main() {
         nginx_http: Some("h".into()),
         nginx_running: true,
         nginx_stale: false,
+        endpoints: Default::default(),
     };
     let nginx = NginxFiles { stream: "s".into(), http: "h".into() };
     assert!(plan(&desired, &observed, &layout, &nginx).is_empty());

@@ -12,10 +12,12 @@ use tokio::sync::{Mutex, Notify, watch};
 use crate::cli::Args;
 use crate::layout::Layout;
 use crate::metrics::Metrics;
+use crate::model::StoreFailure;
+use crate::model::events::StoreErrorEvent;
 use crate::observed::ObservedNetwork;
 use crate::render::{Listen, NginxFiles, NginxOptions, parse_addresses};
 use crate::spec::{CustomForwarding, Desired, parse_custom_forwardings};
-use crate::store::{ApplyRecord, Store};
+use crate::store::{ApplyRecord, Store, StoreError};
 use crate::system::{Backend, Runner, System, SystemPaths, Tools};
 use crate::traffic::Accounting;
 use crate::types::Cidr;
@@ -155,6 +157,10 @@ pub struct Shared {
     pub peers: PeerWatch,
     /// The API tokens in force (replaced whole on SIGHUP).
     tokens: std::sync::RwLock<Arc<TokenSet>>,
+    /// Each peer's last endpoint.
+    pub endpoints: crate::endpoints::EndpointMemory,
+    /// Writes to the database failing now, by operation.
+    store_failures: std::sync::Mutex<BTreeMap<&'static str, StoreFailure>>,
 }
 
 impl Shared {
@@ -184,6 +190,8 @@ impl Shared {
             accepted: std::sync::Mutex::new(None),
             events: Events::new(crate::events::BACKLOG, first_event_id()),
             peers: PeerWatch::new(settings_peer_timeout),
+            endpoints: Default::default(),
+            store_failures: std::sync::Mutex::default(),
             tokens: Default::default(),
         }
     }
@@ -211,6 +219,32 @@ impl Shared {
         }
     }
 
+    /// Records how a write to the database went. A failure is logged,
+    /// counted (`gateway_store_errors_total`), published (`store_error`) and
+    /// shown in status.json until the same operation next succeeds.
+    pub fn store_outcome<T>(&self, operation: &'static str, result: &Result<T, StoreError>) {
+        let mut failures = self.store_failures.lock().unwrap_or_else(|e| e.into_inner());
+        let Err(e) = result else {
+            if failures.remove(operation).is_some() {
+                tracing::info!(operation, "the database takes writes again");
+            }
+            return;
+        };
+        let (message, disk_full) = (e.to_string(), e.disk_full());
+        tracing::error!(operation, error = %message, disk_full, "a write to the database failed");
+        self.metrics.store_failed(operation);
+        let since = failures.get(operation).map_or_else(crate::clock::now_unix, |f| f.since);
+        failures.insert(operation, StoreFailure { message: message.clone(), disk_full, since });
+        drop(failures);
+        self.events.publish("store_error", &StoreErrorEvent { operation: operation.into(), message, disk_full });
+    }
+
+    /// The writes to the database failing now, by operation.
+    pub fn store_failures(&self) -> BTreeMap<String, StoreFailure> {
+        let failures = self.store_failures.lock().unwrap_or_else(|e| e.into_inner());
+        failures.iter().map(|(op, f)| (op.to_string(), f.clone())).collect()
+    }
+
     /// Keeps the validated form of generation `generation`.
     pub fn remember_accepted(&self, generation: i64, desired: Arc<Desired>) {
         let mut accepted = self.accepted.lock().unwrap_or_else(|e| e.into_inner());
@@ -229,6 +263,7 @@ impl Shared {
     /// stream which peers connected or disconnected since the last one.
     pub fn record_seen(&self, seen: Vec<(u16, SeenNetwork)>) {
         for (port, s) in &seen {
+            self.endpoints.observe(*port, s.network.as_ref());
             for (connected, event) in self.peers.observe(*port, s.observed_at, s.network.as_ref()) {
                 self.events.publish(if connected { "peer_connected" } else { "peer_disconnected" }, &event);
             }
@@ -390,7 +425,10 @@ pub async fn build(args: &Args, runner: Runner) -> anyhow::Result<Daemon> {
         shutdown_timeout: args.shutdown_timeout,
         peer_timeout: args.peer_timeout,
     };
-    let shared = Arc::new(Shared::new(store, system, settings, metrics, last, args.retention));
+    let endpoints = store.endpoints().await.context("reading the peers' last endpoints")?;
+    let mut shared = Shared::new(store, system, settings, metrics, last, args.retention);
+    shared.endpoints = crate::endpoints::EndpointMemory::new(endpoints);
+    let shared = Arc::new(shared);
     shared.set_tokens(tokens);
     // Not `Config::figment()`: that would let ROCKET_* variables and a
     // Rocket.toml in the working directory change the API behind the options.

@@ -12,13 +12,14 @@
 //! | decide | [`plan`] | pure: desired + observed → actions |
 //! | effect | [`system`] | the only layer that runs commands or touches system files: observe, execute |
 //! | persist | [`store`], [`traffic`], [`metrics`] | SQLite, traffic deltas, Prometheus |
-//! | run | [`events`], [`daemon`], [`reconcile`], [`status`] | the event stream; shared state and wiring; the reconcile loop; status.json |
+//! | run | [`events`], [`endpoints`], [`daemon`], [`reconcile`], [`status`] | the event stream; each peer's last endpoint; shared state and wiring; the reconcile loop; status.json |
 //! | serve | [`api`], [`cli`] | the HTTP API; the options |
 
 pub mod api;
 pub mod cli;
 pub mod clock;
 pub mod daemon;
+pub mod endpoints;
 pub mod events;
 pub mod layout;
 pub mod metrics;

@@ -60,6 +60,17 @@ pub struct GenerationLabels {
     pub kind: String,
 }
 
+/// What the daemon was writing to its database (see [`STORE_OPERATIONS`]).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    pub operation: String,
+}
+
+/// The writes to the database, as `gateway_store_errors_total` labels them:
+/// a POST/PATCH's new desired state, a pass's result, a traffic tick, the
+/// peers' last endpoints.
+pub const STORE_OPERATIONS: [&str; 4] = ["config", "apply_result", "traffic", "endpoints"];
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
     pub version: String,
@@ -94,6 +105,7 @@ pub struct Metrics {
     pub last_success: Gauge,
     pub poll_errors: Counter,
     pub poll_duration: Histogram,
+    store_errors: Family<OperationLabels, Counter>,
     /// Every command the runner ran (also those that could not start).
     commands_started: Counter,
     commands: Family<CommandLabels, Counter>,
@@ -131,6 +143,7 @@ impl Metrics {
             last_success: Gauge::default(),
             poll_errors: Counter::default(),
             poll_duration: pass_buckets(),
+            store_errors: Family::default(),
             commands_started: Counter::default(),
             commands: Family::default(),
             command_duration: Family::new_with_constructor(command_buckets),
@@ -146,6 +159,9 @@ impl Metrics {
         }
         for kind in ["desired", "applied"] {
             m.set_generation(kind, 0);
+        }
+        for operation in STORE_OPERATIONS {
+            let _ = m.store_errors.get_or_create(&OperationLabels { operation: operation.into() });
         }
         m
     }
@@ -193,6 +209,11 @@ impl Metrics {
             "poll_duration_seconds",
             "Duration of a traffic poll: reading every interface and storing the tick",
             self.poll_duration.clone(),
+        );
+        r.register(
+            "store_errors",
+            "Writes to the database that failed (e.g. its disk is full), by operation: config, apply_result, traffic, endpoints",
+            self.store_errors.clone(),
         );
         r.register("commands_started", "Processes the daemon started (every tool it runs; reads run none)", self.commands_started.clone());
         r.register("commands", "Commands the gateway ran, by program and result (ok, failed, timeout, not_started)", self.commands.clone());
@@ -249,6 +270,11 @@ impl Metrics {
     /// A pass that failed (also one that could not even start).
     pub fn pass_failed(&self, mode: &str) {
         self.apply_failures.get_or_create(&ModeLabels { mode: mode.into() }).inc();
+    }
+
+    /// A write to the database that failed.
+    pub fn store_failed(&self, operation: &str) {
+        self.store_errors.get_or_create(&OperationLabels { operation: operation.into() }).inc();
     }
 
     /// A peer read by the poll: its counters exist from now on (at 0, so the
@@ -341,6 +367,7 @@ mod tests {
         let text = m.encode().unwrap();
         assert!(text.contains(&format!("gateway_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"))), "{text}");
         assert!(text.contains(r#"gateway_apply_failures_total{mode="apply"} 0"#), "failures exist from the start: {text}");
+        assert!(text.contains(r#"gateway_store_errors_total{operation="traffic"} 0"#), "so do store errors: {text}");
         assert!(text.contains("# TYPE gateway_poll_duration_seconds histogram"), "{text}");
         assert!(text.contains("# TYPE gateway_drift_repairs counter"), "{text}");
         assert!(text.ends_with("# EOF\n"));
@@ -351,6 +378,9 @@ mod tests {
         assert!(text.contains(r#"gateway_apply_duration_seconds_count{mode="apply"} 1"#), "{text}");
         assert!(text.contains(r#"gateway_apply_failures_total{mode="drift"} 1"#), "{text}");
         assert!(text.contains("gateway_drift_repairs_total 3"), "{text}");
+        m.store_failed("config");
+        let text = m.encode().unwrap();
+        assert!(text.contains(r#"gateway_store_errors_total{operation="config"} 1"#), "{text}");
         assert!(!text.contains("gateway_last_successful_reconcile_timestamp_seconds 0\n"), "set by the good pass: {text}");
     }
 

@@ -348,6 +348,17 @@ pub struct LastApply {
     pub errors: Vec<String>,
 }
 
+/// A write to the database failing now (status.json's `store_errors`).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+pub struct StoreFailure {
+    /// The database's error.
+    pub message: String,
+    /// The disk the database is on is full.
+    pub disk_full: bool,
+    /// Unix seconds of the first failure since the operation last succeeded.
+    pub since: i64,
+}
+
 /// `GET /api/v1/status.json`: what is really on the system.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct StatusInfo {
@@ -357,6 +368,10 @@ pub struct StatusInfo {
     pub applied_generation: i64,
     pub last_apply: Option<LastApply>,
     pub nginx_running: bool,
+    /// Writes to the database failing now, by operation (`config`,
+    /// `apply_result`, `traffic`, `endpoints`): each is listed from its
+    /// first failure until it next succeeds. Empty while every write succeeds.
+    pub store_errors: BTreeMap<String, StoreFailure>,
     /// Keyed by listen port.
     pub networks: BTreeMap<String, NetworkStatus>,
 }

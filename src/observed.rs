@@ -9,7 +9,7 @@ use crate::render::{Family, Jump};
 use crate::types::{Cidr, PublicKey, SecretKey};
 
 /// One peer as `wg show IFACE dump` reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WgPeer {
     pub preshared_key: Option<SecretKey>,
     pub endpoint: Option<SocketAddr>,
@@ -123,4 +123,7 @@ pub struct Observed {
     /// nginx runs with older files than those on disk (looked at only when
     /// no pass has confirmed what it runs: see `reconcile`).
     pub nginx_stale: bool,
+    /// Each peer's last endpoint the daemon saw, by network (see
+    /// `endpoints`): a WireGuard interface built anew gets them back.
+    pub endpoints: crate::endpoints::Endpoints,
 }

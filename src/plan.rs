@@ -39,6 +39,14 @@ pub enum Action {
         port: u16,
         mtu: u32,
     },
+    /// A WireGuard interface built anew (it knows no endpoint): set each
+    /// peer's last endpoint the daemon saw (or the configured one) and send
+    /// it one keepalive, so it answers now rather than at its next
+    /// handshake timer. Runs once the interface is up.
+    KickPeers {
+        port: u16,
+        peers: Vec<(PublicKey, std::net::SocketAddr)>,
+    },
     AddAddress {
         port: u16,
         dev: Dev,
@@ -83,6 +91,7 @@ impl Action {
     pub fn label(&self) -> String {
         match self {
             Action::ConfigureWg(port, _) => format!("ConfigureWg({port})"),
+            Action::KickPeers { port, peers } => format!("KickPeers({port}, {} peers)", peers.len()),
             other => format!("{other:?}"),
         }
     }
@@ -108,7 +117,8 @@ impl Action {
             | DelAddress { port, .. }
             | AddRoute { port, .. }
             | DelRoute { port, .. }
-            | SetRules { port, .. } => Some(*port),
+            | SetRules { port, .. }
+            | KickPeers { port, .. } => Some(*port),
             CreateBridge | AddBridgeAddress(_) | DelBridgeAddress(_) | BridgeUp | WriteNginx | StartNginx | DeleteBridge => None,
         }
     }
@@ -212,6 +222,10 @@ impl fmt::Display for Action {
                 write!(f, "configure WireGuard: {}", changes.join(", "))
             }
             SetWgLink { mtu, .. } => write!(f, "set mtu {mtu} and up"),
+            KickPeers { peers, .. } => {
+                let endpoints: Vec<String> = peers.iter().map(|(_, e)| e.to_string()).collect();
+                write!(f, "send a keepalive to the peers' last endpoints ({})", endpoints.join(", "))
+            }
             AddAddress { dev: d, cidr, .. } => write!(f, "add address {cidr} to {}", dev(d)),
             DelAddress { dev: d, cidr, .. } => write!(f, "remove address {cidr} from {}", dev(d)),
             AddRoute { cidr, .. } => write!(f, "add route {cidr} through WireGuard"),
@@ -268,6 +282,10 @@ fn plan_wireguard(actions: &mut Vec<Action>, spec: &NetworkSpec, obs: &ObservedN
         actions.push(Action::SetWgLink { port, mtu: spec.mtu });
         diff_addresses(actions, port, Dev::Wg, &[], &spec.addresses);
         diff_routes(actions, port, &[], &spec.routes());
+        let peers = peers_to_kick(spec, observed.endpoints.get(&port));
+        if !peers.is_empty() {
+            actions.push(Action::KickPeers { port, peers });
+        }
         return;
     };
     let mut changes = match &obs.wg {
@@ -285,6 +303,17 @@ fn plan_wireguard(actions: &mut Vec<Action>, spec: &NetworkSpec, obs: &ObservedN
     }
     diff_addresses(actions, port, Dev::Wg, &link.addresses, &spec.addresses);
     diff_routes(actions, port, &obs.routes, &spec.routes());
+}
+
+/// The peers of a network built anew that the daemon saw before, with the
+/// endpoint to reach them at: the configured one (it takes precedence),
+/// else the last one seen. A first build knows none, so kicks nobody.
+fn peers_to_kick(
+    spec: &NetworkSpec,
+    last: Option<&std::collections::BTreeMap<PublicKey, std::net::SocketAddr>>,
+) -> Vec<(PublicKey, std::net::SocketAddr)> {
+    let Some(last) = last else { return Vec::new() };
+    spec.peers.iter().filter_map(|(key, p)| last.get(key).map(|seen| (*key, p.endpoint.unwrap_or(*seen)))).collect()
 }
 
 /// The veth to the bridge: its root end attached to the bridge as an

@@ -233,9 +233,10 @@ impl Reconciler {
         }
         let span = tracing::info_span!("pass", mode = mode.name(), generation);
         let outcome = self.pass(mode, generation, desired).instrument(span).await;
-        if let Err(e) = self.shared.store.save_apply(&outcome.record).await {
-            tracing::error!(error = %e, "cannot record the apply result");
-        }
+        // Published whether or not it could be recorded: a POST waiting for
+        // it gets its answer, and status.json shows it, either way.
+        let recorded = self.shared.store.save_apply(&outcome.record).await;
+        self.shared.store_outcome("apply_result", &recorded);
         self.shared.finished.send_replace(Some(outcome.record.clone()));
         self.announce_pass(mode, &outcome.record);
         Some(outcome)
@@ -288,11 +289,29 @@ impl Reconciler {
         self.isolate_nginx_faults(&desired, &mut report, left_out).await;
         self.remember(&desired, &report, &look);
         self.publish(&look, &report, &desired).await;
+        self.keep_endpoints(&desired).await;
         if mode == Mode::Drift {
             self.drift_checks += 1;
             self.announce_repairs(&actions, &report);
         }
         self.finish(PassInfo { mode, generation, start, actions: actions.len() }, look, report, &desired)
+    }
+
+    /// Stores the endpoints seen since the last pass (none: nothing is
+    /// written), forgetting those of peers no longer desired. A failed
+    /// write is reported and tried again after the next pass.
+    async fn keep_endpoints(&self, desired: &Desired) {
+        let shared = &self.shared;
+        shared.endpoints.retain(|port, key| desired.networks.get(&port).is_some_and(|s| s.peers.contains_key(key)));
+        let changes = shared.endpoints.take_changes();
+        if changes.is_empty() {
+            return;
+        }
+        let stored = shared.store.save_endpoints(&changes, now_unix()).await;
+        shared.store_outcome("endpoints", &stored);
+        if stored.is_err() {
+            shared.endpoints.restore_changes(changes);
+        }
     }
 
     /// Looks at the system and plans, reading only: what a pass does before
@@ -341,7 +360,8 @@ impl Reconciler {
         }
         if !look.dumps.is_empty() || mode == Mode::Drift {
             let complete = mode == Mode::Drift && look.unreadable.is_empty() && !look.partial_read;
-            shared.accounting.record_tick(&shared.store, &shared.metrics, &look.dumps, complete).await;
+            let stored = shared.accounting.record_tick(&shared.store, &shared.metrics, &look.dumps, complete).await;
+            shared.store_outcome("traffic", &stored);
         }
     }
 

@@ -21,7 +21,9 @@ pub const REFRESH_WAIT: Duration = Duration::from_millis(50);
 
 pub async fn collect(shared: &Arc<Shared>) -> Result<StatusInfo, StoreError> {
     let (generation, ports) = shared.store.desired_ports().await?;
-    let last = shared.store.last_apply().await?;
+    // The latest pass, also when its record could not be stored (a full
+    // disk): the stored one until the first pass of this run.
+    let last = shared.finished.borrow().clone();
     if shared.seen.due() {
         let refreshed = shared.seen.refreshed.notified();
         start_refresh(shared);
@@ -48,6 +50,7 @@ pub async fn collect(shared: &Arc<Shared>) -> Result<StatusInfo, StoreError> {
         applied_generation: last.as_ref().map(|r| r.applied_generation).unwrap_or(0),
         last_apply: last.map(last_apply),
         nginx_running: shared.system.nginx_master().is_some(),
+        store_errors: shared.store_failures(),
         networks,
     })
 }

@@ -30,6 +30,14 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The database's disk is full (`SQLITE_FULL`): nothing was written.
+    pub fn disk_full(&self) -> bool {
+        const SQLITE_FULL: i32 = 13;
+        let StoreError::Db(sqlx::Error::Database(e)) = self else { return false };
+        // The code is SQLite's extended result code: its low byte is the primary one.
+        e.code().and_then(|c| c.parse::<i32>().ok()).is_some_and(|c| c & 0xff == SQLITE_FULL)
+    }
+
     /// The error as one sentence about `path`, without the repetitions of
     /// nested sources (for the one line printed when the daemon cannot start).
     fn opening(self, path: &str) -> StoreError {
@@ -204,9 +212,14 @@ impl Store {
         Ok((r.try_get(0)?, ports))
     }
 
-    /// Stores a new desired state and returns its generation.
+    /// Stores a new desired state and returns its generation. In an
+    /// explicit transaction: `fetch_one` returns with the first row, before
+    /// the statement ends, so in autocommit mode a commit that then failed
+    /// (a full disk) went unnoticed and the caller waited for a generation
+    /// that was never stored.
     pub async fn save_desired(&self, config: &GatewayConfig, now: i64) -> Result<i64, StoreError> {
         let text = serde_json::to_string(config).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let row = sqlx::query(
             "INSERT INTO desired_state (id, generation, config, accepted_at) VALUES (1, 1, ?1, ?2)
              ON CONFLICT (id) DO UPDATE SET generation = generation + 1, config = ?1, accepted_at = ?2
@@ -214,9 +227,11 @@ impl Store {
         )
         .bind(text)
         .bind(now)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await?;
-        Ok(row.try_get(0)?)
+        let generation = row.try_get(0)?;
+        tx.commit().await?;
+        Ok(generation)
     }
 
     pub async fn save_apply(&self, r: &ApplyRecord) -> Result<(), StoreError> {
@@ -254,6 +269,47 @@ impl Store {
             duration_ms: r.try_get::<i64, _>("duration_ms")? as u64,
             changed: serde_json::from_str(&r.try_get::<String, _>("changed")?).unwrap_or_default(),
         }))
+    }
+}
+
+impl Store {
+    /// Each peer's last endpoint (see `endpoints`); rows that do not parse
+    /// (none are written so) are skipped.
+    pub async fn endpoints(&self) -> Result<crate::endpoints::Endpoints, StoreError> {
+        let mut known = crate::endpoints::Endpoints::new();
+        for row in sqlx::query("SELECT network, peer_key, endpoint FROM peer_endpoints").fetch_all(&self.pool).await? {
+            let port = u16::try_from(row.try_get::<i64, _>(0)?).ok();
+            let key = row.try_get::<String, _>(1)?.parse().ok();
+            let endpoint = row.try_get::<String, _>(2)?.parse().ok();
+            if let (Some(port), Some(key), Some(endpoint)) = (port, key, endpoint) {
+                known.entry(port).or_default().insert(key, endpoint);
+            }
+        }
+        Ok(known)
+    }
+
+    /// Stores changed endpoints (`None`: forget the peer's), in one transaction.
+    pub async fn save_endpoints(
+        &self,
+        changes: &std::collections::BTreeMap<(u16, crate::types::PublicKey), Option<std::net::SocketAddr>>,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        for ((port, key), endpoint) in changes {
+            let q = match endpoint {
+                Some(e) => sqlx::query("INSERT OR REPLACE INTO peer_endpoints (network, peer_key, endpoint, seen_at) VALUES (?, ?, ?, ?)")
+                    .bind(i64::from(*port))
+                    .bind(key.to_string())
+                    .bind(e.to_string())
+                    .bind(now),
+                None => sqlx::query("DELETE FROM peer_endpoints WHERE network = ? AND peer_key = ?")
+                    .bind(i64::from(*port))
+                    .bind(key.to_string()),
+            };
+            q.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 }
 
@@ -351,6 +407,29 @@ mod tests {
         let s = Store::open(Some(path)).await.unwrap();
         let (g, c) = s.desired().await.unwrap();
         assert_eq!((g, c), (3, cfg));
+    }
+
+    #[tokio::test]
+    async fn a_full_database_is_told_apart_from_other_errors() {
+        let s = Store::open(None).await.unwrap();
+        let pages: i64 = sqlx::query_scalar("PRAGMA page_count").fetch_one(&s.pool).await.unwrap();
+        sqlx::query(&format!("PRAGMA max_page_count = {pages}")).execute(&s.pool).await.unwrap();
+        let insert = "INSERT INTO link_intents (name, kind, network, created_at) VALUES (?, 'veth', NULL, 0)";
+        let full = StoreError::from(sqlx::query(insert).bind("x".repeat(100_000)).execute(&s.pool).await.unwrap_err());
+        assert!(full.disk_full(), "{full}");
+        let other = StoreError::from(sqlx::query("INSERT INTO nowhere VALUES (1)").execute(&s.pool).await.unwrap_err());
+        assert!(!other.disk_full(), "{other}");
+    }
+
+    #[tokio::test]
+    async fn endpoints_roundtrip() {
+        let s = Store::open(None).await.unwrap();
+        let (a, b) = (crate::types::PublicKey::from_bytes([1; 32]), crate::types::PublicKey::from_bytes([2; 32]));
+        let e: std::net::SocketAddr = "[2001:db8::1]:51820".parse().unwrap();
+        let changes = std::collections::BTreeMap::from([((51820, a), Some(e)), ((51820, b), Some("192.0.2.1:1".parse().unwrap()))]);
+        s.save_endpoints(&changes, 1).await.unwrap();
+        s.save_endpoints(&std::collections::BTreeMap::from([((51820, b), None)]), 2).await.unwrap();
+        assert_eq!(s.endpoints().await.unwrap(), crate::endpoints::Endpoints::from([(51820, [(a, e)].into())]));
     }
 
     #[tokio::test]

@@ -134,15 +134,23 @@ impl Accounting {
     }
 
     /// Stores one tick's deltas in one transaction; errors are logged and
-    /// counted, and the next tick simply tries again.
-    pub async fn record_tick(&self, store: &Store, metrics: &Metrics, interfaces: &BTreeMap<u16, InterfaceReading>, complete: bool) {
+    /// counted, and returned for the caller to report; the next tick simply
+    /// tries again.
+    pub async fn record_tick(
+        &self,
+        store: &Store,
+        metrics: &Metrics,
+        interfaces: &BTreeMap<u16, InterfaceReading>,
+        complete: bool,
+    ) -> Result<(), StoreError> {
         let start = Instant::now();
         // Counters are kept per listen port (an interface's identity across
         // a key rotation); samples are reported per public key.
         let networks_read: Vec<String> = interfaces.iter().filter(|(_, i)| !i.partial).map(|(p, _)| p.to_string()).collect();
         let complete = complete && interfaces.values().all(|i| !i.partial);
         let readings = readings_of(interfaces, metrics);
-        match store_tick(store, &networks_read, complete, readings, now_unix(), self.retention).await {
+        let stored = store_tick(store, &networks_read, complete, readings, now_unix(), self.retention).await;
+        match &stored {
             Ok(writes) => {
                 for s in &writes.samples {
                     metrics.count_traffic(&s.network, &s.peer_key, s.rx, s.tx);
@@ -156,6 +164,7 @@ impl Accounting {
         }
         let seen = interfaces.iter().map(|(port, i)| (port.to_string(), i.dump.peers.keys().map(ToString::to_string).collect())).collect();
         metrics.forget_peers(&seen, complete);
+        stored.map(drop)
     }
 }
 
@@ -464,6 +473,27 @@ mod tests {
         store.save_apply(&crate::store::ApplyRecord { generation: 1, ..Default::default() }).await.expect("and so is an apply record");
         let info = traffic_since(&store, 100, 300).await.unwrap();
         assert_eq!(info.traffic, Traffic { rx: 5, tx: 0 }, "counted from the counters the rolled back transaction did not change");
+    }
+
+    /// Measures what a day of traffic costs on disk (README: "the size per
+    /// peer per day"): 100 peers busy at every tick of a 60 s watchdog for a
+    /// day, then the file's size. By hand:
+    /// `cargo test --lib store_size_per_peer_per_day -- --ignored --nocapture`.
+    #[tokio::test]
+    #[ignore = "a measurement (about a minute), run by hand"]
+    async fn store_size_per_peer_per_day() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("size.db");
+        let store = Store::open(Some(path.to_str().unwrap())).await.unwrap();
+        let (peers, day, read) = (100u64, Duration::from_secs(86400), ["51820".to_string()]);
+        let empty = std::fs::metadata(&path).unwrap().len();
+        for tick in 1..=1440u64 {
+            let readings = (0..peers).map(|p| r(&format!("{p:044}"), tick * 1000 + p, tick * 2000)).collect();
+            store_tick(&store, &read, true, readings, 1_700_000_000 + 60 * tick as i64, day).await.unwrap();
+        }
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&store.pool).await.unwrap();
+        let size = std::fs::metadata(&path).unwrap().len() - empty;
+        println!("{peers} peers x 1440 ticks: {size} bytes, {} bytes per peer per day", size / peers);
     }
 
     /// Another connection writes while a tick is about to run: the tick

@@ -713,3 +713,51 @@ async fn ready_needs_no_token_and_says_why_not() {
     let text = text.as_str().unwrap();
     assert!(text.contains("gateway_generation{kind=\"desired\"} 1") && text.contains("gateway_generation{kind=\"applied\"} 0"), "{text}");
 }
+
+/// A write the database cannot take (its disk full: here an in-memory
+/// database held at its size, `SQLITE_FULL` either way) is answered 507 at
+/// once with nothing stored, counted, shown in status.json, and stored
+/// again once there is room.
+#[tokio::test]
+async fn a_full_database_answers_507_stores_nothing_and_recovers() {
+    let args = common::isolated_args(&["--apply-wait=200ms", "--token=s3cret"]);
+    let d = build(&args, Runner::new(Duration::from_secs(5))).await.unwrap();
+    let store = d.shared.store.clone();
+    let c = Client::untracked(gateway::api::rocket(d.shared, d.figment)).await.unwrap();
+    let post = |body: String| {
+        let c = &c;
+        async move { call(c, Method::Post, "/api/v1/config.json", token(), Some(&body)).await }
+    };
+    let (s, v) = post(json!({ "51820": net(KEY1, "a.example.com") }).to_string()).await;
+    assert_eq!(s, Status::Accepted, "{v}");
+    // Bigger than what is left: 400 more peers.
+    let mut big = json!({ "51820": net(KEY1, "a.example.com") });
+    for i in 0..400u32 {
+        use base64::Engine as _;
+        let mut key = [9u8; 32];
+        key[..4].copy_from_slice(&i.to_be_bytes());
+        let key = base64::engine::general_purpose::STANDARD.encode(key);
+        big["51820"]["peers"][key] = json!({ "allowed_ips": [format!("10.80.{}.{}/32", 10 + i / 200, i % 200 + 1)] });
+    }
+    // In memory there is one connection, so the limit holds for every write.
+    let pages: i64 = sqlx::query_scalar("PRAGMA page_count").fetch_one(&store.pool).await.unwrap();
+    sqlx::query(&format!("PRAGMA max_page_count = {pages}")).execute(&store.pool).await.unwrap();
+    let start = std::time::Instant::now();
+    let (s, v) = post(big.to_string()).await;
+    assert_eq!(s, Status::InsufficientStorage, "{v}");
+    assert_error_shape(&v, "insufficient_storage");
+    assert!(start.elapsed() < Duration::from_secs(1), "at once, not after {:?}", start.elapsed());
+    let (_, stored) = call(&c, Method::Get, "/api/v1/config.json", token(), None).await;
+    assert_eq!(stored["generation"], 1, "nothing stored");
+    let (s, st) = call(&c, Method::Get, "/api/v1/status.json", token(), None).await;
+    assert_eq!(s, Status::Ok, "{st}");
+    assert_eq!(st["store_errors"]["config"]["disk_full"], true, "{st}");
+    let (_, metrics) = call(&c, Method::Get, "/metrics", token(), None).await;
+    assert!(metrics.as_str().unwrap().contains(r#"gateway_store_errors_total{operation="config"} 1"#), "{metrics}");
+
+    sqlx::query("PRAGMA max_page_count = 1073741823").execute(&store.pool).await.unwrap();
+    let (s, v) = post(big.to_string()).await;
+    assert_eq!((s, &v["generation"]), (Status::Accepted, &json!(2)), "{v}");
+    let (_, st) = call(&c, Method::Get, "/api/v1/status.json", token(), None).await;
+    assert_eq!(st["store_errors"], json!({}), "{st}");
+}

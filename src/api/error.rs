@@ -46,6 +46,9 @@ pub enum ApiError {
         "If-Match asks for generation {expected}, but the stored generation is {stored}: nothing changed; GET /api/v1/config.json again, then send the change with its ETag"
     )]
     PreconditionFailed { expected: i64, stored: i64 },
+    /// The database's disk is full: nothing was stored.
+    #[error("the disk of the gateway's database is full, so nothing was stored ({0}): free space on it and send the request again")]
+    DiskFull(String),
 }
 
 impl From<crate::daemon::DryRunError> for ApiError {
@@ -60,7 +63,7 @@ impl From<crate::daemon::DryRunError> for ApiError {
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
         tracing::error!(error = %e, "database error while answering a request");
-        ApiError::Internal(e.to_string())
+        if e.disk_full() { ApiError::DiskFull(e.to_string()) } else { ApiError::Internal(e.to_string()) }
     }
 }
 
@@ -80,6 +83,7 @@ impl ApiError {
             ApiError::Internal(_) => (Status::InternalServerError, "internal", vec![]),
             ApiError::ShuttingDown => (Status::ServiceUnavailable, "shutting_down", vec![]),
             ApiError::Busy(_) => (Status::ServiceUnavailable, "busy", vec![]),
+            ApiError::DiskFull(_) => (Status::InsufficientStorage, "insufficient_storage", vec![]),
             ApiError::PreconditionFailed { .. } => (Status::PreconditionFailed, "precondition_failed", vec![]),
         }
     }
@@ -134,6 +138,10 @@ pub(super) const ERROR_STATUSES: &[(u16, &str)] = &[
     (
         503,
         "the daemon is stopping (`shutting_down`): nothing was stored; send it again once it is back; or a dry run waited too long for the reconciler (`busy`): try again",
+    ),
+    (
+        507,
+        "the disk of the gateway's database is full (`insufficient_storage`): nothing was stored; free space on it and send the request again",
     ),
 ];
 

@@ -16,7 +16,7 @@ use rocket_okapi::response::OpenApiResponderInner;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::events::{Event, Subscription};
-use crate::model::events::{ApplyEvent, DriftRepairedEvent, PeerEvent, RouteFailedEvent};
+use crate::model::events::{ApplyEvent, DriftRepairedEvent, PeerEvent, RouteFailedEvent, StoreErrorEvent};
 use crate::types::truncate;
 
 /// A keep-alive comment at least this often, so proxies keep an idle stream open.
@@ -101,6 +101,7 @@ const DESCRIPTION: &str = "Server-Sent Events (`text/event-stream`), endless: ea
 - `drift_repaired` (data: DriftRepairedEvent): the watchdog put back what was changed by hand.
 - `peer_connected` / `peer_disconnected` (data: PeerEvent): a peer's latest handshake became newer / older than 180 s (seen by the drift check and status reads).
 - `route_failed` (data: RouteFailedEvent): a raw route was left out of nginx because another process holds its port; everything else is served.
+- `store_error` (data: StoreErrorEvent): a write to the database failed (e.g. its disk is full): a POST/PATCH answered 507, or a pass's result, a traffic tick or the peers' endpoints could not be recorded.
 A client more than 1024 events behind is disconnected (it may resume from what is kept); the reconciler never waits for a client.";
 
 impl OpenApiResponderInner for EventsStream {
@@ -111,6 +112,7 @@ impl OpenApiResponderInner for EventsStream {
             generator.json_schema::<DriftRepairedEvent>(),
             generator.json_schema::<PeerEvent>(),
             generator.json_schema::<RouteFailedEvent>(),
+            generator.json_schema::<StoreErrorEvent>(),
         ];
         let mut r = Responses::default();
         let mut schema = generator.json_schema_no_ref::<String>();

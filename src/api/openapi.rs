@@ -31,8 +31,8 @@ pub(super) fn settings() -> OpenApiSettings {
 const ERRORS: &[(&str, &[u16])] = &[
     ("health", &[]),
     ("ready", &[503]),
-    ("post_config", &[400, 401, 403, 412, 413, 415, 421, 422, 500, 503]),
-    ("patch_config", &[400, 401, 403, 412, 413, 415, 421, 422, 500, 503]),
+    ("post_config", &[400, 401, 403, 412, 413, 415, 421, 422, 500, 503, 507]),
+    ("patch_config", &[400, 401, 403, 412, 413, 415, 421, 422, 500, 503, 507]),
     ("get_config", &[401, 403, 421, 500]),
     ("status", &[401, 421, 500]),
     ("traffic", &[400, 401, 421, 500]),
@@ -184,7 +184,16 @@ mod tests {
         let ok = &get["responses"]["200"];
         assert!(ok["content"]["text/event-stream"].is_object(), "{ok}");
         let text = ok["description"].as_str().unwrap();
-        for name in ["`apply`", "`drift_repaired`", "`peer_connected`", "`peer_disconnected`", "`route_failed`", "Last-Event-ID", "`id:`"] {
+        for name in [
+            "`apply`",
+            "`drift_repaired`",
+            "`peer_connected`",
+            "`peer_disconnected`",
+            "`route_failed`",
+            "`store_error`",
+            "Last-Event-ID",
+            "`id:`",
+        ] {
             assert!(text.contains(name), "{name} missing: {text}");
         }
         let header = get["parameters"].as_array().unwrap().iter().find(|p| p["name"] == "Last-Event-ID").expect("the header");
@@ -195,6 +204,7 @@ mod tests {
             ("DriftRepairedEvent", "repaired"),
             ("PeerEvent", "peer_public_key"),
             ("RouteFailedEvent", "route"),
+            ("StoreErrorEvent", "disk_full"),
         ] {
             assert!(schemas[name]["properties"][field].is_object(), "{name}: {}", schemas[name]);
         }

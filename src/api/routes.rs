@@ -169,7 +169,9 @@ async fn store_and_apply(
         // Read, compared with If-Match, built and stored under the one lock:
         // no other write can come between the check and the store.
         let (_, config, desired) = build_checked(shared, expected, build).await?;
-        let generation = shared.store.save_desired(&config, now_unix()).await?;
+        let stored = shared.store.save_desired(&config, now_unix()).await;
+        shared.store_outcome("config", &stored);
+        let generation = stored?;
         shared.remember_accepted(generation, Arc::new(desired));
         shared.metrics.set_generation("desired", generation);
         generation

@@ -53,3 +53,16 @@ pub struct RouteFailedEvent {
     pub route: String,
     pub error: String,
 }
+
+/// `store_error`: a write to the database failed (e.g. its disk is full):
+/// a POST/PATCH's state was not stored, or a pass's result, a traffic tick
+/// or the peers' endpoints could not be recorded.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+pub struct StoreErrorEvent {
+    /// `config`, `apply_result`, `traffic` or `endpoints`.
+    pub operation: String,
+    /// The database's error.
+    pub message: String,
+    /// The disk the database is on is full.
+    pub disk_full: bool,
+}

@@ -422,3 +422,32 @@ fn actions_describe_themselves() {
         assert_eq!(action.to_string(), line, "{action:?}");
     }
 }
+
+/// A WireGuard interface built anew gets its peers' last endpoints and one
+/// keepalive each, once it is up: the configured endpoint (PEER_A's) wins
+/// over the one seen, a peer seen but not desired is not kicked, and a
+/// network that was not rebuilt, or one built for the first time (nothing
+/// seen), gets none.
+#[tokio::test]
+async fn a_rebuilt_interface_kicks_the_peers_seen_before() {
+    let l = Layout::default();
+    let d = converged_desired();
+    let mut o = observed_converged().await;
+    let (seen_a, seen_b): (std::net::SocketAddr, std::net::SocketAddr) =
+        ("192.0.2.1:1000".parse().unwrap(), "192.0.2.2:2000".parse().unwrap());
+    let gone = key("cMXKVx1hAvvJ0Hj9OtBhFTXDA4MVk9LlHBr8rBsq5F8=");
+    o.endpoints.insert(51820, [(key(PEER_A), seen_a), (key(PEER_B), seen_b), (gone, seen_b)].into());
+    assert!(!plan(&d, &o, &l, &nginx_files(&d)).iter().any(|a| matches!(a, Action::KickPeers { .. })), "nothing rebuilt");
+    net(&mut o).wg_link = None;
+    net(&mut o).wg = None;
+    let a = plan(&d, &o, &l, &nginx_files(&d));
+    let kicks: Vec<&Action> = a.iter().filter(|a| matches!(a, Action::KickPeers { .. })).collect();
+    let configured_a: std::net::SocketAddr = "127.0.0.1:41213".parse().unwrap();
+    assert_eq!(kicks, [&Action::KickPeers { port: 51820, peers: vec![(key(PEER_B), seen_b), (key(PEER_A), configured_a)] }]);
+    let at = |x: &Action| a.iter().position(|y| y == x).unwrap();
+    assert!(at(&Action::SetWgLink { port: 51820, mtu: 1380 }) < at(kicks[0]), "kicked once up: {a:?}");
+    assert_eq!(kicks[0].to_string(), "send a keepalive to the peers' last endpoints (192.0.2.2:2000, 127.0.0.1:41213)");
+    assert_eq!(kicks[0].label(), "KickPeers(51820, 2 peers)", "no keys in logs");
+    let cold = plan(&d, &Observed::default(), &l, &nginx_files(&d));
+    assert!(!cold.iter().any(|a| matches!(a, Action::KickPeers { .. })), "a first build knows no endpoint");
+}

@@ -57,6 +57,7 @@ impl Reconciler {
         }
         let rules = self.rules_to_read(mode, desired, &look, nginx);
         self.read_rules(&mut look, desired, &rules).await;
+        look.observed.endpoints = self.shared.endpoints.of(desired.networks.keys().copied());
         look
     }
 

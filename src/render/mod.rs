@@ -10,7 +10,7 @@ pub use nginx::{
     Listen, NginxFiles, NginxOptions, NginxSite, RawRoute, Route, SessionLimits, WorkerLimits, capacity_warning, nginx_http, nginx_stream,
     parse_addresses, raw_listens,
 };
-pub use wireguard::wg_conf;
+pub use wireguard::{wg_conf, wg_kick};
 
 #[cfg(test)]
 pub(crate) mod tests;

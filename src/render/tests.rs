@@ -506,3 +506,25 @@ fn nginx_files_read_back_as_the_routes() {
         }
     }
 }
+
+/// Each kicked peer: endpoint with keepalive off, keepalive 1 (WireGuard
+/// sends one at once when it goes from off to on), then the configured
+/// keepalive; the allowed IPs in every section (a file's peer section
+/// replaces them), no keys but the public one.
+#[test]
+fn a_kick_sets_the_endpoint_sends_one_keepalive_and_restores_the_configured_one() {
+    let spec = &crate::testing::converged_desired().networks[&51820];
+    let a: crate::types::PublicKey = "OxvFhrgLnI9e4xzMMA2qQ7wm/xCUzxaWW5cb1JGkWSA=".parse().unwrap();
+    let b: crate::types::PublicKey = "LRj4SHqfSjzR+dz1Zmcq7dfiZk4tFWIm+wKv1QqGXx0=".parse().unwrap();
+    let text = super::wg_kick(spec, &[(b, "192.0.2.2:2000".parse().unwrap()), (a, "[2001:db8::1]:7".parse().unwrap())]);
+    let want = format!(
+        "[Peer]\nPublicKey = {b}\nAllowedIPs = 10.80.0.3/32, 192.168.7.0/24\nEndpoint = 192.0.2.2:2000\nPersistentKeepalive = off\n\n\
+         [Peer]\nPublicKey = {b}\nAllowedIPs = 10.80.0.3/32, 192.168.7.0/24\nPersistentKeepalive = 1\n\n\
+         [Peer]\nPublicKey = {b}\nAllowedIPs = 10.80.0.3/32, 192.168.7.0/24\nPersistentKeepalive = off\n\n\
+         [Peer]\nPublicKey = {a}\nAllowedIPs = 10.80.0.2/32, fd80::2/128\nEndpoint = [2001:db8::1]:7\nPersistentKeepalive = off\n\n\
+         [Peer]\nPublicKey = {a}\nAllowedIPs = 10.80.0.2/32, fd80::2/128\nPersistentKeepalive = 1\n\n\
+         [Peer]\nPublicKey = {a}\nAllowedIPs = 10.80.0.2/32, fd80::2/128\nPersistentKeepalive = 25\n\n"
+    );
+    assert_eq!(text, want);
+    assert!(!text.contains("PrivateKey") && !text.contains("PresharedKey"));
+}

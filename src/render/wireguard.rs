@@ -31,3 +31,25 @@ pub fn wg_conf(spec: &NetworkSpec) -> String {
     }
     s
 }
+
+/// For `wg addconf`: each peer's endpoint set and one keepalive sent now,
+/// its keepalive then back to the configured one. WireGuard (the kernel
+/// module and wireguard-go alike) sends a keepalive at once when a peer's
+/// persistent keepalive goes from off to on on an interface that is up, so
+/// each peer gets three sections, applied in order: the endpoint with
+/// keepalive off, keepalive 1 (sends), the configured keepalive. Every
+/// section repeats the allowed IPs: a configuration file's peer section
+/// replaces them. No private or preshared key: those stay as set.
+pub fn wg_kick(spec: &NetworkSpec, peers: &[(crate::types::PublicKey, std::net::SocketAddr)]) -> String {
+    let mut s = String::new();
+    for (key, endpoint) in peers {
+        let Some(peer) = spec.peers.get(key) else { continue };
+        let ips: Vec<String> = peer.allowed_ips.iter().map(ToString::to_string).collect();
+        let allowed = if ips.is_empty() { String::new() } else { format!("AllowedIPs = {}\n", ips.join(", ")) };
+        let configured = peer.persistent_keepalive.map_or("off".to_string(), |k| k.to_string());
+        let _ = writeln!(s, "[Peer]\nPublicKey = {key}\n{allowed}Endpoint = {endpoint}\nPersistentKeepalive = off\n");
+        let _ = writeln!(s, "[Peer]\nPublicKey = {key}\n{allowed}PersistentKeepalive = 1\n");
+        let _ = writeln!(s, "[Peer]\nPublicKey = {key}\n{allowed}PersistentKeepalive = {configured}\n");
+    }
+    s
+}

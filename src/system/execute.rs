@@ -85,6 +85,7 @@ impl System {
             Action::CreateWg(p) => self.create_tagged(intent(&l.wg(*p), LinkKind::Wireguard, Some(*p)), self.create_wg(*p)).await,
             Action::MoveWg(p) => self.move_link(&l.wg(*p), &l.netns(*p)).await,
             Action::ConfigureWg(p, _) => self.wg_syncconf(&l.netns(*p), &l.wg(*p), render::wg_conf(spec(p)?)).await,
+            Action::KickPeers { port, peers } => self.wg_addconf(&l.netns(*port), &l.wg(*port), render::wg_kick(spec(port)?, peers)).await,
             Action::SetWgLink { port, mtu } => self.link_up(Some(&l.netns(*port)), &l.wg(*port), Some(*mtu)).await,
             Action::AddAddress { port, dev: d, cidr } => self.address(Some(&l.netns(*port)), Change::Add, *cidr, &dev(*port, d)).await,
             Action::DelAddress { port, dev: d, cidr } => self.address(Some(&l.netns(*port)), Change::Del, *cidr, &dev(*port, d)).await,

@@ -101,6 +101,12 @@ impl System {
         self.run(cmd).await.map(drop)
     }
 
+    /// `wg addconf` (changes only what the text sets; see `render::wg_kick`).
+    pub async fn wg_addconf(&self, ns: &str, iface: &str, conf: String) -> Result<(), SysError> {
+        let cmd = self.tools.in_netns(ns, &self.tools.wg, ["addconf", iface, "/dev/stdin"]).stdin(conf);
+        self.run(cmd).await.map(drop)
+    }
+
     /// A route through `dev` (replaced if one exists) or its removal.
     pub async fn route(&self, ns: &str, change: Change, cidr: Cidr, dev: &str) -> Result<(), SysError> {
         let verb = if change == Change::Add { "replace" } else { "del" };
