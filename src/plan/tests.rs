@@ -442,11 +442,11 @@ async fn a_rebuilt_interface_kicks_the_peers_seen_before() {
     net(&mut o).wg = None;
     let a = plan(&d, &o, &l, &nginx_files(&d));
     let kicks: Vec<&Action> = a.iter().filter(|a| matches!(a, Action::KickPeers { .. })).collect();
-    let configured_a: std::net::SocketAddr = "127.0.0.1:41213".parse().unwrap();
+    let configured_a: std::net::SocketAddr = "10.254.0.7:41213".parse().unwrap();
     assert_eq!(kicks, [&Action::KickPeers { port: 51820, peers: vec![(key(PEER_B), seen_b), (key(PEER_A), configured_a)] }]);
     let at = |x: &Action| a.iter().position(|y| y == x).unwrap();
     assert!(at(&Action::SetWgLink { port: 51820, mtu: 1380 }) < at(kicks[0]), "kicked once up: {a:?}");
-    assert_eq!(kicks[0].to_string(), "send a keepalive to the peers' last endpoints (192.0.2.2:2000, 127.0.0.1:41213)");
+    assert_eq!(kicks[0].to_string(), "send a keepalive to the peers' last endpoints (192.0.2.2:2000, 10.254.0.7:41213)");
     assert_eq!(kicks[0].label(), "KickPeers(51820, 2 peers)", "no keys in logs");
     let cold = plan(&d, &Observed::default(), &l, &nginx_files(&d));
     assert!(!cold.iter().any(|a| matches!(a, Action::KickPeers { .. })), "a first build knows no endpoint");
