@@ -7,7 +7,7 @@ use rocket::request::{FromRequest, Outcome, Request};
 use rocket::response::{self, Responder};
 use rocket::serde::json::Json;
 use rocket_okapi::r#gen::OpenApiGenerator;
-use rocket_okapi::okapi::openapi3::{Header, Parameter, ParameterValue, RefOr, Responses};
+use rocket_okapi::okapi::openapi3::{Header, ParameterValue, RefOr, Responses};
 use rocket_okapi::request::{OpenApiFromRequest, RequestHeaderInput};
 use rocket_okapi::response::OpenApiResponderInner;
 use schemars::JsonSchema;
@@ -61,22 +61,12 @@ impl<'r> FromRequest<'r> for IfMatch {
 
 impl OpenApiFromRequest<'_> for IfMatch {
     fn from_request_input(generator: &mut OpenApiGenerator, _: String, _: bool) -> rocket_okapi::Result<RequestHeaderInput> {
-        let mut schema = generator.json_schema_no_ref::<String>();
-        schema.string().pattern = Some("^(\"[0-9]{1,18}\"|\\*)$".into());
-        let value = ParameterValue::Schema { style: None, explode: None, allow_reserved: false, schema, example: None, examples: None };
-        Ok(RequestHeaderInput::Parameter(Parameter {
-            name: "If-Match".into(),
-            location: "header".into(),
-            description: Some(
-                "The `ETag` of GET /api/v1/config.json (`\"<generation>\"`): the change is made only if that generation is still the stored one, else `412 precondition_failed` and nothing changes. Absent or `*`: no check."
-                    .into(),
-            ),
-            required: false,
-            deprecated: false,
-            allow_empty_value: false,
-            value,
-            extensions: Default::default(),
-        }))
+        Ok(super::openapi::optional_header(
+            generator,
+            "If-Match",
+            "^(\"[0-9]{1,18}\"|\\*)$",
+            "The `ETag` of GET /api/v1/config.json (`\"<generation>\"`): the change is made only if that generation is still the stored one, else `412 precondition_failed` and nothing changes. Absent or `*`: no check.",
+        ))
     }
 }
 

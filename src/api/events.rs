@@ -10,7 +10,7 @@ use rocket::request::{FromRequest, Outcome, Request};
 use rocket::response::stream::{Event as Sse, EventStream};
 use rocket::response::{self, Responder};
 use rocket_okapi::r#gen::OpenApiGenerator;
-use rocket_okapi::okapi::openapi3::{MediaType, Parameter, ParameterValue, Responses};
+use rocket_okapi::okapi::openapi3::{MediaType, Responses};
 use rocket_okapi::request::{OpenApiFromRequest, RequestHeaderInput};
 use rocket_okapi::response::OpenApiResponderInner;
 use tokio::sync::broadcast::error::RecvError;
@@ -46,22 +46,12 @@ impl<'r> FromRequest<'r> for LastEventId {
 
 impl OpenApiFromRequest<'_> for LastEventId {
     fn from_request_input(generator: &mut OpenApiGenerator, _: String, _: bool) -> rocket_okapi::Result<RequestHeaderInput> {
-        let mut schema = generator.json_schema_no_ref::<String>();
-        schema.string().pattern = Some("^[0-9]{1,19}$".into());
-        let value = ParameterValue::Schema { style: None, explode: None, allow_reserved: false, schema, example: None, examples: None };
-        Ok(RequestHeaderInput::Parameter(Parameter {
-            name: "Last-Event-ID".into(),
-            location: "header".into(),
-            description: Some(
-                "The `id` of the last event received: the events after it that are still kept (the last 1024) are sent first. Browsers' EventSource sends it when they reconnect."
-                    .into(),
-            ),
-            required: false,
-            deprecated: false,
-            allow_empty_value: false,
-            value,
-            extensions: Default::default(),
-        }))
+        Ok(super::openapi::optional_header(
+            generator,
+            "Last-Event-ID",
+            "^[0-9]{1,19}$",
+            "The `id` of the last event received: the events after it that are still kept (the last 1024) are sent first. Browsers' EventSource sends it when they reconnect.",
+        ))
     }
 }
 

@@ -5,7 +5,11 @@
 //! cannot tell rocket_okapi (the version, both token schemes, which error
 //! statuses each operation really answers, 405 and the rules that span values).
 
-use rocket_okapi::okapi::openapi3::{OpenApi, Operation, RefOr, SecurityRequirement, SecurityScheme, SecuritySchemeData};
+use rocket_okapi::r#gen::OpenApiGenerator;
+use rocket_okapi::okapi::openapi3::{
+    OpenApi, Operation, Parameter, ParameterValue, RefOr, SecurityRequirement, SecurityScheme, SecuritySchemeData,
+};
+use rocket_okapi::request::RequestHeaderInput;
 use rocket_okapi::settings::OpenApiSettings;
 use schemars::r#gen::SchemaSettings;
 
@@ -15,6 +19,24 @@ use super::routes::routes_and_spec;
 /// The OpenAPI document of the API.
 pub fn openapi_spec() -> OpenApi {
     finish(routes_and_spec().1)
+}
+
+/// An optional request header whose value is a string matching `pattern`,
+/// as a request guard describes itself to rocket_okapi.
+pub(super) fn optional_header(generator: &mut OpenApiGenerator, name: &str, pattern: &str, description: &str) -> RequestHeaderInput {
+    let mut schema = generator.json_schema_no_ref::<String>();
+    schema.string().pattern = Some(pattern.into());
+    let value = ParameterValue::Schema { style: None, explode: None, allow_reserved: false, schema, example: None, examples: None };
+    RequestHeaderInput::Parameter(Parameter {
+        name: name.into(),
+        location: "header".into(),
+        description: Some(description.into()),
+        required: false,
+        deprecated: false,
+        allow_empty_value: false,
+        value,
+        extensions: Default::default(),
+    })
 }
 
 /// JSON Schema 2020-12 (what OpenAPI 3.1 uses) with schemas in `components`.
