@@ -7,7 +7,7 @@
 # then removes the network and everything else it made.
 #
 # DEMO_METRICS_MINUTES=N keeps traffic flowing for N minutes, scrapes
-# /metrics and renders docs/dashboard.png (the README's dashboard picture).
+# /metrics and renders docs/dashboard.png (the dashboard picture of docs/operating.md).
 #
 # Everything uses its own names (gwdemo*), a private nginx on ports 8443/8080
 # and a temp dir; /etc/nginx and other networks are not touched.

@@ -475,7 +475,7 @@ mod tests {
         assert_eq!(info.traffic, Traffic { rx: 5, tx: 0 }, "counted from the counters the rolled back transaction did not change");
     }
 
-    /// Measures what a day of traffic costs on disk (README: "the size per
+    /// Measures what a day of traffic costs on disk (docs/design.md: "the size per
     /// peer per day"): 100 peers busy at every tick of a 60 s watchdog for a
     /// day, then the file's size. By hand:
     /// `cargo test --lib store_size_per_peer_per_day -- --ignored --nocapture`.
