@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, exactly as CI runs it (.ci/run calls this script with
-# no argument; GitLab's jobs call single steps: fmt, clippy, test, vm, bench, openapi, fuzz, crash).
-# Needs root for `test`, `bench`, `fuzz` and `crash`: the end-to-end tests and the daemons they start build real namespaces,
+# no argument; GitLab's jobs call single steps: fmt, clippy, test, getting-started, vm, bench, openapi, fuzz, crash).
+# Needs root for `test`, `getting-started`, `bench`, `fuzz` and `crash`: the end-to-end tests and the daemons they start build real namespaces,
 # WireGuard interfaces, iptables rules and a private nginx. `vm` runs the same
 # kind of checks with kernel WireGuard inside a qemu VM (scripts/vm-test.sh);
 # it needs root only to install its packages.
@@ -38,6 +38,17 @@ tests() {
   for f in scripts/*.sh scripts/vm/* docker/*.sh .ci/run; do bash -n "$f"; done
   # Installed by scripts/install-deps.sh above: missing, this step fails.
   shellcheck scripts/*.sh scripts/vm/* docker/*.sh .ci/run
+}
+
+# docs/getting-started.md run literally, its "one machine" in a sandbox of
+# its own namespaces (scripts/getting-started.sh), ending with HTTPS through
+# a node; about 15 s once the debug build is there.
+getting_started() {
+  if [ "$(id -u)" -ne 0 ]; then
+    as_root getting-started
+  fi
+  step "docs/getting-started.md, block by block (scripts/getting-started.sh)"
+  scripts/getting-started.sh
 }
 
 vm() {
@@ -89,6 +100,7 @@ case "${1:-all}" in
   fmt) fmt ;;
   clippy) clippy ;;
   test) tests ;;
+  getting-started) getting_started ;;
   vm) vm ;;
   openapi) openapi ;;
   fuzz) fuzz ;;
@@ -102,6 +114,7 @@ case "${1:-all}" in
     fmt
     clippy
     tests
+    getting_started
     bench
     vm
     openapi
@@ -110,7 +123,7 @@ case "${1:-all}" in
     printf '\nAll checks passed.\n'
     ;;
   *)
-    echo "usage: $0 [all|fmt|clippy|test|vm|bench|openapi|fuzz|crash]" >&2
+    echo "usage: $0 [all|fmt|clippy|test|getting-started|vm|bench|openapi|fuzz|crash]" >&2
     exit 2
     ;;
 esac

@@ -128,3 +128,61 @@ fn the_link_checker_sees_files_and_anchors() {
     assert_eq!(a, ["getting-started", "a-full-disk", "options", "options-1"].iter().map(|s| s.to_string()).collect());
     assert_eq!(link_targets("see [x](a.md#b), `[::](not)` and ![p](docs/p.png)"), vec!["a.md#b", "docs/p.png"]);
 }
+
+/// The ```sh blocks of a document with the `<!-- ci: KIND -->` line above
+/// each (None when it has none), as scripts/getting-started.sh reads them.
+fn marked_blocks(text: &str) -> Vec<(Option<String>, String)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut blocks = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        if lines[i] == "```sh" {
+            let kind = i
+                .checked_sub(1)
+                .and_then(|p| lines[p].strip_prefix("<!-- ci: "))
+                .and_then(|k| k.split(|c: char| !c.is_ascii_lowercase()).next())
+                .map(str::to_string);
+            let end = (i + 1..lines.len()).find(|&j| lines[j] == "```").expect("a closed block");
+            blocks.push((kind, lines[i + 1..end].join("\n")));
+            i = end;
+        }
+        i += 1;
+    }
+    blocks
+}
+
+/// CI runs docs/getting-started.md block by block (scripts/getting-started.sh);
+/// this checks what it cannot: that no block escapes it and that the steps
+/// are the ones the document promises (a network, the node's WireGuard side,
+/// HTTPS through the node, a clean-up).
+#[test]
+fn getting_started_is_all_run_by_ci_and_ends_with_https_through_a_node() {
+    let text = read(&root().join("docs/getting-started.md"));
+    let blocks = marked_blocks(&text);
+    for (kind, block) in &blocks {
+        assert!(
+            matches!(kind.as_deref(), Some("rustup" | "machine" | "try")),
+            "a ```sh block of docs/getting-started.md that CI does not run (no <!-- ci: rustup|machine|try --> above it):\n{block}"
+        );
+    }
+    let run =
+        |k: &str| blocks.iter().filter(|(kind, _)| kind.as_deref() == Some(k)).map(|(_, b)| b.as_str()).collect::<Vec<_>>().join("\n");
+    assert!(run("rustup").contains("rustup.rs"), "the exact Rust step");
+    assert!(run("machine").contains("scripts/install-deps.sh") && run("machine").contains("cargo build --locked"));
+    let try_it = run("try");
+    for step in [
+        "/api/v1/config.json",
+        "PublicKey = $(cat try/network.pub)",
+        "Endpoint = 192.0.2.1:51820",
+        "AllowedIPs = 10.80.0.0/16",
+        "wg-quick up",
+        "--cacert try/site.crt",
+        "https://app.example.com/",
+        "rm -rf try",
+    ] {
+        assert!(try_it.contains(step), "the try blocks lack {step}");
+    }
+    let script = read(&root().join("scripts/getting-started.sh"));
+    assert!(script.contains("doc=docs/getting-started.md") && script.contains("\"$WORK/try.sh\""), "the script runs this document");
+    assert!(read(&root().join("scripts/test.sh")).contains("scripts/getting-started.sh"), "and CI runs the script");
+}

@@ -60,6 +60,7 @@ fn scripts_parse() {
         "scripts/install-deps.sh",
         "scripts/test.sh",
         "scripts/demo.sh",
+        "scripts/getting-started.sh",
         "scripts/vm-test.sh",
         "scripts/vm/guest-test.sh",
         "scripts/vm/init",
@@ -76,7 +77,7 @@ fn scripts_parse() {
 fn ci_readme_and_gitlab_run_the_same_test_command() {
     assert!(read(".ci/run").contains("scripts/test.sh"));
     let gitlab = read(".gitlab-ci.yml");
-    for step in ["fmt", "clippy", "test", "vm", "openapi"] {
+    for step in ["fmt", "clippy", "test", "getting-started", "vm", "openapi"] {
         assert!(gitlab.contains(&format!("scripts/test.sh {step}")), "GitLab runs the {step} step of the same script");
     }
     let readme = read("README.md");
