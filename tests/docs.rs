@@ -186,3 +186,222 @@ fn getting_started_is_all_run_by_ci_and_ends_with_https_through_a_node() {
     assert!(script.contains("doc=docs/getting-started.md") && script.contains("\"$WORK/try.sh\""), "the script runs this document");
     assert!(read(&root().join("scripts/test.sh")).contains("scripts/getting-started.sh"), "and CI runs the script");
 }
+
+// ---------------------------------------------------------------------------
+// The options reference (docs/options.md), generated from `gateway --help`.
+
+#[path = "support/golden.rs"]
+mod golden;
+
+/// One option as `gateway --help` describes it.
+#[derive(Debug, PartialEq)]
+struct HelpOption {
+    /// `--token <TOKEN>`, `-h, --help`.
+    usage: String,
+    /// `--token`.
+    long: String,
+    help: String,
+    env: Option<String>,
+    default: Option<String>,
+    values: Option<String>,
+}
+
+/// `gateway --help`, with none of the caller's variables (clap prints their
+/// values beside each `[env: ...]`).
+fn gateway_help() -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway")).arg("--help").env_clear().output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Splits the trailing `[env: ...] [default: ...] [possible values: ...]`
+/// groups off a help line (a default may hold brackets: `443,[::]:443`).
+fn trailing_groups(mut text: &str) -> (String, Vec<(String, String)>) {
+    let mut groups = Vec::new();
+    loop {
+        let t = text.trim_end();
+        if !t.ends_with(']') {
+            break;
+        }
+        let mut depth = 0;
+        let mut open = None;
+        for (i, c) in t.char_indices().rev() {
+            match c {
+                ']' => depth += 1,
+                '[' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        open = Some(i);
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let Some(open) = open else { break };
+        let inner = &t[open + 1..t.len() - 1];
+        let Some((key, value)) = inner.split_once(": ") else { break };
+        if !["env", "default", "possible values"].contains(&key) {
+            break;
+        }
+        groups.push((key.to_string(), value.to_string()));
+        text = &t[..open];
+    }
+    groups.reverse();
+    (text.trim_end().to_string(), groups)
+}
+
+/// The sections of `gateway --help` (`Options`, `Tool paths`), each with its options.
+fn parse_help(help: &str) -> Vec<(String, Vec<HelpOption>)> {
+    let mut sections: Vec<(String, Vec<HelpOption>)> = Vec::new();
+    let mut lines = help.lines().peekable();
+    while let Some(line) = lines.next() {
+        if let Some(title) = line.strip_suffix(':').filter(|t| !t.starts_with(' ')) {
+            sections.push((title.to_string(), Vec::new()));
+            continue;
+        }
+        let trimmed = line.trim_start();
+        if !(line.starts_with("  ") && trimmed.starts_with('-')) || line.starts_with("          ") {
+            continue;
+        }
+        let mut help_lines = Vec::new();
+        while let Some(next) = lines.peek().filter(|l| l.starts_with("          ")) {
+            help_lines.push(next.trim());
+            lines.next();
+        }
+        let (text, groups) = trailing_groups(&help_lines.join(" "));
+        let group = |k: &str| groups.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+        let long = trimmed.split([',', ' ']).find(|w| w.starts_with("--")).expect("a long name").to_string();
+        let env = group("env").map(|e| e.trim_end_matches('=').to_string());
+        let option =
+            HelpOption { usage: trimmed.to_string(), long, help: text, env, default: group("default"), values: group("possible values") };
+        sections.last_mut().expect("a section before the options").1.push(option);
+    }
+    sections
+}
+
+fn cell(s: &str) -> String {
+    s.replace('|', "\\|")
+}
+
+/// The generated part of docs/options.md: one table per section of `--help`.
+fn options_reference(help: &str) -> String {
+    let mut out = String::new();
+    for (title, options) in parse_help(help) {
+        out += &format!("\n### {title}\n\n| option | variable | default | what `--help` says |\n|---|---|---|---|\n");
+        for o in options {
+            let default = match o.default.as_deref() {
+                None if !o.usage.contains('<') => String::new(),
+                None | Some("\"\"") => "none".to_string(),
+                Some(d) => format!("`{d}`"),
+            };
+            let mut help = cell(&o.help);
+            if !help.ends_with('.') {
+                help.push('.');
+            }
+            if let Some(values) = &o.values {
+                help += &format!(" One of {}.", values.split(", ").map(|v| format!("`{v}`")).collect::<Vec<_>>().join(", "));
+            }
+            let env = o.env.as_deref().map(|e| format!("`{e}`")).unwrap_or_default();
+            out += &format!("| `{}` | {env} | {} | {help} |\n", cell(&o.usage), cell(&default));
+        }
+    }
+    out
+}
+
+const BEGIN: &str = "<!-- Generated from `gateway --help` by `UPDATE_GOLDEN=1 cargo test --test docs`: edit src/cli.rs, not this part. -->";
+const END: &str = "<!-- End of the generated part. -->";
+
+#[test]
+fn the_options_reference_is_gateway_help() {
+    let path = root().join("docs/options.md");
+    let text = read(&path);
+    let (head, rest) = text.split_once(BEGIN).expect("docs/options.md has the generated part's first marker");
+    let (_, tail) = rest.split_once(END).expect("and its last marker");
+    let generated = options_reference(&gateway_help());
+    let expected = format!("{head}{BEGIN}\n{generated}\n{END}{tail}");
+    if golden::rewrite_requested() {
+        std::fs::write(&path, &expected).unwrap();
+    }
+    assert!(
+        read(&path) == expected,
+        "docs/options.md differs from `gateway --help`: run `UPDATE_GOLDEN=1 cargo test --test docs` and commit it"
+    );
+}
+
+/// Every option of `--help` is in the reference with its variable, named by
+/// the rule (GATEWAY_ and the name in capitals), and every option the
+/// reference names (its notes included) is one of `--help`.
+#[test]
+fn every_option_has_its_variable_and_the_reference_names_no_other() {
+    let sections = parse_help(&gateway_help());
+    let options: Vec<&HelpOption> = sections.iter().flat_map(|(_, o)| o).collect();
+    assert!(options.len() > 30, "{options:?}");
+    let reference = read(&root().join("docs/options.md"));
+    for o in &options {
+        assert!(reference.contains(&format!("`{}", o.usage)), "{} is not in docs/options.md", o.long);
+        if ["--help", "--version", "--openapi"].contains(&o.long.as_str()) {
+            continue;
+        }
+        let rule = format!("GATEWAY_{}", o.long.trim_start_matches("--").replace('-', "_").to_uppercase());
+        assert_eq!(o.env.as_deref(), Some(rule.as_str()), "{} reads no variable, or another one", o.long);
+    }
+    let known: BTreeSet<&str> = options.iter().map(|o| o.long.as_str()).collect();
+    let mut named = BTreeSet::new();
+    for line in prose(&reference) {
+        for span in line.split('`').skip(1).step_by(2) {
+            if let Some(name) = span.split([' ', '=']).next().filter(|w| w.starts_with("--") && w.len() > 2) {
+                named.insert(name.to_string());
+            }
+        }
+    }
+    let unknown: Vec<&String> = named.iter().filter(|n| !known.contains(n.as_str())).collect();
+    assert!(unknown.is_empty(), "docs/options.md names options `gateway --help` does not know: {unknown:?}");
+}
+
+#[test]
+fn help_lines_are_split_into_text_and_groups() {
+    let (text, groups) = trailing_groups("What it listens on [default: 443,[::]:443; only 443 without IPv6] [env: GATEWAY_HTTPS_LISTEN=]");
+    assert_eq!(text, "What it listens on");
+    assert_eq!(
+        groups,
+        vec![("default".into(), "443,[::]:443; only 443 without IPv6".into()), ("env".into(), "GATEWAY_HTTPS_LISTEN=".into())]
+    );
+    let (text, groups) = trailing_groups("A list `[a]` inside [possible values: a, b]");
+    assert_eq!((text.as_str(), groups.len()), ("A list `[a]` inside", 1));
+    let parsed = parse_help(
+        "Usage: gateway\n\nOptions:\n      --port <PORT>\n          API port [default: 8000] [env: GATEWAY_PORT=]\n  -h, --help\n          Print help\n",
+    );
+    assert_eq!(parsed.len(), 1);
+    assert_eq!(parsed[0].1[0].env.as_deref(), Some("GATEWAY_PORT"));
+    assert_eq!(parsed[0].1[1].long, "--help");
+}
+
+/// The metrics table of docs/operating.md lists every family the daemon
+/// registers (src/metrics.rs), and no other.
+#[test]
+fn the_metrics_table_is_what_the_daemon_exports() {
+    let exposition = gateway::metrics::Metrics::default().encode().unwrap();
+    let exported: BTreeSet<String> = exposition
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE gateway_"))
+        .filter_map(|l| l.split(' ').next())
+        .map(str::to_string)
+        .collect();
+    let guide = read(&root().join("docs/operating.md"));
+    let table = guide.split("| series | type | meaning |").nth(1).expect("docs/operating.md has the metrics table");
+    let mut documented = BTreeSet::new();
+    for row in table.lines().skip(2).take_while(|l| l.starts_with('|')) {
+        let first = row.split('|').nth(1).unwrap();
+        for name in first.split('`').skip(1).step_by(2) {
+            let name = name.split('{').next().unwrap();
+            documented.insert(name.strip_suffix("_total").unwrap_or(name).to_string());
+        }
+    }
+    let missing: Vec<_> = exported.difference(&documented).collect();
+    let stale: Vec<_> = documented.difference(&exported).collect();
+    assert!(
+        missing.is_empty() && stale.is_empty(),
+        "docs/operating.md's metrics table lacks {missing:?} and lists {stale:?}, which the daemon does not export"
+    );
+}

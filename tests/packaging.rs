@@ -182,6 +182,69 @@ fn dashboard_and_scrape_config_use_metrics_the_daemon_exports() {
     assert_eq!(job["authorization"]["type"], "Bearer", "the token is sent as a bearer token");
 }
 
+/// The metric families the daemon registers (series of a family appear once
+/// there is something to report).
+fn exported_families() -> Vec<String> {
+    let exposition = gateway::metrics::Metrics::default().encode().unwrap();
+    exposition.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.split(' ').next()).map(str::to_string).collect()
+}
+
+#[test]
+fn alerting_rules_use_metrics_the_daemon_exports() {
+    let rules = yaml("packaging/prometheus/alerts.yml");
+    let prom = yaml("packaging/prometheus/prometheus.yml");
+    assert!(
+        prom["rule_files"].as_sequence().is_some_and(|f| f.iter().any(|f| f == "alerts.yml")),
+        "prometheus.yml loads the alerting rules"
+    );
+    let families = exported_families();
+    let mut alerts = Vec::new();
+    for group in rules["groups"].as_sequence().expect("groups") {
+        for rule in group["rules"].as_sequence().expect("rules") {
+            let name = rule["alert"].as_str().expect("every rule is an alert");
+            let expr = rule["expr"].as_str().unwrap_or_else(|| panic!("{name} has an expression"));
+            let severity = rule["labels"]["severity"].as_str().unwrap_or_else(|| panic!("{name} has a severity"));
+            assert!(["critical", "warning", "info"].contains(&severity), "{name}: severity {severity}");
+            assert!(
+                rule["annotations"]["summary"].is_string() && rule["annotations"]["description"].is_string(),
+                "{name} says what it means"
+            );
+            let names = common::metric_names(expr);
+            assert!(!names.is_empty(), "{name} uses no metric of the daemon: {expr}");
+            for metric in names {
+                let family = ["_total", "_bucket", "_sum", "_count"].iter().find_map(|s| metric.strip_suffix(s)).unwrap_or(&metric);
+                assert!(families.iter().any(|f| f == family), "{name} uses {metric}, which the daemon does not export ({families:?})");
+            }
+            alerts.push(name.to_string());
+        }
+    }
+    // The operator's guide explains each one.
+    let guide = read("docs/operating.md");
+    for alert in &alerts {
+        assert!(guide.contains(&format!("`{alert}`")), "docs/operating.md does not explain {alert}");
+    }
+    assert!(alerts.len() >= 8, "{alerts:?}");
+    // promtool (Debian package `prometheus`) checks the rules' syntax and
+    // runs their unit tests (alerts-test.yml: each alert fires when it
+    // should and not on a healthy gateway). Where it is not installed the
+    // checks above still run.
+    let Ok(probe) = Command::new("promtool").arg("--version").output() else {
+        eprintln!("promtool not installed: the alerting rules' unit tests not run here");
+        return;
+    };
+    assert!(probe.status.success());
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/prometheus");
+    for args in [&["check", "rules", "alerts.yml"][..], &["test", "rules", "alerts-test.yml"]] {
+        let out = Command::new("promtool").args(args).current_dir(&dir).output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 /// Secrets (the compose file's token file, keys, certificates) and
 /// databases (private keys, the state) stay out of the repository and out
 /// of the image's build context.
