@@ -405,3 +405,43 @@ fn the_metrics_table_is_what_the_daemon_exports() {
         "docs/operating.md's metrics table lacks {missing:?} and lists {stale:?}, which the daemon does not export"
     );
 }
+
+/// Every operation of the OpenAPI document is in docs/api.md's route
+/// table, and every error code the daemon answers (src/api/error.rs) and
+/// every detail code (apply errors, readiness reasons) is explained there.
+#[test]
+fn the_api_guide_has_every_route_and_every_error_code() {
+    let guide = read(&root().join("docs/api.md"));
+    let spec: serde_json::Value = serde_json::from_str(&read(&root().join("docs/openapi.json"))).unwrap();
+    let mut missing = Vec::new();
+    for (path, ops) in spec["paths"].as_object().unwrap() {
+        for method in ops.as_object().unwrap().keys().filter(|m| ["get", "post", "patch", "put", "delete"].contains(&m.as_str())) {
+            let row = format!("`{} {path}", method.to_uppercase());
+            let either = format!("`POST`/`PATCH {path}");
+            if !guide.contains(&row) && !(["post", "patch"].contains(&method.as_str()) && guide.contains(&either)) {
+                missing.push(row);
+            }
+        }
+    }
+    // The codes as the daemon writes them: `(Status::X, "code"`, a
+    // catcher's `=> ("code"`, `error: "code".into()`, `reason("code"`.
+    let sources = read(&root().join("src/api/error.rs")) + &read(&root().join("src/model.rs")) + &read(&root().join("src/status.rs"));
+    let mut codes = BTreeSet::new();
+    for marker in [", \"", "=> (\"", "error: \"", "reason(\"", "Some(\""] {
+        for piece in sources.split(marker).skip(1) {
+            let code: String = piece.chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
+            if piece[code.len()..].starts_with('"') && code.contains('_') || ["unauthorized", "forbidden", "internal", "busy"].contains(&code.as_str()) {
+                codes.insert(code);
+            }
+        }
+    }
+    for code in ["invalid_config", "apply_failed", "precondition_failed", "not_found", "method_not_allowed", "network_failed", "not_applied"] {
+        assert!(codes.contains(code), "the code scan misses {code}: {codes:?}");
+    }
+    for code in &codes {
+        if !guide.contains(&format!("`{code}`")) {
+            missing.push(code.clone());
+        }
+    }
+    assert!(missing.is_empty(), "docs/api.md lacks {missing:?}");
+}
