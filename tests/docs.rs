@@ -430,12 +430,16 @@ fn the_api_guide_has_every_route_and_every_error_code() {
     for marker in [", \"", "=> (\"", "error: \"", "reason(\"", "Some(\""] {
         for piece in sources.split(marker).skip(1) {
             let code: String = piece.chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
-            if piece[code.len()..].starts_with('"') && code.contains('_') || ["unauthorized", "forbidden", "internal", "busy"].contains(&code.as_str()) {
+            if piece[code.len()..].starts_with('"') && code.contains('_')
+                || ["unauthorized", "forbidden", "internal", "busy"].contains(&code.as_str())
+            {
                 codes.insert(code);
             }
         }
     }
-    for code in ["invalid_config", "apply_failed", "precondition_failed", "not_found", "method_not_allowed", "network_failed", "not_applied"] {
+    for code in
+        ["invalid_config", "apply_failed", "precondition_failed", "not_found", "method_not_allowed", "network_failed", "not_applied"]
+    {
         assert!(codes.contains(code), "the code scan misses {code}: {codes:?}");
     }
     for code in &codes {
