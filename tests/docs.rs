@@ -418,7 +418,8 @@ fn the_api_guide_has_every_route_and_every_error_code() {
         for method in ops.as_object().unwrap().keys().filter(|m| ["get", "post", "patch", "put", "delete"].contains(&m.as_str())) {
             let row = format!("`{} {path}", method.to_uppercase());
             let either = format!("`POST`/`PATCH {path}");
-            if !guide.contains(&row) && !(["post", "patch"].contains(&method.as_str()) && guide.contains(&either)) {
+            let listed = guide.contains(&row) || ["post", "patch"].contains(&method.as_str()) && guide.contains(&either);
+            if !listed {
                 missing.push(row);
             }
         }
