@@ -450,3 +450,44 @@ fn the_api_guide_has_every_route_and_every_error_code() {
     }
     assert!(missing.is_empty(), "docs/api.md lacks {missing:?}");
 }
+
+/// The `.rs` files under a directory, recursively, but tests.
+fn sources(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() && !path.ends_with("tests") {
+            files.extend(sources(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") && !path.ends_with("tests.rs") {
+            files.push(path);
+        }
+    }
+    files
+}
+
+/// Every event the daemon publishes (`events.publish("name", ...)` in
+/// src/) is in docs/api.md's event table.
+#[test]
+fn the_api_guide_has_every_event() {
+    let mut events = BTreeSet::new();
+    for file in sources(&root().join("src")) {
+        let text = read(&file);
+        for call in text.split("publish(").skip(1) {
+            let Some(args) = call.split(", &").next() else { continue };
+            if args.starts_with("&self") || args.contains("fn ") {
+                continue;
+            }
+            for name in args.split('"').skip(1).step_by(2) {
+                events.insert(name.to_string());
+            }
+        }
+    }
+    for event in ["apply", "drift_repaired", "peer_connected", "route_failed", "store_error"] {
+        assert!(events.contains(event), "the scan misses {event}: {events:?}");
+    }
+    let guide = read(&root().join("docs/api.md"));
+    let table = guide.split("| event | data | when |").nth(1).expect("docs/api.md has the event table");
+    let table: String = table.lines().skip(2).take_while(|l| l.starts_with('|')).collect::<Vec<_>>().join("\n");
+    let missing: Vec<_> = events.iter().filter(|e| !table.contains(&format!("`{e}`"))).collect();
+    assert!(missing.is_empty(), "docs/api.md's event table lacks {missing:?}");
+}
