@@ -491,3 +491,23 @@ fn the_api_guide_has_every_event() {
     let missing: Vec<_> = events.iter().filter(|e| !table.contains(&format!("`{e}`"))).collect();
     assert!(missing.is_empty(), "docs/api.md's event table lacks {missing:?}");
 }
+
+/// Every `GATEWAY_*` variable the docs name is one an option reads, or one
+/// of the scripts' and tests' own (the binary a script runs, the test-only
+/// fault injection).
+#[test]
+fn the_docs_name_only_variables_that_exist() {
+    let help = gateway_help();
+    let known: BTreeSet<String> = parse_help(&help).into_iter().flat_map(|(_, o)| o).filter_map(|o| o.env).collect();
+    let others = ["GATEWAY_BIN", "GATEWAY_FAULT"];
+    let mut unknown = Vec::new();
+    for doc in documents() {
+        let text = read(&doc);
+        for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if word.starts_with("GATEWAY_") && word.len() > 8 && !known.contains(word) && !others.contains(&word) {
+                unknown.push(format!("{}: {word}", doc.strip_prefix(root()).unwrap().display()));
+            }
+        }
+    }
+    assert!(unknown.is_empty(), "variables no option reads: {unknown:?}");
+}
