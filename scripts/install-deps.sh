@@ -11,7 +11,7 @@ if [ "${1:-}" != "--runtime" ]; then
   # Building (a C compiler for the bundled SQLite and the linker), the test
   # servers and clients, the OpenAPI validator's venv (from PyPI), and the
   # linter for the shell scripts.
-  pkgs+=(gcc libc6-dev openssl python3 python3-venv shellcheck)
+  pkgs+=(gcc libc6-dev openssl python3 python3-venv shellcheck sqlite3)
 fi
 missing=()
 for p in "${pkgs[@]}"; do

@@ -148,6 +148,9 @@ pub struct Args {
     /// How long traffic samples are kept.
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     pub retention: Duration,
+    /// How many of the last events are kept (in the database, and in memory) for clients that resume the event stream with `Last-Event-ID`, also across a restart; a live client further behind is disconnected (it may resume). About 300 bytes each.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub events_kept: u32,
     /// How long POST/PATCH wait for the apply before answering 202 `pending`.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub apply_wait: Duration,

@@ -233,10 +233,15 @@ impl Shared {
         let (message, disk_full) = (e.to_string(), e.disk_full());
         tracing::error!(operation, error = %message, disk_full, "a write to the database failed");
         self.metrics.store_failed(operation);
-        let since = failures.get(operation).map_or_else(crate::clock::now_unix, |f| f.since);
-        failures.insert(operation, StoreFailure { message: message.clone(), disk_full, since });
+        let before = failures.get(operation).map(|f| f.since);
+        failures
+            .insert(operation, StoreFailure { message: message.clone(), disk_full, since: before.unwrap_or_else(crate::clock::now_unix) });
         drop(failures);
-        self.events.publish("store_error", &StoreErrorEvent { operation: operation.into(), message, disk_full });
+        // The events' own writes retry by themselves: one event when they
+        // start failing, not one per retry (each would be another to write).
+        if operation != "events" || before.is_none() {
+            self.events.publish("store_error", &StoreErrorEvent { operation: operation.into(), message, disk_full });
+        }
     }
 
     /// The writes to the database failing now, by operation.
@@ -295,8 +300,8 @@ impl Shared {
     }
 }
 
-/// The first event id of this run: the start time in microseconds, so ids
-/// keep growing across restarts.
+/// The lowest event id of this run: the start time in microseconds (see
+/// `Events::resume`).
 fn first_event_id() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(1)
 }
@@ -426,9 +431,16 @@ pub async fn build(args: &Args, runner: Runner) -> anyhow::Result<Daemon> {
         peer_timeout: args.peer_timeout,
     };
     let endpoints = store.endpoints().await.context("reading the peers' last endpoints")?;
+    let kept = usize::try_from(args.events_kept).unwrap_or(usize::MAX);
+    let stored_events = crate::events::durable::load(&store, kept).await.context("reading the kept events")?;
     let mut shared = Shared::new(store, system, settings, metrics, last, args.retention);
     shared.endpoints = crate::endpoints::EndpointMemory::new(endpoints);
+    shared.events = Events::resume(kept, stored_events, first_event_id());
     let shared = Arc::new(shared);
+    let writer = shared.clone();
+    shared.events.set_writer(tokio::spawn(async move {
+        writer.events.write(&writer.store, crate::events::durable::RETRY, |written| writer.store_outcome("events", written)).await;
+    }));
     shared.set_tokens(tokens);
     // Not `Config::figment()`: that would let ROCKET_* variables and a
     // Rocket.toml in the working directory change the API behind the options.

@@ -105,6 +105,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         // only stores states nobody applies would be worse than exiting for a restart.
         ended = &mut reconciler => Err(anyhow::anyhow!("the reconciler stopped ({ended:?}); exiting so the supervisor restarts the daemon")),
         launched = &mut server => {
+            shared.events.close().await;
             shared.store.pool.close().await;
             return Err(match launched {
                 Ok(Err(e)) => anyhow::Error::new(e).context("the API stopped"),
@@ -116,6 +117,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     gate.abort();
     shutdown.notify();
     let _ = server.await;
+    // The last events are written before the database closes.
+    shared.events.close().await;
     shared.store.pool.close().await;
     stopped?;
     tracing::info!("gateway stopped; networks and nginx stay as they are until the next start");

@@ -68,8 +68,8 @@ pub struct OperationLabels {
 
 /// The writes to the database, as `gateway_store_errors_total` labels them:
 /// a POST/PATCH's new desired state, a pass's result, a traffic tick, the
-/// peers' last endpoints.
-pub const STORE_OPERATIONS: [&str; 4] = ["config", "apply_result", "traffic", "endpoints"];
+/// peers' last endpoints, the kept events.
+pub const STORE_OPERATIONS: [&str; 5] = ["config", "apply_result", "traffic", "endpoints", "events"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {

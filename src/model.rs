@@ -369,7 +369,7 @@ pub struct StatusInfo {
     pub last_apply: Option<LastApply>,
     pub nginx_running: bool,
     /// Writes to the database failing now, by operation (`config`,
-    /// `apply_result`, `traffic`, `endpoints`): each is listed from its
+    /// `apply_result`, `traffic`, `endpoints`, `events`): each is listed from its
     /// first failure until it next succeeds. Empty while every write succeeds.
     pub store_errors: BTreeMap<String, StoreFailure>,
     /// Keyed by listen port.

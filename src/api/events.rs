@@ -16,7 +16,7 @@ use rocket_okapi::response::OpenApiResponderInner;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::events::{Event, Subscription};
-use crate::model::events::{ApplyEvent, DriftRepairedEvent, PeerEvent, RouteFailedEvent, StoreErrorEvent};
+use crate::model::events::{ApplyEvent, DriftRepairedEvent, EventsLostEvent, PeerEvent, RouteFailedEvent, StoreErrorEvent};
 use crate::types::truncate;
 
 /// A keep-alive comment at least this often, so proxies keep an idle stream open.
@@ -50,7 +50,7 @@ impl OpenApiFromRequest<'_> for LastEventId {
             generator,
             "Last-Event-ID",
             "^[0-9]{1,19}$",
-            "The `id` of the last event received: the events after it that are still kept (the last 1024) are sent first. Browsers' EventSource sends it when they reconnect.",
+            "The `id` of the last event received: the events after it that are still kept (the last `--events-kept`, 10000 by default, also across a restart) are sent first; if some after it are gone, `events_lost` comes first. Browsers' EventSource sends it when they reconnect.",
         ))
     }
 }
@@ -59,13 +59,20 @@ impl OpenApiFromRequest<'_> for LastEventId {
 pub struct EventsStream(EventStream<BoxStream<'static, Sse>>);
 
 fn sse(event: Arc<Event>) -> Sse {
-    Sse::data(event.data.clone()).event(event.name).id(event.id.to_string())
+    Sse::data(event.data.clone()).event(event.name.clone()).id(event.id.to_string())
 }
 
-/// The subscription's missed events, then the live ones, until the
-/// subscriber falls behind by more than the backlog or the server stops.
+/// `events_lost` has no `id:`: the client's `Last-Event-ID` stays the last
+/// event it really got.
+fn lost(lost: &EventsLostEvent) -> Sse {
+    Sse::json(lost).event("events_lost")
+}
+
+/// `events_lost` if some events the client has not seen are gone, the
+/// subscription's missed events, then the live ones, until the subscriber
+/// falls behind by more than the kept count or the server stops.
 pub fn stream(subscription: Subscription, shutdown: rocket::Shutdown) -> EventsStream {
-    let Subscription { missed, live } = subscription;
+    let Subscription { lost: gone, missed, live } = subscription;
     let live = stream::unfold(live, |mut rx| async move {
         match rx.recv().await {
             Ok(event) => Some((sse(event), rx)),
@@ -76,7 +83,8 @@ pub fn stream(subscription: Subscription, shutdown: rocket::Shutdown) -> EventsS
             Err(RecvError::Closed) => None,
         }
     });
-    let events = stream::iter(missed.into_iter().map(sse)).chain(live).take_until(shutdown).boxed();
+    let first = gone.as_ref().map(lost);
+    let events = stream::iter(first.into_iter().chain(missed.into_iter().map(sse))).chain(live).take_until(shutdown).boxed();
     EventsStream(EventStream::from(events).heartbeat(HEARTBEAT))
 }
 
@@ -86,13 +94,14 @@ impl<'r> Responder<'r, 'r> for EventsStream {
     }
 }
 
-const DESCRIPTION: &str = "Server-Sent Events (`text/event-stream`), endless: each event has an `id:` (increasing by one; a client resumes with `Last-Event-ID`), an `event:` name and a JSON `data:` line; a comment (`:`) at least every 10 s keeps the connection alive.
+const DESCRIPTION: &str = "Server-Sent Events (`text/event-stream`), endless: each event has an `id:` (increasing by one within a run, higher after a restart, never given twice; a client resumes with `Last-Event-ID`, also across a restart), an `event:` name and a JSON `data:` line; a comment (`:`) at least every 10 s keeps the connection alive.
+- `events_lost` (data: EventsLostEvent, no `id:`): first, when a client resumed after an event that is no longer kept (or unknown): some events after it are gone; all kept ones follow. Re-read status.json and config.json.
 - `apply` (data: ApplyEvent): a pass for a new generation, or its retry, finished.
 - `drift_repaired` (data: DriftRepairedEvent): the watchdog put back what was changed by hand.
 - `peer_connected` / `peer_disconnected` (data: PeerEvent): a peer's latest handshake became newer / older than 180 s (seen by the drift check and status reads).
 - `route_failed` (data: RouteFailedEvent): a raw route was left out of nginx because another process holds its port; everything else is served.
-- `store_error` (data: StoreErrorEvent): a write to the database failed (e.g. its disk is full): a POST/PATCH answered 507, or a pass's result, a traffic tick or the peers' endpoints could not be recorded.
-A client more than 1024 events behind is disconnected (it may resume from what is kept); the reconciler never waits for a client.";
+- `store_error` (data: StoreErrorEvent): a write to the database failed (e.g. its disk is full): a POST/PATCH answered 507, or a pass's result, a traffic tick, the peers' endpoints or the events could not be recorded.
+A client more than `--events-kept` events behind is disconnected (it may resume from what is kept); the reconciler never waits for a client.";
 
 impl OpenApiResponderInner for EventsStream {
     fn responses(generator: &mut OpenApiGenerator) -> rocket_okapi::Result<Responses> {
@@ -103,6 +112,7 @@ impl OpenApiResponderInner for EventsStream {
             generator.json_schema::<PeerEvent>(),
             generator.json_schema::<RouteFailedEvent>(),
             generator.json_schema::<StoreErrorEvent>(),
+            generator.json_schema::<EventsLostEvent>(),
         ];
         let mut r = Responses::default();
         let mut schema = generator.json_schema_no_ref::<String>();

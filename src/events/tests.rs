@@ -21,6 +21,124 @@ fn events_are_numbered_kept_within_the_backlog_and_resumed_after_an_id() {
     assert_eq!(ids(&events.subscribe(Some(104)).missed), Vec::<u64>::new(), "nothing missed");
     assert!(events.subscribe(None).missed.is_empty(), "no id: live only");
     assert_eq!(ids(&events.subscribe(Some(9_999)).missed), [102, 103, 104], "an id from another run: everything kept");
+    for exact in [101, 102, 104] {
+        assert_eq!(events.subscribe(Some(exact)).lost, None, "after {exact}: nothing unseen is gone");
+    }
+    let lost = |after| events.subscribe(Some(after)).lost.map(|l| (l.last_event_id, l.first_kept_id));
+    assert_eq!(lost(100), Some((100, Some(102))), "101 is gone and was not seen");
+    assert_eq!(lost(9_999), Some((9_999, Some(102))), "not one of ours: told so");
+    assert_eq!(lost(0), Some((0, Some(102))));
+}
+
+mod durable {
+    use super::*;
+    use crate::events::durable::{load, save};
+    use crate::store::{Store, StoreError};
+
+    type Outcomes = Arc<Mutex<Vec<bool>>>;
+
+    /// Events continued from `store`, with their writer running; the
+    /// writer's outcomes (ok or not) are collected.
+    async fn running(store: &Store, capacity: usize, now_micros: u64) -> (Arc<Events>, Outcomes) {
+        running_with(store, capacity, now_micros, Duration::from_secs(5)).await
+    }
+
+    async fn running_with(store: &Store, capacity: usize, now_micros: u64, retry: Duration) -> (Arc<Events>, Outcomes) {
+        let events = Arc::new(Events::resume(capacity, load(store, capacity).await.unwrap(), now_micros));
+        let outcomes: Outcomes = Arc::default();
+        let (e, s, o) = (events.clone(), store.clone(), outcomes.clone());
+        events.set_writer(tokio::spawn(async move {
+            e.write(&s, retry, |r: &Result<(), StoreError>| o.lock().unwrap().push(r.is_ok())).await;
+        }));
+        (events, outcomes)
+    }
+
+    async fn next(sub: &mut Subscription) -> Arc<Event> {
+        tokio::time::timeout(Duration::from_secs(10), sub.live.recv()).await.expect("an event within 10 s").unwrap()
+    }
+
+    async fn stored_ids(store: &Store) -> Vec<u64> {
+        let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM events ORDER BY id").fetch_all(&store.pool).await.unwrap();
+        ids.into_iter().map(|i| i as u64).collect()
+    }
+
+    #[tokio::test]
+    async fn events_are_stored_before_they_are_sent_and_resumed_after_a_restart() {
+        let store = Store::open(None).await.unwrap();
+        let (events, outcomes) = running(&store, 3, 1000).await;
+        let mut sub = events.subscribe(None);
+        for n in 0..4 {
+            events.publish("apply", &n);
+            let e = next(&mut sub).await;
+            assert_eq!(e.id, 1000 + n, "numbered from the start time");
+            assert!(stored_ids(&store).await.contains(&e.id), "stored before it was sent");
+        }
+        events.close().await;
+        assert!(outcomes.lock().unwrap().iter().all(|ok| *ok));
+        assert_eq!(stored_ids(&store).await, [1001, 1002, 1003], "the oldest beyond 3 deleted (at the next write)");
+
+        // The next run, started "earlier" by the clock: ids still go on.
+        let (events, _) = running(&store, 3, 5).await;
+        let resumed = events.subscribe(Some(1001));
+        assert_eq!((resumed.lost, ids(&resumed.missed)), (None, vec![1002, 1003]), "exactly the missed ones");
+        let mut sub = events.subscribe(Some(1003));
+        assert!(sub.missed.is_empty());
+        events.publish("apply", &"after the restart");
+        let e = next(&mut sub).await;
+        assert_eq!((e.id, e.data.as_str(), e.name.as_ref()), (1004, r#""after the restart""#, "apply"));
+        let gone = events.subscribe(Some(1000));
+        assert_eq!(gone.lost.map(|l| l.first_kept_id), Some(Some(1002)), "1001 was dropped (1004 came): told so");
+        assert_eq!(ids(&gone.missed), [1002, 1003, 1004], "and everything kept");
+        assert_eq!(events.subscribe(Some(1001)).lost, None, "the last one gone was seen: nothing unseen is gone");
+        events.close().await;
+        // A smaller count at the next start keeps the newest.
+        let (events, _) = running(&store, 2, 5).await;
+        assert_eq!(ids(&events.subscribe(Some(1002)).missed), [1003, 1004]);
+        assert!(events.subscribe(Some(1001)).lost.is_some(), "1002 is no longer kept");
+        events.close().await;
+    }
+
+    /// A database that never held events (a new one, or one from before
+    /// they were kept): a client resuming from an earlier run is told that
+    /// events are gone.
+    #[tokio::test]
+    async fn a_new_database_says_earlier_events_are_gone() {
+        let store = Store::open(None).await.unwrap();
+        let (events, _) = running(&store, 10, 7000).await;
+        let sub = events.subscribe(Some(6500));
+        assert_eq!(sub.lost.map(|l| (l.last_event_id, l.first_kept_id)), Some((6500, None)));
+        assert_eq!(events.subscribe(Some(6999)).lost, None, "the id just before the run's first: nothing gone");
+        events.close().await;
+    }
+
+    /// A full disk holds no event back: each is sent at once and kept in
+    /// memory, written once there is room again; one failure is reported
+    /// per retry, not per event.
+    #[tokio::test]
+    async fn a_full_database_delays_no_event_and_they_are_written_later() {
+        let store = Store::open(None).await.unwrap();
+        save(&store, &[], 0).await.unwrap();
+        let pages: i64 = sqlx::query_scalar("PRAGMA page_count").fetch_one(&store.pool).await.unwrap();
+        sqlx::query(&format!("PRAGMA max_page_count = {pages}")).execute(&store.pool).await.unwrap();
+        let (events, outcomes) = running_with(&store, 100, 1, Duration::from_millis(200)).await;
+        let mut sub = events.subscribe(None);
+        let big = "x".repeat(10_000);
+        for n in 0..3 {
+            events.publish("apply", &big);
+            assert_eq!(next(&mut sub).await.id, 1 + n, "sent although it could not be written");
+        }
+        let failed = outcomes.lock().unwrap().clone();
+        assert!(!failed.is_empty() && failed.iter().all(|ok| !ok), "{failed:?}");
+        assert!(stored_ids(&store).await.is_empty());
+        sqlx::query("PRAGMA max_page_count = 1000000").execute(&store.pool).await.unwrap();
+        let start = Instant::now();
+        while stored_ids(&store).await != [1, 2, 3] {
+            assert!(start.elapsed() < Duration::from_secs(20), "never written: {:?}", outcomes.lock().unwrap());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(outcomes.lock().unwrap().last(), Some(&true), "written at a retry, with nothing new published");
+        events.close().await;
+    }
 }
 
 #[tokio::test]

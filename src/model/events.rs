@@ -59,10 +59,24 @@ pub struct RouteFailedEvent {
 /// or the peers' endpoints could not be recorded.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
 pub struct StoreErrorEvent {
-    /// `config`, `apply_result`, `traffic` or `endpoints`.
+    /// `config`, `apply_result`, `traffic`, `endpoints` or `events`.
     pub operation: String,
     /// The database's error.
     pub message: String,
     /// The disk the database is on is full.
     pub disk_full: bool,
+}
+
+/// `events_lost`: sent first (without an `id:`, so a client's
+/// `Last-Event-ID` stays its own) to a client that resumed after an event
+/// the daemon no longer keeps, or does not know: some events after it are
+/// gone (beyond the kept count, or from before the database kept events).
+/// What follows are all the events still kept; re-read what you track
+/// (status.json, config.json) instead of relying on the missed events.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+pub struct EventsLostEvent {
+    /// The `Last-Event-ID` the client sent.
+    pub last_event_id: u64,
+    /// The oldest event still kept (the first one sent next); null if none is kept.
+    pub first_kept_id: Option<u64>,
 }
