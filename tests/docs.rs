@@ -254,7 +254,7 @@ fn trailing_groups(mut text: &str) -> (String, Vec<(String, String)>) {
 /// The sections of `gateway --help` (`Options`, `Tool paths`), each with its options.
 fn parse_help(help: &str) -> Vec<(String, Vec<HelpOption>)> {
     let mut sections: Vec<(String, Vec<HelpOption>)> = Vec::new();
-    let mut lines = help.lines().peekable();
+    let mut lines = help.lines();
     while let Some(line) = lines.next() {
         if let Some(title) = line.strip_suffix(':').filter(|t| !t.starts_with(' ')) {
             sections.push((title.to_string(), Vec::new()));
@@ -264,9 +264,16 @@ fn parse_help(help: &str) -> Vec<(String, Vec<HelpOption>)> {
         if !(line.starts_with("  ") && trimmed.starts_with('-')) || line.starts_with("          ") {
             continue;
         }
+        // The help lines, indented; a blank line between two of them is a
+        // paragraph break (clap's long help), kept as one space.
         let mut help_lines = Vec::new();
-        while let Some(next) = lines.peek().filter(|l| l.starts_with("          ")) {
-            help_lines.push(next.trim());
+        loop {
+            let mut ahead = lines.clone();
+            match (ahead.next(), ahead.next()) {
+                (Some(next), _) if next.starts_with("          ") => help_lines.push(next.trim()),
+                (Some(""), Some(after)) if after.starts_with("          ") => {}
+                _ => break,
+            }
             lines.next();
         }
         let (text, groups) = trailing_groups(&help_lines.join(" "));
@@ -375,6 +382,8 @@ fn help_lines_are_split_into_text_and_groups() {
     assert_eq!(parsed.len(), 1);
     assert_eq!(parsed[0].1[0].env.as_deref(), Some("GATEWAY_PORT"));
     assert_eq!(parsed[0].1[1].long, "--help");
+    let paragraphs = parse_help("Options:\n      --a <A>\n          One.\n\n          Two [env: GATEWAY_A=]\n\nAfter help.\n");
+    assert_eq!((paragraphs[0].1[0].help.as_str(), paragraphs[0].1[0].env.as_deref()), ("One. Two", Some("GATEWAY_A")));
 }
 
 /// The metrics table of docs/operating.md lists every family the daemon
