@@ -133,6 +133,21 @@ pub struct Args {
     /// Which raw `tcp://PORT` / `udp://PORT` entries a config may open: FIRST-LAST, both included. Ports outside are refused (422), so no tenant takes the host's own services (SSH, DNS, NTP).
     #[arg(long, env = "GATEWAY_RAW_PORT_RANGE", default_value = "1024-65535", value_parser = parse_port_range)]
     pub raw_port_range: crate::types::PortRange,
+    /// At most this many networks in the desired state (a config with more is refused, 422); each is a namespace, a WireGuard interface (a wireguard-go process in userspace) and a veth.
+    #[arg(long, env = "GATEWAY_MAX_NETWORKS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=65533))]
+    pub max_networks: u32,
+    /// At most this many peers in one network (422 beyond).
+    #[arg(long, env = "GATEWAY_MAX_PEERS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_peers: u32,
+    /// At most this many allowed IPs of one peer, and addresses of one network's interface (422 beyond); each allowed IP is a WireGuard entry and may be a route.
+    #[arg(long, env = "GATEWAY_MAX_ALLOWED_IPS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_allowed_ips: u32,
+    /// At most this many proxy entries (https://, http://, tcp://, udp://) in one network (422 beyond); each is an nginx server or map entry.
+    #[arg(long, env = "GATEWAY_MAX_ROUTES", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_routes: u32,
+    /// At most this many distinct upstreams in one network, and entries in one upstream list (422 beyond); each takes a DNAT port of the 10,000 after --dnat-port-base.
+    #[arg(long, env = "GATEWAY_MAX_UPSTREAMS", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_upstreams: u32,
     /// Extra static forwardings, e.g. `https://api.example.com=127.0.0.1:8443,http://b.example.com=127.0.0.1:8080`.
     #[arg(long, env = "GATEWAY_CUSTOM_FORWARDING", default_value = "")]
     pub custom_forwarding: String,
@@ -231,6 +246,18 @@ fn variable_of(id: &str) -> String {
 }
 
 impl Args {
+    /// The caps on what one config may ask for.
+    pub fn limits(&self) -> crate::validate::Limits {
+        let n = |v: u32| v as usize;
+        crate::validate::Limits {
+            networks: n(self.max_networks),
+            peers: n(self.max_peers),
+            allowed_ips: n(self.max_allowed_ips),
+            routes: n(self.max_routes),
+            upstreams: n(self.max_upstreams),
+        }
+    }
+
     /// The command line with a `GATEWAY_*` variable for every option that
     /// does not name its own, so no setting is reachable only by argument
     /// (`--help` lists each).

@@ -42,6 +42,8 @@ pub struct Settings {
     pub ports: Vec<(u16, String)>,
     /// Which raw ports a config may open.
     pub raw_ports: crate::types::PortRange,
+    /// How much one config may ask for.
+    pub limits: crate::validate::Limits,
     pub watchdog: Duration,
     /// Where the API's tokens come from (read again on SIGHUP); none: the
     /// API is open (the daemon then listens on loopback only).
@@ -61,7 +63,14 @@ pub struct Settings {
 
 impl Settings {
     pub fn validation(&self) -> Context<'_> {
-        Context { custom: &self.custom, reserved: &self.reserved, ports: &self.ports, raw_ports: self.raw_ports, previous: None }
+        Context {
+            custom: &self.custom,
+            reserved: &self.reserved,
+            ports: &self.ports,
+            raw_ports: self.raw_ports,
+            previous: None,
+            limits: self.limits,
+        }
     }
 }
 
@@ -422,6 +431,7 @@ pub async fn build(args: &Args, runner: Runner) -> anyhow::Result<Daemon> {
         custom,
         reserved: vec![system.layout.bridge_subnet()],
         raw_ports: args.raw_port_range,
+        limits: args.limits(),
         watchdog: args.watchdog,
         tokens: token_sources,
         api_address: args.address,

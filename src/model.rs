@@ -121,8 +121,8 @@ pub struct NetworkConfig {
     pub peers: BTreeMap<String, PeerConfig>,
     /// `https://HOST` (TLS passthrough by SNI), `http://HOST` (reverse proxy
     /// by Host), `tcp://PORT` or `udp://PORT` (a raw port on the gateway
-    /// host) mapped to upstreams `IP:PORT` inside the network (at most 1000
-    /// distinct upstreams per network): a list of upstreams, or an object
+    /// host) mapped to upstreams `IP:PORT` inside the network (at most
+    /// `--max-upstreams`, 1000 by default, distinct upstreams per network): a list of upstreams, or an object
     /// that also asks for a PROXY protocol header (https:// and tcp:// only).
     #[serde(default)]
     #[schemars(with = "Keyed<ProxyKey, ProxyTarget>")]
@@ -130,14 +130,179 @@ pub struct NetworkConfig {
 }
 
 /// A proxy entry's value: the list form (no PROXY protocol) or the object
-/// form. Anything else is kept as it came, for `validate` to say exactly
+/// form. Anything else is kept in outline, for `validate` to say exactly
 /// what is wrong with it and where (serde could only say "no variant").
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum ProxyTarget {
     Upstreams(Vec<String>),
     Options(ProxyOptions),
+    /// The outline of a value of neither form: an upstream list's strings
+    /// as they came and `null` for any other item, an object's
+    /// `proxy_protocol` if a boolean, `null` for everything else.
     Invalid(serde_json::Value),
+}
+
+/// Read in one pass, keeping only what `validate` reports on: not
+/// `#[serde(untagged)]`, which first copies the whole value into a buffer
+/// and then tries each form on the copy (a million-item list cost seconds
+/// and a copy per item).
+impl<'de> Deserialize<'de> for ProxyTarget {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(outline::TargetVisitor)
+    }
+}
+
+mod outline {
+    use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+    use serde::{Deserialize, Deserializer};
+    use serde_json::Value;
+
+    use super::{ProxyOptions, ProxyTarget};
+
+    /// A list item: a string, or `null` for anything else (skipped unread).
+    pub(super) struct Item(pub Value);
+
+    impl<'de> Deserialize<'de> for Item {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(ItemVisitor).map(Item)
+        }
+    }
+
+    struct ItemVisitor;
+
+    macro_rules! other {
+        ($($f:ident: $t:ty),*) => {
+            $(fn $f<E: serde::de::Error>(self, _: $t) -> Result<Value, E> { Ok(Value::Null) })*
+        };
+    }
+
+    impl<'de> Visitor<'de> for ItemVisitor {
+        type Value = Value;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Value, E> {
+            Ok(Value::String(v.to_string()))
+        }
+        fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Value, E> {
+            Ok(Value::String(v))
+        }
+        fn visit_bool<E: serde::de::Error>(self, b: bool) -> Result<Value, E> {
+            Ok(Value::Bool(b))
+        }
+        other!(visit_i64: i64, visit_u64: u64, visit_f64: f64);
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Value, E> {
+            Ok(Value::Null)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(Value::Null)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok(Value::Null)
+        }
+    }
+
+    /// An upstream list in outline: its items, or `null` if not a list.
+    struct List(Value);
+
+    impl<'de> Deserialize<'de> for List {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(ListVisitor).map(List)
+        }
+    }
+
+    struct ListVisitor;
+
+    impl<'de> Visitor<'de> for ListVisitor {
+        type Value = Value;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Value, A::Error> {
+            items(seq).map(Value::Array)
+        }
+        fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Value, E> {
+            Ok(Value::Null)
+        }
+        fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Value, E> {
+            Ok(Value::Null)
+        }
+        other!(visit_i64: i64, visit_u64: u64, visit_f64: f64);
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Value, E> {
+            Ok(Value::Null)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Value, A::Error> {
+            ItemVisitor.visit_map(map)
+        }
+    }
+
+    fn items<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<Vec<Value>, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+        while let Some(Item(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(items)
+    }
+
+    /// The strings of an outline list, if every item is one.
+    fn strings(items: &[Value]) -> Option<Vec<String>> {
+        items.iter().map(|v| v.as_str().map(str::to_string)).collect()
+    }
+
+    pub(super) struct TargetVisitor;
+
+    impl<'de> Visitor<'de> for TargetVisitor {
+        type Value = ProxyTarget;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a list of upstreams or an object {\"upstreams\": [...], \"proxy_protocol\": bool}")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<ProxyTarget, A::Error> {
+            let items = items(seq)?;
+            Ok(strings(&items).map_or(ProxyTarget::Invalid(Value::Array(items)), ProxyTarget::Upstreams))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ProxyTarget, A::Error> {
+            let mut fields = serde_json::Map::new();
+            while let Some(key) = map.next_key::<String>()? {
+                let value = match key.as_str() {
+                    "upstreams" => map.next_value::<List>()?.0,
+                    "proxy_protocol" => map.next_value::<Item>()?.0,
+                    _ => map.next_value::<IgnoredAny>().map(|_| Value::Null)?,
+                };
+                fields.insert(key, value);
+            }
+            let known = fields.keys().all(|k| k == "upstreams" || k == "proxy_protocol");
+            let upstreams = fields.get("upstreams").and_then(Value::as_array).and_then(|a| strings(a));
+            let proxy_protocol = match fields.get("proxy_protocol") {
+                None => Some(false),
+                Some(v) => v.as_bool(),
+            };
+            Ok(match (known, upstreams, proxy_protocol) {
+                (true, Some(upstreams), Some(proxy_protocol)) => ProxyTarget::Options(ProxyOptions { upstreams, proxy_protocol }),
+                _ => ProxyTarget::Invalid(Value::Object(fields)),
+            })
+        }
+        fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<ProxyTarget, E> {
+            Ok(ProxyTarget::Invalid(Value::Null))
+        }
+        fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<ProxyTarget, E> {
+            Ok(ProxyTarget::Invalid(Value::Null))
+        }
+        fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<ProxyTarget, E> {
+            Ok(ProxyTarget::Invalid(Value::Null))
+        }
+        fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<ProxyTarget, E> {
+            Ok(ProxyTarget::Invalid(Value::Null))
+        }
+        fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<ProxyTarget, E> {
+            Ok(ProxyTarget::Invalid(Value::Null))
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<ProxyTarget, E> {
+            Ok(ProxyTarget::Invalid(Value::Null))
+        }
+    }
 }
 
 impl From<Vec<String>> for ProxyTarget {
@@ -401,7 +566,13 @@ pub struct ErrorBody {
     /// Stable machine-readable code, e.g. `unauthorized`, `invalid_config`.
     pub error: String,
     pub message: String,
+    /// At most 100; `total` says how many there were.
     pub details: Vec<ErrorDetail>,
+    /// How many problems were found, when there were more than `details`
+    /// lists (at most 100 are listed). Validation stops after 10,000, so
+    /// 10000 means at least that many.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<usize>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]

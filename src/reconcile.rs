@@ -16,7 +16,6 @@ use tracing::Instrument;
 
 use crate::clock::now_unix;
 use crate::daemon::{Lifecycle, Shared};
-use crate::model::ErrorDetail;
 use crate::observed::Observed;
 use crate::plan::plan;
 use crate::spec::{Desired, NetworkSpec};
@@ -257,8 +256,9 @@ impl Reconciler {
         if let Ok(desired) = &checked {
             shared.remember_accepted(generation, desired.clone());
         }
-        let problems =
-            |p: Vec<ErrorDetail>| p.into_iter().map(|p| format!("{}{}: {}", crate::model::STORED_INVALID, p.path, p.message)).collect();
+        let problems = |p: crate::validate::Problems| {
+            p.into_details().into_iter().map(|p| format!("{}{}: {}", crate::model::STORED_INVALID, p.path, p.message)).collect()
+        };
         Ok((generation, checked.map_err(problems)))
     }
 

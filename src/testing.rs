@@ -300,6 +300,7 @@ pub async fn shared(system: System) -> Arc<Shared> {
         reserved: vec![system.layout.bridge_subnet()],
         ports: vec![(8000, "the API".into()), (443, "the HTTPS listener".into()), (80, "the HTTP listener".into())],
         raw_ports: Default::default(),
+        limits: Default::default(),
         watchdog: Duration::from_secs(60),
         tokens: Default::default(),
         api_address: std::net::Ipv4Addr::LOCALHOST.into(),

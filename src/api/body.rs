@@ -19,14 +19,29 @@ use serde::de::DeserializeOwned;
 
 use super::error::{ApiError, json_responses};
 use crate::model::schema::IntRange;
-use crate::model::{ApplyResponse, DryRunResponse, ErrorDetail, Readiness};
+use crate::model::{ApplyResponse, DryRunResponse, Readiness};
 use crate::types::truncate;
+use crate::validate::Problems;
 
 const TOO_LARGE: &str = "body too large";
 
 /// A body that could not be read: 413 when over the limit, else 422.
 pub(super) fn body_error(message: String) -> ApiError {
-    if message.starts_with(TOO_LARGE) { ApiError::TooLarge(message) } else { ApiError::Invalid(vec![ErrorDetail::new("$", message)]) }
+    if message.starts_with(TOO_LARGE) { ApiError::TooLarge(message) } else { ApiError::Invalid(Problems::one("$", shorten(&message))) }
+}
+
+/// serde's message quotes the value it did not expect, whole: a 16 MiB
+/// string given for a number would come back in the answer. The middle of
+/// a long message goes; its end says where (line and column).
+fn shorten(message: &str) -> String {
+    const HEAD: usize = 200;
+    const TAIL: usize = 80;
+    if message.chars().count() <= HEAD + TAIL + 10 {
+        return message.to_string();
+    }
+    let head: String = message.chars().take(HEAD).collect();
+    let tail: Vec<char> = message.chars().rev().take(TAIL).collect();
+    format!("{head} [...] {}", tail.into_iter().rev().collect::<String>())
 }
 
 /// A JSON body whose parse error is reported by the handler as a JSON error

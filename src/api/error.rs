@@ -12,6 +12,18 @@ use rocket_okapi::response::OpenApiResponderInner;
 use schemars::JsonSchema;
 
 use crate::model::{ErrorBody, ErrorDetail};
+use crate::validate::{MAX_DETAILS, Problems, STOP_AFTER};
+
+/// The 422's message: how many problems, and how many of them are listed.
+fn invalid_message(p: &Problems) -> String {
+    match p.total() {
+        n if n >= STOP_AFTER => {
+            format!("the configuration is invalid: at least {n} problems (checking stopped there); the first {MAX_DETAILS} are listed")
+        }
+        n if n > MAX_DETAILS => format!("the configuration is invalid: {n} problems; the first {MAX_DETAILS} are listed"),
+        n => format!("the configuration is invalid: {n} problem(s)"),
+    }
+}
 
 const FORBIDDEN: &str = "this token may only read (status.json, traffic.json, /metrics, the event stream): config.json, which holds private keys, and every write need the admin token";
 
@@ -30,8 +42,8 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("{0}")]
     BadRequest(String),
-    #[error("the configuration is invalid: {} problem(s)", .0.len())]
-    Invalid(Vec<ErrorDetail>),
+    #[error("{}", invalid_message(.0))]
+    Invalid(Problems),
     #[error("generation {generation} was stored but applying it failed; the reconciler retries")]
     ApplyFailed { generation: i64, errors: Vec<String> },
     #[error("{0}")]
@@ -68,14 +80,27 @@ impl From<crate::store::StoreError> for ApiError {
 }
 
 impl ApiError {
-    fn parts(&self) -> (Status, &'static str, Vec<ErrorDetail>) {
+    /// Status, code, the details listed (at most [`MAX_DETAILS`]) and how
+    /// many there were in all.
+    fn parts(&self) -> (Status, &'static str, Vec<ErrorDetail>, usize) {
+        let (status, code, details) = self.status_code_details();
+        match self {
+            ApiError::Invalid(p) => (status, code, details, p.total()),
+            _ => {
+                let total = details.len();
+                (status, code, details.into_iter().take(MAX_DETAILS).collect(), total)
+            }
+        }
+    }
+
+    fn status_code_details(&self) -> (Status, &'static str, Vec<ErrorDetail>) {
         match self {
             ApiError::Unauthorized => (Status::Unauthorized, "unauthorized", vec![]),
             ApiError::Forbidden => (Status::Forbidden, "forbidden", vec![]),
             ApiError::MisdirectedRequest => (Status::MisdirectedRequest, "misdirected_request", vec![]),
             ApiError::UnsupportedMediaType => (Status::UnsupportedMediaType, "unsupported_media_type", vec![]),
             ApiError::BadRequest(_) => (Status::BadRequest, "bad_request", vec![]),
-            ApiError::Invalid(d) => (Status::UnprocessableEntity, "invalid_config", d.clone()),
+            ApiError::Invalid(p) => (Status::UnprocessableEntity, "invalid_config", p.details().to_vec()),
             ApiError::ApplyFailed { errors, .. } => {
                 (Status::InternalServerError, "apply_failed", errors.iter().map(|e| ErrorDetail::of_pass_error(e)).collect())
             }
@@ -95,15 +120,17 @@ pub(super) fn error_response<'o>(
     code: &str,
     message: String,
     details: Vec<ErrorDetail>,
+    total: usize,
 ) -> response::Result<'o> {
-    let body = ErrorBody { error: code.into(), message, details };
+    let total = (total > details.len()).then_some(total);
+    let body = ErrorBody { error: code.into(), message, details, total };
     response::Response::build_from(Json(body).respond_to(req)?).status(status).ok()
 }
 
 impl<'r> Responder<'r, 'static> for ApiError {
     fn respond_to(self, req: &'r Request<'_>) -> response::Result<'static> {
-        let (status, code, details) = self.parts();
-        error_response(req, status, code, self.to_string(), details)
+        let (status, code, details, total) = self.parts();
+        error_response(req, status, code, self.to_string(), details, total)
     }
 }
 
@@ -207,7 +234,7 @@ pub(super) fn default_catcher(status: Status, req: &Request<'_>) -> Caught {
     if let Some(methods) = allowed_methods(req).filter(|m| wrong_method(status, req, m)) {
         let allow = methods.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", ");
         let message = format!("{} takes only {allow}", req.uri().path());
-        let body = ErrorBody { error: "method_not_allowed".into(), message, details: vec![] };
+        let body = ErrorBody { error: "method_not_allowed".into(), message, details: vec![], total: None };
         return Caught { status: Status::MethodNotAllowed, body, allow: Some(allow) };
     }
     let (code, message) = match status.code {
@@ -221,5 +248,5 @@ pub(super) fn default_catcher(status: Status, req: &Request<'_>) -> Caught {
         c if c < 500 => ("bad_request", status.reason_lossy().to_string()),
         _ => ("internal", "internal error; see the daemon's log".to_string()),
     };
-    Caught { status, body: ErrorBody { error: code.into(), message, details: vec![] }, allow: None }
+    Caught { status, body: ErrorBody { error: code.into(), message, details: vec![], total: None }, allow: None }
 }

@@ -22,7 +22,7 @@ use crate::spec::Desired;
 use crate::store::ApplyRecord;
 use crate::traffic::{QueryError, Step, TrafficQuery};
 use crate::types::parse_listen_port;
-use crate::validate::{Context, host_ports_of, key_path, new_host_ports, validate};
+use crate::validate::{Context, Problems, host_ports_of, key_path, new_host_ports, validate};
 
 /// Liveness; needs no token.
 #[openapi(tag = "health")]
@@ -77,8 +77,7 @@ async fn patch_config(
     let patch = body.0.map_err(body_error)?;
     // Keys are checked here too: `"051820": null` would otherwise remove
     // nothing and still make a new generation.
-    let bad: Vec<ErrorDetail> =
-        patch.keys().filter_map(|k| parse_listen_port(k).err().map(|m| ErrorDetail::new(key_path("$", k), m))).collect();
+    let bad: Problems = patch.keys().filter_map(|k| parse_listen_port(k).err().map(|m| ErrorDetail::new(key_path("$", k), m))).collect();
     if !bad.is_empty() {
         return Err(ApiError::Invalid(bad));
     }
@@ -144,7 +143,7 @@ async fn build_checked(
     // WireGuard) at the apply, so it is refused before it is stored.
     let held = shared.ports_held_by_others(&new_host_ports(&opened_before, &desired));
     if !held.is_empty() {
-        return Err(ApiError::Invalid(held));
+        return Err(ApiError::Invalid(held.into_iter().collect()));
     }
     Ok((generation, config, desired))
 }

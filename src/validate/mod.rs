@@ -14,8 +14,6 @@ use crate::model::{ErrorDetail, GatewayConfig};
 use crate::spec::{CustomForwarding, Desired};
 use crate::types::{Cidr, Hostname, PortRange, ProxyKey, SecretKey, Transport, parse_listen_port, truncate};
 
-/// At most this many distinct upstreams per network (each takes a DNAT port).
-pub const MAX_UPSTREAMS: usize = 1000;
 pub const MTU_RANGE: std::ops::RangeInclusive<u32> = 1280..=9000;
 
 /// What a config is checked against besides itself.
@@ -36,19 +34,119 @@ pub struct Context<'a> {
     /// private key keeps its public key without deriving it again (an x25519
     /// multiplication each, a third of validating 1,000 networks).
     pub previous: Option<&'a Desired>,
+    /// How much one config may ask for (`--max-networks` and the rest).
+    pub limits: Limits,
 }
 
-/// Every problem found, each with its JSON path.
-#[derive(Debug, Default)]
-pub(crate) struct Problems(Vec<ErrorDetail>);
+/// How much one config may ask for. Each bounds work the daemon does for
+/// every pass (processes, nginx server blocks, routes, DNAT rules) and the
+/// work of checking a request: a list longer than its cap is refused as a
+/// whole, before any of its items is looked at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Networks of the whole state (`--max-networks`).
+    pub networks: usize,
+    /// Peers of one network (`--max-peers`).
+    pub peers: usize,
+    /// Allowed IPs of one peer, and addresses of one network's interface
+    /// (`--max-allowed-ips`).
+    pub allowed_ips: usize,
+    /// Proxy entries (`https://`, `http://`, `tcp://`, `udp://`) of one
+    /// network (`--max-routes`).
+    pub routes: usize,
+    /// Distinct upstreams of one network, each taking a DNAT port of the
+    /// 10,000 after `--dnat-port-base`; also the longest upstream list of
+    /// one entry (`--max-upstreams`).
+    pub upstreams: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { networks: 4096, peers: 4096, allowed_ips: 1024, routes: 1024, upstreams: 1000 }
+    }
+}
+
+/// A list longer than its cap: one problem naming the cap, its value and
+/// the option that raises it.
+pub(crate) fn over_cap(problems: &mut Problems, path: &str, len: usize, what: &str, cap: usize, option: &str) -> bool {
+    if len <= cap {
+        return false;
+    }
+    problems.add(path, format!("{len} {what}; at most {cap} (--{option}, GATEWAY_{} raises it)", option.to_uppercase().replace('-', "_")));
+    true
+}
+
+/// At most this many problems are listed in an answer ([`Problems`]).
+pub const MAX_DETAILS: usize = 100;
+/// Validation stops once it has found this many problems: a body of a
+/// million bad items is not walked to its end.
+pub const STOP_AFTER: usize = 10_000;
+
+/// The problems found, each with its JSON path: the first [`MAX_DETAILS`]
+/// kept, all counted (up to [`STOP_AFTER`], where validation stops).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Problems {
+    details: Vec<ErrorDetail>,
+    total: usize,
+}
 
 impl Problems {
-    pub(crate) fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.0.push(ErrorDetail::new(path, message));
+    pub fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.push(ErrorDetail::new(path, message));
+    }
+
+    pub fn push(&mut self, detail: ErrorDetail) {
+        self.total += 1;
+        if self.details.len() < MAX_DETAILS {
+            self.details.push(detail);
+        }
+    }
+
+    /// One problem.
+    pub fn one(path: impl Into<String>, message: impl Into<String>) -> Problems {
+        let mut p = Problems::default();
+        p.add(path, message);
+        p
+    }
+
+    /// How many were found (validation stopped at [`STOP_AFTER`]).
+    pub fn total(&self) -> usize {
+        self.total
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+
+    /// Whether validation should stop walking: enough was found.
+    pub fn enough(&self) -> bool {
+        self.total >= STOP_AFTER
+    }
+
+    /// The problems kept (at most [`MAX_DETAILS`]).
+    pub fn details(&self) -> &[ErrorDetail] {
+        &self.details
+    }
+
+    pub fn into_details(self) -> Vec<ErrorDetail> {
+        self.details
     }
 
     fn count(&self) -> usize {
-        self.0.len()
+        self.total
+    }
+}
+
+impl FromIterator<ErrorDetail> for Problems {
+    fn from_iter<I: IntoIterator<Item = ErrorDetail>>(iter: I) -> Self {
+        let mut p = Problems::default();
+        for d in iter {
+            p.push(d);
+            if p.enough() {
+                break;
+            }
+        }
+        p
     }
 }
 
@@ -58,11 +156,18 @@ pub fn key_path(base: &str, key: &str) -> String {
     format!("{base}[{}]", serde_json::Value::String(truncate(key)))
 }
 
-/// Checks the whole config; on failure returns every problem with its JSON path.
-pub fn validate(config: &GatewayConfig, ctx: &Context<'_>) -> Result<Desired, Vec<ErrorDetail>> {
+/// Checks the whole config; on failure returns its problems, each with its
+/// JSON path (see [`Problems`] for how many).
+pub fn validate(config: &GatewayConfig, ctx: &Context<'_>) -> Result<Desired, Problems> {
     let mut problems = Problems::default();
+    if over_cap(&mut problems, "$", config.len(), "networks", ctx.limits.networks, "max-networks") {
+        return Err(problems);
+    }
     let mut networks = BTreeMap::new();
     for (key, net) in config {
+        if problems.enough() {
+            return Err(problems);
+        }
         let path = key_path("$", key);
         let port = parse_listen_port(key).map_err(|e| problems.add(path.clone(), e)).ok();
         if let Some(spec) = network::validate_network(&path, port, net, ctx, &mut problems) {
@@ -74,7 +179,7 @@ pub fn validate(config: &GatewayConfig, ctx: &Context<'_>) -> Result<Desired, Ve
     let wireguard_ports: BTreeSet<u16> = config.keys().filter_map(|k| parse_listen_port(k).ok()).collect();
     one_owner_per_port(&desired, &wireguard_ports, ctx, &mut problems);
     unique_private_keys(&desired, &mut problems);
-    if problems.0.is_empty() { Ok(desired) } else { Err(problems.0) }
+    if problems.is_empty() { Ok(desired) } else { Err(problems) }
 }
 
 /// A hostname may be served by only one network, whatever the scheme (and not

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 
-use super::{Context, MAX_UPSTREAMS, MTU_RANGE, Problems, key_path};
+use super::{Context, MTU_RANGE, Problems, key_path, over_cap};
 use crate::model::{NetworkConfig, PeerConfig, ProxyTarget};
 use crate::spec::{DEFAULT_MTU, NetworkSpec, PeerSpec, RawRoute};
 use crate::types::{Cidr, Hostname, ProxyKey, ProxyUrl, PublicKey, Scheme, SecretKey, Transport, parse_endpoint, parse_upstream};
@@ -64,7 +64,15 @@ fn reserved_overlap(ctx: &Context<'_>, c: &Cidr) -> Option<Cidr> {
 
 fn addresses(path: &str, given: &[String], ctx: &Context<'_>, problems: &mut Problems) -> BTreeSet<Cidr> {
     let mut addresses = BTreeSet::new();
+    let mut seen = BTreeSet::new();
+    let cap = ctx.limits.allowed_ips;
+    if over_cap(problems, &format!("{path}.address"), given.len(), "addresses", cap, "max-allowed-ips") {
+        return addresses;
+    }
     for (i, a) in given.iter().enumerate() {
+        if problems.enough() {
+            break;
+        }
         let apath = format!("{path}.address[{i}]");
         match a.parse::<Cidr>() {
             Ok(c) => {
@@ -72,7 +80,7 @@ fn addresses(path: &str, given: &[String], ctx: &Context<'_>, problems: &mut Pro
                     problems.add(apath, e);
                 } else if let Some(r) = reserved_overlap(ctx, &c) {
                     problems.add(apath, format!("{} is inside the gateway's own bridge subnet {r}", c.addr));
-                } else if addresses.iter().any(|x: &Cidr| x.addr == c.addr) {
+                } else if !seen.insert(c.addr) {
                     problems.add(apath, format!("{} is listed twice", c.addr));
                 } else {
                     addresses.insert(c);
@@ -182,7 +190,13 @@ fn peers(
     problems: &mut Problems,
 ) -> BTreeMap<PublicKey, PeerSpec> {
     let mut peers = BTreeMap::new();
+    if over_cap(problems, &format!("{path}.peers"), given.len(), "peers", ctx.limits.peers, "max-peers") {
+        return peers;
+    }
     for (key, peer) in given {
+        if problems.enough() {
+            break;
+        }
         let ppath = key_path(&format!("{path}.peers"), key);
         let spec = peer_spec(&ppath, peer, ctx, problems);
         match key.parse::<PublicKey>() {
@@ -223,7 +237,14 @@ fn peer_spec(ppath: &str, peer: &PeerConfig, ctx: &Context<'_>, problems: &mut P
 
 fn allowed_ips(ppath: &str, given: &[String], ctx: &Context<'_>, problems: &mut Problems) -> Vec<Cidr> {
     let mut allowed = BTreeSet::new();
+    let cap = ctx.limits.allowed_ips;
+    if over_cap(problems, &format!("{ppath}.allowed_ips"), given.len(), "allowed IPs", cap, "max-allowed-ips") {
+        return vec![];
+    }
     for (i, a) in given.iter().enumerate() {
+        if problems.enough() {
+            break;
+        }
         let ipath = format!("{ppath}.allowed_ips[{i}]");
         match a.parse::<Cidr>() {
             Ok(c) if is_ipv4_compatible(&c) => {
@@ -298,17 +319,31 @@ fn proxy(
     problems: &mut Problems,
 ) -> Proxies {
     let mut out = Proxies::default();
-    let routed =
-        |ip: IpAddr| addresses.iter().any(|c| c.contains(ip)) || peers.values().any(|p| p.allowed_ips.iter().any(|c| c.contains(ip)));
+    if over_cap(problems, &format!("{path}.proxy"), net.proxy.len(), "proxy entries", ctx.limits.routes, "max-routes") {
+        return out;
+    }
+    let covered = Coverage::new(addresses.iter().chain(peers.values().flat_map(|p| &p.allowed_ips)));
+    let routed = |ip: IpAddr| covered.contains(ip);
     for (key, target) in &net.proxy {
+        if problems.enough() {
+            break;
+        }
         let upath = key_path(&format!("{path}.proxy"), key);
         let parsed = key.parse::<ProxyKey>().map_err(|e| problems.add(upath.clone(), e)).ok();
-        let Some((ups, ups_path, proxy_protocol)) = target_form(&upath, target, problems) else { continue };
+        let Some((ups, ups_path, proxy_protocol)) = target_form(&upath, target, ctx, problems) else { continue };
         if ups.is_empty() {
             problems.add(ups_path.clone(), "at least one upstream IP:PORT is needed");
         }
-        let list: BTreeSet<SocketAddrV4> =
-            ups.iter().enumerate().filter_map(|(i, u)| upstream(&format!("{ups_path}[{i}]"), u, &routed, ctx, problems)).collect();
+        if over_cap(problems, &ups_path, ups.len(), "upstreams", ctx.limits.upstreams, "max-upstreams") {
+            continue;
+        }
+        let mut list = BTreeSet::new();
+        for (i, u) in ups.iter().enumerate() {
+            if problems.enough() {
+                break;
+            }
+            list.extend(upstream(&format!("{ups_path}[{i}]"), u, &routed, ctx, problems));
+        }
         let Some(parsed) = parsed else { continue };
         if proxy_protocol && !matches!(parsed, ProxyKey::Url(ProxyUrl { scheme: Scheme::Https, .. }) | ProxyKey::Raw(Transport::Tcp, _)) {
             problems.add(format!("{upath}.proxy_protocol"), PROXY_PROTOCOL_ONLY);
@@ -322,10 +357,28 @@ fn proxy(
     }
     let raw = out.tcp.values().chain(out.udp.values()).flat_map(|r| &r.upstreams);
     let distinct: BTreeSet<&SocketAddrV4> = out.https.values().chain(out.http.values()).flatten().chain(raw).collect();
-    if distinct.len() > MAX_UPSTREAMS {
-        problems.add(format!("{path}.proxy"), format!("{} distinct upstreams; at most {MAX_UPSTREAMS} per network", distinct.len()));
-    }
+    over_cap(problems, &format!("{path}.proxy"), distinct.len(), "distinct upstreams", ctx.limits.upstreams, "max-upstreams");
     out
+}
+
+/// Which addresses a network routes (its interface's subnets and its peers'
+/// allowed IPs): each lookup costs one set probe per prefix length in use,
+/// not one comparison per subnet, so 1,000 upstreams against 100,000
+/// allowed IPs stay cheap.
+struct Coverage(BTreeMap<u8, BTreeSet<IpAddr>>);
+
+impl Coverage {
+    fn new<'c>(subnets: impl Iterator<Item = &'c Cidr>) -> Coverage {
+        let mut by_prefix: BTreeMap<u8, BTreeSet<IpAddr>> = BTreeMap::new();
+        for c in subnets.filter(|c| c.addr.is_ipv4()) {
+            by_prefix.entry(c.prefix).or_default().insert(c.network().addr);
+        }
+        Coverage(by_prefix)
+    }
+
+    fn contains(&self, ip: IpAddr) -> bool {
+        self.0.iter().any(|(prefix, nets)| Cidr::new(ip, *prefix).is_some_and(|c| nets.contains(&c.network().addr)))
+    }
 }
 
 /// nginx can add a PROXY protocol header only in its stream module over TCP:
@@ -335,21 +388,32 @@ pub(crate) const PROXY_PROTOCOL_ONLY: &str = "proxy_protocol is only for https:/
 /// The upstreams of a proxy value (with their JSON path) and whether it asks
 /// for a PROXY protocol header; a value of neither form is reported in
 /// detail, field by field.
-fn target_form<'t>(path: &str, target: &'t ProxyTarget, problems: &mut Problems) -> Option<(&'t [String], String, bool)> {
+fn target_form<'t>(
+    path: &str,
+    target: &'t ProxyTarget,
+    ctx: &Context<'_>,
+    problems: &mut Problems,
+) -> Option<(&'t [String], String, bool)> {
     match target {
         ProxyTarget::Upstreams(list) => Some((list, path.to_string(), false)),
         ProxyTarget::Options(o) => Some((&o.upstreams, format!("{path}.upstreams"), o.proxy_protocol)),
         ProxyTarget::Invalid(value) => {
-            invalid_target(path, value, problems);
+            invalid_target(path, value, ctx, problems);
             None
         }
     }
 }
 
-fn invalid_target(path: &str, value: &serde_json::Value, problems: &mut Problems) {
+fn invalid_target(path: &str, value: &serde_json::Value, ctx: &Context<'_>, problems: &mut Problems) {
     use serde_json::Value;
     let strings = |path: &str, items: &[Value], problems: &mut Problems| {
+        if over_cap(problems, path, items.len(), "upstreams", ctx.limits.upstreams, "max-upstreams") {
+            return;
+        }
         for (i, _) in items.iter().enumerate().filter(|(_, v)| !v.is_string()) {
+            if problems.enough() {
+                break;
+            }
             problems.add(format!("{path}[{i}]"), "an upstream must be a string IPV4:PORT");
         }
     };
@@ -360,6 +424,9 @@ fn invalid_target(path: &str, value: &serde_json::Value, problems: &mut Problems
                 problems.add(path, "the object form needs \"upstreams\": a list of IPV4:PORT");
             }
             for (name, v) in fields {
+                if problems.enough() {
+                    break;
+                }
                 let fpath = format!("{path}.{name}");
                 match (name.as_str(), v) {
                     ("upstreams", Value::Array(items)) => strings(&fpath, items, problems),

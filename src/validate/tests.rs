@@ -35,8 +35,8 @@ fn one(n: NetworkConfig) -> GatewayConfig {
     [("51820".to_string(), n)].into()
 }
 
-fn paths(r: Result<Desired, Vec<ErrorDetail>>) -> Vec<String> {
-    r.expect_err("should be rejected").into_iter().map(|d| d.path).collect()
+fn paths(r: Result<Desired, Problems>) -> Vec<String> {
+    r.expect_err("should be rejected").into_details().into_iter().map(|d| d.path).collect()
 }
 
 #[test]
@@ -129,7 +129,7 @@ fn hostname_in_one_network_only() {
 fn peer_keys_psk_and_compat_addresses() {
     let mut n = net();
     n.peers.insert(KEY_C.into(), PeerConfig { preshared_key: None, allowed_ips: vec![], endpoint: None, persistent_keepalive: None });
-    let e = validate(&one(n), &Context::default()).expect_err("own key as a peer");
+    let e = validate(&one(n), &Context::default()).expect_err("own key as a peer").into_details();
     assert!(e[0].message.contains("own public key"), "{e:?}");
     let mut n = net();
     n.peers.get_mut(KEY_B).unwrap().preshared_key = Some(ZERO_KEY.into());
@@ -180,7 +180,7 @@ fn an_allowed_ip_belongs_to_one_peer() {
         PeerConfig { preshared_key: None, allowed_ips: vec!["10.80.0.2/32".into()], endpoint: None, persistent_keepalive: None },
     );
     n.private_key = "0HPlRxcp5W4u92WrM/Esf7dN1T6XPk/a96sfThph7Vo=".into();
-    let e = validate(&one(n), &Context::default()).expect_err("shared allowed IP");
+    let e = validate(&one(n), &Context::default()).expect_err("shared allowed IP").into_details();
     assert_eq!(e.len(), 1, "{e:?}");
     assert!(e[0].message.contains("also given to peer"), "{e:?}");
 }
@@ -198,7 +198,7 @@ fn one_hostname_one_network_whatever_the_scheme() {
 fn same_url_twice_and_proxy_needs_ipv4() {
     let mut n = net();
     n.proxy.insert("https://app.example.com/".into(), vec!["10.80.0.2:443".into()].into());
-    let e = validate(&one(n), &Context::default()).expect_err("same URL twice");
+    let e = validate(&one(n), &Context::default()).expect_err("same URL twice").into_details();
     assert!(e[0].message.contains("given twice"), "{e:?}");
     let mut n = net();
     n.address = vec!["fd00::1/64".into()];
@@ -230,12 +230,12 @@ fn addresses_must_be_global_unique_and_outside_the_bridge() {
     ] {
         let mut n = net();
         n.address.push(bad.into());
-        let e = validate(&one(n), &ctx).expect_err(bad);
+        let e = validate(&one(n), &ctx).expect_err(bad).into_details();
         assert!(e[0].message.contains(why), "{bad}: {e:?}");
     }
     let mut n = net();
     n.address = vec!["fd00::1/64".into(), "fd00::1/48".into(), "10.80.0.1/16".into()];
-    let e = validate(&one(n), &ctx).expect_err("same IP twice");
+    let e = validate(&one(n), &ctx).expect_err("same IP twice").into_details();
     assert!(e[0].message.contains("listed twice"), "{e:?}");
     let mut n = net();
     n.peers.get_mut(KEY_B).unwrap().allowed_ips.push("10.199.0.0/24".into());
@@ -243,7 +243,7 @@ fn addresses_must_be_global_unique_and_outside_the_bridge() {
     let mut n = net();
     n.peers.get_mut(KEY_B).unwrap().allowed_ips.push("0.0.0.0/0".into());
     n.proxy.insert("https://x.test".into(), vec!["10.199.0.1:443".into()].into());
-    let e = validate(&one(n.clone()), &ctx).expect_err("upstream in the bridge");
+    let e = validate(&one(n.clone()), &ctx).expect_err("upstream in the bridge").into_details();
     assert_eq!(e.len(), 1, "a default route is fine, the upstream is not: {e:?}");
     n.proxy.remove("https://x.test");
     assert!(validate(&one(n), &ctx).is_ok());
@@ -265,10 +265,20 @@ fn private_keys_unique_and_upstreams_bounded() {
     let p = paths(validate(&[("51820".to_string(), net()), ("51821".to_string(), other)].into(), &Context::default()));
     assert_eq!(p, vec![r#"$["51821"].private_key"#.to_string()]);
     let upstreams = |count: usize| -> Vec<String> { (0..count).map(|i| format!("10.80.{}.{}:443", i / 250, i % 250 + 2)).collect() };
+    let max = Limits::default().upstreams;
+    assert_eq!(max, 1000, "the documented default");
     let mut n = net();
-    n.proxy = [("https://many.test".to_string(), upstreams(MAX_UPSTREAMS + 1).into())].into();
-    assert_eq!(paths(validate(&one(n.clone()), &Context::default())), vec![r#"$["51820"].proxy"#.to_string()]);
-    n.proxy = [("https://many.test".to_string(), upstreams(MAX_UPSTREAMS).into())].into();
+    let all = upstreams(max + 1);
+    let (first, second) = all.split_at(600);
+    n.proxy = [("https://many.test".to_string(), first.to_vec().into()), ("https://more.test".to_string(), second.to_vec().into())].into();
+    assert_eq!(
+        details(validate(&one(n.clone()), &Context::default())),
+        [(
+            r#"$["51820"].proxy"#.to_string(),
+            "1001 distinct upstreams; at most 1000 (--max-upstreams, GATEWAY_MAX_UPSTREAMS raises it)".to_string()
+        )]
+    );
+    n.proxy = [("https://many.test".to_string(), upstreams(max).into())].into();
     assert!(validate(&one(n), &Context::default()).is_ok(), "exactly the maximum is fine");
 }
 
@@ -326,8 +336,8 @@ fn proxy_json(v: serde_json::Value) -> std::collections::BTreeMap<String, crate:
     serde_json::from_value(v).expect("a JSON object")
 }
 
-fn details(r: Result<Desired, Vec<ErrorDetail>>) -> Vec<(String, String)> {
-    r.expect_err("should be rejected").into_iter().map(|d| (d.path, d.message)).collect()
+fn details(r: Result<Desired, Problems>) -> Vec<(String, String)> {
+    r.expect_err("should be rejected").into_details().into_iter().map(|d| (d.path, d.message)).collect()
 }
 
 #[test]
@@ -532,7 +542,7 @@ fn endpoints_must_be_unicast_addresses_outside_the_bridge() {
     ] {
         let mut n = net();
         n.peers.get_mut(KEY_B).unwrap().endpoint = Some(bad.into());
-        let e = validate(&one(n), &ctx).expect_err(bad);
+        let e = validate(&one(n), &ctx).expect_err(bad).into_details();
         assert_eq!(e.len(), 1, "{bad}: {e:?}");
         assert_eq!(e[0].path, path, "{bad}");
         assert!(e[0].message.contains(why) && e[0].message.contains(bad), "{bad}: {}", e[0].message);
@@ -544,4 +554,74 @@ fn endpoints_must_be_unicast_addresses_outside_the_bridge() {
         n.peers.get_mut(KEY_B).unwrap().endpoint = Some(good.into());
         assert!(validate(&one(n), &ctx).is_ok(), "{good}");
     }
+}
+
+/// Each cap refuses a list longer than itself as a whole (one problem at the
+/// list's path naming the cap, its value and the option), and takes one of
+/// exactly its length.
+#[test]
+fn each_cap_names_itself_its_value_and_its_option() {
+    let limits = Limits { networks: 2, peers: 1, allowed_ips: 2, routes: 2, upstreams: 2 };
+    let ctx = Context { limits, ..Context::default() };
+    let says = |n: usize, what: &str, cap: usize, opt: &str, var: &str| format!("{n} {what}; at most {cap} (--{opt}, {var} raises it)");
+    let at = |path: &str, message: String| vec![(path.to_string(), message)];
+
+    let mut three = one(net());
+    for (port, key) in [("51821", KEY_B), ("51822", KEY_C)] {
+        let mut n = net();
+        n.private_key = key.into();
+        n.proxy.clear();
+        three.insert(port.into(), n);
+    }
+    assert_eq!(details(validate(&three, &ctx)), at("$", says(3, "networks", 2, "max-networks", "GATEWAY_MAX_NETWORKS")));
+    three.remove("51822");
+    assert!(validate(&three, &ctx).is_ok(), "two networks: exactly the cap");
+
+    let mut n = net();
+    n.peers.insert(KEY_C.into(), PeerConfig { preshared_key: None, allowed_ips: vec![], endpoint: None, persistent_keepalive: None });
+    assert_eq!(details(validate(&one(n), &ctx)), at(r#"$["51820"].peers"#, says(2, "peers", 1, "max-peers", "GATEWAY_MAX_PEERS")));
+
+    let mut n = net();
+    n.peers.get_mut(KEY_B).unwrap().allowed_ips = vec!["10.80.0.2/32".into(), "10.80.0.3/32".into(), "10.80.0.4/32".into()];
+    let path = format!(r#"$["51820"].peers["{KEY_B}"].allowed_ips"#);
+    assert_eq!(details(validate(&one(n), &ctx)), at(&path, says(3, "allowed IPs", 2, "max-allowed-ips", "GATEWAY_MAX_ALLOWED_IPS")));
+    let mut n = net();
+    n.address = vec!["10.80.0.1/16".into(), "fd80::1/64".into(), "10.81.0.1/16".into()];
+    let want = at(r#"$["51820"].address"#, says(3, "addresses", 2, "max-allowed-ips", "GATEWAY_MAX_ALLOWED_IPS"));
+    assert_eq!(details(validate(&one(n), &ctx))[..1], want[..]);
+
+    let mut n = net();
+    n.proxy.insert("udp://5000".into(), vec!["10.80.0.2:53".to_string()].into());
+    assert_eq!(
+        details(validate(&one(n), &ctx)),
+        at(r#"$["51820"].proxy"#, says(3, "proxy entries", 2, "max-routes", "GATEWAY_MAX_ROUTES"))
+    );
+
+    let mut n = net();
+    let three_upstreams: Vec<String> = ["10.80.0.2:1", "10.80.0.2:2", "10.80.0.2:2"].map(String::from).into();
+    n.proxy = [("tcp://5000".to_string(), three_upstreams.into())].into();
+    let want = at(r#"$["51820"].proxy["tcp://5000"]"#, says(3, "upstreams", 2, "max-upstreams", "GATEWAY_MAX_UPSTREAMS"));
+    assert_eq!(details(validate(&one(n), &ctx)), want, "a list longer than the cap, duplicates or not");
+}
+
+/// At most [`MAX_DETAILS`] problems are kept, all are counted, and
+/// validation stops at [`STOP_AFTER`]: a million bad items are not walked.
+#[test]
+fn problems_keep_the_first_hundred_count_all_and_stop_at_ten_thousand() {
+    let limits = Limits { allowed_ips: 2_000_000, ..Limits::default() };
+    let ctx = Context { limits, ..Context::default() };
+    let bad = |count: usize| {
+        let mut n = net();
+        n.peers.get_mut(KEY_B).unwrap().allowed_ips = vec!["x".to_string(); count];
+        one(n)
+    };
+    let e = validate(&bad(250), &ctx).expect_err("250 bad allowed IPs");
+    assert_eq!((e.details().len(), e.total()), (100, 250));
+    let first = format!(r#"$["51820"].peers["{KEY_B}"].allowed_ips[0]"#);
+    assert_eq!(e.details()[0].path, first, "the first ones, in order");
+    assert!(e.details()[99].path.ends_with(".allowed_ips[99]"), "{:?}", e.details()[99]);
+
+    let e = validate(&bad(1_000_000), &ctx).expect_err("a million bad allowed IPs");
+    assert_eq!((e.details().len(), e.total()), (100, 10_000), "stopped at 10,000");
+    assert!(e.enough());
 }

@@ -30,7 +30,9 @@ RULES_SPANNING_VALUES = [
         r"^allowed IP \S+ is also given to peer \S+$",
         r" is inside the gateway's own bridge subnet \S+$",
         r"^upstream \S+ is not inside the network \(no address or peer allowed IP covers it\)$",
-        r"^\d+ distinct upstreams; at most \d+ per network$",
+        r"^\d+ distinct upstreams; at most \d+ \(--max-upstreams, GATEWAY_MAX_UPSTREAMS raises it\)$",
+        # The caps on list lengths are options of the daemon (--max-peers ...).
+        r"^\d+ [a-zA-Z ]+; at most \d+ \(--max-[a-z-]+, GATEWAY_MAX_[A-Z_]+ raises it\)$",
         r"^the same URL is given twice \(e\.g\. with and without a trailing '/'\)$",
         r" is already served by (network \d+|a --custom-forwarding); a hostname may be in only one network$",
         r"^proxy_protocol is only for https:// and tcp:// entries ",
