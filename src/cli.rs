@@ -28,6 +28,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// A duration as [`parse_duration`], or `0`: off.
+pub fn parse_duration_or_off(s: &str) -> Result<Duration, String> {
+    if s.trim() == "0" { Ok(Duration::ZERO) } else { parse_duration(s).map_err(|e| format!("{e} (or 0: off)")) }
+}
+
 /// What nginx listens on: a comma-separated list of `PORT`, `IPV4:PORT` or `[IPV6]:PORT`.
 fn parse_listen(s: &str) -> Result<String, String> {
     crate::render::Listen::parse_list(s).map(|_| s.to_string())
@@ -130,6 +135,9 @@ pub struct Args {
     /// `server_names_hash_bucket_size` written in the HTTP file so long hostnames fit; 0 = leave it to the main nginx config (set it there if your nginx.conf already has one).
     #[arg(long, default_value_t = 512)]
     pub nginx_server_names_hash_bucket_size: u32,
+    /// `worker_shutdown_timeout` written in the stream file (included at nginx's main level): after a reload, old workers close what they still hold and end at most this long after it. 0 = not written (leave it to nginx.conf; it is not written either when nginx.conf sets it, since nginx refuses it twice).
+    #[arg(long, default_value = "1h", value_parser = parse_duration_or_off)]
+    pub nginx_worker_shutdown_timeout: Duration,
     /// Which raw `tcp://PORT` / `udp://PORT` entries a config may open: FIRST-LAST, both included. Ports outside are refused (422), so no tenant takes the host's own services (SSH, DNS, NTP).
     #[arg(long, env = "GATEWAY_RAW_PORT_RANGE", default_value = "1024-65535", value_parser = parse_port_range)]
     pub raw_port_range: crate::types::PortRange,
@@ -160,6 +168,9 @@ pub struct Args {
     /// How often the drift check and the traffic poll run.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub watchdog: Duration,
+    /// How often every upstream of every route is checked (a TCP connect from inside its network's namespace; `udp://` is not checked). 0 = no checks.
+    #[arg(long, default_value = "10s", value_parser = parse_duration_or_off)]
+    pub health_interval: Duration,
     /// How long traffic samples are kept.
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     pub retention: Duration,
@@ -348,6 +359,11 @@ mod tests {
         for bad in ["", "s", "10", "10x", "-1s", "0s", "1.5h", "18446744073709551615d"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
+        assert_eq!(parse_duration_or_off("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration_or_off("10s"), Ok(Duration::from_secs(10)));
+        for bad in ["", "00", "0s", "-0", "x"] {
+            assert!(parse_duration_or_off(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -375,6 +391,7 @@ mod tests {
         let a = Args::try_parse_args_only(["gateway"]).unwrap();
         assert_eq!(a.watchdog, Duration::from_secs(60));
         assert_eq!(a.retention, Duration::from_secs(86400));
+        assert_eq!((a.health_interval, a.nginx_worker_shutdown_timeout), (Duration::from_secs(10), Duration::from_secs(3600)));
         assert_eq!(a.https_listen, None, "both families unless given");
         assert_eq!((a.token, a.database, a.port), (None, None, None), "nothing from the caller's environment");
         assert!(Args::try_parse_args_only(["gateway", "--wireguard-backend", "magic"]).is_err());

@@ -59,6 +59,8 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     /// A peer whose latest handshake is older is disconnected (events).
     pub peer_timeout: Duration,
+    /// How often upstreams are checked (zero: never).
+    pub health_interval: Duration,
 }
 
 impl Settings {
@@ -170,6 +172,8 @@ pub struct Shared {
     pub endpoints: crate::endpoints::EndpointMemory,
     /// Writes to the database failing now, by operation.
     store_failures: std::sync::Mutex<BTreeMap<&'static str, StoreFailure>>,
+    /// What the health checks found of every route's upstreams.
+    pub health: crate::health::Health,
 }
 
 impl Shared {
@@ -184,6 +188,7 @@ impl Shared {
         retention: Duration,
     ) -> Self {
         let settings_peer_timeout = settings.peer_timeout;
+        let health_interval = settings.health_interval;
         Shared {
             store,
             system,
@@ -202,6 +207,7 @@ impl Shared {
             endpoints: Default::default(),
             store_failures: std::sync::Mutex::default(),
             tokens: Default::default(),
+            health: crate::health::Health::new(health_interval, Arc::new(crate::system::probe::KernelProbe::default())),
         }
     }
 
@@ -377,7 +383,23 @@ fn nginx_options(args: &Args, ipv6: bool) -> Result<NginxOptions, String> {
         raw_listen,
         sni_socket: args.nginx_sni_socket.clone(),
         server_names_hash_bucket_size: args.nginx_server_names_hash_bucket_size,
+        worker_shutdown_timeout: worker_shutdown_timeout(args),
     })
+}
+
+/// `--nginx-worker-shutdown-timeout`, unless 0 or nginx.conf sets the
+/// directive itself (nginx would refuse it twice: one warning line says so).
+fn worker_shutdown_timeout(args: &Args) -> Option<Duration> {
+    let timeout = Some(args.nginx_worker_shutdown_timeout).filter(|t| !t.is_zero())?;
+    let conf = std::fs::read_to_string(&args.nginx_conf).unwrap_or_default();
+    if crate::render::config_sets(&conf, "worker_shutdown_timeout") {
+        tracing::warn!(
+            nginx_conf = %args.nginx_conf.display(),
+            "nginx.conf sets worker_shutdown_timeout: --nginx-worker-shutdown-timeout is not written (nginx refuses it twice)"
+        );
+        return None;
+    }
+    Some(timeout)
 }
 
 /// Ports of the host the gateway uses itself, with what uses them: no raw
@@ -439,6 +461,7 @@ pub async fn build(args: &Args, runner: Runner) -> anyhow::Result<Daemon> {
         apply_concurrency: usize::from(args.apply_concurrency),
         shutdown_timeout: args.shutdown_timeout,
         peer_timeout: args.peer_timeout,
+        health_interval: args.health_interval,
     };
     let endpoints = store.endpoints().await.context("reading the peers' last endpoints")?;
     let kept = usize::try_from(args.events_kept).unwrap_or(usize::MAX);

@@ -12,15 +12,17 @@
 //! | decide | [`plan`] | pure: desired + observed → actions |
 //! | effect | [`system`] | the only layer that runs commands or touches system files: observe, execute |
 //! | persist | [`store`], [`traffic`], [`metrics`] | SQLite, traffic deltas, Prometheus |
-//! | run | [`events`], [`endpoints`], [`daemon`], [`reconcile`], [`status`] | the event stream; each peer's last endpoint; shared state and wiring; the reconcile loop; status.json |
+//! | run | [`events`], [`endpoints`], [`health`], [`daemon`], [`reconcile`], [`checks`], [`status`] | the event stream; each peer's last endpoint; the upstreams' health; shared state and wiring; the reconcile loop; the health check loop; status.json |
 //! | serve | [`api`], [`cli`] | the HTTP API; the options |
 
 pub mod api;
+pub mod checks;
 pub mod cli;
 pub mod clock;
 pub mod daemon;
 pub mod endpoints;
 pub mod events;
+pub mod health;
 pub mod layout;
 pub mod metrics;
 pub mod model;

@@ -89,6 +89,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let shared = daemon.shared.clone();
     let front = open_api_socket(&args).await?;
     let mut reconciler = tokio::spawn(Reconciler::new(shared.clone()).await.run());
+    tokio::spawn(gateway::checks::run(shared.clone()));
     let (listening, upstream) = tokio::sync::watch::channel(None);
     let peers = std::sync::Arc::new(gateway::api::gate::Peers::default());
     let rocket = gateway::api::rocket_behind_gate(daemon.shared, daemon.figment, peers.clone(), listening).ignite().await?;

@@ -71,6 +71,22 @@ pub struct OperationLabels {
 /// peers' last endpoints, the kept events.
 pub const STORE_OPERATIONS: [&str; 5] = ["config", "apply_result", "traffic", "endpoints", "events"];
 
+/// One upstream of one route of a network.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    pub network: String,
+    /// The route, as a key of the network's `proxy` (`https://HOST`, ...).
+    pub route: String,
+    /// `IP:PORT`.
+    pub upstream: String,
+}
+
+/// nginx workers: `active` (taking connections) or `draining` (old, after a reload).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub state: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
     pub version: String,
@@ -111,6 +127,8 @@ pub struct Metrics {
     commands: Family<CommandLabels, Counter>,
     command_duration: Histograms<ProgramLabels>,
     api_auth_failures: Family<ReasonLabels, Counter>,
+    nginx_workers: Family<StateLabels, Gauge>,
+    upstream_up: Family<UpstreamLabels, Gauge>,
     /// Peers with series, by network, so those of removed peers and
     /// networks can be dropped.
     exported: Mutex<BTreeMap<String, BTreeSet<String>>>,
@@ -148,6 +166,8 @@ impl Metrics {
             commands: Family::default(),
             command_duration: Family::new_with_constructor(command_buckets),
             api_auth_failures: Family::default(),
+            nginx_workers: Family::default(),
+            upstream_up: Family::default(),
             exported: Mutex::default(),
         };
         m.register();
@@ -163,6 +183,7 @@ impl Metrics {
         for operation in STORE_OPERATIONS {
             let _ = m.store_errors.get_or_create(&OperationLabels { operation: operation.into() });
         }
+        m.set_nginx_workers(0, 0);
         m
     }
 
@@ -223,6 +244,34 @@ impl Metrics {
             "API requests refused for their token, by reason: missing (none sent), invalid (no such token), forbidden (a read token on an admin route)",
             self.api_auth_failures.clone(),
         );
+        r.register(
+            "upstream_up",
+            "Whether an upstream of a route passed its last health check (a TCP connect from inside its network's namespace): 1 or 0; no series before its first check nor for udp:// routes",
+            self.upstream_up.clone(),
+        );
+        r.register(
+            "nginx_workers",
+            "nginx worker processes, by state: active (taking connections) or draining (old workers finishing their connections after a reload, until --nginx-worker-shutdown-timeout)",
+            self.nginx_workers.clone(),
+        );
+    }
+
+    /// nginx's workers as a scrape finds them (read from /proc just before).
+    pub fn set_nginx_workers(&self, active: u64, draining: u64) {
+        for (state, n) in [("active", active), ("draining", draining)] {
+            self.nginx_workers.get_or_create(&StateLabels { state: state.into() }).set(n as i64);
+        }
+    }
+
+    /// An upstream's last health check: 1 passed, 0 failed.
+    pub fn set_upstream_up(&self, network: u16, route: &str, upstream: &str, up: bool) {
+        let labels = UpstreamLabels { network: network.to_string(), route: route.into(), upstream: upstream.into() };
+        self.upstream_up.get_or_create(&labels).set(i64::from(up));
+    }
+
+    /// An upstream no longer desired: its series goes.
+    pub fn forget_upstream(&self, network: u16, route: &str, upstream: &str) {
+        self.upstream_up.remove(&UpstreamLabels { network: network.to_string(), route: route.into(), upstream: upstream.into() });
     }
 
     /// The `reason` values of `gateway_api_auth_failures_total`.
@@ -370,6 +419,11 @@ mod tests {
         assert!(text.contains(r#"gateway_store_errors_total{operation="traffic"} 0"#), "so do store errors: {text}");
         assert!(text.contains("# TYPE gateway_poll_duration_seconds histogram"), "{text}");
         assert!(text.contains("# TYPE gateway_drift_repairs counter"), "{text}");
+        assert!(text.contains("gateway_nginx_workers{state=\"draining\"} 0"), "both states exist from the start: {text}");
+        m.set_nginx_workers(2, 3);
+        let text = m.encode().unwrap();
+        assert!(text.contains("gateway_nginx_workers{state=\"active\"} 2\n"), "{text}");
+        assert!(text.contains("gateway_nginx_workers{state=\"draining\"} 3\n"), "{text}");
         assert!(text.ends_with("# EOF\n"));
         m.record_pass("drift", false, Duration::from_millis(30), 3);
         m.record_pass("apply", true, Duration::from_millis(10), 0);

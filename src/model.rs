@@ -482,6 +482,27 @@ pub struct PeerStatus {
     pub tx_bytes: i64,
 }
 
+/// One upstream of a route as the health checks last found it.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+pub struct UpstreamHealth {
+    /// Whether the last TCP connect to it, from inside the network's
+    /// namespace, succeeded; null: not checked (a `udp://` route, checks
+    /// off with `--health-interval 0`, or not checked yet).
+    pub healthy: Option<bool>,
+    /// Unix seconds since it has been in this state (since it was first
+    /// listed, while not checked).
+    pub since: i64,
+    /// Why the last check failed (null when it succeeded or none ran).
+    pub last_error: Option<String>,
+}
+
+/// One route of a network (a key of its `proxy`): how its upstreams are.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq, Eq, Default)]
+pub struct RouteStatus {
+    /// By upstream (`IP:PORT`).
+    pub upstreams: BTreeMap<String, UpstreamHealth>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct NetworkStatus {
     pub namespace: String,
@@ -500,6 +521,10 @@ pub struct NetworkStatus {
     /// older than a second; the rest comes from the reconciler's last look.
     pub observed_at: Option<i64>,
     pub peers: BTreeMap<String, PeerStatus>,
+    /// The network's routes as the last pass applied them (keys as in
+    /// `proxy`: `https://HOST`, `http://HOST`, `tcp://PORT`, `udp://PORT`),
+    /// each with the health of its upstreams; empty for a network not desired.
+    pub routes: BTreeMap<String, RouteStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]

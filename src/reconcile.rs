@@ -289,6 +289,8 @@ impl Reconciler {
         self.isolate_nginx_faults(&desired, &mut report, left_out).await;
         self.remember(&desired, &report, &look);
         self.publish(&look, &report, &desired).await;
+        // The routes as applied: what the health checks look at from now on.
+        shared.health.sync(&desired, &shared.metrics, now_unix());
         self.keep_endpoints(&desired).await;
         if mode == Mode::Drift {
             self.drift_checks += 1;

@@ -177,6 +177,7 @@ fn network_status(shared: &Shared, port: u16, place: Place, seen: Option<&SeenNe
         desired: place.desired,
         observed_at: seen.map(|s| s.observed_at),
         peers: wg.map(|d| d.peers.iter().map(|(k, p)| (k.to_string(), peer_status(p))).collect::<BTreeMap<_, _>>()).unwrap_or_default(),
+        routes: shared.health.routes(port),
     }
 }
 

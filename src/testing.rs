@@ -284,6 +284,7 @@ pub fn nginx_options() -> NginxOptions {
         raw_listen: vec![std::net::Ipv4Addr::UNSPECIFIED.into()],
         sni_socket: "/run/gateway-sni.sock".into(),
         server_names_hash_bucket_size: 512,
+        worker_shutdown_timeout: Some(std::time::Duration::from_secs(3600)),
     }
 }
 
@@ -308,6 +309,7 @@ pub async fn shared(system: System) -> Arc<Shared> {
         apply_concurrency: 4,
         shutdown_timeout: Duration::from_secs(5),
         peer_timeout: Duration::from_secs(180),
+        health_interval: Duration::ZERO,
     };
     let store = Store::open(None).await.expect("in-memory database");
     Arc::new(Shared::new(store, system, settings, Arc::new(crate::metrics::Metrics::default()), None, Duration::from_secs(86400)))

@@ -16,7 +16,7 @@ use rocket_okapi::response::OpenApiResponderInner;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::events::{Event, Subscription};
-use crate::model::events::{ApplyEvent, DriftRepairedEvent, EventsLostEvent, PeerEvent, RouteFailedEvent, StoreErrorEvent};
+use crate::model::events::{ApplyEvent, DriftRepairedEvent, EventsLostEvent, PeerEvent, RouteFailedEvent, StoreErrorEvent, UpstreamEvent};
 use crate::types::truncate;
 
 /// A keep-alive comment at least this often, so proxies keep an idle stream open.
@@ -101,6 +101,7 @@ const DESCRIPTION: &str = "Server-Sent Events (`text/event-stream`), endless: ea
 - `peer_connected` / `peer_disconnected` (data: PeerEvent): a peer's latest handshake became newer / older than 180 s (seen by the drift check and status reads).
 - `route_failed` (data: RouteFailedEvent): a raw route was left out of nginx because another process holds its port; everything else is served.
 - `store_error` (data: StoreErrorEvent): a write to the database failed (e.g. its disk is full): a POST/PATCH answered 507, or a pass's result, a traffic tick, the peers' endpoints or the events could not be recorded.
+- `upstream_down` / `upstream_up` (data: UpstreamEvent): a route's upstream failed / passed its health check after passing / failing the one before (an upstream's first check sends `upstream_down` only if it fails).
 A client more than `--events-kept` events behind is disconnected (it may resume from what is kept); the reconciler never waits for a client.";
 
 impl OpenApiResponderInner for EventsStream {
@@ -113,6 +114,7 @@ impl OpenApiResponderInner for EventsStream {
             generator.json_schema::<RouteFailedEvent>(),
             generator.json_schema::<StoreErrorEvent>(),
             generator.json_schema::<EventsLostEvent>(),
+            generator.json_schema::<UpstreamEvent>(),
         ];
         let mut r = Responses::default();
         let mut schema = generator.json_schema_no_ref::<String>();

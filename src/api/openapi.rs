@@ -213,6 +213,7 @@ mod tests {
             "`peer_disconnected`",
             "`route_failed`",
             "`store_error`",
+            "`upstream_down`",
             "Last-Event-ID",
             "`id:`",
         ] {
@@ -227,6 +228,7 @@ mod tests {
             ("PeerEvent", "peer_public_key"),
             ("RouteFailedEvent", "route"),
             ("StoreErrorEvent", "disk_full"),
+            ("UpstreamEvent", "upstream"),
         ] {
             assert!(schemas[name]["properties"][field].is_object(), "{name}: {}", schemas[name]);
         }

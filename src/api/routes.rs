@@ -260,6 +260,9 @@ async fn traffic(
 #[openapi(tag = "metrics")]
 #[get("/metrics")]
 fn metrics(_auth: ReadAuth, state: &State<Arc<Shared>>) -> Result<MetricsText, ApiError> {
+    // Read from /proc at each scrape: a few small files, no process.
+    let workers = state.system.nginx_workers();
+    state.metrics.set_nginx_workers(workers.active, workers.draining);
     state.metrics.encode().map(MetricsText).map_err(|e| ApiError::Internal(format!("encoding metrics: {e}")))
 }
 

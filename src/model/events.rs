@@ -80,3 +80,20 @@ pub struct EventsLostEvent {
     /// The oldest event still kept (the first one sent next); null if none is kept.
     pub first_kept_id: Option<u64>,
 }
+
+/// `upstream_down` / `upstream_up`: a route's upstream stopped or started
+/// answering the health check (a TCP connect from inside its network's
+/// namespace). An upstream's first check sends `upstream_down` if it fails
+/// and nothing if it succeeds; after that, one event per change, so every
+/// `upstream_up` follows an `upstream_down` of the same upstream.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+pub struct UpstreamEvent {
+    /// The network's listen port.
+    pub network: u16,
+    /// The route, as a key of the network's `proxy` (`https://HOST`, `http://HOST`, `tcp://PORT`).
+    pub route: String,
+    /// `IP:PORT`.
+    pub upstream: String,
+    /// Why the check failed (`upstream_down`); null for `upstream_up`.
+    pub error: Option<String>,
+}

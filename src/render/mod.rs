@@ -7,8 +7,8 @@ mod wireguard;
 
 pub use iptables::{FORWARD_POLICY, Family, JUMPS, Jump, RuleSet, iptables_restore, rules};
 pub use nginx::{
-    Listen, NginxFiles, NginxOptions, NginxSite, RawRoute, Route, SessionLimits, WorkerLimits, capacity_warning, nginx_http, nginx_stream,
-    parse_addresses, raw_listens,
+    Listen, NginxFiles, NginxOptions, NginxSite, RawRoute, Route, SessionLimits, WorkerLimits, capacity_warning, config_sets, nginx_http,
+    nginx_stream, parse_addresses, raw_listens,
 };
 pub use wireguard::{wg_conf, wg_kick};
 

@@ -133,6 +133,10 @@ pub struct NginxOptions {
     /// Written in the http file so long hostnames fit; 0 leaves it to the
     /// main config (nginx refuses the directive twice).
     pub server_names_hash_bucket_size: u32,
+    /// `worker_shutdown_timeout`, written at nginx's main level (the stream
+    /// file is included there): old workers end at most this long after a
+    /// reload. None: left to the main config (nginx refuses it twice).
+    pub worker_shutdown_timeout: Option<std::time::Duration>,
 }
 
 /// nginx's two files as they should be.
@@ -252,6 +256,12 @@ const STREAM_TIMEOUTS: &str = concat!(
 /// then the raw TCP and UDP ports.
 pub fn nginx_stream(site: &NginxSite) -> String {
     let mut s = String::from(HEADER);
+    if let Some(timeout) = site.options.worker_shutdown_timeout {
+        // Old workers keep their connections after a reload (idle streams up
+        // to `proxy_timeout 1h`): this bounds how long they live and hold memory.
+        s.push_str("# After a reload, old workers close what they still hold and end within this time.\n");
+        let _ = writeln!(s, "worker_shutdown_timeout {};", nginx_time(timeout));
+    }
     s.push_str("stream {\n");
     // Room for 253-character names and many of them.
     s.push_str("    map_hash_bucket_size 512;\n    map_hash_max_size 65536;\n");
@@ -299,6 +309,11 @@ pub fn nginx_stream(site: &NginxSite) -> String {
     s
 }
 
+/// A duration as nginx reads it: whole seconds, else milliseconds.
+fn nginx_time(d: std::time::Duration) -> String {
+    if d.subsec_millis() == 0 { format!("{}s", d.as_secs()) } else { format!("{}ms", d.as_millis()) }
+}
+
 /// A `map` from the SNI name to an upstream name.
 fn sni_map<'a>(s: &mut String, variable: &str, default: &str, routes: impl Iterator<Item = (&'a Hostname, &'a String)>) {
     let _ = writeln!(s, "    map $ssl_preread_server_name {variable} {{\n        default {default};");
@@ -322,11 +337,24 @@ pub struct WorkerLimits {
     pub rlimit_nofile: Option<u64>,
 }
 
+/// The statements of an nginx config's text, comments skipped (blocks
+/// flattened: `events {` and `}` end statements too).
+fn statements(conf: &str) -> Vec<String> {
+    let text = conf.lines().map(|l| l.split('#').next().unwrap_or("")).collect::<Vec<_>>().join("\n");
+    text.split([';', '{', '}']).map(str::to_string).collect()
+}
+
+/// Whether an nginx config's own text sets `directive` (its includes are
+/// not read).
+pub fn config_sets(conf: &str, directive: &str) -> bool {
+    statements(conf).iter().any(|s| s.split_whitespace().next() == Some(directive))
+}
+
 impl WorkerLimits {
     /// Reads the directives from the main config's text (comments skipped).
     pub fn parse(conf: &str) -> Self {
         let mut limits = WorkerLimits { processes: Some(1), connections: 512, rlimit_nofile: None };
-        for statement in conf.lines().map(|l| l.split('#').next().unwrap_or("")).collect::<Vec<_>>().join("\n").split([';', '{', '}']) {
+        for statement in statements(conf) {
             let mut words = statement.split_whitespace();
             let (Some(name), Some(value), None) = (words.next(), words.next(), words.next()) else { continue };
             match name {

@@ -101,6 +101,25 @@ fn golden_nginx() {
     assert!(!http.contains("server_names_hash_bucket_size") && http.contains("server_name app.example.com;"), "0: left to nginx.conf");
 }
 
+/// `worker_shutdown_timeout` is a main-context directive: it goes before
+/// `stream {` in the stream file (included at nginx's main level), never
+/// inside a block, and not at all when left to nginx.conf.
+#[test]
+fn the_worker_shutdown_timeout_is_written_at_main_level() {
+    let (_, mut site) = site();
+    let stream = nginx_stream(&site);
+    let main_level = stream.split("stream {").next().unwrap();
+    assert!(main_level.contains("\nworker_shutdown_timeout 3600s;\n"), "{stream}");
+    assert_eq!(stream.matches("worker_shutdown_timeout").count(), 1, "{stream}");
+    site.options.worker_shutdown_timeout = Some(std::time::Duration::from_millis(2500));
+    assert!(nginx_stream(&site).contains("\nworker_shutdown_timeout 2500ms;\n"));
+    site.options.worker_shutdown_timeout = None;
+    assert!(!nginx_stream(&site).contains("worker_shutdown_timeout"), "left to nginx.conf");
+    assert!(!nginx_http(&site).contains("worker_shutdown_timeout"), "never in the http file (inside http {{}})");
+    assert!(config_sets("user www-data;\nworker_shutdown_timeout 30s;\nevents {}\n", "worker_shutdown_timeout"));
+    assert!(!config_sets("# worker_shutdown_timeout 30s;\nevents { worker_connections 512; }\n", "worker_shutdown_timeout"));
+}
+
 #[test]
 fn golden_iptables() {
     let (d, _) = site();

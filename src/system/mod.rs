@@ -14,6 +14,7 @@ pub mod observe;
 mod ops;
 pub mod parse;
 pub mod ports;
+pub mod probe;
 pub mod procfs;
 pub mod runner;
 pub mod tools;

@@ -46,6 +46,31 @@ fn shutting_down(pid: u32) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline")).map_or(true, |c| String::from_utf8_lossy(&c).contains("shutting down"))
 }
 
+/// What an nginx process's title (`/proc/PID/cmdline`) says it is: a
+/// worker taking connections (`nginx: worker process`), a worker draining
+/// after a reload (`nginx: worker process is shutting down`), or something
+/// else (the cache manager or loader).
+pub fn worker_state(title: &str) -> Option<WorkerState> {
+    let title = title.trim_end_matches(['\0', ' ']);
+    if !title.contains("worker process") {
+        return None;
+    }
+    Some(if title.contains("is shutting down") { WorkerState::Draining } else { WorkerState::Active })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerState {
+    Active,
+    Draining,
+}
+
+/// nginx's workers by state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Workers {
+    pub active: u64,
+    pub draining: u64,
+}
+
 /// Whether workers started at `worker` cannot have read files written at
 /// `written` (unknown either way: they can, as far as anyone can tell).
 fn loaded_before(worker: Option<SystemTime>, written: Option<SystemTime>) -> bool {
@@ -59,6 +84,22 @@ impl System {
         let pid = read_trimmed(&self.paths.nginx_pid)?.parse::<u32>().ok()?;
         let stat = ProcStat::read(Path::new(&format!("/proc/{pid}")))?;
         (stat.comm == "nginx" && stat.alive()).then_some(pid)
+    }
+
+    /// nginx's workers, active and draining, from the titles of the master's
+    /// children in /proc (no process); none when nginx is not running.
+    pub fn nginx_workers(&self) -> Workers {
+        let mut workers = Workers::default();
+        let Some(master) = self.nginx_master() else { return workers };
+        for pid in super::procfs::children_of_quick(master) {
+            let title = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            match worker_state(&String::from_utf8_lossy(&title)) {
+                Some(WorkerState::Active) => workers.active += 1,
+                Some(WorkerState::Draining) => workers.draining += 1,
+                None => {}
+            }
+        }
+        workers
     }
 
     /// Whether the running nginx has not loaded the files on disk: its
@@ -204,6 +245,16 @@ mod tests {
         assert_eq!(names(&included), ["gateway.conf"]);
         write_atomic(&target, "three").unwrap();
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "three", "a leftover is overwritten");
+    }
+
+    #[test]
+    fn workers_are_told_apart_by_their_titles() {
+        // As nginx writes them over its argv (padded with NULs or spaces).
+        assert_eq!(worker_state("nginx: worker process\0\0\0"), Some(WorkerState::Active));
+        assert_eq!(worker_state("nginx: worker process is shutting down\0"), Some(WorkerState::Draining));
+        assert_eq!(worker_state("nginx: worker process is shutting down   "), Some(WorkerState::Draining));
+        assert_eq!(worker_state("nginx: cache manager process"), None);
+        assert_eq!(worker_state("nginx: master process nginx -c /etc/nginx/nginx.conf"), None);
     }
 
     #[test]

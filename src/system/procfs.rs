@@ -57,6 +57,18 @@ pub fn children_of(parent: u32) -> BTreeSet<u32> {
     out
 }
 
+/// Children of a process from its tasks' `children` files (no scan of
+/// every process); where the kernel lacks them, as [`children_of`].
+pub fn children_of_quick(parent: u32) -> BTreeSet<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{parent}/task")) else { return BTreeSet::new() };
+    let mut out = BTreeSet::new();
+    for task in tasks.flatten() {
+        let Ok(list) = std::fs::read_to_string(task.path().join("children")) else { return children_of(parent) };
+        out.extend(list.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+    }
+    out
+}
+
 /// How many inotify instances the processes of user `uid` hold (each fd
 /// that is `anon_inode:inotify`): the figure `fs.inotify.max_user_instances`
 /// limits. Scans /proc: for error messages, not for every pass.
@@ -146,5 +158,12 @@ mod tests {
         let me = std::process::id();
         let parent = ProcStat::read(Path::new(&format!("/proc/{me}"))).and_then(|s| s.ppid).unwrap();
         assert!(children_of(parent).contains(&me));
+        assert!(children_of_quick(parent).contains(&me));
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        assert_eq!(children_of_quick(me), children_of(me), "the same children either way");
+        assert!(children_of_quick(me).contains(&child.id()));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!children_of_quick(me).contains(&child.id()), "reaped: gone");
     }
 }

@@ -284,6 +284,11 @@ pub fn arg_list(n: &Names, extra: &[&str]) -> Vec<String> {
     if !extra.iter().any(|e| e.starts_with("--watchdog")) {
         v.push("--watchdog=1h".into());
     }
+    // Health checks only where a test asks for them (their events would mix
+    // with what other tests wait for).
+    if !extra.iter().any(|e| e.starts_with("--health-interval")) {
+        v.push("--health-interval=0".into());
+    }
     v.extend(extra.iter().map(|s| s.to_string()));
     v
 }
@@ -300,6 +305,8 @@ pub struct TestDaemon {
     passes: tokio::sync::watch::Receiver<Option<gateway::store::ApplyRecord>>,
     /// Taken when stopped.
     task: Option<tokio::task::JoinHandle<()>>,
+    /// The health check loop (returns at once with checks off).
+    checks: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl TestDaemon {
@@ -336,8 +343,9 @@ impl TestDaemon {
             });
             (Some(reconciler), task)
         };
+        let checks = Some(tokio::spawn(gateway::checks::run(shared.clone())));
         let client = Client::untracked(gateway::api::rocket(shared.clone(), figment)).await.expect("rocket");
-        TestDaemon { client, runner, reconciler, shared, passes, task: Some(task) }
+        TestDaemon { client, runner, reconciler, shared, passes, task: Some(task), checks }
     }
 
     /// Waits for the next pass to be recorded (the first one: since the
@@ -394,6 +402,9 @@ impl TestDaemon {
     }
 
     pub async fn stop(mut self) {
+        if let Some(checks) = self.checks.take() {
+            checks.abort();
+        }
         if let Some(task) = self.task.take() {
             task.abort();
             let _ = task.await;
@@ -408,6 +419,9 @@ impl TestDaemon {
 /// earlier) after that. Never panics.
 impl Drop for TestDaemon {
     fn drop(&mut self) {
+        if let Some(checks) = self.checks.take() {
+            checks.abort();
+        }
         let Some(task) = self.task.take() else { return };
         task.abort();
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
