@@ -330,7 +330,13 @@ async fn draining_workers_are_counted_and_gone_after_the_shutdown_timeout() {
         "{stream}"
     );
     let (active, draining) = (r#"gateway_nginx_workers{state="active"}"#, r#"gateway_nginx_workers{state="draining"}"#);
-    assert_eq!((metric(&d, active).await, metric(&d, draining).await), (Some(1.0), Some(0.0)), "worker_processes 1");
+    // nginx was just started: its worker may take a moment to appear.
+    let start = Instant::now();
+    while metric(&d, active).await != Some(1.0) {
+        assert!(start.elapsed() < Duration::from_secs(5), "no active worker (worker_processes 1)");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(metric(&d, draining).await, Some(0.0));
 
     // A long-lived connection keeps the old worker after a reload.
     let mut tcp = TcpStream::connect(("127.0.0.1", raw)).unwrap();
