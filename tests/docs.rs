@@ -178,6 +178,7 @@ fn getting_started_is_all_run_by_ci_and_ends_with_https_through_a_node() {
         "wg-quick up",
         "--cacert try/site.crt",
         "https://app.example.com/",
+        "-H 'Host: app.example.com' http://127.0.0.1/",
         "rm -rf try",
     ] {
         assert!(try_it.contains(step), "the try blocks lack {step}");
