@@ -449,6 +449,11 @@ pub struct DeviceTraffic {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 pub struct NetworkTraffic {
+    /// The network's listen port (the key of config.json and status.json)
+    /// its samples were recorded under; null for samples recorded before
+    /// the gateway kept it, until the network's next sample.
+    #[serde(default)]
+    pub port: Option<u16>,
     pub traffic: Traffic,
     /// Keyed by peer public key.
     pub devices: BTreeMap<String, DeviceTraffic>,

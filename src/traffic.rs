@@ -241,10 +241,13 @@ async fn previous_counters(tx: &mut sqlx::SqliteConnection) -> Result<HashMap<(S
 async fn peer_ids(tx: &mut sqlx::SqliteConnection, samples: &[Reading]) -> Result<HashMap<(String, String), i64>, StoreError> {
     let mut ids = HashMap::new();
     for chunk in samples.chunks(BATCH) {
-        let mut q = QueryBuilder::new("INSERT OR IGNORE INTO traffic_peers (network_key, peer_key) ");
+        // The listen port too, updated only where it changed (the key moved
+        // to another port): an unchanged row is not written again.
+        let mut q = QueryBuilder::new("INSERT INTO traffic_peers (network_key, peer_key, network) ");
         q.push_values(chunk, |mut b, s| {
-            b.push_bind(&s.network_key).push_bind(&s.peer_key);
+            b.push_bind(&s.network_key).push_bind(&s.peer_key).push_bind(s.network.parse::<i64>().ok());
         });
+        q.push(" ON CONFLICT (network_key, peer_key) DO UPDATE SET network = excluded.network WHERE network IS NOT excluded.network");
         q.build().execute(&mut *tx).await?;
         let mut q = QueryBuilder::new("SELECT id, network_key, peer_key FROM traffic_peers WHERE (network_key, peer_key) IN (");
         let mut list = q.separated(", ");

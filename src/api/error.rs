@@ -44,6 +44,9 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{}", invalid_message(.0))]
     Invalid(Problems),
+    /// Query parameters each of its form, but not together (traffic.json's `end` before `start`).
+    #[error("{}", .0.iter().map(|d| d.message.as_str()).collect::<Vec<_>>().join("; "))]
+    InvalidQuery(Vec<ErrorDetail>),
     #[error("generation {generation} was stored but applying it failed; the reconciler retries")]
     ApplyFailed { generation: i64, errors: Vec<String> },
     #[error("{0}")]
@@ -101,6 +104,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType => (Status::UnsupportedMediaType, "unsupported_media_type", vec![]),
             ApiError::BadRequest(_) => (Status::BadRequest, "bad_request", vec![]),
             ApiError::Invalid(p) => (Status::UnprocessableEntity, "invalid_config", p.details().to_vec()),
+            ApiError::InvalidQuery(d) => (Status::UnprocessableEntity, "invalid_query", d.clone()),
             ApiError::ApplyFailed { errors, .. } => {
                 (Status::InternalServerError, "apply_failed", errors.iter().map(|e| ErrorDetail::of_pass_error(e)).collect())
             }
@@ -157,7 +161,10 @@ pub(super) const ERROR_STATUSES: &[(u16, &str)] = &[
     (421, "no token is configured and the `Host` header names neither loopback nor the API's address (DNS rebinding)"),
     (412, "`precondition_failed`: the `If-Match` generation is not the stored one (another change came first); nothing changed"),
     (413, "the body is larger than the JSON limit (16 MiB)"),
-    (422, "invalid configuration: every problem with its JSON path; nothing changed"),
+    (
+        422,
+        "invalid configuration (`invalid_config`), or query parameters that do not go together (`invalid_query`: traffic.json's `end` before `start`): every problem with its path; nothing changed",
+    ),
     (
         500,
         "the apply failed (`apply_failed`: details list each error; stored anyway and retried) or an internal error (`internal`, e.g. the database)",

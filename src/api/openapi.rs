@@ -57,7 +57,7 @@ const ERRORS: &[(&str, &[u16])] = &[
     ("patch_config", &[400, 401, 403, 412, 413, 415, 421, 422, 500, 503, 507]),
     ("get_config", &[401, 403, 421, 500]),
     ("status", &[401, 421, 500]),
-    ("traffic", &[400, 401, 421, 500]),
+    ("traffic", &[400, 401, 421, 422, 500]),
     ("metrics", &[401, 421, 500]),
     ("events", &[400, 401, 421]),
 ];
@@ -75,7 +75,8 @@ The schemas give each value its exact form. The server also checks the rules tha
 - a hostname is served by one network only, whatever the scheme, and not by a `--custom-forwarding`;
 - `proxy_protocol: true` only on `https://` and `tcp://` entries (nginx cannot send the header to an HTTP reverse proxy's upstream, and PROXY v1 has no UDP form);
 - a `tcp://PORT` or `udp://PORT` port is owned by one network (its `tcp://` and `udp://` may share it) and is none of the gateway's own ports: the HTTPS and HTTP listeners, the API port, a network's WireGuard listen port, a `--custom-forwarding` upstream's port.
-A PATCH is checked as the whole state it would make.";
+A PATCH is checked as the whole state it would make.
+traffic.json's `end`, when given, is not before its `start` (else `422`, `invalid_query`, with the path `$.end`).";
 
 /// The one step after generation; see the module's documentation.
 fn finish(mut spec: OpenApi) -> OpenApi {

@@ -232,24 +232,30 @@ async fn status(_auth: ReadAuth, state: &State<Arc<Shared>>) -> Result<Json<Stat
     Ok(Json(crate::status::collect(state.inner()).await?))
 }
 
-/// Traffic recorded after `start` (unix seconds, exclusive), per network and
-/// peer: per sample, or with `step` (seconds, 60 to 31622400) summed per
-/// bucket `(K - step, K]` keyed by its end K (a multiple of `step`; `start`
-/// is then rounded down to one).
+/// Traffic recorded after `start` (unix seconds, exclusive) up to `end`
+/// (unix seconds, inclusive; default now), per network and peer: per
+/// sample, or with `step` (seconds, 60 to 31622400) summed per bucket
+/// `(K - step, K]` keyed by its end K (a multiple of `step`; `start` is
+/// then rounded down to one, `end` up). Each network carries its listen
+/// `port` beside its public key. 422 `invalid_query` when `end` is before
+/// `start`.
 #[openapi(tag = "traffic")]
-#[get("/api/v1/traffic.json?<start>&<step>")]
+#[get("/api/v1/traffic.json?<start>&<end>&<step>")]
 async fn traffic(
     _auth: ReadAuth,
     state: &State<Arc<Shared>>,
     start: QueryInt<0, { i64::MAX }, true>,
+    end: QueryInt<0, { i64::MAX }, false>,
     step: QueryInt<{ Step::MIN as i64 }, { Step::MAX as i64 }, false>,
 ) -> Result<Json<TrafficInfo>, ApiError> {
     let bad = |e: String| ApiError::BadRequest(e);
     let start = start.0.map_err(|e| bad(format!("{e} (unix seconds)")))?;
     let start = start.ok_or_else(|| bad("query parameter `start` (unix seconds) is required, e.g. ?start=1700000000".into()))?;
+    let end = end.0.map_err(|e| bad(format!("{e} (unix seconds, e.g. end=1700086400)")))?;
     let step = step.0.map_err(|e| bad(format!("{e} (e.g. step=3600 for hourly sums)")))?;
     let step = step.map(|s| Step::parse(&s.to_string())).transpose().map_err(bad)?;
-    let query = TrafficQuery { start, stop: now_unix(), step };
+    let query = TrafficQuery::new(start, end, step, now_unix())
+        .map_err(|message| ApiError::InvalidQuery(vec![ErrorDetail::new("$.end", message)]))?;
     crate::traffic::query(&state.store, &query).await.map(Json).map_err(|e| match e {
         QueryError::Store(e) => e.into(),
         too_many @ (QueryError::TooMany { .. } | QueryError::TooManyForStep { .. }) => ApiError::BadRequest(too_many.to_string()),

@@ -52,8 +52,25 @@ impl Step {
 pub struct TrafficQuery {
     /// Exclusive; with a step, rounded down to a multiple of it.
     pub start: i64,
+    /// Inclusive: the asked `end` (with a step, rounded up to a multiple of
+    /// it, so the last bucket is whole), or `now` if that is earlier.
     pub stop: i64,
     pub step: Option<Step>,
+}
+
+impl TrafficQuery {
+    /// The samples of `(start, end]` (`end` absent: up to `now`); `end`
+    /// before `start` is refused (an empty range, `end` = `start`, is not).
+    pub fn new(start: i64, end: Option<i64>, step: Option<Step>, now: i64) -> Result<TrafficQuery, String> {
+        let stop = match end {
+            Some(end) if end < start => {
+                return Err(format!("`end` ({end}) is before `start` ({start}): ask for end >= start (unix seconds)"));
+            }
+            Some(end) => step.map_or(end, |s| s.bucket_of(end)).min(now),
+            None => now,
+        };
+        Ok(TrafficQuery { start, stop, step })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,7 +101,7 @@ pub async fn traffic(store: &Store, q: &TrafficQuery) -> Result<TrafficInfo, Que
 
 /// One row per peer: its keys and its `time:rx:tx` entries, comma-separated
 /// (SQLite packs them, so a day of 10,000 peers is 10,000 rows, not millions).
-const PACKED: &str = "SELECT p.network_key, p.peer_key, s.packed FROM (SELECT peer, group_concat(entry) AS packed
+const PACKED: &str = "SELECT p.network_key, p.peer_key, s.packed, p.network FROM (SELECT peer, group_concat(entry) AS packed
      FROM ({rows}) GROUP BY peer) s JOIN traffic_peers p ON p.id = s.peer";
 
 /// Every sample in `(start, stop]`.
@@ -156,7 +173,9 @@ async fn read_packed(
             add(device.times.entry(key(time).to_string()).or_default(), &t);
         }
         add(&mut info.traffic, &device.traffic);
+        let port: Option<i64> = row.try_get(3)?;
         let n = info.networks.entry(network).or_default();
+        n.port = n.port.or(port.and_then(|p| u16::try_from(p).ok()));
         add(&mut n.traffic, &device.traffic);
         n.devices.insert(peer, device);
     }
