@@ -3,18 +3,19 @@
 //! logged, idle sockets closed and capped, TLS with and without client
 //! certificates (made with openssl here). Needs no root.
 
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_gateway");
+use common::Process;
 
-/// The daemon as a process, touching nothing on the system; killed when
-/// the test ends.
+/// The daemon as a process (tests/common's), touching nothing on the
+/// system; killed when the test ends.
 struct Daemon {
-    child: Child,
-    log: PathBuf,
+    process: Process,
     port: u16,
     /// `http://127.0.0.1:PORT`, or `https://localhost:PORT` with TLS.
     base: String,
@@ -31,39 +32,29 @@ impl Daemon {
     fn start_with(dir: &Path, address: &str, extra: &[&str], tls: Option<Vec<String>>) -> Daemon {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let log = dir.join(format!("daemon-{port}.log"));
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(BIN)
-            .args(["--address", address, "--wireguard-backend=userspace", "--netns-dir=/nonexistent", "--port", &port.to_string()])
-            .args(extra)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("gateway starts");
+        let mut args: Vec<String> = ["--address", address, "--wireguard-backend=userspace", "--netns-dir=/nonexistent", "--port"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.push(port.to_string());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let process = Process::start(&args, &[], log);
         let base = match tls {
             Some(_) => format!("https://localhost:{port}"),
             None => format!("http://127.0.0.1:{port}"),
         };
-        let mut d = Daemon { child, log, port, base, tls: tls.unwrap_or_default() };
-        d.wait_healthy();
+        let mut d = Daemon { process, port, base, tls: tls.unwrap_or_default() };
+        let (tls, health) = (d.tls.clone(), d.url("/health"));
+        d.process.wait_until_healthy(|| {
+            let mut all: Vec<&str> = tls.iter().map(String::as_str).collect();
+            all.push(&health);
+            curl(&all).0 == "200"
+        });
         d
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn wait_healthy(&mut self) {
-        let start = Instant::now();
-        while self.curl(&[&self.url("/health")]).0 != "200" {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("the daemon exited ({status}): {}", self.log());
-            }
-            assert!(start.elapsed() < Duration::from_secs(20), "the API did not come up: {}", self.log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.process.log()
     }
 
     fn url(&self, path: &str) -> String {
@@ -78,8 +69,7 @@ impl Daemon {
     }
 
     fn signal(&self, signal: i32) {
-        // SAFETY: kill(2) on our child's pid has no memory-safety preconditions.
-        assert_eq!(unsafe { libc::kill(self.child.id() as libc::pid_t, signal) }, 0);
+        self.process.signal(signal);
     }
 
     /// The status code of GET `path` with `Token: token`.
@@ -94,13 +84,6 @@ impl Daemon {
             assert!(start.elapsed() < Duration::from_secs(10), "{needle:?} x{times} not in the log: {}", self.log());
             std::thread::sleep(Duration::from_millis(20));
         }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -128,7 +111,7 @@ fn tokens_rotate_through_the_file_and_sighup() {
     write_secret(&admin, "old-admin\n");
     write_secret(&read, "old-read\n");
     let d = Daemon::start(dir.path(), &["--token-file", admin.to_str().unwrap(), "--read-token-file", read.to_str().unwrap()]);
-    let pid = d.child.id();
+    let pid = d.process.child.id();
     assert_eq!((d.get("/api/v1/config.json", "old-admin"), d.get("/metrics", "old-read")), ("200".into(), "200".into()));
     assert_eq!(d.get("/api/v1/config.json", "new-admin"), "401", "not yet");
 
@@ -156,7 +139,7 @@ fn tokens_rotate_through_the_file_and_sighup() {
     d.signal(libc::SIGHUP);
     d.wait_log("the previous ones stay in force", 1);
     assert_eq!((d.get("/api/v1/config.json", "new-admin"), d.get("/api/v1/config.json", "")), ("200".into(), "401".into()));
-    assert_eq!(d.child.id(), pid, "no restart");
+    assert_eq!(d.process.child.id(), pid, "no restart");
     assert!(!d.log().contains("new-admin") && !d.log().contains("old-read"), "no token in the log: {}", d.log());
 }
 
@@ -312,7 +295,7 @@ fn the_private_port_behind_the_gate_answers_nothing_but_health() {
     let d = Daemon::start(dir.path(), &["--token", "t"]);
     let out = Command::new("ss").args(["-Hltnp"]).output().expect("ss");
     let text = String::from_utf8_lossy(&out.stdout);
-    let pid = format!("pid={},", d.child.id());
+    let pid = format!("pid={},", d.process.child.id());
     let ports: Vec<u16> = text
         .lines()
         .filter(|l| l.contains(&pid))

@@ -7,57 +7,8 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
-
 use common::*;
 use serde_json::json;
-
-const BIN: &str = env!("CARGO_BIN_EXE_gateway");
-
-/// The binary with exactly `env` as its environment (and PATH).
-fn gateway(args: &[String], env: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).envs(env.iter().copied());
-    cmd
-}
-
-/// A running daemon, killed if the test ends while it runs.
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn start(args: &[String], env: &[(&str, &str)], log: PathBuf) -> Daemon {
-        let out = std::fs::File::create(&log).unwrap();
-        let child = gateway(args, env).stdout(out.try_clone().unwrap()).stderr(out).stdin(Stdio::null()).spawn().unwrap();
-        Daemon { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn wait_healthy(&mut self, port: u16) {
-        let start = Instant::now();
-        while !sh_ok(&format!("curl -sf http://127.0.0.1:{port}/health")) {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("the daemon exited ({status}): {}", self.log());
-            }
-            assert!(start.elapsed() < Duration::from_secs(20), "the API did not come up: {}", self.log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The environment of process `pid`, one `NAME=value` per entry.
 fn environ(pid: u32) -> Vec<String> {
@@ -114,7 +65,7 @@ fn the_processes_the_daemon_starts_inherit_nothing_of_its_environment() {
         ("ROCKET_LIMITS", "{json=1MiB}"),
         ("RUST_LOG", "info"),
     ];
-    let mut d = Daemon::start(&args, &env, n.dir.join("daemon.log"));
+    let mut d = Process::start(&args, &env, n.dir.join("daemon.log"));
     d.wait_healthy(n.api_port());
 
     let port = n.port(0);
@@ -160,14 +111,6 @@ fn the_processes_the_daemon_starts_inherit_nothing_of_its_environment() {
         .filter(|pid| *pid != daemon && environ(*pid).iter().any(|e| e.contains(&token)))
         .collect();
     assert_eq!(holders, Vec::<u32>::new(), "processes with the token in their environment");
-}
-
-/// The binary run to its end within 20 s: exit status, stdout and stderr.
-fn run_to_end(args: &[&str]) -> (ExitStatus, String, String) {
-    let mut argv = vec!["20", BIN];
-    argv.extend(args);
-    let out = Command::new("timeout").args(&argv).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).output().unwrap();
-    (out.status, String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 /// The start with database `db` fails with exit code 1 and one line on
@@ -250,6 +193,6 @@ fn a_database_someone_else_owns_is_refused() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let mut d = Daemon::start(&args, &[], dir.path().join("daemon.log"));
+    let mut d = Process::start(&args, &[], dir.path().join("daemon.log"));
     d.wait_healthy(port);
 }

@@ -10,81 +10,11 @@ mod common;
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{Value, json};
-
-const BIN: &str = env!("CARGO_BIN_EXE_gateway");
-
-/// The binary, with nothing from the caller's environment but PATH.
-fn gateway(args: &[String], env: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
-    cmd.envs(env.iter().copied());
-    cmd
-}
-
-/// A running daemon; killed if the test ends while it runs.
-struct Process {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Process {
-    /// Starts the binary with its output (both streams) in `log`.
-    fn start(args: &[String], env: &[(&str, &str)], log: PathBuf) -> Process {
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
-        let child = gateway(args, env).stdout(out.try_clone().unwrap()).stderr(out).stdin(Stdio::null()).spawn().expect("gateway starts");
-        Process { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn wait_healthy(&mut self, port: u16) {
-        let start = Instant::now();
-        while !sh_ok(&format!("curl -sf http://127.0.0.1:{port}/health")) {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("the daemon exited ({status}): {}", self.log());
-            }
-            assert!(start.elapsed() < Duration::from_secs(20), "the API did not come up: {}", self.log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn signal(&self, signal: i32) {
-        // SAFETY: kill(2) on our child's pid has no memory-safety preconditions.
-        assert_eq!(unsafe { libc::kill(self.child.id() as libc::pid_t, signal) }, 0);
-    }
-
-    fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(start.elapsed() < limit, "the daemon did not exit within {limit:?}: {}", self.log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// SIGTERM, and the exit that follows must be a success.
-    fn stop(&mut self) {
-        self.signal(libc::SIGTERM);
-        let status = self.wait_exit(Duration::from_secs(40));
-        assert!(status.success(), "stopping: {status}: {}", self.log());
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// One API call with curl: `None` if no answer came (the daemon died).
 fn api(port: u16, method: &str, path: &str, body: Option<&Value>) -> Option<(u16, Value)> {
@@ -98,14 +28,6 @@ fn api(port: u16, method: &str, path: &str, body: Option<&Value>) -> Option<(u16
     let (body, code) = text.rsplit_once('\n')?;
     let code: u16 = code.parse().ok().filter(|c| *c != 0)?;
     Some((code, serde_json::from_str(body).unwrap_or(Value::String(body.to_string()))))
-}
-
-/// The binary run to its end (it must end within 20 s): exit status, stdout, stderr.
-fn run_to_end(args: &[&str]) -> (ExitStatus, String, String) {
-    let mut argv = vec!["20", BIN];
-    argv.extend(args);
-    let out = Command::new("timeout").args(&argv).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).output().unwrap();
-    (out.status, String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 /// Options for a daemon that touches nothing on the system.

@@ -659,3 +659,95 @@ pub fn node_topology(k: u8) -> NodeTopology {
     start_client(&n);
     NodeTopology { n, gw_private, gw_public, port, node, _guard }
 }
+
+/// The gateway binary of this build.
+pub const BIN: &str = env!("CARGO_BIN_EXE_gateway");
+
+/// The binary with exactly `env` as its environment (and PATH): nothing of
+/// the caller's (a live gateway's GATEWAY_TOKEN or GATEWAY_DATABASE).
+pub fn gateway(args: &[String], env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).envs(env.iter().copied());
+    cmd
+}
+
+/// The binary run to its end (it must end within 20 s): exit status, stdout, stderr.
+pub fn run_to_end(args: &[&str]) -> (std::process::ExitStatus, String, String) {
+    let mut argv = vec!["20", BIN];
+    argv.extend(args);
+    let out = Command::new("timeout").args(&argv).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).output().unwrap();
+    (out.status, String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// The daemon as a process, its output (both streams) in a log file;
+/// killed if the test ends while it runs.
+pub struct Process {
+    pub child: std::process::Child,
+    pub log: PathBuf,
+}
+
+impl Process {
+    /// Starts `command` (e.g. [`gateway`]) with its output appended to `log`.
+    pub fn spawn(mut command: Command, log: PathBuf) -> Process {
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let child =
+            command.stdout(out.try_clone().unwrap()).stderr(out).stdin(std::process::Stdio::null()).spawn().expect("gateway starts");
+        Process { child, log }
+    }
+
+    /// Starts the binary with `args` and exactly `env` (see [`gateway`]).
+    pub fn start(args: &[String], env: &[(&str, &str)], log: PathBuf) -> Process {
+        Process::spawn(gateway(args, env), log)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits (20 s at most) until `/health` answers on loopback's `port`.
+    pub fn wait_healthy(&mut self, port: u16) {
+        self.wait_until_healthy(|| sh_ok(&format!("curl -sf http://127.0.0.1:{port}/health")));
+    }
+
+    /// Waits (20 s at most) until `healthy`; fails at once if the daemon exited.
+    pub fn wait_until_healthy(&mut self, healthy: impl Fn() -> bool) {
+        let start = Instant::now();
+        while !healthy() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("the daemon exited ({status}): {}", self.log());
+            }
+            assert!(start.elapsed() < Duration::from_secs(20), "the API did not come up: {}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our child's pid has no memory-safety preconditions.
+        assert_eq!(unsafe { libc::kill(self.child.id() as libc::pid_t, signal) }, 0);
+    }
+
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(start.elapsed() < limit, "the daemon did not exit within {limit:?}: {}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM, and the exit that follows must be a success.
+    pub fn stop(&mut self) {
+        self.signal(libc::SIGTERM);
+        let status = self.wait_exit(Duration::from_secs(40));
+        assert!(status.success(), "stopping: {status}: {}", self.log());
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
