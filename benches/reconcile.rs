@@ -99,6 +99,7 @@ fn main() {
         sni_socket: "/run/gateway-sni.sock".into(),
         server_names_hash_bucket_size: 0,
         worker_shutdown_timeout: Some(std::time::Duration::from_secs(3600)),
+        access_log: None,
     };
     time(&format!("render nginx's files, {n} networks"), iterations, || NginxFiles::render(&layout, &desired, &[], &options).stream.len());
     time(&format!("converged views of {n} networks"), iterations, || {

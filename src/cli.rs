@@ -56,6 +56,27 @@ fn parse_socket_path(s: &str) -> Result<String, String> {
     }
 }
 
+/// Where the gateway's own nginx servers log: `off`, or an absolute path
+/// of plain characters with no `.` or `..` component (nginx's master opens
+/// it as root, so it is written into nginx's files only in this form).
+fn parse_access_log(s: &str) -> Result<String, String> {
+    if s == "off" {
+        return Ok(s.to_string());
+    }
+    let plain = s.starts_with('/')
+        && s.len() <= 200
+        && !s.ends_with('/')
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-".contains(&b))
+        && s.split('/').skip(1).all(|part| !part.is_empty() && part != "." && part != "..");
+    if plain {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "'{s}' must be `off` or an absolute file path of at most 200 characters a-z, A-Z, 0-9, '/', '.', '_', '-', without empty, '.' or '..' parts"
+        ))
+    }
+}
+
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "gateway",
@@ -132,6 +153,9 @@ pub struct Args {
     /// Unix socket inside nginx through which HTTPS routes without PROXY protocol pass once some route has it (the entry server then sends the header, this hop drops it). Its directory must be reachable by nginx's workers.
     #[arg(long, default_value = "/run/gateway-sni.sock", value_parser = parse_socket_path)]
     pub nginx_sni_socket: String,
+    /// Where the gateway's own nginx servers (HTTP by Host, HTTPS by SNI, raw ports) log each request or connection: `off` (none is logged, also not into nginx.conf's own access_log, e.g. Debian's /var/log/nginx/access.log), or an absolute file path (its directory must exist; nginx opens it as root): HTTP requests and stream sessions, one line each, marked `http` or `stream`.
+    #[arg(long, default_value = "off", value_parser = parse_access_log)]
+    pub nginx_access_log: String,
     /// `server_names_hash_bucket_size` written in the HTTP file so long hostnames fit; 0 = leave it to the main nginx config (set it there if your nginx.conf already has one).
     #[arg(long, default_value_t = 512)]
     pub nginx_server_names_hash_bucket_size: u32,
@@ -379,6 +403,30 @@ mod tests {
             assert!(crate::render::parse_addresses(bad).is_err(), "{bad}");
         }
         assert!(parse_socket_path("/run/gateway-sni.sock").is_ok());
+        for ok in ["off", "/var/log/nginx/gateway-access.log", "/l", "/var/log/a_b-c.1"] {
+            assert_eq!(parse_access_log(ok).as_deref(), Ok(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "on",
+            "OFF",
+            "access.log",
+            "/var/log/",
+            "/var/log/../../etc/passwd",
+            "/var/./log",
+            "//log",
+            "/var//log",
+            "/var/log/a b",
+            "/var/log/a;b",
+            "/var/log/$host",
+            "/var/log/{a}",
+            "/var/log/a\"b",
+            "syslog:server=1.2.3.4",
+            "/var/log/a\nerror_log /x",
+            &format!("/{}", "a".repeat(200)),
+        ] {
+            assert!(parse_access_log(bad).is_err(), "{bad:?}");
+        }
         for bad in ["run/x.sock", "/run/x y.sock", "/run/x;.sock", "/run/{x}.sock", ""] {
             assert!(parse_socket_path(bad).is_err(), "{bad}");
         }

@@ -384,6 +384,7 @@ fn nginx_options(args: &Args, ipv6: bool) -> Result<NginxOptions, String> {
         sni_socket: args.nginx_sni_socket.clone(),
         server_names_hash_bucket_size: args.nginx_server_names_hash_bucket_size,
         worker_shutdown_timeout: worker_shutdown_timeout(args),
+        access_log: Some(args.nginx_access_log.clone()).filter(|l| l != "off"),
     })
 }
 

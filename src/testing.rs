@@ -285,6 +285,7 @@ pub fn nginx_options() -> NginxOptions {
         sni_socket: "/run/gateway-sni.sock".into(),
         server_names_hash_bucket_size: 512,
         worker_shutdown_timeout: Some(std::time::Duration::from_secs(3600)),
+        access_log: None,
     }
 }
 

@@ -137,6 +137,9 @@ pub struct NginxOptions {
     /// file is included there): old workers end at most this long after a
     /// reload. None: left to the main config (nginx refuses it twice).
     pub worker_shutdown_timeout: Option<std::time::Duration>,
+    /// Where the gateway's own servers log (`--nginx-access-log`, checked at
+    /// start-up: an absolute path of plain characters); None: not at all.
+    pub access_log: Option<String>,
 }
 
 /// nginx's two files as they should be.
@@ -265,6 +268,9 @@ pub fn nginx_stream(site: &NginxSite) -> String {
     s.push_str("stream {\n");
     // Room for 253-character names and many of them.
     s.push_str("    map_hash_bucket_size 512;\n    map_hash_max_size 65536;\n");
+    if site.options.access_log.is_some() {
+        s.push_str(STREAM_LOG_FORMAT);
+    }
     sni_map(&mut s, "$gateway_backend", "gateway_unknown_host", site.https.iter().map(|r| (&r.host, &r.upstream_name)));
     let with_pp = site.https.iter().any(|r| r.proxy_protocol);
     if with_pp {
@@ -291,12 +297,14 @@ pub fn nginx_stream(site: &NginxSite) -> String {
         s.push_str("        proxy_pass $gateway_backend;\n");
     }
     s.push_str(STREAM_TIMEOUTS);
+    stream_access_log(&mut s, site);
     s.push_str("    }\n");
     if with_pp {
         s.push_str("\n    server {\n");
         let _ = writeln!(s, "        listen unix:{} proxy_protocol;", site.options.sni_socket);
         s.push_str("        ssl_preread on;\n        proxy_pass $gateway_backend;\n");
         s.push_str(STREAM_TIMEOUTS);
+        stream_access_log(&mut s, site);
         s.push_str("    }\n");
     }
     if !site.raw.is_empty() {
@@ -422,7 +430,37 @@ fn raw_server(s: &mut String, site: &NginxSite, r: &RawRoute) {
     } else {
         s.push_str("        # A UDP session ends after a minute without datagrams.\n        proxy_timeout 1m;\n");
     }
+    stream_access_log(s, site);
     s.push_str("    }\n");
+}
+
+/// Stream sessions (HTTPS by SNI, raw ports) in the gateway's own log:
+/// client, port, SNI name, status, bytes each way, seconds, upstream.
+const STREAM_LOG_FORMAT: &str = "    log_format gateway_stream '$remote_addr - [$time_local] stream $protocol:$server_port \"$ssl_preread_server_name\" $status $bytes_received $bytes_sent $session_time upstream=$upstream_addr';\n";
+
+/// HTTP requests in the gateway's own log: the `combined` format with the
+/// Host, the request time and the upstream.
+const HTTP_LOG_FORMAT: &str = "log_format gateway_http '$remote_addr - $remote_user [$time_local] http \"$host\" \"$request\" $status $body_bytes_sent \"$http_referer\" \"$http_user_agent\" $request_time upstream=$upstream_addr';\n";
+
+/// A stream server's log, when there is one (stream servers log nothing
+/// unless told).
+fn stream_access_log(s: &mut String, site: &NginxSite) {
+    if let Some(path) = &site.options.access_log {
+        let _ = writeln!(s, "        access_log {path} gateway_stream;");
+    }
+}
+
+/// An HTTP server's log: each server says it, so nothing falls through to
+/// the `access_log` of nginx.conf's `http {}` (Debian's access.log).
+fn http_access_log(s: &mut String, indent: &str, site: &NginxSite) {
+    match &site.options.access_log {
+        Some(path) => {
+            let _ = writeln!(s, "{indent}access_log {path} gateway_http;");
+        }
+        None => {
+            let _ = writeln!(s, "{indent}access_log off;");
+        }
+    }
 }
 
 /// The gateway's own server, first on every HTTP listen address: nginx
@@ -435,7 +473,9 @@ fn raw_server(s: &mut String, site: &NginxSite, r: &RawRoute) {
 fn catch_all(s: &mut String, site: &NginxSite) {
     s.push_str("\n# Host names no route serves: closed by the gateway, never passed to a tenant.\nserver {\n");
     listen_lines(s, "    ", &site.options.http_listen, "", true);
-    s.push_str("    server_name _;\n    return 444;\n}\n");
+    s.push_str("    server_name _;\n");
+    http_access_log(s, "    ", site);
+    s.push_str("    return 444;\n}\n");
 }
 
 /// `server {}` blocks included inside `http {}`: reverse proxy by Host.
@@ -447,6 +487,9 @@ pub fn nginx_http(site: &NginxSite) -> String {
     if site.options.server_names_hash_bucket_size > 0 {
         let _ = writeln!(s, "server_names_hash_bucket_size {};", site.options.server_names_hash_bucket_size);
     }
+    if site.options.access_log.is_some() {
+        s.push_str(HTTP_LOG_FORMAT);
+    }
     s.push_str("map $http_upgrade $gateway_connection_upgrade {\n    default upgrade;\n    '' close;\n}\n");
     catch_all(&mut s, site);
     for r in &site.http {
@@ -455,6 +498,7 @@ pub fn nginx_http(site: &NginxSite) -> String {
         s.push_str("server {\n");
         listen_lines(&mut s, "    ", &site.options.http_listen, "", false);
         let _ = writeln!(s, "    server_name {};", r.host);
+        http_access_log(&mut s, "    ", site);
         s.push_str("    location / {\n");
         let _ = writeln!(s, "        proxy_pass http://{};", r.upstream_name);
         s.push_str(concat!(

@@ -190,6 +190,27 @@ fn ingress_site() -> (Desired, NginxSite) {
     (d, site)
 }
 
+/// The gateway's servers log to their own file, or not at all: every HTTP
+/// server says so itself (nothing reaches nginx.conf's `http {}` log),
+/// every stream server too when there is a file.
+#[test]
+fn golden_access_log() {
+    let (_, mut site) = ingress_site();
+    site.options.access_log = Some("/var/log/nginx/gateway-access.log".into());
+    let (stream, http) = (nginx_stream(&site), nginx_http(&site));
+    golden("nginx-stream-access-log.conf", &stream);
+    golden("nginx-http-access-log.conf", &http);
+    let servers = |text: &str| text.matches("server {").count();
+    let logs = |text: &str, format: &str| text.matches(&format!("access_log /var/log/nginx/gateway-access.log {format};")).count();
+    assert_eq!(logs(&http, "gateway_http"), servers(&http), "every HTTP server, the catch-all included: {http}");
+    assert_eq!(logs(&stream, "gateway_stream"), servers(&stream), "every stream server: {stream}");
+    let (_, off) = ingress_site();
+    let (stream, http) = (nginx_stream(&off), nginx_http(&off));
+    assert_eq!(http.matches("access_log off;").count(), servers(&http), "off: each HTTP server logs nothing: {http}");
+    assert!(!stream.contains("access_log") && !stream.contains("log_format"), "stream servers log nothing unless told: {stream}");
+    assert!(!http.contains("log_format"), "{http}");
+}
+
 #[test]
 fn golden_ingress() {
     let (d, site) = ingress_site();
