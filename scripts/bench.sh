@@ -5,6 +5,11 @@
 #     sequential shell script, in this run;
 #   - the daemon: cold apply, no-op re-apply, one peer added, drift checks,
 #     status.json, daemon RSS, removal of everything (times and processes);
+#   - the upstream health checks (2 routes a network: 2N upstreams, all but
+#     network 0's silent, so each waits the connect timeout: the worst
+#     case): rounds, their duration, CPU per round (the check thread's and
+#     the whole daemon's) and processes started, over two health intervals
+#     between drift checks;
 #   - traffic.json on a synthetic day of BENCH_TRAFFIC_PEERS peers (default
 #     10000) in a second daemon's database;
 #   - the HTTPS data path: a 64 MiB download from a node through the gateway
@@ -20,9 +25,11 @@
 # a private nginx and a temp dir, and is removed on exit, also on failure.
 #
 #   scripts/bench.sh N          (as root; GATEWAY_BIN, BENCH_CONCURRENCY,
-#                                BENCH_WATCHDOG, BENCH_TRAFFIC_PEERS, and
-#                                BENCH_SKIP="floor https traffic" to leave
-#                                parts out)
+#                                BENCH_WATCHDOG, BENCH_HEALTH_INTERVAL (5s;
+#                                twice it must be shorter than the watchdog),
+#                                BENCH_TRAFFIC_PEERS, and
+#                                BENCH_SKIP="floor https traffic health" to
+#                                leave parts out)
 set -euo pipefail
 N=${1:?usage: scripts/bench.sh N (networks)}
 cd "$(dirname "$0")/.."
@@ -32,6 +39,7 @@ bin=${GATEWAY_BIN:-$target/release/gateway}
 if [ ! -x "$bin" ]; then cargo build --release --locked; fi
 concurrency=${BENCH_CONCURRENCY:-8}
 watchdog=${BENCH_WATCHDOG:-20s}
+health_interval=${BENCH_HEALTH_INTERVAL:-5s}
 traffic_peers=${BENCH_TRAFFIC_PEERS:-10000}
 work=$(mktemp -d /tmp/gateway-bench.XXXXXX)
 BASE=41000 FBASE=44000 HTTPS=19443 HTTP=19080 API=19800 API2=19801
@@ -175,7 +183,7 @@ CONF
   --wireguard-backend userspace --namespace-prefix gbn- --interface-prefix gbw --veth-prefix gbv --bridge gbbr0 \
   --bridge-subnet 10.253.0.0/16 --nginx-conf "$work/nginx.conf" --nginx-stream-config "$work/stream.conf" \
   --nginx-http-config "$work/http.conf" --nginx-pid "$work/nginx.pid" --https-listen $HTTPS --http-listen $HTTP \
-  --watchdog "$watchdog" --apply-wait 3600s --apply-concurrency "$concurrency" > "$work/daemon.log" 2>&1 &
+  --watchdog "$watchdog" --health-interval "$health_interval" --apply-wait 3600s --apply-concurrency "$concurrency" > "$work/daemon.log" 2>&1 &
 daemon=$!
 for _ in $(seq 200); do curl -fsS "$A/health" >/dev/null 2>&1 && break; sleep 0.05; done
 echo
@@ -204,6 +212,39 @@ t1=$(now)
 row "status.json, 10 requests at once (all done)" "$(ms "$t0" "$t1") ms" ""
 row "daemon RSS" "$(awk '/VmRSS/ {printf "%d MiB", $2/1024}' /proc/$daemon/status)" ""
 grep -h 'raised fs.inotify' "$work/daemon.log" | sed 's/^/  daemon: /' || true
+
+# --- Upstream health checks: what a round costs. ---
+if ! skip health; then
+# CPU time (ms) of the daemon's thread named $1, or of the whole daemon without one.
+cpu_ms() {
+  local stat="/proc/$daemon/stat" t
+  if [ -n "${1:-}" ]; then
+    stat=""
+    for t in /proc/$daemon/task/*; do [ "$(cat "$t/comm")" = "$1" ] && stat="$t/stat"; done
+    [ -n "$stat" ] || { echo 0; return; }
+  fi
+  sed 's/.*) //' "$stat" | awk -v hz="$(getconf CLK_TCK)" '{ printf "%d\n", ($12 + $13) * 1000 / hz }'
+}
+window=$(python3 -c "import re; v, u = re.fullmatch(r'(\d+)(ms|s|m)', '$health_interval').groups(); print(2 * int(v) * {'ms': 0.001, 's': 1, 'm': 60}[u])")
+next_pass "drift check (before the health window)"
+rounds0=$(metric gateway_health_round_duration_seconds_count); rsum0=$(metric gateway_health_round_duration_seconds_sum)
+thread0=$(cpu_ms gateway-health); all0=$(cpu_ms); procs0=$(metric gateway_commands_started_total)
+sleep "$window"
+rounds=$(( $(metric gateway_health_round_duration_seconds_count) - rounds0 ))
+rsum=$(metric gateway_health_round_duration_seconds_sum)
+thread=$(( $(cpu_ms gateway-health) - thread0 )); all=$(( $(cpu_ms) - all0 ))
+procs=$(( $(metric gateway_commands_started_total) - procs0 ))
+echo
+echo "health checks ($((2 * N)) upstreams, $((2 * N - 2)) of them silent; interval $health_interval, ${window} s measured):"
+if [ "$rounds" -gt 0 ]; then
+  row "rounds, mean duration" "$rounds" "$(python3 -c "print(round(($rsum - $rsum0) * 1000 / $rounds))") ms each"
+  row "CPU per round: the check thread" "$((thread / rounds)) ms" ""
+  row "CPU per round: the whole daemon" "$((all / rounds)) ms" ""
+else
+  row "rounds" "0" "(none ended in the window)"
+fi
+row "processes started in the window" "$procs" ""
+fi
 
 # --- The HTTPS data path: through the gateway against the bare tunnel. ---
 if ! skip https; then

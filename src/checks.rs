@@ -40,6 +40,7 @@ pub async fn round(shared: &Shared) {
     if targets.is_empty() {
         return;
     }
+    let start = std::time::Instant::now();
     let (layout, netns_dir) = (&shared.system.layout, &shared.system.paths.netns_dir);
     let jobs = targets.iter().map(|(port, ups)| NsChecks { netns: Some(netns_dir.join(layout.netns(*port))), upstreams: ups.clone() });
     let results = shared.health.probe.check(jobs.collect(), shared.health.timeout()).await;
@@ -54,4 +55,5 @@ pub async fn round(shared: &Shared) {
             shared.events.publish(name, &event);
         }
     }
+    shared.metrics.health_round_duration.observe(start.elapsed().as_secs_f64());
 }

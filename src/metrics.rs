@@ -129,6 +129,8 @@ pub struct Metrics {
     api_auth_failures: Family<ReasonLabels, Counter>,
     nginx_workers: Family<StateLabels, Gauge>,
     upstream_up: Family<UpstreamLabels, Gauge>,
+    /// Health check rounds: how long each took (every upstream of every route).
+    pub health_round_duration: Histogram,
     /// Peers with series, by network, so those of removed peers and
     /// networks can be dropped.
     exported: Mutex<BTreeMap<String, BTreeSet<String>>>,
@@ -168,6 +170,7 @@ impl Metrics {
             api_auth_failures: Family::default(),
             nginx_workers: Family::default(),
             upstream_up: Family::default(),
+            health_round_duration: pass_buckets(),
             exported: Mutex::default(),
         };
         m.register();
@@ -248,6 +251,11 @@ impl Metrics {
             "upstream_up",
             "Whether an upstream of a route passed its last health check (a TCP connect from inside its network's namespace): 1 or 0; no series before its first check nor for udp:// routes",
             self.upstream_up.clone(),
+        );
+        r.register(
+            "health_round_duration_seconds",
+            "Duration of a health check round: every upstream of every route connected to (or timed out) once",
+            self.health_round_duration.clone(),
         );
         r.register(
             "nginx_workers",

@@ -24,7 +24,18 @@ use std::time::{Duration, Instant};
 
 /// Sockets connecting at once, whatever the number of upstreams: the rest
 /// wait their turn (a round then takes longer, never more descriptors).
-pub const MAX_IN_FLIGHT: usize = 256;
+/// Fewer where the open-files limit is low ([`max_in_flight`]).
+pub const MAX_IN_FLIGHT: usize = 1024;
+
+/// [`MAX_IN_FLIGHT`], or a quarter of the soft open-files limit if that is
+/// less (the daemon raises it at start; a process that did not keeps most
+/// of its descriptors for everything else).
+fn max_in_flight() -> usize {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct given.
+    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 { limit.rlim_cur } else { 1024 };
+    MAX_IN_FLIGHT.min(usize::try_from(soft / 4).unwrap_or(MAX_IN_FLIGHT)).max(16)
+}
 
 /// How long one `poll` waits at most: how soon a deleted namespace's
 /// sockets are closed.
@@ -130,7 +141,7 @@ struct Pending {
     ns: Option<NsId>,
 }
 
-/// One round: every upstream of every job, at most [`MAX_IN_FLIGHT`] at once.
+/// One round: every upstream of every job, at most `limit` sockets at once.
 struct Round<'a> {
     jobs: &'a [NsChecks],
     timeout: Duration,
@@ -141,12 +152,14 @@ struct Round<'a> {
     in_flight: Vec<Pending>,
     /// The thread could not come back to its own namespace.
     stranded: bool,
+    /// Sockets open at once at most.
+    limit: usize,
 }
 
 impl<'a> Round<'a> {
     fn new(jobs: &'a [NsChecks], timeout: Duration, home: &'a std::fs::File) -> Self {
         let results = jobs.iter().map(|j| vec![None; j.upstreams.len()]).collect();
-        Round { jobs, timeout, home, results, next: (0, 0), in_flight: Vec::new(), stranded: false }
+        Round { jobs, timeout, home, results, next: (0, 0), in_flight: Vec::new(), stranded: false, limit: max_in_flight() }
     }
 
     fn results(self) -> Vec<Vec<Outcome>> {
@@ -164,12 +177,12 @@ impl<'a> Round<'a> {
         }
     }
 
-    /// Starts connects until [`MAX_IN_FLIGHT`] are open or none is left.
+    /// Starts connects until `limit` are open or none is left.
     fn start_more(&mut self) {
-        while self.in_flight.len() < MAX_IN_FLIGHT && self.next.0 < self.jobs.len() && !self.stranded {
+        while self.in_flight.len() < self.limit && self.next.0 < self.jobs.len() && !self.stranded {
             let (j, from) = self.next;
             let job = &self.jobs[j];
-            let room = MAX_IN_FLIGHT - self.in_flight.len();
+            let room = self.limit - self.in_flight.len();
             let to = job.upstreams.len().min(from + room);
             self.next = if to == job.upstreams.len() { (j + 1, 0) } else { (j, to) };
             if from == to {
