@@ -1,8 +1,9 @@
 # syntax=docker/dockerfile:1
 # Build: docker build -t gateway .
-# Run:   docker run --net=host --cap-add NET_ADMIN --cap-add SYS_ADMIN --device /dev/net/tun \
-#          -e GATEWAY_TOKEN=... -e GATEWAY_DATABASE=/var/lib/gateway/gateway.db \
-#          -v gateway-data:/var/lib/gateway gateway
+# Run:   docker compose -f packaging/compose.yaml up -d --build, or the
+#        docker run line of docs/operating.md (Containers), which is the same.
+# Restarting the container interrupts every network (wireguard-go and nginx
+# end with it): see there.
 # The image's database is /var/lib/gateway/gateway.db, a volume (the daemon's
 # own default is in memory): name the volume (as above) so the desired state
 # and the traffic counters survive the container, or a new container counts

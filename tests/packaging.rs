@@ -164,6 +164,89 @@ fn compose_file_gives_the_container_what_it_needs() {
     assert!(dockerfile.exists(), "the build context holds the Dockerfile");
 }
 
+/// The `docker run` line of docs/operating.md, as its words (quotes and
+/// `$PWD/` dropped, line continuations joined).
+fn docker_run_words() -> Vec<String> {
+    let doc = read("docs/operating.md");
+    let start = doc.find("docker run ").expect("docs/operating.md has a docker run line");
+    let block = &doc[start..];
+    let block = &block[..block.find("```").unwrap()];
+    block.replace("\\\n", " ").split_whitespace().map(|w| w.trim_matches('"').replace("$PWD/", "")).collect()
+}
+
+/// The compose service, as the `docker run` options that say the same.
+fn compose_as_docker_run() -> Vec<(String, String)> {
+    let compose = yaml("packaging/compose.yaml");
+    let svc = &compose["services"]["gateway"];
+    let text = |v: &serde_yaml::Value| match v {
+        serde_yaml::Value::String(s) => s.clone(),
+        other => serde_yaml::to_string(other).unwrap().trim().to_string(),
+    };
+    let list = |v: &serde_yaml::Value| v.as_sequence().map(|s| s.iter().map(text).collect::<Vec<_>>()).unwrap_or_default();
+    let mut options = vec![("--net".to_string(), text(&svc["network_mode"]))];
+    options.extend(list(&svc["cap_add"]).into_iter().map(|c| ("--cap-add".into(), c)));
+    options.extend(list(&svc["devices"]).into_iter().map(|d| ("--device".into(), d)));
+    for (k, v) in svc["environment"].as_mapping().unwrap() {
+        options.push(("-e".into(), format!("{}={}", text(k), text(v))));
+    }
+    for secret in list(&svc["secrets"]) {
+        let file = text(&compose["secrets"][secret.as_str()]["file"]);
+        options.push(("-v".into(), format!("packaging/{}:/run/secrets/{secret}:ro", file.trim_start_matches("./"))));
+    }
+    options.extend(list(&svc["volumes"]).into_iter().map(|v| ("-v".into(), v)));
+    options.push(("--restart".into(), text(&svc["restart"])));
+    let grace = text(&svc["stop_grace_period"]);
+    options.push(("--stop-timeout".into(), grace.trim_end_matches('s').to_string()));
+    options.push(("image".into(), text(&svc["image"])));
+    options
+}
+
+/// The documented `docker run` line starts the container compose starts:
+/// every option of the one is in the other, and nothing more.
+#[test]
+fn the_docker_run_line_and_the_compose_file_agree() {
+    let words = docker_run_words();
+    let mut run: Vec<(String, String)> = Vec::new();
+    let mut i = 2; // `docker run`
+    while i < words.len() {
+        let w = &words[i];
+        match w.split_once('=') {
+            Some((name, value)) if name.starts_with("--") => run.push((name.to_string(), value.to_string())),
+            _ if w == "-d" => {}
+            _ if w == "--name" => i += 1,
+            _ if w.starts_with('-') => {
+                run.push((w.clone(), words[i + 1].clone()));
+                i += 1;
+            }
+            _ => run.push(("image".into(), w.clone())),
+        }
+        i += 1;
+    }
+    let mut compose = compose_as_docker_run();
+    run.sort();
+    compose.sort();
+    assert_eq!(run, compose, "docs/operating.md's docker run line and packaging/compose.yaml differ");
+    assert!(run.contains(&("-v".into(), "/run/netns:/run/netns:rshared".into())), "the namespaces are shared with the host");
+}
+
+/// What the compose file, the Dockerfile and the docs say of a container
+/// restart is what happens: wireguard-go and nginx are the container's
+/// processes (tini reaps them) and end with it, so the networks stop.
+#[test]
+fn the_container_docs_say_that_a_restart_interrupts_the_networks() {
+    let compose = read("packaging/compose.yaml");
+    let dockerfile = read("Dockerfile");
+    assert!(dockerfile.contains("ENTRYPOINT [\"/usr/bin/tini\""), "the claim below rests on tini being PID 1: {dockerfile}");
+    for (file, text) in [("packaging/compose.yaml", &compose), ("Dockerfile", &dockerfile)] {
+        let said = text.lines().filter(|l| l.trim_start().starts_with('#')).collect::<Vec<_>>().join(" ").to_lowercase();
+        assert!(!said.contains("keep serving") || said.contains("do not keep serving"), "{file} claims the networks keep serving");
+        assert!(said.contains("interrupts every network"), "{file} says plainly that a restart interrupts the networks");
+    }
+    let ops = read("docs/operating.md");
+    assert!(ops.contains("**Restarting the container interrupts every network.**"), "docs/operating.md says it");
+    assert!(ops.contains("KillMode=process") && read("packaging/gateway.service").lines().any(|l| l == "KillMode=process"));
+}
+
 #[test]
 fn dashboard_and_scrape_config_use_metrics_the_daemon_exports() {
     let exprs = common::dashboard_queries();
