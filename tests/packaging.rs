@@ -349,3 +349,82 @@ fn secrets_and_databases_are_ignored_by_git_and_docker() {
         assert!(patterns.contains(&needed), ".dockerignore lacks {needed}");
     }
 }
+
+/// scripts/install-deps.sh run with only `tools` (real ones, by name) and
+/// `fakes` (name, shell script body) on PATH, as `uid` when given: its exit
+/// code and what it printed on stderr.
+fn install_deps(tools: &[&str], fakes: &[(&str, &str)], uid: Option<u32>) -> (Option<i32>, String) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    for tool in tools {
+        let real = Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().unwrap();
+        let real = String::from_utf8_lossy(&real.stdout).trim().to_string();
+        assert!(!real.is_empty(), "{tool} is needed to test install-deps.sh");
+        std::os::unix::fs::symlink(real, bin.join(tool)).unwrap();
+    }
+    for (name, body) in fakes {
+        std::fs::write(bin.join(name), format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(bin.join(name), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let script = dir.path().join("install-deps.sh");
+    std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/install-deps.sh"), &script).unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut cmd = match uid {
+        Some(uid) => {
+            // By its full path: the child's PATH is `bin` alone.
+            let setpriv = Command::new("sh").arg("-c").arg("command -v setpriv").output().unwrap();
+            let mut c = Command::new(String::from_utf8_lossy(&setpriv.stdout).trim());
+            c.args([format!("--reuid={uid}"), format!("--regid={uid}"), "--clear-groups".into(), "/bin/bash".into()]);
+            c
+        }
+        None => Command::new("/bin/bash"),
+    };
+    let out = cmd.arg(&script).env_clear().env("PATH", &bin).output().unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+const SHELL_TOOLS: [&str; 7] = ["sed", "tr", "grep", "id", "sort", "head", "awk"];
+const INSTALLED: (&str, &str) = ("dpkg-query", "echo 'install ok installed'");
+const APT: (&str, &str) = ("apt-get", "exit 0");
+
+/// What the install script cannot do it says, with how to get it, instead
+/// of failing on the first command that is not there.
+#[test]
+fn install_deps_says_what_is_missing_and_how_to_get_it() {
+    let (code, err) = install_deps(&SHELL_TOOLS, &[], None);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("installs Debian packages with apt-get") && err.contains("Debian 12"), "not Debian: {err}");
+    assert!(err.contains("wireguard-go") && err.contains("libnginx-mod-stream"), "names what to install by hand: {err}");
+
+    let (code, err) = install_deps(&SHELL_TOOLS, &[INSTALLED, APT], None);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("not Rust") && err.contains("sh.rustup.rs"), "no cargo: {err}");
+
+    let old = ("rustc", "echo 'rustc 1.63.0 (4b91a6ea7 2022-08-08)'");
+    let (code, err) = install_deps(&SHELL_TOOLS, &[INSTALLED, APT, old, ("cargo", "exit 0")], None);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("rustc 1.63.0") && err.contains("older than the 1.85") && err.contains("sh.rustup.rs"), "Debian's rustc: {err}");
+    let with_rustup = [INSTALLED, APT, old, ("cargo", "exit 0"), ("rustup", "exit 0")];
+    let (_, err) = install_deps(&SHELL_TOOLS, &with_rustup, None);
+    assert!(err.contains("rustup update stable"), "{err}");
+
+    for new in ["1.85.0", "1.91.1"] {
+        let rustc = format!("echo 'rustc {new} (abc 2025-01-01)'");
+        let (code, err) = install_deps(&SHELL_TOOLS, &[INSTALLED, APT, ("rustc", &rustc), ("cargo", "exit 0")], None);
+        assert_eq!(code, Some(0), "rustc {new}: {err}");
+    }
+    let (code, err) = install_deps(&SHELL_TOOLS, &[INSTALLED], None);
+    assert_eq!(code, Some(1), "apt-get missing: {err}");
+
+    // Something missing, and not root: it says so rather than letting apt fail.
+    // SAFETY: geteuid(2) has no preconditions.
+    let uid = (unsafe { libc::geteuid() } == 0).then_some(65534);
+    let missing = ("dpkg-query", "echo 'unknown ok not-installed'");
+    let (code, err) = install_deps(&SHELL_TOOLS, &[missing, ("apt-get", "echo apt-get ran >&2; exit 100")], uid);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("needs root: sudo") && err.contains("wireguard-go"), "{err}");
+    assert!(!err.contains("apt-get ran"), "apt-get was not tried: {err}");
+}
