@@ -130,6 +130,11 @@ schemathesis --max-time "$first" --exclude-operation-id events || status=$?
 schemathesis --max-time "$(( seconds - first ))" --include-operation-id post_config --include-operation-id patch_config || status=$?
 echo "fuzz-api: $(grep -E '^ *[0-9]+ generated' "$dir/schemathesis.log" | awk '{n += $1} END {print n}') cases generated in all"
 
+# The events the fuzzing made (every applied or failed configuration is an
+# `apply` event, and more), each checked against the document by
+# schemathesis's own response check: name, id, and data against its schema.
+ip netns exec "$host_ns" "$venv/bin/python" scripts/validate-events.py "$dir/openapi.json" http://127.0.0.1:8000 "$token" 3 || status=1
+
 echo "fuzz-api: the daemon converged $(grep -c 'pass converged' "$dir/daemon.log") passes, $(grep -c 'pass failed' "$dir/daemon.log") failed"
 if ! kill -0 "$daemon" 2>/dev/null; then
   echo "fuzz-api: the daemon died; its log:" >&2

@@ -17,7 +17,9 @@ use schemars::r#gen::SchemaGenerator;
 use schemars::schema::Schema;
 use serde::{Deserialize, Serialize};
 
-use schema::{AllowedIp, Endpoint, IntRange, InterfaceAddress, Keyed, ListenPortKey, NonEmpty, ProxyKey, Upstream, WireGuardKey};
+use schema::{
+    AllowedIp, Endpoint, IntRange, InterfaceAddress, Keyed, ListenPortField, ListenPortKey, NonEmpty, ProxyKey, Upstream, WireGuardKey,
+};
 
 /// The whole desired state, keyed by the network's WireGuard listen port.
 pub type GatewayConfig = BTreeMap<String, NetworkConfig>;
@@ -102,9 +104,11 @@ pub struct NetworkConfig {
     /// network; no two networks may have the same.
     #[schemars(with = "WireGuardKey")]
     pub private_key: String,
-    /// Optional; when given it must equal the key of this network.
+    /// Output only: the network's key is its listen port. A client need not
+    /// send it; one that does must send the key (else 422), as JSON Schema
+    /// cannot state that a value equals its key.
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "whole_number")]
-    #[schemars(with = "Option<IntRange<2, 65534>>")]
+    #[schemars(with = "Option<ListenPortField>")]
     pub listen_port: Option<u32>,
     /// Interface MTU, 1280..=9000; defaults to 1420.
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "whole_number")]

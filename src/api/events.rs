@@ -11,6 +11,7 @@ use rocket::response::stream::{Event as Sse, EventStream};
 use rocket::response::{self, Responder};
 use rocket_okapi::r#gen::OpenApiGenerator;
 use rocket_okapi::okapi::openapi3::{MediaType, Responses};
+use rocket_okapi::okapi::schemars::schema::SchemaObject;
 use rocket_okapi::request::{OpenApiFromRequest, RequestHeaderInput};
 use rocket_okapi::response::OpenApiResponderInner;
 use tokio::sync::broadcast::error::RecvError;
@@ -104,28 +105,58 @@ const DESCRIPTION: &str = "Server-Sent Events (`text/event-stream`), endless: ea
 - `upstream_down` / `upstream_up` (data: UpstreamEvent): a route's upstream failed / passed its health check after passing / failing the one before (an upstream's first check sends `upstream_down` only if it fails).
 A client more than `--events-kept` events behind is disconnected (it may resume from what is kept); the reconciler never waits for a client.";
 
+/// Each event name of the stream with its data's schema (the `data:`
+/// line is that JSON); `events_lost` alone has no `id:`.
+fn kinds(generator: &mut OpenApiGenerator) -> Vec<(&'static [&'static str], SchemaObject)> {
+    vec![
+        (&["apply"], generator.json_schema::<ApplyEvent>()),
+        (&["drift_repaired"], generator.json_schema::<DriftRepairedEvent>()),
+        (&["peer_connected", "peer_disconnected"], generator.json_schema::<PeerEvent>()),
+        (&["route_failed"], generator.json_schema::<RouteFailedEvent>()),
+        (&["store_error"], generator.json_schema::<StoreErrorEvent>()),
+        (&["upstream_down", "upstream_up"], generator.json_schema::<UpstreamEvent>()),
+        (&["events_lost"], generator.json_schema::<EventsLostEvent>()),
+    ]
+}
+
+/// One event as Server-Sent Events carry it (OpenAPI 3.1: a
+/// `text/event-stream` schema describes each event, the fields `event`,
+/// `data` and `id` as strings): the `event:` name, the `id:` (a whole
+/// number; none for `events_lost`), and the `data:` line, JSON of the
+/// named schema (`contentMediaType` and `contentSchema`, which validators
+/// such as schemathesis decode and check).
+fn event_schema(names: &[&str], data: SchemaObject) -> serde_json::Value {
+    let event = match names {
+        [one] => serde_json::json!({"const": one}),
+        many => serde_json::json!({"enum": many}),
+    };
+    let mut required = vec!["event", "data"];
+    let mut properties = serde_json::json!({
+        "event": event,
+        "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": data},
+    });
+    if names != ["events_lost"] {
+        required.push("id");
+        properties["id"] = serde_json::json!({"type": "string", "pattern": "^[0-9]{1,20}$"});
+    }
+    serde_json::json!({"type": "object", "required": required, "properties": properties})
+}
+
 impl OpenApiResponderInner for EventsStream {
     fn responses(generator: &mut OpenApiGenerator) -> rocket_okapi::Result<Responses> {
-        // The data schemas, named in the components.
-        let data = [
-            generator.json_schema::<ApplyEvent>(),
-            generator.json_schema::<DriftRepairedEvent>(),
-            generator.json_schema::<PeerEvent>(),
-            generator.json_schema::<RouteFailedEvent>(),
-            generator.json_schema::<StoreErrorEvent>(),
-            generator.json_schema::<EventsLostEvent>(),
-            generator.json_schema::<UpstreamEvent>(),
-        ];
-        let mut r = Responses::default();
-        let mut schema = generator.json_schema_no_ref::<String>();
-        schema.metadata().description = Some("The event stream; each `data:` line is one of the referenced JSON objects.".into());
-        let mut media = MediaType { schema: Some(schema), ..Default::default() };
-        media.extensions.insert("x-event-data".into(), serde_json::to_value(data).unwrap_or_default());
+        let one_of: Vec<serde_json::Value> = kinds(generator).into_iter().map(|(names, data)| event_schema(names, data)).collect();
+        let schema = serde_json::json!({
+            "description": "One event of the stream (each is validated on its own): its `event:` name, `id:` and JSON `data:` line, one of these kinds.",
+            "oneOf": one_of,
+        });
+        let schema: SchemaObject = serde_json::from_value(schema).map_err(|e| rocket_okapi::OpenApiError::new(e.to_string()))?;
+        let media = MediaType { schema: Some(schema), ..Default::default() };
         let response = rocket_okapi::okapi::openapi3::Response {
             description: DESCRIPTION.into(),
             content: [("text/event-stream".to_string(), media)].into_iter().collect(),
             ..Default::default()
         };
+        let mut r = Responses::default();
         r.responses.insert("200".into(), response.into());
         Ok(r)
     }

@@ -67,15 +67,16 @@ const DESCRIPTION: &str = "Converges WireGuard network namespaces and nginx ingr
 Every route but `/health` and `/ready` needs a token: `Token: <token>` or `Authorization: Bearer <token>`. The admin token opens every route; a read token opens status.json, traffic.json, /metrics and the event stream, and gets `403` (`forbidden`) on config.json (it holds private keys) and on every write. A write needs `Content-Type: application/json` (else `415`, `unsupported_media_type`). Without any token configured (loopback only), a request whose `Host` names neither loopback nor the API's address gets `421` (`misdirected_request`). Every error is an `ErrorBody`. A known path asked with a method it does not have answers `405` (`method_not_allowed`) with an `Allow` header listing its methods; an unknown path answers `404` (`not_found`).
 
 The schemas give each value its exact form. The server also checks the rules that span values, which a schema cannot state, and answers `422` with the JSON path of each problem:
-- `listen_port`, when given, equals the network's key;
+- `listen_port`, when given, equals the network's key (it is `readOnly`: the key says the port, so a client need not send it);
 - no two networks have the same private key; no peer has the network's own public key;
 - an interface address appears once in a network; an allowed IP belongs to one peer of the network;
 - no address, allowed IP, upstream or peer endpoint (also in its IPv4-mapped form) lies inside the gateway's bridge subnet (`--bridge-subnet`, default 10.199.0.0/16);
-- each upstream lies inside its network (one of the network's addresses or a peer's allowed IPs covers it); at most 1000 distinct upstreams per network; no URL is given twice (with and without a trailing `/`);
+- each upstream lies inside its network (one of the network's addresses or a peer's allowed IPs covers it); no URL is given twice (with and without a trailing `/`);
 - a hostname is served by one network only, whatever the scheme, and not by a `--custom-forwarding`;
 - `proxy_protocol: true` only on `https://` and `tcp://` entries (nginx cannot send the header to an HTTP reverse proxy's upstream, and PROXY v1 has no UDP form);
 - a `tcp://PORT` or `udp://PORT` port is owned by one network (its `tcp://` and `udp://` may share it) and is none of the gateway's own ports: the HTTPS and HTTP listeners, the API port, a network's WireGuard listen port, a `--custom-forwarding` upstream's port.
-A PATCH is checked as the whole state it would make.
+- the caps on lists, options of the daemon: networks (`--max-networks`, 4096 by default), peers per network (`--max-peers`, 4096), allowed IPs per peer and addresses per network (`--max-allowed-ips`, 1024), proxy entries per network (`--max-routes`, 1024), distinct upstreams per network and entries per upstream list (`--max-upstreams`, 1000).
+A PATCH is checked as the whole state it would make. An error lists at most 100 details; `total` says how many there were.
 traffic.json's `end`, when given, is not before its `start` (else `422`, `invalid_query`, with the path `$.end`).";
 
 /// The one step after generation; see the module's documentation.
@@ -220,6 +221,38 @@ mod tests {
         ] {
             assert!(text.contains(name), "{name} missing: {text}");
         }
+        // Each event as a validator sees it (OpenAPI 3.1: the schema of a
+        // `text/event-stream` describes one event): its name, its id, and
+        // its data, JSON of the event's schema.
+        let kinds = ok["content"]["text/event-stream"]["schema"]["oneOf"].as_array().expect("one schema per kind of event");
+        let kind = |name: &str| {
+            kinds
+                .iter()
+                .find(|k| {
+                    k["properties"]["event"]["const"] == name
+                        || k["properties"]["event"]["enum"].as_array().is_some_and(|e| e.contains(&name.into()))
+                })
+                .unwrap_or_else(|| panic!("no schema for the event {name}"))
+        };
+        for (name, data) in [
+            ("apply", "ApplyEvent"),
+            ("drift_repaired", "DriftRepairedEvent"),
+            ("peer_connected", "PeerEvent"),
+            ("peer_disconnected", "PeerEvent"),
+            ("route_failed", "RouteFailedEvent"),
+            ("store_error", "StoreErrorEvent"),
+            ("upstream_down", "UpstreamEvent"),
+            ("upstream_up", "UpstreamEvent"),
+            ("events_lost", "EventsLostEvent"),
+        ] {
+            let k = kind(name);
+            assert_eq!(k["properties"]["data"]["contentMediaType"], "application/json", "{name}: {k}");
+            assert_eq!(k["properties"]["data"]["contentSchema"]["$ref"], format!("#/components/schemas/{data}"), "{name}");
+            let required = k["required"].as_array().unwrap();
+            assert!(required.contains(&"event".into()) && required.contains(&"data".into()), "{name}: {k}");
+            assert_eq!(required.contains(&"id".into()), name != "events_lost", "{name}: only events_lost has no id");
+        }
+        assert_eq!(kinds.len(), 7, "one schema per data type");
         let header = get["parameters"].as_array().unwrap().iter().find(|p| p["name"] == "Last-Event-ID").expect("the header");
         assert_eq!(header["in"], "header");
         let schemas = &spec["components"]["schemas"];
@@ -263,6 +296,10 @@ mod tests {
         for name in ["WireGuardKey", "ListenPortKey", "InterfaceAddress", "AllowedIp", "Endpoint", "ProxyKey", "Upstream"] {
             assert!(schemas[name]["pattern"].as_str().is_some_and(|p| p.starts_with('^') && p.ends_with('$')), "{name}");
         }
+        // listen_port: output only (a schema cannot tie a value to its key).
+        let listen_port = &schemas["NetworkConfig"]["properties"]["listen_port"];
+        assert_eq!(listen_port["readOnly"], true, "{listen_port}");
+        assert_eq!((listen_port["minimum"].clone(), listen_port["maximum"].clone()), (2.into(), 65534.into()));
         let partial = &schemas["GatewayConfigPartial"]["additionalProperties"];
         assert!(partial.to_string().contains("null"), "null removes a network: {partial}");
     }

@@ -133,6 +133,27 @@ impl<T: JsonSchema> JsonSchema for NonEmpty<T> {
 /// serde does not.
 pub struct IntRange<const MIN: i64, const MAX: i64>;
 
+/// `listen_port`: output only in the document (`readOnly`). JSON Schema
+/// cannot say that a value must equal its object's key, so a schema-valid
+/// body could break that rule; the key already says the port, so a client
+/// need not send it. The server still takes it when it equals the key, as
+/// it always did.
+pub struct ListenPortField;
+
+impl JsonSchema for ListenPortField {
+    fn is_referenceable() -> bool {
+        false
+    }
+    fn schema_name() -> String {
+        "ListenPortField".into()
+    }
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        let mut schema = IntRange::<2, 65534>::json_schema(generator).into_object();
+        schema.metadata().read_only = true;
+        schema.into()
+    }
+}
+
 impl<const MIN: i64, const MAX: i64> JsonSchema for IntRange<MIN, MAX> {
     fn is_referenceable() -> bool {
         false
