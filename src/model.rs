@@ -199,12 +199,15 @@ mod outline {
         fn visit_unit<E: serde::de::Error>(self) -> Result<Value, E> {
             Ok(Value::Null)
         }
+        // Nested values are read as items too, not skipped with
+        // `IgnoredAny`: serde_json skips without its nesting limit, so 16 MiB
+        // of `[[[[...` would be read to its end instead of refused at 128.
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            while seq.next_element::<Item>()?.is_some() {}
             Ok(Value::Null)
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            while map.next_entry::<IgnoredAny, Item>()?.is_some() {}
             Ok(Value::Null)
         }
     }
@@ -273,7 +276,7 @@ mod outline {
                 let value = match key.as_str() {
                     "upstreams" => map.next_value::<List>()?.0,
                     "proxy_protocol" => map.next_value::<Item>()?.0,
-                    _ => map.next_value::<IgnoredAny>().map(|_| Value::Null)?,
+                    _ => map.next_value::<Item>().map(|_| Value::Null)?,
                 };
                 fields.insert(key, value);
             }

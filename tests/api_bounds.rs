@@ -176,6 +176,10 @@ async fn hostile_bodies_get_small_answers_with_at_most_100_details_and_the_total
         }
     }
     assert_eq!(generation(&c).await, 0, "nothing stored");
+    // Deep nesting is refused where it passes JSON's nesting limit (128),
+    // not read to its end: also inside a proxy value read in outline.
+    let (_, _, v) = send(&c, Method::Post, "/api/v1/config.json", &bodies[6].1).await;
+    assert!(v["details"][0]["message"].as_str().is_some_and(|m| m.contains("recursion limit exceeded")), "{v}");
 }
 
 #[tokio::test]
