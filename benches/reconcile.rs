@@ -79,6 +79,7 @@ fn main() {
         nginx_running: true,
         nginx_stale: false,
         endpoints: Default::default(),
+        reach_out: Default::default(),
     };
     let nginx = NginxFiles { stream: "s".into(), http: "h".into() };
     assert!(plan(&desired, &observed, &layout, &nginx).is_empty());

@@ -18,8 +18,8 @@ if ! $runtime; then
   # Building (a C compiler for the bundled SQLite and the linker), the test
   # servers and clients, the OpenAPI validator's venv (from PyPI), the
   # linter for the shell scripts, and sqlite3 (backups; tests read the
-  # database with it).
-  pkgs+=(gcc libc6-dev openssl python3 python3-venv shellcheck sqlite3)
+  # database with it), keepalived (the two-host test).
+  pkgs+=(gcc libc6-dev openssl python3 python3-venv shellcheck sqlite3 keepalived)
 fi
 
 os=$(sed -n 's/^PRETTY_NAME=//p' /etc/os-release 2>/dev/null | tr -d '"')

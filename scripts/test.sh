@@ -35,9 +35,9 @@ tests() {
   step "cargo test (unit, API, poller, OpenAPI, packaging; end-to-end as root: --include-ignored)"
   cargo test --locked --no-fail-fast -- --include-ignored
   step "shell scripts parse and pass shellcheck"
-  for f in scripts/*.sh scripts/vm/* docker/*.sh .ci/run; do bash -n "$f"; done
+  for f in scripts/*.sh scripts/vm/* docker/*.sh packaging/keepalived/*.sh .ci/run; do bash -n "$f"; done
   # Installed by scripts/install-deps.sh above: missing, this step fails.
-  shellcheck scripts/*.sh scripts/vm/* docker/*.sh .ci/run
+  shellcheck scripts/*.sh scripts/vm/* docker/*.sh packaging/keepalived/*.sh .ci/run
 }
 
 # docs/getting-started.md run literally, its "one machine" in a sandbox of

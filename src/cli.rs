@@ -189,6 +189,9 @@ pub struct Args {
     /// Log lines as human-readable text or as JSON objects (one per line, with timestamp, level, message and fields).
     #[arg(long, env = "GATEWAY_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
+    /// The address keepalived moves between two gateway hosts holding the same state: this host is active while the address is on one of its interfaces (it serves and talks to the peers) and standby otherwise (everything built, nothing sent to any peer).
+    #[arg(long, env = "GATEWAY_HA_ADDRESS", value_parser = crate::ha::parse_address)]
+    pub ha_address: Option<std::net::IpAddr>,
     /// How often the drift check and the traffic poll run.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub watchdog: Duration,

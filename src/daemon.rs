@@ -61,6 +61,8 @@ pub struct Settings {
     pub peer_timeout: Duration,
     /// How often upstreams are checked (zero: never).
     pub health_interval: Duration,
+    /// `--ha-address`: the address whose presence makes this host active.
+    pub ha_address: Option<IpAddr>,
 }
 
 impl Settings {
@@ -174,6 +176,10 @@ pub struct Shared {
     store_failures: std::sync::Mutex<BTreeMap<&'static str, StoreFailure>>,
     /// What the health checks found of every route's upstreams.
     pub health: crate::health::Health,
+    /// With `--ha-address`: this host's role, as the address watcher sees it.
+    pub role: Option<watch::Receiver<crate::ha::Role>>,
+    /// The digest of the desired state, with its generation (see `ha::config_digest`).
+    digest: std::sync::Mutex<Option<(i64, String)>>,
 }
 
 impl Shared {
@@ -208,6 +214,26 @@ impl Shared {
             store_failures: std::sync::Mutex::default(),
             tokens: Default::default(),
             health: crate::health::Health::new(health_interval, Arc::new(crate::system::probe::KernelProbe::default())),
+            role: None,
+            digest: std::sync::Mutex::default(),
+        }
+    }
+
+    /// This host's role now (always active without `--ha-address`).
+    pub fn role(&self) -> crate::ha::Role {
+        self.role.as_ref().map_or(crate::ha::Role::Active, |r| *r.borrow())
+    }
+
+    /// The digest of the desired state of `generation` (computed once per generation).
+    pub fn config_digest(&self, generation: i64, desired: &Desired) -> String {
+        let mut kept = self.digest.lock().unwrap_or_else(|e| e.into_inner());
+        match &*kept {
+            Some((g, d)) if *g == generation => d.clone(),
+            _ => {
+                let d = crate::ha::config_digest(desired);
+                *kept = Some((generation, d.clone()));
+                d
+            }
         }
     }
 
@@ -441,7 +467,8 @@ pub async fn build(args: &Args, runner: Runner) -> anyhow::Result<Daemon> {
         Some(_) => {}
     }
     let store = Store::open(args.database()).await?;
-    let metrics = Arc::new(Metrics::new(args.metrics_per_peer));
+    let metrics = Metrics::new(args.metrics_per_peer);
+    let metrics = Arc::new(if args.ha_address.is_some() { metrics.with_ha() } else { metrics });
     let mut system = system_from(args, runner.observed_by(metrics.clone()), layout, Backend::Userspace, &store);
     system.backend = Backend::detect(&system.runner, &system.tools, &args.wireguard_backend).await.map_err(anyhow::Error::msg)?;
     let last = store.last_apply().await.context("reading the last apply")?;
@@ -463,13 +490,28 @@ pub async fn build(args: &Args, runner: Runner) -> anyhow::Result<Daemon> {
         shutdown_timeout: args.shutdown_timeout,
         peer_timeout: args.peer_timeout,
         health_interval: args.health_interval,
+        ha_address: args.ha_address,
     };
+    if let Some(address) = args.ha_address {
+        if system.layout.bridge_subnet().contains(address) {
+            bail!(
+                "--ha-address {address} is inside the bridge subnet {}: give the address keepalived moves on the host's LAN",
+                system.layout.bridge_subnet()
+            );
+        }
+    }
     let endpoints = store.endpoints().await.context("reading the peers' last endpoints")?;
     let kept = usize::try_from(args.events_kept).unwrap_or(usize::MAX);
     let stored_events = crate::events::durable::load(&store, kept).await.context("reading the kept events")?;
     let mut shared = Shared::new(store, system, settings, metrics, last, args.retention);
     shared.endpoints = crate::endpoints::EndpointMemory::new(endpoints);
     shared.events = Events::resume(kept, stored_events, first_event_id());
+    if let Some(address) = args.ha_address {
+        let role = crate::system::role::watch_role(address).context("watching the host's addresses for --ha-address")?;
+        tracing::info!(address = %address, role = role.borrow().name(), "high availability: the role follows the shared address");
+        shared.metrics.set_ha_active(*role.borrow() == crate::ha::Role::Active);
+        shared.role = Some(role);
+    }
     let shared = Arc::new(shared);
     let writer = shared.clone();
     shared.events.set_writer(tokio::spawn(async move {

@@ -6,7 +6,7 @@
 //! | layer | modules | what |
 //! |---|---|---|
 //! | domain | [`types`], [`model`], [`clock`] | checked values (keys, CIDRs, hostnames); the API's JSON shapes |
-//! | desired | [`spec`], [`validate`] | the checked desired state, built from the JSON with every problem reported |
+//! | desired | [`spec`], [`validate`], [`ha`] | the checked desired state, built from the JSON with every problem reported; what a standby applies of it |
 //! | derived | [`layout`], [`render`] | names and addresses from a listen port; WireGuard, iptables and nginx text |
 //! | observed | [`observed`] | what the system looks like, in the same types |
 //! | decide | [`plan`] | pure: desired + observed → actions |
@@ -22,6 +22,7 @@ pub mod clock;
 pub mod daemon;
 pub mod endpoints;
 pub mod events;
+pub mod ha;
 pub mod health;
 pub mod layout;
 pub mod metrics;

@@ -131,6 +131,8 @@ pub struct Metrics {
     upstream_up: Family<UpstreamLabels, Gauge>,
     /// Health check rounds: how long each took (every upstream of every route).
     pub health_round_duration: Histogram,
+    /// `--ha-address`: 1 while this host holds the shared address.
+    ha_active: Gauge,
     /// Peers with series, by network, so those of removed peers and
     /// networks can be dropped.
     exported: Mutex<BTreeMap<String, BTreeSet<String>>>,
@@ -171,6 +173,7 @@ impl Metrics {
             nginx_workers: Family::default(),
             upstream_up: Family::default(),
             health_round_duration: pass_buckets(),
+            ha_active: Gauge::default(),
             exported: Mutex::default(),
         };
         m.register();
@@ -280,6 +283,20 @@ impl Metrics {
     /// An upstream no longer desired: its series goes.
     pub fn forget_upstream(&self, network: u16, route: &str, upstream: &str) {
         self.upstream_up.remove(&UpstreamLabels { network: network.to_string(), route: route.into(), upstream: upstream.into() });
+    }
+
+    /// With `--ha-address`: exports `gateway_ha_active` (absent without).
+    pub fn with_ha(mut self) -> Self {
+        self.registry.register(
+            "ha_active",
+            "1 while this host holds the shared address (--ha-address): active; 0: standby",
+            self.ha_active.clone(),
+        );
+        self
+    }
+
+    pub fn set_ha_active(&self, active: bool) {
+        self.ha_active.set(i64::from(active));
     }
 
     /// The `reason` values of `gateway_api_auth_failures_total`.

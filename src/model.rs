@@ -18,7 +18,8 @@ use schemars::schema::Schema;
 use serde::{Deserialize, Serialize};
 
 use schema::{
-    AllowedIp, Endpoint, IntRange, InterfaceAddress, Keyed, ListenPortField, ListenPortKey, NonEmpty, ProxyKey, Upstream, WireGuardKey,
+    AllowedIp, Endpoint, HaRole, IntRange, InterfaceAddress, Keyed, ListenPortField, ListenPortKey, NonEmpty, ProxyKey, Sha256Hex,
+    Upstream, WireGuardKey,
 };
 
 /// The whole desired state, keyed by the network's WireGuard listen port.
@@ -564,6 +565,16 @@ pub struct StoreFailure {
 /// `GET /api/v1/status.json`: what is really on the system.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct StatusInfo {
+    /// With `--ha-address` only: `active` while this host holds the shared
+    /// address (it serves and talks to the peers), else `standby` (all
+    /// built, nothing sent to any peer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<HaRole>")]
+    pub role: Option<String>,
+    /// SHA-256 (lowercase hex) of the canonical desired state: two hosts
+    /// given the same state show the same digest, however it was sent.
+    #[schemars(with = "Sha256Hex")]
+    pub config_digest: String,
     /// `kernel` or `userspace`.
     pub backend: String,
     pub desired_generation: i64,

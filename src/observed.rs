@@ -126,4 +126,9 @@ pub struct Observed {
     /// Each peer's last endpoint the daemon saw, by network (see
     /// `endpoints`): a WireGuard interface built anew gets them back.
     pub endpoints: crate::endpoints::Endpoints,
+    /// Networks whose peers are to be reached now (`--ha-address`), by how:
+    /// `Taken` the host just became active; `Started` the daemon started
+    /// active (only where WireGuard knows no endpoint: elsewhere the host
+    /// was active before the restart and its sessions live).
+    pub reach_out: BTreeMap<u16, crate::ha::Reach>,
 }

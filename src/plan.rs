@@ -137,6 +137,23 @@ pub enum WgChange {
     Endpoints,
     /// WireGuard's state could not be read: it is set in full.
     Unknown,
+    /// A standby's WireGuard knows an endpoint (learned while active, or
+    /// from a peer's own handshake): set anew without any (`wg setconf`),
+    /// since `wg syncconf` can set an endpoint but never clear one.
+    ForgetEndpoints,
+    /// A host that just became active takes its peers over: set anew
+    /// (`wg setconf`), so no handshake attempt made while it was standby
+    /// (traffic into a network without an endpoint) holds back the one it
+    /// sends now (WireGuard sends at most one every 5 s per peer).
+    ReachOut,
+}
+
+impl WgChange {
+    /// Whether the change needs the peers set anew (`wg setconf`) rather
+    /// than synced (`wg syncconf` keeps what it does not set).
+    pub fn sets_peers_anew(&self) -> bool {
+        matches!(self, WgChange::ForgetEndpoints | WgChange::ReachOut)
+    }
 }
 
 /// The fields in which one observed peer differs from the desired one. The
@@ -166,6 +183,9 @@ pub fn wg_changes(spec: &NetworkSpec, dump: &WgDump) -> Vec<WgChange> {
         changes.push(WgChange::ListenPort);
     }
     changes.extend(dump.peers.keys().filter(|k| !spec.peers.contains_key(k)).map(|k| WgChange::RemovePeer(*k)));
+    if spec.standby && dump.peers.values().any(|p| p.endpoint.is_some()) {
+        changes.push(WgChange::ForgetEndpoints);
+    }
     for (key, want) in &spec.peers {
         match dump.peers.get(key) {
             None => changes.push(WgChange::AddPeer(*key)),
@@ -195,6 +215,8 @@ impl fmt::Display for WgChange {
             WgChange::UpdatePeer(k, fields) => write!(f, "update peer {k} ({})", fields.join(", ")),
             WgChange::Endpoints => f.write_str("set the changed peer endpoints"),
             WgChange::Unknown => f.write_str("set key, port and peers (its state was not readable)"),
+            WgChange::ForgetEndpoints => f.write_str("forget the peers' endpoints (standby)"),
+            WgChange::ReachOut => f.write_str("set the peers anew to reach them (just became active)"),
         }
     }
 }
@@ -282,8 +304,12 @@ fn plan_wireguard(actions: &mut Vec<Action>, spec: &NetworkSpec, obs: &ObservedN
         actions.push(Action::SetWgLink { port, mtu: spec.mtu });
         diff_addresses(actions, port, Dev::Wg, &[], &spec.addresses);
         diff_routes(actions, port, &[], &spec.routes());
-        let peers = peers_to_kick(spec, observed.endpoints.get(&port));
-        if !peers.is_empty() {
+        let peers = if observed.reach_out.contains_key(&port) {
+            peers_to_reach(spec, observed.endpoints.get(&port))
+        } else {
+            peers_to_kick(spec, observed.endpoints.get(&port))
+        };
+        if !peers.is_empty() && !spec.standby {
             actions.push(Action::KickPeers { port, peers });
         }
         return;
@@ -292,6 +318,19 @@ fn plan_wireguard(actions: &mut Vec<Action>, spec: &NetworkSpec, obs: &ObservedN
         Some(dump) => wg_changes(spec, dump),
         None => vec![WgChange::Unknown],
     };
+    // Reaching out once the host is active. At a start, only where
+    // WireGuard knows no endpoint: where it knows some, the host was active
+    // before the restart and its sessions live.
+    let silent = || obs.wg.as_ref().is_some_and(|d| d.peers.values().all(|p| p.endpoint.is_none()));
+    let reach = !spec.standby
+        && match observed.reach_out.get(&port) {
+            Some(crate::ha::Reach::Taken) => true,
+            Some(crate::ha::Reach::Started) => silent(),
+            None => false,
+        };
+    if reach {
+        changes.push(WgChange::ReachOut);
+    }
     if obs.endpoints_changed && changes.is_empty() {
         changes.push(WgChange::Endpoints);
     }
@@ -303,6 +342,21 @@ fn plan_wireguard(actions: &mut Vec<Action>, spec: &NetworkSpec, obs: &ObservedN
     }
     diff_addresses(actions, port, Dev::Wg, &link.addresses, &spec.addresses);
     diff_routes(actions, port, &obs.routes, &spec.routes());
+    let peers = if reach { peers_to_reach(spec, observed.endpoints.get(&port)) } else { Vec::new() };
+    if !peers.is_empty() {
+        actions.push(Action::KickPeers { port, peers });
+    }
+}
+
+/// A host that just became active reaches out to every peer whose endpoint
+/// it knows (configured, else the last one seen), so each node handshakes
+/// with it now instead of at its own timer's next turn.
+fn peers_to_reach(
+    spec: &NetworkSpec,
+    last: Option<&std::collections::BTreeMap<PublicKey, std::net::SocketAddr>>,
+) -> Vec<(PublicKey, std::net::SocketAddr)> {
+    let seen = |key: &PublicKey| last.and_then(|l| l.get(key)).copied();
+    spec.peers.iter().filter_map(|(key, p)| p.endpoint.or_else(|| seen(key)).map(|e| (*key, e))).collect()
 }
 
 /// The peers of a network built anew that the daemon saw before, with the

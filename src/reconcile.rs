@@ -75,6 +75,21 @@ impl RetryPolicy {
     }
 }
 
+/// The next role change, if this host has one (`--ha-address`; else never).
+async fn role_change(role: &mut Option<tokio::sync::watch::Receiver<crate::ha::Role>>) -> Option<crate::ha::Role> {
+    match role {
+        Some(rx) => match rx.changed().await {
+            Ok(()) => Some(*rx.borrow_and_update()),
+            Err(_) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+fn shared_role_is_active(shared: &Shared) -> bool {
+    shared.role.is_some() && shared.role() == crate::ha::Role::Active
+}
+
 /// The next dry run, if this reconciler answers them (else never).
 pub async fn next_dry_run(
     inbox: &mut Option<tokio::sync::mpsc::Receiver<crate::daemon::DryRunRequest>>,
@@ -155,6 +170,15 @@ pub struct Reconciler {
     /// How many raw ports nginx's worker connections were last checked
     /// against (None: not yet).
     capacity_checked: Option<usize>,
+    /// `--ha-address`: networks whose peers are still to be reached since
+    /// this host became active (cleared for each once a pass converged it).
+    reach_out: BTreeMap<u16, crate::ha::Reach>,
+    /// Every network is to be reached by the next pass, and why (the role
+    /// just became active, or the daemon started active).
+    reach_out_all: Option<crate::ha::Reach>,
+    /// `--ha-address`: the host rules last set (ports and role), so they
+    /// are set again only when either changes (or after a failure).
+    ha_rules_set: Option<(Vec<u16>, crate::ha::Role)>,
 }
 
 impl Reconciler {
@@ -164,6 +188,7 @@ impl Reconciler {
             _ => 0,
         };
         let retry = RetryPolicy::new(Duration::from_secs(1), shared.settings.watchdog);
+        let shared_for_role = shared.clone();
         Reconciler {
             shared,
             memory: BTreeMap::new(),
@@ -174,6 +199,10 @@ impl Reconciler {
             nginx_confirmed: false,
             capacity_checked: None,
             left_out: Vec::new(),
+            // Started active: the peers may not know this host yet either.
+            reach_out_all: shared_role_is_active(&shared_for_role).then_some(crate::ha::Reach::Started),
+            reach_out: BTreeMap::new(),
+            ha_rules_set: None,
         }
     }
 
@@ -187,6 +216,7 @@ impl Reconciler {
         let mut retry_at: Option<tokio::time::Instant> = None;
         let mut lifecycle = self.shared.lifecycle.subscribe();
         let mut dry_runs = self.shared.dry_runs.take_inbox();
+        let mut role = self.shared.role.clone();
         loop {
             // A deadline, not a delay: a dry run answered meanwhile must not put the retry off.
             let retry = async move {
@@ -199,6 +229,10 @@ impl Reconciler {
                 biased;
                 // Mapped to (): the borrow it returns must not live on into the dry-run branch's await.
                 _ = async { lifecycle.wait_for(|l| *l != Lifecycle::Running).await.map(drop) } => return,
+                Some(now) = role_change(&mut role) => {
+                    self.role_changed(now);
+                    Mode::Apply
+                }
                 _ = self.shared.wake.notified() => Mode::Apply,
                 _ = ticker.tick() => Mode::Drift,
                 _ = retry => {
@@ -214,6 +248,21 @@ impl Reconciler {
                 retry_at = self.retry.after_pass(outcome.record.ok).map(|d| tokio::time::Instant::now() + d);
             }
         }
+    }
+
+    /// The shared address came or went: said at once (event, metric, log),
+    /// then applied by the pass that follows. Becoming active, the host
+    /// reaches out to every peer whose endpoint it knows.
+    pub fn role_changed(&mut self, now: crate::ha::Role) {
+        let shared = &self.shared;
+        let previous = if now == crate::ha::Role::Active { crate::ha::Role::Standby } else { crate::ha::Role::Active };
+        let address = shared.settings.ha_address.map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!(role = now.name(), address = %address, "high availability: the role changed");
+        shared.metrics.set_ha_active(now == crate::ha::Role::Active);
+        let event = crate::model::events::RoleChangedEvent { role: now.name().into(), previous: previous.name().into(), address };
+        shared.events.publish("role_changed", &event);
+        self.reach_out_all = (now == crate::ha::Role::Active).then_some(crate::ha::Reach::Taken);
+        self.reach_out.clear();
     }
 
     /// One pass in the given mode, recorded and published.
@@ -265,7 +314,15 @@ impl Reconciler {
     async fn pass(&mut self, mode: Mode, generation: i64, desired: Result<Arc<Desired>, Vec<String>>) -> PassOutcome {
         let start = Instant::now();
         let shared = self.shared.clone();
+        // Read once: the whole pass applies one role (a change meanwhile wakes another pass).
+        let role = shared.role();
         let desired = match desired {
+            Ok(d) if shared.role.is_some() => {
+                if let Some(why) = self.reach_out_all.take() {
+                    self.reach_out = d.networks.keys().map(|p| (*p, why)).collect();
+                }
+                Arc::new(crate::ha::view(&d, role))
+            }
             Ok(d) => d,
             Err(errors) => {
                 // Possible only if --custom-forwarding changed since it was accepted.
@@ -285,8 +342,11 @@ impl Reconciler {
         if mode == Mode::Drift {
             shared.metrics.poll_duration.observe(poll_start.elapsed().as_secs_f64());
         }
-        let mut report = shared.system.execute_concurrently(&actions, &desired, &nginx, shared.settings.apply_concurrency).await;
+        let mut report = ExecReport::default();
+        self.set_ha_rules(&desired, role, &mut report).await;
+        report.merge(shared.system.execute_concurrently(&actions, &desired, &nginx, shared.settings.apply_concurrency).await);
         self.isolate_nginx_faults(&desired, &mut report, left_out).await;
+        self.reach_out.retain(|p, _| report.failed.contains(p) || look.unreadable.contains(p));
         self.remember(&desired, &report, &look);
         self.publish(&look, &report, &desired).await;
         // The routes as applied: what the health checks look at from now on.
@@ -297,6 +357,27 @@ impl Reconciler {
             self.announce_repairs(&actions, &report);
         }
         self.finish(PassInfo { mode, generation, start, actions: actions.len() }, look, report, &desired)
+    }
+
+    /// With `--ha-address`, the host's own rules (SNAT to the shared
+    /// address; a standby's drop), before the networks' actions: a host
+    /// becoming active stops dropping before it reaches out, one becoming
+    /// standby drops before anything else. Set when the networks' ports or
+    /// the role change, and at the first pass.
+    async fn set_ha_rules(&mut self, desired: &Desired, role: crate::ha::Role, report: &mut ExecReport) {
+        let Some(address) = self.shared.settings.ha_address else { return };
+        let want = (desired.networks.keys().copied().collect::<Vec<u16>>(), role);
+        if self.ha_rules_set.as_ref() == Some(&want) {
+            return;
+        }
+        match self.shared.system.set_ha_rules(address, &want.0, role).await {
+            Ok(()) => self.ha_rules_set = Some(want),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot set the host's rules for --ha-address");
+                report.errors.push(format!("setting the host's rules for --ha-address: {e}"));
+                self.ha_rules_set = None;
+            }
+        }
     }
 
     /// Stores the endpoints seen since the last pass (none: nothing is
@@ -320,6 +401,7 @@ impl Reconciler {
     /// it changes anything, and all a dry run does.
     async fn look_and_plan(&self, mode: Mode, desired: &Desired, nginx: &crate::render::NginxFiles) -> (Look, Vec<crate::plan::Action>) {
         let mut look = self.look(mode, desired, nginx).await;
+        look.observed.reach_out = self.reach_out.iter().filter(|(p, _)| desired.networks.contains_key(p)).map(|(p, r)| (*p, *r)).collect();
         if !self.nginx_confirmed {
             look.observed.nginx_stale = self.shared.system.nginx_runs_older_files();
         }

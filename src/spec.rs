@@ -37,6 +37,9 @@ pub struct NetworkSpec {
     /// Raw ports on the gateway host (`tcp://PORT`, `udp://PORT`).
     pub tcp: BTreeMap<u16, RawRoute>,
     pub udp: BTreeMap<u16, RawRoute>,
+    /// A standby host's view of the network (`ha::view`): its WireGuard
+    /// must know no peer endpoint, so nothing it does reaches a peer.
+    pub standby: bool,
 }
 
 /// Where a raw port of the gateway host goes.

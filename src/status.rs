@@ -29,6 +29,7 @@ pub async fn collect(shared: &Arc<Shared>) -> Result<StatusInfo, StoreError> {
         start_refresh(shared);
         let _ = tokio::time::timeout(REFRESH_WAIT, refreshed).await;
     }
+    let config_digest = config_digest(shared, generation).await?;
     let desired: BTreeSet<u16> = ports.into_iter().collect();
     // Which namespaces are there is one directory listing: always fresh.
     let present = shared.system.namespaces();
@@ -45,6 +46,8 @@ pub async fn collect(shared: &Arc<Shared>) -> Result<StatusInfo, StoreError> {
         })
         .collect();
     Ok(StatusInfo {
+        role: shared.role.as_ref().map(|_| shared.role().name().to_string()),
+        config_digest,
         backend: shared.system.backend.name().into(),
         desired_generation: generation,
         applied_generation: last.as_ref().map(|r| r.applied_generation).unwrap_or(0),
@@ -53,6 +56,25 @@ pub async fn collect(shared: &Arc<Shared>) -> Result<StatusInfo, StoreError> {
         store_errors: shared.store_failures(),
         networks,
     })
+}
+
+/// The digest of the desired state of `generation` (see `ha::config_digest`):
+/// the validated state the API or a pass kept, else the stored one
+/// validated now (once per generation); a stored state that no longer
+/// validates (the options changed) is hashed as it is stored.
+async fn config_digest(shared: &Shared, generation: i64) -> Result<String, StoreError> {
+    if let Some(desired) = shared.accepted(generation) {
+        return Ok(shared.config_digest(generation, &desired));
+    }
+    let (generation, config) = shared.store.desired().await?;
+    match crate::validate::validate(&config, &shared.settings.validation()) {
+        Ok(desired) => Ok(shared.config_digest(generation, &desired)),
+        Err(_) => {
+            use sha2::{Digest, Sha256};
+            let text = serde_json::to_string(&config).unwrap_or_default();
+            Ok(Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect())
+        }
+    }
 }
 
 /// Whether the host serves what it was asked to: the applied generation is

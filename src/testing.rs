@@ -311,6 +311,7 @@ pub async fn shared(system: System) -> Arc<Shared> {
         shutdown_timeout: Duration::from_secs(5),
         peer_timeout: Duration::from_secs(180),
         health_interval: Duration::ZERO,
+        ha_address: None,
     };
     let store = Store::open(None).await.expect("in-memory database");
     Arc::new(Shared::new(store, system, settings, Arc::new(crate::metrics::Metrics::default()), None, Duration::from_secs(86400)))

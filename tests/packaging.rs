@@ -65,6 +65,7 @@ fn scripts_parse() {
         "scripts/vm/guest-test.sh",
         "scripts/vm/init",
         "docker/entrypoint.sh",
+        "packaging/keepalived/gateway-check.sh",
         ".ci/run",
     ] {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(s);
@@ -427,4 +428,32 @@ fn install_deps_says_what_is_missing_and_how_to_get_it() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("needs root: sudo") && err.contains("wireguard-go"), "{err}");
     assert!(!err.contains("apt-get ran"), "apt-get was not tried: {err}");
+}
+
+/// The keepalived example for two hosts: keepalived's own configuration
+/// test accepts it (with the check script at the repository's path; the
+/// test is skipped where keepalived is not installed), it uses unicast VRRP,
+/// the check script looks at the daemon's /health and nginx, and the
+/// documented option names the shared address. The end-to-end test
+/// (tests/e2e_ha.rs) runs this very file.
+#[test]
+fn keepalived_example_passes_keepalived_own_check() {
+    let conf = read("packaging/keepalived/keepalived.conf");
+    for needed in ["unicast_src_ip", "unicast_peer", "nopreempt", "track_script", "gateway-check.sh", "advert_int 1", "--ha-address"] {
+        assert!(conf.contains(needed), "the example lacks {needed}");
+    }
+    let check = read("packaging/keepalived/gateway-check.sh");
+    assert!(check.contains("/health") && check.contains("nginx.pid") && check.contains("kill -0"), "{check}");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/keepalived/gateway-check.sh");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keepalived.conf");
+    std::fs::write(&file, conf.replace("/etc/keepalived/gateway-check.sh", &script.display().to_string())).unwrap();
+    let Ok(out) = Command::new("keepalived").arg("-t").arg("-f").arg(&file).output() else {
+        eprintln!("keepalived is not installed (scripts/install-deps.sh installs it): its configuration test is skipped");
+        return;
+    };
+    assert!(out.status.success(), "keepalived -t: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    // The check catches a broken file (seen failing: it is not a no-op).
+    std::fs::write(&file, conf.replace("virtual_router_id 51", "virtual_router_idd 51")).unwrap();
+    assert!(!Command::new("keepalived").arg("-t").arg("-f").arg(&file).status().unwrap().success());
 }

@@ -17,7 +17,9 @@ use rocket_okapi::response::OpenApiResponderInner;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::events::{Event, Subscription};
-use crate::model::events::{ApplyEvent, DriftRepairedEvent, EventsLostEvent, PeerEvent, RouteFailedEvent, StoreErrorEvent, UpstreamEvent};
+use crate::model::events::{
+    ApplyEvent, DriftRepairedEvent, EventsLostEvent, PeerEvent, RoleChangedEvent, RouteFailedEvent, StoreErrorEvent, UpstreamEvent,
+};
 use crate::types::truncate;
 
 /// A keep-alive comment at least this often, so proxies keep an idle stream open.
@@ -103,6 +105,7 @@ const DESCRIPTION: &str = "Server-Sent Events (`text/event-stream`), endless: ea
 - `route_failed` (data: RouteFailedEvent): a raw route was left out of nginx because another process holds its port; everything else is served.
 - `store_error` (data: StoreErrorEvent): a write to the database failed (e.g. its disk is full): a POST/PATCH answered 507, or a pass's result, a traffic tick, the peers' endpoints or the events could not be recorded.
 - `upstream_down` / `upstream_up` (data: UpstreamEvent): a route's upstream failed / passed its health check after passing / failing the one before (an upstream's first check sends `upstream_down` only if it fails).
+- `role_changed` (data: RoleChangedEvent): with `--ha-address`, the shared address came to this host (`active`) or went (`standby`).
 A client more than `--events-kept` events behind is disconnected (it may resume from what is kept); the reconciler never waits for a client.";
 
 /// Each event name of the stream with its data's schema (the `data:`
@@ -116,6 +119,7 @@ fn kinds(generator: &mut OpenApiGenerator) -> Vec<(&'static [&'static str], Sche
         (&["store_error"], generator.json_schema::<StoreErrorEvent>()),
         (&["upstream_down", "upstream_up"], generator.json_schema::<UpstreamEvent>()),
         (&["events_lost"], generator.json_schema::<EventsLostEvent>()),
+        (&["role_changed"], generator.json_schema::<RoleChangedEvent>()),
     ]
 }
 

@@ -216,6 +216,7 @@ mod tests {
             "`route_failed`",
             "`store_error`",
             "`upstream_down`",
+            "`role_changed`",
             "Last-Event-ID",
             "`id:`",
         ] {
@@ -263,6 +264,7 @@ mod tests {
             ("RouteFailedEvent", "route"),
             ("StoreErrorEvent", "disk_full"),
             ("UpstreamEvent", "upstream"),
+            ("RoleChangedEvent", "role"),
         ] {
             assert!(schemas[name]["properties"][field].is_object(), "{name}: {}", schemas[name]);
         }

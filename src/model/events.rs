@@ -97,3 +97,16 @@ pub struct UpstreamEvent {
     /// Why the check failed (`upstream_down`); null for `upstream_up`.
     pub error: Option<String>,
 }
+
+/// `role_changed` (`--ha-address`): the shared address came to this host
+/// (`active`: it reaches out to every peer whose endpoint it knows and
+/// serves) or went (`standby`: it goes silent toward the peers).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+pub struct RoleChangedEvent {
+    /// `active` or `standby`: the role now.
+    pub role: String,
+    /// The role before.
+    pub previous: String,
+    /// The shared address (`--ha-address`).
+    pub address: String,
+}

@@ -86,6 +86,19 @@ string_type!(
     "`IPV4:PORT` inside the network (covered by one of its addresses or a peer's allowed IPs), port 1..=65535."
 );
 
+string_type!(
+    /// A host's role with `--ha-address`.
+    HaRole,
+    "^(active|standby)$".to_string(),
+    "`active`: this host holds the shared address (`--ha-address`), serves and talks to the peers; `standby`: it does not, and sends nothing to any peer."
+);
+string_type!(
+    /// A SHA-256 digest.
+    Sha256Hex,
+    "^[0-9a-f]{64}$".to_string(),
+    "A SHA-256 digest in lowercase hex (64 characters)."
+);
+
 /// A JSON object whose keys have the schema of `K` and values that of `V`.
 pub struct Keyed<K, V>(PhantomData<(K, V)>);
 

@@ -451,3 +451,60 @@ async fn a_rebuilt_interface_kicks_the_peers_seen_before() {
     let cold = plan(&d, &Observed::default(), &l, &nginx_files(&d));
     assert!(!cold.iter().any(|a| matches!(a, Action::KickPeers { .. })), "a first build knows no endpoint");
 }
+
+/// `--ha-address`: a standby's WireGuard is set anew without endpoints
+/// (syncconf cannot clear one) and never kicked, not even when rebuilt
+/// with endpoints remembered; a host that just became active sets its
+/// peers anew and reaches every peer whose endpoint it knows; one that
+/// merely restarted active leaves live sessions alone.
+#[tokio::test]
+async fn a_standby_sends_nothing_and_a_host_taking_over_reaches_out() {
+    use crate::ha::{Reach, Role, view};
+    let l = Layout::default();
+    let d = converged_desired();
+    let standby = view(&d, Role::Standby);
+    let seen_b: std::net::SocketAddr = "192.0.2.2:2000".parse().unwrap();
+    let mut o = observed_converged().await;
+    o.endpoints.insert(51820, [(key(PEER_B), seen_b)].into());
+    assert!(net(&mut o).wg.as_ref().unwrap().peers.values().any(|p| p.endpoint.is_some()), "the fixture knows an endpoint");
+    let a = plan(&standby, &o, &l, &nginx_files(&standby));
+    let configure = a.iter().find_map(|x| match x {
+        Action::ConfigureWg(51820, changes) => Some(changes.clone()),
+        _ => None,
+    });
+    assert!(configure.is_some_and(|c| c.contains(&WgChange::ForgetEndpoints)), "{a:?}");
+    assert!(!a.iter().any(|x| matches!(x, Action::KickPeers { .. })), "{a:?}");
+    // Rebuilt while standby: endpoints remembered, still nobody kicked.
+    let mut rebuilt = o.clone();
+    net(&mut rebuilt).wg_link = None;
+    net(&mut rebuilt).wg = None;
+    rebuilt.reach_out.insert(51820, Reach::Taken);
+    assert!(!plan(&standby, &rebuilt, &l, &nginx_files(&standby)).iter().any(|x| matches!(x, Action::KickPeers { .. })));
+
+    // The standby converged: no endpoint, no keepalive.
+    let quiet = converged_view(&l, &standby.networks[&51820]);
+    net(&mut o).wg = quiet.wg.clone();
+    let settled: Vec<Action> = plan(&standby, &o, &l, &nginx_files(&standby)).into_iter().filter(|x| x.network() == Some(51820)).collect();
+    assert_eq!(settled, vec![], "a converged standby needs nothing");
+    // It takes the address over.
+    o.reach_out.insert(51820, Reach::Taken);
+    let a = plan(&d, &o, &l, &nginx_files(&d));
+    let ours: Vec<&Action> = a.iter().filter(|x| x.network() == Some(51820)).collect();
+    let configured_a: std::net::SocketAddr = "10.254.0.7:41213".parse().unwrap();
+    assert!(matches!(ours[0], Action::ConfigureWg(51820, c) if c.contains(&WgChange::ReachOut)), "{ours:?}");
+    assert_eq!(
+        ours.last().copied(),
+        Some(&Action::KickPeers { port: 51820, peers: vec![(key(PEER_B), seen_b), (key(PEER_A), configured_a)] })
+    );
+    // Started active where WireGuard knows endpoints: nothing but the sync.
+    let mut live = observed_converged().await;
+    live.reach_out.insert(51820, Reach::Started);
+    live.endpoints.insert(51820, [(key(PEER_B), seen_b)].into());
+    assert_eq!(plan(&d, &live, &l, &nginx_files(&d)), vec![], "a restart while active disturbs no session");
+    // Started active where it knows none (it was standby): reach out.
+    o.reach_out.insert(51820, Reach::Started);
+    assert!(
+        plan(&d, &o, &l, &nginx_files(&d)).iter().any(|x| matches!(x, Action::ConfigureWg(51820, c) if c.contains(&WgChange::ReachOut)))
+    );
+    assert_eq!(WgChange::ReachOut.to_string(), "set the peers anew to reach them (just became active)");
+}

@@ -12,9 +12,14 @@ impl Reconciler {
     /// Answers a dry run: what an apply of `request.desired` would do now.
     /// Only reads; run between passes, so it sees no half-done pass.
     pub async fn answer_dry_run(&self, request: DryRunRequest) {
-        // As an apply would: without the raw routes whose port another process holds.
-        let (nginx, left_out) = self.nginx_for(&request.desired);
-        let (mut look, actions) = self.look_and_plan(Mode::Apply, &request.desired, &nginx).await;
+        // As an apply would: what this host's role applies of it, without
+        // the raw routes whose port another process holds.
+        let desired = match &self.shared.role {
+            Some(_) => std::borrow::Cow::Owned(crate::ha::view(&request.desired, self.shared.role())),
+            None => std::borrow::Cow::Borrowed(&request.desired),
+        };
+        let (nginx, left_out) = self.nginx_for(&desired);
+        let (mut look, actions) = self.look_and_plan(Mode::Apply, &desired, &nginx).await;
         look.errors.extend(left_out.into_iter().map(|l| format!("network {}: {}: {}", l.network, l.route, l.error)));
         let response = describe(request.generation, &actions, look.errors, &request.desired);
         // The asker may have given up waiting: nothing to do then.

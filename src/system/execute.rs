@@ -84,6 +84,9 @@ impl System {
             Action::CreateNamespace(p) => self.create_namespace(&l.netns(*p)).await,
             Action::CreateWg(p) => self.create_tagged(intent(&l.wg(*p), LinkKind::Wireguard, Some(*p)), self.create_wg(*p)).await,
             Action::MoveWg(p) => self.move_link(&l.wg(*p), &l.netns(*p)).await,
+            Action::ConfigureWg(p, changes) if changes.iter().any(crate::plan::WgChange::sets_peers_anew) => {
+                self.wg_setconf(&l.netns(*p), &l.wg(*p), render::wg_conf(spec(p)?)).await
+            }
             Action::ConfigureWg(p, _) => self.wg_syncconf(&l.netns(*p), &l.wg(*p), render::wg_conf(spec(p)?)).await,
             Action::KickPeers { port, peers } => self.wg_addconf(&l.netns(*port), &l.wg(*port), render::wg_kick(spec(port)?, peers)).await,
             Action::SetWgLink { port, mtu } => self.link_up(Some(&l.netns(*port)), &l.wg(*port), Some(*mtu)).await,

@@ -16,6 +16,7 @@ pub mod parse;
 pub mod ports;
 pub mod probe;
 pub mod procfs;
+pub mod role;
 pub mod runner;
 pub mod tools;
 mod wait;

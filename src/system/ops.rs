@@ -101,6 +101,13 @@ impl System {
         self.run(cmd).await.map(drop)
     }
 
+    /// `wg setconf`: like `syncconf`, but every peer is set anew, so
+    /// endpoints WireGuard learned are forgotten (a standby's).
+    pub async fn wg_setconf(&self, ns: &str, iface: &str, conf: String) -> Result<(), SysError> {
+        let cmd = self.tools.in_netns(ns, &self.tools.wg, ["setconf", iface, "/dev/stdin"]).stdin(conf);
+        self.run(cmd).await.map(drop)
+    }
+
     /// `wg addconf` (changes only what the text sets; see `render::wg_kick`).
     pub async fn wg_addconf(&self, ns: &str, iface: &str, conf: String) -> Result<(), SysError> {
         let cmd = self.tools.in_netns(ns, &self.tools.wg, ["addconf", iface, "/dev/stdin"]).stdin(conf);
@@ -151,5 +158,32 @@ impl System {
             Family::Ipv6 => &self.tools.ip6tables_save,
         };
         self.run(self.tools.in_netns(ns, program, Vec::<String>::new()).read_only()).await
+    }
+
+    /// The host's own rules with `--ha-address` (see `render::ha_rules`), in
+    /// each family the kernel has: one `iptables-save` to see which jumps
+    /// are there, one `iptables-restore --noflush` that empties and fills
+    /// the chains. The shared address's family goes last, so its SNAT is
+    /// not set while the other family failed.
+    pub async fn set_ha_rules(&self, address: std::net::IpAddr, ports: &[u16], role: crate::ha::Role) -> Result<(), SysError> {
+        let mut families = vec![Family::Ipv4];
+        if self.ipv6 {
+            families.push(Family::Ipv6);
+        }
+        if address.is_ipv4() {
+            families.reverse();
+        }
+        let bridge = &self.layout.bridge;
+        for family in families {
+            let (save, restore) = match family {
+                Family::Ipv4 => (&self.tools.iptables_save, &self.tools.iptables_restore),
+                Family::Ipv6 => (&self.tools.ip6tables_save, &self.tools.ip6tables_restore),
+            };
+            let saved = self.run(Cmd::new(save, Vec::<String>::new()).read_only()).await?;
+            let missing = crate::render::ha_missing_jumps(bridge, &saved);
+            let text = crate::render::ha_rules(bridge, address, ports, role, family, &missing);
+            self.run(Cmd::new(restore, ["--noflush"]).stdin(text)).await?;
+        }
+        Ok(())
     }
 }

@@ -5,8 +5,9 @@
 
 mod network;
 
+pub(crate) use network::check_interface_address;
 #[cfg(test)]
-pub(crate) use network::{check_endpoint, check_interface_address, is_ipv4_compatible};
+pub(crate) use network::{check_endpoint, is_ipv4_compatible};
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -47,6 +47,7 @@ pub(super) fn validate_network(
         proxy_protocol: proxies.proxy_protocol,
         tcp: proxies.tcp,
         udp: proxies.udp,
+        standby: false,
     })
 }
 

@@ -89,7 +89,7 @@ impl System {
 }
 
 impl ExecReport {
-    fn merge(&mut self, other: ExecReport) {
+    pub(crate) fn merge(&mut self, other: ExecReport) {
         self.changed.extend(other.changed);
         self.failed.extend(other.failed);
         self.errors.extend(other.errors);
