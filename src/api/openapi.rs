@@ -245,6 +245,7 @@ mod tests {
             ("upstream_down", "UpstreamEvent"),
             ("upstream_up", "UpstreamEvent"),
             ("events_lost", "EventsLostEvent"),
+            ("role_changed", "RoleChangedEvent"),
         ] {
             let k = kind(name);
             assert_eq!(k["properties"]["data"]["contentMediaType"], "application/json", "{name}: {k}");
@@ -253,7 +254,7 @@ mod tests {
             assert!(required.contains(&"event".into()) && required.contains(&"data".into()), "{name}: {k}");
             assert_eq!(required.contains(&"id".into()), name != "events_lost", "{name}: only events_lost has no id");
         }
-        assert_eq!(kinds.len(), 7, "one schema per data type");
+        assert_eq!(kinds.len(), 8, "one schema per data type");
         let header = get["parameters"].as_array().unwrap().iter().find(|p| p["name"] == "Last-Event-ID").expect("the header");
         assert_eq!(header["in"], "header");
         let schemas = &spec["components"]["schemas"];
