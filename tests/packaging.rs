@@ -267,9 +267,10 @@ fn dashboard_and_scrape_config_use_metrics_the_daemon_exports() {
 }
 
 /// The metric families the daemon registers (series of a family appear once
-/// there is something to report).
+/// there is something to report), `gateway_ha_active` included (it is
+/// registered with `--ha-address` only).
 fn exported_families() -> Vec<String> {
-    let exposition = gateway::metrics::Metrics::default().encode().unwrap();
+    let exposition = gateway::metrics::Metrics::default().with_ha().encode().unwrap();
     exposition.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.split(' ').next()).map(str::to_string).collect()
 }
 
