@@ -12,20 +12,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::json;
 
-/// The test's nginx.conf, with an access log at the `http {}` level.
-fn write_nginx_conf_with_a_global_log(n: &Names) {
-    let d = n.dir.display();
-    let conf = format!(
-        "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\n\
-         pid {d}/nginx.pid;\nerror_log {d}/error.log;\nworker_processes 1;\n\
-         events {{ worker_connections 256; }}\n\
-         include {d}/stream.conf;\n\
-         http {{\n  access_log {d}/debian-access.log;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
-           include {d}/http.conf;\n}}\n"
-    );
-    std::fs::write(n.nginx_conf(), conf).unwrap();
-}
-
 fn read(path: &std::path::Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
@@ -46,7 +32,7 @@ async fn the_gateway_logs_to_its_own_file_or_not_at_all() {
     require_root();
     let n = names(1);
     let _guard = Guard(n.clone());
-    write_nginx_conf_with_a_global_log(&n);
+    write_nginx_conf_logging(&n, &n.dir.join("debian-access.log").display().to_string());
     let (private, _) = genkey();
     let port = n.port(0);
     // The route's upstream is an address of the network itself where

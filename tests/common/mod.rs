@@ -215,13 +215,19 @@ pub fn names(k: u8) -> Names {
 
 /// A private nginx config that includes the daemon's two files.
 pub fn write_nginx_conf(n: &Names) {
+    write_nginx_conf_logging(n, "off");
+}
+
+/// The same, with `access_log` at the `http {}` level set to `http_log`
+/// (as Debian's nginx.conf sets it).
+pub fn write_nginx_conf_logging(n: &Names, http_log: &str) {
     let d = n.dir.display();
     let conf = format!(
         "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\n\
          pid {d}/nginx.pid;\nerror_log {d}/error.log;\nworker_processes 1;\n\
          events {{ worker_connections 256; }}\n\
          include {d}/stream.conf;\n\
-         http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+         http {{\n  access_log {http_log};\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
            include {d}/http-extra*.conf;\n  include {d}/http.conf;\n}}\n"
     );
     std::fs::write(n.nginx_conf(), conf).unwrap();
