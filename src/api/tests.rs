@@ -350,3 +350,36 @@ async fn a_port_another_program_holds_is_refused_before_it_is_stored() {
     let (code, body) = app.post(&mtu_changed()).await;
     assert_eq!((code, &body["generation"]), (Status::Ok, &json!(2)), "{body}");
 }
+
+/// status.json's `config_digest` is that of the state, not of how it was
+/// sent: the same state with its defaults written out and its keys in
+/// another order digests the same, a changed one differently; `role` is
+/// absent without `--ha-address`.
+#[tokio::test]
+async fn status_digests_the_state_and_has_no_role_without_ha() {
+    let app = app(Script::new()).await;
+    app.post(&config()).await;
+    let first = app.status().await;
+    assert!(first.get("role").is_none(), "no --ha-address: no role ({first})");
+    let digest = first["config_digest"].as_str().unwrap().to_string();
+    assert_eq!(digest.len(), 64);
+    // The same state written otherwise: the default MTU spelled out, a
+    // listen port given, routes as objects (the list form's meaning).
+    let mut same = config();
+    for (port, network) in same.as_object_mut().unwrap() {
+        if network.get("mtu").is_none() {
+            network["mtu"] = json!(1420);
+        }
+        network["listen_port"] = json!(port.parse::<u16>().unwrap());
+        for target in network["proxy"].as_object_mut().unwrap().values_mut() {
+            if target.is_array() {
+                *target = json!({"upstreams": target.clone(), "proxy_protocol": false});
+            }
+        }
+    }
+    assert_ne!(same, config(), "written otherwise");
+    app.post(&same).await;
+    assert_eq!(app.status().await["config_digest"], json!(digest), "the same state, sent otherwise");
+    app.post(&mtu_changed()).await;
+    assert_ne!(app.status().await["config_digest"], json!(digest));
+}
