@@ -220,7 +220,7 @@ cpu_ms() {
   local stat="/proc/$daemon/stat" t
   if [ -n "${1:-}" ]; then
     stat=""
-    for t in /proc/$daemon/task/*; do [ "$(cat "$t/comm")" = "$1" ] && stat="$t/stat"; done
+    for t in /proc/"$daemon"/task/*; do [ "$(cat "$t/comm")" = "$1" ] && stat="$t/stat"; done
     [ -n "$stat" ] || { echo 0; return; }
   fi
   sed 's/.*) //' "$stat" | awk -v hz="$(getconf CLK_TCK)" '{ printf "%d\n", ($12 + $13) * 1000 / hz }'
