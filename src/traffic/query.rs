@@ -43,7 +43,8 @@ impl Step {
     /// with K a multiple of the step, as a sample's time is the end of the
     /// interval it measured.
     pub fn bucket_of(self, time: i64) -> i64 {
-        (time + self.secs() - 1).div_euclid(self.secs()) * self.secs()
+        // Saturating: a time near i64::MAX (a hostile `end=`) must not overflow.
+        time.saturating_add(self.secs() - 1).div_euclid(self.secs()) * self.secs()
     }
 }
 
@@ -66,7 +67,12 @@ impl TrafficQuery {
             Some(end) if end < start => {
                 return Err(format!("`end` ({end}) is before `start` ({start}): ask for end >= start (unix seconds)"));
             }
-            Some(end) => step.map_or(end, |s| s.bucket_of(end)).min(now),
+            // Past `now` means `now`: clamped first, so no arithmetic sees a
+            // far-future `end` (`end=9223372036854775806` overflowed here).
+            Some(end) => {
+                let end = end.min(now);
+                step.map_or(end, |s| s.bucket_of(end)).min(now)
+            }
             None => now,
         };
         Ok(TrafficQuery { start, stop, step })
@@ -286,6 +292,16 @@ mod tests {
             let e = Step::parse(bad).unwrap_err();
             assert!(e.contains("whole seconds from 60 to 31622400"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn a_far_future_end_is_now_and_overflows_nothing() {
+        let minute = Step::parse("60").unwrap();
+        let q = TrafficQuery::new(0, Some(i64::MAX - 1), Some(minute), 1_000_000).unwrap();
+        assert_eq!(q.stop, 1_000_000);
+        let q = TrafficQuery::new(0, Some(i64::MAX), None, 1_000_000).unwrap();
+        assert_eq!(q.stop, 1_000_000);
+        assert_eq!(minute.bucket_of(i64::MAX), i64::MAX / 60 * 60, "saturates instead of overflowing");
     }
 
     #[test]
