@@ -117,7 +117,7 @@ pub struct Args {
     /// Require client certificates signed by this CA (PEM): mutual TLS; needs --api-tls-cert.
     #[arg(long, env = "GATEWAY_API_CLIENT_CA", requires = "api_tls_cert")]
     pub api_client_ca: Option<PathBuf>,
-    /// A connection must complete its TLS handshake and request head within this time, and is closed after this long without a byte either way. Keep it above 10s for the event stream (its heartbeat).
+    /// A connection must complete its TLS handshake and request head within this time, and is closed after this long without a byte either way (never before --apply-wait plus 10 s: a POST waiting for its apply gets its answer). Keep it above 10s for the event stream (its heartbeat).
     #[arg(long, env = "GATEWAY_API_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub api_timeout: Duration,
     /// API connections open at once; one more is closed at once.

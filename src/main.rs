@@ -94,7 +94,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let peers = std::sync::Arc::new(gateway::api::gate::Peers::default());
     let rocket = gateway::api::rocket_behind_gate(daemon.shared, daemon.figment, peers.clone(), listening).ignite().await?;
     let shutdown = rocket.shutdown();
-    let limits = gateway::api::gate::Limits { timeout: args.api_timeout, max_connections: args.api_max_connections as usize };
+    // A POST that waits `--apply-wait` for its apply sends nothing meanwhile:
+    // the idle limit must outlast it, or a 30-60 s apply gets no answer.
+    let idle = args.api_timeout.max(args.apply_wait + std::time::Duration::from_secs(10));
+    let limits = gateway::api::gate::Limits { timeout: args.api_timeout, idle, max_connections: args.api_max_connections as usize };
     let gate = tokio::spawn(gateway::api::gate::serve(front, upstream, limits, peers));
     let mut server = tokio::spawn(rocket.launch());
     let stopped = tokio::select! {

@@ -8,7 +8,8 @@
 //! - TLS (Rocket's rustls listener, client certificates when asked) and the
 //!   request head within `timeout` of the accept, else closed: an idle or
 //!   slow socket never reaches Rocket nor holds more than one descriptor;
-//! - then closed after `timeout` without a byte either way.
+//! - then closed after `idle` without a byte either way (never shorter than
+//!   a POST's wait for its apply, so a slow apply still gets its answer).
 //!
 //! Rocket answers one request per connection (no keep-alive), so every
 //! request head goes through this check. Rocket learns the client's real
@@ -52,7 +53,11 @@ impl Peers {
 /// What the gate enforces.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
+    /// For the TLS handshake and the request head.
     pub timeout: Duration,
+    /// Without a byte either way once the request went in: at least as long
+    /// as a POST may wait for its apply, or the answer is cut off.
+    pub idle: Duration,
     pub max_connections: usize,
 }
 
@@ -104,7 +109,7 @@ pub async fn serve(mut front: Front, upstream: watch::Receiver<Option<SocketAddr
         let (upstream, peers) = (upstream.clone(), peers.clone());
         tokio::spawn(async move {
             let _slot = slot;
-            connection(stream, client, upstream, limits.timeout, &peers).await;
+            connection(stream, client, upstream, limits, &peers).await;
         });
     }
 }
@@ -115,10 +120,10 @@ async fn connection(
     mut client: Stream,
     addr: SocketAddr,
     mut upstream: watch::Receiver<Option<SocketAddr>>,
-    timeout: Duration,
+    limits: Limits,
     peers: &Peers,
 ) {
-    let deadline = Instant::now() + timeout;
+    let deadline = Instant::now() + limits.timeout;
     let Ok(Some(head)) = tokio::time::timeout_at(deadline, read_head(&mut client)).await else { return };
     let Ok(Ok(rocket)) = tokio::time::timeout_at(deadline, upstream.wait_for(Option::is_some)).await.map(|r| r.map(|a| a.unwrap())) else {
         return;
@@ -127,7 +132,7 @@ async fn connection(
     let Ok(port) = hop.local_addr().map(|a| a.port()) else { return };
     peers.insert(port, addr);
     if hop.write_all(&head).await.is_ok() {
-        pipe(client, hop, timeout).await;
+        pipe(client, hop, limits.idle).await;
     }
     peers.remove(port);
 }
