@@ -7,10 +7,11 @@ use std::time::{Duration, Instant};
 use gateway::layout::Layout;
 use gateway::model::{GatewayConfig, NetworkConfig, PeerConfig};
 use gateway::observed::{HostVeth, Observed, ObservedBridge};
-use gateway::plan::{converged_view, plan};
+use gateway::plan::plan;
 use gateway::render::{Listen, NginxFiles, NginxOptions};
 use gateway::store::Store;
-use gateway::system::wgread::parse_uapi;
+use gateway::system::wireguard::observe::parse_uapi;
+use gateway::target::Targets;
 use gateway::traffic::{Reading, store_tick};
 use gateway::validate::{Context, validate};
 
@@ -48,11 +49,38 @@ fn config() -> GatewayConfig {
                 })
                 .collect();
             let proxy = [(format!("https://svc{n}.example.com"), vec!["10.80.0.2:443".to_string()].into())].into();
-            let net =
-                NetworkConfig { private_key: key(n, 0), listen_port: None, mtu: None, address: vec!["10.80.0.1/16".into()], peers, proxy };
+            let net = NetworkConfig {
+                private_key: key(n, 0),
+                listen_port: None,
+                mtu: None,
+                address: vec!["10.80.0.1/16".into()],
+                peers,
+                proxy,
+                bandwidth: None,
+            };
             ((51000 + n).to_string(), net)
         })
         .collect()
+}
+
+/// The same networks, each route with an allow list of 4 networks, a deny
+/// entry and both connection limits (per-route access control).
+fn limited_config() -> GatewayConfig {
+    let mut config = config();
+    for net in config.values_mut() {
+        for target in net.proxy.values_mut() {
+            let upstreams = serde_json::to_value(&*target).expect("json");
+            let limited = serde_json::json!({
+                "upstreams": upstreams,
+                "allow": ["203.0.113.0/24", "198.51.100.0/24", "192.0.2.0/24", "2001:db8::/32"],
+                "deny": ["203.0.113.7/32"],
+                "max_connections": 1000,
+                "max_connections_per_client": 20,
+            });
+            *target = serde_json::from_value(limited).expect("proxy value");
+        }
+    }
+    config
 }
 
 fn time<T>(label: &str, iterations: u32, mut f: impl FnMut() -> T) {
@@ -72,8 +100,14 @@ fn main() {
         namespaces: desired.networks.keys().copied().collect(),
         stale_namespaces: Default::default(),
         wg_in_root: Default::default(),
-        host_veths: desired.networks.keys().map(|p| (*p, HostVeth { on_bridge: true, up: true, isolated: true, owned: true })).collect(),
-        networks: desired.networks.iter().map(|(p, s)| (*p, converged_view(&layout, s))).collect(),
+        host_veths: desired
+            .networks
+            .keys()
+            .map(|p| (*p, HostVeth { on_bridge: true, up: true, isolated: true, owned: true, qdisc: None }))
+            .collect(),
+        networks: Default::default(),
+        // What a no-op apply plans: every network's target is the one a pass converged.
+        unchanged: desired.networks.keys().copied().collect(),
         nginx_stream: Some("s".into()),
         nginx_http: Some("h".into()),
         nginx_running: true,
@@ -81,8 +115,9 @@ fn main() {
         endpoints: Default::default(),
         reach_out: Default::default(),
     };
-    let nginx = NginxFiles { stream: "s".into(), http: "h".into() };
-    assert!(plan(&desired, &observed, &layout, &nginx).is_empty());
+    let nginx = std::sync::Arc::new(NginxFiles { stream: "s".into(), http: "h".into() });
+    let targets = Targets::of(&layout, &desired);
+    assert!(plan(&targets, &observed, &layout, &nginx).is_empty());
     let n = networks();
     let iterations = (4000 / u32::from(n)).max(5);
     let json = serde_json::to_string(&config()).expect("json");
@@ -101,13 +136,21 @@ fn main() {
         server_names_hash_bucket_size: 0,
         worker_shutdown_timeout: Some(std::time::Duration::from_secs(3600)),
         access_log: None,
+        usage_socket: Some("/run/gateway-usage.sock".into()),
     };
     time(&format!("render nginx's files, {n} networks"), iterations, || NginxFiles::render(&layout, &desired, &[], &options).stream.len());
-    time(&format!("converged views of {n} networks"), iterations, || {
-        desired.networks.values().map(|s| converged_view(&layout, s).routes.len()).sum::<usize>()
+    let limited = limited_config();
+    let limited_desired = validate(&limited, &Context::default()).expect("valid");
+    time(&format!("validate {n} networks, routes with allow lists and limits"), iterations, || {
+        validate(&limited, &Context::default()).is_ok()
     });
-    time(&format!("plan, converged, {n} networks x 10 peers (no actions)"), iterations * 10, || {
-        plan(&desired, &observed, &layout, &nginx).len()
+    time(&format!("render nginx's files, {n} networks, routes with allow lists and limits"), iterations, || {
+        NginxFiles::render(&layout, &limited_desired, &[], &options).stream.len()
+    });
+    time(&format!("targets of {n} networks, all computed"), iterations, || Targets::of(&layout, &desired).networks.len());
+    time(&format!("targets of {n} networks, none changed (kept)"), iterations * 10, || Targets::build(&layout, &desired, &targets).1.len());
+    time(&format!("plan, {n} unchanged networks x 10 peers (no actions)"), iterations * 10, || {
+        plan(&targets, &observed, &layout, &nginx).len()
     });
 
     let hex = |k: String| -> String {

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Captures what the kernel and wireguard-go answer to the gateway's own
-reads (src/system/nsread.rs) in the current network namespace: the link,
+reads (src/system/kernel/observer.rs) in the current network namespace: the link,
 address and route dumps (raw netlink bytes, every datagram one after the
 other) and, given a wireguard-go socket, its answer to `get=1`.
 Run by scripts/capture-fixtures.sh inside each namespace:

@@ -23,8 +23,8 @@ fi
 declare -A batches=(
   [plan]="src/plan.rs"
   [validate]="src/validate/mod.rs src/validate/network.rs"
-  [render]="src/render/iptables.rs src/render/nginx.rs src/render/wireguard.rs"
-  [parse]="src/system/parse.rs"
+  [render]="src/system/firewall/rules.rs src/render/nginx.rs src/render/wireguard.rs"
+  [parse]="src/system/firewall/save_parse.rs"
   [types]="src/types.rs"
   [layout]="src/layout.rs src/spec.rs"
   [traffic]="src/traffic.rs"

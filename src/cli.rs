@@ -56,6 +56,28 @@ fn parse_socket_path(s: &str) -> Result<String, String> {
     }
 }
 
+/// `--usage-socket`: `auto`, `off` or a socket path.
+fn parse_usage_socket(s: &str) -> Result<String, String> {
+    if s == "auto" || s == "off" {
+        return Ok(s.to_string());
+    }
+    parse_socket_path(s).map_err(|e| format!("{e}, or `auto` or `off`"))
+}
+
+impl Args {
+    /// The usage socket's path (None: `off`).
+    pub fn usage_socket_path(&self) -> Option<String> {
+        match self.usage_socket.as_str() {
+            "off" => None,
+            "auto" => {
+                let dir = std::path::Path::new(&self.nginx_sni_socket).parent().map_or("/run".into(), |d| d.display().to_string());
+                Some(format!("{}/gateway-usage.sock", dir.trim_end_matches('/')))
+            }
+            path => Some(path.to_string()),
+        }
+    }
+}
+
 /// Where the gateway's own nginx servers log: `off`, or an absolute path
 /// of plain characters with no `.` or `..` component (nginx's master opens
 /// it as root, so it is written into nginx's files only in this form).
@@ -150,12 +172,15 @@ pub struct Args {
     /// Addresses the raw `tcp://PORT` and `udp://PORT` entries are opened on, comma-separated [default: 0.0.0.0,::; only 0.0.0.0 on a host without IPv6].
     #[arg(long, value_parser = parse_raw_listen)]
     pub raw_listen: Option<String>,
-    /// Unix socket inside nginx through which HTTPS routes without PROXY protocol pass once some route has it (the entry server then sends the header, this hop drops it). Its directory must be reachable by nginx's workers.
+    /// Unix socket inside nginx through which HTTPS routes without PROXY protocol pass once some route has it (the entry server then sends the header, this hop drops it); each HTTPS route with connection limits has a hop of its own at this path + `.N`. Its directory must be reachable by nginx's workers. Refused at start when the last possible hop (N below --max-networks x --max-routes) would not fit a unix socket path (107 bytes).
     #[arg(long, default_value = "/run/gateway-sni.sock", value_parser = parse_socket_path)]
     pub nginx_sni_socket: String,
     /// Where the gateway's own nginx servers (HTTP by Host, HTTPS by SNI, raw ports) log each request or connection: `off` (none is logged, also not into nginx.conf's own access_log, e.g. Debian's /var/log/nginx/access.log), or an absolute file path (its directory must exist; nginx opens it as root): HTTP requests and stream sessions, one line each, marked `http` or `stream`.
     #[arg(long, default_value = "off", value_parser = parse_access_log)]
     pub nginx_access_log: String,
+    /// The unix datagram socket the daemon owns and nginx's workers send one line per connection or request to, for the per-route usage counters (status.json `routes`, `gateway_route_*`): `auto` (`gateway-usage.sock` next to --nginx-sni-socket), `off`, or an absolute path. Made 0600 and owned by nginx.conf's `user` (nobody when it has none).
+    #[arg(long, default_value = "auto", value_parser = parse_usage_socket)]
+    pub usage_socket: String,
     /// `server_names_hash_bucket_size` written in the HTTP file so long hostnames fit; 0 = leave it to the main nginx config (set it there if your nginx.conf already has one).
     #[arg(long, default_value_t = 512)]
     pub nginx_server_names_hash_bucket_size: u32,
@@ -177,8 +202,8 @@ pub struct Args {
     /// At most this many proxy entries (https://, http://, tcp://, udp://) in one network (422 beyond); each is an nginx server or map entry.
     #[arg(long, env = "GATEWAY_MAX_ROUTES", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_routes: u32,
-    /// At most this many distinct upstreams in one network, and entries in one upstream list (422 beyond); each takes a DNAT port of the 10,000 after --dnat-port-base.
-    #[arg(long, env = "GATEWAY_MAX_UPSTREAMS", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    /// At most this many distinct upstreams in one network, and entries in one upstream list (422 beyond); each takes a DNAT port of the 10,000 after --dnat-port-base (and one more per other route that uses it).
+    #[arg(long, env = "GATEWAY_MAX_UPSTREAMS", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=crate::model::MAX_UPSTREAMS_CEILING as i64))]
     pub max_upstreams: u32,
     /// Extra static forwardings, e.g. `https://api.example.com=127.0.0.1:8443,http://b.example.com=127.0.0.1:8080`.
     #[arg(long, env = "GATEWAY_CUSTOM_FORWARDING", default_value = "")]
@@ -258,9 +283,12 @@ pub struct Args {
     /// The `ip6tables-restore` program (not used on a kernel without IPv6).
     #[arg(long, env = "GATEWAY_IP6TABLES_RESTORE_BIN", default_value = "ip6tables-restore", help_heading = "Tool paths")]
     pub ip6tables_restore_bin: String,
-    /// The `sysctl` program.
+    /// The `sysctl` program: no longer run (a namespace's sysctls are written from a thread that enters it, without a process); still accepted, so that existing command lines and units keep working.
     #[arg(long, default_value = "sysctl", help_heading = "Tool paths")]
     pub sysctl_bin: String,
+    /// The `tc` program (iproute2; run only for networks with a `bandwidth` field).
+    #[arg(long, default_value = "tc", help_heading = "Tool paths")]
+    pub tc_bin: String,
     /// The `nginx` program.
     #[arg(long, default_value = "nginx", help_heading = "Tool paths")]
     pub nginx_bin: String,
@@ -283,7 +311,107 @@ fn variable_of(id: &str) -> String {
     format!("GATEWAY_{}", id.to_ascii_uppercase().replace('-', "_"))
 }
 
+impl Args {}
+
+impl crate::daemon::ConfigSource for Args {
+    /// What the daemon is built from: every option typed (the listen lists
+    /// parsed here, once); the daemon never sees the command line.
+    fn config(&self) -> Result<crate::daemon::Config, String> {
+        let listens = |l: &Option<String>| l.as_deref().map(crate::render::Listen::parse_list).transpose();
+        Ok(crate::daemon::Config {
+            token: self.token.clone(),
+            token_file: self.token_file.clone(),
+            read_token: self.read_token.clone(),
+            read_token_file: self.read_token_file.clone(),
+            database: self.database().map(String::from),
+            address: self.address,
+            port: self.api_port()?,
+            wireguard_backend: self.wireguard_backend.clone(),
+            nginx_stream_config: self.nginx_stream_config.clone(),
+            nginx_http_config: self.nginx_http_config.clone(),
+            nginx_conf: self.nginx_conf.clone(),
+            nginx_pid: self.nginx_pid.clone(),
+            https_listen: listens(&self.https_listen)?,
+            http_listen: listens(&self.http_listen)?,
+            raw_listen: self.raw_listen.as_deref().map(crate::render::parse_addresses).transpose()?,
+            nginx_sni_socket: self.nginx_sni_socket.clone(),
+            nginx_access_log: self.nginx_access_log.clone(),
+            usage_socket: self.checked_usage_socket()?,
+            nginx_server_names_hash_bucket_size: self.nginx_server_names_hash_bucket_size,
+            nginx_worker_shutdown_timeout: self.nginx_worker_shutdown_timeout,
+            raw_port_range: self.raw_port_range,
+            limits: self.limits(),
+            custom_forwarding: self.custom_forwarding.clone(),
+            metrics_per_peer: self.metrics_per_peer,
+            ha_address: self.ha_address,
+            watchdog: self.watchdog,
+            health_interval: self.health_interval,
+            retention: self.retention,
+            events_kept: self.events_kept,
+            apply_wait: self.apply_wait,
+            apply_concurrency: self.apply_concurrency,
+            shutdown_timeout: self.shutdown_timeout,
+            peer_timeout: self.peer_timeout,
+            namespace_prefix: self.namespace_prefix.clone(),
+            interface_prefix: self.interface_prefix.clone(),
+            veth_prefix: self.veth_prefix.clone(),
+            bridge: self.bridge.clone(),
+            bridge_subnet: self.bridge_subnet.clone(),
+            dnat_port_base: self.dnat_port_base,
+            tc_bin: self.tc_bin.clone(),
+            ip_bin: self.ip_bin.clone(),
+            wg_bin: self.wg_bin.clone(),
+            wireguard_go_bin: self.wireguard_go_bin.clone(),
+            iptables_save_bin: self.iptables_save_bin.clone(),
+            iptables_restore_bin: self.iptables_restore_bin.clone(),
+            ip6tables_save_bin: self.ip6tables_save_bin.clone(),
+            ip6tables_restore_bin: self.ip6tables_restore_bin.clone(),
+            sysctl_bin: self.sysctl_bin.clone(),
+            nginx_bin: self.nginx_bin.clone(),
+            netns_dir: self.netns_dir.clone(),
+            wireguard_sock_dir: self.wireguard_sock_dir.clone(),
+        })
+    }
+}
+
+/// The longest path a unix socket can have: `sun_path` holds 108 bytes,
+/// the terminating NUL included. nginx refuses a longer one in its config
+/// check, and the daemon could not bind it.
+pub const SOCKET_PATH_MAX: usize = 107;
+
 impl Args {
+    /// The usage socket's path (None: `off`), once every unix socket path
+    /// is known to fit [`SOCKET_PATH_MAX`]: `--nginx-sni-socket` with the
+    /// suffix of its last possible HTTPS hop (`PATH.N`, one hop per HTTPS
+    /// route with connection limits: N below --max-networks x
+    /// --max-routes), and the usage socket (`auto` puts it next to the SNI
+    /// socket, so a deep directory can make it too long). Checked at
+    /// start, each error naming the option to change, rather than failing
+    /// in nginx's config check at the first route with limits.
+    fn checked_usage_socket(&self) -> Result<Option<String>, String> {
+        let last_hop = u64::from(self.max_networks) * u64::from(self.max_routes) - 1;
+        let hop = format!("{}.{last_hop}", self.nginx_sni_socket);
+        if hop.len() > SOCKET_PATH_MAX {
+            return Err(format!(
+                "--nginx-sni-socket '{}' is too long: the HTTPS routes with connection limits each get a hop socket PATH.N, up to '{hop}' ({} bytes) with --max-networks {} and --max-routes {}, and a unix socket's path has at most {SOCKET_PATH_MAX} bytes; give a path of at most {} characters",
+                self.nginx_sni_socket,
+                hop.len(),
+                self.max_networks,
+                self.max_routes,
+                SOCKET_PATH_MAX - (hop.len() - self.nginx_sni_socket.len())
+            ));
+        }
+        let usage = self.usage_socket_path();
+        if let Some(path) = usage.as_ref().filter(|p| p.len() > SOCKET_PATH_MAX) {
+            return Err(format!(
+                "--usage-socket {}: '{path}' is {} bytes, and a unix socket's path has at most {SOCKET_PATH_MAX}; give --usage-socket a shorter absolute path (or off)",
+                self.usage_socket,
+                path.len()
+            ));
+        }
+        Ok(usage)
+    }
+
     /// The caps on what one config may ask for.
     pub fn limits(&self) -> crate::validate::Limits {
         let n = |v: u32| v as usize;
@@ -375,6 +503,35 @@ impl Args {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every unix socket path must fit `sun_path`: the SNI socket with its
+    /// last possible hop's suffix, the usage socket (`auto`: next to it).
+    #[test]
+    fn socket_paths_too_long_are_refused_at_start_naming_the_option() {
+        use crate::daemon::ConfigSource;
+        let with = |extra: &[&str]| {
+            let mut argv = vec!["gateway", "--port=8000"];
+            argv.extend(extra);
+            Args::try_parse_args_only(argv).expect("each path alone passes the parser").config().map(|c| c.usage_socket)
+        };
+        // Default caps: up to 4096 x 1024 HTTPS routes, so hops up to `.4194303`.
+        let sni99 = format!("/{}", "s".repeat(98));
+        assert!(with(&[&format!("--nginx-sni-socket={sni99}"), "--usage-socket=off"]).is_ok(), "99 + '.4194303': 107 bytes");
+        let e = with(&[&format!("--nginx-sni-socket={sni99}s"), "--usage-socket=off"]).unwrap_err();
+        assert!(
+            e.starts_with("--nginx-sni-socket '/") && e.contains(".4194303' (108 bytes)") && e.contains("at most 99 characters"),
+            "{e}"
+        );
+        // Fewer routes allowed, shorter suffixes: the same path fits.
+        assert!(with(&[&format!("--nginx-sni-socket={sni99}s"), "--usage-socket=off", "--max-networks=100", "--max-routes=10"]).is_ok());
+        // `auto` puts the usage socket next to the SNI socket.
+        let dir = format!("/{}", "d".repeat(80));
+        assert_eq!(with(&[&format!("--nginx-sni-socket={dir}/sni.sock")]), Ok(Some(format!("{dir}/gateway-usage.sock"))));
+        let deep = format!("--nginx-sni-socket=/{}/s", "d".repeat(89));
+        let e = with(&[&deep]).unwrap_err();
+        assert!(e.starts_with("--usage-socket auto: '/") && e.contains("gateway-usage.sock' is 109 bytes"), "{e}");
+        assert_eq!(with(&[&deep, "--usage-socket=/run/u.sock"]), Ok(Some("/run/u.sock".to_string())));
+    }
 
     #[test]
     fn durations() {

@@ -4,7 +4,7 @@
 //! role, the address's check, the state a standby applies (everything but
 //! what would make WireGuard send: no endpoint, no keepalive), and the
 //! digest that lets an orchestrator compare two hosts' states. Watching
-//! the address is `system::role`'s job; acting on a change the reconciler's.
+//! the address is `system::kernel::role`'s job; acting on a change the reconciler's.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -71,7 +71,7 @@ pub fn parse_address(s: &str) -> Result<IpAddr, String> {
 pub fn view(desired: &Desired, role: Role) -> Desired {
     match role {
         Role::Active => desired.clone(),
-        Role::Standby => Desired { networks: desired.networks.iter().map(|(p, s)| (*p, standby_spec(s))).collect() },
+        Role::Standby => Desired { networks: desired.networks.iter().map(|(p, s)| (*p, std::sync::Arc::new(standby_spec(s)))).collect() },
     }
 }
 
@@ -128,6 +128,24 @@ fn canonical(out: &mut String, spec: &NetworkSpec) {
         for (port, r) in routes {
             let _ = writeln!(out, " {scheme} {port} {} proxy_protocol {}", upstreams(&r.upstreams), r.proxy_protocol);
         }
+    }
+    // Only where given: a state without them keeps its digest.
+    let opt = |v: Option<u32>| v.map_or_else(|| "-".to_string(), |n| n.to_string());
+    let bw = |b: Option<crate::spec::Bandwidth>| {
+        b.map_or_else(|| "-".to_string(), |b| format!("{}/{}", opt(b.ingress_mbit), opt(b.egress_mbit)))
+    };
+    for (key, l) in &spec.route_limits {
+        let allow = l.allow.as_deref().map_or_else(|| "-".to_string(), list);
+        let (max, per_client) = (opt(l.max_connections), opt(l.max_connections_per_client));
+        let _ = writeln!(
+            out,
+            " limits {key} allow {allow} deny {} max {max} per_client {per_client} bandwidth {}",
+            list(&l.deny),
+            bw(l.bandwidth)
+        );
+    }
+    if spec.bandwidth.is_some() {
+        let _ = writeln!(out, " bandwidth {}", bw(spec.bandwidth));
     }
 }
 
@@ -195,11 +213,11 @@ mod tests {
         assert_eq!(config_digest(&desired.clone()), d);
         assert_ne!(config_digest(&Desired::default()), d);
         let mut other = desired.clone();
-        let spec = other.networks.values_mut().next().unwrap();
+        let spec = std::sync::Arc::make_mut(other.networks.values_mut().next().unwrap());
         spec.mtu += 1;
         assert_ne!(config_digest(&other), d, "any field counts");
         let mut other = desired.clone();
-        let peer = other.networks.values_mut().next().unwrap().peers.values_mut().next().unwrap();
+        let peer = std::sync::Arc::make_mut(other.networks.values_mut().next().unwrap()).peers.values_mut().next().unwrap();
         peer.persistent_keepalive = Some(peer.persistent_keepalive.unwrap_or(1) + 1);
         assert_ne!(config_digest(&other), d);
         assert!(!d.contains(&desired.networks.values().next().unwrap().private_key.expose()));

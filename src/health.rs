@@ -19,7 +19,7 @@ use crate::metrics::Metrics;
 use crate::model::events::UpstreamEvent;
 use crate::model::{RouteStatus, UpstreamHealth};
 use crate::spec::{Desired, NetworkSpec};
-use crate::system::probe::{Outcome, Probe};
+use crate::system::kernel::probe::{Outcome, Probe};
 use crate::types::Scheme;
 
 /// One route's upstreams, and whether they are checked (not `udp://`).
@@ -152,7 +152,10 @@ impl Health {
     pub fn routes(&self, port: u16) -> BTreeMap<String, RouteStatus> {
         let book = self.book.read().unwrap_or_else(|e| e.into_inner());
         let Some(routes) = book.get(&port) else { return BTreeMap::new() };
-        let status = |r: &RouteBook| RouteStatus { upstreams: r.upstreams.iter().map(|(a, h)| (a.to_string(), h.clone())).collect() };
+        let status = |r: &RouteBook| RouteStatus {
+            upstreams: r.upstreams.iter().map(|(a, h)| (a.to_string(), h.clone())).collect(),
+            ..Default::default()
+        };
         routes.iter().map(|(key, r)| (key.clone(), status(r))).collect()
     }
 }

@@ -5,7 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use crate::types::{Cidr, parse_listen_port};
+use crate::spec::NetworkSpec;
+use crate::types::{Cidr, Transport, parse_listen_port};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {
@@ -21,15 +22,12 @@ pub struct Layout {
     /// .0.1, network P takes base + P.
     pub bridge_base: Ipv4Addr,
     pub bridge_prefix: u8,
-    /// DNAT ports inside a namespace start here, one per distinct upstream.
+    /// DNAT ports inside a namespace start here, one per upstream of each route.
     pub dnat_port_base: u16,
 }
 
 /// Name of the namespace end of every veth (namespaces are separate, so it can be fixed).
 pub const VETH_NS_NAME: &str = "gw-uplink";
-pub const CHAIN_DNAT: &str = "GATEWAY-DNAT";
-pub const CHAIN_SNAT: &str = "GATEWAY-SNAT";
-pub const CHAIN_FORWARD: &str = "GATEWAY-FORWARD";
 
 /// The alias (`ip link set ... alias`) the gateway gives the links it creates
 /// in the root namespace, so it never deletes somebody else's `wg2`.
@@ -119,31 +117,109 @@ impl Layout {
     pub fn uplink_mac(&self, port: u16) -> String {
         format!("02:67:77:00:{:02x}:{:02x}", port >> 8, port & 0xff)
     }
-    /// Ports on the veth address that DNAT to each upstream. A port is
-    /// derived from the upstream itself (a hash into 10,000 ports, the next
-    /// free one on a collision), so adding or removing one upstream leaves
-    /// the others' ports alone: nginx, still on its old config for a moment,
-    /// never reaches the wrong upstream while the rules change.
-    pub fn dnat_ports(&self, upstreams: &[SocketAddrV4]) -> BTreeMap<SocketAddrV4, u16> {
+    /// Ports on the veth address that DNAT to the routes' upstreams, in one
+    /// transport's space (TCP and UDP ports are separate): `routes` are
+    /// each route's key (as in `proxy`) with its upstreams.
+    ///
+    /// Each upstream has a port derived from the upstream itself (a hash
+    /// into 10,000 ports, the next free one on a collision), so adding or
+    /// removing one upstream leaves the others' ports alone: nginx, still on
+    /// its old config for a moment, never reaches the wrong upstream while
+    /// the rules change. That port is the first route's (in key order) to
+    /// use the upstream. Every other route that uses it too gets a port of
+    /// its own, derived from the upstream and its key and placed after all
+    /// the upstreams' ports: each route's connections are then its alone,
+    /// in tc (its bandwidth) and in conntrack (its open connections), and
+    /// a network whose routes share no upstream has the ports it always
+    /// had. When the range is full (10,000 ports), further routes share
+    /// their upstream's port.
+    pub fn dnat_ports<'a>(&self, routes: impl IntoIterator<Item = (&'a str, &'a [SocketAddrV4])>) -> DnatPorts {
         const RANGE: u32 = 10_000;
-        let mut taken = BTreeSet::new();
-        let mut out = BTreeMap::new();
-        let mut sorted = upstreams.to_vec();
-        sorted.sort();
-        sorted.dedup();
-        for u in sorted.into_iter().take(RANGE as usize) {
-            // FNV-1a: stable across builds and platforms.
-            let mut h: u32 = 0x811c_9dc5;
-            for b in u.ip().octets().into_iter().chain(u.port().to_be_bytes()) {
-                h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+        let mut users: BTreeMap<SocketAddrV4, BTreeSet<&str>> = BTreeMap::new();
+        for (key, upstreams) in routes {
+            for u in upstreams {
+                users.entry(*u).or_default().insert(key);
             }
-            let mut slot = h % RANGE;
+        }
+        let mut taken = BTreeSet::new();
+        let mut place = |bytes: &[u8]| {
+            if taken.len() >= RANGE as usize {
+                return None;
+            }
+            // FNV-1a: stable across builds and platforms.
+            let mut slot = bytes.iter().fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)) % RANGE;
             while !taken.insert(slot) {
                 slot = (slot + 1) % RANGE;
             }
-            out.insert(u, self.dnat_port_base + slot as u16);
+            Some(self.dnat_port_base + slot as u16)
+        };
+        let bytes = |u: &SocketAddrV4| -> Vec<u8> { u.ip().octets().into_iter().chain(u.port().to_be_bytes()).collect() };
+        let mut out = DnatPorts::default();
+        for u in users.keys() {
+            let Some(port) = place(&bytes(u)) else { break };
+            out.upstream.insert(*u, port);
+        }
+        for (u, keys) in &users {
+            for key in keys.iter().skip(1).filter(|_| out.upstream.contains_key(u)) {
+                let Some(port) = place(&[bytes(u), key.as_bytes().to_vec()].concat()) else { break };
+                out.shared.entry(*u).or_default().insert(key.to_string(), port);
+            }
         }
         out
+    }
+}
+
+impl Layout {
+    /// The DNAT ports of network `spec`'s routes, in both transports:
+    /// computed once per change of the spec (`target::NetworkTarget`), then
+    /// read by the rules, the tc trees, nginx's upstreams and the usage
+    /// counters alike.
+    pub fn network_dnat(&self, spec: &NetworkSpec) -> NetworkDnat {
+        let of = |transport| {
+            let routes = spec.dnat_routes(transport);
+            self.dnat_ports(routes.iter().map(|(k, u)| (k.as_str(), *u)))
+        };
+        NetworkDnat { tcp: of(Transport::Tcp), udp: of(Transport::Udp) }
+    }
+}
+
+/// A network's DNAT ports, TCP's and UDP's (see [`Layout::network_dnat`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetworkDnat {
+    pub tcp: DnatPorts,
+    pub udp: DnatPorts,
+}
+
+impl NetworkDnat {
+    pub fn of(&self, transport: Transport) -> &DnatPorts {
+        match transport {
+            Transport::Tcp => &self.tcp,
+            Transport::Udp => &self.udp,
+        }
+    }
+}
+
+/// The DNAT ports of one transport of a network (see [`Layout::dnat_ports`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DnatPorts {
+    /// Each upstream's own port: its first route's.
+    upstream: BTreeMap<SocketAddrV4, u16>,
+    /// The ports of the other routes that use an upstream, by route key.
+    shared: BTreeMap<SocketAddrV4, BTreeMap<String, u16>>,
+}
+
+impl DnatPorts {
+    /// Where route `key`'s connections to `upstream` enter the network.
+    pub fn port(&self, key: &str, upstream: &SocketAddrV4) -> Option<u16> {
+        self.shared.get(upstream).and_then(|routes| routes.get(key)).or_else(|| self.upstream.get(upstream)).copied()
+    }
+
+    /// Every port with the upstream it leads to, sorted by upstream, then port.
+    pub fn all(&self) -> Vec<(SocketAddrV4, u16)> {
+        let shared = self.shared.iter().flat_map(|(u, routes)| routes.values().map(move |p| (*u, *p)));
+        let mut all: Vec<(SocketAddrV4, u16)> = self.upstream.iter().map(|(u, p)| (*u, *p)).chain(shared).collect();
+        all.sort();
+        all
     }
 }
 
@@ -175,13 +251,21 @@ mod tests {
         assert_eq!(l.bridge_subnet().to_string(), "10.199.0.0/16");
         assert!(Layout::new("x", "wg", "v", "br", "10.0.0.0/24", 20000).is_err());
         let ups: Vec<SocketAddrV4> = (2..200).map(|i| SocketAddrV4::new(Ipv4Addr::new(10, 80, 0, i), 443)).collect();
-        let ports = l.dnat_ports(&ups);
+        let ports = one_route(&l, &ups);
         assert_eq!(ports.len(), ups.len());
         assert_eq!(ports.values().collect::<BTreeSet<_>>().len(), ups.len(), "distinct ports");
         assert!(ports.values().all(|p| (20000..30000).contains(p)));
-        let fewer = l.dnat_ports(&ups[1..]);
+        let fewer = one_route(&l, &ups[1..]);
         assert!(fewer.iter().all(|(u, p)| ports[u] == *p), "removing an upstream moves no other");
         assert!(Layout::new("x;rm", "wg", "v", "br", "10.0.0.0/16", 20000).is_err());
+    }
+
+    /// The ports of one route's upstreams, by upstream.
+    fn one_route(l: &Layout, upstreams: &[SocketAddrV4]) -> BTreeMap<SocketAddrV4, u16> {
+        let ports = l.dnat_ports([("tcp://1", upstreams)]);
+        let all: BTreeMap<SocketAddrV4, u16> = ports.all().into_iter().collect();
+        assert!(all.iter().all(|(u, p)| ports.port("tcp://1", u) == Some(*p)));
+        all
     }
 
     #[test]
@@ -191,8 +275,43 @@ mod tests {
         let a = SocketAddrV4::new(Ipv4Addr::new(10, 80, 0, 42), 443);
         let b = SocketAddrV4::new(Ipv4Addr::new(10, 80, 0, 82), 80);
         let l = Layout::default();
-        assert_eq!(l.dnat_ports(&[b, a]), BTreeMap::from([(a, 25837), (b, 25838)]));
-        assert_eq!(l.dnat_ports(&[b]), BTreeMap::from([(b, 25837)]));
-        assert_eq!(l.dnat_ports(&[a, a]), BTreeMap::from([(a, 25837)]), "an upstream twice takes one port");
+        assert_eq!(one_route(&l, &[b, a]), BTreeMap::from([(a, 25837), (b, 25838)]));
+        assert_eq!(one_route(&l, &[b]), BTreeMap::from([(b, 25837)]));
+        assert_eq!(one_route(&l, &[a, a]), BTreeMap::from([(a, 25837)]), "an upstream twice takes one port");
+    }
+
+    /// Routes sharing an upstream each get a port of their own: the first
+    /// route (in key order) keeps the upstream's, the others one derived
+    /// from the upstream and their key; routes sharing nothing keep the
+    /// ports they had alone.
+    #[test]
+    fn routes_sharing_an_upstream_each_get_a_port() {
+        let l = Layout::default();
+        let a = SocketAddrV4::new(Ipv4Addr::new(10, 80, 0, 42), 443);
+        let b = SocketAddrV4::new(Ipv4Addr::new(10, 80, 0, 82), 80);
+        let c = SocketAddrV4::new(Ipv4Addr::new(10, 80, 0, 3), 443);
+        let alone = one_route(&l, &[a, b, c]);
+        let ports = l.dnat_ports([("https://x.test", &[a, c][..]), ("https://y.test", &[a][..]), ("tcp://22", &[b, a][..])]);
+        assert_eq!(ports.port("https://x.test", &a), Some(alone[&a]), "the first route keeps the upstream's port");
+        let (y, t) = (ports.port("https://y.test", &a).unwrap(), ports.port("tcp://22", &a).unwrap());
+        assert!(y != alone[&a] && t != alone[&a] && y != t, "{y} {t}");
+        assert!((20000..30000).contains(&y) && (20000..30000).contains(&t));
+        assert_eq!(
+            (ports.port("https://x.test", &c), ports.port("tcp://22", &b)),
+            (Some(alone[&c]), Some(alone[&b])),
+            "unshared: unchanged"
+        );
+        assert_eq!(ports.all(), {
+            let mut v = vec![(a, alone[&a]), (a, y), (a, t), (b, alone[&b]), (c, alone[&c])];
+            v.sort();
+            v
+        });
+        // Adding a route before the first: it takes the upstream's port,
+        // the others keep theirs or get new ones; the upstream's port stays.
+        let more = l.dnat_ports([("http://w.test", &[a][..]), ("https://x.test", &[a, c][..]), ("https://y.test", &[a][..])]);
+        assert_eq!(more.port("http://w.test", &a), Some(alone[&a]));
+        assert_eq!(more.port("https://y.test", &a), Some(y), "a route's own port depends on its key, not on the others");
+        assert_eq!(ports.port("https://nope.test", &a), Some(alone[&a]), "unknown routes: the upstream's");
+        assert_eq!(ports.port("https://x.test", &SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 1)), None);
     }
 }

@@ -1,11 +1,13 @@
 use gateway::cli::Args;
-use gateway::daemon::{Lifecycle, Shared, build};
+use gateway::daemon::build;
 use gateway::reconcile::Reconciler;
+use gateway::service::{Lifecycle, Shared};
 use gateway::system::Runner;
 use tracing_subscriber::EnvFilter;
 
 #[rocket::main]
 async fn main() -> std::process::ExitCode {
+    bound_the_heap();
     let args = Args::parse_with_env();
     if args.openapi {
         return print_openapi();
@@ -21,6 +23,26 @@ async fn main() -> std::process::ExitCode {
             eprintln!("gateway: {}", one_line(&e));
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// Gives freed memory back to the kernel. The daemon's large buffers are
+/// short-lived (a status.json of 1,000 networks, ten of them at once; a
+/// request body; a pass's observations): with glibc's sliding threshold,
+/// once one such buffer is freed, buffers up to 32 MiB stop being mapped on
+/// their own and land in the heaps, which are trimmed only past twice that,
+/// so the resident size kept the peak of the busiest moment. A fixed
+/// threshold maps each buffer of 256 KiB or more by itself (unmapped when
+/// freed), heaps are trimmed past 1 MiB free, and at most four of them
+/// exist (one per thread by default: each keeps its own free memory).
+fn bound_the_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes the allocator's tunables, which apply to
+    // every later allocation; called first thing.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1024 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, 4);
     }
 }
 
@@ -80,7 +102,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut stop = termination_signals()?;
     reload_tokens_on_sighup(daemon.shared.clone())?;
     tracing::info!(
-        backend = daemon.shared.system.backend.name(),
+        backend = daemon.shared.system().backend.name(),
         version = env!("CARGO_PKG_VERSION"),
         address = %args.address,
         port = args.api_port().unwrap_or(8000),
@@ -90,6 +112,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let front = open_api_socket(&args).await?;
     let mut reconciler = tokio::spawn(Reconciler::new(shared.clone()).await.run());
     tokio::spawn(gateway::checks::run(shared.clone()));
+    tokio::spawn(gateway::usage::socket::run(shared.clone()));
     let (listening, upstream) = tokio::sync::watch::channel(None);
     let peers = std::sync::Arc::new(gateway::api::gate::Peers::default());
     let rocket = gateway::api::rocket_behind_gate(daemon.shared, daemon.figment, peers.clone(), listening).ignite().await?;
@@ -109,8 +132,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         // only stores states nobody applies would be worse than exiting for a restart.
         ended = &mut reconciler => Err(anyhow::anyhow!("the reconciler stopped ({ended:?}); exiting so the supervisor restarts the daemon")),
         launched = &mut server => {
-            shared.events.close().await;
-            shared.store.pool.close().await;
+            shared.close().await;
             return Err(match launched {
                 Ok(Err(e)) => anyhow::Error::new(e).context("the API stopped"),
                 other => anyhow::anyhow!("the API stopped ({other:?})"),
@@ -122,8 +144,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     shutdown.notify();
     let _ = server.await;
     // The last events are written before the database closes.
-    shared.events.close().await;
-    shared.store.pool.close().await;
+    shared.close().await;
     stopped?;
     tracing::info!("gateway stopped; networks and nginx stay as they are until the next start");
     Ok(())
@@ -193,10 +214,10 @@ fn reload_tokens_on_sighup(shared: std::sync::Arc<Shared>) -> anyhow::Result<()>
 /// Refuses writes, lets the running pass finish and be recorded (within
 /// `--shutdown-timeout`), then lets waiting requests answer.
 async fn finish_running_pass(shared: &Shared, reconciler: tokio::task::JoinHandle<()>) -> anyhow::Result<()> {
-    shared.lifecycle.send_replace(Lifecycle::Stopping);
-    let limit = shared.settings.shutdown_timeout;
+    shared.move_to(Lifecycle::Stopping);
+    let limit = shared.settings().shutdown_timeout;
     let ended = tokio::time::timeout(limit, reconciler).await;
-    shared.lifecycle.send_replace(Lifecycle::Stopped);
+    shared.move_to(Lifecycle::Stopped);
     match ended {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => anyhow::bail!("the reconciler failed while stopping: {e}"),

@@ -14,7 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::system::runner::{CommandObserver, CommandOutcome};
+use crate::system::exec::runner::{CommandObserver, CommandOutcome};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PeerLabels {
@@ -81,6 +81,35 @@ pub struct UpstreamLabels {
     pub upstream: String,
 }
 
+/// One route's counters since the daemon started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RouteCounters {
+    /// Connections (HTTP: requests) that ended, refused and limited ones included.
+    pub connections_total: u64,
+    /// Refused by `allow`/`deny` (status 403).
+    pub denied_total: u64,
+    /// Refused by `max_connections`/`max_connections_per_client` (status 503).
+    pub limited_total: u64,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+}
+
+/// One route of a network.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub network: String,
+    /// The route, as a key of the network's `proxy` (`https://HOST`, ...).
+    pub route: String,
+}
+
+/// One direction of a route's bytes: `rx` from the clients, `tx` to them.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteBytesLabels {
+    pub network: String,
+    pub route: String,
+    pub direction: String,
+}
+
 /// nginx workers: `active` (taking connections) or `draining` (old, after a reload).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
@@ -129,6 +158,11 @@ pub struct Metrics {
     api_auth_failures: Family<ReasonLabels, Counter>,
     nginx_workers: Family<StateLabels, Gauge>,
     upstream_up: Family<UpstreamLabels, Gauge>,
+    route_connections: Family<RouteLabels, Counter>,
+    route_active: Family<RouteLabels, Gauge>,
+    route_denied: Family<RouteLabels, Counter>,
+    route_limited: Family<RouteLabels, Counter>,
+    route_bytes: Family<RouteBytesLabels, Counter>,
     /// Health check rounds: how long each took (every upstream of every route).
     pub health_round_duration: Histogram,
     /// `--ha-address`: 1 while this host holds the shared address.
@@ -172,6 +206,11 @@ impl Metrics {
             api_auth_failures: Family::default(),
             nginx_workers: Family::default(),
             upstream_up: Family::default(),
+            route_connections: Family::default(),
+            route_active: Family::default(),
+            route_denied: Family::default(),
+            route_limited: Family::default(),
+            route_bytes: Family::default(),
             health_round_duration: pass_buckets(),
             ha_active: Gauge::default(),
             exported: Mutex::default(),
@@ -256,6 +295,31 @@ impl Metrics {
             self.upstream_up.clone(),
         );
         r.register(
+            "route_connections",
+            "Connections (HTTP: requests) of a route that ended, refused and limited ones included, since the daemon started (from nginx's lines on the usage socket)",
+            self.route_connections.clone(),
+        );
+        r.register(
+            "route_active_connections",
+            "Connections of a route open now (conntrack entries of its DNAT ports in its network, read at each drift check)",
+            self.route_active.clone(),
+        );
+        r.register(
+            "route_denied",
+            "Connections of a route refused by allow/deny (status 403), since the daemon started",
+            self.route_denied.clone(),
+        );
+        r.register(
+            "route_limited",
+            "Connections of a route refused by max_connections(_per_client) (status 503), since the daemon started",
+            self.route_limited.clone(),
+        );
+        r.register(
+            "route_bytes",
+            "Bytes of a route's connections, by direction: rx from the clients (toward the nodes), tx to the clients; since the daemon started",
+            self.route_bytes.clone(),
+        );
+        r.register(
             "health_round_duration_seconds",
             "Duration of a health check round: every upstream of every route connected to (or timed out) once",
             self.health_round_duration.clone(),
@@ -281,6 +345,40 @@ impl Metrics {
     }
 
     /// An upstream no longer desired: its series goes.
+    /// One connection (HTTP: request) of a route ended.
+    pub fn route_connection(&self, network: u16, route: &str, counted: &RouteCounters) {
+        let labels = RouteLabels { network: network.to_string(), route: route.into() };
+        self.route_connections.get_or_create(&labels).inc_by(counted.connections_total);
+        if counted.denied_total > 0 {
+            self.route_denied.get_or_create(&labels).inc_by(counted.denied_total);
+        }
+        if counted.limited_total > 0 {
+            self.route_limited.get_or_create(&labels).inc_by(counted.limited_total);
+        }
+        for (direction, bytes) in [("rx", counted.rx_bytes), ("tx", counted.tx_bytes)] {
+            let labels = RouteBytesLabels { network: network.to_string(), route: route.into(), direction: direction.into() };
+            self.route_bytes.get_or_create(&labels).inc_by(bytes);
+        }
+    }
+
+    /// A route's connections open now.
+    pub fn set_route_active(&self, network: u16, route: &str, active: u64) {
+        let labels = RouteLabels { network: network.to_string(), route: route.into() };
+        self.route_active.get_or_create(&labels).set(i64::try_from(active).unwrap_or(i64::MAX));
+    }
+
+    /// Drops a route's series (the route is gone).
+    pub fn forget_route(&self, network: u16, route: &str) {
+        let labels = RouteLabels { network: network.to_string(), route: route.into() };
+        for family in [&self.route_connections, &self.route_denied, &self.route_limited] {
+            family.remove(&labels);
+        }
+        self.route_active.remove(&labels);
+        for direction in ["rx", "tx"] {
+            self.route_bytes.remove(&RouteBytesLabels { network: network.to_string(), route: route.into(), direction: direction.into() });
+        }
+    }
+
     pub fn forget_upstream(&self, network: u16, route: &str, upstream: &str) {
         self.upstream_up.remove(&UpstreamLabels { network: network.to_string(), route: route.into(), upstream: upstream.into() });
     }

@@ -18,8 +18,8 @@ use schemars::schema::Schema;
 use serde::{Deserialize, Serialize};
 
 use schema::{
-    AllowedIp, Endpoint, HaRole, IntRange, InterfaceAddress, Keyed, ListenPortField, ListenPortKey, NonEmpty, ProxyKey, Sha256Hex,
-    Upstream, WireGuardKey,
+    AccessCidr, AllowedIp, Endpoint, HaRole, IntRange, InterfaceAddress, Keyed, ListenPortField, ListenPortKey, NonEmpty, ProxyKey,
+    Sha256Hex, Upstream, WireGuardKey,
 };
 
 /// The whole desired state, keyed by the network's WireGuard listen port.
@@ -132,6 +132,11 @@ pub struct NetworkConfig {
     #[serde(default)]
     #[schemars(with = "Keyed<ProxyKey, ProxyTarget>")]
     pub proxy: BTreeMap<String, ProxyTarget>,
+    /// Aggregate bandwidth of all the network's routes together (each route
+    /// may also have its own), shaped with tc on the network's veth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<Bandwidth>")]
+    pub bandwidth: Option<serde_json::Value>,
 }
 
 /// A proxy entry's value: the list form (no PROXY protocol) or the object
@@ -146,7 +151,24 @@ pub enum ProxyTarget {
     /// as they came and `null` for any other item, an object's
     /// `proxy_protocol` if a boolean, `null` for everything else.
     Invalid(serde_json::Value),
+    /// An upstream list longer than any `--max-upstreams` allows
+    /// ([`MAX_UPSTREAMS_CEILING`]): only its length is kept; `object` if it
+    /// is the object form's `upstreams`.
+    TooLong {
+        upstreams: usize,
+        object: bool,
+    },
+    /// The object form's `allow` or `deny` (`field`) longer than
+    /// [`MAX_UPSTREAMS_CEILING`]: only its length is kept.
+    TooLongList {
+        field: String,
+        len: usize,
+    },
 }
+
+/// The most `--max-upstreams` may be set to: each upstream takes one of the
+/// 10,000 DNAT ports after `--dnat-port-base`.
+pub const MAX_UPSTREAMS_CEILING: usize = 10_000;
 
 /// Read in one pass, keeping only what `validate` reports on: not
 /// `#[serde(untagged)]`, which first copies the whole value into a buffer
@@ -163,23 +185,30 @@ mod outline {
     use serde::{Deserialize, Deserializer};
     use serde_json::Value;
 
-    use super::{ProxyOptions, ProxyTarget};
+    use super::{MAX_UPSTREAMS_CEILING, ProxyOptions, ProxyTarget};
 
-    /// A list item: a string, or `null` for anything else (skipped unread).
+    /// A list item: a string, boolean or number as it came, an empty list or
+    /// object for a list or object (read, not kept), `null` for `null`.
     pub(super) struct Item(pub Value);
 
     impl<'de> Deserialize<'de> for Item {
         fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            d.deserialize_any(ItemVisitor).map(Item)
+            d.deserialize_any(ItemVisitor { keep_strings: true }).map(Item)
         }
     }
 
-    struct ItemVisitor;
+    /// A list item only counted: read to its end like [`Item`] (with the
+    /// parser's nesting limit) but a string is not copied.
+    struct Skip;
 
-    macro_rules! other {
-        ($($f:ident: $t:ty),*) => {
-            $(fn $f<E: serde::de::Error>(self, _: $t) -> Result<Value, E> { Ok(Value::Null) })*
-        };
+    impl<'de> Deserialize<'de> for Skip {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(ItemVisitor { keep_strings: false }).map(|_| Skip)
+        }
+    }
+
+    struct ItemVisitor {
+        keep_strings: bool,
     }
 
     impl<'de> Visitor<'de> for ItemVisitor {
@@ -188,15 +217,23 @@ mod outline {
             f.write_str("any JSON value")
         }
         fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Value, E> {
-            Ok(Value::String(v.to_string()))
+            Ok(if self.keep_strings { Value::String(v.to_string()) } else { Value::Null })
         }
         fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Value, E> {
-            Ok(Value::String(v))
+            Ok(if self.keep_strings { Value::String(v) } else { Value::Null })
         }
         fn visit_bool<E: serde::de::Error>(self, b: bool) -> Result<Value, E> {
             Ok(Value::Bool(b))
         }
-        other!(visit_i64: i64, visit_u64: u64, visit_f64: f64);
+        fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Value, E> {
+            Ok(Value::from(n))
+        }
+        fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Value, E> {
+            Ok(Value::from(n))
+        }
+        fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<Value, E> {
+            Ok(serde_json::Number::from_f64(n).map_or(Value::Null, Value::Number))
+        }
         fn visit_unit<E: serde::de::Error>(self) -> Result<Value, E> {
             Ok(Value::Null)
         }
@@ -204,55 +241,129 @@ mod outline {
         // `IgnoredAny`: serde_json skips without its nesting limit, so 16 MiB
         // of `[[[[...` would be read to its end instead of refused at 128.
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-            while seq.next_element::<Item>()?.is_some() {}
-            Ok(Value::Null)
+            while seq.next_element::<Skip>()?.is_some() {}
+            Ok(Value::Array(Vec::new()))
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-            while map.next_entry::<IgnoredAny, Item>()?.is_some() {}
-            Ok(Value::Null)
+            while map.next_entry::<IgnoredAny, Skip>()?.is_some() {}
+            Ok(Value::Object(serde_json::Map::new()))
         }
     }
 
-    /// An upstream list in outline: its items, or `null` if not a list.
-    struct List(Value);
+    /// A value one level deep: a list's items and an object's fields as
+    /// [`Item`]s, a scalar as it came. What `validate` needs to report on
+    /// `allow`, `deny`, the connection limits and `bandwidth` with the path
+    /// of each item.
+    /// A list longer than [`MAX_UPSTREAMS_CEILING`] keeps its first items
+    /// only, with its length.
+    pub(super) struct Loose(pub Value, pub usize);
+
+    impl<'de> Deserialize<'de> for Loose {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(LooseVisitor).map(|(v, len)| Loose(v, len))
+        }
+    }
+
+    struct LooseVisitor;
+
+    impl<'de> Visitor<'de> for LooseVisitor {
+        type Value = (Value, usize);
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(Value, usize), E> {
+            Ok((Value::String(v.to_string()), 0))
+        }
+        fn visit_bool<E: serde::de::Error>(self, b: bool) -> Result<(Value, usize), E> {
+            Ok((Value::Bool(b), 0))
+        }
+        fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<(Value, usize), E> {
+            Ok((Value::from(n), 0))
+        }
+        fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<(Value, usize), E> {
+            Ok((Value::from(n), 0))
+        }
+        fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<(Value, usize), E> {
+            Ok((serde_json::Number::from_f64(n).map_or(Value::Null, Value::Number), 0))
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<(Value, usize), E> {
+            Ok((Value::Null, 0))
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(Value, usize), A::Error> {
+            items(seq).map(|(items, len)| (Value::Array(items), len))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(Value, usize), A::Error> {
+            let mut fields = serde_json::Map::new();
+            while let Some((key, Item(v))) = map.next_entry::<String, Item>()? {
+                fields.insert(key, v);
+            }
+            Ok((Value::Object(fields), 0))
+        }
+    }
+
+    /// An upstream list in outline: its first items (or `null` if not a
+    /// list) and its length (see [`items`]).
+    struct List(Value, usize);
 
     impl<'de> Deserialize<'de> for List {
         fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            d.deserialize_any(ListVisitor).map(List)
+            d.deserialize_any(ListVisitor).map(|(items, len)| List(items, len))
         }
     }
 
     struct ListVisitor;
 
     impl<'de> Visitor<'de> for ListVisitor {
-        type Value = Value;
+        type Value = (Value, usize);
         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
             f.write_str("any JSON value")
         }
-        fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Value, A::Error> {
-            items(seq).map(Value::Array)
+        fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(Value, usize), A::Error> {
+            items(seq).map(|(items, len)| (Value::Array(items), len))
         }
-        fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Value, E> {
-            Ok(Value::Null)
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(Value, usize), A::Error> {
+            ItemVisitor { keep_strings: false }.visit_map(map).map(|v| (v, 0))
         }
-        fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Value, E> {
-            Ok(Value::Null)
+        fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<(Value, usize), E> {
+            Ok((Value::Null, 0))
         }
-        other!(visit_i64: i64, visit_u64: u64, visit_f64: f64);
-        fn visit_unit<E: serde::de::Error>(self) -> Result<Value, E> {
-            Ok(Value::Null)
+        fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<(Value, usize), E> {
+            Ok((Value::Null, 0))
         }
-        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Value, A::Error> {
-            ItemVisitor.visit_map(map)
+        fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<(Value, usize), E> {
+            Ok((Value::Null, 0))
+        }
+        fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<(Value, usize), E> {
+            Ok((Value::Null, 0))
+        }
+        fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<(Value, usize), E> {
+            Ok((Value::Null, 0))
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<(Value, usize), E> {
+            Ok((Value::Null, 0))
         }
     }
 
-    fn items<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<Vec<Value>, A::Error> {
+    /// An upstream list's first items and its length: no `--max-upstreams`
+    /// allows more than [`MAX_UPSTREAMS_CEILING`], so a longer list is refused
+    /// whatever its items are and the rest are only counted (4 M one-letter
+    /// strings, kept, cost a second of allocations).
+    fn items<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<(Vec<Value>, usize), A::Error> {
         let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
-        while let Some(Item(v)) = seq.next_element()? {
-            items.push(v);
+        while items.len() < MAX_UPSTREAMS_CEILING {
+            match seq.next_element()? {
+                Some(Item(v)) => items.push(v),
+                None => {
+                    let total = items.len();
+                    return Ok((items, total));
+                }
+            }
         }
-        Ok(items)
+        let mut total = items.len();
+        while seq.next_element::<Skip>()?.is_some() {
+            total += 1;
+        }
+        Ok((items, total))
     }
 
     /// The strings of an outline list, if every item is one.
@@ -268,27 +379,64 @@ mod outline {
             f.write_str("a list of upstreams or an object {\"upstreams\": [...], \"proxy_protocol\": bool}")
         }
         fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<ProxyTarget, A::Error> {
-            let items = items(seq)?;
+            let (items, len) = items(seq)?;
+            if len > items.len() {
+                return Ok(ProxyTarget::TooLong { upstreams: len, object: false });
+            }
             Ok(strings(&items).map_or(ProxyTarget::Invalid(Value::Array(items)), ProxyTarget::Upstreams))
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ProxyTarget, A::Error> {
             let mut fields = serde_json::Map::new();
+            // The length of an `upstreams` list too long to keep (the last
+            // `upstreams` key counts, as for the other fields).
+            let mut too_long = None;
+            // The same for an `allow` or `deny` list.
+            let mut limit_too_long = None;
             while let Some(key) = map.next_key::<String>()? {
                 let value = match key.as_str() {
-                    "upstreams" => map.next_value::<List>()?.0,
+                    "upstreams" => {
+                        let List(items, len) = map.next_value()?;
+                        too_long = (len > items.as_array().map_or(0, Vec::len)).then_some(len);
+                        items
+                    }
                     "proxy_protocol" => map.next_value::<Item>()?.0,
+                    k if ProxyOptions::LIMIT_FIELDS.contains(&k) => {
+                        let Loose(v, len) = map.next_value()?;
+                        if len > v.as_array().map_or(0, Vec::len) {
+                            limit_too_long = Some((key.clone(), len));
+                        }
+                        v
+                    }
                     _ => map.next_value::<Item>().map(|_| Value::Null)?,
                 };
                 fields.insert(key, value);
             }
-            let known = fields.keys().all(|k| k == "upstreams" || k == "proxy_protocol");
+            if let Some(upstreams) = too_long {
+                return Ok(ProxyTarget::TooLong { upstreams, object: true });
+            }
+            if let Some((field, len)) = limit_too_long {
+                return Ok(ProxyTarget::TooLongList { field, len });
+            }
+            let known = fields.keys().all(|k| ProxyOptions::FIELDS.contains(&k.as_str()));
             let upstreams = fields.get("upstreams").and_then(Value::as_array).and_then(|a| strings(a));
             let proxy_protocol = match fields.get("proxy_protocol") {
                 None => Some(false),
                 Some(v) => v.as_bool(),
             };
+            // `validate` checks these with the path of each item, whatever they are.
+            let limit = |name: &str| fields.get(name).filter(|v| !v.is_null()).cloned();
+            let (allow, deny, bandwidth) = (limit("allow"), limit("deny"), limit("bandwidth"));
+            let (max_connections, max_connections_per_client) = (limit("max_connections"), limit("max_connections_per_client"));
             Ok(match (known, upstreams, proxy_protocol) {
-                (true, Some(upstreams), Some(proxy_protocol)) => ProxyTarget::Options(ProxyOptions { upstreams, proxy_protocol }),
+                (true, Some(upstreams), Some(proxy_protocol)) => ProxyTarget::Options(ProxyOptions {
+                    upstreams,
+                    proxy_protocol,
+                    allow,
+                    deny,
+                    max_connections,
+                    max_connections_per_client,
+                    bandwidth,
+                }),
                 _ => ProxyTarget::Invalid(Value::Object(fields)),
             })
         }
@@ -319,7 +467,11 @@ impl From<Vec<String>> for ProxyTarget {
     }
 }
 
-/// The object form of a proxy entry.
+// The access and limit fields are kept as they came (one level deep) for
+// `validate` to check item by item, with the path of each.
+/// The object form of a proxy entry: its upstreams, a PROXY protocol
+/// header, and optional access control and limits (absent: everyone, no
+/// limit, at no cost).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProxyOptions {
@@ -330,6 +482,58 @@ pub struct ProxyOptions {
     /// Default false, as in the list form.
     #[serde(default)]
     pub proxy_protocol: bool,
+    /// Only clients in these networks reach the route (absent: everyone;
+    /// an empty list is refused). Canonical CIDRs, IPv4 and IPv6, at most
+    /// `--max-allowed-ips` (1024 by default). Others are refused: HTTP 403,
+    /// other schemes' connections closed; they never reach a node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<NonEmpty<AccessCidr>>")]
+    pub allow: Option<serde_json::Value>,
+    /// Clients in these networks are refused, even when `allow` lists them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<Vec<AccessCidr>>")]
+    pub deny: Option<serde_json::Value>,
+    /// Concurrent connections to the route, all clients together (UDP:
+    /// sessions; `http://`: requests being handled), 1..=1000000. One more
+    /// is closed (HTTP: 503) and never reaches a node. Not with
+    /// `proxy_protocol` on an `https://` route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<IntRange<1, 1000000>>")]
+    pub max_connections: Option<serde_json::Value>,
+    /// The same per client address, 1..=1000000; not with `proxy_protocol`
+    /// on an `https://` route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<IntRange<1, 1000000>>")]
+    pub max_connections_per_client: Option<serde_json::Value>,
+    /// Aggregate bandwidth of the route, all its connections together,
+    /// shaped with tc on the network's veth (within the network's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<Bandwidth>")]
+    pub bandwidth: Option<serde_json::Value>,
+}
+
+impl ProxyOptions {
+    /// The fields of the object form.
+    pub const FIELDS: [&str; 7] =
+        ["upstreams", "proxy_protocol", "allow", "deny", "max_connections", "max_connections_per_client", "bandwidth"];
+    /// The access and limit fields among them.
+    pub const LIMIT_FIELDS: [&str; 5] = ["allow", "deny", "max_connections", "max_connections_per_client", "bandwidth"];
+}
+
+/// An aggregate bandwidth (of a route, or of a whole network's routes),
+/// in Mbit/s: whole numbers 1..=1000000, each optional (absent: not
+/// limited that way). Schema only: the value is checked by `validate`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Bandwidth {
+    /// Toward the nodes (what clients send).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<IntRange<1, 1000000>>")]
+    pub ingress_mbit: Option<u32>,
+    /// From the nodes toward clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<IntRange<1, 1000000>>")]
+    pub egress_mbit: Option<u32>,
 }
 
 impl JsonSchema for ProxyTarget {
@@ -379,6 +583,7 @@ impl std::fmt::Debug for NetworkConfig {
             .field("address", &self.address)
             .field("peers", &self.peers)
             .field("proxy", &self.proxy)
+            .field("bandwidth", &self.bandwidth)
             .finish()
     }
 }
@@ -509,9 +714,32 @@ pub struct UpstreamHealth {
     pub last_error: Option<String>,
 }
 
-/// One route of a network (a key of its `proxy`): how its upstreams are.
+/// One route of a network (a key of its `proxy`): its usage and how its
+/// upstreams are. The counters count since the daemon started (they are
+/// not persisted), from the line nginx sends the daemon at the end of each
+/// connection (HTTP: each request) on the usage socket (`--usage-socket`).
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq, Eq, Default)]
 pub struct RouteStatus {
+    /// Connections (HTTP: requests) that ended, refused and limited ones included.
+    pub connections_total: u64,
+    /// Connections open now: the established connections to the route's
+    /// DNAT ports in its namespace's conntrack table, read at each drift
+    /// check (each route has DNAT ports of its own, also when it shares an
+    /// upstream with another route).
+    pub active_connections: u64,
+    /// Connections refused by `allow`/`deny` (nginx's own 403; HTTPS: sent
+    /// to the closed upstream `gateway_refused` on the shared listener).
+    /// nginx counts connections before it applies `allow`/`deny`: a
+    /// refused client arriving while the route is at its limit counts as
+    /// limited.
+    pub denied_total: u64,
+    /// Connections refused by `max_connections`/`max_connections_per_client`
+    /// (nginx's own 503; an HTTP 503 from a node is not counted here).
+    pub limited_total: u64,
+    /// Bytes from the clients (toward the nodes).
+    pub rx_bytes: u64,
+    /// Bytes to the clients.
+    pub tx_bytes: u64,
     /// By upstream (`IP:PORT`).
     pub upstreams: BTreeMap<String, UpstreamHealth>,
 }

@@ -77,6 +77,14 @@ pub struct ObservedNetwork {
     pub endpoints_changed: bool,
     /// Problems met while reading (e.g. a peer line that did not parse).
     pub problems: Vec<String>,
+    /// The root qdisc kind of the namespace end of the veth (`htb` where
+    /// the gateway shapes it), read with the links.
+    pub uplink_qdisc: Option<String>,
+    /// Both ends' tc trees; `None` when not read (see `render::tc::steps`).
+    pub shaping: Option<crate::render::tc::ObservedTc>,
+    /// Connections open on the veth's address, by protocol and DNAT port
+    /// (from the namespace's conntrack table, read with the links).
+    pub open_connections: BTreeMap<(crate::render::tc::Proto, u16), u64>,
 }
 
 /// The root-namespace end of a network's veth.
@@ -88,6 +96,9 @@ pub struct HostVeth {
     /// Created by the gateway (tagged with `layout::OWNED_ALIAS`): only such
     /// links are ever deleted, whatever their name.
     pub owned: bool,
+    /// Its root qdisc kind, when the root namespace's links were read (a
+    /// drift check): `htb` where the gateway shapes it.
+    pub qdisc: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -115,8 +126,12 @@ pub struct Observed {
     pub wg_in_root: BTreeMap<u16, bool>,
     /// Root ends of veths with our prefix, by port.
     pub host_veths: BTreeMap<u16, HostVeth>,
-    /// Networks looked into (deeply, or as last converged: see `reconcile`).
+    /// Networks looked into this pass.
     pub networks: BTreeMap<u16, ObservedNetwork>,
+    /// Desired networks not looked into: their target is the one a pass
+    /// converged (the digests match), or they could not be read. Nothing is
+    /// planned inside them (see `plan`).
+    pub unchanged: BTreeSet<u16>,
     pub nginx_stream: Option<String>,
     pub nginx_http: Option<String>,
     pub nginx_running: bool,

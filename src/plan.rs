@@ -1,13 +1,19 @@
-//! Decides what to change: a pure function of the desired state and what was
-//! observed. No I/O here, so every decision is unit-tested without root.
+//! Decides what to change: a pure function of each network's target and
+//! what was observed. No I/O here, so every decision is unit-tested without
+//! root. Each action carries what it applies (the WireGuard configuration,
+//! the rule set, nginx's files), so the executor renders nothing and needs
+//! no desired state.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::sync::Arc;
 
 use crate::layout::Layout;
-use crate::observed::{Link, Observed, ObservedNetwork, ObservedRules, WgDump, WgPeer};
-use crate::render::{self, Family, Jump, NginxFiles};
-use crate::spec::{Desired, NetworkSpec};
+use crate::observed::{Observed, ObservedNetwork, ObservedRules, WgDump, WgPeer};
+use crate::render::tc::ShapingStep;
+use crate::render::{self, Family, Jump, NginxFiles, RuleSet, WgConf};
+use crate::spec::NetworkSpec;
+use crate::target::{NetworkTarget, Targets};
 use crate::types::{Cidr, PublicKey};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,10 +37,11 @@ pub enum Action {
     /// Create the interface in the root namespace (its UDP socket stays there).
     CreateWg(u16),
     MoveWg(u16),
-    /// `wg syncconf` with the full desired configuration: sets key, port and
-    /// peers, removes peers that are not desired. The changes say why (for
-    /// a dry run and the events); the command is the same whatever they are.
-    ConfigureWg(u16, Vec<WgChange>),
+    /// `wg syncconf` with the full desired configuration (carried): sets
+    /// key, port and peers, removes peers that are not desired. The changes
+    /// say why (for a dry run and the events); the command is the same
+    /// whatever they are.
+    ConfigureWg(u16, WgConf, Vec<WgChange>),
     SetWgLink {
         port: u16,
         mtu: u32,
@@ -46,6 +53,8 @@ pub enum Action {
     KickPeers {
         port: u16,
         peers: Vec<(PublicKey, std::net::SocketAddr)>,
+        /// `wg addconf`'s input for them (`render::wg_kick`).
+        conf: WgConf,
     },
     AddAddress {
         port: u16,
@@ -74,10 +83,17 @@ pub enum Action {
     /// `ip6tables-restore`), adding the jumps that are missing.
     SetRules {
         port: u16,
+        rules: RuleSet,
         missing_jumps: Vec<Jump>,
     },
-    /// Write nginx's files, check them, reload (or start) nginx.
-    WriteNginx,
+    /// Aggregate bandwidth: the tc steps on the veth's ends, in their order
+    /// (see `render::tc::steps`), each with the tree it builds.
+    SetShaping {
+        port: u16,
+        steps: Vec<ShapingStep>,
+    },
+    /// Write these files for nginx, check them, reload (or start) nginx.
+    WriteNginx(Arc<NginxFiles>),
     StartNginx,
     DeleteNetwork(u16),
     DeleteRootWg(u16),
@@ -87,11 +103,14 @@ pub enum Action {
 
 impl Action {
     /// How errors and logs name the action: its Debug form, but without
-    /// the WireGuard changes (a new network's name every one of its peers).
+    /// the payloads (a new network's name every one of its peers; rules
+    /// and nginx's files are long).
     pub fn label(&self) -> String {
         match self {
-            Action::ConfigureWg(port, _) => format!("ConfigureWg({port})"),
-            Action::KickPeers { port, peers } => format!("KickPeers({port}, {} peers)", peers.len()),
+            Action::ConfigureWg(port, ..) => format!("ConfigureWg({port})"),
+            Action::KickPeers { port, peers, .. } => format!("KickPeers({port}, {} peers)", peers.len()),
+            Action::SetRules { port, missing_jumps, .. } => format!("SetRules({port}, {} missing jumps)", missing_jumps.len()),
+            Action::WriteNginx(_) => "WriteNginx".to_string(),
             other => format!("{other:?}"),
         }
     }
@@ -104,7 +123,7 @@ impl Action {
             | CreateNamespace(p)
             | CreateWg(p)
             | MoveWg(p)
-            | ConfigureWg(p, _)
+            | ConfigureWg(p, ..)
             | CreateVeth(p)
             | AttachVeth(p)
             | UplinkUp(p)
@@ -118,8 +137,9 @@ impl Action {
             | AddRoute { port, .. }
             | DelRoute { port, .. }
             | SetRules { port, .. }
+            | SetShaping { port, .. }
             | KickPeers { port, .. } => Some(*port),
-            CreateBridge | AddBridgeAddress(_) | DelBridgeAddress(_) | BridgeUp | WriteNginx | StartNginx | DeleteBridge => None,
+            CreateBridge | AddBridgeAddress(_) | DelBridgeAddress(_) | BridgeUp | WriteNginx(_) | StartNginx | DeleteBridge => None,
         }
     }
 }
@@ -239,7 +259,7 @@ impl fmt::Display for Action {
             CreateNamespace(_) => f.write_str("create the namespace"),
             CreateWg(_) => f.write_str("create the WireGuard interface"),
             MoveWg(_) => f.write_str("move the WireGuard interface into the namespace"),
-            ConfigureWg(_, changes) => {
+            ConfigureWg(_, _, changes) => {
                 let changes: Vec<String> = changes.iter().map(ToString::to_string).collect();
                 write!(f, "configure WireGuard: {}", changes.join(", "))
             }
@@ -261,7 +281,17 @@ impl fmt::Display for Action {
                 let jumps: Vec<String> = missing_jumps.iter().map(ToString::to_string).collect();
                 write!(f, "replace the iptables rules (add jumps from {})", jumps.join(", "))
             }
-            WriteNginx => f.write_str("write the nginx files, check and reload nginx"),
+            SetShaping { steps, .. } => {
+                let steps: Vec<String> = steps
+                    .iter()
+                    .map(|s| match &s.set {
+                        Some(t) => format!("shape {} ({} classes, {} filters)", s.side, t.classes.len(), t.filters.len()),
+                        None => format!("stop shaping {}", s.side),
+                    })
+                    .collect();
+                write!(f, "set the bandwidth limits: {}", steps.join(", "))
+            }
+            WriteNginx(_) => f.write_str("write the nginx files, check and reload nginx"),
             StartNginx => f.write_str("start nginx"),
             DeleteNetwork(_) => f.write_str("delete the network (interface, namespace, rules)"),
             DeleteRootWg(_) => f.write_str("delete the WireGuard interface left in the root namespace"),
@@ -290,9 +320,11 @@ fn diff_routes(actions: &mut Vec<Action>, port: u16, have: &[Cidr], want: &[Cidr
 }
 
 /// The WireGuard interface: created in the root namespace and moved, then
-/// configured; or brought back to the spec where it differs.
-fn plan_wireguard(actions: &mut Vec<Action>, spec: &NetworkSpec, obs: &ObservedNetwork, observed: &Observed) {
+/// configured; or brought back to the target where it differs.
+fn plan_wireguard(actions: &mut Vec<Action>, target: &NetworkTarget, obs: &ObservedNetwork, observed: &Observed) {
+    let spec = &*target.spec;
     let port = spec.port;
+    let configure = |changes| Action::ConfigureWg(port, target.wg.clone(), changes);
     let Some(link) = &obs.wg_link else {
         // Ours and left in the root namespace (a failed move): move it.
         // Anyone else's `wgP` is not adopted: creating ours fails loudly.
@@ -300,17 +332,17 @@ fn plan_wireguard(actions: &mut Vec<Action>, spec: &NetworkSpec, obs: &ObservedN
             actions.push(Action::CreateWg(port));
         }
         actions.push(Action::MoveWg(port));
-        actions.push(Action::ConfigureWg(port, wg_changes(spec, &WgDump::default())));
+        actions.push(configure(wg_changes(spec, &WgDump::default())));
         actions.push(Action::SetWgLink { port, mtu: spec.mtu });
         diff_addresses(actions, port, Dev::Wg, &[], &spec.addresses);
-        diff_routes(actions, port, &[], &spec.routes());
+        diff_routes(actions, port, &[], &target.routes);
         let peers = if observed.reach_out.contains_key(&port) {
             peers_to_reach(spec, observed.endpoints.get(&port))
         } else {
             peers_to_kick(spec, observed.endpoints.get(&port))
         };
         if !peers.is_empty() && !spec.standby {
-            actions.push(Action::KickPeers { port, peers });
+            actions.push(kick(spec, peers));
         }
         return;
     };
@@ -335,17 +367,22 @@ fn plan_wireguard(actions: &mut Vec<Action>, spec: &NetworkSpec, obs: &ObservedN
         changes.push(WgChange::Endpoints);
     }
     if !changes.is_empty() {
-        actions.push(Action::ConfigureWg(port, changes));
+        actions.push(configure(changes));
     }
     if link.mtu != spec.mtu || !link.up {
         actions.push(Action::SetWgLink { port, mtu: spec.mtu });
     }
     diff_addresses(actions, port, Dev::Wg, &link.addresses, &spec.addresses);
-    diff_routes(actions, port, &obs.routes, &spec.routes());
+    diff_routes(actions, port, &obs.routes, &target.routes);
     let peers = if reach { peers_to_reach(spec, observed.endpoints.get(&port)) } else { Vec::new() };
     if !peers.is_empty() {
-        actions.push(Action::KickPeers { port, peers });
+        actions.push(kick(spec, peers));
     }
+}
+
+fn kick(spec: &NetworkSpec, peers: Vec<(PublicKey, std::net::SocketAddr)>) -> Action {
+    let conf = WgConf::kick(spec, &peers);
+    Action::KickPeers { port: spec.port, peers, conf }
 }
 
 /// A host that just became active reaches out to every peer whose endpoint
@@ -372,8 +409,8 @@ fn peers_to_kick(
 
 /// The veth to the bridge: its root end attached to the bridge as an
 /// isolated port, its namespace end up with the network's bridge address.
-fn plan_uplink(actions: &mut Vec<Action>, layout: &Layout, port: u16, obs: &ObservedNetwork, observed: &Observed) {
-    let veth_addr = [layout.veth_ns_addr(port)];
+fn plan_uplink(actions: &mut Vec<Action>, target: &NetworkTarget, obs: &ObservedNetwork, observed: &Observed) {
+    let (port, veth_addr) = (target.port(), [target.uplink_address]);
     let Some(link) = &obs.uplink else {
         if observed.host_veths.get(&port).is_some_and(|v| v.owned) {
             actions.push(Action::DeleteHostVeth(port));
@@ -384,49 +421,88 @@ fn plan_uplink(actions: &mut Vec<Action>, layout: &Layout, port: u16, obs: &Obse
         diff_addresses(actions, port, Dev::Uplink, &[], &veth_addr);
         return;
     };
-    if !observed.host_veths.get(&port).is_some_and(|h| h.on_bridge && h.up && h.isolated) {
-        actions.push(Action::AttachVeth(port));
-    }
+    plan_host_veth(actions, port, observed);
     if !link.up {
         actions.push(Action::UplinkUp(port));
     }
     diff_addresses(actions, port, Dev::Uplink, &link.addresses, &veth_addr);
 }
 
+/// The root end of the veth, read without a process each pass (even for a
+/// network taken as unchanged): on the bridge, up, isolated.
+fn plan_host_veth(actions: &mut Vec<Action>, port: u16, observed: &Observed) {
+    if !observed.host_veths.get(&port).is_some_and(|h| h.on_bridge && h.up && h.isolated) {
+        actions.push(Action::AttachVeth(port));
+    }
+}
+
 /// The gateway's chains and FORWARD policies, in both families (IPv6 where
-/// its rules were read), as the desired rules say.
-fn plan_rules(actions: &mut Vec<Action>, layout: &Layout, spec: &NetworkSpec, obs: &ObservedNetwork) {
-    let Some(rules) = &obs.rules else { return };
-    let want = render::rules(layout, spec);
+/// its rules were read), as the target says; nothing when they match.
+pub fn plan_rules(target: &NetworkTarget, rules: &ObservedRules) -> Option<Action> {
+    let want = &target.rules;
     let families: Vec<Family> = [Family::Ipv4].into_iter().chain(rules.filter6.as_ref().map(|_| Family::Ipv6)).collect();
     let missing_jumps: Vec<Jump> = render::JUMPS.into_iter().filter(|j| families.contains(&j.family) && !rules.jumps.contains(j)).collect();
     let differ = rules.nat != want.nat
         || rules.filter != want.filter
         || rules.filter6.as_ref().is_some_and(|f| *f != want.filter)
         || families.iter().any(|f| !rules.forward_drop.contains(f));
-    if differ || !missing_jumps.is_empty() {
-        actions.push(Action::SetRules { port: spec.port, missing_jumps });
-    }
+    (differ || !missing_jumps.is_empty()).then(|| Action::SetRules { port: target.port(), rules: want.clone(), missing_jumps })
 }
 
-fn plan_network(actions: &mut Vec<Action>, layout: &Layout, spec: &NetworkSpec, observed: &Observed) {
+fn plan_network(actions: &mut Vec<Action>, target: &NetworkTarget, observed: &Observed) {
+    let port = target.port();
+    if observed.unchanged.contains(&port) {
+        return actions.extend(plan_unchanged(target, observed));
+    }
     // Nothing there yet: every rule of both families is missing too.
     let fresh = ObservedNetwork { rules: Some(ObservedRules { filter6: Some(Vec::new()), ..Default::default() }), ..Default::default() };
-    let obs = if observed.namespaces.contains(&spec.port) {
-        observed.networks.get(&spec.port).unwrap_or(&fresh)
+    let obs = if observed.namespaces.contains(&port) {
+        observed.networks.get(&port).unwrap_or(&fresh)
     } else {
-        actions.push(Action::CreateNamespace(spec.port));
+        actions.push(Action::CreateNamespace(port));
         &fresh
     };
     // The filter first (FORWARD policy DROP in both families), before any
     // link can carry a packet into the namespace; forwarding last, once the
     // filter and the links are there. A failing step stops the network's
     // later ones, so forwarding is never on without the filter.
-    plan_rules(actions, layout, spec, obs);
-    plan_wireguard(actions, spec, obs, observed);
-    plan_uplink(actions, layout, spec.port, obs, observed);
+    actions.extend(obs.rules.as_ref().and_then(|r| plan_rules(target, r)));
+    plan_wireguard(actions, target, obs, observed);
+    plan_uplink(actions, target, obs, observed);
+    plan_shaping(actions, target, obs, observed);
     if !obs.forwarding {
-        actions.push(Action::SetForwarding(spec.port));
+        actions.push(Action::SetForwarding(port));
+    }
+}
+
+/// A network whose target did not change since a pass converged it (or
+/// that could not be read): nothing inside its namespace is looked at or
+/// planned. What costs no look still counts: the root end of its veth, and
+/// a host that just became active still reaches out to its peers.
+pub fn plan_unchanged(target: &NetworkTarget, observed: &Observed) -> Vec<Action> {
+    let spec = &*target.spec;
+    let mut actions = Vec::new();
+    plan_host_veth(&mut actions, spec.port, observed);
+    if spec.standby || observed.reach_out.get(&spec.port) != Some(&crate::ha::Reach::Taken) {
+        return actions;
+    }
+    actions.push(Action::ConfigureWg(spec.port, target.wg.clone(), vec![WgChange::ReachOut]));
+    let peers = peers_to_reach(spec, observed.endpoints.get(&spec.port));
+    if !peers.is_empty() {
+        actions.push(kick(spec, peers));
+    }
+    actions
+}
+
+/// Aggregate bandwidth on the veth's ends, once the veth is there. A
+/// network without any bandwidth field gets nothing, unless its ends were
+/// seen holding HTB (the fields went away).
+fn plan_shaping(actions: &mut Vec<Action>, target: &NetworkTarget, obs: &ObservedNetwork, observed: &Observed) {
+    let port = target.port();
+    let host_qdisc = observed.host_veths.get(&port).and_then(|v| v.qdisc.as_deref());
+    let steps = render::tc::steps(target.shaping.as_ref(), obs.shaping.as_ref(), obs.uplink_qdisc.as_deref(), host_qdisc);
+    if !steps.is_empty() {
+        actions.push(Action::SetShaping { port, steps });
     }
 }
 
@@ -452,8 +528,8 @@ fn plan_bridge(actions: &mut Vec<Action>, layout: &Layout, observed: &Observed) 
 }
 
 /// What the gateway made for networks that are no longer desired.
-fn plan_removals(actions: &mut Vec<Action>, desired: &Desired, observed: &Observed) {
-    let wanted = |p: &u16| desired.networks.contains_key(p);
+fn plan_removals(actions: &mut Vec<Action>, targets: &Targets, observed: &Observed) {
+    let wanted = |p: &u16| targets.networks.contains_key(p);
     for p in observed.namespaces.iter().filter(|p| !wanted(p)) {
         actions.push(Action::DeleteNetwork(*p));
     }
@@ -463,71 +539,75 @@ fn plan_removals(actions: &mut Vec<Action>, desired: &Desired, observed: &Observ
     for (p, _) in observed.host_veths.iter().filter(|(p, v)| v.owned && !wanted(p) && !observed.namespaces.contains(p)) {
         actions.push(Action::DeleteHostVeth(*p));
     }
-    if desired.networks.is_empty() && observed.bridge.as_ref().is_some_and(|b| b.owned) {
+    if targets.networks.is_empty() && observed.bridge.as_ref().is_some_and(|b| b.owned) {
         actions.push(Action::DeleteBridge);
     }
 }
 
-/// Everything that must change for the system to match `desired`, in the
-/// order to do it: shared bridge, networks, nginx, then removals (after
-/// nginx stopped sending traffic to them).
-pub fn plan(desired: &Desired, observed: &Observed, layout: &Layout, nginx: &NginxFiles) -> Vec<Action> {
-    let mut actions: Vec<Action> = observed.stale_namespaces.iter().map(|p| Action::RemoveStaleNamespace(*p)).collect();
-    if !desired.networks.is_empty() {
-        plan_bridge(&mut actions, layout, observed);
+/// A plan in its three stretches, so a network's actions can be added to
+/// before they run (its rules, read after the rest was planned).
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Stale namespace files, the bridge.
+    pub before: Vec<Action>,
+    /// Each desired network's actions, in order.
+    pub networks: BTreeMap<u16, Vec<Action>>,
+    /// nginx, then removals (after nginx stopped sending traffic to them).
+    pub after: Vec<Action>,
+}
+
+impl Plan {
+    /// Puts `action`, if any, first among `port`'s actions.
+    pub fn prepend_some(&mut self, port: u16, action: Option<Action>) {
+        if let Some(action) = action {
+            self.networks.entry(port).or_default().insert(0, action);
+        }
     }
-    for spec in desired.networks.values() {
-        plan_network(&mut actions, layout, spec, observed);
+
+    /// The networks with something to do.
+    pub fn networks_off(&self) -> BTreeSet<u16> {
+        self.networks.iter().filter(|(_, a)| !a.is_empty()).map(|(p, _)| *p).collect()
+    }
+
+    pub fn into_actions(self) -> Vec<Action> {
+        let mut out = self.before;
+        out.extend(self.networks.into_values().flatten());
+        out.extend(self.after);
+        out
+    }
+}
+
+/// Everything that must change for the system to match `targets`, in the
+/// order to do it: shared bridge, networks, nginx, then removals.
+pub fn plan_parts(targets: &Targets, observed: &Observed, layout: &Layout, nginx: &Arc<NginxFiles>) -> Plan {
+    let mut plan = Plan::default();
+    plan.before.extend(observed.stale_namespaces.iter().map(|p| Action::RemoveStaleNamespace(*p)));
+    if !targets.networks.is_empty() {
+        plan_bridge(&mut plan.before, layout, observed);
+    }
+    for (port, target) in &targets.networks {
+        let mut actions = Vec::new();
+        plan_network(&mut actions, target, observed);
+        if !actions.is_empty() {
+            plan.networks.insert(*port, actions);
+        }
     }
     let files_differ =
         observed.nginx_stream.as_deref() != Some(nginx.stream.as_str()) || observed.nginx_http.as_deref() != Some(nginx.http.as_str());
     // Stale: the files are right but nginx never loaded them (a crash
     // between writing and reloading); writing them again reloads it.
     if files_differ || observed.nginx_stale {
-        actions.push(Action::WriteNginx);
+        plan.after.push(Action::WriteNginx(nginx.clone()));
     } else if !observed.nginx_running {
-        actions.push(Action::StartNginx);
+        plan.after.push(Action::StartNginx);
     }
-    plan_removals(&mut actions, desired, observed);
-    actions
+    plan_removals(&mut plan.after, targets, observed);
+    plan
 }
 
-/// What a network converged earlier and unchanged since is taken to look
-/// like, so a no-op apply reads nothing: the reconciler stands this in for
-/// a deep observation of a network it trusts.
-pub fn converged_view(layout: &Layout, spec: &NetworkSpec) -> ObservedNetwork {
-    let rules = render::rules(layout, spec);
-    let peer = |p: &crate::spec::PeerSpec| WgPeer {
-        preshared_key: p.preshared_key.clone(),
-        endpoint: p.endpoint,
-        allowed_ips: p.allowed_ips.clone(),
-        latest_handshake: 0,
-        rx: 0,
-        tx: 0,
-        keepalive: p.persistent_keepalive,
-    };
-    ObservedNetwork {
-        wg: Some(WgDump {
-            private_key: Some(spec.private_key.clone()),
-            public_key: Some(spec.public_key),
-            listen_port: spec.port,
-            peers: spec.peers.iter().map(|(k, p)| (*k, peer(p))).collect(),
-        }),
-        wg_link: Some(Link { ifindex: 0, mtu: spec.mtu, up: true, addresses: spec.addresses.clone() }),
-        uplink: Some(Link { ifindex: 0, mtu: 1500, up: true, addresses: vec![layout.veth_ns_addr(spec.port)] }),
-        forwarding: true,
-        rules: Some(ObservedRules {
-            nat: rules.nat,
-            filter6: Some(rules.filter.clone()),
-            filter: rules.filter,
-            jumps: render::JUMPS.into_iter().collect(),
-            forward_drop: [Family::Ipv4, Family::Ipv6].into(),
-        }),
-        rules_generation: None,
-        routes: spec.routes(),
-        endpoints_changed: false,
-        problems: Vec::new(),
-    }
+/// [`plan_parts`] as one list.
+pub fn plan(targets: &Targets, observed: &Observed, layout: &Layout, nginx: &Arc<NginxFiles>) -> Vec<Action> {
+    plan_parts(targets, observed, layout, nginx).into_actions()
 }
 
 #[cfg(test)]

@@ -2,9 +2,11 @@
 //! when the API stores a new generation (an "apply"), on every watchdog tick
 //! (a "drift check"), and after a failed pass when its [`RetryPolicy`] says so.
 //!
-//! An apply trusts what the last successful pass left behind for networks
-//! whose desired state did not change, so re-applying the same state reads
-//! no network and runs no command. The drift check looks into every
+//! A pass computes each network's target once, where its spec changed
+//! (`target`). An apply trusts what the last successful pass left behind
+//! for networks whose target's digest did not change, so re-applying the
+//! same state reads no network, plans nothing inside one and runs no
+//! command. The drift check looks into every
 //! network, repairs what was changed by hand, and hands the WireGuard
 //! counters it read to the traffic poller.
 
@@ -15,12 +17,12 @@ use std::time::{Duration, Instant};
 use tracing::Instrument;
 
 use crate::clock::now_unix;
-use crate::daemon::{Lifecycle, Shared};
 use crate::observed::Observed;
-use crate::plan::plan;
-use crate::spec::{Desired, NetworkSpec};
+use crate::service::{Lifecycle, Shared};
+use crate::spec::Desired;
 use crate::store::{ApplyRecord, StoreError};
 use crate::system::ExecReport;
+use crate::target::{NetworkTarget, Targets};
 use crate::traffic::InterfaceReading;
 use crate::validate::validate;
 
@@ -87,13 +89,13 @@ async fn role_change(role: &mut Option<tokio::sync::watch::Receiver<crate::ha::R
 }
 
 fn shared_role_is_active(shared: &Shared) -> bool {
-    shared.role.is_some() && shared.role() == crate::ha::Role::Active
+    shared.has_role() && shared.role() == crate::ha::Role::Active
 }
 
 /// The next dry run, if this reconciler answers them (else never).
 pub async fn next_dry_run(
-    inbox: &mut Option<tokio::sync::mpsc::Receiver<crate::daemon::DryRunRequest>>,
-) -> Option<crate::daemon::DryRunRequest> {
+    inbox: &mut Option<tokio::sync::mpsc::Receiver<crate::service::DryRunRequest>>,
+) -> Option<crate::service::DryRunRequest> {
     match inbox {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
@@ -102,13 +104,15 @@ pub async fn next_dry_run(
 
 /// What the reconciler remembers of one network between passes.
 struct Remembered {
-    /// The spec it was last given: kept after a failure too, since it tells
-    /// a changed endpoint apart from one WireGuard learned by roaming.
-    spec: NetworkSpec,
-    /// That pass fully converged it: only then is it trusted without a look.
+    /// The target it was last given: kept after a failure too, since its
+    /// spec tells a changed endpoint apart from one WireGuard learned by
+    /// roaming.
+    target: Arc<NetworkTarget>,
+    /// That pass fully converged it: only then is it trusted without a
+    /// look, while its target's digest stays the same.
     verified: bool,
-    /// Its rules were read and matched `spec`, and nothing was changed in
-    /// the network since (see `look`).
+    /// Its rules were read and matched the target's, and nothing was
+    /// changed in the network since (see `look`).
     rules: Option<RulesVerified>,
 }
 
@@ -156,6 +160,18 @@ pub struct PassOutcome {
 pub struct Reconciler {
     shared: Arc<Shared>,
     memory: BTreeMap<u16, Remembered>,
+    /// The targets of the last pass: a network whose spec is unchanged
+    /// keeps its target, the others are computed again.
+    targets: Targets,
+    /// The networks whose target the last pass computed (the work done).
+    computed: Vec<u16>,
+    /// nginx's part of each network, rendered where its spec changed.
+    nginx_parts: crate::render::NginxParts,
+    /// The networks whose nginx part the last pass rendered (the work done).
+    nginx_rendered: Vec<u16>,
+    /// The desired state whose routes the usage counters follow (the same
+    /// one again: nothing to do, as for the health checks).
+    usage_routes: Option<Arc<Desired>>,
     bridge_verified: bool,
     applied_generation: i64,
     retry: RetryPolicy,
@@ -183,15 +199,20 @@ pub struct Reconciler {
 
 impl Reconciler {
     pub async fn new(shared: Arc<Shared>) -> Self {
-        let applied_generation = match shared.store.last_apply().await {
+        let applied_generation = match shared.store().last_apply().await {
             Ok(Some(r)) => r.applied_generation,
             _ => 0,
         };
-        let retry = RetryPolicy::new(Duration::from_secs(1), shared.settings.watchdog);
+        let retry = RetryPolicy::new(Duration::from_secs(1), shared.settings().watchdog);
         let shared_for_role = shared.clone();
         Reconciler {
             shared,
             memory: BTreeMap::new(),
+            targets: Targets::default(),
+            computed: Vec::new(),
+            nginx_parts: Default::default(),
+            nginx_rendered: Vec::new(),
+            usage_routes: None,
             bridge_verified: false,
             applied_generation,
             retry,
@@ -211,12 +232,12 @@ impl Reconciler {
     /// A stop is seen only between passes, so the running pass finishes and
     /// is recorded.
     pub async fn run(mut self) {
-        let mut ticker = tokio::time::interval(self.shared.settings.watchdog);
+        let mut ticker = tokio::time::interval(self.shared.settings().watchdog);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut retry_at: Option<tokio::time::Instant> = None;
-        let mut lifecycle = self.shared.lifecycle.subscribe();
-        let mut dry_runs = self.shared.dry_runs.take_inbox();
-        let mut role = self.shared.role.clone();
+        let mut lifecycle = self.shared.lifecycle_changes();
+        let mut dry_runs = self.shared.take_dry_runs();
+        let mut role = self.shared.role_changes();
         loop {
             // A deadline, not a delay: a dry run answered meanwhile must not put the retry off.
             let retry = async move {
@@ -233,7 +254,7 @@ impl Reconciler {
                     self.role_changed(now);
                     Mode::Apply
                 }
-                _ = self.shared.wake.notified() => Mode::Apply,
+                _ = self.shared.woken() => Mode::Apply,
                 _ = ticker.tick() => Mode::Drift,
                 _ = retry => {
                     retry_at = None;
@@ -256,11 +277,11 @@ impl Reconciler {
     pub fn role_changed(&mut self, now: crate::ha::Role) {
         let shared = &self.shared;
         let previous = if now == crate::ha::Role::Active { crate::ha::Role::Standby } else { crate::ha::Role::Active };
-        let address = shared.settings.ha_address.map(|a| a.to_string()).unwrap_or_default();
+        let address = shared.settings().ha_address.map(|a| a.to_string()).unwrap_or_default();
         tracing::info!(role = now.name(), address = %address, "high availability: the role changed");
-        shared.metrics.set_ha_active(now == crate::ha::Role::Active);
+        shared.metrics().set_ha_active(now == crate::ha::Role::Active);
         let event = crate::model::events::RoleChangedEvent { role: now.name().into(), previous: previous.name().into(), address };
-        shared.events.publish("role_changed", &event);
+        shared.events().publish("role_changed", &event);
         self.reach_out_all = (now == crate::ha::Role::Active).then_some(crate::ha::Reach::Taken);
         self.reach_out.clear();
     }
@@ -271,7 +292,7 @@ impl Reconciler {
             Ok(x) => x,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the desired state");
-                self.shared.metrics.pass_failed(mode.label());
+                self.shared.metrics().pass_failed(mode.label());
                 return None;
             }
         };
@@ -283,9 +304,9 @@ impl Reconciler {
         let outcome = self.pass(mode, generation, desired).instrument(span).await;
         // Published whether or not it could be recorded: a POST waiting for
         // it gets its answer, and status.json shows it, either way.
-        let recorded = self.shared.store.save_apply(&outcome.record).await;
+        let recorded = self.shared.store().save_apply(&outcome.record).await;
         self.shared.store_outcome("apply_result", &recorded);
-        self.shared.finished.send_replace(Some(outcome.record.clone()));
+        self.shared.finish_pass(outcome.record.clone());
         self.announce_pass(mode, &outcome.record);
         Some(outcome)
     }
@@ -296,14 +317,14 @@ impl Reconciler {
     /// accepted: then its problems).
     async fn desired(&self) -> Result<(i64, Result<Arc<Desired>, Vec<String>>), StoreError> {
         let shared = &self.shared;
-        let generation = shared.store.desired_generation().await?;
+        let generation = shared.store().desired_generation().await?;
         if let Some(desired) = shared.accepted(generation) {
             return Ok((generation, Ok(desired)));
         }
-        let (generation, config) = shared.store.desired().await?;
-        let checked = validate(&config, &shared.settings.validation()).map(Arc::new);
+        let (generation, config) = shared.store().desired().await?;
+        let checked = validate(&config, &shared.settings().validation()).map(Arc::new);
         if let Ok(desired) = &checked {
-            shared.remember_accepted(generation, desired.clone());
+            shared.remember_accepted(generation, Arc::new(config), desired.clone());
         }
         let problems = |p: crate::validate::Problems| {
             p.into_details().into_iter().map(|p| format!("{}{}: {}", crate::model::STORED_INVALID, p.path, p.message)).collect()
@@ -317,7 +338,7 @@ impl Reconciler {
         // Read once: the whole pass applies one role (a change meanwhile wakes another pass).
         let role = shared.role();
         let desired = match desired {
-            Ok(d) if shared.role.is_some() => {
+            Ok(d) if shared.has_role() => {
                 if let Some(why) = self.reach_out_all.take() {
                     self.reach_out = d.networks.keys().map(|p| (*p, why)).collect();
                 }
@@ -331,26 +352,33 @@ impl Reconciler {
                 return self.finish(pass, look, ExecReport::default(), &Desired::default());
             }
         };
-        let (nginx, left_out) = self.nginx_for(&desired);
+        let targets = self.update_targets(&desired);
+        let (parts, rendered) = self.nginx_parts_of(&targets);
+        (self.nginx_parts, self.nginx_rendered) = (parts, rendered);
+        let (nginx, left_out) = self.nginx_for(&self.nginx_parts);
         self.check_nginx_capacity(&desired);
         // What a crash left half made goes first, so the look does not see it.
-        let undone = shared.system.undo_unfinished_links().await;
+        let undone = shared.system().undo_unfinished_links().await;
         let poll_start = Instant::now();
-        let (mut look, actions) = self.look_and_plan(mode, &desired, &nginx).await;
+        let (mut look, actions) = self.look_and_plan(mode, &targets, &nginx).await;
         look.errors.extend(undone);
         self.account_before_changes(mode, &desired, &mut look).await;
         if mode == Mode::Drift {
-            shared.metrics.poll_duration.observe(poll_start.elapsed().as_secs_f64());
+            shared.metrics().poll_duration.observe(poll_start.elapsed().as_secs_f64());
         }
         let mut report = ExecReport::default();
         self.set_ha_rules(&desired, role, &mut report).await;
-        report.merge(shared.system.execute_concurrently(&actions, &desired, &nginx, shared.settings.apply_concurrency).await);
-        self.isolate_nginx_faults(&desired, &mut report, left_out).await;
+        report.merge(shared.system().execute_concurrently(&actions, shared.settings().apply_concurrency).await);
+        self.isolate_nginx_faults(&mut report, left_out).await;
         self.reach_out.retain(|p, _| report.failed.contains(p) || look.unreadable.contains(p));
-        self.remember(&desired, &report, &look);
+        self.remember(&targets, &report, &look);
         self.publish(&look, &report, &desired).await;
         // The routes as applied: what the health checks look at from now on.
-        shared.health.sync(&desired, &shared.metrics, now_unix());
+        shared.health().sync(&desired, shared.metrics(), now_unix());
+        if !self.usage_routes.as_ref().is_some_and(|d| Arc::ptr_eq(d, &desired)) {
+            shared.usage().set_routes(&targets, shared.metrics());
+            self.usage_routes = Some(desired.clone());
+        }
         self.keep_endpoints(&desired).await;
         if mode == Mode::Drift {
             self.drift_checks += 1;
@@ -365,12 +393,12 @@ impl Reconciler {
     /// standby drops before anything else. Set when the networks' ports or
     /// the role change, and at the first pass.
     async fn set_ha_rules(&mut self, desired: &Desired, role: crate::ha::Role, report: &mut ExecReport) {
-        let Some(address) = self.shared.settings.ha_address else { return };
+        let Some(address) = self.shared.settings().ha_address else { return };
         let want = (desired.networks.keys().copied().collect::<Vec<u16>>(), role);
         if self.ha_rules_set.as_ref() == Some(&want) {
             return;
         }
-        match self.shared.system.set_ha_rules(address, &want.0, role).await {
+        match self.shared.system().set_ha_rules(address, &want.0, role).await {
             Ok(()) => self.ha_rules_set = Some(want),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot set the host's rules for --ha-address");
@@ -385,33 +413,51 @@ impl Reconciler {
     /// write is reported and tried again after the next pass.
     async fn keep_endpoints(&self, desired: &Desired) {
         let shared = &self.shared;
-        shared.endpoints.retain(|port, key| desired.networks.get(&port).is_some_and(|s| s.peers.contains_key(key)));
-        let changes = shared.endpoints.take_changes();
+        shared.endpoints().retain(|port, key| desired.networks.get(&port).is_some_and(|s| s.peers.contains_key(key)));
+        let changes = shared.endpoints().take_changes();
         if changes.is_empty() {
             return;
         }
-        let stored = shared.store.save_endpoints(&changes, now_unix()).await;
+        let stored = shared.store().save_endpoints(&changes, now_unix()).await;
         shared.store_outcome("endpoints", &stored);
         if stored.is_err() {
-            shared.endpoints.restore_changes(changes);
+            shared.endpoints().restore_changes(changes);
         }
     }
 
+    /// The targets of `desired`, computed only where a spec changed.
+    fn update_targets(&mut self, desired: &Desired) -> Targets {
+        let (targets, computed) = Targets::build(&self.shared.system().layout, desired, &self.targets);
+        self.targets = targets.clone();
+        self.computed = computed;
+        targets
+    }
+
     /// Looks at the system and plans, reading only: what a pass does before
-    /// it changes anything, and all a dry run does.
-    async fn look_and_plan(&self, mode: Mode, desired: &Desired, nginx: &crate::render::NginxFiles) -> (Look, Vec<crate::plan::Action>) {
-        let mut look = self.look(mode, desired, nginx).await;
-        look.observed.reach_out = self.reach_out.iter().filter(|(p, _)| desired.networks.contains_key(p)).map(|(p, r)| (*p, *r)).collect();
+    /// it changes anything, and all a dry run does. Planned once: the rules
+    /// read after the plan (where it says a network is off, among others)
+    /// add their action in front of that network's.
+    async fn look_and_plan(
+        &self,
+        mode: Mode,
+        targets: &Targets,
+        nginx: &Arc<crate::render::NginxFiles>,
+    ) -> (Look, Vec<crate::plan::Action>) {
+        let mut look = self.look(mode, targets).await;
+        look.observed.reach_out = self.reach_out.iter().filter(|(p, _)| targets.networks.contains_key(p)).map(|(p, r)| (*p, *r)).collect();
         if !self.nginx_confirmed {
-            look.observed.nginx_stale = self.shared.system.nginx_runs_older_files();
+            look.observed.nginx_stale = self.shared.system().nginx_runs_older_files();
         }
-        let actions = plan(desired, &look.observed, &self.shared.system.layout, nginx);
-        (look, actions)
+        let mut plan = crate::plan::plan_parts(targets, &look.observed, &self.shared.system().layout, nginx);
+        let rules = self.rules_to_read(mode, targets, &look, &plan.networks_off());
+        self.read_rules(&mut look, targets, &rules, &mut plan).await;
+        (look, plan.into_actions())
     }
 
     /// At start, and whenever the number of raw ports changes: one warning
     /// line when their bounded sessions could take every connection nginx's
-    /// workers have.
+    /// workers have. The raw routes are the pass's nginx parts' (rendered
+    /// already, only where a network changed).
     fn check_nginx_capacity(&mut self, desired: &Desired) {
         let raw_ports = desired.networks.values().map(|s| s.tcp.len() + s.udp.len()).sum();
         if self.capacity_checked == Some(raw_ports) {
@@ -419,16 +465,16 @@ impl Reconciler {
         }
         self.capacity_checked = Some(raw_ports);
         let shared = &self.shared;
-        let Some((limits, cpus, open_files)) = shared.system.nginx_worker_limits() else { return };
-        let site = crate::render::NginxSite::build(&shared.system.layout, desired, &shared.settings.custom, &shared.settings.nginx);
-        if let Some(line) = crate::render::capacity_warning(&site, &limits, cpus, open_files) {
+        let Some((limits, cpus, open_files)) = shared.system().nginx_worker_limits() else { return };
+        if let Some(line) = crate::render::capacity_warning(self.nginx_parts.raw_routes(), &limits, cpus, open_files) {
             tracing::warn!("{line}");
         }
     }
 
-    /// Whether a network can be taken as converged without a look.
-    fn trusted(&self, mode: Mode, spec: &NetworkSpec) -> bool {
-        mode == Mode::Apply && self.memory.get(&spec.port).is_some_and(|m| m.verified && m.spec == *spec)
+    /// Whether a network can be taken as converged without a look: an
+    /// apply, and a pass converged this very target (same digest).
+    fn trusted(&self, mode: Mode, target: &NetworkTarget) -> bool {
+        mode == Mode::Apply && self.memory.get(&target.port()).is_some_and(|m| m.verified && m.target.digest == target.digest)
     }
 
     /// Accounts for traffic before anything changes: the counters of a
@@ -437,35 +483,34 @@ impl Reconciler {
     async fn account_before_changes(&self, mode: Mode, desired: &Desired, look: &mut Look) {
         let shared = &self.shared;
         let leaving: Vec<u16> = look.observed.namespaces.iter().filter(|p| !desired.networks.contains_key(p)).copied().collect();
-        for (port, n) in shared.system.observe_networks(&leaving).await {
+        for (port, n) in shared.system().observe_networks(&leaving).await {
             if let Some(reading) = n.ok().as_ref().and_then(InterfaceReading::of) {
                 look.dumps.insert(port, reading);
             }
         }
         if !look.dumps.is_empty() || mode == Mode::Drift {
             let complete = mode == Mode::Drift && look.unreadable.is_empty() && !look.partial_read;
-            let stored = shared.accounting.record_tick(&shared.store, &shared.metrics, &look.dumps, complete).await;
+            let stored = shared.accounting().record_tick(shared.store(), shared.metrics(), &look.dumps, complete).await;
             shared.store_outcome("traffic", &stored);
         }
     }
 
-    fn remember(&mut self, desired: &Desired, report: &ExecReport, look: &Look) {
-        self.memory.retain(|p, _| desired.networks.contains_key(p));
-        let layout = &self.shared.system.layout;
-        for (port, spec) in &desired.networks {
+    fn remember(&mut self, targets: &Targets, report: &ExecReport, look: &Look) {
+        self.memory.retain(|p, _| targets.networks.contains_key(p));
+        for (port, target) in &targets.networks {
             let verified = !(report.failed.contains(port) || look.unreadable.contains(port));
             let before = self.memory.get(port);
             // Anything done to a network (or a failure) calls for a fresh
             // look at its rules; rules read and left alone are verified;
-            // rules not read stay as they were if the spec renders the same.
+            // rules not read stay as they were if the target's are the same.
             let rules = if !verified || report.changed.contains(port) {
                 None
             } else if let Some(generation) = look.rules_read.get(port) {
                 Some(RulesVerified { generation: *generation })
             } else {
-                before.filter(|b| crate::render::rules(layout, &b.spec) == crate::render::rules(layout, spec)).and_then(|b| b.rules)
+                before.filter(|b| b.target.digest == target.digest || b.target.rules == target.rules).and_then(|b| b.rules)
             };
-            self.memory.insert(*port, Remembered { spec: spec.clone(), verified, rules });
+            self.memory.insert(*port, Remembered { target: target.clone(), verified, rules });
         }
         self.bridge_verified = !report.global_failed;
         self.nginx_confirmed = !report.global_failed;
@@ -479,7 +524,7 @@ impl Reconciler {
         if ok {
             self.applied_generation = generation;
         }
-        self.shared.metrics.set_generation("applied", self.applied_generation);
+        self.shared.metrics().set_generation("applied", self.applied_generation);
         let duration = start.elapsed();
         self.update_metrics(mode, actions, ok, duration, desired);
         let changed: Vec<u16> = report.changed.into_iter().collect();
@@ -504,7 +549,7 @@ impl Reconciler {
     }
 
     fn update_metrics(&self, mode: Mode, actions: usize, ok: bool, duration: Duration, desired: &Desired) {
-        let m = &self.shared.metrics;
+        let m = &self.shared.metrics();
         m.record_pass(mode.label(), ok, duration, actions);
         m.networks.set(desired.networks.len() as i64);
         m.peers.set(desired.networks.values().map(|s| s.peers.len() as i64).sum());

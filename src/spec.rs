@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, SocketAddrV4};
 
-use crate::types::{Cidr, Hostname, ProxyUrl, PublicKey, Scheme, SecretKey, Transport, parse_upstream};
+use crate::types::{Cidr, Hostname, ProxyKey, ProxyUrl, PublicKey, Scheme, SecretKey, Transport, parse_upstream};
 
 pub const DEFAULT_MTU: u32 = 1420;
 
@@ -37,6 +37,11 @@ pub struct NetworkSpec {
     /// Raw ports on the gateway host (`tcp://PORT`, `udp://PORT`).
     pub tcp: BTreeMap<u16, RawRoute>,
     pub udp: BTreeMap<u16, RawRoute>,
+    /// The access control and limits of the routes that have any (a route
+    /// without them is absent: its path and cost stay as before).
+    pub route_limits: BTreeMap<ProxyKey, RouteLimits>,
+    /// Aggregate bandwidth of all the network's routes (`bandwidth`).
+    pub bandwidth: Option<Bandwidth>,
     /// A standby host's view of the network (`ha::view`): its WireGuard
     /// must know no peer endpoint, so nothing it does reaches a peer.
     pub standby: bool,
@@ -50,7 +55,59 @@ pub struct RawRoute {
     pub proxy_protocol: bool,
 }
 
+/// A route's access control and limits, as given in its object form.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteLimits {
+    /// Only clients in these networks reach the route (None: everyone).
+    /// Sorted, without duplicates, host bits zero; never empty.
+    pub allow: Option<Vec<Cidr>>,
+    /// Clients in these networks are refused, even when allowed. Sorted.
+    pub deny: Vec<Cidr>,
+    /// Concurrent connections (UDP: sessions) of all clients together.
+    pub max_connections: Option<u32>,
+    /// Concurrent connections (UDP: sessions) of one client address.
+    pub max_connections_per_client: Option<u32>,
+    /// Aggregate bandwidth of all the route's connections.
+    pub bandwidth: Option<Bandwidth>,
+}
+
+impl RouteLimits {
+    /// Whether the route says nothing beyond its upstreams.
+    pub fn is_empty(&self) -> bool {
+        *self == RouteLimits::default()
+    }
+
+    /// Whether some clients are refused (`allow` or `deny`).
+    pub fn restricts_clients(&self) -> bool {
+        self.allow.is_some() || !self.deny.is_empty()
+    }
+
+    /// Whether concurrent connections are counted.
+    pub fn limits_connections(&self) -> bool {
+        self.max_connections.is_some() || self.max_connections_per_client.is_some()
+    }
+
+    /// Whether a client address may reach the route: not denied, and
+    /// allowed when there is an allow list.
+    pub fn admits(&self, ip: std::net::IpAddr) -> bool {
+        !self.deny.iter().any(|c| c.contains(ip)) && self.allow.as_ref().is_none_or(|a| a.iter().any(|c| c.contains(ip)))
+    }
+}
+
+/// An aggregate bandwidth in Mbit/s; at least one direction is set.
+/// `ingress` is toward the nodes, `egress` from the nodes toward clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bandwidth {
+    pub ingress_mbit: Option<u32>,
+    pub egress_mbit: Option<u32>,
+}
+
 impl NetworkSpec {
+    /// A route's access control and limits, if it has any.
+    pub fn limits_of(&self, key: &ProxyKey) -> Option<&RouteLimits> {
+        self.route_limits.get(key)
+    }
+
     /// Like wg-quick: a route through the interface for every allowed IP that
     /// the interface's own address subnets do not already cover (e.g. a LAN
     /// behind a node). Sorted.
@@ -75,6 +132,21 @@ impl NetworkSpec {
         set.into_iter().collect()
     }
 
+    /// Each route's key (as in `proxy`) with its upstreams, in one DNAT
+    /// port space: TCP (`https://`, `http://`, `tcp://`) or UDP (`udp://`).
+    /// What `Layout::dnat_ports` takes (`Layout::network_dnat_ports`).
+    pub fn dnat_routes(&self, transport: Transport) -> Vec<(String, &[SocketAddrV4])> {
+        match transport {
+            Transport::Tcp => {
+                let urls = [(Scheme::Https, &self.https), (Scheme::Http, &self.http)];
+                let urls =
+                    urls.into_iter().flat_map(|(scheme, map)| map.iter().map(move |(h, u)| (format!("{}://{h}", scheme.name()), &u[..])));
+                urls.chain(self.tcp.iter().map(|(p, r)| (format!("tcp://{p}"), &r.upstreams[..]))).collect()
+            }
+            Transport::Udp => self.udp.iter().map(|(p, r)| (format!("udp://{p}"), &r.upstreams[..])).collect(),
+        }
+    }
+
     /// The raw ports this network owns on the gateway host.
     pub fn raw_ports(&self) -> impl Iterator<Item = (Transport, u16)> + '_ {
         self.tcp.keys().map(|p| (Transport::Tcp, *p)).chain(self.udp.keys().map(|p| (Transport::Udp, *p)))
@@ -86,10 +158,13 @@ impl NetworkSpec {
     }
 }
 
-/// The whole desired state, fully checked.
+/// The whole desired state, fully checked. Each network is shared: a
+/// network unchanged from one state to the next is the same value in both
+/// (see `validate::Context::previous`), so later layers tell it apart
+/// without comparing it field by field.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Desired {
-    pub networks: BTreeMap<u16, NetworkSpec>,
+    pub networks: BTreeMap<u16, std::sync::Arc<NetworkSpec>>,
 }
 
 /// A static forwarding given on the command line (`--custom-forwarding`).

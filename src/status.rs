@@ -1,39 +1,38 @@
 //! `status.json`: what is on the system, from what is already known. The
 //! reconciler's passes record what they saw of each network
-//! ([`crate::daemon::Seen`]); a request older than a second's data starts
+//! ([`crate::service::Seen`]); a request older than a second's data starts
 //! one processless re-read of every namespace (shared by every request
 //! meanwhile) and waits for it a bounded time, so no request ever reads
 //! the system itself and concurrent requests cost one re-read.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::clock::now_unix;
-use crate::daemon::{SeenNetwork, Shared};
 use crate::model::{ErrorDetail, LastApply, NetworkStatus, PeerStatus, Readiness, StatusInfo};
 use crate::observed::{ObservedNetwork, WgPeer};
+use crate::service::{SeenNetwork, Shared};
 use crate::store::{ApplyRecord, StoreError};
 
 /// How long a request waits for a re-read before answering with what is known.
 pub const REFRESH_WAIT: Duration = Duration::from_millis(50);
 
 pub async fn collect(shared: &Arc<Shared>) -> Result<StatusInfo, StoreError> {
-    let (generation, ports) = shared.store.desired_ports().await?;
+    let (generation, ports) = shared.store().desired_ports().await?;
     // The latest pass, also when its record could not be stored (a full
     // disk): the stored one until the first pass of this run.
-    let last = shared.finished.borrow().clone();
-    if shared.seen.due() {
-        let refreshed = shared.seen.refreshed.notified();
+    let last = shared.last_pass();
+    if shared.seen().due() {
+        let refreshed = shared.seen().refreshed();
         start_refresh(shared);
         let _ = tokio::time::timeout(REFRESH_WAIT, refreshed).await;
     }
     let config_digest = config_digest(shared, generation).await?;
     let desired: BTreeSet<u16> = ports.into_iter().collect();
     // Which namespaces are there is one directory listing: always fresh.
-    let present = shared.system.namespaces();
-    let seen = shared.seen.networks.read().unwrap_or_else(|e| e.into_inner());
+    let present = shared.system().namespaces();
+    let seen = shared.seen().networks();
     let networks = desired
         .iter()
         .chain(&present)
@@ -46,13 +45,13 @@ pub async fn collect(shared: &Arc<Shared>) -> Result<StatusInfo, StoreError> {
         })
         .collect();
     Ok(StatusInfo {
-        role: shared.role.as_ref().map(|_| shared.role().name().to_string()),
+        role: shared.has_role().then(|| shared.role().name().to_string()),
         config_digest,
-        backend: shared.system.backend.name().into(),
+        backend: shared.system().backend.name().into(),
         desired_generation: generation,
         applied_generation: last.as_ref().map(|r| r.applied_generation).unwrap_or(0),
         last_apply: last.map(last_apply),
-        nginx_running: shared.system.nginx_master().is_some(),
+        nginx_running: shared.system().nginx_master().is_some(),
         store_errors: shared.store_failures(),
         networks,
     })
@@ -66,8 +65,8 @@ async fn config_digest(shared: &Shared, generation: i64) -> Result<String, Store
     if let Some(desired) = shared.accepted(generation) {
         return Ok(shared.config_digest(generation, &desired));
     }
-    let (generation, config) = shared.store.desired().await?;
-    match crate::validate::validate(&config, &shared.settings.validation()) {
+    let (generation, config) = shared.store().desired().await?;
+    match crate::validate::validate(&config, &shared.settings().validation()) {
         Ok(desired) => Ok(shared.config_digest(generation, &desired)),
         Err(_) => {
             use sha2::{Digest, Sha256};
@@ -81,8 +80,8 @@ async fn config_digest(shared: &Shared, generation: i64) -> Result<String, Store
 /// the desired one, nginx runs, and the last pass failed on no network.
 /// A database that cannot be read makes it not ready too.
 pub async fn readiness(shared: &Shared) -> Readiness {
-    let nginx_running = shared.system.nginx_master().is_some();
-    let read = async { Ok::<_, StoreError>((shared.store.desired_generation().await?, shared.store.last_apply().await?)) };
+    let nginx_running = shared.system().nginx_master().is_some();
+    let read = async { Ok::<_, StoreError>((shared.store().desired_generation().await?, shared.store().last_apply().await?)) };
     let (desired, last) = match read.await {
         Ok(found) => found,
         Err(e) => {
@@ -121,24 +120,20 @@ pub async fn readiness(shared: &Shared) -> Readiness {
 
 /// Starts a re-read unless one is running.
 fn start_refresh(shared: &Arc<Shared>) {
-    if shared.seen.refreshing.swap(true, Ordering::AcqRel) {
+    if !shared.seen().begin_refresh() {
         return;
     }
     let shared = shared.clone();
-    tokio::spawn(async move {
-        refresh(&shared).await;
-        shared.seen.refreshing.store(false, Ordering::Release);
-        shared.seen.refreshed.notify_waiters();
-    });
+    tokio::spawn(async move { refresh(&shared).await });
 }
 
 /// Re-reads every namespace with our prefix, without a process.
 pub async fn refresh(shared: &Shared) {
     let start = Instant::now();
     let now = now_unix();
-    let present: Vec<u16> = shared.system.namespaces().into_iter().collect();
-    let read = shared.system.observe_networks(&present).await;
-    let known: Vec<u16> = shared.seen.networks.read().unwrap_or_else(|e| e.into_inner()).keys().copied().collect();
+    let present: Vec<u16> = shared.system().namespaces().into_iter().collect();
+    let read = shared.system().observe_networks(&present).await;
+    let known: Vec<u16> = shared.seen().networks().keys().copied().collect();
     let gone: Vec<(u16, SeenNetwork)> =
         known.into_iter().filter(|p| !read.contains_key(p)).map(|p| (p, SeenNetwork { observed_at: now, network: None })).collect();
     let fresh = read.into_iter().map(|(p, n)| {
@@ -151,7 +146,7 @@ pub async fn refresh(shared: &Shared) {
         (p, SeenNetwork { observed_at: now, network: Some(n) })
     });
     shared.record_seen(fresh.chain(gone).collect::<Vec<_>>());
-    *shared.seen.last.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), start.elapsed()));
+    shared.seen().end_refresh(start);
 }
 
 fn last_apply(r: ApplyRecord) -> LastApply {
@@ -181,7 +176,7 @@ struct Place {
 }
 
 fn network_status(shared: &Shared, port: u16, place: Place, seen: Option<&SeenNetwork>) -> NetworkStatus {
-    let layout = &shared.system.layout;
+    let layout = &shared.system().layout;
     // What was seen inside a namespace that is gone since says nothing now.
     let n = seen.and_then(|s| s.network.as_ref()).filter(|_| place.present);
     let link = n.and_then(|n| n.wg_link.as_ref());
@@ -199,8 +194,24 @@ fn network_status(shared: &Shared, port: u16, place: Place, seen: Option<&SeenNe
         desired: place.desired,
         observed_at: seen.map(|s| s.observed_at),
         peers: wg.map(|d| d.peers.iter().map(|(k, p)| (k.to_string(), peer_status(p))).collect::<BTreeMap<_, _>>()).unwrap_or_default(),
-        routes: shared.health.routes(port),
+        routes: routes(shared, port),
     }
+}
+
+/// A network's routes: their upstreams' health and their usage.
+fn routes(shared: &Shared, port: u16) -> BTreeMap<String, crate::model::RouteStatus> {
+    let mut routes = shared.health().routes(port);
+    let usage = shared.usage().of_network(port);
+    for (key, r) in routes.iter_mut() {
+        let c = usage.get(key).copied().unwrap_or_default();
+        r.connections_total = c.connections_total;
+        r.denied_total = c.denied_total;
+        r.limited_total = c.limited_total;
+        r.rx_bytes = c.rx_bytes;
+        r.tx_bytes = c.tx_bytes;
+        r.active_connections = shared.usage().active(port, key);
+    }
+    routes
 }
 
 #[cfg(test)]

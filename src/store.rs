@@ -168,7 +168,11 @@ impl Store {
                     .journal_mode(SqliteJournalMode::Wal)
                     .synchronous(SqliteSynchronous::Normal)
                     .busy_timeout(Duration::from_secs(10))
-                    .foreign_keys(true);
+                    .foreign_keys(true)
+                    // Rows cross from SQLite's thread to the reader in
+                    // batches of this many: traffic.json streams tens of
+                    // thousands (the default, 50, wakes the reader for every 50).
+                    .row_buffer_size(1024);
                 let pool = pool_options().max_connections(4).connect_with(opts).await?;
                 still_the_same_file(path, &file).map_err(file_err)?;
                 pool

@@ -8,16 +8,16 @@ use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::daemon::{Settings, Shared};
 use crate::layout::Layout;
 use crate::model::GatewayConfig;
 use crate::observed::Observed;
 use crate::render::NginxOptions;
+use crate::service::{Settings, Shared};
 use crate::spec::Desired;
 use crate::store::Store;
-use crate::system::netlink::{self, Message};
-use crate::system::nsread::{NsRaw, Reader, Target, WgRaw};
-use crate::system::ports::{PortProbe, Probe, Process};
+use crate::system::kernel::netlink::{self, Message};
+use crate::system::kernel::observer::{NsRaw, Observer, Target, WgRaw};
+use crate::system::kernel::ports::{PortProbe, Probe, Process};
 use crate::system::{Backend, Reply, Runner, Script, System, SystemPaths, Tools};
 use crate::types::Transport;
 use crate::validate::{Context, validate};
@@ -70,40 +70,40 @@ pub fn netlink_fixture(name: &str) -> Vec<Message> {
 /// gateway (`netlink-*` fixtures, by `scripts/capture-fixtures.sh`): the
 /// namespaces `network-P` of [`PORTS`] whose file exists on the fake host,
 /// and the root namespace (the bridge). Other namespaces cannot be entered.
-pub struct FixtureReader {
+pub struct FixtureObserver {
     /// The nf_tables generation every namespace reports.
     pub generation: Mutex<Option<u32>>,
     /// The namespaces read so far (`root` for the daemon's own).
     pub reads: Mutex<Vec<String>>,
 }
 
-impl Default for FixtureReader {
+impl Default for FixtureObserver {
     fn default() -> Self {
-        FixtureReader { generation: Mutex::new(Some(7)), reads: Mutex::new(Vec::new()) }
+        FixtureObserver { generation: Mutex::new(Some(7)), reads: Mutex::new(Vec::new()) }
     }
 }
 
-impl Reader for FixtureReader {
-    fn read(&self, targets: &[Target]) -> Vec<Result<NsRaw, String>> {
+impl Observer for FixtureObserver {
+    fn observe(&self, targets: &[Target]) -> Vec<Result<NsRaw, String>> {
         let mut reads = self.reads.lock().unwrap_or_else(|e| e.into_inner());
         reads.extend(
             targets
                 .iter()
                 .map(|t| t.netns.as_ref().and_then(|p| p.file_name()).map_or("root".into(), |n| n.to_string_lossy().into_owned())),
         );
-        targets.iter().map(|t| self.read_one(t)).collect()
+        targets.iter().map(|t| self.observe_one(t)).collect()
     }
 }
 
-impl FixtureReader {
+impl FixtureObserver {
     /// Returns and clears the namespaces read so far.
     pub fn take_reads(&self) -> Vec<String> {
         std::mem::take(&mut *self.reads.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
 
-impl FixtureReader {
-    fn read_one(&self, t: &Target) -> Result<NsRaw, String> {
+impl FixtureObserver {
+    fn observe_one(&self, t: &Target) -> Result<NsRaw, String> {
         let Some(path) = &t.netns else {
             let (links, addrs) = (netlink_fixture("netlink-root-links.bin"), netlink_fixture("netlink-root-addrs.bin"));
             return Ok(NsRaw { links, addrs, ..Default::default() });
@@ -123,6 +123,7 @@ impl FixtureReader {
             sysctls,
             nft_generation: *self.generation.lock().unwrap_or_else(|e| e.into_inner()),
             wg: asked_wg.then(|| Ok(WgRaw::Uapi(fixture(&format!("netlink-{port}-uapi.txt"))))),
+            conntrack: Vec::new(),
         })
     }
 }
@@ -258,13 +259,13 @@ impl FakeHost {
     }
 
     pub fn system(&self, script: Script, backend: Backend) -> System {
-        self.system_reading(script, backend, Arc::new(FixtureReader::default()))
+        self.system_observing(script, backend, Arc::new(FixtureObserver::default()))
     }
 
-    /// With a reader of the test's own (e.g. one whose generation it moves).
-    pub fn system_reading(&self, script: Script, backend: Backend, reader: Arc<dyn Reader>) -> System {
+    /// With an observer of the test's own (e.g. one whose generation it moves).
+    pub fn system_observing(&self, script: Script, backend: Backend, observer: Arc<dyn Observer>) -> System {
         System {
-            reader,
+            observer,
             runner: Runner::scripted(script, Duration::from_secs(2)),
             layout: Layout::default(),
             tools: Tools::default(),
@@ -286,6 +287,7 @@ pub fn nginx_options() -> NginxOptions {
         server_names_hash_bucket_size: 512,
         worker_shutdown_timeout: Some(std::time::Duration::from_secs(3600)),
         access_log: None,
+        usage_socket: None,
     }
 }
 
@@ -312,6 +314,7 @@ pub async fn shared(system: System) -> Arc<Shared> {
         peer_timeout: Duration::from_secs(180),
         health_interval: Duration::ZERO,
         ha_address: None,
+        usage_socket: None,
     };
     let store = Store::open(None).await.expect("in-memory database");
     Arc::new(Shared::new(store, system, settings, Arc::new(crate::metrics::Metrics::default()), None, Duration::from_secs(86400)))

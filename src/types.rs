@@ -363,6 +363,16 @@ pub enum ProxyKey {
     Raw(Transport, u16),
 }
 
+/// As the key is written in `proxy` (without a trailing `/`).
+impl fmt::Display for ProxyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProxyKey::Url(u) => write!(f, "{u}"),
+            ProxyKey::Raw(t, port) => write!(f, "{}://{port}", t.name()),
+        }
+    }
+}
+
 impl FromStr for ProxyKey {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {

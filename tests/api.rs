@@ -722,7 +722,7 @@ async fn ready_needs_no_token_and_says_why_not() {
 async fn a_full_database_answers_507_stores_nothing_and_recovers() {
     let args = common::isolated_args(&["--apply-wait=200ms", "--token=s3cret"]);
     let d = build(&args, Runner::new(Duration::from_secs(5))).await.unwrap();
-    let store = d.shared.store.clone();
+    let store = d.shared.store().clone();
     let c = Client::untracked(gateway::api::rocket(d.shared, d.figment)).await.unwrap();
     let post = |body: String| {
         let c = &c;

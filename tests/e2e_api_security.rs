@@ -196,3 +196,42 @@ fn a_database_someone_else_owns_is_refused() {
     let mut d = Process::start(&args, &[], dir.path().join("daemon.log"));
     d.wait_healthy(port);
 }
+
+/// A POST waits (up to --apply-wait) for its apply, without a byte either
+/// way: the API's gate must not take that silence for an idle client after
+/// --api-timeout, or a slow apply gets an empty reply instead of its 200.
+/// The apply is made slow for real: nginx, found through PATH, is a script
+/// that waits 3 s before each run (a check, a start, a reload).
+#[test]
+#[ignore = "needs root: scripts/test.sh runs it with --include-ignored"]
+fn a_post_whose_apply_outlasts_the_api_timeout_gets_its_answer() {
+    require_root();
+    let n = names(2);
+    let _guard = Guard(n.clone());
+    write_nginx_conf(&n);
+    let shims = n.dir.join("slow-tools");
+    std::fs::create_dir_all(&shims).unwrap();
+    let nginx = sh("command -v nginx").trim().to_string();
+    let shim = shims.join("nginx");
+    std::fs::write(&shim, format!("#!/bin/sh\nsleep 3\nexec {nginx} \"$@\"\n")).unwrap();
+    sh(&format!("chmod 0755 {}", shim.display()));
+    let path = format!("{}:{}", shims.display(), std::env::var("PATH").unwrap_or_default());
+    let mut args = arg_list(&n, &["--api-timeout", "2s"]);
+    args.remove(0);
+    let mut d = Process::start(&args, &[("PATH", path.as_str())], n.dir.join("daemon.log"));
+    d.wait_healthy(n.api_port());
+
+    let port = n.port(0);
+    let (key, _) = genkey();
+    let body = json!({ port.to_string(): {
+        "private_key": key, "address": ["10.80.0.1/24"], "proxy": { "http://slow.test": ["10.80.0.1:9"] } } });
+    let started = std::time::Instant::now();
+    let answer = sh(&format!(
+        "curl -s -m 60 -w ' %{{http_code}}' -H 'Token: test-token' -H 'Content-Type: application/json' --data-binary '{body}' \
+         http://127.0.0.1:{}/api/v1/config.json; echo \" curl=$?\"",
+        n.api_port()
+    ));
+    let took = started.elapsed();
+    assert!(took > std::time::Duration::from_secs(4), "the apply was slow, as meant: {took:?}\n{}", d.log());
+    assert!(answer.trim_end().ends_with(" 200 curl=0"), "the answer after {took:?}: {answer}\n{}", d.log());
+}

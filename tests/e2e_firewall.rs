@@ -263,9 +263,11 @@ async fn forward_policies_are_drop_in_both_families_before_forwarding_is_on() {
     assert_eq!((sysctl(&ns, "net.ipv4.ip_forward"), sysctl(&ns, "net.ipv6.conf.all.forwarding")), ("1".into(), "1".into()));
 
     // Forwarding was turned on after both filters were set.
-    let lines: Vec<String> = d.runner.take_records().into_iter().map(|r| r.line).filter(|l| l.contains(&format!(" {ns} "))).collect();
+    let records = d.runner.take_records();
+    let lines: Vec<String> =
+        records.iter().flat_map(|r| r.commands()).map(String::from).filter(|l| l.contains(&format!(" {ns} "))).collect();
     let at = |what: &str| lines.iter().position(|l| l.contains(what)).unwrap_or_else(|| panic!("no {what}: {lines:#?}"));
-    let forwarding = at("sysctl -q");
+    let forwarding = at(" sysctl -e -w ");
     assert!(at("ip6tables-restore") < forwarding && at("iptables-restore") < forwarding, "{lines:#?}");
     let first_link = lines.iter().position(|l| l.contains(" link ") && !l.contains(" lo ")).expect("links made");
     assert!(at("ip6tables-restore") < first_link && at("iptables-restore") < first_link, "the filter before any link: {lines:#?}");

@@ -197,7 +197,7 @@ async fn a_udp_flood_on_one_tenants_port_leaves_another_tenants_https_answering(
     }
     // nginx holds one upstream socket per session: the per-client bound (32)
     // cut the flood.
-    let veth = d.shared.system.layout.veth_ns_ip(n.port(1));
+    let veth = d.shared.system().layout.veth_ns_ip(n.port(1));
     let sessions = sh(&format!("ss -Hun dst {veth}")).lines().count();
     assert!((1..=32).contains(&sessions), "{sessions} sessions toward tenant A");
     // The test's nginx (1 worker, 256 connections) cannot hold the bounded

@@ -40,37 +40,37 @@ fn has(text: &str, metric: &str, peer: &str, value: &str) -> bool {
 async fn metrics_follow_the_peers_and_traffic_is_stored() {
     let d = daemon().await;
     let s = &d.shared;
-    s.accounting.record_tick(&s.store, &s.metrics, &reading(vec![peer(A, 100, 200), peer(B, 5, 0)]), true).await.expect("stored");
-    let text = s.metrics.encode().unwrap();
+    s.accounting().record_tick(s.store(), s.metrics(), &reading(vec![peer(A, 100, 200), peer(B, 5, 0)]), true).await.expect("stored");
+    let text = s.metrics().encode().unwrap();
     assert!(has(&text, "gateway_peer_receive_bytes_total", A, "100"), "{text}");
     assert!(has(&text, "gateway_peer_transmit_bytes_total", A, "200"), "{text}");
     assert!(has(&text, "gateway_peer_latest_handshake_timestamp_seconds", B, "1700000000"), "{text}");
-    let info = traffic_since(&s.store, 0, i64::MAX).await.unwrap();
+    let info = traffic_since(s.store(), 0, i64::MAX).await.unwrap();
     assert_eq!((info.traffic.rx, info.traffic.tx), (105, 200));
     assert_eq!(info.networks[NET].devices[A].traffic.rx, 100);
 
     // B is gone: its series go; A's counter grows by the delta only.
-    s.accounting.record_tick(&s.store, &s.metrics, &reading(vec![peer(A, 150, 200)]), true).await.expect("stored");
-    let text = s.metrics.encode().unwrap();
+    s.accounting().record_tick(s.store(), s.metrics(), &reading(vec![peer(A, 150, 200)]), true).await.expect("stored");
+    let text = s.metrics().encode().unwrap();
     assert!(!text.contains(&format!(r#"peer="{B}""#)), "{text}");
     assert!(has(&text, "gateway_peer_receive_bytes_total", A, "150"), "{text}");
     // A pass that read nothing and is not complete forgets nothing.
-    s.accounting.record_tick(&s.store, &s.metrics, &BTreeMap::new(), false).await.expect("stored");
-    assert!(s.metrics.encode().unwrap().contains(&format!(r#"peer="{A}""#)));
+    s.accounting().record_tick(s.store(), s.metrics(), &BTreeMap::new(), false).await.expect("stored");
+    assert!(s.metrics().encode().unwrap().contains(&format!(r#"peer="{A}""#)));
     // A complete pass without the network (it was removed) drops it.
-    s.accounting.record_tick(&s.store, &s.metrics, &BTreeMap::new(), true).await.expect("stored");
-    assert!(!s.metrics.encode().unwrap().contains(&format!(r#"peer="{A}""#)));
+    s.accounting().record_tick(s.store(), s.metrics(), &BTreeMap::new(), true).await.expect("stored");
+    assert!(!s.metrics().encode().unwrap().contains(&format!(r#"peer="{A}""#)));
 }
 
 #[tokio::test]
 async fn a_database_error_is_counted_and_the_next_tick_still_runs() {
     let d = daemon().await;
     let s = &d.shared;
-    s.store.pool.close().await;
+    s.store().pool.close().await;
     for expected in 1..=2 {
-        let stored = s.accounting.record_tick(&s.store, &s.metrics, &reading(vec![peer(A, 1, 1)]), true).await;
+        let stored = s.accounting().record_tick(s.store(), s.metrics(), &reading(vec![peer(A, 1, 1)]), true).await;
         assert!(stored.is_err(), "the error is returned for the caller to report");
-        let text = s.metrics.encode().unwrap();
+        let text = s.metrics().encode().unwrap();
         assert!(text.contains(&format!("gateway_poll_errors_total {expected}")), "{text}");
     }
 }

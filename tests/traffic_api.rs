@@ -27,7 +27,7 @@ async fn daemon_with_two_hours_of_traffic() -> Client {
     let read = ["51820".to_string()];
     for m in 0..=120 {
         let r = Reading { network: "51820".into(), network_key: NET.into(), peer_key: PEER.into(), epoch: 1, rx: 10 * m, tx: 0 };
-        store_tick(&d.shared.store, &read, true, vec![r], T0 + 60 * m as i64, Duration::from_secs(100 * 86400 * 365)).await.unwrap();
+        store_tick(d.shared.store(), &read, true, vec![r], T0 + 60 * m as i64, Duration::from_secs(100 * 86400 * 365)).await.unwrap();
     }
     Client::untracked(gateway::api::rocket(d.shared, d.figment)).await.unwrap()
 }

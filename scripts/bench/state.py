@@ -7,7 +7,9 @@ Keys are fixed bytes (any 32 bytes are a WireGuard key); standard library only.
 
     state.py json N BASE_PORT [EXTRA_PEER_NETWORK]
         (BENCH_NODE_KEY and BENCH_NODE_ENDPOINT, if set, make network 0's
-        first peer a real node)
+        first peer a real node; BENCH_LIMITS=1 gives every route an allow
+        list, a deny list, connection limits and a bandwidth, and every
+        network a bandwidth: the cost of issue 19's fields)
     state.py floor N BASE_PORT DIR
     state.py gateway-key     (network 0's private key)
 """
@@ -39,6 +41,20 @@ def network(n: int, extra: bool) -> dict:
     }
 
 
+def with_limits(net: dict, n: int) -> dict:
+    """Every route in the object form with all of issue 19's fields."""
+    limits = {
+        "allow": ["203.0.113.0/24", "198.51.100.0/24", "10.251.0.0/16", "2001:db8::/32"],
+        "deny": ["203.0.113.7/32"],
+        "max_connections": 1000,
+        "max_connections_per_client": 50,
+        "bandwidth": {"ingress_mbit": 100 + n % 7, "egress_mbit": 50 + n % 5},
+    }
+    net["proxy"] = {k: dict(limits, upstreams=v) for k, v in net["proxy"].items()}
+    net["bandwidth"] = {"ingress_mbit": 1000, "egress_mbit": 500}
+    return net
+
+
 def with_node(state: dict, base: int) -> dict:
     import os
 
@@ -56,8 +72,14 @@ def main() -> None:
         return
     mode, count, base = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     if mode == "json":
+        import os
+
         extra = int(sys.argv[4]) if len(sys.argv) > 4 else -1
-        print(json.dumps(with_node({str(base + n): network(n, n == extra) for n in range(count)}, base)))
+        limited = os.environ.get("BENCH_LIMITS") == "1"
+        nets = {str(base + n): network(n, n == extra) for n in range(count)}
+        if limited:
+            nets = {k: with_limits(v, n) for n, (k, v) in enumerate(nets.items())}
+        print(json.dumps(with_node(nets, base)))
         return
     out = sys.argv[4]
     for n in range(count):

@@ -1,5 +1,5 @@
 //! The token guards: `Token: T` or `Authorization: Bearer T`, compared in
-//! constant time (`daemon::TokenSet`). [`Auth`] needs the admin token,
+//! constant time (`service::TokenSet`). [`Auth`] needs the admin token,
 //! [`ReadAuth`] the read token or the admin one. Without any token the API
 //! is open on loopback, so a request must then name loopback (or the bound
 //! address) as its Host: a web page whose name resolves to 127.0.0.1 (DNS
@@ -16,7 +16,7 @@ use rocket_okapi::okapi::openapi3::{SecurityRequirement, SecurityScheme, Securit
 use rocket_okapi::request::{OpenApiFromRequest, RequestHeaderInput};
 
 use super::error::ApiError;
-use crate::daemon::{Scope, Shared};
+use crate::service::{Scope, Shared};
 
 pub const TOKEN_SCHEME: &str = "TokenHeader";
 pub const BEARER_SCHEME: &str = "BearerAuth";
@@ -83,7 +83,7 @@ fn check(req: &Request<'_>, needed: Scope) -> Result<(), (Status, ApiError)> {
     };
     let tokens = shared.tokens();
     if tokens.is_open() {
-        return match host_allowed(req.headers().get_one("Host"), shared.settings.api_address) {
+        return match host_allowed(req.headers().get_one("Host"), shared.settings().api_address) {
             true => Ok(()),
             false => Err((Status::MisdirectedRequest, ApiError::MisdirectedRequest)),
         };
@@ -93,7 +93,7 @@ fn check(req: &Request<'_>, needed: Scope) -> Result<(), (Status, ApiError)> {
         return Ok(());
     }
     let reason = failure_reason(req, scope);
-    shared.metrics.auth_failure(reason);
+    shared.metrics().auth_failure(reason);
     if let Some(log) = req.rocket().state::<FailureLog>() {
         log.note(client, reason);
     }

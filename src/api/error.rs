@@ -66,11 +66,24 @@ pub enum ApiError {
     DiskFull(String),
 }
 
-impl From<crate::daemon::DryRunError> for ApiError {
-    fn from(e: crate::daemon::DryRunError) -> Self {
+impl From<crate::service::DryRunError> for ApiError {
+    fn from(e: crate::service::DryRunError) -> Self {
         match e {
-            crate::daemon::DryRunError::Stopped => ApiError::ShuttingDown,
-            busy @ crate::daemon::DryRunError::Busy(_) => ApiError::Busy(busy.to_string()),
+            crate::service::DryRunError::Stopped => ApiError::ShuttingDown,
+            busy @ crate::service::DryRunError::Busy(_) => ApiError::Busy(busy.to_string()),
+        }
+    }
+}
+
+impl From<crate::service::Refused> for ApiError {
+    fn from(r: crate::service::Refused) -> Self {
+        use crate::service::Refused;
+        match r {
+            Refused::ShuttingDown => ApiError::ShuttingDown,
+            Refused::PreconditionFailed { expected, stored } => ApiError::PreconditionFailed { expected, stored },
+            Refused::Invalid(problems) => ApiError::Invalid(problems),
+            Refused::Store(e) => e.into(),
+            Refused::DryRun(e) => e.into(),
         }
     }
 }

@@ -19,13 +19,14 @@ pub use auth::{BEARER_SCHEME, TOKEN_SCHEME};
 pub use error::ApiError;
 pub use openapi::openapi_spec;
 
-use crate::daemon::Shared;
+use crate::service::Shared;
 
 /// The Rocket app, built apart from `main` so tests use the same one.
 pub fn rocket(shared: Arc<Shared>, figment: rocket::figment::Figment) -> Rocket<Build> {
     let (routes, _) = routes::routes_and_spec();
     let figment = figment.merge(("limits.json", 16.mebibytes()));
     rocket::custom(figment)
+        .manage(crate::service::Gateway::new(shared.clone()))
         .manage(shared)
         .manage(auth::FailureLog::default())
         .mount("/", routes)

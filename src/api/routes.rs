@@ -1,8 +1,8 @@
-//! The routes: thin handlers that validate, store, wake the reconciler and
-//! read; they never touch the system themselves.
+//! The routes: thin handlers that turn HTTP into calls of the
+//! [`Gateway`] service (which owns the apply protocol) and its results into
+//! answers; they never touch the system themselves.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use rocket::http::Status;
 use rocket::serde::json::Json;
@@ -16,13 +16,13 @@ use super::concurrency::{IfMatch, Tagged};
 use super::error::ApiError;
 use super::events::{EventsStream, LastEventId};
 use crate::clock::now_unix;
-use crate::daemon::{Lifecycle, Shared};
 use crate::model::*;
-use crate::spec::Desired;
+use crate::service::Gateway;
+use crate::service::Shared;
 use crate::store::ApplyRecord;
 use crate::traffic::{QueryError, Step, TrafficQuery};
 use crate::types::parse_listen_port;
-use crate::validate::{Context, Problems, host_ports_of, key_path, new_host_ports, validate};
+use crate::validate::{Problems, key_path};
 
 /// Liveness; needs no token.
 #[openapi(tag = "health")]
@@ -49,7 +49,7 @@ async fn ready(state: &State<Arc<Shared>>) -> Ready {
 #[post("/api/v1/config.json?<dry_run>", data = "<body>")]
 async fn post_config(
     _auth: Auth,
-    state: &State<Arc<Shared>>,
+    state: &State<Gateway>,
     dry_run: DryRunFlag,
     if_match: IfMatch,
     body: JsonBody<GatewayConfig, GatewayConfigSchema>,
@@ -57,7 +57,7 @@ async fn post_config(
     let dry_run = dry_run.0.map_err(ApiError::BadRequest)?;
     let expected = if_match.0.map_err(ApiError::BadRequest)?;
     let config = body.0.map_err(body_error)?;
-    answer(state, dry_run, expected, |_| Ok(config)).await
+    answer(state, dry_run, expected, |_| config).await
 }
 
 /// Partial update: each listed port is replaced by the given network, or
@@ -67,7 +67,7 @@ async fn post_config(
 #[patch("/api/v1/config.json?<dry_run>", data = "<body>")]
 async fn patch_config(
     _auth: Auth,
-    state: &State<Arc<Shared>>,
+    state: &State<Gateway>,
     dry_run: DryRunFlag,
     if_match: IfMatch,
     body: JsonBody<GatewayConfigPartial, GatewayConfigPartialSchema>,
@@ -81,111 +81,32 @@ async fn patch_config(
     if !bad.is_empty() {
         return Err(ApiError::Invalid(bad));
     }
-    let build = move |mut current: GatewayConfig| {
+    let build = move |current: &GatewayConfig| {
+        let mut current = current.clone();
         for (port, net) in patch {
             match net {
                 Some(n) => current.insert(port, n),
                 None => current.remove(&port),
             };
         }
-        Ok(current)
+        current
     };
     answer(state, dry_run, expected, build).await
 }
 
 /// A dry run, or the real apply; `expected`: the generation `If-Match` asks for.
 async fn answer(
-    shared: &Shared,
+    gateway: &Gateway,
     dry_run: bool,
     expected: Option<i64>,
-    build: impl FnOnce(GatewayConfig) -> Result<GatewayConfig, ApiError>,
+    build: impl FnOnce(&GatewayConfig) -> GatewayConfig,
 ) -> Result<ConfigAnswer, ApiError> {
     if dry_run {
-        preview(shared, expected, build).await.map(ConfigAnswer::DryRun)
+        Ok(ConfigAnswer::DryRun(gateway.preview(expected, build).await?))
     } else {
-        store_and_apply(shared, expected, build).await.map(ConfigAnswer::Applied)
+        let o = gateway.apply(expected, build).await?;
+        apply_answer(o.generation, o.record, o.applied_so_far, o.duration_ms).map(ConfigAnswer::Applied)
     }
-}
-
-/// Builds and validates the new desired state exactly as an apply would,
-/// then lets the reconciler say what applying it would do; stores nothing.
-async fn preview(
-    shared: &Shared,
-    expected: Option<i64>,
-    build: impl FnOnce(GatewayConfig) -> Result<GatewayConfig, ApiError>,
-) -> Result<DryRunResponse, ApiError> {
-    if *shared.lifecycle.borrow() != Lifecycle::Running {
-        return Err(ApiError::ShuttingDown);
-    }
-    let (generation, _, desired) = build_checked(shared, expected, build).await?;
-    Ok(shared.dry_runs.ask(generation, desired, shared.settings.apply_wait).await?)
-}
-
-/// The current generation, the new state built on it, and that state
-/// validated: the same for a dry run and an apply, so both answer the same
-/// 422. Validation keeps the public keys of the accepted state. A stale
-/// `expected` generation (`If-Match`) is refused before anything is built.
-async fn build_checked(
-    shared: &Shared,
-    expected: Option<i64>,
-    build: impl FnOnce(GatewayConfig) -> Result<GatewayConfig, ApiError>,
-) -> Result<(i64, GatewayConfig, Desired), ApiError> {
-    let (generation, current) = shared.store.desired().await?;
-    if let Some(expected) = expected.filter(|e| *e != generation) {
-        return Err(ApiError::PreconditionFailed { expected, stored: generation });
-    }
-    let opened_before = host_ports_of(&current);
-    let config = build(current)?;
-    let previous = shared.accepted(generation);
-    let ctx = Context { previous: previous.as_deref(), ..shared.settings.validation() };
-    let desired = validate(&config, &ctx).map_err(ApiError::Invalid)?;
-    // Then the system: a port another program holds would fail nginx (or
-    // WireGuard) at the apply, so it is refused before it is stored.
-    let held = shared.ports_held_by_others(&new_host_ports(&opened_before, &desired));
-    if !held.is_empty() {
-        return Err(ApiError::Invalid(held.into_iter().collect()));
-    }
-    Ok((generation, config, desired))
-}
-
-/// Builds the new desired state from the current one under the write lock,
-/// validates it, stores it, wakes the reconciler and waits for the result.
-/// Once a stop began nothing is stored (503); a request that stored its
-/// generation before is answered when the reconciler has ended (202 if
-/// its generation was not applied by then).
-async fn store_and_apply(
-    shared: &Shared,
-    expected: Option<i64>,
-    build: impl FnOnce(GatewayConfig) -> Result<GatewayConfig, ApiError>,
-) -> Result<Applied, ApiError> {
-    let start = Instant::now();
-    let mut finished = shared.finished.subscribe();
-    let running = || (*shared.lifecycle.borrow() == Lifecycle::Running).then_some(()).ok_or(ApiError::ShuttingDown);
-    running()?;
-    let generation = {
-        let _guard = shared.write_lock.lock().await;
-        running()?;
-        // Read, compared with If-Match, built and stored under the one lock:
-        // no other write can come between the check and the store.
-        let (_, config, desired) = build_checked(shared, expected, build).await?;
-        let stored = shared.store.save_desired(&config, now_unix()).await;
-        shared.store_outcome("config", &stored);
-        let generation = stored?;
-        shared.remember_accepted(generation, Arc::new(desired));
-        shared.metrics.set_generation("desired", generation);
-        generation
-    };
-    shared.wake.notify_one();
-    let mut lifecycle = shared.lifecycle.subscribe();
-    let applied = finished.wait_for(|r| r.as_ref().is_some_and(|r| r.generation >= generation));
-    tokio::select! {
-        _ = tokio::time::timeout(shared.settings.apply_wait, applied) => {}
-        _ = lifecycle.wait_for(|l| *l == Lifecycle::Stopped) => {}
-    }
-    // Whichever ended the wait, the last pass may have covered this generation.
-    let record = shared.finished.borrow().clone().filter(|r| r.generation >= generation);
-    let applied = shared.finished.borrow().as_ref().map(|r| r.applied_generation).unwrap_or(0);
-    apply_answer(generation, record, applied, start.elapsed().as_millis() as u64)
 }
 
 /// 200 `applied`, 202 `pending` (the wait ended first), or 500 `apply_failed`.
@@ -219,8 +140,8 @@ fn apply_answer(generation: i64, record: Option<ApplyRecord>, applied_so_far: i6
 /// `ETag: "<generation>"`, for `If-Match` on POST and PATCH).
 #[openapi(tag = "config")]
 #[get("/api/v1/config.json")]
-async fn get_config(_auth: Auth, state: &State<Arc<Shared>>) -> Result<Tagged<StoredConfig>, ApiError> {
-    let (generation, config) = state.store.desired().await?;
+async fn get_config(_auth: Auth, state: &State<Gateway>) -> Result<Tagged<StoredConfig>, ApiError> {
+    let (generation, config) = state.config().await?;
     Ok(Tagged(generation, StoredConfig { generation, config }))
 }
 
@@ -228,8 +149,8 @@ async fn get_config(_auth: Auth, state: &State<Arc<Shared>>) -> Result<Tagged<St
 /// last apply's result.
 #[openapi(tag = "status")]
 #[get("/api/v1/status.json")]
-async fn status(_auth: ReadAuth, state: &State<Arc<Shared>>) -> Result<Json<StatusInfo>, ApiError> {
-    Ok(Json(crate::status::collect(state.inner()).await?))
+async fn status(_auth: ReadAuth, state: &State<Gateway>) -> Result<Json<StatusInfo>, ApiError> {
+    Ok(Json(state.status().await?))
 }
 
 /// Traffic recorded after `start` (unix seconds, exclusive) up to `end`
@@ -243,7 +164,7 @@ async fn status(_auth: ReadAuth, state: &State<Arc<Shared>>) -> Result<Json<Stat
 #[get("/api/v1/traffic.json?<start>&<end>&<step>")]
 async fn traffic(
     _auth: ReadAuth,
-    state: &State<Arc<Shared>>,
+    state: &State<Gateway>,
     start: QueryInt<0, { i64::MAX }, true>,
     end: QueryInt<0, { i64::MAX }, false>,
     step: QueryInt<{ Step::MIN as i64 }, { Step::MAX as i64 }, false>,
@@ -256,7 +177,7 @@ async fn traffic(
     let step = step.map(|s| Step::parse(&s.to_string())).transpose().map_err(bad)?;
     let query = TrafficQuery::new(start, end, step, now_unix())
         .map_err(|message| ApiError::InvalidQuery(vec![ErrorDetail::new("$.end", message)]))?;
-    crate::traffic::query(&state.store, &query).await.map(Json).map_err(|e| match e {
+    state.traffic(&query).await.map(Json).map_err(|e| match e {
         QueryError::Store(e) => e.into(),
         too_many @ (QueryError::TooMany { .. } | QueryError::TooManyForStep { .. }) => ApiError::BadRequest(too_many.to_string()),
     })
@@ -267,18 +188,18 @@ async fn traffic(
 #[get("/metrics")]
 fn metrics(_auth: ReadAuth, state: &State<Arc<Shared>>) -> Result<MetricsText, ApiError> {
     // Read from /proc at each scrape: a few small files, no process.
-    let workers = state.system.nginx_workers();
-    state.metrics.set_nginx_workers(workers.active, workers.draining);
-    state.metrics.encode().map(MetricsText).map_err(|e| ApiError::Internal(format!("encoding metrics: {e}")))
+    let workers = state.system().nginx_workers();
+    state.metrics().set_nginx_workers(workers.active, workers.draining);
+    state.metrics().encode().map(MetricsText).map_err(|e| ApiError::Internal(format!("encoding metrics: {e}")))
 }
 
 /// The event stream (Server-Sent Events): `apply`, `drift_repaired`,
 /// `peer_connected`, `peer_disconnected`; resume with `Last-Event-ID`.
 #[openapi(tag = "events")]
 #[get("/api/v1/events")]
-fn events(_auth: ReadAuth, state: &State<Arc<Shared>>, last: LastEventId, shutdown: rocket::Shutdown) -> Result<EventsStream, ApiError> {
+fn events(_auth: ReadAuth, state: &State<Gateway>, last: LastEventId, shutdown: rocket::Shutdown) -> Result<EventsStream, ApiError> {
     let after = last.0.map_err(ApiError::BadRequest)?;
-    Ok(super::events::stream(state.events.subscribe(after), shutdown))
+    Ok(super::events::stream(state.events(after), shutdown))
 }
 
 pub(super) fn routes_and_spec() -> (Vec<rocket::Route>, OpenApi) {

@@ -10,8 +10,8 @@ use rocket::http::{ContentType, Status};
 use rocket::local::asynchronous::Client;
 use serde_json::{Value, json};
 
-use crate::daemon::Shared;
 use crate::reconcile::{Mode, Reconciler};
+use crate::service::Shared;
 use crate::system::{Backend, Reply, Script};
 use crate::testing::{FakeHost, converged_config, converged_desired, converged_rules, nginx_files, shared};
 
@@ -39,10 +39,10 @@ async fn app(script: Script) -> App {
     let mut reconciler = Reconciler::new(shared.clone()).await;
     let s = shared.clone();
     let reconciler = tokio::spawn(async move {
-        let mut dry_runs = s.dry_runs.take_inbox();
+        let mut dry_runs = s.take_dry_runs();
         loop {
             tokio::select! {
-                _ = s.wake.notified() => {
+                _ = s.woken() => {
                     reconciler.tick(Mode::Apply).await;
                 }
                 Some(request) = crate::reconcile::next_dry_run(&mut dry_runs) => reconciler.answer_dry_run(request).await,
@@ -77,7 +77,14 @@ impl App {
     }
 
     fn ran(&self) -> Vec<String> {
-        self.shared.system.runner.take_records().into_iter().filter(|r| r.mutating).map(|r| r.line).collect()
+        self.shared
+            .system()
+            .runner
+            .take_records()
+            .into_iter()
+            .filter(|r| r.mutating)
+            .flat_map(|r| r.commands().into_iter().map(String::from).collect::<Vec<_>>())
+            .collect()
     }
 }
 
@@ -144,11 +151,11 @@ async fn status_answers_during_a_slow_apply_with_the_state_before_it() {
     let read_meanwhile = async {
         // Once generation 2 is stored, the apply is under way (its one
         // command takes 1.5 s).
-        while app.shared.store.desired().await.unwrap().0 < 2 {
+        while app.shared.store().desired().await.unwrap().0 < 2 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let st = app.status().await;
-        let apply_finished = app.shared.finished.borrow().as_ref().is_some_and(|r| r.generation == 2);
+        let apply_finished = app.shared.last_pass().as_ref().is_some_and(|r| r.generation == 2);
         (st, apply_finished)
     };
     let ((code, body), (st, apply_finished_before_status)) = tokio::join!(slow_apply, read_meanwhile);
@@ -180,7 +187,7 @@ async fn a_dry_run_lists_the_change_changes_nothing_and_the_apply_then_does_exac
     assert_eq!(body["changes"]["51820"][0], "delete the network (interface, namespace, rules)", "{body}");
     assert_eq!(body["nginx_reload"], true, "its hostnames leave nginx: {body}");
     assert_eq!(app.ran(), Vec::<String>::new(), "a dry run runs no command");
-    assert_eq!(app.shared.store.desired().await.unwrap().0, 1, "no generation made");
+    assert_eq!(app.shared.store().desired().await.unwrap().0, 1, "no generation made");
     let (code, body) = app.send(Post, "/api/v1/config.json?dry_run=false", Some(&mtu_changed())).await;
     assert_eq!((code, &body["changed_networks"], &body["generation"]), (Status::Ok, &json!([51821]), &json!(2)), "{body}");
     assert_eq!(app.ran(), [SET_MTU], "the apply did what the dry run listed, and only that");
@@ -203,7 +210,7 @@ async fn a_dry_run_of_bad_input_gets_the_same_422_and_a_bad_flag_a_400() {
         let (code, body) = app.send(Post, &format!("/api/v1/config.json?dry_run={flag}"), Some(&config())).await;
         assert_eq!((code, &body["error"]), (Status::BadRequest, &json!("bad_request")), "{flag}: {body}");
     }
-    assert_eq!(app.shared.store.desired().await.unwrap().0, 0, "nothing stored");
+    assert_eq!(app.shared.store().desired().await.unwrap().0, 0, "nothing stored");
 }
 
 /// The events of an SSE response, read as they come.
@@ -284,7 +291,7 @@ async fn a_client_that_never_reads_does_not_hold_up_applies_and_is_dropped() {
     let app = app(Script::new()).await;
     let stalled = app.client.get("/api/v1/events").dispatch().await;
     for n in 0..2 * crate::events::BACKLOG {
-        app.shared.events.publish("apply", &n);
+        app.shared.events().publish("apply", &n);
     }
     let (code, _) = tokio::time::timeout(Duration::from_secs(10), app.post(&config())).await.expect("the apply was held up");
     assert_eq!(code, Status::Ok);
@@ -299,7 +306,7 @@ async fn a_client_that_never_reads_does_not_hold_up_applies_and_is_dropped() {
 /// gateway opened before are not looked at again.
 #[tokio::test]
 async fn a_port_another_program_holds_is_refused_before_it_is_stored() {
-    use crate::system::ports::Process;
+    use crate::system::kernel::ports::Process;
     use crate::types::Transport::{Tcp, Udp};
     use rocket::http::Method::Post;
     let app = app(Script::new()).await;
@@ -382,4 +389,67 @@ async fn status_digests_the_state_and_has_no_role_without_ha() {
     assert_eq!(app.status().await["config_digest"], json!(digest), "the same state, sent otherwise");
     app.post(&mtu_changed()).await;
     assert_ne!(app.status().await["config_digest"], json!(digest));
+}
+
+/// Bad access-control and limit values are a 422 naming each value's path,
+/// and nothing is stored; good ones are stored and read back as sent.
+#[tokio::test]
+async fn access_and_limit_fields_are_checked_at_their_paths_and_stored_as_sent() {
+    use rocket::http::Method::Get;
+    let app = app(Script::new()).await;
+    let (code, body) = app.post(&config()).await;
+    assert_eq!(code, Status::Ok, "{body}");
+    let mut bad = config();
+    bad["51820"]["proxy"]["https://app.example.com"] = json!({
+        "upstreams": ["10.80.0.2:443"],
+        "allow": ["203.0.113.7/24", []],
+        "deny": [],
+        "max_connections": 0,
+        "max_connections_per_client": 1000001,
+        "bandwidth": {"ingress_mbit": 0}
+    });
+    bad["51820"]["proxy"]["http://app.example.com"] = json!({"upstreams": ["10.80.0.2:80"], "allow": []});
+    bad["51821"]["bandwidth"] = json!({"egress_mbit": "fast"});
+    let (code, body) = app.post(&bad).await;
+    assert_eq!((code, &body["error"]), (Status::UnprocessableEntity, &json!("invalid_config")), "{body}");
+    let paths: Vec<&str> = body["details"].as_array().unwrap().iter().map(|d| d["path"].as_str().unwrap()).collect();
+    let route = |k: &str, tail: &str| format!(r#"$["51820"].proxy["{k}"]{tail}"#);
+    assert_eq!(
+        paths,
+        [
+            route("http://app.example.com", ".allow"),
+            route("https://app.example.com", ".allow[0]"),
+            route("https://app.example.com", ".allow[1]"),
+            route("https://app.example.com", ".max_connections"),
+            route("https://app.example.com", ".max_connections_per_client"),
+            route("https://app.example.com", ".bandwidth.ingress_mbit"),
+            r#"$["51821"].bandwidth.egress_mbit"#.to_string(),
+        ],
+        "{body}"
+    );
+    assert!(messages(&body)[1].contains("the network is 203.0.113.0/24"), "{body}");
+    assert_eq!(app.status().await["desired_generation"], json!(1), "nothing stored");
+
+    let mut good = config();
+    let route = json!({
+        "upstreams": ["10.80.0.2:443"],
+        "allow": ["203.0.113.0/24", "2001:db8::/32"],
+        "deny": ["203.0.113.7/32"],
+        "max_connections": 1000,
+        "max_connections_per_client": 20,
+        "bandwidth": {"ingress_mbit": 100, "egress_mbit": 50}
+    });
+    good["51820"]["proxy"]["https://app.example.com"] = route.clone();
+    good["51821"]["bandwidth"] = json!({"ingress_mbit": 10});
+    let digest = app.status().await["config_digest"].clone();
+    let (code, body) = app.send(rocket::http::Method::Post, "/api/v1/config.json?dry_run=true", Some(&good)).await;
+    assert_eq!(code, Status::Ok, "{body}");
+    let (code, body) = app.post(&good).await;
+    assert!(code == Status::Ok || code == Status::Accepted, "{code}: {body}");
+    let (_, stored) = app.send(Get, "/api/v1/config.json", None).await;
+    let mut with_default = route.clone();
+    with_default["proxy_protocol"] = json!(false);
+    assert_eq!(stored["config"]["51820"]["proxy"]["https://app.example.com"], with_default, "read back as sent (and the default written)");
+    assert_eq!(stored["config"]["51821"]["bandwidth"], json!({"ingress_mbit": 10}));
+    assert_ne!(app.status().await["config_digest"], digest, "the limits are part of the state's digest");
 }

@@ -30,7 +30,7 @@ fn up(h: Option<bool>, since: i64, e: Option<&str>) -> UpstreamHealth {
 }
 
 fn health() -> Health {
-    Health::new(Duration::from_secs(10), Arc::new(crate::system::probe::KernelProbe::default()))
+    Health::new(Duration::from_secs(10), Arc::new(crate::system::kernel::probe::KernelProbe::default()))
 }
 
 #[test]
@@ -124,7 +124,7 @@ fn a_pass_that_changed_nothing_lists_nothing_again() {
 
 #[test]
 fn the_connect_timeout_follows_the_interval_within_bounds() {
-    let t = |s: u64| Health::new(Duration::from_secs(s), Arc::new(crate::system::probe::KernelProbe::default())).timeout();
+    let t = |s: u64| Health::new(Duration::from_secs(s), Arc::new(crate::system::kernel::probe::KernelProbe::default())).timeout();
     assert_eq!(
         (t(1), t(4), t(10), t(60)),
         (Duration::from_millis(500), Duration::from_secs(2), Duration::from_secs(5), Duration::from_secs(5))

@@ -68,6 +68,12 @@ string_type!(
     "`ADDRESS/PREFIX` in canonical form (IPv6 as RFC 5952 prints it); not an IPv4-compatible IPv6 address longer than /96. Given to only one peer of the network, not inside the gateway's bridge subnet."
 );
 string_type!(
+    /// A network of clients in a route's `allow` or `deny`.
+    AccessCidr,
+    pattern::access_cidr(),
+    "`ADDRESS/PREFIX` of a network of clients, canonical: host bits zero (`203.0.113.0/24`, not `203.0.113.7/24`), IPv6 as RFC 5952 prints it; IPv4 networks in their IPv4 form (no IPv4-mapped or IPv4-compatible IPv6 form)."
+);
+string_type!(
     /// A peer's endpoint.
     Endpoint,
     pattern::endpoint(),

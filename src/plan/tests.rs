@@ -4,12 +4,89 @@
 use super::*;
 use crate::model::GatewayConfig;
 use crate::observed::HostVeth;
+use crate::spec::Desired;
 use crate::testing::{converged_config, converged_desired, nginx_files, observed_converged};
 use crate::types::PublicKey;
 use crate::validate::{Context, validate};
 
 const PEER_A: &str = "OxvFhrgLnI9e4xzMMA2qQ7wm/xCUzxaWW5cb1JGkWSA=";
 const PEER_B: &str = "LRj4SHqfSjzR+dz1Zmcq7dfiZk4tFWIm+wKv1QqGXx0=";
+
+/// The plan for `desired`, every target computed anew, with the payloads
+/// left out (`without_payload`): the tests below say which actions are
+/// planned; `actions_carry_the_targets_payload` says what they carry.
+fn plan(desired: &Desired, observed: &Observed, layout: &Layout, nginx: &NginxFiles) -> Vec<Action> {
+    let targets = Targets::of(layout, desired);
+    super::plan(&targets, observed, layout, &Arc::new(nginx.clone())).into_iter().map(without_payload).collect()
+}
+
+fn without_payload(a: Action) -> Action {
+    match a {
+        Action::ConfigureWg(p, _, changes) => configure(p, changes),
+        Action::KickPeers { port, peers, .. } => kick_peers(port, peers),
+        Action::SetRules { port, missing_jumps, .. } => set_rules(port, missing_jumps),
+        Action::WriteNginx(_) => write_nginx(),
+        other => other,
+    }
+}
+
+fn configure(port: u16, changes: Vec<WgChange>) -> Action {
+    Action::ConfigureWg(port, WgConf::default(), changes)
+}
+
+fn kick_peers(port: u16, peers: Vec<(PublicKey, std::net::SocketAddr)>) -> Action {
+    Action::KickPeers { port, peers, conf: WgConf::default() }
+}
+
+fn set_rules(port: u16, missing_jumps: Vec<Jump>) -> Action {
+    Action::SetRules { port, rules: RuleSet::default(), missing_jumps }
+}
+
+fn write_nginx() -> Action {
+    Action::WriteNginx(Default::default())
+}
+
+/// A converged network as the tools would report it, built from its spec
+/// (checked against the captured fixtures by
+/// `converged_view_matches_what_the_tools_report`).
+fn converged_view(layout: &Layout, spec: &NetworkSpec) -> ObservedNetwork {
+    use crate::observed::Link;
+    let rules = render::rules(layout, spec, &layout.network_dnat(spec));
+    let peer = |p: &crate::spec::PeerSpec| WgPeer {
+        preshared_key: p.preshared_key.clone(),
+        endpoint: p.endpoint,
+        allowed_ips: p.allowed_ips.clone(),
+        latest_handshake: 0,
+        rx: 0,
+        tx: 0,
+        keepalive: p.persistent_keepalive,
+    };
+    ObservedNetwork {
+        wg: Some(WgDump {
+            private_key: Some(spec.private_key.clone()),
+            public_key: Some(spec.public_key),
+            listen_port: spec.port,
+            peers: spec.peers.iter().map(|(k, p)| (*k, peer(p))).collect(),
+        }),
+        wg_link: Some(Link { ifindex: 0, mtu: spec.mtu, up: true, addresses: spec.addresses.clone() }),
+        uplink: Some(Link { ifindex: 0, mtu: 1500, up: true, addresses: vec![layout.veth_ns_addr(spec.port)] }),
+        forwarding: true,
+        rules: Some(ObservedRules {
+            nat: rules.nat,
+            filter6: Some(rules.filter.clone()),
+            filter: rules.filter,
+            jumps: render::JUMPS.into_iter().collect(),
+            forward_drop: [Family::Ipv4, Family::Ipv6].into(),
+        }),
+        rules_generation: None,
+        routes: spec.routes(),
+        endpoints_changed: false,
+        problems: Vec::new(),
+        uplink_qdisc: Some("noqueue".into()),
+        shaping: None,
+        open_connections: Default::default(),
+    }
+}
 
 fn cidr(s: &str) -> Cidr {
     s.parse().unwrap()
@@ -71,7 +148,7 @@ async fn each_wireguard_field_changed_reconfigures_that_network_only() {
             w if w.starts_with("allowed IP") => format!("update peer {} (allowed_ips)", if w.ends_with("added") { PEER_B } else { PEER_A }),
             _ => format!("update peer {PEER_B} (endpoint)"),
         };
-        assert!(matches!(a.as_slice(), [Action::ConfigureWg(p, _)] if *p == port), "{what}: {a:?}");
+        assert!(matches!(a.as_slice(), [Action::ConfigureWg(p, _, _)] if *p == port), "{what}: {a:?}");
         assert_eq!(a[0].to_string(), format!("configure WireGuard: {field}"), "{what}");
     }
 }
@@ -97,21 +174,22 @@ async fn links_routes_rules_and_nginx_changes_give_exactly_their_action() {
         c["51820"]["proxy"].as_object_mut().unwrap().remove("https://lan.example.com");
     })
     .await;
-    assert!(a.iter().any(|a| matches!(a, Action::ConfigureWg(51820, _))), "{a:?}");
+    assert!(a.iter().any(|a| matches!(a, Action::ConfigureWg(51820, _, _))), "{a:?}");
     assert!(a.contains(&Action::DelRoute { port: 51820, cidr: cidr("192.168.7.0/24") }), "{a:?}");
     assert!(a.contains(&Action::AddRoute { port: 51820, cidr: cidr("192.168.8.0/24") }), "{a:?}");
-    assert!(a.contains(&Action::SetRules { port: 51820, missing_jumps: vec![] }), "the LAN upstream's DNAT goes: {a:?}");
-    assert!(a.contains(&Action::WriteNginx), "{a:?}");
-    // A new upstream: a DNAT rule and nginx; a new hostname to an existing upstream: nginx only.
+    assert!(a.contains(&set_rules(51820, vec![])), "the LAN upstream's DNAT goes: {a:?}");
+    assert!(a.contains(&write_nginx()), "{a:?}");
+    // A new upstream: a DNAT rule and nginx; a new hostname to an existing
+    // upstream too: a DNAT port of its own (each route counted and limited apart).
     let a = plan_after(|c| c["51821"]["proxy"]["https://new.test"] = serde_json::json!(["10.81.0.10:443"])).await;
-    assert_eq!(a, [Action::SetRules { port: 51821, missing_jumps: vec![] }, Action::WriteNginx]);
+    assert_eq!(a, [set_rules(51821, vec![]), write_nginx()]);
     let a = plan_after(|c| c["51821"]["proxy"]["http://other.test"] = serde_json::json!(["10.81.0.9:8443"])).await;
-    assert_eq!(a, [Action::WriteNginx]);
+    assert_eq!(a, [set_rules(51821, vec![]), write_nginx()]);
 }
 
 #[tokio::test]
 async fn new_ingress_forms_touch_only_their_network() {
-    let rules_and_nginx = |port| vec![Action::SetRules { port, missing_jumps: vec![] }, Action::WriteNginx];
+    let rules_and_nginx = |port| vec![set_rules(port, vec![]), write_nginx()];
     let a = plan_after(|c| c["51821"]["proxy"]["tcp://2222"] = serde_json::json!({"upstreams": ["10.81.0.9:22"], "proxy_protocol": true}))
         .await;
     assert_eq!(a, rules_and_nginx(51821), "a raw TCP port: its DNAT rule and nginx");
@@ -126,7 +204,7 @@ async fn new_ingress_forms_touch_only_their_network() {
         c["51821"]["proxy"]["https://other.test"] = serde_json::json!({"upstreams": ["10.81.0.9:8443"], "proxy_protocol": true})
     })
     .await;
-    assert_eq!(a, [Action::WriteNginx], "PROXY protocol is nginx's alone");
+    assert_eq!(a, [write_nginx()], "PROXY protocol is nginx's alone");
 }
 
 fn net(o: &mut Observed) -> &mut crate::observed::ObservedNetwork {
@@ -144,15 +222,15 @@ async fn observed_drift_of_each_kind_is_repaired() {
         change(&mut o);
         assert_eq!(plan(&d, &o, &l, &nginx), want, "{what}");
     };
-    check("listen port", &|o| net(o).wg.as_mut().unwrap().listen_port = 1, vec![Action::ConfigureWg(51820, vec![WgChange::ListenPort])]);
-    check("private key", &|o| net(o).wg.as_mut().unwrap().private_key = None, vec![Action::ConfigureWg(51820, vec![WgChange::PrivateKey])]);
+    check("listen port", &|o| net(o).wg.as_mut().unwrap().listen_port = 1, vec![configure(51820, vec![WgChange::ListenPort])]);
+    check("private key", &|o| net(o).wg.as_mut().unwrap().private_key = None, vec![configure(51820, vec![WgChange::PrivateKey])]);
     check(
         "a stray peer",
         &|o| {
             let extra = net(o).wg.as_ref().unwrap().peers[&key(PEER_A)].clone();
             net(o).wg.as_mut().unwrap().peers.insert(key("cMXKVx1hAvvJ0Hj9OtBhFTXDA4MVk9LlHBr8rBsq5F8="), extra);
         },
-        vec![Action::ConfigureWg(51820, vec![WgChange::RemovePeer(key("cMXKVx1hAvvJ0Hj9OtBhFTXDA4MVk9LlHBr8rBsq5F8="))])],
+        vec![configure(51820, vec![WgChange::RemovePeer(key("cMXKVx1hAvvJ0Hj9OtBhFTXDA4MVk9LlHBr8rBsq5F8="))])],
     );
     check("interface down", &|o| net(o).wg_link.as_mut().unwrap().up = false, vec![Action::SetWgLink { port: 51820, mtu: 1380 }]);
     check(
@@ -166,34 +244,26 @@ async fn observed_drift_of_each_kind_is_repaired() {
         &|o| net(o).routes.push(cidr("172.16.0.0/12")),
         vec![Action::DelRoute { port: 51820, cidr: cidr("172.16.0.0/12") }],
     );
-    check(
-        "a DNAT rule gone",
-        &|o| drop(net(o).rules.as_mut().unwrap().nat.remove(0)),
-        vec![Action::SetRules { port: 51820, missing_jumps: vec![] }],
-    );
-    check(
-        "a FORWARD rule gone",
-        &|o| drop(net(o).rules.as_mut().unwrap().filter.pop()),
-        vec![Action::SetRules { port: 51820, missing_jumps: vec![] }],
-    );
+    check("a DNAT rule gone", &|o| drop(net(o).rules.as_mut().unwrap().nat.remove(0)), vec![set_rules(51820, vec![])]);
+    check("a FORWARD rule gone", &|o| drop(net(o).rules.as_mut().unwrap().filter.pop()), vec![set_rules(51820, vec![])]);
     check(
         "a jump gone",
         &|o| {
             net(o).rules.as_mut().unwrap().jumps.remove(&render::JUMPS[2]);
         },
-        vec![Action::SetRules { port: 51820, missing_jumps: vec![render::JUMPS[2]] }],
+        vec![set_rules(51820, vec![render::JUMPS[2]])],
     );
     check(
         "the IPv6 jump gone",
         &|o| {
             net(o).rules.as_mut().unwrap().jumps.remove(&render::JUMPS[3]);
         },
-        vec![Action::SetRules { port: 51820, missing_jumps: vec![render::JUMPS[3]] }],
+        vec![set_rules(51820, vec![render::JUMPS[3]])],
     );
     check(
         "an IPv6 FORWARD rule gone",
         &|o| drop(net(o).rules.as_mut().unwrap().filter6.as_mut().unwrap().pop()),
-        vec![Action::SetRules { port: 51820, missing_jumps: vec![] }],
+        vec![set_rules(51820, vec![])],
     );
     for family in [render::Family::Ipv4, render::Family::Ipv6] {
         check(
@@ -201,7 +271,7 @@ async fn observed_drift_of_each_kind_is_repaired() {
             &|o| {
                 net(o).rules.as_mut().unwrap().forward_drop.remove(&family);
             },
-            vec![Action::SetRules { port: 51820, missing_jumps: vec![] }],
+            vec![set_rules(51820, vec![])],
         );
     }
     check("forwarding off", &|o| net(o).forwarding = false, vec![Action::SetForwarding(51820)]);
@@ -232,8 +302,8 @@ async fn observed_drift_of_each_kind_is_repaired() {
     check("bridge down", &|o| o.bridge.as_mut().unwrap().up = false, vec![Action::BridgeUp]);
     check("bridge address gone", &|o| o.bridge.as_mut().unwrap().addresses = Some(vec![]), vec![Action::AddBridgeAddress(l.bridge_addr())]);
     check("nginx stopped", &|o| o.nginx_running = false, vec![Action::StartNginx]);
-    check("nginx file edited", &|o| o.nginx_http = Some("# edited".into()), vec![Action::WriteNginx]);
-    check("nginx runs older files than those on disk", &|o| o.nginx_stale = true, vec![Action::WriteNginx]);
+    check("nginx file edited", &|o| o.nginx_http = Some("# edited".into()), vec![write_nginx()]);
+    check("nginx runs older files than those on disk", &|o| o.nginx_stale = true, vec![write_nginx()]);
 }
 
 #[tokio::test]
@@ -247,22 +317,22 @@ async fn cold_start_builds_everything_in_order() {
             assert!(a.contains(&want), "missing {want:?}");
         }
         let at = |x: Action| a.iter().position(|y| *y == x).unwrap();
-        let configure = a.iter().position(|y| matches!(y, Action::ConfigureWg(q, _) if *q == p)).expect("configured");
-        let Action::ConfigureWg(_, changes) = &a[configure] else { unreachable!() };
+        let configure = a.iter().position(|y| matches!(y, Action::ConfigureWg(q, _, _) if *q == p)).expect("configured");
+        let Action::ConfigureWg(_, _, changes) = &a[configure] else { unreachable!() };
         let peers = d.networks[&p].peers.keys().map(|k| WgChange::AddPeer(*k));
         assert_eq!(changes, &[WgChange::PrivateKey, WgChange::ListenPort].into_iter().chain(peers).collect::<Vec<_>>());
         assert!(at(Action::CreateNamespace(p)) < at(Action::CreateWg(p)));
         assert!(at(Action::CreateWg(p)) < at(Action::MoveWg(p)) && at(Action::MoveWg(p)) < configure);
         // The filter (FORWARD policy DROP) before any link that could carry
         // a packet in; forwarding after every other step of the network.
-        let rules = at(Action::SetRules { port: p, missing_jumps: render::JUMPS.to_vec() });
+        let rules = at(set_rules(p, render::JUMPS.to_vec()));
         assert_eq!(rules, at(Action::CreateNamespace(p)) + 1, "{a:#?}");
         let last = a.iter().rposition(|x| x.network() == Some(p)).unwrap();
         assert_eq!(at(Action::SetForwarding(p)), last, "{a:#?}");
     }
-    assert_eq!(a.last(), Some(&Action::WriteNginx));
+    assert_eq!(a.last(), Some(&write_nginx()));
     assert!(a.contains(&Action::AddRoute { port: 51820, cidr: cidr("192.168.7.0/24") }), "a LAN behind a peer is routed");
-    assert!(a.contains(&Action::SetRules { port: 51820, missing_jumps: render::JUMPS.to_vec() }));
+    assert!(a.contains(&set_rules(51820, render::JUMPS.to_vec())));
 }
 
 /// A namespace file that holds no namespace (a crash inside `ip netns
@@ -294,11 +364,11 @@ async fn roamed_endpoint_is_not_drift_but_a_missing_or_changed_one_is() {
         Some("198.51.100.1:999".parse().unwrap());
     assert_eq!(plan(&d, &o, &l, &nginx), vec![], "roamed");
     o.networks.get_mut(&51820).unwrap().endpoints_changed = true;
-    assert_eq!(plan(&d, &o, &l, &nginx), vec![Action::ConfigureWg(51820, vec![WgChange::Endpoints])], "the desired endpoint changed");
+    assert_eq!(plan(&d, &o, &l, &nginx), vec![configure(51820, vec![WgChange::Endpoints])], "the desired endpoint changed");
     o.networks.get_mut(&51820).unwrap().endpoints_changed = false;
     peer(&mut o);
     let lost = WgChange::UpdatePeer(key(PEER_A), vec!["endpoint"]);
-    assert_eq!(plan(&d, &o, &l, &nginx), vec![Action::ConfigureWg(51820, vec![lost])], "WireGuard lost it");
+    assert_eq!(plan(&d, &o, &l, &nginx), vec![configure(51820, vec![lost])], "WireGuard lost it");
 }
 
 #[tokio::test]
@@ -315,7 +385,7 @@ async fn undesired_networks_are_removed_after_nginx() {
     o.host_veths.insert(40000, HostVeth { owned: true, ..Default::default() });
     let nginx2 = NginxFiles { stream: "s2".into(), http: nginx_files(&d).http };
     let a = plan(&d, &o, &l, &nginx2);
-    assert_eq!(a, vec![Action::WriteNginx, Action::DeleteNetwork(40000), Action::DeleteRootWg(40001), Action::DeleteHostVeth(40002)]);
+    assert_eq!(a, vec![write_nginx(), Action::DeleteNetwork(40000), Action::DeleteRootWg(40001), Action::DeleteHostVeth(40002)]);
     // Everything goes when nothing is desired, the bridge last.
     let a = plan(&Desired::default(), &o, &l, &nginx2);
     assert_eq!(a.last(), Some(&Action::DeleteBridge));
@@ -346,8 +416,8 @@ async fn links_of_others_are_never_deleted_or_adopted() {
 
 #[test]
 fn converged_view_matches_what_the_tools_report() {
-    // The reconciler stands converged_view in for networks it trusts: it must
-    // plan nothing where the real converged system plans nothing.
+    // The tests build converged networks with converged_view: it must plan
+    // nothing where the real converged system plans nothing.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let observed = rt.block_on(observed_converged());
     let d = converged_desired();
@@ -369,9 +439,10 @@ fn a_thousand_networks_plan() {
     let l = Layout::default();
     let nginx = nginx_files(&d);
     let cold = plan(&d, &Observed::default(), &l, &nginx);
-    let configured: BTreeSet<u16> = cold.iter().filter_map(|a| if let Action::ConfigureWg(p, _) = a { Some(*p) } else { None }).collect();
+    let configured: BTreeSet<u16> =
+        cold.iter().filter_map(|a| if let Action::ConfigureWg(p, _, _) = a { Some(*p) } else { None }).collect();
     assert_eq!(configured, d.networks.keys().copied().collect(), "every network built");
-    assert_eq!(cold.iter().filter(|a| **a == Action::WriteNginx).count(), 1, "nginx written once for all");
+    assert_eq!(cold.iter().filter(|a| **a == write_nginx()).count(), 1, "nginx written once for all");
 
     let mut o = Observed {
         bridge: Some(crate::observed::ObservedBridge { up: true, owned: true, addresses: Some(vec![l.bridge_addr()]) }),
@@ -382,7 +453,7 @@ fn a_thousand_networks_plan() {
     };
     for (p, spec) in &d.networks {
         o.namespaces.insert(*p);
-        o.host_veths.insert(*p, HostVeth { on_bridge: true, up: true, isolated: true, owned: true });
+        o.host_veths.insert(*p, HostVeth { on_bridge: true, up: true, isolated: true, owned: true, qdisc: None });
         o.networks.insert(*p, converged_view(&l, spec));
     }
     assert_eq!(plan(&d, &o, &l, &nginx), vec![], "converged: nothing to do");
@@ -406,16 +477,16 @@ fn actions_describe_themselves() {
         (Action::DelAddress { port: 1, dev: Dev::Uplink, cidr: cidr("10.0.0.1/24") }, "remove address 10.0.0.1/24 from the uplink".into()),
         (Action::AddRoute { port: 1, cidr: cidr("192.168.7.0/24") }, "add route 192.168.7.0/24 through WireGuard".into()),
         (
-            Action::ConfigureWg(1, vec![WgChange::AddPeer(k), WgChange::UpdatePeer(k, vec!["allowed_ips", "endpoint"])]),
+            configure(1, vec![WgChange::AddPeer(k), WgChange::UpdatePeer(k, vec!["allowed_ips", "endpoint"])]),
             format!("configure WireGuard: add peer {PEER_A}, update peer {PEER_A} (allowed_ips, endpoint)"),
         ),
-        (Action::ConfigureWg(1, vec![WgChange::RemovePeer(k)]), format!("configure WireGuard: remove peer {PEER_A}")),
-        (Action::SetRules { port: 1, missing_jumps: vec![] }, "replace the iptables rules".into()),
+        (configure(1, vec![WgChange::RemovePeer(k)]), format!("configure WireGuard: remove peer {PEER_A}")),
+        (set_rules(1, vec![]), "replace the iptables rules".into()),
         (
-            Action::SetRules { port: 1, missing_jumps: render::JUMPS[2..].to_vec() },
+            set_rules(1, render::JUMPS[2..].to_vec()),
             "replace the iptables rules (add jumps from -A FORWARD -j GATEWAY-FORWARD, -A FORWARD -j GATEWAY-FORWARD (IPv6))".into(),
         ),
-        (Action::WriteNginx, "write the nginx files, check and reload nginx".into()),
+        (write_nginx(), "write the nginx files, check and reload nginx".into()),
         (Action::CreateNamespace(1), "create the namespace".into()),
         (Action::DeleteNetwork(1), "delete the network (interface, namespace, rules)".into()),
     ] {
@@ -443,7 +514,7 @@ async fn a_rebuilt_interface_kicks_the_peers_seen_before() {
     let a = plan(&d, &o, &l, &nginx_files(&d));
     let kicks: Vec<&Action> = a.iter().filter(|a| matches!(a, Action::KickPeers { .. })).collect();
     let configured_a: std::net::SocketAddr = "10.254.0.7:41213".parse().unwrap();
-    assert_eq!(kicks, [&Action::KickPeers { port: 51820, peers: vec![(key(PEER_B), seen_b), (key(PEER_A), configured_a)] }]);
+    assert_eq!(kicks, [&kick_peers(51820, vec![(key(PEER_B), seen_b), (key(PEER_A), configured_a)])]);
     let at = |x: &Action| a.iter().position(|y| y == x).unwrap();
     assert!(at(&Action::SetWgLink { port: 51820, mtu: 1380 }) < at(kicks[0]), "kicked once up: {a:?}");
     assert_eq!(kicks[0].to_string(), "send a keepalive to the peers' last endpoints (192.0.2.2:2000, 10.254.0.7:41213)");
@@ -469,7 +540,7 @@ async fn a_standby_sends_nothing_and_a_host_taking_over_reaches_out() {
     assert!(net(&mut o).wg.as_ref().unwrap().peers.values().any(|p| p.endpoint.is_some()), "the fixture knows an endpoint");
     let a = plan(&standby, &o, &l, &nginx_files(&standby));
     let configure = a.iter().find_map(|x| match x {
-        Action::ConfigureWg(51820, changes) => Some(changes.clone()),
+        Action::ConfigureWg(51820, _, changes) => Some(changes.clone()),
         _ => None,
     });
     assert!(configure.is_some_and(|c| c.contains(&WgChange::ForgetEndpoints)), "{a:?}");
@@ -491,11 +562,8 @@ async fn a_standby_sends_nothing_and_a_host_taking_over_reaches_out() {
     let a = plan(&d, &o, &l, &nginx_files(&d));
     let ours: Vec<&Action> = a.iter().filter(|x| x.network() == Some(51820)).collect();
     let configured_a: std::net::SocketAddr = "10.254.0.7:41213".parse().unwrap();
-    assert!(matches!(ours[0], Action::ConfigureWg(51820, c) if c.contains(&WgChange::ReachOut)), "{ours:?}");
-    assert_eq!(
-        ours.last().copied(),
-        Some(&Action::KickPeers { port: 51820, peers: vec![(key(PEER_B), seen_b), (key(PEER_A), configured_a)] })
-    );
+    assert!(matches!(ours[0], Action::ConfigureWg(51820, _, c) if c.contains(&WgChange::ReachOut)), "{ours:?}");
+    assert_eq!(ours.last().copied(), Some(&kick_peers(51820, vec![(key(PEER_B), seen_b), (key(PEER_A), configured_a)])));
     // Started active where WireGuard knows endpoints: nothing but the sync.
     let mut live = observed_converged().await;
     live.reach_out.insert(51820, Reach::Started);
@@ -504,7 +572,7 @@ async fn a_standby_sends_nothing_and_a_host_taking_over_reaches_out() {
     // Started active where it knows none (it was standby): reach out.
     o.reach_out.insert(51820, Reach::Started);
     assert!(
-        plan(&d, &o, &l, &nginx_files(&d)).iter().any(|x| matches!(x, Action::ConfigureWg(51820, c) if c.contains(&WgChange::ReachOut)))
+        plan(&d, &o, &l, &nginx_files(&d)).iter().any(|x| matches!(x, Action::ConfigureWg(51820, _, c) if c.contains(&WgChange::ReachOut)))
     );
     assert_eq!(WgChange::ReachOut.to_string(), "set the peers anew to reach them (just became active)");
 }

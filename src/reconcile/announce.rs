@@ -21,14 +21,14 @@ impl Reconciler {
             errors: record.errors.clone(),
             duration_ms: record.duration_ms,
         };
-        self.shared.events.publish("apply", &event);
+        self.shared.events().publish("apply", &event);
     }
 
     /// One `drift_repaired` per network a drift check repaired in full
     /// (and one for the shared steps), listing what it did.
     pub(super) fn announce_repairs(&self, actions: &[Action], report: &ExecReport) {
         for event in repairs(actions, report) {
-            self.shared.events.publish("drift_repaired", &event);
+            self.shared.events().publish("drift_repaired", &event);
         }
     }
 }

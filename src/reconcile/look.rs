@@ -4,7 +4,7 @@
 //! where they may differ from what was last verified:
 //!
 //! - a network not verified by an earlier pass, whose rules the last pass
-//!   changed (any action on it), or whose spec renders different rules;
+//!   changed (any action on it), or whose target has different rules;
 //! - a network whose nf_tables ruleset generation moved since its rules
 //!   were verified (any change to its rules, by anyone, moves it);
 //! - a network where anything else is off (a by-hand change rarely comes
@@ -16,18 +16,23 @@
 //!
 //! So by-hand drift of the rules survives at most one watchdog interval with
 //! nf_tables (Debian's default), two without, whatever the number of networks.
+//!
+//! Networks an apply trusts (their target's digest is the one a pass
+//! converged) are not looked into at all: they are `Observed::unchanged`,
+//! and the planner plans nothing inside them.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use tracing::Instrument;
 
 use super::{Look, Mode, Reconciler};
 use crate::clock::now_unix;
-use crate::daemon::SeenNetwork;
-use crate::plan::{converged_view, plan};
-use crate::render::{self, NginxFiles};
+use crate::plan::{Plan, plan_rules, plan_unchanged};
+use crate::service::SeenNetwork;
 use crate::spec::{Desired, NetworkSpec};
 use crate::system::ExecReport;
+use crate::target::{NetworkTarget, Targets};
 use crate::traffic::InterfaceReading;
 use crate::types::PublicKey;
 
@@ -37,45 +42,46 @@ pub const SAFETY_ROUNDS: u64 = 60;
 impl Reconciler {
     /// Reads the system: the cheap part always, the bridge's addresses and
     /// each untrusted network where needed, then the rules that may differ.
-    pub(super) async fn look(&self, mode: Mode, desired: &Desired, nginx: &NginxFiles) -> Look {
-        let system = &self.shared.system;
+    /// Rules are read later, where the plan and the module's rules say.
+    pub(super) async fn look(&self, mode: Mode, targets: &Targets) -> Look {
+        let system = &self.shared.system();
         let mut look = Look { observed: system.observe_cheap(), ..Default::default() };
         if mode == Mode::Drift || !self.bridge_verified {
             if let Err(e) = system.observe_bridge_addresses(&mut look.observed).await {
                 look.errors.push(format!("reading the bridge: {e}"));
             }
         }
-        let present: Vec<&NetworkSpec> = desired.networks.values().filter(|s| look.observed.namespaces.contains(&s.port)).collect();
-        let (trusted, to_read): (Vec<&NetworkSpec>, Vec<&NetworkSpec>) = present.into_iter().partition(|s| self.trusted(mode, s));
-        for spec in trusted {
-            look.observed.networks.insert(spec.port, converged_view(&system.layout, spec));
-        }
-        let ports: Vec<u16> = to_read.iter().map(|s| s.port).collect();
+        let present = targets.networks.values().filter(|t| look.observed.namespaces.contains(&t.port()));
+        let (trusted, to_read): (Vec<&Arc<NetworkTarget>>, Vec<&Arc<NetworkTarget>>) = present.partition(|t| self.trusted(mode, t));
+        look.observed.unchanged.extend(trusted.iter().map(|t| t.port()));
+        let ports: Vec<u16> = to_read.iter().map(|t| t.port()).collect();
         look.read.extend(ports.iter().copied());
         for (port, result) in system.observe_networks(&ports).await {
-            self.take_reading(&mut look, desired, port, result);
+            self.take_reading(&mut look, targets, port, result);
         }
-        let rules = self.rules_to_read(mode, desired, &look, nginx);
-        self.read_rules(&mut look, desired, &rules).await;
-        look.observed.endpoints = self.shared.endpoints.of(desired.networks.keys().copied());
+        self.read_shaping(&mut look, targets, &ports).await;
+        // Peers' endpoints matter where the plan looks inside (a network read
+        // or made) and where a trusted one still reaches out: not per network.
+        let needs_endpoints = |p: &u16| !look.observed.unchanged.contains(p) || self.reach_out.contains_key(p);
+        look.observed.endpoints = self.shared.endpoints().of(targets.networks.keys().copied().filter(needs_endpoints));
         look
     }
 
     fn take_reading(
         &self,
         look: &mut Look,
-        desired: &Desired,
+        targets: &Targets,
         port: u16,
         result: Result<crate::observed::ObservedNetwork, crate::system::SysError>,
     ) {
-        let Some(spec) = desired.networks.get(&port) else { return };
+        let Some(spec) = targets.get(port).map(|t| &*t.spec) else { return };
         match result {
             Ok(mut n) => {
                 n.endpoints_changed = self.endpoints_changed(spec);
                 for p in &n.problems {
                     tracing::warn!(network = port, problem = %p, "unexpected WireGuard state");
                 }
-                self.shared.metrics.poll_errors.inc_by(n.problems.len() as u64);
+                self.shared.metrics().poll_errors.inc_by(n.problems.len() as u64);
                 match InterfaceReading::of(&n) {
                     Some(reading) => {
                         look.dumps.insert(port, reading);
@@ -84,16 +90,8 @@ impl Reconciler {
                 }
                 look.observed.networks.insert(port, n);
             }
-            Err(e) => self.unreadable(look, spec, e.to_string()),
+            Err(e) => unreadable(look, port, e.to_string()),
         }
-    }
-
-    /// Plan nothing for a network that could not be read: take it as
-    /// converged, report the error, and look again next time.
-    fn unreadable(&self, look: &mut Look, spec: &NetworkSpec, error: String) {
-        look.errors.push(crate::model::pass_error(spec.port, format_args!("{}{error}", crate::model::UNREADABLE)));
-        look.observed.networks.insert(spec.port, converged_view(&self.shared.system.layout, spec));
-        look.unreadable.insert(spec.port);
     }
 
     /// A peer's desired endpoint differs from the one it was last given:
@@ -101,60 +99,84 @@ impl Reconciler {
     fn endpoints_changed(&self, spec: &NetworkSpec) -> bool {
         self.memory.get(&spec.port).is_some_and(|before| {
             let changed = |(k, p): (&PublicKey, &crate::spec::PeerSpec)| {
-                p.endpoint.is_some() && before.spec.peers.get(k).is_some_and(|b| b.endpoint != p.endpoint)
+                p.endpoint.is_some() && before.target.spec.peers.get(k).is_some_and(|b| b.endpoint != p.endpoint)
             };
             spec.peers.iter().any(changed)
         })
     }
 
     /// The networks read this pass whose rules must be read too (see the
-    /// module's documentation).
-    fn rules_to_read(&self, mode: Mode, desired: &Desired, look: &Look, nginx: &NginxFiles) -> BTreeSet<u16> {
-        let layout = &self.shared.system.layout;
+    /// module's documentation); `off`: the networks the plan changes.
+    pub(super) fn rules_to_read(&self, mode: Mode, targets: &Targets, look: &Look, off: &BTreeSet<u16>) -> BTreeSet<u16> {
         // In a drift check anything off means a by-hand change (the desired
         // state did not move); in an apply, the changed networks' actions
         // are expected and say nothing about their rules.
-        let elsewhere_off: BTreeSet<u16> = match mode {
-            Mode::Drift => plan(desired, &look.observed, layout, nginx).iter().filter_map(crate::plan::Action::network).collect(),
-            Mode::Apply => BTreeSet::new(),
-        };
+        let elsewhere_off = |port: &u16| mode == Mode::Drift && off.contains(port);
         let turn = if mode == Mode::Drift { Some(self.drift_checks) } else { None };
         let read = look.observed.networks.iter().filter(|(p, n)| n.rules.is_none() && !look.unreadable.contains(p));
         let mut out = BTreeSet::new();
         for (index, (port, n)) in read.enumerate() {
-            let Some(spec) = desired.networks.get(port) else { continue };
+            let Some(target) = targets.get(*port) else { continue };
             let index = index as u64;
             let by_turn = |rounds: u64| turn.is_some_and(|t| index % rounds == t % rounds);
             let stale = match self.memory.get(port).and_then(|m| m.rules.as_ref().map(|r| (m, r))) {
                 None => true,
                 Some((m, r)) => {
-                    render::rules(layout, &m.spec) != render::rules(layout, spec)
+                    m.target.rules != target.rules
                         || match n.rules_generation {
                             Some(g) => r.generation != Some(g),
                             None => by_turn(2),
                         }
                 }
             };
-            if stale || elsewhere_off.contains(port) || by_turn(SAFETY_ROUNDS) {
+            if stale || elsewhere_off(port) || by_turn(SAFETY_ROUNDS) {
                 out.insert(*port);
             }
         }
         out
     }
 
-    /// Reads the rules of `ports` (one process each).
-    async fn read_rules(&self, look: &mut Look, desired: &Desired, ports: &BTreeSet<u16>) {
+    /// Reads tc on both veth ends (two processes) of the networks read this
+    /// pass that have a bandwidth field or were seen holding HTB; the
+    /// others cost nothing (see `render::tc::steps`).
+    async fn read_shaping(&self, look: &mut Look, targets: &Targets, ports: &[u16]) {
         for port in ports {
-            let Some(spec) = desired.networks.get(port) else { continue };
-            let result = self.shared.system.observe_rules(*port).instrument(tracing::debug_span!("network", network = port)).await;
+            let (Some(target), Some(n)) = (targets.get(*port), look.observed.networks.get(port)) else { continue };
+            let host_htb = look.observed.host_veths.get(port).and_then(|v| v.qdisc.as_deref()) == Some("htb");
+            if !(target.shaping.is_some() || host_htb || n.uplink_qdisc.as_deref() == Some("htb")) || look.unreadable.contains(port) {
+                continue;
+            }
+            let result = self.shared.system().observe_shaping(*port).instrument(tracing::debug_span!("network", network = port)).await;
+            match result {
+                Ok(seen) => {
+                    if let Some(n) = look.observed.networks.get_mut(port) {
+                        n.shaping = Some(seen);
+                    }
+                }
+                Err(e) => unreadable(look, *port, e.to_string()),
+            }
+        }
+    }
+
+    /// Reads the rules of `ports` (one process each) and plans them: their
+    /// action goes first among the network's. A network whose rules cannot
+    /// be read is planned as unchanged.
+    pub(super) async fn read_rules(&self, look: &mut Look, targets: &Targets, ports: &BTreeSet<u16>, plan: &mut Plan) {
+        for port in ports {
+            let Some(target) = targets.get(*port) else { continue };
+            let result = self.shared.system().observe_rules(*port).instrument(tracing::debug_span!("network", network = port)).await;
             match result {
                 Ok(rules) => {
+                    plan.prepend_some(*port, plan_rules(target, &rules));
                     if let Some(n) = look.observed.networks.get_mut(port) {
                         look.rules_read.insert(*port, n.rules_generation);
                         n.rules = Some(rules);
                     }
                 }
-                Err(e) => self.unreadable(look, spec, e.to_string()),
+                Err(e) => {
+                    unreadable(look, *port, e.to_string());
+                    plan.networks.insert(*port, plan_unchanged(target, &look.observed));
+                }
             }
         }
     }
@@ -172,12 +194,21 @@ impl Reconciler {
             .filter_map(|p| look.observed.networks.get(p).map(|n| (*p, seen(Some(n.clone())))))
             .collect();
         let changed: Vec<u16> = report.changed.iter().copied().collect();
-        let now_there = self.shared.system.namespaces();
-        for (port, n) in self.shared.system.observe_networks(&changed).await {
+        let now_there = self.shared.system().namespaces();
+        for (port, n) in self.shared.system().observe_networks(&changed).await {
             out.push((port, seen(n.ok().filter(|_| now_there.contains(&port)))));
         }
         out.extend(desired.networks.keys().filter(|p| !now_there.contains(p)).map(|p| (*p, seen(None))));
         self.shared.record_seen(out);
-        self.shared.seen.retain(|p| desired.networks.contains_key(&p) || now_there.contains(&p));
+        self.shared.seen().retain(|p| desired.networks.contains_key(&p) || now_there.contains(&p));
     }
+}
+
+/// Plan nothing inside a network that could not be read: take it as
+/// unchanged, report the error, and look again next time.
+fn unreadable(look: &mut Look, port: u16, error: String) {
+    look.errors.push(crate::model::pass_error(port, format_args!("{}{error}", crate::model::UNREADABLE)));
+    look.observed.networks.remove(&port);
+    look.observed.unchanged.insert(port);
+    look.unreadable.insert(port);
 }

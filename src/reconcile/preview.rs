@@ -3,9 +3,9 @@
 use std::collections::BTreeMap;
 
 use super::{Mode, Reconciler};
-use crate::daemon::DryRunRequest;
 use crate::model::DryRunResponse;
 use crate::plan::Action;
+use crate::service::DryRunRequest;
 use crate::spec::Desired;
 
 impl Reconciler {
@@ -14,12 +14,15 @@ impl Reconciler {
     pub async fn answer_dry_run(&self, request: DryRunRequest) {
         // As an apply would: what this host's role applies of it, without
         // the raw routes whose port another process holds.
-        let desired = match &self.shared.role {
-            Some(_) => std::borrow::Cow::Owned(crate::ha::view(&request.desired, self.shared.role())),
-            None => std::borrow::Cow::Borrowed(&request.desired),
+        let desired = match self.shared.has_role() {
+            true => std::borrow::Cow::Owned(crate::ha::view(&request.desired, self.shared.role())),
+            false => std::borrow::Cow::Borrowed(&request.desired),
         };
-        let (nginx, left_out) = self.nginx_for(&desired);
-        let (mut look, actions) = self.look_and_plan(Mode::Apply, &desired, &nginx).await;
+        // The targets the last pass computed serve where a spec is the same.
+        let (targets, _) = crate::target::Targets::build(&self.shared.system().layout, &desired, &self.targets);
+        let (parts, _) = self.nginx_parts_of(&targets);
+        let (nginx, left_out) = self.nginx_for(&parts);
+        let (mut look, actions) = self.look_and_plan(Mode::Apply, &targets, &nginx).await;
         look.errors.extend(left_out.into_iter().map(|l| format!("network {}: {}: {}", l.network, l.route, l.error)));
         let response = describe(request.generation, &actions, look.errors, &request.desired);
         // The asker may have given up waiting: nothing to do then.
@@ -43,7 +46,7 @@ pub fn describe(generation: i64, actions: &[Action], errors: Vec<String>, desire
             None => shared.push(action.to_string()),
         }
     }
-    let nginx_reload = actions.iter().any(|a| matches!(a, Action::WriteNginx | Action::StartNginx));
+    let nginx_reload = actions.iter().any(|a| matches!(a, Action::WriteNginx(_) | Action::StartNginx));
     removed.sort_unstable();
     DryRunResponse { dry_run: true, generation, changes, shared, nginx_reload, removed, errors }
 }
@@ -60,7 +63,7 @@ mod tests {
             Action::CreateBridge,
             Action::SetWgLink { port: 51820, mtu: 1400 },
             Action::SetForwarding(51820),
-            Action::WriteNginx,
+            Action::WriteNginx(Default::default()),
             Action::DeleteNetwork(40000),
             Action::DeleteHostVeth(40000),
         ];

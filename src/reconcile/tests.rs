@@ -5,7 +5,7 @@ use super::*;
 use crate::model::GatewayConfig;
 use crate::system::{Backend, Record, Reply, Script};
 use crate::testing::{
-    FakeHost, FixtureReader, converged_config, converged_desired, converged_rules, converged_script, nginx_files, shared,
+    FakeHost, FixtureObserver, converged_config, converged_desired, converged_rules, converged_script, nginx_files, shared,
 };
 
 const PEER_A: &str = "OxvFhrgLnI9e4xzMMA2qQ7wm/xCUzxaWW5cb1JGkWSA=";
@@ -13,34 +13,34 @@ const NETWORK_KEY_51820: &str = "4dcKbDNyb6pkkRuP22OPzkHgpOb9k67iaP5R9A0xv0c=";
 
 struct Setup {
     host: FakeHost,
-    reader: Arc<FixtureReader>,
+    reader: Arc<FixtureObserver>,
     reconciler: Reconciler,
     shared: Arc<Shared>,
 }
 
 async fn setup(script: Script, config: &GatewayConfig) -> Setup {
     let host = FakeHost::converged(&nginx_files(&converged_desired()));
-    let reader = Arc::new(FixtureReader::default());
-    let shared = shared(host.system_reading(script, Backend::Kernel, reader.clone())).await;
-    shared.store.save_desired(config, 1).await.unwrap();
+    let reader = Arc::new(FixtureObserver::default());
+    let shared = shared(host.system_observing(script, Backend::Kernel, reader.clone())).await;
+    shared.store().save_desired(config, 1).await.unwrap();
     let reconciler = Reconciler::new(shared.clone()).await;
     Setup { host, reader, reconciler, shared }
 }
 
 impl Setup {
     fn records(&self) -> Vec<Record> {
-        self.shared.system.runner.take_records()
+        self.shared.system().runner.take_records()
     }
 
     async fn store(&self, change: impl FnOnce(&mut serde_json::Value)) {
-        let mut cfg = serde_json::to_value(self.shared.store.desired().await.unwrap().1).unwrap();
+        let mut cfg = serde_json::to_value(self.shared.store().desired().await.unwrap().1).unwrap();
         change(&mut cfg);
-        self.shared.store.save_desired(&serde_json::from_value(cfg).unwrap(), 2).await.unwrap();
+        self.shared.store().save_desired(&serde_json::from_value(cfg).unwrap(), 2).await.unwrap();
     }
 }
 
 fn mutating(records: &[Record]) -> Vec<&str> {
-    records.iter().filter(|r| r.mutating).map(|r| r.line.as_str()).collect()
+    records.iter().filter(|r| r.mutating).flat_map(Record::commands).collect()
 }
 
 #[tokio::test]
@@ -50,7 +50,7 @@ async fn nothing_accepted_yet_touches_nothing() {
     let shared = shared(host.system(Script::new(), Backend::Kernel)).await;
     let mut r = Reconciler::new(shared.clone()).await;
     assert!(r.tick(Mode::Drift).await.is_none());
-    assert!(shared.system.runner.take_records().is_empty(), "not even a read");
+    assert!(shared.system().runner.take_records().is_empty(), "not even a read");
 }
 
 #[tokio::test]
@@ -63,12 +63,12 @@ async fn a_drift_check_of_the_converged_system_changes_nothing_and_polls_every_n
     let records = s.records();
     assert!(mutating(&records).is_empty(), "{records:?}");
     // The fixture's keepalive peer had sent 148 bytes: counted once.
-    let t = crate::traffic::traffic_since(&s.shared.store, 0, i64::MAX).await.unwrap();
+    let t = crate::traffic::traffic_since(s.shared.store(), 0, i64::MAX).await.unwrap();
     assert_eq!(t.networks[NETWORK_KEY_51820].devices[PEER_A].traffic, crate::model::Traffic { rx: 0, tx: 148 });
     s.reconciler.tick(Mode::Drift).await.unwrap();
-    let t = crate::traffic::traffic_since(&s.shared.store, 0, i64::MAX).await.unwrap();
+    let t = crate::traffic::traffic_since(s.shared.store(), 0, i64::MAX).await.unwrap();
     assert_eq!(t.traffic.tx, 148, "the same counters read again add nothing");
-    assert_eq!(s.shared.finished.borrow().as_ref().map(|r| r.applied_generation), Some(1));
+    assert_eq!(s.shared.last_pass().as_ref().map(|r| r.applied_generation), Some(1));
 }
 
 #[tokio::test]
@@ -89,12 +89,12 @@ async fn an_apply_after_a_verified_pass_runs_no_process() {
 async fn a_pass_takes_the_state_validated_for_its_generation() {
     let mut s = setup(converged_script(), &converged_config()).await;
     let mut accepted = converged_desired();
-    accepted.networks.get_mut(&51821).unwrap().mtu = 1300;
+    Arc::make_mut(accepted.networks.get_mut(&51821).unwrap()).mtu = 1300;
     let accepted = Arc::new(accepted);
-    s.shared.remember_accepted(1, accepted.clone());
+    s.shared.remember_accepted(1, Arc::new(converged_config()), accepted.clone());
     let outcome = s.reconciler.tick(Mode::Apply).await.unwrap();
     assert_eq!(outcome.record.changed, [51821], "the handed-over state was applied");
-    s.shared.remember_accepted(0, Arc::new(converged_desired()));
+    s.shared.remember_accepted(0, Arc::new(converged_config()), Arc::new(converged_desired()));
     assert!(Arc::ptr_eq(&s.shared.accepted(1).unwrap(), &accepted), "an older generation never replaces a newer one");
     assert!(s.shared.accepted(2).is_none());
 }
@@ -113,8 +113,68 @@ async fn a_change_to_one_network_reads_and_touches_only_it() {
         ["network-51821", "network-51821"],
         "read before the change and after it (for status.json), without a process"
     );
-    let lines: Vec<String> = s.records().into_iter().map(|r| r.line).collect();
+    let lines: Vec<String> = s.records().iter().flat_map(Record::commands).map(String::from).collect();
     assert_eq!(lines, ["ip -n network-51821 link set wg51821 mtu 1300 up"], "rules rendering the same are not read again");
+}
+
+/// A network's target is computed once per change of its spec: a pass
+/// with nothing changed computes none, a drift check none either, and a
+/// change to one network computes that one alone.
+#[tokio::test]
+async fn targets_are_computed_only_for_networks_that_changed() {
+    let mut s = setup(converged_script(), &converged_config()).await;
+    s.reconciler.tick(Mode::Drift).await.unwrap();
+    assert_eq!(s.reconciler.computed, [51820, 51821], "the first pass computes every target");
+    let outcome = s.reconciler.tick(Mode::Apply).await.unwrap();
+    assert_eq!(s.reconciler.computed, Vec::<u16>::new(), "nothing changed: nothing computed");
+    assert_eq!(outcome.actions, 0, "and nothing planned");
+    s.reconciler.tick(Mode::Drift).await.unwrap();
+    assert_eq!(s.reconciler.computed, Vec::<u16>::new(), "a drift check computes none either");
+    s.store(|c| c["51821"]["mtu"] = 1300.into()).await;
+    let outcome = s.reconciler.tick(Mode::Apply).await.unwrap();
+    assert_eq!(s.reconciler.computed, [51821], "only the changed network");
+    assert_eq!(outcome.record.changed, [51821]);
+}
+
+/// nginx's part of a network is rendered once per change of its spec: a
+/// pass with nothing changed renders none (the files are put together from
+/// the kept parts), and a change to one network renders that one alone.
+#[tokio::test]
+async fn nginx_is_rendered_only_for_networks_that_changed() {
+    let mut s = setup(converged_script(), &converged_config()).await;
+    s.reconciler.tick(Mode::Drift).await.unwrap();
+    assert_eq!(s.reconciler.nginx_rendered, [51820, 51821], "the first pass renders every network");
+    s.reconciler.tick(Mode::Apply).await.unwrap();
+    assert_eq!(s.reconciler.nginx_rendered, Vec::<u16>::new(), "nothing changed: nothing rendered");
+    s.reconciler.tick(Mode::Drift).await.unwrap();
+    assert_eq!(s.reconciler.nginx_rendered, Vec::<u16>::new(), "a drift check renders none either");
+    s.records();
+    s.store(|c| c["51821"]["proxy"]["http://more.test"] = serde_json::json!(["10.81.0.9:8443"])).await;
+    s.reconciler.tick(Mode::Apply).await.unwrap();
+    assert_eq!(s.reconciler.nginx_rendered, [51821], "only the changed network");
+    // The files, from the kept part and the new one, are the new state's.
+    let (files, _) = s.reconciler.nginx_for(&s.reconciler.nginx_parts);
+    let desired = validate(&s.shared.store().desired().await.unwrap().1, &Default::default()).unwrap();
+    assert!(*files == nginx_files(&desired) && files.http.contains("server_name more.test;"), "{}", files.http);
+}
+
+/// Trust is the target's digest, not the spec: a change that leaves a
+/// network's target as it was (PROXY protocol is nginx's alone) reads
+/// nothing inside the network and plans nothing there.
+#[tokio::test]
+async fn a_change_that_leaves_the_target_alone_reads_no_network() {
+    let mut s = setup(converged_script(), &converged_config()).await;
+    s.reconciler.tick(Mode::Drift).await.unwrap();
+    s.records();
+    s.reader.take_reads();
+    s.store(|c| c["51821"]["proxy"]["https://other.test"] = serde_json::json!({"upstreams": ["10.81.0.9:8443"], "proxy_protocol": true}))
+        .await;
+    let outcome = s.reconciler.tick(Mode::Apply).await.unwrap();
+    assert_eq!(s.reconciler.computed, [51821], "its spec changed: its target is computed again");
+    assert_eq!(s.reader.take_reads(), Vec::<String>::new(), "the same digest: not looked into");
+    assert!(outcome.record.changed.is_empty(), "nothing done inside a network");
+    let records = s.records();
+    assert!(mutating(&records).iter().all(|l| l.contains("nginx")), "nginx's files alone: {records:?}");
 }
 
 #[tokio::test]
@@ -165,10 +225,10 @@ async fn a_failing_command_fails_its_network_only_with_the_command_and_stderr() 
         "{e:?}"
     );
     let records = s.records();
-    assert!(!records.iter().any(|r| r.line.contains("link add wg51821")), "the network's later actions are skipped");
+    assert!(!records.iter().flat_map(Record::commands).any(|l| l.contains("link add wg51821")), "the network's later actions are skipped");
     // The next apply tries again.
     s.reconciler.tick(Mode::Apply).await.unwrap();
-    assert!(s.records().iter().any(|r| r.line == "ip netns add network-51821"));
+    assert!(s.records().iter().flat_map(Record::commands).any(|l| l == "ip netns add network-51821"));
 }
 
 #[tokio::test]
@@ -179,11 +239,11 @@ async fn a_removed_network_is_read_for_its_counters_before_it_goes() {
     s.store(|c| drop(c.as_object_mut().unwrap().remove("51820"))).await;
     let outcome = s.reconciler.tick(Mode::Apply).await.unwrap();
     assert!(outcome.record.ok, "{:?}", outcome.record.errors);
-    let lines: Vec<String> = s.records().into_iter().map(|r| r.line).collect();
+    let lines: Vec<String> = s.records().iter().flat_map(Record::commands).map(String::from).collect();
     assert!(lines.iter().any(|l| l == "ip netns del network-51820"), "network deleted: {lines:#?}");
     // (The counters are read before the pass executes anything: `pass`.)
     assert!(s.reader.take_reads().contains(&"network-51820".to_string()), "counters read");
-    let t = crate::traffic::traffic_since(&s.shared.store, 0, i64::MAX).await.unwrap();
+    let t = crate::traffic::traffic_since(s.shared.store(), 0, i64::MAX).await.unwrap();
     assert_eq!(t.networks[NETWORK_KEY_51820].traffic.tx, 148, "the last bytes are kept");
 }
 

@@ -49,6 +49,7 @@ pub fn sample_config() -> GatewayConfig {
             ("https://db.example.com".to_string(), vec!["10.80.0.3:443".to_string()].into()),
         ]
         .into(),
+        bandwidth: None,
     };
     let mut other = net.clone();
     other.private_key = "0HPlRxcp5W4u92WrM/Esf7dN1T6XPk/a96sfThph7Vo=".into();
@@ -123,7 +124,7 @@ fn the_worker_shutdown_timeout_is_written_at_main_level() {
 #[test]
 fn golden_iptables() {
     let (d, _) = site();
-    let rs = rules(&Layout::default(), &d.networks[&51820]);
+    let rs = rules_of(&Layout::default(), &d.networks[&51820]);
     golden("iptables-51820.rules", &iptables_restore(&rs, Family::Ipv4, &JUMPS));
     golden("ip6tables-51820.rules", &iptables_restore(&rs, Family::Ipv6, &JUMPS));
     for family in [Family::Ipv4, Family::Ipv6] {
@@ -140,11 +141,11 @@ fn golden_iptables() {
 #[test]
 fn only_ingress_from_the_bridge_is_masqueraded() {
     let (d, _) = site();
-    let rs = rules(&Layout::default(), &d.networks[&51820]);
+    let rs = rules_of(&Layout::default(), &d.networks[&51820]);
     let snat: Vec<&String> = rs.nat.iter().filter(|l| l.starts_with("-A GATEWAY-SNAT")).collect();
     assert_eq!(snat, ["-A GATEWAY-SNAT -s 10.199.0.0/16 -o wg51820 -j MASQUERADE"]);
     let other = Layout::new("n-", "wg", "v", "br", "172.20.0.0/14", 20000).unwrap();
-    assert!(rules(&other, &d.networks[&51820]).nat.contains(&"-A GATEWAY-SNAT -s 172.20.0.0/14 -o wg51820 -j MASQUERADE".to_string()));
+    assert!(rules_of(&other, &d.networks[&51820]).nat.contains(&"-A GATEWAY-SNAT -s 172.20.0.0/14 -o wg51820 -j MASQUERADE".to_string()));
 }
 
 #[test]
@@ -157,7 +158,7 @@ fn golden_wireguard() {
 fn nginx_and_nat_agree_on_ports() {
     let (d, site) = site();
     let layout = Layout::default();
-    let rs = rules(&layout, &d.networks[&51820]);
+    let rs = rules_of(&layout, &d.networks[&51820]);
     let veth = layout.veth_ns_ip(51820);
     let served: Vec<_> = site.https.iter().chain(&site.http).flat_map(|r| r.servers.iter()).filter(|s| *s.ip() == veth).collect();
     assert_eq!(served.len(), 4, "three routes of 51820 with four servers: {site:?}");
@@ -216,7 +217,7 @@ fn golden_ingress() {
     let (d, site) = ingress_site();
     golden("nginx-stream-ingress.conf", &nginx_stream(&site));
     golden("nginx-http-dual-stack.conf", &nginx_http(&site));
-    golden("iptables-51820-raw.rules", &iptables_restore(&rules(&Layout::default(), &d.networks[&51820]), Family::Ipv4, &[]));
+    golden("iptables-51820-raw.rules", &iptables_restore(&rules_of(&Layout::default(), &d.networks[&51820]), Family::Ipv4, &[]));
     let http = nginx_http(&site);
     assert_eq!(http.matches("ipv6only=on").count(), 1, "nginx takes listen options once per address: {http}");
     assert_eq!(http.matches("listen [::]:80").count(), site.http.len() + 1, "the routes and the gateway's catch-all");
@@ -269,18 +270,22 @@ fn worker_limits_are_read_from_nginx_conf_with_nginx_defaults() {
 fn a_warning_when_the_raw_ports_could_take_every_worker_connection() {
     let (_, site) = ingress_site(); // three raw ports: 3 x 512 sessions x 2 connections = 3072
     let debian = WorkerLimits { processes: None, connections: 768, rlimit_nofile: None };
-    let line = capacity_warning(&site, &debian, 2, 1024).expect("2 x 768 = 1536 < 3072");
+    let line = capacity_warning(&site.raw, &debian, 2, 1024).expect("2 x 768 = 1536 < 3072");
     assert_eq!(
         line,
         "nginx has 1536 connections (2 worker(s) x min(worker_connections 768, open files 1024)) but the 3 raw port(s) may hold 3072 (sessions x 2): a flood on them could stop every other route; raise worker_connections to 2048 or more, and worker_rlimit_nofile with it, in nginx.conf"
     );
     let roomy = WorkerLimits { processes: Some(2), connections: 4096, rlimit_nofile: None };
-    assert_eq!(capacity_warning(&site, &roomy, 2, 65536), None, "8192 > 3072");
-    let files = capacity_warning(&site, &roomy, 2, 1024).expect("the open-file limit caps each worker at 1024");
+    assert_eq!(capacity_warning(&site.raw, &roomy, 2, 65536), None, "8192 > 3072");
+    let files = capacity_warning(&site.raw, &roomy, 2, 1024).expect("the open-file limit caps each worker at 1024");
     assert!(files.contains("nginx has 2048 connections"), "{files}");
-    assert_eq!(capacity_warning(&site, &WorkerLimits { rlimit_nofile: Some(65536), ..roomy }, 2, 1024), None, "worker_rlimit_nofile wins");
+    assert_eq!(
+        capacity_warning(&site.raw, &WorkerLimits { rlimit_nofile: Some(65536), ..roomy }, 2, 1024),
+        None,
+        "worker_rlimit_nofile wins"
+    );
     let (_, plain) = self::site();
-    assert_eq!(capacity_warning(&plain, &WorkerLimits::parse(""), 1, 1024), None, "no raw port, nothing to bound");
+    assert_eq!(capacity_warning(&plain.raw, &WorkerLimits::parse(""), 1, 1024), None, "no raw port, nothing to bound");
 }
 
 /// The server blocks of an http file: (listen lines, server_name, body lines).
@@ -319,7 +324,7 @@ fn unknown_host_names_are_the_gateways_on_every_http_listen_address() {
 fn raw_ports_and_their_dnat_rules_agree() {
     let (d, site) = ingress_site();
     let layout = Layout::default();
-    let rs = rules(&layout, &d.networks[&51820]);
+    let rs = rules_of(&layout, &d.networks[&51820]);
     assert_eq!(site.raw.iter().map(|r| (r.transport.name(), r.port)).collect::<Vec<_>>(), [("tcp", 2222), ("tcp", 5432), ("udp", 27015)]);
     for r in &site.raw {
         assert!(!r.servers.is_empty());
@@ -347,8 +352,8 @@ fn raw_ports_and_their_dnat_rules_agree() {
 
 use std::net::{SocketAddr, SocketAddrV4};
 
-use crate::system::parse::parse_rules;
-use crate::system::wgread::parse_uapi;
+use crate::system::firewall::save_parse::parse_rules;
+use crate::system::wireguard::observe::parse_uapi;
 use crate::testing::{converged_desired, fixture};
 use crate::types::{Cidr, PublicKey, SecretKey};
 
@@ -450,7 +455,7 @@ fn iptables_rules_as_the_real_tool_saves_them_are_the_rendered_ones() {
     let d = converged_desired();
     let layout = Layout::default();
     for (port, spec) in &d.networks {
-        let want = rules(&layout, spec);
+        let want = rules_of(&layout, spec);
         let (saved, saved6) = (fixture(&format!("iptables-save-{port}.txt")), fixture(&format!("ip6tables-save-{port}.txt")));
         let observed = parse_rules(&saved, Some(&saved6));
         assert_eq!((&observed.nat, &observed.filter), (&want.nat, &want.filter), "network {port}");
@@ -473,7 +478,7 @@ fn iptables_rules_as_the_real_tool_saves_them_are_the_rendered_ones() {
 #[test]
 fn iptables_restore_text_reads_back_as_the_rules() {
     let (d, _) = site();
-    let rs = rules(&Layout::default(), &d.networks[&51820]);
+    let rs = rules_of(&Layout::default(), &d.networks[&51820]);
     let (v4, v6) = (iptables_restore(&rs, Family::Ipv4, &JUMPS), iptables_restore(&rs, Family::Ipv6, &JUMPS));
     let back = parse_rules(&v4, Some(&v6));
     assert_eq!((&back.nat, &back.filter, back.filter6.as_ref()), (&rs.nat, &rs.filter, Some(&rs.filter)));
@@ -537,11 +542,16 @@ fn nginx_files_read_back_as_the_routes() {
     urls.sort();
     assert_eq!(routes.keys().cloned().collect::<Vec<_>>(), urls);
     for spec in d.networks.values() {
-        let ports = Layout::default().dnat_ports(&spec.upstreams());
+        let ports = Layout::default().network_dnat(spec).tcp;
         for (scheme, map) in [("https", &spec.https), ("http", &spec.http)] {
             for (host, ups) in map {
-                let via: Vec<u16> = routes[&format!("{scheme}://{host}")].iter().map(|s| s.port()).collect();
-                assert_eq!(via, ups.iter().map(|u| ports[u]).collect::<Vec<_>>(), "{scheme}://{host} goes to its upstreams' DNAT ports");
+                let key = format!("{scheme}://{host}");
+                let via: Vec<u16> = routes[&key].iter().map(|s| s.port()).collect();
+                assert_eq!(
+                    via,
+                    ups.iter().map(|u| ports.port(&key, u).unwrap()).collect::<Vec<_>>(),
+                    "{key} goes to its upstreams' DNAT ports"
+                );
             }
         }
     }
@@ -567,4 +577,141 @@ fn a_kick_sets_the_endpoint_sends_one_keepalive_and_restores_the_configured_one(
     );
     assert_eq!(text, want);
     assert!(!text.contains("PrivateKey") && !text.contains("PresharedKey"));
+}
+
+/// The sample with access control and limits on routes of every scheme.
+/// `per_client_https`: one HTTPS route also counts per client (the SNI
+/// listener then sends a PROXY header to the hops).
+fn access_site(per_client_https: bool) -> NginxSite {
+    NginxSite::build(&Layout::default(), &access_desired(per_client_https), &[], &options())
+}
+
+fn access_desired(per_client_https: bool) -> Desired {
+    let mut config = sample_config();
+    let mut extra = serde_json::json!({
+        "https://app.example.com": {"upstreams": ["10.80.0.2:443"], "allow": ["203.0.113.0/24", "2001:db8::/32"], "deny": ["203.0.113.7/32", "2001:db8::/48"]},
+        "https://db.example.com": {"upstreams": ["10.80.0.3:443"], "max_connections": 2},
+        "https://both.example.com": {"upstreams": ["10.80.0.3:443"], "deny": ["198.51.100.0/24"], "max_connections": 5, "bandwidth": {"egress_mbit": 10}},
+        "http://app.example.com": {"upstreams": ["10.80.0.2:80"], "deny": ["198.51.100.0/24"], "max_connections": 100, "max_connections_per_client": 10},
+        "tcp://2222": {"upstreams": ["10.80.0.2:22"], "proxy_protocol": true, "allow": ["192.0.2.0/24"], "max_connections": 2},
+        "udp://27015": {"upstreams": ["10.80.0.2:27015"], "deny": ["192.0.2.0/24"], "max_connections_per_client": 4},
+        "tcp://5432": ["10.80.0.3:5432"],
+    });
+    if per_client_https {
+        extra["https://db.example.com"]["max_connections_per_client"] = serde_json::json!(1);
+    }
+    config.get_mut("51820").unwrap().proxy.extend(serde_json::from_value::<BTreeMap<String, crate::model::ProxyTarget>>(extra).unwrap());
+    validate(&config, &Context::default()).expect("valid")
+}
+
+/// Access control and limits: goldens, and what each route's path is.
+#[test]
+fn golden_access() {
+    let site = access_site(false);
+    let (stream, http) = (nginx_stream(&site), nginx_http(&site));
+    golden("nginx-stream-access.conf", &stream);
+    golden("nginx-http-access.conf", &http);
+    let pp = nginx_stream(&access_site(true));
+    golden("nginx-stream-access-pp.conf", &pp);
+    // Without a per-client count nothing needs the client's address in a hop:
+    // no PROXY header on the listener, every other route on its plain path.
+    assert!(!stream.contains("proxy_protocol on;\n        proxy_pass $gateway_entry"), "{stream}");
+    assert!(pp.contains("proxy_protocol on;\n        proxy_pass $gateway_entry") && pp.contains("set_real_ip_from unix:;"), "{pp}");
+    // A denied network inside an allowed one is refused; an allowed one inside a denied one is left out.
+    assert!(
+        stream.contains("        203.0.113.7/32 gateway_refused;\n") && stream.contains("        203.0.113.0/24 gateway_https_51820_0;\n"),
+        "{stream}"
+    );
+    assert!(!stream.contains("2001:db8::/48 gateway_https") && stream.contains("2001:db8::/48 gateway_refused;"), "{stream}");
+    // Raw ports: the route's limits take the defaults' place; allow/deny as nginx rules, deny first.
+    assert!(stream.contains("        allow 192.0.2.0/24;\n        deny all;\n"), "{stream}");
+    assert!(stream.contains("limit_conn gateway_raw_port 2;") && stream.contains("limit_conn gateway_raw_client 4;"), "{stream}");
+    assert!(http.contains("    deny 198.51.100.0/24;\n") && http.contains("limit_conn gateway_http_route 100;"), "{http}");
+    // Routes without the fields render as before: the sample's goldens are unchanged (golden_nginx).
+    let (_, plain) = site_plain();
+    assert!(!nginx_stream(&plain).contains("geo ") && !nginx_http(&plain).contains("limit_conn"));
+}
+
+/// Every server of a route sends its usage lines; a hop's name its route
+/// (its limits act before any SNI is read), and HTTP's carry the upstream
+/// (a 403/503 without one is nginx's refusal).
+#[test]
+fn golden_access_usage() {
+    let mut site = access_site(true);
+    site.options.usage_socket = Some("/run/gateway-usage.sock".into());
+    let (stream, http) = (nginx_stream(&site), nginx_http(&site));
+    golden("nginx-stream-access-usage.conf", &stream);
+    let to_socket = "access_log syslog:server=unix:/run/gateway-usage.sock,tag=gateway_usage,nohostname ";
+    let servers = |text: &str| text.matches("server {").count();
+    assert_eq!(stream.matches(to_socket).count(), servers(&stream), "every stream server, each hop included: {stream}");
+    assert_eq!(http.matches(to_socket).count(), site.http.len(), "every route's HTTP server: {http}");
+    for (host, name) in [("both.example.com", "gateway_https_51820_1"), ("db.example.com", "gateway_https_51820_2")] {
+        let format = format!("{name}_usage");
+        assert!(
+            stream.contains(&format!("log_format {format} 's TCP - $status $bytes_received $bytes_sent {host} $upstream_addr';")),
+            "{stream}"
+        );
+        let hop = stream.split("\n    server {\n").find(|b| b.contains(&format!("proxy_pass {name};"))).expect("the hop");
+        assert!(hop.contains("listen unix:") && hop.contains(&format!("nohostname {format};")), "{hop}");
+    }
+    assert!(stream.contains(&format!("upstream {REFUSED_UPSTREAM} {{")), "the mark of a refused HTTPS client: {stream}");
+    assert!(http.contains("log_format gateway_usage 'h $server_name $status $request_length $bytes_sent $upstream_addr';"), "{http}");
+}
+
+fn site_plain() -> (Desired, NginxSite) {
+    site()
+}
+
+/// nginx's files put together from the networks' parts are byte for byte
+/// the files rendered whole (the goldens' fixtures: custom forwardings,
+/// PROXY protocol, raw ports, access control and limits), and a part is
+/// rendered again only for a network whose spec changed.
+#[test]
+fn nginx_parts_render_each_changed_network_alone_and_put_together_the_same_files() {
+    let l = Layout::default();
+    let custom = parse_custom_forwardings("https://api.example.com=127.0.0.1:8443,http://api.example.com=127.0.0.1:8080").unwrap();
+    let (sample, _) = site();
+    let (ingress, ingress_site) = ingress_site();
+    for (what, d, custom, opts) in [
+        ("sample", sample.clone(), &custom[..], options()),
+        ("ingress", ingress, &[][..], ingress_site.options.clone()),
+        ("access", access_desired(false), &[][..], options()),
+        ("access, per client", access_desired(true), &[][..], options()),
+        ("empty", Desired::default(), &[][..], options()),
+    ] {
+        let whole = NginxFiles::render(&l, &d, custom, &opts);
+        let (parts, rendered) = nginx_parts(&l, &opts, &d, &NginxParts::default());
+        assert_eq!(rendered, d.networks.keys().copied().collect::<Vec<_>>(), "{what}: the first time, every network");
+        assert!(parts.files(custom, &opts, |_| true) == whole, "{what}: the parts put together differ from the whole");
+        let (again, rendered) = nginx_parts(&l, &opts, &d, &parts);
+        assert_eq!(rendered, Vec::<u16>::new(), "{what}: nothing changed, nothing rendered");
+        assert!(again.files(custom, &opts, |_| true) == whole, "{what}: kept parts, the same files");
+    }
+    // One network changes (a route added, one moved): that one is rendered, the files are the whole's.
+    let (parts, _) = nginx_parts(&l, &options(), &sample, &NginxParts::default());
+    let mut config = sample_config();
+    let extra = serde_json::json!({"http://new.example.com": ["10.81.0.2:80"], "tcp://2222": ["10.81.0.2:22"]});
+    config.get_mut("51821").unwrap().proxy.extend(serde_json::from_value::<BTreeMap<String, crate::model::ProxyTarget>>(extra).unwrap());
+    let ctx = Context { previous: Some(&sample), previous_config: Some(&sample_config()), ..Context::default() };
+    let changed = validate(&config, &ctx).expect("valid");
+    let (next, rendered) = nginx_parts(&l, &options(), &changed, &parts);
+    assert_eq!(rendered, [51821], "only the changed network");
+    assert!(next.files(&custom, &options(), |_| true) == NginxFiles::render(&l, &changed, &custom, &options()));
+    // A raw route left out (its port held by another process) is left out of the files alone.
+    let mut without = NginxSite::build(&l, &changed, &custom, &options());
+    without.raw.retain(|r| r.port != 2222);
+    let files = next.files(&custom, &options(), |r| r.port != 2222);
+    assert!(files == NginxFiles::of(&without) && !files.stream.contains(":2222"), "{}", files.stream);
+}
+
+/// What a pass gives `NginxParts::build`: each spec with its DNAT ports
+/// (a pass takes them from the network's target).
+fn nginx_parts(l: &Layout, opts: &NginxOptions, d: &Desired, before: &NginxParts) -> (NginxParts, Vec<u16>) {
+    let dnat: Vec<_> = d.networks.values().map(|s| (s, l.network_dnat(s))).collect();
+    NginxParts::build(l, opts, dnat.iter().map(|(s, p)| (*s, p)), before)
+}
+
+/// A network's rule set with the DNAT ports its target would compute.
+fn rules_of(l: &Layout, spec: &crate::spec::NetworkSpec) -> RuleSet {
+    rules(l, spec, &l.network_dnat(spec))
 }

@@ -53,3 +53,31 @@ pub fn wg_kick(spec: &NetworkSpec, peers: &[(crate::types::PublicKey, std::net::
     }
     s
 }
+
+/// A WireGuard configuration text as an action carries it to `wg`: it may
+/// hold the private key, so its `Debug` shows none of it and the text
+/// leaves only through [`WgConf::text`], on the way to a command's stdin.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct WgConf(String);
+
+impl WgConf {
+    /// The whole configuration of a network ([`wg_conf`]).
+    pub fn of(spec: &NetworkSpec) -> Self {
+        WgConf(wg_conf(spec))
+    }
+
+    /// The sections that reach out to `peers` ([`wg_kick`]).
+    pub fn kick(spec: &NetworkSpec, peers: &[(crate::types::PublicKey, std::net::SocketAddr)]) -> Self {
+        WgConf(wg_kick(spec, peers))
+    }
+
+    pub fn text(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for WgConf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WgConf({} bytes)", self.0.len())
+    }
+}

@@ -12,7 +12,7 @@ async fn status_reports_what_was_read_without_a_process() {
     let mut config = converged_config();
     config.insert("40001".into(), config["51821"].clone());
     config.get_mut("40001").unwrap().private_key = "cMXKVx1hAvvJ0Hj9OtBhFTXDA4MVk9LlHBr8rBsq5F8=".into();
-    shared.store.save_desired(&config, 1).await.unwrap();
+    shared.store().save_desired(&config, 1).await.unwrap();
     refresh(&shared).await;
     let st = collect(&shared).await.unwrap();
     assert_eq!((st.backend.as_str(), st.desired_generation, st.applied_generation, st.nginx_running), ("userspace", 1, 0, true));
@@ -32,5 +32,5 @@ async fn status_reports_what_was_read_without_a_process() {
     assert_eq!(missing.observed_at, None, "never looked at");
     assert!(n.observed_at.is_some_and(|t| t > 1_700_000_000));
     // No process was started for any of it.
-    assert_eq!(shared.system.runner.take_records(), vec![]);
+    assert_eq!(shared.system().runner.take_records(), vec![]);
 }

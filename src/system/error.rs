@@ -1,4 +1,4 @@
-use super::runner::CmdError;
+use super::exec::runner::CmdError;
 
 /// Why a system operation failed, with what a person needs to act on it.
 #[derive(Debug, thiserror::Error)]

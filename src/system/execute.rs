@@ -3,15 +3,12 @@
 
 use std::collections::BTreeSet;
 
-use tracing::Instrument;
-
 use super::intent::{LinkIntent, LinkKind};
-use super::ops::Change;
+use super::netns::Change;
 use super::{SysError, System};
 use crate::layout::VETH_NS_NAME;
 use crate::plan::{Action, Dev};
-use crate::render::{self, Family, Jump, NginxFiles};
-use crate::spec::{Desired, NetworkSpec};
+use crate::render::{self, Family, Jump, RuleSet};
 
 #[derive(Debug, Default, Clone)]
 pub struct ExecReport {
@@ -53,23 +50,14 @@ fn intent(name: &str, kind: LinkKind, network: Option<u16>) -> LinkIntent {
 }
 
 impl System {
-    pub async fn execute(&self, actions: &[Action], desired: &Desired, nginx: &NginxFiles) -> ExecReport {
-        let mut report = ExecReport::default();
-        for action in actions {
-            let span = match action.network() {
-                Some(p) if report.failed.contains(&p) => continue,
-                Some(p) => tracing::debug_span!("network", network = p),
-                None => tracing::debug_span!("shared"),
-            };
-            let result = self.run_action(action, desired, nginx, &mut report).instrument(span).await;
-            report.record(action, result);
-        }
-        report
+    /// Runs `actions` (each carries what it applies) one network at a time
+    /// (tests; the daemon runs several at once).
+    pub async fn execute(&self, actions: &[Action]) -> ExecReport {
+        self.execute_concurrently(actions, 1).await
     }
 
-    async fn run_action(&self, action: &Action, desired: &Desired, nginx: &NginxFiles, report: &mut ExecReport) -> Result<(), SysError> {
+    async fn run_action(&self, action: &Action, report: &mut ExecReport) -> Result<(), SysError> {
         let l = &self.layout;
-        let spec = |p: &u16| -> Result<&NetworkSpec, SysError> { desired.networks.get(p).ok_or(SysError::NotDesired(*p)) };
         let dev = |port: u16, dev: &Dev| match dev {
             Dev::Wg => l.wg(port),
             Dev::Uplink => VETH_NS_NAME.to_string(),
@@ -84,11 +72,11 @@ impl System {
             Action::CreateNamespace(p) => self.create_namespace(&l.netns(*p)).await,
             Action::CreateWg(p) => self.create_tagged(intent(&l.wg(*p), LinkKind::Wireguard, Some(*p)), self.create_wg(*p)).await,
             Action::MoveWg(p) => self.move_link(&l.wg(*p), &l.netns(*p)).await,
-            Action::ConfigureWg(p, changes) if changes.iter().any(crate::plan::WgChange::sets_peers_anew) => {
-                self.wg_setconf(&l.netns(*p), &l.wg(*p), render::wg_conf(spec(p)?)).await
+            Action::ConfigureWg(p, conf, changes) if changes.iter().any(crate::plan::WgChange::sets_peers_anew) => {
+                self.wg_setconf(&l.netns(*p), &l.wg(*p), conf.text().to_string()).await
             }
-            Action::ConfigureWg(p, _) => self.wg_syncconf(&l.netns(*p), &l.wg(*p), render::wg_conf(spec(p)?)).await,
-            Action::KickPeers { port, peers } => self.wg_addconf(&l.netns(*port), &l.wg(*port), render::wg_kick(spec(port)?, peers)).await,
+            Action::ConfigureWg(p, conf, _) => self.wg_syncconf(&l.netns(*p), &l.wg(*p), conf.text().to_string()).await,
+            Action::KickPeers { port, conf, .. } => self.wg_addconf(&l.netns(*port), &l.wg(*port), conf.text().to_string()).await,
             Action::SetWgLink { port, mtu } => self.link_up(Some(&l.netns(*port)), &l.wg(*port), Some(*mtu)).await,
             Action::AddAddress { port, dev: d, cidr } => self.address(Some(&l.netns(*port)), Change::Add, *cidr, &dev(*port, d)).await,
             Action::DelAddress { port, dev: d, cidr } => self.address(Some(&l.netns(*port)), Change::Del, *cidr, &dev(*port, d)).await,
@@ -102,15 +90,16 @@ impl System {
             Action::AttachVeth(p) => self.attach_isolated(&l.veth_host(*p)).await,
             Action::UplinkUp(p) => self.link_up(Some(&l.netns(*p)), VETH_NS_NAME, None).await,
             Action::SetForwarding(p) => self.set_namespace_sysctls(&l.netns(*p)).await,
-            Action::SetRules { port, missing_jumps } => self.set_rules(*port, spec(port)?, missing_jumps).await,
+            Action::SetRules { port, rules, missing_jumps } => self.set_rules(*port, rules, missing_jumps).await,
+            Action::SetShaping { port, steps } => self.set_shaping(*port, steps).await,
             Action::DeleteNetwork(p) => self.delete_network(*p).await,
             Action::DeleteRootWg(p) => {
                 self.delete_link(None, &l.wg(*p)).await?;
                 self.wait_wireguard_go_gone(*p).await
             }
             Action::DeleteHostVeth(p) => self.delete_link(None, &l.veth_host(*p)).await.map(drop),
-            Action::WriteNginx => {
-                report.nginx_reloaded = self.write_nginx(nginx).await?;
+            Action::WriteNginx(files) => {
+                report.nginx_reloaded = self.write_nginx(files).await?;
                 Ok(())
             }
             Action::StartNginx => self.start_nginx().await,
@@ -119,12 +108,12 @@ impl System {
 
     /// Both families' rules; IPv6 first, so IPv4's (the ingress path) are
     /// not replaced while IPv6's fail. Without IPv6 in the kernel, IPv4 alone.
-    async fn set_rules(&self, port: u16, spec: &NetworkSpec, missing_jumps: &[Jump]) -> Result<(), SysError> {
-        let (ns, rules) = (self.layout.netns(port), render::rules(&self.layout, spec));
+    async fn set_rules(&self, port: u16, rules: &RuleSet, missing_jumps: &[Jump]) -> Result<(), SysError> {
+        let ns = self.layout.netns(port);
         if self.ipv6 {
-            self.iptables_restore(&ns, Family::Ipv6, render::iptables_restore(&rules, Family::Ipv6, missing_jumps)).await?;
+            self.iptables_restore(&ns, Family::Ipv6, render::iptables_restore(rules, Family::Ipv6, missing_jumps)).await?;
         }
-        self.iptables_restore(&ns, Family::Ipv4, render::iptables_restore(&rules, Family::Ipv4, missing_jumps)).await
+        self.iptables_restore(&ns, Family::Ipv4, render::iptables_restore(rules, Family::Ipv4, missing_jumps)).await
     }
 
     /// Deletes the interface first, which makes wireguard-go exit now, not
@@ -143,6 +132,7 @@ impl System {
     }
 }
 
+mod batched;
 mod concurrent;
 #[cfg(test)]
 mod tests;

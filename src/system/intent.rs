@@ -13,9 +13,8 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use super::procfs::{processes_running, read_trimmed};
-use super::wait::wait_for;
-use super::{Backend, SysError, System};
+use super::kernel::procfs::read_trimmed;
+use super::{SysError, System};
 use crate::layout::OWNED_ALIAS;
 
 /// What kind of link an intent is about.
@@ -102,6 +101,23 @@ impl System {
         Ok(())
     }
 
+    /// The first half of [`create_tagged`](Self::create_tagged) when the
+    /// creation runs in a batch: records the intent, unless a link of that
+    /// name is there already (somebody else's: creating it fails).
+    pub(super) async fn record_intent(&self, intent: &LinkIntent) -> Result<(), SysError> {
+        if self.root_link_tagged(&intent.name).is_some() {
+            return Ok(());
+        }
+        self.journal.record(intent).await.map_err(SysError::Journal)
+    }
+
+    /// The second half: the link is created and tagged.
+    pub(super) async fn forget_intent(&self, name: &str) {
+        if let Err(e) = self.journal.forget(name).await {
+            tracing::warn!(link = %name, error = %e, "cannot forget a finished link creation; the next pass will");
+        }
+    }
+
     /// Undoes what creations interrupted by a crash (or a failure) left:
     /// each link not tagged is deleted, with the wireguard-go serving it;
     /// tagged ones were finished. Returns the problems met (the pass reports
@@ -133,38 +149,10 @@ impl System {
             }
             None => {}
         }
-        if intent.kind == LinkKind::Wireguard && self.backend == Backend::Userspace {
-            self.stop_wireguard_go(&intent.name).await?;
+        if intent.kind == LinkKind::Wireguard {
+            self.undo_unfinished_wg(&intent.name).await?;
         }
         Ok(())
-    }
-
-    /// Ends a wireguard-go serving `iface` (found by its command line,
-    /// `wireguard-go IFACE`: the name carries our prefix), e.g. one started
-    /// before a crash that had not created its interface yet, and removes
-    /// the socket a killed one leaves.
-    async fn stop_wireguard_go(&self, iface: &str) -> Result<(), SysError> {
-        let running = || processes_running("wireguard-go", iface);
-        for (signal, wait) in [(libc::SIGTERM, 5), (libc::SIGKILL, 2)] {
-            let pids = running();
-            if pids.is_empty() {
-                break;
-            }
-            tracing::warn!(iface, ?pids, "stopping a wireguard-go an interrupted pass left");
-            for pid in pids {
-                // SAFETY: kill(2) with a pid read from /proc has no memory-safety preconditions.
-                unsafe { libc::kill(pid as libc::pid_t, signal) };
-            }
-            let _ = wait_for(|| running().is_empty(), std::time::Duration::from_secs(wait)).await;
-        }
-        if !running().is_empty() {
-            return Err(SysError::WireguardGoLingers { iface: iface.to_string(), secs: 7 });
-        }
-        let sock = self.wireguard_socket(iface);
-        match std::fs::remove_file(&sock) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(SysError::Write { path: sock.display().to_string(), source: e }),
-            _ => Ok(()),
-        }
     }
 }
 
@@ -174,7 +162,7 @@ mod tests {
 
     use super::*;
     use crate::store::Store;
-    use crate::system::{Reply, Script};
+    use crate::system::{Backend, Reply, Script};
     use crate::testing::FakeHost;
 
     async fn journaled(host: &FakeHost, script: Script) -> (System, Store) {

@@ -1,36 +1,38 @@
-//! The only layer that touches the system: it reads it ([`observe`]) and
+//! The only layer that touches the system: it observes it ([`observe`]) and
 //! changes it ([`execute`]), every command through the one [`Runner`].
-//! One typed method per system operation ([`ops`]); tool failures are
-//! classified in one place ([`runner::CmdError::kind`]).
+//! Each resource has a room of its own, holding all the knowledge of it:
+//!
+//! - [`wireguard`]: the interfaces, kernel or wireguard-go, and their state;
+//! - [`firewall`]: iptables rules rendered, restored and parsed back from
+//!   `iptables-save`;
+//! - [`netns`]: namespaces, links, the bridge, veths, addresses, routes;
+//! - [`nginx`]: its files written, checked, reloaded or started;
+//! - [`exec`]: the one command runner and every tool's command line (tool
+//!   failures are classified in one place: [`exec::runner::CmdError::kind`]);
+//! - [`tc`]: aggregate bandwidth, HTB classes on the veth's two ends;
+//! - [`kernel`]: what needs no process: netlink, /proc and /sys, namespaces
+//!   entered by a thread (observation, health checks, the HA role).
 
 mod error;
+pub mod exec;
 pub mod execute;
 pub mod fault;
+pub mod firewall;
 pub mod intent;
-pub mod netlink;
+pub mod kernel;
+pub mod netns;
 pub mod nginx;
-pub mod nsread;
 pub mod observe;
-mod ops;
-pub mod parse;
-pub mod ports;
-pub mod probe;
-pub mod procfs;
-pub mod role;
-pub mod runner;
-pub mod tools;
-mod wait;
-pub mod wgread;
-mod wgstart;
+pub mod tc;
 pub mod wireguard;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use error::SysError;
+pub use exec::runner::{Cmd, CmdError, FailureKind, Record, Reply, Runner, Script};
+pub use exec::tools::Tools;
 pub use execute::ExecReport;
-pub use runner::{Cmd, CmdError, FailureKind, Record, Reply, Runner, Script};
-pub use tools::Tools;
 pub use wireguard::Backend;
 
 use crate::layout::Layout;
@@ -50,6 +52,11 @@ pub struct SystemPaths {
     pub nginx_sni_socket: PathBuf,
     /// `fs.inotify.max_user_instances` (each wireguard-go takes one).
     pub inotify_max_user_instances: PathBuf,
+    /// `/proc/net/netlink`: how full the sockets listening to the root
+    /// namespace's link events are (see `kernel::link_listeners`).
+    pub proc_net_netlink: PathBuf,
+    /// `net.core.rmem_default`: those sockets' buffer size.
+    pub rmem_default: PathBuf,
 }
 
 impl SystemPaths {
@@ -65,6 +72,8 @@ impl SystemPaths {
             nginx_pid: dir.join("nginx.pid"),
             nginx_sni_socket: dir.join("sni.sock"),
             inotify_max_user_instances: dir.join("max_user_instances"),
+            proc_net_netlink: dir.join("netlink"),
+            rmem_default: dir.join("rmem_default"),
         }
     }
 }
@@ -77,12 +86,12 @@ pub struct System {
     pub tools: Tools,
     pub paths: SystemPaths,
     pub backend: Backend,
-    /// Reads namespaces without a process (replayed in unit tests).
-    pub reader: Arc<dyn nsread::Reader>,
+    /// Observes namespaces without a process (replayed in unit tests).
+    pub observer: Arc<dyn kernel::observer::Observer>,
     /// Where links about to be created are recorded (see [`intent`]).
     pub journal: Arc<dyn intent::Journal>,
     /// Whether the host's ports can be opened (scripted in unit tests).
-    pub ports: Arc<dyn ports::PortProbe>,
+    pub ports: Arc<dyn kernel::ports::PortProbe>,
     /// The kernel has IPv6: namespaces get IPv6 rules (`ip6tables`) too.
     pub ipv6: bool,
 }
@@ -94,16 +103,16 @@ impl System {
     /// reload keeps its sockets).
     pub fn port_held_by_another(&self, transport: crate::types::Transport, ips: &[std::net::IpAddr], port: u16) -> Option<String> {
         for ip in ips {
-            let ports::Probe::Held(holders) = self.ports.probe(transport, *ip, port) else { continue };
+            let kernel::ports::Probe::Held(holders) = self.ports.probe(transport, *ip, port) else { continue };
             let ours = self.nginx_master().map(|m| {
-                let mut pids = procfs::children_of(m);
+                let mut pids = kernel::procfs::children_of(m);
                 pids.insert(m);
                 pids
             });
             if !holders.is_empty() && ours.is_some_and(|ours| holders.iter().all(|h| ours.contains(&h.pid))) {
                 continue;
             }
-            return Some(format!("{} on {ip}", ports::describe(&holders)));
+            return Some(format!("{} on {ip}", kernel::ports::describe(&holders)));
         }
         None
     }

@@ -2,16 +2,18 @@
 //! [`System::observe_rules`] (`iptables-save` inside one namespace): the
 //! namespace directory, sysfs and nginx's files are read directly, and
 //! every namespace's links, addresses, routes, sysctls, WireGuard state and
-//! rule generation come from one pass of a reader thread ([`nsread`]).
+//! rule generation come from one pass of a reader thread ([`observer`]).
 //! `reconcile` decides whose rules need reading.
 
 use std::collections::BTreeMap;
 
-use super::netlink::{parse_links, parse_routes};
-use super::nsread::{NsRaw, Target, WgRaw};
-use super::parse::parse_rules;
-use super::procfs::{link_up, read_trimmed};
-use super::{Backend, SysError, System, wgread};
+use super::firewall::save_parse::parse_rules;
+use super::kernel::netlink::{link_qdiscs, parse_links, parse_routes};
+use super::kernel::observer::{NsRaw, Target, WgRaw};
+use super::kernel::procfs::{link_up, read_trimmed};
+use super::wireguard::Source;
+use super::wireguard::observe as wgobserve;
+use super::{SysError, System};
 use std::collections::BTreeSet;
 
 use crate::layout::{NAMESPACE_SYSCTLS, OWNED_ALIAS, VETH_NS_NAME};
@@ -72,7 +74,7 @@ impl System {
                 let master = std::fs::read_link(dir.join("master")).ok();
                 let on_bridge = master.as_ref().and_then(|m| m.file_name()).is_some_and(|m| m == self.layout.bridge.as_str());
                 let isolated = read_trimmed(&dir.join("brport/isolated")).as_deref() == Some("1");
-                o.host_veths.insert(port, HostVeth { on_bridge, up: link_up(&dir), isolated, owned: owned(&name) });
+                o.host_veths.insert(port, HostVeth { on_bridge, up: link_up(&dir), isolated, owned: owned(&name), qdisc: None });
             }
         }
         let br = net.join(&self.layout.bridge);
@@ -83,12 +85,12 @@ impl System {
 
     /// Runs the reader on a thread of its own: it enters namespaces, which
     /// must never happen to a thread the runtime reuses.
-    async fn read_raw(&self, targets: Vec<Target>) -> Vec<Result<NsRaw, String>> {
-        let reader = self.reader.clone();
+    async fn observe_raw(&self, targets: Vec<Target>) -> Vec<Result<NsRaw, String>> {
+        let observer = self.observer.clone();
         let count = targets.len();
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let spawned = std::thread::Builder::new().name("gateway-nsread".into()).spawn(move || {
-            let _ = tx.send(reader.read(&targets));
+        let spawned = std::thread::Builder::new().name("gateway-observe".into()).spawn(move || {
+            let _ = tx.send(observer.observe(&targets));
         });
         let failed = |why: &str| (0..count).map(|_| Err(why.to_string())).collect();
         match spawned {
@@ -98,21 +100,25 @@ impl System {
     }
 
     fn target(&self, port: u16) -> Target {
-        let wg = self.layout.wg(port);
-        Target {
-            netns: Some(self.paths.netns_dir.join(self.layout.netns(port))),
-            genl_wg: (self.backend == Backend::Kernel).then(|| wg.clone()),
-            uapi: (self.backend == Backend::Userspace).then(|| self.wireguard_socket(&wg)),
-        }
+        let (genl_wg, uapi) = match self.wg_source(&self.layout.wg(port)) {
+            Source::Genl(name) => (Some(name), None),
+            Source::Uapi(sock) => (None, Some(sock)),
+        };
+        Target { netns: Some(self.paths.netns_dir.join(self.layout.netns(port))), genl_wg, uapi }
     }
 
     /// Reads the bridge's addresses (no process: netlink in our namespace).
     pub async fn observe_bridge_addresses(&self, o: &mut Observed) -> Result<(), SysError> {
         if let Some(b) = &mut o.bridge {
-            let raw = self.read_raw(vec![Target { netns: None, genl_wg: None, uapi: None }]).await.pop();
+            let raw = self.observe_raw(vec![Target { netns: None, genl_wg: None, uapi: None }]).await.pop();
             let raw = raw.unwrap_or(Err("no answer".into())).map_err(|e| unreadable("the bridge's addresses", e))?;
             let (links, _) = parse_links(&raw.links, &raw.addrs);
             b.addresses = Some(links.get(&self.layout.bridge).map(|l| l.addresses.clone()).unwrap_or_default());
+            for (name, qdisc) in link_qdiscs(&raw.links) {
+                if let Some(v) = self.layout.port_of_veth_host(&name).and_then(|p| o.host_veths.get_mut(&p)) {
+                    v.qdisc = Some(qdisc);
+                }
+            }
         }
         Ok(())
     }
@@ -120,13 +126,15 @@ impl System {
     /// Every network of `ports` in one pass of the reader, without a
     /// process: all but their rules (`rules: None`, see [`Self::observe_rules`]).
     pub async fn observe_networks(&self, ports: &[u16]) -> BTreeMap<u16, Result<ObservedNetwork, SysError>> {
-        let raws = self.read_raw(ports.iter().map(|p| self.target(*p)).collect()).await;
+        let raws = self.observe_raw(ports.iter().map(|p| self.target(*p)).collect()).await;
         ports
             .iter()
             .zip(raws)
             .map(|(port, raw)| {
                 let ns = self.layout.netns(*port);
-                let n = raw.map_err(|e| unreadable(&format!("namespace {ns}"), e)).map(|raw| network_of(raw, &self.layout.wg(*port)));
+                let veth_ip = self.layout.veth_ns_ip(*port);
+                let n =
+                    raw.map_err(|e| unreadable(&format!("namespace {ns}"), e)).map(|raw| network_of(raw, &self.layout.wg(*port), veth_ip));
                 (*port, n)
             })
             .collect()
@@ -149,12 +157,14 @@ impl System {
 }
 
 /// One namespace's answers in the observed types.
-fn network_of(raw: NsRaw, wg: &str) -> ObservedNetwork {
+fn network_of(raw: NsRaw, wg: &str, veth_ip: std::net::Ipv4Addr) -> ObservedNetwork {
     let (links, _) = parse_links(&raw.links, &raw.addrs);
     let wg_link = links.get(wg).cloned();
     let routes = wg_link.as_ref().map(|l| parse_routes(&raw.routes, l.ifindex)).unwrap_or_default();
     let mut n = ObservedNetwork {
         uplink: links.get(VETH_NS_NAME).cloned(),
+        uplink_qdisc: link_qdiscs(&raw.links).remove(VETH_NS_NAME),
+        open_connections: super::kernel::netlink::open_connections(&raw.conntrack, veth_ip),
         routes,
         forwarding: sysctls_match(&raw.sysctls),
         rules_generation: raw.nft_generation,
@@ -162,8 +172,8 @@ fn network_of(raw: NsRaw, wg: &str) -> ObservedNetwork {
     };
     if wg_link.is_some() {
         let parsed = match raw.wg {
-            Some(Ok(WgRaw::Uapi(text))) => wgread::parse_uapi(&text),
-            Some(Ok(WgRaw::Genl(msgs))) => wgread::parse_device(&msgs),
+            Some(Ok(WgRaw::Uapi(text))) => wgobserve::parse_uapi(&text),
+            Some(Ok(WgRaw::Genl(msgs))) => wgobserve::parse_device(&msgs),
             Some(Err(e)) => Err(e),
             None => Err("not asked".into()),
         };

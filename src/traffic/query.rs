@@ -1,10 +1,12 @@
-//! traffic.json: samples streamed from SQLite into the answer, never all
-//! rows at once; the bucketed form (`step`) sums in SQL, from the hourly
-//! sums when the step is whole hours, so a day of 10,000 peers is a small
-//! read.
+//! traffic.json: samples streamed from SQLite as numbers into sums per
+//! peer, never all rows at once and never past the cap; the bucketed form
+//! (`step`) reads the hourly sums when the step is whole hours, so a day of
+//! 10,000 peers is a small read. The peers' keys are looked up afterwards,
+//! once per peer that has rows.
+
+use std::collections::{BTreeMap, HashMap};
 
 use futures_util::TryStreamExt;
-use sqlx::Row;
 
 use crate::model::{DeviceTraffic, Traffic, TrafficInfo};
 use crate::store::{Store, StoreError};
@@ -105,18 +107,18 @@ pub async fn traffic(store: &Store, q: &TrafficQuery) -> Result<TrafficInfo, Que
     }
 }
 
-/// One row per peer: its keys and its `time:rx:tx` entries, comma-separated
-/// (SQLite packs them, so a day of 10,000 peers is 10,000 rows, not millions).
-const PACKED: &str = "SELECT p.network_key, p.peer_key, s.packed, p.network FROM (SELECT peer, group_concat(entry) AS packed
-     FROM ({rows}) GROUP BY peer) s JOIN traffic_peers p ON p.id = s.peer";
-
 /// Every sample in `(start, stop]`.
 async fn per_sample(store: &Store, start: i64, stop: i64) -> Result<TrafficInfo, QueryError> {
     per_sample_limited(store, start, stop, MAX_SAMPLES).await
 }
 
+/// The samples of `(?1, ?2]` as numbers, in time order (the table is
+/// clustered by time: a range read touches only its own pages, and nothing
+/// is sorted, concatenated or parsed again).
+const SAMPLES: &str = "SELECT peer, time, rx, tx FROM traffic_samples WHERE time > ?1 AND time <= ?2";
+
 /// Whether more than `limit` samples are in `(start, stop]`. Counting stops
-/// past the limit: too big a read is refused quickly.
+/// past the limit and reads no row out: too big a read is refused quickly.
 async fn over_limit(store: &Store, start: i64, stop: i64, limit: usize) -> Result<bool, QueryError> {
     let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM (SELECT 1 FROM traffic_samples WHERE time > ?1 AND time <= ?2 LIMIT ?3)")
         .bind(start)
@@ -131,59 +133,109 @@ async fn per_sample_limited(store: &Store, start: i64, stop: i64, limit: usize) 
     if over_limit(store, start, stop, limit).await? {
         return Err(QueryError::TooMany { limit });
     }
-    let rows = "SELECT peer, time || ':' || rx || ':' || tx AS entry FROM traffic_samples WHERE time > ?1 AND time <= ?2";
     let mut info = TrafficInfo { start_time: start, stop_time: stop, ..Default::default() };
-    read_packed(store, &PACKED.replace("{rows}", rows), start, stop, &mut info, |t| t).await?;
+    let devices = read_rows(store, start, stop, limit, |t| t).await?.ok_or(QueryError::TooMany { limit })?;
+    add_devices(store, &mut info, devices).await?;
     Ok(info)
 }
 
 /// Sums per bucket: from the hourly sums when the step is whole hours,
-/// else from the samples (every one of them read and packed, so at most
-/// `limit`, as without a step); each peer's entries are put in their
-/// buckets here.
+/// else from the samples (every one of them read, so at most `limit`, as
+/// without a step); each peer's rows are put in their buckets here.
 async fn per_bucket(store: &Store, start: i64, stop: i64, step: Step, limit: usize) -> Result<TrafficInfo, QueryError> {
     let from = start.div_euclid(step.secs()) * step.secs();
-    let rows = if step.secs() % 3600 == 0 {
-        "SELECT peer, entry FROM traffic_hourly WHERE hour > ?1 AND hour <= (?2 + 3599) / 3600 * 3600"
+    let devices = if step.secs() % 3600 == 0 {
+        read_hourly(store, from, stop, |t| step.bucket_of(t)).await?
     } else if over_limit(store, from, stop, limit).await? {
         return Err(QueryError::TooManyForStep { limit, step: step.0 });
     } else {
-        "SELECT peer, time || ':' || rx || ':' || tx AS entry FROM traffic_samples WHERE time > ?1 AND time <= ?2"
+        read_rows(store, from, stop, limit, |t| step.bucket_of(t)).await?.ok_or(QueryError::TooManyForStep { limit, step: step.0 })?
     };
     let mut info = TrafficInfo { start_time: from, stop_time: stop, step: Some(step.0), ..Default::default() };
-    read_packed(store, &PACKED.replace("{rows}", rows), from, stop, &mut info, |t| step.bucket_of(t)).await?;
+    add_devices(store, &mut info, devices).await?;
     Ok(info)
 }
 
-/// Streams the packed rows of `sql` into `info`, each entry's time mapped
-/// by `key` (a sample's own time, or its bucket).
-async fn read_packed(
+/// One peer's rows summed by key (a sample's time or its bucket).
+#[derive(Default)]
+struct PeerRows {
+    traffic: Traffic,
+    times: BTreeMap<i64, Traffic>,
+}
+
+/// Streams the samples of `(from, stop]` into sums per peer id, each
+/// sample's time mapped by `key`. `None` when more than `limit` came: the
+/// read stops there, before the answer grows any further.
+async fn read_rows(
     store: &Store,
-    sql: &str,
     from: i64,
     stop: i64,
-    info: &mut TrafficInfo,
+    limit: usize,
     key: impl Fn(i64) -> i64,
-) -> Result<(), QueryError> {
-    let mut rows = sqlx::query(sql).bind(from).bind(stop).fetch(&store.pool);
-    while let Some(row) = rows.try_next().await? {
-        let (network, peer, packed): (String, String, String) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-        let mut device = DeviceTraffic::default();
+) -> Result<Option<HashMap<i64, PeerRows>>, QueryError> {
+    let mut rows = sqlx::query_as::<_, (i64, i64, i64, i64)>(SAMPLES).bind(from).bind(stop).fetch(&store.pool);
+    let mut peers: HashMap<i64, PeerRows> = HashMap::new();
+    let mut count = 0usize;
+    while let Some((peer, time, rx, tx)) = rows.try_next().await? {
+        count += 1;
+        if count > limit {
+            return Ok(None);
+        }
+        let t = Traffic { rx, tx };
+        let p = peers.entry(peer).or_default();
+        add(&mut p.traffic, &t);
+        add(p.times.entry(key(time)).or_default(), &t);
+    }
+    Ok(Some(peers))
+}
+
+/// The hourly sums of `(from, stop]` (whole hours) by peer: one row per
+/// peer, its `hour:rx:tx` entries (written as text with the sums) packed by
+/// SQLite, the table being in peer order already; each hour mapped by `key`.
+async fn read_hourly(store: &Store, from: i64, stop: i64, key: impl Fn(i64) -> i64) -> Result<HashMap<i64, PeerRows>, QueryError> {
+    let sql = "SELECT peer, group_concat(entry) FROM traffic_hourly WHERE hour > ?1 AND hour <= (?2 + 3599) / 3600 * 3600 GROUP BY peer";
+    let mut rows = sqlx::query_as::<_, (i64, String)>(sql).bind(from).bind(stop).fetch(&store.pool);
+    let mut peers: HashMap<i64, PeerRows> = HashMap::new();
+    while let Some((peer, packed)) = rows.try_next().await? {
+        let p = peers.entry(peer).or_default();
         for entry in packed.split(',') {
             let mut f = entry.split(':').map(|x| x.parse::<i64>());
             let (Some(Ok(time)), Some(Ok(rx)), Some(Ok(tx))) = (f.next(), f.next(), f.next()) else {
                 return Err(QueryError::Store(StoreError::Corrupt(format!("traffic entry {entry:?}"))));
             };
             let t = Traffic { rx, tx };
-            add(&mut device.traffic, &t);
-            add(device.times.entry(key(time).to_string()).or_default(), &t);
+            add(&mut p.traffic, &t);
+            add(p.times.entry(key(time)).or_default(), &t);
         }
-        add(&mut info.traffic, &device.traffic);
-        let port: Option<i64> = row.try_get(3)?;
-        let n = info.networks.entry(network).or_default();
-        n.port = n.port.or(port.and_then(|p| u16::try_from(p).ok()));
-        add(&mut n.traffic, &device.traffic);
-        n.devices.insert(peer, device);
+    }
+    Ok(peers)
+}
+
+/// Peer ids looked up per query: well under SQLite's limit of bound values.
+const IDS_PER_QUERY: usize = 2000;
+
+/// Puts each peer's sums under its network and public key (looked up by
+/// id, in id order: a network's `port` is that of its first peer that has one).
+async fn add_devices(store: &Store, info: &mut TrafficInfo, mut devices: HashMap<i64, PeerRows>) -> Result<(), QueryError> {
+    let mut ids: Vec<i64> = devices.keys().copied().collect();
+    ids.sort_unstable();
+    for chunk in ids.chunks(IDS_PER_QUERY) {
+        let mut q = sqlx::QueryBuilder::new("SELECT id, network_key, peer_key, network FROM traffic_peers WHERE id IN (");
+        let mut list = q.separated(", ");
+        for id in chunk {
+            list.push_bind(*id);
+        }
+        q.push(") ORDER BY id");
+        let mut rows = q.build_query_as::<(i64, String, String, Option<i64>)>().fetch(&store.pool);
+        while let Some((id, network, peer, port)) = rows.try_next().await? {
+            let Some(rows) = devices.remove(&id) else { continue };
+            let device = DeviceTraffic { traffic: rows.traffic, times: rows.times.into_iter().map(|(k, t)| (k.to_string(), t)).collect() };
+            add(&mut info.traffic, &device.traffic);
+            let n = info.networks.entry(network).or_default();
+            n.port = n.port.or(port.and_then(|p| u16::try_from(p).ok()));
+            add(&mut n.traffic, &device.traffic);
+            n.devices.insert(peer, device);
+        }
     }
     Ok(())
 }

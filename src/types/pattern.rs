@@ -146,6 +146,13 @@ pub fn allowed_ip() -> String {
     format!("^(?!::(?:{HEX}{{1,4}}(?::{HEX}{{1,4}})?)?/(?:9[7-9]|1[01][0-9]|12[0-8])$){}$", cidr_body())
 }
 
+/// A network of clients in `allow`/`deny`: a canonical CIDR, not an
+/// IPv4-mapped or IPv4-compatible IPv6 form (`validate` also wants the host
+/// bits zero, which a pattern cannot say).
+pub fn access_cidr() -> String {
+    format!("^(?!::ffff:[0-9]{{1,3}}\\.|::(?:{HEX}{{1,4}}(?::{HEX}{{1,4}})?)?/(?:9[7-9]|1[01][0-9]|12[0-8])$){}$", cidr_body())
+}
+
 /// A peer endpoint: `IPV4:PORT` or `[IPV6]:PORT`, port 1..=65535, no scope
 /// id; not loopback, link-local, multicast, broadcast, 0.0.0.0/8, `::/96`,
 /// nor an IPv4-mapped form of those (`validate::check_endpoint`).

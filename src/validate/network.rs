@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use super::{Context, MTU_RANGE, Problems, key_path, over_cap};
-use crate::model::{NetworkConfig, PeerConfig, ProxyTarget};
-use crate::spec::{DEFAULT_MTU, NetworkSpec, PeerSpec, RawRoute};
+use crate::model::{MAX_UPSTREAMS_CEILING, NetworkConfig, PeerConfig, ProxyOptions, ProxyTarget};
+use crate::spec::{DEFAULT_MTU, NetworkSpec, PeerSpec, RawRoute, RouteLimits};
 use crate::types::{Cidr, Hostname, ProxyKey, ProxyUrl, PublicKey, Scheme, SecretKey, Transport, parse_endpoint, parse_upstream};
 
 pub(super) fn validate_network(
@@ -32,6 +32,7 @@ pub(super) fn validate_network(
     let public_key = private_key.as_ref().ok().map(|k| public_key(ctx, port, k));
     let peers = peers(path, &net.peers, public_key, ctx, problems);
     let proxies = proxy(path, net, &addresses, &peers, ctx, problems);
+    let bandwidth = net.bandwidth.as_ref().and_then(|b| super::limits::bandwidth(&format!("{path}.bandwidth"), b, problems));
     if problems.count() != before {
         return None;
     }
@@ -47,6 +48,8 @@ pub(super) fn validate_network(
         proxy_protocol: proxies.proxy_protocol,
         tcp: proxies.tcp,
         udp: proxies.udp,
+        route_limits: proxies.limits,
+        bandwidth,
         standby: false,
     })
 }
@@ -286,6 +289,7 @@ struct Proxies {
     proxy_protocol: BTreeSet<Hostname>,
     tcp: BTreeMap<u16, RawRoute>,
     udp: BTreeMap<u16, RawRoute>,
+    limits: BTreeMap<ProxyKey, RouteLimits>,
 }
 
 impl Proxies {
@@ -332,6 +336,10 @@ fn proxy(
         let upath = key_path(&format!("{path}.proxy"), key);
         let parsed = key.parse::<ProxyKey>().map_err(|e| problems.add(upath.clone(), e)).ok();
         let Some((ups, ups_path, proxy_protocol)) = target_form(&upath, target, ctx, problems) else { continue };
+        let limits = match target {
+            ProxyTarget::Options(o) => super::limits::route_limits(&upath, &super::limits::LimitFields::of(o), ctx, problems),
+            _ => RouteLimits::default(),
+        };
         if ups.is_empty() {
             problems.add(ups_path.clone(), "at least one upstream IP:PORT is needed");
         }
@@ -348,6 +356,13 @@ fn proxy(
         let Some(parsed) = parsed else { continue };
         if proxy_protocol && !matches!(parsed, ProxyKey::Url(ProxyUrl { scheme: Scheme::Https, .. }) | ProxyKey::Raw(Transport::Tcp, _)) {
             problems.add(format!("{upath}.proxy_protocol"), PROXY_PROTOCOL_ONLY);
+        }
+        if proxy_protocol && limits.limits_connections() && matches!(parsed, ProxyKey::Url(ProxyUrl { scheme: Scheme::Https, .. })) {
+            let field = if limits.max_connections.is_some() { "max_connections" } else { "max_connections_per_client" };
+            problems.add(format!("{upath}.{field}"), HTTPS_PP_LIMITS);
+        }
+        if !limits.is_empty() {
+            out.limits.insert(parsed.clone(), limits);
         }
         if !out.insert(parsed, list.into_iter().collect(), proxy_protocol) {
             problems.add(upath, "the same URL is given twice (e.g. with and without a trailing '/')");
@@ -386,6 +401,11 @@ impl Coverage {
 /// not to an HTTP reverse proxy's requests, and v1 has no UDP form.
 pub(crate) const PROXY_PROTOCOL_ONLY: &str = "proxy_protocol is only for https:// and tcp:// entries (nginx cannot send the header for http:// or udp://; http:// upstreams get X-Real-IP and X-Forwarded-For)";
 
+/// An HTTPS route's connections are counted in a hop of its own (a unix
+/// socket server); nginx would write that socket's path into the PROXY
+/// header it sends from there, which no receiver parses.
+pub(crate) const HTTPS_PP_LIMITS: &str = "connection limits on an https:// route with proxy_protocol are not supported (nginx counts them in a local hop and would send a malformed PROXY header from there); use allow/deny, or drop proxy_protocol";
+
 /// The upstreams of a proxy value (with their JSON path) and whether it asks
 /// for a PROXY protocol header; a value of neither form is reported in
 /// detail, field by field.
@@ -400,6 +420,16 @@ fn target_form<'t>(
         ProxyTarget::Options(o) => Some((&o.upstreams, format!("{path}.upstreams"), o.proxy_protocol)),
         ProxyTarget::Invalid(value) => {
             invalid_target(path, value, ctx, problems);
+            None
+        }
+        ProxyTarget::TooLong { upstreams, object } => {
+            let path = if *object { format!("{path}.upstreams") } else { path.to_string() };
+            over_cap(problems, &path, *upstreams, "upstreams", ctx.limits.upstreams.min(MAX_UPSTREAMS_CEILING), "max-upstreams");
+            None
+        }
+        ProxyTarget::TooLongList { field, len } => {
+            let cap = ctx.limits.allowed_ips.min(MAX_UPSTREAMS_CEILING);
+            over_cap(problems, &format!("{path}.{field}"), *len, "CIDRs", cap, "max-allowed-ips");
             None
         }
     }
@@ -434,13 +464,26 @@ fn invalid_target(path: &str, value: &serde_json::Value, ctx: &Context<'_>, prob
                     ("upstreams", _) => problems.add(fpath, "upstreams must be a list of IPV4:PORT"),
                     ("proxy_protocol", Value::Bool(_)) => {}
                     ("proxy_protocol", _) => problems.add(fpath, "proxy_protocol must be true or false"),
-                    _ => problems.add(key_path(path, name), "unknown field; the object form has only upstreams and proxy_protocol"),
+                    (limit, _) if ProxyOptions::LIMIT_FIELDS.contains(&limit) => {}
+                    _ => problems.add(key_path(path, name), UNKNOWN_FIELD),
                 }
             }
+            let get = |name: &str| fields.get(name).filter(|v| !v.is_null());
+            let given = super::limits::LimitFields {
+                allow: get("allow"),
+                deny: get("deny"),
+                max_connections: get("max_connections"),
+                max_connections_per_client: get("max_connections_per_client"),
+                bandwidth: get("bandwidth"),
+            };
+            super::limits::route_limits(path, &given, ctx, problems);
         }
         _ => problems.add(path, "must be a list of upstreams IPV4:PORT or an object {\"upstreams\": [...], \"proxy_protocol\": bool}"),
     }
 }
+
+const UNKNOWN_FIELD: &str =
+    "unknown field; the object form has upstreams, proxy_protocol, allow, deny, max_connections, max_connections_per_client and bandwidth";
 
 /// One upstream: `IPV4:PORT`, routed into the network, outside the bridge.
 fn upstream(path: &str, u: &str, routed: &dyn Fn(IpAddr) -> bool, ctx: &Context<'_>, problems: &mut Problems) -> Option<SocketAddrV4> {

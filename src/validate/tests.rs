@@ -28,6 +28,7 @@ fn net() -> NetworkConfig {
             ("http://app.example.com".to_string(), vec!["10.80.0.2:80".to_string()].into()),
         ]
         .into(),
+        bandwidth: None,
     }
 }
 
@@ -282,6 +283,33 @@ fn private_keys_unique_and_upstreams_bounded() {
     assert!(validate(&one(n), &Context::default()).is_ok(), "exactly the maximum is fine");
 }
 
+#[test]
+fn an_upstream_list_longer_than_any_cap_is_counted_not_kept() {
+    use crate::model::ProxyTarget;
+    let list = |n: usize, item: &str| format!("[{}]", vec![item; n].join(","));
+    let parse = |json: &str| serde_json::from_str::<ProxyTarget>(json).unwrap();
+    assert!(matches!(parse(&list(10_000, r#""x""#)), ProxyTarget::Upstreams(v) if v.len() == 10_000), "10,000 kept");
+    assert_eq!(parse(&list(10_006, r#""x""#)), ProxyTarget::TooLong { upstreams: 10_006, object: false });
+    assert_eq!(parse(&list(20_000, r#"[1, {"a": "b"}]"#)), ProxyTarget::TooLong { upstreams: 20_000, object: false });
+    let object = parse(&format!(r#"{{"proxy_protocol": true, "upstreams": {}}}"#, list(12_345, "1")));
+    assert_eq!(object, ProxyTarget::TooLong { upstreams: 12_345, object: true });
+    let later = parse(&format!(r#"{{"upstreams": {}, "upstreams": ["10.80.0.2:80"]}}"#, list(12_345, "1")));
+    assert!(matches!(later, ProxyTarget::Options(o) if o.upstreams == ["10.80.0.2:80"]), "the last `upstreams` counts");
+    let deep = format!("[{}, {}{}]", list(10_000, r#""x""#), "[".repeat(200), "]".repeat(200));
+    assert!(serde_json::from_str::<ProxyTarget>(&deep).is_err(), "a counted item is still read with the nesting limit");
+
+    let mut n = net();
+    n.proxy = [("tcp://2000".to_string(), object), ("tcp://2001".to_string(), parse(&list(10_001, r#""x""#)))].into();
+    let cap = |count| format!("{count} upstreams; at most 1000 (--max-upstreams, GATEWAY_MAX_UPSTREAMS raises it)");
+    assert_eq!(
+        details(validate(&one(n), &Context::default())),
+        [
+            (r#"$["51820"].proxy["tcp://2000"].upstreams"#.to_string(), cap(12_345)),
+            (r#"$["51820"].proxy["tcp://2001"]"#.to_string(), cap(10_001)),
+        ]
+    );
+}
+
 /// 1,000 networks of 10 peers, each with an HTTPS name.
 pub(crate) fn thousand_networks() -> GatewayConfig {
     use base64::Engine;
@@ -497,7 +525,7 @@ fn the_previous_public_key_is_kept_only_with_the_same_private_key() {
     let mut previous = validate(&one(net()), &Context::default()).unwrap();
     // KEY_A derives KEY_C, not this: seeing it proves it was taken.
     let marker = crate::types::PublicKey::from_bytes([7; 32]);
-    previous.networks.get_mut(&51820).unwrap().public_key = marker;
+    std::sync::Arc::make_mut(previous.networks.get_mut(&51820).unwrap()).public_key = marker;
     let ctx = Context { previous: Some(&previous), ..Context::default() };
     assert_eq!(validate(&one(net()), &ctx).unwrap().networks[&51820].public_key, marker);
     let mut n = net();
@@ -505,6 +533,35 @@ fn the_previous_public_key_is_kept_only_with_the_same_private_key() {
     let derived = KEY_C.parse::<SecretKey>().unwrap().clamped().public_key();
     assert_eq!(validate(&one(n), &ctx).unwrap().networks[&51820].public_key, derived);
     assert_ne!(derived, marker);
+}
+
+/// A network given exactly as in the previous config is not checked
+/// again: it keeps the previous spec, the same shared value (the previous
+/// spec is marked to tell). A changed network is checked and built anew,
+/// and the checks across networks still see every network.
+#[test]
+fn a_network_given_as_before_keeps_its_spec_and_only_changed_ones_are_checked() {
+    let mut other = net();
+    other.private_key = KEY_C.into();
+    other.address = vec!["10.81.0.1/24".into()];
+    other.peers.clear();
+    other.proxy = [("https://other.example.com".to_string(), vec!["10.81.0.9:443".to_string()].into())].into();
+    let config: GatewayConfig = [("51820".to_string(), net()), ("51821".to_string(), other.clone())].into();
+    let mut previous = validate(&config, &Context::default()).unwrap();
+    std::sync::Arc::make_mut(previous.networks.get_mut(&51820).unwrap()).mtu = 1399;
+    let ctx = Context { previous: Some(&previous), previous_config: Some(&config), ..Context::default() };
+    let mut changed = config.clone();
+    changed.get_mut("51821").unwrap().mtu = Some(1300);
+    let d = validate(&changed, &ctx).unwrap();
+    assert!(std::sync::Arc::ptr_eq(&d.networks[&51820], &previous.networks[&51820]), "unchanged: the previous spec itself");
+    assert_eq!(d.networks[&51820].mtu, 1399, "not built again (that would give 1420)");
+    assert_eq!(d.networks[&51821].mtu, 1300, "the changed one is built anew");
+    // Unchanged 51820 still owns its hostname against a changed network.
+    changed.get_mut("51821").unwrap().proxy.insert("http://app.example.com".into(), vec!["10.81.0.9:80".to_string()].into());
+    assert_eq!(paths(validate(&changed, &ctx)), [r#"$["51821"].proxy["http://app.example.com"]"#]);
+    // A bad value in a changed network is found as ever.
+    changed.get_mut("51821").unwrap().mtu = Some(1);
+    assert!(paths(validate(&changed, &ctx)).contains(&r#"$["51821"].mtu"#.to_string()));
 }
 
 /// Endpoints the host's WireGuard socket must not send to: each a 422 at
@@ -624,4 +681,120 @@ fn problems_keep_the_first_hundred_count_all_and_stop_at_ten_thousand() {
     let e = validate(&bad(1_000_000), &ctx).expect_err("a million bad allowed IPs");
     assert_eq!((e.details().len(), e.total()), (100, 10_000), "stopped at 10,000");
     assert!(e.enough());
+}
+
+#[test]
+fn access_and_limits_are_carried_per_route_and_absent_without_them() {
+    use crate::spec::{Bandwidth, RouteLimits};
+    use crate::types::ProxyKey;
+    let mut n = net();
+    n.proxy.extend(proxy_json(serde_json::json!({
+        "https://app.example.com": {
+            "upstreams": ["10.80.0.2:443"],
+            "allow": ["203.0.113.0/24", "2001:db8::/32", "203.0.113.0/24"],
+            "deny": ["203.0.113.7/32"],
+            "max_connections": 1000,
+            "max_connections_per_client": 20.0,
+            "bandwidth": {"ingress_mbit": 100, "egress_mbit": 50}
+        },
+        "tcp://2222": {"upstreams": ["10.80.0.2:22"], "deny": [], "max_connections": null},
+        "udp://5353": {"upstreams": ["10.80.0.2:53"], "max_connections_per_client": 2, "bandwidth": {"egress_mbit": 1}},
+    })));
+    n.bandwidth = Some(serde_json::json!({"ingress_mbit": 1000}));
+    let d = validate(&one(n), &Context::default()).unwrap();
+    let spec = &d.networks[&51820];
+    let key = |k: &str| k.parse::<ProxyKey>().unwrap();
+    let cidrs = |l: &[&str]| l.iter().map(|c| c.parse().unwrap()).collect::<Vec<crate::types::Cidr>>();
+    assert_eq!(
+        spec.route_limits[&key("https://app.example.com")],
+        RouteLimits {
+            allow: Some(cidrs(&["203.0.113.0/24", "2001:db8::/32"])),
+            deny: cidrs(&["203.0.113.7/32"]),
+            max_connections: Some(1000),
+            max_connections_per_client: Some(20),
+            bandwidth: Some(Bandwidth { ingress_mbit: Some(100), egress_mbit: Some(50) }),
+        },
+        "sorted, duplicates once"
+    );
+    let udp = &spec.route_limits[&key("udp://5353")];
+    assert_eq!((udp.max_connections_per_client, udp.bandwidth), (Some(2), Some(Bandwidth { ingress_mbit: None, egress_mbit: Some(1) })));
+    assert!(!spec.route_limits.contains_key(&key("tcp://2222")), "an empty deny and a null limit say nothing");
+    assert!(!spec.route_limits.contains_key(&key("http://app.example.com")), "the list form has none");
+    assert_eq!(spec.route_limits.len(), 2);
+    assert_eq!(spec.bandwidth, Some(Bandwidth { ingress_mbit: Some(1000), egress_mbit: None }));
+    let plain = validate(&one(net()), &Context::default()).unwrap();
+    assert!(plain.networks[&51820].route_limits.is_empty() && plain.networks[&51820].bandwidth.is_none());
+}
+
+#[test]
+fn bad_access_and_limit_values_are_refused_with_their_paths() {
+    let mut n = net();
+    n.proxy.extend(proxy_json(serde_json::json!({
+        "tcp://2222": {"upstreams": ["10.80.0.2:22"], "allow": ["10.0.0.1/8", "x", 7, "::ffff:10.0.0.0/104", "10.0.0.0/33"]},
+        "tcp://2223": {"upstreams": ["10.80.0.2:22"], "allow": []},
+        "tcp://2224": {"upstreams": ["10.80.0.2:22"], "deny": "10.0.0.0/8"},
+        "udp://2225": {"upstreams": ["10.80.0.2:22"], "max_connections": 0, "max_connections_per_client": 1000001},
+        "https://m.example.com": {"upstreams": ["10.80.0.2:22"], "max_connections": 2.5, "max_connections_per_client": "3"},
+        "http://b.example.com": {"upstreams": ["10.80.0.2:22"], "bandwidth": {"ingress_mbit": 0, "egress_mbit": -1, "burst": 1}},
+        "http://c.example.com": {"upstreams": ["10.80.0.2:22"], "bandwidth": 5},
+        "https://i.example.com": {"upstreams": "10.80.0.2:22", "allow": [], "max_connections": -1},
+        "https://pp.example.com": {"upstreams": ["10.80.0.2:22"], "proxy_protocol": true, "max_connections_per_client": 2, "allow": ["10.0.0.0/8"]},
+        "tcp://2226": {"upstreams": ["10.80.0.2:22"], "proxy_protocol": true, "max_connections": 2},
+    })));
+    n.bandwidth = Some(serde_json::json!({"egress_mbit": 1000001}));
+    let got = details(validate(&one(n), &Context::default()));
+    let p = |k: &str, tail: &str| format!(r#"$["51820"].proxy["{k}"]{tail}"#);
+    for (want, says) in [
+        (p("tcp://2222", ".allow[0]"), "host bits set; the network is 10.0.0.0/8"),
+        (p("tcp://2222", ".allow[1]"), "ADDRESS/PREFIX"),
+        (p("tcp://2222", ".allow[2]"), "must be a CIDR string"),
+        (p("tcp://2222", ".allow[3]"), "IPv4 form"),
+        (p("tcp://2222", ".allow[4]"), "prefix length"),
+        (p("tcp://2223", ".allow"), "empty allow list would refuse every client"),
+        (p("tcp://2224", ".deny"), "must be a list of CIDRs"),
+        (p("udp://2225", ".max_connections"), "1..=1000000"),
+        (p("udp://2225", ".max_connections_per_client"), "1..=1000000"),
+        (p("https://m.example.com", ".max_connections"), "whole number"),
+        (p("https://m.example.com", ".max_connections_per_client"), "whole number"),
+        (p("http://b.example.com", ".bandwidth.ingress_mbit"), "1..=1000000"),
+        (p("http://b.example.com", ".bandwidth.egress_mbit"), "whole number of Mbit/s"),
+        (p("http://b.example.com", r#".bandwidth["burst"]"#), "only ingress_mbit and egress_mbit"),
+        (p("http://c.example.com", ".bandwidth"), "must be an object"),
+        (p("https://i.example.com", ".upstreams"), "must be a list"),
+        (p("https://i.example.com", ".allow"), "empty allow list"),
+        (p("https://i.example.com", ".max_connections"), "1..=1000000"),
+        (r#"$["51820"].bandwidth.egress_mbit"#.to_string(), "1..=1000000"),
+        (p("https://pp.example.com", ".max_connections_per_client"), "not supported"),
+    ] {
+        assert!(got.iter().any(|(path, m)| *path == want && m.contains(says)), "no {want}: ...{says}... in {got:#?}");
+    }
+    assert_eq!(got.len(), 20, "one problem each (tcp:// takes limits with proxy_protocol): {got:#?}");
+}
+
+#[test]
+fn an_allow_list_is_bounded_like_allowed_ips() {
+    let mut n = net();
+    let many: Vec<String> = (0..3).map(|i| format!("10.{i}.0.0/16")).collect();
+    n.proxy.extend(proxy_json(serde_json::json!({"tcp://2222": {"upstreams": ["10.80.0.2:22"], "allow": many}})));
+    let ctx = Context { limits: super::Limits { allowed_ips: 2, ..Default::default() }, ..Default::default() };
+    let got = details(validate(&one(n), &ctx));
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert!(got[0].0.ends_with(r#"["tcp://2222"].allow"#) && got[0].1.contains("--max-allowed-ips"), "{got:#?}");
+}
+
+#[test]
+fn an_allow_list_past_the_ceiling_is_counted_not_kept() {
+    let mut n = net();
+    let many = vec!["10.0.0.0/8"; crate::model::MAX_UPSTREAMS_CEILING + 5];
+    n.proxy.extend(proxy_json(serde_json::json!({"tcp://2222": {"upstreams": ["10.80.0.2:22"], "deny": many}})));
+    assert!(matches!(n.proxy["tcp://2222"], crate::model::ProxyTarget::TooLongList { len: 10_005, .. }));
+    let ctx = Context { limits: super::Limits { allowed_ips: 1_000_000, ..Default::default() }, ..Default::default() };
+    let got = details(validate(&one(n), &ctx));
+    assert_eq!(
+        got,
+        [(
+            r#"$["51820"].proxy["tcp://2222"].deny"#.to_string(),
+            "10005 CIDRs; at most 10000 (--max-allowed-ips, GATEWAY_MAX_ALLOWED_IPS raises it)".to_string()
+        )]
+    );
 }

@@ -12,8 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gateway::cli::Args;
-use gateway::daemon::{Daemon, Shared, build};
+use gateway::daemon::{Daemon, build};
 use gateway::reconcile::{Mode, Reconciler};
+use gateway::service::Shared;
 use gateway::system::Runner;
 use rocket::local::asynchronous::Client;
 
@@ -53,6 +54,19 @@ pub async fn wait_for_status(d: &TestDaemon, what: &str, limit: Duration, cond: 
         assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}: {st}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A sample's value in the /metrics text (`series` with its labels).
+pub async fn metric(d: &TestDaemon, series: &str) -> Option<f64> {
+    let (code, text) = d.get_text("/metrics").await;
+    assert_eq!(code, 200, "{text}");
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Lets nginx's workers (`nobody`) reach the daemon's usage socket, which
+/// `args` puts in the test's directory (0700 as made).
+pub fn open_dir_to_nginx(n: &Names) {
+    std::fs::set_permissions(&n.dir, std::os::unix::fs::PermissionsExt::from_mode(0o711)).unwrap();
 }
 
 pub async fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
@@ -329,7 +343,7 @@ impl TestDaemon {
     async fn start_inner(args: &Args, own_loop: bool) -> TestDaemon {
         let runner = Runner::recording(Duration::from_secs(30));
         let Daemon { shared, figment } = build(args, runner.clone()).await.expect("daemon starts");
-        let passes = shared.finished.subscribe();
+        let passes = shared.passes();
         let rec = Reconciler::new(shared.clone()).await;
         let (reconciler, task) = if own_loop {
             (None, tokio::spawn(rec.run()))
@@ -337,10 +351,10 @@ impl TestDaemon {
             let reconciler = Arc::new(tokio::sync::Mutex::new(rec));
             let (r, s) = (reconciler.clone(), shared.clone());
             let task = tokio::spawn(async move {
-                let mut dry_runs = s.dry_runs.take_inbox();
+                let mut dry_runs = s.take_dry_runs();
                 loop {
                     tokio::select! {
-                        _ = s.wake.notified() => {
+                        _ = s.woken() => {
                             r.lock().await.tick(Mode::Apply).await;
                         }
                         Some(request) = gateway::reconcile::next_dry_run(&mut dry_runs) => r.lock().await.answer_dry_run(request).await,
@@ -350,6 +364,7 @@ impl TestDaemon {
             (Some(reconciler), task)
         };
         let checks = Some(tokio::spawn(gateway::checks::run(shared.clone())));
+        tokio::spawn(gateway::usage::socket::run(shared.clone()));
         let client = Client::untracked(gateway::api::rocket(shared.clone(), figment)).await.expect("rocket");
         TestDaemon { client, runner, reconciler, shared, passes, task: Some(task), checks }
     }
@@ -415,7 +430,7 @@ impl TestDaemon {
             task.abort();
             let _ = task.await;
         }
-        self.shared.store.pool.close().await;
+        self.shared.store().pool.close().await;
     }
 }
 

@@ -3,16 +3,13 @@
 //! before it and holds back every one after it, and inside a network the
 //! actions run one after the other, the rest skipped after a failure. Up to
 //! `limit` networks are worked on at once; the report is the same as one
-//! network after the other would give (errors in network order).
+//! network after the other would give (errors in network order). Their
+//! link work is batched with the other networks' (see [`super::batched`]).
 
-use futures_util::StreamExt;
-use futures_util::stream::FuturesUnordered;
 use tracing::Instrument;
 
 use super::ExecReport;
 use crate::plan::Action;
-use crate::render::NginxFiles;
-use crate::spec::Desired;
 use crate::system::System;
 
 /// A stretch of the plan: one shared action, or network actions by network
@@ -36,55 +33,26 @@ fn segments(actions: &[Action]) -> Vec<Segment<'_>> {
 
 impl System {
     /// Runs the plan with up to `limit` networks at once (see the module).
-    pub async fn execute_concurrently(&self, actions: &[Action], desired: &Desired, nginx: &NginxFiles, limit: usize) -> ExecReport {
+    pub async fn execute_concurrently(&self, actions: &[Action], limit: usize) -> ExecReport {
         let mut report = ExecReport::default();
-        if self.backend == crate::system::Backend::Userspace && actions.iter().any(|a| matches!(a, Action::CreateWg(_))) {
-            // Each wireguard-go takes an inotify instance: make room first.
-            if let Err(e) = self.ensure_inotify_instances(desired.networks.len()) {
-                tracing::warn!(error = %e, "cannot raise fs.inotify.max_user_instances");
-            }
+        let creates = actions.iter().filter(|a| matches!(a, Action::CreateWg(_))).count();
+        if creates > 0 {
+            // Room for the interfaces there and those to come.
+            self.make_room_for_wg(self.namespaces().len() + creates);
         }
         for segment in segments(actions) {
             match segment {
                 Segment::Shared(action) => {
-                    let result = self.run_action(action, desired, nginx, &mut report).instrument(tracing::debug_span!("shared")).await;
+                    let result = self.run_action(action, &mut report).instrument(tracing::debug_span!("shared")).await;
                     report.record(action, result);
                 }
                 Segment::Networks(by_network) => {
-                    let mut waiting = by_network.into_iter().filter(|(p, _)| !report.failed.contains(p));
-                    let mut running = FuturesUnordered::new();
-                    let mut done = Vec::new();
-                    loop {
-                        while running.len() < limit.max(1) {
-                            let Some((port, actions)) = waiting.next() else { break };
-                            running.push(self.run_network(port, actions, desired, nginx));
-                        }
-                        let Some(finished) = running.next().await else { break };
-                        done.push(finished);
-                    }
-                    done.sort_by_key(|(port, _)| *port);
-                    for (_, part) in done {
-                        report.merge(part);
-                    }
+                    let by_network = by_network.into_iter().filter(|(p, _)| !report.failed.contains(p)).collect();
+                    report.merge(self.run_networks_batched(by_network, limit).await);
                 }
             }
         }
         report
-    }
-
-    /// One network's actions in order; a failure skips the rest.
-    async fn run_network(&self, port: u16, actions: Vec<&Action>, desired: &Desired, nginx: &NginxFiles) -> (u16, ExecReport) {
-        let mut report = ExecReport::default();
-        for action in actions {
-            let span = tracing::debug_span!("network", network = port);
-            let result = self.run_action(action, desired, nginx, &mut report).instrument(span).await;
-            let failed = result.is_err();
-            report.record(action, result);
-            if failed {
-                break;
-            }
-        }
-        (port, report)
     }
 }
 
@@ -109,7 +77,7 @@ mod tests {
             Action::CreateNamespace(2),
             Action::CreateNamespace(1),
             Action::CreateWg(2),
-            Action::WriteNginx,
+            Action::WriteNginx(Default::default()),
             Action::DeleteNetwork(3),
             Action::DeleteBridge,
         ];
@@ -117,7 +85,7 @@ mod tests {
         let shape: Vec<String> = s
             .iter()
             .map(|seg| match seg {
-                Segment::Shared(a) => format!("{a:?}"),
+                Segment::Shared(a) => a.label(),
                 Segment::Networks(n) => format!("{:?}", n.iter().map(|(p, a)| (*p, a.len())).collect::<Vec<_>>()),
             })
             .collect();

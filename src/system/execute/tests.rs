@@ -4,12 +4,14 @@ use std::time::Duration;
 use super::*;
 use crate::layout::Layout;
 use crate::observed::Observed;
-use crate::plan::plan;
+use crate::render::NginxFiles;
 use crate::render::tests::sample_desired;
+use crate::spec::Desired;
 use crate::system::{Backend, Reply, Runner, Script, SystemPaths, Tools};
+use crate::target::Targets;
 
 fn system(dir: &Path, runner: Runner) -> System {
-    let reader = std::sync::Arc::new(crate::testing::FixtureReader::default());
+    let observer = std::sync::Arc::new(crate::testing::FixtureObserver::default());
     let journal = std::sync::Arc::new(crate::system::intent::NoJournal);
     System {
         runner,
@@ -17,7 +19,7 @@ fn system(dir: &Path, runner: Runner) -> System {
         tools: Tools::default(),
         paths: SystemPaths::under(dir),
         backend: Backend::Kernel,
-        reader,
+        observer,
         journal,
         ports: std::sync::Arc::new(crate::testing::FakePorts::default()),
         ipv6: true,
@@ -28,8 +30,17 @@ fn nginx() -> NginxFiles {
     NginxFiles { stream: "s".into(), http: "h".into() }
 }
 
+fn write_nginx() -> Action {
+    Action::WriteNginx(std::sync::Arc::new(nginx()))
+}
+
+/// The plan that builds `desired` from nothing.
+fn plan(desired: &Desired, observed: &Observed, layout: &Layout) -> Vec<Action> {
+    crate::plan::plan(&Targets::of(layout, desired), observed, layout, &std::sync::Arc::new(nginx()))
+}
+
 fn lines(s: &System) -> Vec<String> {
-    s.runner.take_records().into_iter().map(|r| r.line).collect()
+    s.runner.take_records().iter().flat_map(|r| r.commands().into_iter().map(String::from).collect::<Vec<_>>()).collect()
 }
 
 fn position(lines: &[String], needle: &str) -> usize {
@@ -44,8 +55,8 @@ async fn kernel_backend_creates_in_the_root_namespace_then_moves() {
     let dir = tempfile::tempdir().unwrap();
     let s = system(dir.path(), Runner::dry_run());
     let desired = sample_desired();
-    let actions = plan(&desired, &Observed::default(), &s.layout, &nginx());
-    let report = s.execute(&actions, &desired, &nginx()).await;
+    let actions = plan(&desired, &Observed::default(), &s.layout);
+    let report = s.execute(&actions).await;
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     let l = lines(&s);
     let ns = position(&l, "ip netns add network-51820");
@@ -63,7 +74,7 @@ async fn kernel_backend_creates_in_the_root_namespace_then_moves() {
     // link exists; forwarding after everything else of the network.
     let rules6 = position(&l, "ip netns exec network-51820 ip6tables-restore --noflush");
     let rules = position(&l, "ip netns exec network-51820 iptables-restore --noflush");
-    let forwarding = l.iter().position(|x| x.starts_with("ip netns exec network-51820 sysctl ")).expect("forwarding set");
+    let forwarding = l.iter().position(|x| x.starts_with("setns network-51820 sysctl ")).expect("forwarding set");
     let last = l.iter().rposition(|x| x.contains("network-51820") || x.contains("gwv51820")).unwrap();
     assert!(ns < rules6 && rules6 < rules && rules < create && forwarding == last, "{l:#?}");
     assert_eq!(report.changed.into_iter().collect::<Vec<_>>(), vec![51820, 51821]);
@@ -75,7 +86,7 @@ async fn removal_deletes_the_interface_then_the_namespace() {
     let dir = tempfile::tempdir().unwrap();
     let s = system(dir.path(), Runner::dry_run());
     let actions = [Action::DeleteNetwork(51820), Action::DeleteRootWg(51821)];
-    let report = s.execute(&actions, &Desired::default(), &nginx()).await;
+    let report = s.execute(&actions).await;
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     assert_eq!(lines(&s), ["ip -n network-51820 link del wg51820", "ip netns del network-51820", "ip link del wg51821"]);
 }
@@ -87,7 +98,7 @@ async fn deleting_what_is_gone_is_not_an_error_but_other_failures_are() {
         .on("link del wg51820", Reply::fail(1, "Cannot find device \"wg51820\""))
         .on("link del wg51821", Reply::fail(2, "RTNETLINK answers: Operation not permitted"));
     let s = system(dir.path(), Runner::scripted(script, Duration::from_secs(1)));
-    let report = s.execute(&[Action::DeleteNetwork(51820), Action::DeleteNetwork(51821)], &Desired::default(), &nginx()).await;
+    let report = s.execute(&[Action::DeleteNetwork(51820), Action::DeleteNetwork(51821)]).await;
     assert_eq!(report.failed.into_iter().collect::<Vec<_>>(), [51821]);
     assert_eq!(report.errors.len(), 1);
     assert!(report.errors[0].contains("network 51821") && report.errors[0].contains("Operation not permitted"), "{:?}", report.errors);
@@ -102,7 +113,7 @@ async fn a_failing_network_does_not_stop_the_others() {
     let script = Script::new().on("network-40000", Reply::fail(1, "boom"));
     let s = system(dir.path(), Runner::scripted(script, Duration::from_secs(1)));
     let actions = [Action::SetForwarding(40000), Action::UplinkUp(40000), Action::SetForwarding(40001), Action::BridgeUp];
-    let report = s.execute(&actions, &Desired::default(), &nginx()).await;
+    let report = s.execute(&actions).await;
     assert_eq!(report.failed.iter().copied().collect::<Vec<_>>(), vec![40000]);
     assert_eq!(report.changed.iter().copied().collect::<Vec<_>>(), vec![40001]);
     assert!(!report.global_failed);
@@ -112,13 +123,43 @@ async fn a_failing_network_does_not_stop_the_others() {
     assert!(l.contains(&"ip link set gwbr0 up".to_string()), "shared actions still run: {l:?}");
 }
 
+/// The executor renders nothing: each command gets what its action
+/// carries. An `ip` standing in for iproute2 keeps each command's stdin.
 #[tokio::test]
-async fn an_action_for_a_network_not_desired_fails_before_any_command() {
+async fn each_command_gets_the_payload_its_action_carries() {
     let dir = tempfile::tempdir().unwrap();
-    let s = system(dir.path(), Runner::dry_run());
-    let report = s.execute(&[Action::ConfigureWg(40000, vec![crate::plan::WgChange::PrivateKey])], &Desired::default(), &nginx()).await;
-    assert_eq!(report.errors, ["network 40000: ConfigureWg(40000): network 40000 is not in the desired state"]);
-    assert!(lines(&s).is_empty());
+    let fake_ip = dir.path().join("ip");
+    let script = format!("#!/bin/sh\necho \"$*\" >> {0}/lines\ncat >> {0}/stdin\necho '---' >> {0}/stdin\n", dir.path().display());
+    std::fs::write(&fake_ip, script).unwrap();
+    std::fs::set_permissions(&fake_ip, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut s = system(dir.path(), Runner::new(Duration::from_secs(10)));
+    s.tools.ip = fake_ip.to_string_lossy().into_owned();
+    let l = Layout::default();
+    let spec = sample_desired().networks[&51820].clone();
+    let target = crate::target::NetworkTarget::of(&l, spec);
+    let mut rules = target.rules.clone();
+    rules.filter.push("-A GATEWAY-FORWARD -s 192.0.2.9/32 -j DROP".into());
+    let actions = [
+        Action::ConfigureWg(40000, target.wg.clone(), vec![crate::plan::WgChange::PrivateKey]),
+        Action::SetRules { port: 40000, rules: rules.clone(), missing_jumps: vec![] },
+    ];
+    let report = s.execute(&actions).await;
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+    assert_eq!(
+        read("lines").lines().collect::<Vec<_>>(),
+        [
+            "netns exec network-40000 wg syncconf wg40000 /dev/stdin",
+            "netns exec network-40000 ip6tables-restore --noflush",
+            "netns exec network-40000 iptables-restore --noflush",
+        ],
+        "the network of the action, not the spec's port"
+    );
+    let stdin = read("stdin");
+    let inputs: Vec<&str> = stdin.split("---\n").collect();
+    assert_eq!(inputs[0], target.wg.text(), "wg gets the carried configuration");
+    assert!(inputs[1].contains("-A GATEWAY-FORWARD -s 192.0.2.9/32 -j DROP\n"), "ip6tables gets the carried rules: {}", inputs[1]);
+    assert_eq!(inputs[2], crate::render::iptables_restore(&rules, crate::render::Family::Ipv4, &[]), "iptables too");
 }
 
 #[tokio::test]
@@ -126,13 +167,13 @@ async fn failing_nginx_check_restores_the_previous_files_or_removes_new_ones() {
     let dir = tempfile::tempdir().unwrap();
     let script = Script::new().on("-t -q", Reply::fail(1, "nginx: [emerg] unexpected \"}\""));
     let s = system(dir.path(), Runner::scripted(script, Duration::from_secs(1)));
-    let report = s.execute(&[Action::WriteNginx], &Desired::default(), &nginx()).await;
+    let report = s.execute(&[write_nginx()]).await;
     assert!(report.global_failed);
     assert!(report.errors[0].contains("nginx config check failed") && report.errors[0].contains("previous nginx files were restored"));
     assert!(!dir.path().join("stream.conf").exists() && !dir.path().join("http.conf").exists(), "no previous files: none left");
     std::fs::write(dir.path().join("stream.conf"), "old stream").unwrap();
     std::fs::write(dir.path().join("http.conf"), "old http").unwrap();
-    let report = s.execute(&[Action::WriteNginx], &Desired::default(), &nginx()).await;
+    let report = s.execute(&[write_nginx()]).await;
     assert!(report.global_failed);
     assert_eq!(std::fs::read_to_string(dir.path().join("stream.conf")).unwrap(), "old stream");
     assert_eq!(std::fs::read_to_string(dir.path().join("http.conf")).unwrap(), "old http");
@@ -145,7 +186,7 @@ async fn nginx_that_cannot_start_restores_the_files() {
     let script = Script::new().on("-t -q", Reply::ok("")).on("nginx", Reply::fail(1, "bind() to 0.0.0.0:443 failed (98: Address in use)"));
     let s = system(dir.path(), Runner::scripted(script, Duration::from_secs(1)));
     std::fs::write(dir.path().join("stream.conf"), "old stream").unwrap();
-    let report = s.execute(&[Action::WriteNginx], &Desired::default(), &nginx()).await;
+    let report = s.execute(&[write_nginx()]).await;
     assert!(report.errors[0].contains("Address in use"), "{:?}", report.errors);
     assert_eq!(std::fs::read_to_string(dir.path().join("stream.conf")).unwrap(), "old stream");
     assert!(!dir.path().join("http.conf").exists());
@@ -158,7 +199,7 @@ async fn missing_wireguard_go_fails_the_network_at_once() {
     let mut s = system(dir.path(), Runner::scripted(script, Duration::from_secs(1)));
     s.backend = Backend::Userspace;
     let start = std::time::Instant::now();
-    let report = s.execute(&[Action::CreateWg(51820), Action::MoveWg(51820)], &Desired::default(), &nginx()).await;
+    let report = s.execute(&[Action::CreateWg(51820), Action::MoveWg(51820)]).await;
     assert!(start.elapsed() < Duration::from_secs(1), "no wait for a socket that cannot come");
     assert_eq!(report.failed.into_iter().collect::<Vec<_>>(), [51820]);
     assert!(report.errors[0].contains("could not be started"), "{:?}", report.errors);
@@ -172,8 +213,8 @@ async fn mtu_edges_reach_the_interface() {
         let mut cfg = crate::render::tests::sample_config();
         cfg.get_mut("51820").unwrap().mtu = Some(mtu);
         let desired = crate::validate::validate(&cfg, &crate::validate::Context::default()).expect("valid");
-        let actions = plan(&desired, &Observed::default(), &s.layout, &nginx());
-        let report = s.execute(&actions, &desired, &nginx()).await;
+        let actions = plan(&desired, &Observed::default(), &s.layout);
+        let report = s.execute(&actions).await;
         assert!(report.errors.is_empty(), "{:?}", report.errors);
         position(&lines(&s), &format!("ip -n network-51820 link set wg51820 mtu {mtu} up"));
     }
@@ -188,8 +229,8 @@ async fn concurrent_apply_one_network_fails_the_others_converge() {
     let script = Script::new().on("ip netns add network-51821", Reply::fail(1, "Cannot create namespace file: No space left on device"));
     let s = system(dir.path(), Runner::scripted(script, Duration::from_secs(2)));
     let desired = sample_desired();
-    let actions = plan(&desired, &Observed::default(), &s.layout, &nginx());
-    let report = s.execute_concurrently(&actions, &desired, &nginx(), 8).await;
+    let actions = plan(&desired, &Observed::default(), &s.layout);
+    let report = s.execute_concurrently(&actions, 8).await;
     assert_eq!(report.failed.iter().copied().collect::<Vec<_>>(), [51821]);
     assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
     assert!(report.errors[0].starts_with("network 51821: CreateNamespace(51821)") && report.errors[0].contains("No space left"));
@@ -211,8 +252,8 @@ async fn concurrent_apply_gives_the_sequential_result() {
     for limit in [1, 8] {
         let dir = tempfile::tempdir().unwrap();
         let s = system(dir.path(), Runner::dry_run());
-        let actions = plan(&desired, &Observed::default(), &s.layout, &nginx());
-        let r = s.execute_concurrently(&actions, &desired, &nginx(), limit).await;
+        let actions = plan(&desired, &Observed::default(), &s.layout);
+        let r = s.execute_concurrently(&actions, limit).await;
         let dir = dir.path().display().to_string();
         let mut l: Vec<String> = lines(&s).into_iter().map(|x| x.replace(&dir, "DIR")).collect();
         l.sort();
@@ -226,8 +267,10 @@ async fn concurrent_apply_gives_the_sequential_result() {
 async fn without_ipv6_in_the_kernel_only_ipv4_rules_are_set() {
     let dir = tempfile::tempdir().unwrap();
     let s = System { ipv6: false, ..system(dir.path(), Runner::dry_run()) };
-    let actions = [Action::SetRules { port: 51820, missing_jumps: crate::render::JUMPS.to_vec() }];
-    let report = s.execute(&actions, &sample_desired(), &nginx()).await;
+    let spec = &sample_desired().networks[&51820];
+    let rules = crate::render::rules(&Layout::default(), spec, &Layout::default().network_dnat(spec));
+    let actions = [Action::SetRules { port: 51820, rules, missing_jumps: crate::render::JUMPS.to_vec() }];
+    let report = s.execute(&actions).await;
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     assert_eq!(lines(&s), ["ip netns exec network-51820 iptables-restore --noflush"]);
 }

@@ -181,6 +181,9 @@ fn cidrs_interface_addresses_and_allowed_ips() {
     assert!(accepted > 700, "the corpus holds valid CIDRs too: {accepted} of {}", corpus.len());
     agrees(&interface_address(), &corpus, |s| s.parse::<Cidr>().is_ok_and(|c| check_interface_address(&c).is_ok()));
     agrees(&allowed_ip(), &corpus, |s| s.parse::<Cidr>().is_ok_and(|c| !is_ipv4_compatible(&c)));
+    // The pattern cannot say "host bits zero": judged on the network of each.
+    let networks: Vec<String> = corpus.iter().map(|s| s.parse::<Cidr>().map_or_else(|_| s.clone(), |c| c.network().to_string())).collect();
+    agrees(&access_cidr(), &networks, |s| crate::validate::access_cidr(s).is_ok());
 }
 
 #[test]

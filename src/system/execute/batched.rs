@@ -1,0 +1,427 @@
+//! Networks' actions with few processes. Each action becomes steps
+//! ([`steps`]): a line of the root namespace's `ip -batch` (links made,
+//! tagged, attached, moved, namespaces added), a line of the network's own
+//! namespace `ip -batch` (its link states, addresses, routes), or the
+//! action run on its own (rules, WireGuard, sysctls from a thread).
+//!
+//! A network's steps run in its order, in turns: in a root turn every
+//! network waiting at root lines gives one line to each of a few shared
+//! `ip -force -batch` (its first line to the first batch, its second to the
+//! second, ...: a network's line runs only once its previous one
+//! succeeded); in a local turn the networks run their own steps side by
+//! side (up to the limit). A network's namespace lines wait, in order,
+//! until a step needs them done (sending to peers, forwarding) or its steps
+//! end, then go as one `ip -n NS -batch`; they only ever run later, never
+//! before a step that came ahead of them. A failing line fails its own
+//! network alone (iproute2 names the line), and that network's later steps
+//! are skipped. Crash safety is kept: the intent of a link is recorded
+//! before the batch that creates it, and forgotten after the one that tags it.
+//!
+//! A root batch is cut to what the fullest listener of the root namespace's
+//! link events has room for, and waits for that room: each wireguard-go
+//! listens there and exits when its socket overruns (`kernel::link_listeners`;
+//! 300 networks' lines in one batch cost an interface now and then).
+
+use std::collections::{BTreeMap, VecDeque};
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use tracing::Instrument;
+
+use super::ExecReport;
+use crate::layout::{Layout, VETH_NS_NAME};
+use crate::plan::{Action, Dev};
+use crate::system::intent::{LinkIntent, LinkKind};
+use crate::system::kernel::link_listeners;
+use crate::system::kernel::procfs::read_trimmed;
+use crate::system::netns::{Change, batch};
+use crate::system::{Backend, CmdError, FailureKind, SysError, System};
+
+/// One line of the root namespace's batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RootLine {
+    pub line: String,
+    /// Recorded before the batch that runs this line (a link it creates).
+    pub intent: Option<LinkIntent>,
+    /// Forgotten once this line succeeded (it tagged the link).
+    pub forget: Option<String>,
+    /// "Not there" is success (deleting what is gone).
+    pub missing_ok: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Step<'a> {
+    Root(RootLine, &'a Action),
+    Ns(String, &'a Action),
+    /// wireguard-go started with its intent recorded (tagged by a root line).
+    StartWireguardGo(u16, &'a Action),
+    Own(&'a Action),
+}
+
+impl<'a> Step<'a> {
+    fn action(&self) -> &'a Action {
+        match self {
+            Step::Root(_, a) | Step::Ns(_, a) | Step::StartWireguardGo(_, a) | Step::Own(a) => a,
+        }
+    }
+}
+
+fn root(line: String, action: &Action) -> Step<'_> {
+    Step::Root(RootLine { line, intent: None, forget: None, missing_ok: false }, action)
+}
+
+/// The lines that create and tag root-namespace link `name`, its intent
+/// recorded before the first and forgotten after the second.
+fn created_and_tagged<'a>(create: String, name: &str, kind: LinkKind, port: u16, action: &'a Action) -> [Step<'a>; 2] {
+    let intent = LinkIntent { name: name.to_string(), kind, network: Some(port) };
+    [
+        Step::Root(RootLine { line: create, intent: Some(intent), forget: None, missing_ok: false }, action),
+        Step::Root(RootLine { line: batch::tag(name), intent: None, forget: Some(name.to_string()), missing_ok: false }, action),
+    ]
+}
+
+/// How a network's action is carried out (see the module).
+pub(crate) fn steps<'a>(action: &'a Action, layout: &Layout, backend: Backend) -> Vec<Step<'a>> {
+    let dev = |port: u16, d: &Dev| match d {
+        Dev::Wg => layout.wg(port),
+        Dev::Uplink => VETH_NS_NAME.to_string(),
+    };
+    let ns = |line: String| Step::Ns(line, action);
+    match action {
+        Action::CreateNamespace(p) => vec![root(batch::netns_add(&layout.netns(*p)), action), ns(batch::link_up("lo", None))],
+        Action::CreateWg(p) => {
+            let wg = layout.wg(*p);
+            match backend {
+                Backend::Kernel => created_and_tagged(batch::wireguard_add(&wg), &wg, LinkKind::Wireguard, *p, action).into(),
+                Backend::Userspace => vec![
+                    Step::StartWireguardGo(*p, action),
+                    Step::Root(RootLine { line: batch::tag(&wg), intent: None, forget: Some(wg), missing_ok: false }, action),
+                ],
+            }
+        }
+        Action::MoveWg(p) => vec![root(batch::move_link(&layout.wg(*p), &layout.netns(*p)), action)],
+        Action::CreateVeth(p) => {
+            let host = layout.veth_host(*p);
+            let create = batch::veth_add(&host, VETH_NS_NAME, &layout.uplink_mac(*p), &layout.netns(*p));
+            created_and_tagged(create, &host, LinkKind::Veth, *p, action).into()
+        }
+        Action::AttachVeth(p) => {
+            batch::attach_isolated(&layout.veth_host(*p), &layout.bridge).into_iter().map(|l| root(l, action)).collect()
+        }
+        Action::DeleteHostVeth(p) => {
+            vec![Step::Root(
+                RootLine { line: batch::link_del(&layout.veth_host(*p)), intent: None, forget: None, missing_ok: true },
+                action,
+            )]
+        }
+        Action::SetWgLink { port, mtu } => vec![ns(batch::link_up(&layout.wg(*port), Some(*mtu)))],
+        Action::UplinkUp(_) => vec![ns(batch::link_up(VETH_NS_NAME, None))],
+        Action::AddAddress { port, dev: d, cidr } => vec![ns(batch::address(Change::Add, *cidr, &dev(*port, d)))],
+        Action::DelAddress { port, dev: d, cidr } => vec![ns(batch::address(Change::Del, *cidr, &dev(*port, d)))],
+        Action::AddRoute { port, cidr } => vec![ns(batch::route(Change::Add, *cidr, &layout.wg(*port)))],
+        Action::DelRoute { port, cidr } => vec![ns(batch::route(Change::Del, *cidr, &layout.wg(*port)))],
+        _ => vec![Step::Own(action)],
+    }
+}
+
+/// Whether a step may run before the namespace lines ahead of it: it
+/// neither uses the links nor may run ahead of them (sending to peers needs
+/// the interface up; forwarding goes last; anything else waits to be safe).
+fn runs_ahead_of_ns_lines(step: &Step<'_>) -> bool {
+    match step {
+        Step::Root(..) | Step::Ns(..) | Step::StartWireguardGo(..) => true,
+        Step::Own(action) => matches!(action, Action::SetRules { .. } | Action::ConfigureWg(..)),
+    }
+}
+
+/// A network in flight.
+struct Network<'a> {
+    port: u16,
+    steps: VecDeque<Step<'a>>,
+    /// Namespace lines not run yet, in order.
+    pending: Vec<(String, &'a Action)>,
+    report: ExecReport,
+}
+
+impl Network<'_> {
+    fn failed(&self) -> bool {
+        self.report.failed.contains(&self.port)
+    }
+
+    fn at_root(&self) -> bool {
+        !self.failed() && matches!(self.steps.front(), Some(Step::Root(..)))
+    }
+
+    fn has_local_work(&self) -> bool {
+        !self.failed()
+            && (matches!(self.steps.front(), Some(s) if !matches!(s, Step::Root(..)))
+                || (self.steps.is_empty() && !self.pending.is_empty()))
+    }
+}
+
+/// What the `ip -batch` line `index` (1-based) of a failed batch `err`
+/// did: Ok, or the error of the command it stands for.
+fn line_result(err: &CmdError, failures: &BTreeMap<usize, String>, index: usize, command: &str) -> Result<(), SysError> {
+    let said = match err {
+        CmdError::Failed { .. } => match failures.get(&index) {
+            Some(said) => said.clone(),
+            // Nothing read back: every line is in doubt.
+            None if failures.is_empty() => err.to_string(),
+            // iproute2 stopped early on a line it names nowhere: each line
+            // after the last one it reported may not have run.
+            None if failures.contains_key(&0) && failures.keys().filter(|k| **k > 0).all(|k| *k < index) => failures[&0].clone(),
+            None => return Ok(()),
+        },
+        other => other.to_string(),
+    };
+    Err(CmdError::Failed { line: command.to_string(), status: "failed in an ip -batch".into(), stderr: said }.into())
+}
+
+/// The room (bytes of link events) a batch waits for: two thirds of a
+/// default socket buffer, so that batches do not shrink to a line each
+/// while a listener reads, and the events that follow a batch later (a
+/// carrier coming up) or come from the networks worked on side by side
+/// (wireguard-go's interfaces, uplinks set up) fit beside them. A batch
+/// then takes what fits in the room there is.
+const MIN_ROOM: u64 = 144 * 1024;
+
+/// How long a batch waits for a listener to read: one the scheduler left
+/// waiting this long is given up on (it overruns, and the next drift check
+/// rebuilds its interface), so that a process that never reads stalls the
+/// pass once, not at every batch.
+const ROOM_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How many of the lines (their link events' bytes, in order) fit in
+/// `room`: at least one, so the pass goes on.
+fn lines_within(costs: impl Iterator<Item = u64>, room: u64) -> usize {
+    let mut used = 0u64;
+    let mut count = 0;
+    for cost in costs {
+        used = used.saturating_add(cost);
+        if count > 0 && used > room {
+            break;
+        }
+        count += 1;
+    }
+    count
+}
+
+impl System {
+    /// Runs one segment's network actions (see the module); up to `limit`
+    /// networks' own steps at once. The report is in network order.
+    pub(super) async fn run_networks_batched(&self, by_network: BTreeMap<u16, Vec<&Action>>, limit: usize) -> ExecReport {
+        let mut networks: Vec<Network<'_>> = by_network
+            .into_iter()
+            .map(|(port, actions)| Network {
+                port,
+                steps: actions.into_iter().flat_map(|a| steps(a, &self.layout, self.backend)).collect(),
+                pending: Vec::new(),
+                report: ExecReport::default(),
+            })
+            .collect();
+        loop {
+            let mut progressed = false;
+            if networks.iter().any(Network::at_root) {
+                self.root_turn(&mut networks).instrument(tracing::debug_span!("root batch")).await;
+                progressed = true;
+            }
+            if networks.iter().any(Network::has_local_work) {
+                networks = self.local_turn(networks, limit).await;
+                progressed = true;
+            }
+            if !progressed {
+                break;
+            }
+        }
+        let mut report = ExecReport::default();
+        for n in networks {
+            report.merge(n.report);
+        }
+        report
+    }
+
+    /// Every network waiting at root lines runs them, one shared batch per
+    /// line position (cut where the listeners of link events lack room).
+    async fn root_turn(&self, networks: &mut [Network<'_>]) {
+        let mut groups: Vec<(usize, Vec<(RootLine, &Action)>)> = Vec::new();
+        for (i, n) in networks.iter_mut().enumerate() {
+            let mut lines = Vec::new();
+            while n.at_root() {
+                let Some(Step::Root(line, action)) = n.steps.pop_front() else { break };
+                lines.push((line, action));
+            }
+            if !lines.is_empty() {
+                groups.push((i, lines));
+            }
+        }
+        let rounds = groups.iter().map(|(_, lines)| lines.len()).max().unwrap_or(0);
+        for round in 0..rounds {
+            let mut batch: Vec<(usize, &RootLine, &Action)> = Vec::new();
+            for (i, lines) in &groups {
+                let Some((line, action)) = lines.get(round).filter(|_| !networks[*i].failed()) else { continue };
+                batch.push((*i, line, *action));
+            }
+            let mut rest = &batch[..];
+            while !rest.is_empty() {
+                let room = self.link_listeners_room().await;
+                let take = lines_within(rest.iter().map(|(_, l, _)| batch::link_event_bytes(&l.line)), room);
+                let (chunk, after) = rest.split_at(take);
+                self.root_batch(chunk, networks).await;
+                rest = after;
+            }
+        }
+    }
+
+    /// One `ip -force -batch` of root lines, each intent recorded first.
+    async fn root_batch(&self, lines: &[(usize, &RootLine, &Action)], networks: &mut [Network<'_>]) {
+        let mut batch: Vec<(usize, &RootLine, &Action)> = Vec::new();
+        for (i, line, action) in lines {
+            let n = &mut networks[*i];
+            if let Some(intent) = &line.intent {
+                if let Err(e) = self.record_intent(intent).await {
+                    n.report.record(action, Err(e));
+                    continue;
+                }
+            }
+            batch.push((*i, line, action));
+        }
+        if batch.is_empty() {
+            return;
+        }
+        let text: String = batch.iter().map(|(_, l, _)| format!("{}\n", l.line)).collect();
+        let cmd = self.tools.ip(["-force", "-batch", "-"]).stdin(text);
+        let commands = cmd.batch_commands();
+        let result = self.runner.run(&cmd).await;
+        let failures = result.as_ref().err().map(|e| batch::line_failures(e.stderr())).unwrap_or_default();
+        for (k, (i, line, action)) in batch.into_iter().enumerate() {
+            let mut outcome = match &result {
+                Ok(_) => Ok(()),
+                Err(e) => line_result(e, &failures, k + 1, &commands[k]),
+            };
+            if line.missing_ok && matches!(&outcome, Err(SysError::Command(e)) if e.kind() == FailureKind::Missing) {
+                outcome = Ok(());
+            }
+            if outcome.is_ok() {
+                if let Some(name) = &line.forget {
+                    self.forget_intent(name).await;
+                }
+            }
+            networks[i].report.record(action, outcome);
+        }
+    }
+
+    /// Bytes of link events every listener that still reads can take now
+    /// (see `kernel::link_listeners`): waits, up to [`ROOM_WAIT`], until
+    /// the fullest has room for [`MIN_ROOM`]. Unknown (no /proc/net/netlink):
+    /// no limit.
+    async fn link_listeners_room(&self) -> u64 {
+        let start = std::time::Instant::now();
+        let buffer = read_trimmed(&self.paths.rmem_default).and_then(|v| v.parse::<u64>().ok()).unwrap_or(212_992);
+        loop {
+            let Ok(text) = std::fs::read_to_string(&self.paths.proc_net_netlink) else { return u64::MAX };
+            let room = link_listeners::room(&link_listeners::parse(&text), buffer);
+            if room >= MIN_ROOM.min(buffer) {
+                return room;
+            }
+            if start.elapsed() >= ROOM_WAIT {
+                // Given up on: one buffer's worth, so that a listener that
+                // never reads overruns now (it then holds nothing back).
+                return buffer;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    }
+
+    /// Every network with steps of its own runs them, side by side.
+    async fn local_turn<'a>(&self, networks: Vec<Network<'a>>, limit: usize) -> Vec<Network<'a>> {
+        let (ready, mut waiting): (Vec<_>, Vec<_>) = networks.into_iter().partition(Network::has_local_work);
+        let mut ready = ready.into_iter();
+        let mut running = FuturesUnordered::new();
+        loop {
+            while running.len() < limit.max(1) {
+                let Some(n) = ready.next() else { break };
+                let span = tracing::debug_span!("network", network = n.port);
+                running.push(self.local_steps(n).instrument(span));
+            }
+            let Some(done) = running.next().await else { break };
+            waiting.push(done);
+        }
+        waiting.sort_by_key(|n| n.port);
+        waiting
+    }
+
+    /// A network's steps up to its next root line (or its end, where its
+    /// namespace lines go).
+    async fn local_steps<'a>(&self, mut n: Network<'a>) -> Network<'a> {
+        while let Some(step) = n.steps.front() {
+            if matches!(step, Step::Root(..)) {
+                return n;
+            }
+            let Some(step) = n.steps.pop_front() else { break };
+            if !runs_ahead_of_ns_lines(&step) && !self.run_ns_lines(&mut n).await {
+                return n;
+            }
+            let action = step.action();
+            let result = match step {
+                Step::Ns(line, action) => {
+                    n.pending.push((line, action));
+                    continue;
+                }
+                Step::StartWireguardGo(port, _) => self.start_wireguard_go_untagged(port).await,
+                Step::Own(action) => self.run_action(action, &mut n.report).await,
+                Step::Root(..) => unreachable!("root lines stop a local turn"),
+            };
+            let failed = result.is_err();
+            n.report.record(action, result);
+            if failed {
+                return n;
+            }
+        }
+        self.run_ns_lines(&mut n).await;
+        n
+    }
+
+    /// The network's waiting namespace lines as one `ip -n NS -batch`
+    /// (stopping at the first failure); false if one failed.
+    async fn run_ns_lines(&self, n: &mut Network<'_>) -> bool {
+        if n.pending.is_empty() {
+            return true;
+        }
+        // Setting the uplink up brings the carrier of its root end up: link
+        // events in the root namespace too, a moment later.
+        self.link_listeners_room().await;
+        let pending = std::mem::take(&mut n.pending);
+        let text: String = pending.iter().map(|(l, _)| format!("{l}\n")).collect();
+        let cmd = self.tools.ip_in(&self.layout.netns(n.port), ["-batch", "-"]).stdin(text);
+        let commands = cmd.batch_commands();
+        let result = self.runner.run(&cmd).await;
+        let failures = result.as_ref().err().map(|e| batch::line_failures(e.stderr())).unwrap_or_default();
+        for (k, (_, action)) in pending.into_iter().enumerate() {
+            let outcome = match &result {
+                Ok(_) => Ok(()),
+                Err(e) => line_result(e, &failures, k + 1, &commands[k]),
+            };
+            let failed = outcome.is_err();
+            n.report.record(action, outcome);
+            if failed {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// wireguard-go for network `port`, its intent recorded first; the
+    /// interface is tagged by a root line afterwards.
+    async fn start_wireguard_go_untagged(&self, port: u16) -> Result<(), SysError> {
+        let wg = self.layout.wg(port);
+        self.record_intent(&LinkIntent { name: wg.clone(), kind: LinkKind::Wireguard, network: Some(port) }).await?;
+        // Its interface's creation is link events too.
+        self.link_listeners_room().await;
+        self.start_wireguard_go(&wg).await?;
+        crate::system::fault::point("after-wireguard-go-start");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
