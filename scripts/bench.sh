@@ -36,7 +36,10 @@
 #                                bandwidth, every network with bandwidth: the
 #                                cost of issue 19's fields), and
 #                                BENCH_SKIP="floor https traffic health" to
-#                                leave parts out)
+#                                leave parts out, BENCH_DAEMON_LOG=FILE to
+#                                keep the daemon's log, e.g. with
+#                                RUST_LOG=gateway=debug: every command
+#                                and wait, timed)
 set -euo pipefail
 N=${1:?usage: scripts/bench.sh N (networks)}
 cd "$(dirname "$0")/.."
@@ -71,6 +74,7 @@ cleanup() {
   done
   rm -f /var/run/wireguard/gbw*.sock /var/run/wireguard/gbfw*.sock
   echo "$inotify_before" > /proc/sys/fs/inotify/max_user_instances
+  [ -z "${BENCH_DAEMON_LOG:-}" ] || cp "$work/daemon.log" "$BENCH_DAEMON_LOG"
   rm -rf "$work"
 }
 trap cleanup EXIT

@@ -55,6 +55,7 @@ fn system_from(config: &Config, runner: Runner, layout: Layout, backend: Backend
         inotify_max_user_instances: "/proc/sys/fs/inotify/max_user_instances".into(),
         proc_net_netlink: "/proc/net/netlink".into(),
         rmem_default: "/proc/sys/net/core/rmem_default".into(),
+        proc_dir: "/proc".into(),
     };
     let tools = tools.resolved(&std::env::var("PATH").unwrap_or_default());
     let observer = Arc::new(crate::system::kernel::observer::KernelObserver);

@@ -57,6 +57,8 @@ pub struct SystemPaths {
     pub proc_net_netlink: PathBuf,
     /// `net.core.rmem_default`: those sockets' buffer size.
     pub rmem_default: PathBuf,
+    /// `/proc`: which process made each of those sockets.
+    pub proc_dir: PathBuf,
 }
 
 impl SystemPaths {
@@ -74,6 +76,7 @@ impl SystemPaths {
             inotify_max_user_instances: dir.join("max_user_instances"),
             proc_net_netlink: dir.join("netlink"),
             rmem_default: dir.join("rmem_default"),
+            proc_dir: dir.join("proc"),
         }
     }
 }

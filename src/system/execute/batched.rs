@@ -17,9 +17,9 @@
 //! are skipped. Crash safety is kept: the intent of a link is recorded
 //! before the batch that creates it, and forgotten after the one that tags it.
 //!
-//! A root batch is cut to what the fullest listener of the root namespace's
-//! link events has room for, and waits for that room: each wireguard-go
-//! listens there and exits when its socket overruns (`kernel::link_listeners`;
+//! A root batch is cut to what the fullest wireguard-go listening to the root
+//! namespace's link events has room for, and waits for that room: each
+//! wireguard-go exits when its socket overruns (`kernel::link_listeners`;
 //! 300 networks' lines in one batch cost an interface now and then).
 
 use std::collections::{BTreeMap, VecDeque};
@@ -319,11 +319,16 @@ impl System {
         let buffer = read_trimmed(&self.paths.rmem_default).and_then(|v| v.parse::<u64>().ok()).unwrap_or(212_992);
         loop {
             let Ok(text) = std::fs::read_to_string(&self.paths.proc_net_netlink) else { return u64::MAX };
-            let room = link_listeners::room(&link_listeners::parse(&text), buffer);
+            let watched = |l: &link_listeners::Listener| link_listeners::is_wireguard_go(&self.paths.proc_dir, l);
+            let room = link_listeners::room(&link_listeners::parse(&text), buffer, watched);
             if room >= MIN_ROOM.min(buffer) {
+                if start.elapsed() >= std::time::Duration::from_millis(10) {
+                    tracing::debug!(waited_ms = start.elapsed().as_millis() as u64, room, "link listeners had room");
+                }
                 return room;
             }
             if start.elapsed() >= ROOM_WAIT {
+                tracing::debug!(room, "gave up waiting for link listeners' room");
                 // Given up on: one buffer's worth, so that a listener that
                 // never reads overruns now (it then holds nothing back).
                 return buffer;

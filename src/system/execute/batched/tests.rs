@@ -191,6 +191,7 @@ async fn root_batches_fit_in_the_fullest_listener() {
     let row = |queued: u64, drops: u64, inode: u64| format!("0000000078d25c74 0   29032      00000111 {queued} 0 0 2 {drops} {inode}\n");
     let table = format!("sk Eth Pid Groups Rmem Wmem Dump Locks Drops Inode\n{}{}", row(buffer - 150 * 1024, 0, 1), row(buffer, 3, 2));
     std::fs::write(&s.paths.proc_net_netlink, table).unwrap();
+    a_live_wireguard_go(&s, 29032);
     let d = desired(8);
     let actions: Vec<Action> = plan(&d, &Observed::default(), &s.layout).into_iter().filter(|a| a.network().is_some()).collect();
     let report = s.execute_concurrently(&actions, 4).await;
@@ -204,4 +205,36 @@ async fn root_batches_fit_in_the_fullest_listener() {
     assert_eq!(attach, [7, 3], "{batches:#?}");
     let veths: Vec<usize> = batches.iter().filter(|b| b.batch[0].contains("type veth")).map(|b| b.batch.len()).collect();
     assert_eq!(veths, [10], "{batches:#?}");
+}
+
+/// `pid` a live wireguard-go in the fake /proc.
+fn a_live_wireguard_go(s: &System, pid: u32) {
+    let dir = s.paths.proc_dir.join(pid.to_string());
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("stat"), format!("{pid} (wireguard-go) S 1 {pid} {pid} 0 -1\n")).unwrap();
+}
+
+/// Each wireguard-go also holds a socket the process that started it made
+/// (its port id: that process's pid, gone) and that nobody reads: full, it
+/// must neither cut a batch nor make one wait (it held every batch back
+/// for the whole wait, 2 s, once per wireguard-go started).
+#[tokio::test]
+async fn an_unread_socket_of_a_process_gone_holds_nothing_back() {
+    let host = FakeHost::new();
+    let s = host.system(Script::new(), Backend::Kernel);
+    let buffer = 212_992;
+    std::fs::write(&s.paths.rmem_default, format!("{buffer}\n")).unwrap();
+    let row = |pid: u32, queued: u64, inode: u64| format!("0000000078d25c74 0   {pid}      00000111 {queued} 0 0 2 0 {inode}\n");
+    let table = format!("sk Eth Pid Groups Rmem Wmem Dump Locks Drops Inode\n{}{}", row(23952, buffer - 1024, 1), row(23958, 0, 2));
+    std::fs::write(&s.paths.proc_net_netlink, table).unwrap();
+    a_live_wireguard_go(&s, 23958);
+    let d = desired(8);
+    let actions: Vec<Action> = plan(&d, &Observed::default(), &s.layout).into_iter().filter(|a| a.network().is_some()).collect();
+    let started = std::time::Instant::now();
+    let report = s.execute_concurrently(&actions, 4).await;
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert!(started.elapsed() < std::time::Duration::from_millis(1500), "waited for the unread socket: {:?}", started.elapsed());
+    let batches: Vec<Record> = s.runner.take_records().into_iter().filter(|r| r.line == "ip -force -batch -").collect();
+    let veths: Vec<usize> = batches.iter().filter(|b| b.batch[0].contains("type veth")).map(|b| b.batch.len()).collect();
+    assert_eq!(veths, [10], "one batch for the 10 veths: {batches:#?}");
 }
