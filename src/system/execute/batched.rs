@@ -24,8 +24,11 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::Instrument;
 
 use super::ExecReport;
@@ -143,22 +146,6 @@ struct Network<'a> {
     report: ExecReport,
 }
 
-impl Network<'_> {
-    fn failed(&self) -> bool {
-        self.report.failed.contains(&self.port)
-    }
-
-    fn at_root(&self) -> bool {
-        !self.failed() && matches!(self.steps.front(), Some(Step::Root(..)))
-    }
-
-    fn has_local_work(&self) -> bool {
-        !self.failed()
-            && (matches!(self.steps.front(), Some(s) if !matches!(s, Step::Root(..)))
-                || (self.steps.is_empty() && !self.pending.is_empty()))
-    }
-}
-
 /// What the `ip -batch` line `index` (1-based) of a failed batch `err`
 /// did: Ok, or the error of the command it stands for.
 fn line_result(err: &CmdError, failures: &BTreeMap<usize, String>, index: usize, command: &str) -> Result<(), SysError> {
@@ -206,107 +193,189 @@ fn lines_within(costs: impl Iterator<Item = u64>, room: u64) -> usize {
     count
 }
 
+/// A root line waiting for a batch, and where its outcome goes.
+struct RootRequest {
+    line: RootLine,
+    reply: tokio::sync::oneshot::Sender<Result<(), SysError>>,
+}
+
+/// How long the root batcher, woken by a line while other networks are
+/// still at steps of their own, waits for more lines to join its batch:
+/// long enough that networks arriving together share a process, short
+/// beside a batch's own time (moving a link takes tens of milliseconds).
+const GATHER: std::time::Duration = std::time::Duration::from_millis(20);
+
 impl System {
     /// Runs one segment's network actions (see the module); up to `limit`
     /// networks' own steps at once. The report is in network order.
+    ///
+    /// Each network runs on its own; its root lines go to one batcher,
+    /// which runs the lines waiting as one `ip -batch` while the other
+    /// networks go on with their own steps: the root namespace's link work
+    /// (serialised by the kernel anyway) overlaps the networks' processes
+    /// instead of alternating with them.
     pub(super) async fn run_networks_batched(&self, by_network: BTreeMap<u16, Vec<&Action>>, limit: usize) -> ExecReport {
-        let mut networks: Vec<Network<'_>> = by_network
-            .into_iter()
-            .map(|(port, actions)| Network {
+        let permits = Semaphore::new(limit.max(1));
+        let running = AtomicUsize::new(by_network.len());
+        let (to_batcher, requests) = mpsc::unbounded_channel();
+        let mut networks = FuturesUnordered::new();
+        for (port, actions) in by_network {
+            let n = Network {
                 port,
                 steps: actions.into_iter().flat_map(|a| steps(a, &self.layout, self.backend)).collect(),
                 pending: Vec::new(),
                 report: ExecReport::default(),
-            })
-            .collect();
-        loop {
-            let mut progressed = false;
-            if networks.iter().any(Network::at_root) {
-                self.root_turn(&mut networks).instrument(tracing::debug_span!("root batch")).await;
-                progressed = true;
-            }
-            if networks.iter().any(Network::has_local_work) {
-                networks = self.local_turn(networks, limit).await;
-                progressed = true;
-            }
-            if !progressed {
-                break;
-            }
+            };
+            let span = tracing::debug_span!("network", network = port);
+            networks.push(self.run_network(n, to_batcher.clone(), &permits, &running).instrument(span));
         }
+        // The batcher ends once every network (each with its own sender) has.
+        drop(to_batcher);
+        let all_done = async {
+            let mut done = Vec::new();
+            while let Some(n) = networks.next().await {
+                done.push(n);
+            }
+            done
+        };
+        let batcher = self.root_batcher(requests, &running).instrument(tracing::debug_span!("root batch"));
+        let (mut done, ()) = tokio::join!(all_done, batcher);
+        done.sort_by_key(|n| n.port);
         let mut report = ExecReport::default();
-        for n in networks {
+        for n in done {
             report.merge(n.report);
         }
         report
     }
 
-    /// Every network waiting at root lines runs them, one shared batch per
-    /// line position (cut where the listeners of link events lack room).
-    async fn root_turn(&self, networks: &mut [Network<'_>]) {
-        let mut groups: Vec<(usize, Vec<(RootLine, &Action)>)> = Vec::new();
-        for (i, n) in networks.iter_mut().enumerate() {
-            let mut lines = Vec::new();
-            while n.at_root() {
-                let Some(Step::Root(line, action)) = n.steps.pop_front() else { break };
-                lines.push((line, action));
-            }
-            if !lines.is_empty() {
-                groups.push((i, lines));
-            }
+    /// A network's steps in order until one fails: root lines through the
+    /// batcher, its own steps each holding one of the `permits`.
+    async fn run_network<'a>(
+        &self,
+        mut n: Network<'a>,
+        to_batcher: mpsc::UnboundedSender<RootRequest>,
+        permits: &Semaphore,
+        running: &AtomicUsize,
+    ) -> Network<'a> {
+        let mut ok = true;
+        while ok {
+            let Some(step) = n.steps.pop_front() else { break };
+            ok = match step {
+                Step::Root(line, action) => {
+                    let (reply, outcome) = oneshot::channel();
+                    let _ = to_batcher.send(RootRequest { line, reply });
+                    // The batcher answers every line it takes, and outlives the networks.
+                    let outcome = outcome.await.unwrap_or_else(|_| {
+                        Err(SysError::Unreadable { what: "a root batch's outcome".into(), detail: "the batcher ended first".into() })
+                    });
+                    let failed = outcome.is_err();
+                    n.report.record(action, outcome);
+                    !failed
+                }
+                step => {
+                    let _permit = permits.acquire().await;
+                    self.local_step(&mut n, step).await
+                }
+            };
         }
-        let rounds = groups.iter().map(|(_, lines)| lines.len()).max().unwrap_or(0);
-        for round in 0..rounds {
-            let mut batch: Vec<(usize, &RootLine, &Action)> = Vec::new();
-            for (i, lines) in &groups {
-                let Some((line, action)) = lines.get(round).filter(|_| !networks[*i].failed()) else { continue };
-                batch.push((*i, line, *action));
+        if ok {
+            let _permit = permits.acquire().await;
+            self.run_ns_lines(&mut n).await;
+        }
+        // Before its sender goes: the batcher then waits for one network fewer.
+        running.fetch_sub(1, Ordering::SeqCst);
+        drop(to_batcher);
+        n
+    }
+
+    /// One step of a network's own (not a root line); false if it failed.
+    async fn local_step<'a>(&self, n: &mut Network<'a>, step: Step<'a>) -> bool {
+        if !runs_ahead_of_ns_lines(&step) && !self.run_ns_lines(n).await {
+            return false;
+        }
+        let action = step.action();
+        let result = match step {
+            Step::Ns(line, action) => {
+                n.pending.push((line, action));
+                return true;
             }
-            let mut rest = &batch[..];
-            while !rest.is_empty() {
+            Step::StartWireguardGo(port, _) => self.start_wireguard_go_untagged(port).await,
+            Step::Own(action) => self.run_action(action, &mut n.report).await,
+            Step::Root(..) => unreachable!("root lines go to the batcher"),
+        };
+        let failed = result.is_err();
+        n.report.record(action, result);
+        !failed
+    }
+
+    /// Runs the root lines the networks send in as few batches as it can:
+    /// woken by a line, it takes every line waiting, then waits up to
+    /// [`GATHER`] for more unless every network still running waits at one
+    /// already. A batch is cut where the link listeners lack room.
+    async fn root_batcher(&self, mut requests: mpsc::UnboundedReceiver<RootRequest>, running: &AtomicUsize) {
+        while let Some(first) = requests.recv().await {
+            let mut waiting = vec![first];
+            let deadline = tokio::time::Instant::now() + GATHER;
+            loop {
+                while let Ok(r) = requests.try_recv() {
+                    waiting.push(r);
+                }
+                if waiting.len() >= running.load(Ordering::SeqCst) {
+                    break;
+                }
+                tokio::select! {
+                    r = requests.recv() => match r {
+                        Some(r) => waiting.push(r),
+                        None => break,
+                    },
+                    _ = tokio::time::sleep_until(deadline) => break,
+                }
+            }
+            while !waiting.is_empty() {
                 let room = self.link_listeners_room().await;
-                let take = lines_within(rest.iter().map(|(_, l, _)| batch::link_event_bytes(&l.line)), room);
-                let (chunk, after) = rest.split_at(take);
-                self.root_batch(chunk, networks).await;
-                rest = after;
+                let take = lines_within(waiting.iter().map(|r| batch::link_event_bytes(&r.line.line)), room);
+                let rest = waiting.split_off(take);
+                self.root_batch(waiting).await;
+                waiting = rest;
             }
         }
     }
 
-    /// One `ip -force -batch` of root lines, each intent recorded first.
-    async fn root_batch(&self, lines: &[(usize, &RootLine, &Action)], networks: &mut [Network<'_>]) {
-        let mut batch: Vec<(usize, &RootLine, &Action)> = Vec::new();
-        for (i, line, action) in lines {
-            let n = &mut networks[*i];
-            if let Some(intent) = &line.intent {
+    /// One `ip -force -batch` of root lines, each intent recorded first;
+    /// each line's outcome goes back to its network.
+    async fn root_batch(&self, lines: Vec<RootRequest>) {
+        let mut batch: Vec<RootRequest> = Vec::new();
+        for r in lines {
+            if let Some(intent) = &r.line.intent {
                 if let Err(e) = self.record_intent(intent).await {
-                    n.report.record(action, Err(e));
+                    let _ = r.reply.send(Err(e));
                     continue;
                 }
             }
-            batch.push((*i, line, action));
+            batch.push(r);
         }
         if batch.is_empty() {
             return;
         }
-        let text: String = batch.iter().map(|(_, l, _)| format!("{}\n", l.line)).collect();
+        let text: String = batch.iter().map(|r| format!("{}\n", r.line.line)).collect();
         let cmd = self.tools.ip(["-force", "-batch", "-"]).stdin(text);
         let commands = cmd.batch_commands();
         let result = self.runner.run(&cmd).await;
         let failures = result.as_ref().err().map(|e| batch::line_failures(e.stderr())).unwrap_or_default();
-        for (k, (i, line, action)) in batch.into_iter().enumerate() {
+        for (k, r) in batch.into_iter().enumerate() {
             let mut outcome = match &result {
                 Ok(_) => Ok(()),
                 Err(e) => line_result(e, &failures, k + 1, &commands[k]),
             };
-            if line.missing_ok && matches!(&outcome, Err(SysError::Command(e)) if e.kind() == FailureKind::Missing) {
+            if r.line.missing_ok && matches!(&outcome, Err(SysError::Command(e)) if e.kind() == FailureKind::Missing) {
                 outcome = Ok(());
             }
             if outcome.is_ok() {
-                if let Some(name) = &line.forget {
+                if let Some(name) = &r.line.forget {
                     self.forget_intent(name).await;
                 }
             }
-            networks[i].report.record(action, outcome);
+            let _ = r.reply.send(outcome);
         }
     }
 
@@ -335,55 +404,6 @@ impl System {
             }
             tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         }
-    }
-
-    /// Every network with steps of its own runs them, side by side.
-    async fn local_turn<'a>(&self, networks: Vec<Network<'a>>, limit: usize) -> Vec<Network<'a>> {
-        let (ready, mut waiting): (Vec<_>, Vec<_>) = networks.into_iter().partition(Network::has_local_work);
-        let mut ready = ready.into_iter();
-        let mut running = FuturesUnordered::new();
-        loop {
-            while running.len() < limit.max(1) {
-                let Some(n) = ready.next() else { break };
-                let span = tracing::debug_span!("network", network = n.port);
-                running.push(self.local_steps(n).instrument(span));
-            }
-            let Some(done) = running.next().await else { break };
-            waiting.push(done);
-        }
-        waiting.sort_by_key(|n| n.port);
-        waiting
-    }
-
-    /// A network's steps up to its next root line (or its end, where its
-    /// namespace lines go).
-    async fn local_steps<'a>(&self, mut n: Network<'a>) -> Network<'a> {
-        while let Some(step) = n.steps.front() {
-            if matches!(step, Step::Root(..)) {
-                return n;
-            }
-            let Some(step) = n.steps.pop_front() else { break };
-            if !runs_ahead_of_ns_lines(&step) && !self.run_ns_lines(&mut n).await {
-                return n;
-            }
-            let action = step.action();
-            let result = match step {
-                Step::Ns(line, action) => {
-                    n.pending.push((line, action));
-                    continue;
-                }
-                Step::StartWireguardGo(port, _) => self.start_wireguard_go_untagged(port).await,
-                Step::Own(action) => self.run_action(action, &mut n.report).await,
-                Step::Root(..) => unreachable!("root lines stop a local turn"),
-            };
-            let failed = result.is_err();
-            n.report.record(action, result);
-            if failed {
-                return n;
-            }
-        }
-        self.run_ns_lines(&mut n).await;
-        n
     }
 
     /// The network's waiting namespace lines as one `ip -n NS -batch`

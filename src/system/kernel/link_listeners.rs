@@ -10,6 +10,16 @@
 //! fullest wireguard-go socket has room for, and wait for room (see
 //! `execute::batched`). `/proc/net/netlink` shows each socket's queue.
 //!
+//! So each new wireguard-go is taken out of the link events' group at
+//! once ([`quiet`]): its TUN is moved into its network's namespace right
+//! after, from where no event reaches that socket, so it only ever heard of
+//! other interfaces; each event woke every wireguard-go (300 x 300 wakeups
+//! for a cold apply of 300 networks, tens of milliseconds per link moved)
+//! and could end one. (It also hears nothing of an interface that later
+//! takes its TUN's old index in the root namespace.) Where that cannot be
+//! done (no `pidfd_getfd`: kernels before 5.6, no ptrace right in a
+//! container), the pacing below keeps them alive.
+//!
 //! Only wireguard-go's own sockets count: each wireguard-go also holds a
 //! second one, made by the process that started it (which exited: the
 //! socket's port id is that process's pid) and never read; its queue fills
@@ -17,6 +27,9 @@
 //! whole wait once per wireguard-go started (cold apply of 300 networks
 //! 3.3x the shell script's time instead of under it). Other programs that
 //! listen to link events resynchronise after an overrun, as netlink asks.
+
+use std::collections::BTreeSet;
+use std::path::Path;
 
 /// `RTMGRP_LINK`: bit 0 of a socket's first groups.
 const RTMGRP_LINK: u32 = 1;
@@ -71,6 +84,68 @@ pub fn is_wireguard_go(proc_dir: &std::path::Path, l: &Listener) -> bool {
     super::procfs::ProcStat::read(&proc_dir.join(l.portid.to_string())).is_some_and(|s| s.comm == "wireguard-go" && s.alive())
 }
 
+/// Whether process `pid` is the wireguard-go serving interface `wg`.
+pub fn serves(proc_dir: &Path, pid: u32, wg: &str) -> bool {
+    let dir = proc_dir.join(pid.to_string());
+    let is_wireguard_go = super::procfs::ProcStat::read(&dir).is_some_and(|s| s.comm == "wireguard-go" && s.alive());
+    is_wireguard_go && std::fs::read(dir.join("cmdline")).is_ok_and(|c| c.split(|b| *b == 0).nth(1) == Some(wg.as_bytes()))
+}
+
+/// The file descriptors of process `pid` that are sockets among `inodes`
+/// (`/proc/PID/fd/N` links to `socket:[INODE]`).
+pub fn socket_fds(proc_dir: &Path, pid: u32, inodes: &BTreeSet<u64>) -> Vec<i32> {
+    let dir = proc_dir.join(pid.to_string()).join("fd");
+    let mut fds: Vec<i32> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let fd = e.file_name().to_str()?.parse::<i32>().ok()?;
+            let target = std::fs::read_link(e.path()).ok()?;
+            let inode = target.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.parse::<u64>().ok()?;
+            inodes.contains(&inode).then_some(fd)
+        })
+        .collect();
+    fds.sort_unstable();
+    fds
+}
+
+/// `NETLINK_DROP_MEMBERSHIP` (linux/netlink.h).
+const NETLINK_DROP_MEMBERSHIP: libc::c_int = 2;
+
+/// Takes process `pid`'s sockets among `listeners` out of the link events'
+/// group: each is borrowed (`pidfd_getfd`: the same socket, another
+/// descriptor) and leaves the group, which the process then no longer
+/// hears. Returns how many.
+pub fn quiet(proc_dir: &Path, pid: u32, listeners: &[Listener]) -> std::io::Result<usize> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let inodes: BTreeSet<u64> = listeners.iter().map(|l| l.inode).collect();
+    let fds = socket_fds(proc_dir, pid, &inodes);
+    if fds.is_empty() {
+        return Ok(0);
+    }
+    let check = |r: libc::c_long| if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(r as libc::c_int) };
+    // SAFETY: plain system calls; each descriptor they return is owned here.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(check(libc::syscall(libc::SYS_pidfd_open, pid as libc::c_long, 0))?) };
+    for fd in &fds {
+        use std::os::fd::AsRawFd;
+        let raw = check(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd() as libc::c_long, *fd as libc::c_long, 0) })?;
+        let borrowed = unsafe { OwnedFd::from_raw_fd(raw) };
+        let group = libc::RTNLGRP_LINK;
+        let r = unsafe {
+            libc::setsockopt(
+                borrowed.as_raw_fd(),
+                libc::SOL_NETLINK,
+                NETLINK_DROP_MEMBERSHIP,
+                (&group as *const libc::c_uint).cast(),
+                std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
+            )
+        };
+        check(r as libc::c_long)?;
+    }
+    Ok(fds.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,6 +194,27 @@ sk               Eth Pid        Groups   Rmem     Wmem     Dump  Locks    Drops 
         let wireguard_go = |l: &Listener| l.portid != 23952;
         assert_eq!(room(&l, 212992, wireguard_go), 212992 - 4096);
         assert_eq!(room(&l, 212992, |_: &Listener| false), 212992, "nothing watched: nothing held back");
+    }
+
+    #[test]
+    fn the_process_serving_an_interface_and_its_listening_sockets() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("23958");
+        std::fs::create_dir_all(p.join("fd")).unwrap();
+        std::fs::write(p.join("stat"), "23958 (wireguard-go) S 1 23958 ...").unwrap();
+        std::fs::write(p.join("cmdline"), "/usr/bin/wireguard-go\0gbw21000\0").unwrap();
+        for (fd, target) in
+            [("0", "/dev/null"), ("7", "socket:[439854]"), ("9", "socket:[439251]"), ("10", "socket:[5]"), ("11", "anon_inode:[eventpoll]")]
+        {
+            std::os::unix::fs::symlink(target, p.join("fd").join(fd)).unwrap();
+        }
+        assert!(serves(dir.path(), 23958, "gbw21000"));
+        assert!(!serves(dir.path(), 23958, "gbw2100"), "the whole name");
+        assert!(!serves(dir.path(), 23958, "gbw21001"));
+        assert!(!serves(dir.path(), 4, "gbw21000"), "no such process");
+        let inodes: BTreeSet<u64> = [439251, 439854, 1].into();
+        assert_eq!(socket_fds(dir.path(), 23958, &inodes), [7, 9], "both link listeners it holds, no other socket");
+        assert!(socket_fds(dir.path(), 4, &inodes).is_empty());
     }
 
     #[test]

@@ -17,6 +17,7 @@ use futures_util::future::BoxFuture;
 use super::{Driver, Source};
 use crate::system::exec::runner::Cmd;
 use crate::system::exec::wait::wait_for;
+use crate::system::kernel::link_listeners;
 use crate::system::kernel::procfs::{self, processes_running};
 use crate::system::{SysError, System};
 
@@ -78,6 +79,7 @@ impl System {
         let start = Instant::now();
         loop {
             if uapi_answers(&sock).await {
+                self.quiet_wireguard_go(wg);
                 return Ok(());
             }
             let failure = if !tun.exists() {
@@ -92,6 +94,26 @@ impl System {
                 return Err(e);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Takes the wireguard-go serving `wg` out of the root namespace's link
+    /// events (see `kernel::link_listeners`); where it cannot, the root
+    /// batches are paced for it instead (said once in the log).
+    fn quiet_wireguard_go(&self, wg: &str) {
+        let Ok(text) = std::fs::read_to_string(&self.paths.proc_net_netlink) else { return };
+        let listeners = link_listeners::parse(&text);
+        let Some(pid) = listeners.iter().map(|l| l.portid).find(|p| link_listeners::serves(&self.paths.proc_dir, *p, wg)) else {
+            return;
+        };
+        match link_listeners::quiet(&self.paths.proc_dir, pid, &listeners) {
+            Ok(n) => tracing::debug!(wg, pid, sockets = n, "wireguard-go no longer hears the root namespace's link events"),
+            Err(e) => {
+                static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+                if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::warn!(wg, error = %e, "cannot take wireguard-go out of the root namespace's link events (pidfd_getfd): link changes are paced for it instead, slower at hundreds of networks");
+                }
+            }
         }
     }
 
