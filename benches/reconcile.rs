@@ -199,7 +199,7 @@ fn main() {
     }
     println!(
         "{:<58} {:>12.3?} per tick, {} rows written per tick",
-        "store a traffic tick, 200 busy peers (one transaction)",
+        format!("store a traffic tick, {} busy peers (one transaction)", networks.len() * PEERS as usize),
         start.elapsed() / ticks,
         rows / ticks as usize
     );
@@ -208,5 +208,6 @@ fn main() {
         let w = rt.block_on(store_tick(&store, &networks, true, readings(tick), tick as i64, Duration::from_secs(86400))).expect("tick");
         assert!(w.samples.is_empty() && w.counters.is_empty());
     }
-    println!("{:<58} {:>12.3?} per tick, 0 rows written", "store a traffic tick, 200 idle peers", start.elapsed() / ticks);
+    let idle = format!("store a traffic tick, {} idle peers", networks.len() * PEERS as usize);
+    println!("{idle:<58} {:>12.3?} per tick, 0 rows written", start.elapsed() / ticks);
 }
