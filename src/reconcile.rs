@@ -352,17 +352,22 @@ impl Reconciler {
                 return self.finish(pass, look, ExecReport::default(), &Desired::default());
             }
         };
+        let mut laps = Laps::new();
         let targets = self.update_targets(&desired);
         let (parts, rendered) = self.nginx_parts_of(&targets);
         (self.nginx_parts, self.nginx_rendered) = (parts, rendered);
         let (nginx, left_out) = self.nginx_for(&self.nginx_parts);
         self.check_nginx_capacity(&desired);
+        laps.lap("targets and nginx");
         // What a crash left half made goes first, so the look does not see it.
         let undone = shared.system().undo_unfinished_links().await;
+        laps.lap("undo unfinished links");
         let poll_start = Instant::now();
         let (mut look, actions) = self.look_and_plan(mode, &targets, &nginx).await;
         look.errors.extend(undone);
+        laps.lap("look and plan");
         self.account_before_changes(mode, &desired, &mut look).await;
+        laps.lap("accounting");
         if mode == Mode::Drift {
             shared.metrics().poll_duration.observe(poll_start.elapsed().as_secs_f64());
         }
@@ -370,16 +375,22 @@ impl Reconciler {
         self.set_ha_rules(&desired, role, &mut report).await;
         report.merge(shared.system().execute_concurrently(&actions, shared.settings().apply_concurrency).await);
         self.isolate_nginx_faults(&mut report, left_out).await;
+        laps.lap("execute");
         self.reach_out.retain(|p, _| report.failed.contains(p) || look.unreadable.contains(p));
         self.remember(&targets, &report, &look);
         self.publish(&look, &report, &desired).await;
+        laps.lap("publish");
         // The routes as applied: what the health checks look at from now on.
         shared.health().sync(&desired, shared.metrics(), now_unix());
+        laps.lap("health sync");
         if !self.usage_routes.as_ref().is_some_and(|d| Arc::ptr_eq(d, &desired)) {
             shared.usage().set_routes(&targets, shared.metrics());
             self.usage_routes = Some(desired.clone());
         }
+        laps.lap("usage routes");
         self.keep_endpoints(&desired).await;
+        laps.lap("endpoints");
+        tracing::debug!(steps = %laps, "pass steps");
         if mode == Mode::Drift {
             self.drift_checks += 1;
             self.announce_repairs(&actions, &report);
@@ -553,6 +564,33 @@ impl Reconciler {
         m.record_pass(mode.label(), ok, duration, actions);
         m.networks.set(desired.networks.len() as i64);
         m.peers.set(desired.networks.values().map(|s| s.peers.len() as i64).sum());
+    }
+}
+
+/// Where a pass's time went, step by step (a debug line per pass).
+struct Laps {
+    last: Instant,
+    steps: Vec<(&'static str, Duration)>,
+}
+
+impl Laps {
+    fn new() -> Self {
+        Laps { last: Instant::now(), steps: Vec::new() }
+    }
+
+    fn lap(&mut self, step: &'static str) {
+        let now = Instant::now();
+        self.steps.push((step, now - self.last));
+        self.last = now;
+    }
+}
+
+impl std::fmt::Display for Laps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (step, took)) in self.steps.iter().enumerate() {
+            write!(f, "{}{step} {:.1} ms", if i > 0 { ", " } else { "" }, took.as_secs_f64() * 1000.0)?;
+        }
+        Ok(())
     }
 }
 

@@ -101,7 +101,13 @@ impl Gateway {
             // Read, compared with If-Match, built and stored under the one lock:
             // no other write can come between the check and the store.
             let (_, config, desired) = self.build_checked(expected, build).await?;
+            let built = start.elapsed();
             let stored = shared.store().save_desired(&config, now_unix()).await;
+            tracing::debug!(
+                built_ms = built.as_millis() as u64,
+                stored_ms = (start.elapsed() - built).as_millis() as u64,
+                "apply: state built, validated and stored"
+            );
             shared.store_outcome("config", &stored);
             let generation = stored?;
             shared.remember_accepted(generation, Arc::new(config), Arc::new(desired));
