@@ -428,8 +428,9 @@ fn plan_uplink(actions: &mut Vec<Action>, target: &NetworkTarget, obs: &Observed
     diff_addresses(actions, port, Dev::Uplink, &link.addresses, &veth_addr);
 }
 
-/// The root end of the veth, read without a process each pass (even for a
-/// network taken as unchanged): on the bridge, up, isolated.
+/// The root end of the veth, read without a process (also for a network
+/// taken as unchanged, but for an apply's trusted ones): on the bridge, up,
+/// isolated.
 fn plan_host_veth(actions: &mut Vec<Action>, port: u16, observed: &Observed) {
     if !observed.host_veths.get(&port).is_some_and(|h| h.on_bridge && h.up && h.isolated) {
         actions.push(Action::AttachVeth(port));
@@ -477,12 +478,15 @@ fn plan_network(actions: &mut Vec<Action>, target: &NetworkTarget, observed: &Ob
 
 /// A network whose target did not change since a pass converged it (or
 /// that could not be read): nothing inside its namespace is looked at or
-/// planned. What costs no look still counts: the root end of its veth, and
+/// planned. What costs no look still counts: the root end of its veth (if
+/// read: an apply trusts it with the rest), and
 /// a host that just became active still reaches out to its peers.
 pub fn plan_unchanged(target: &NetworkTarget, observed: &Observed) -> Vec<Action> {
     let spec = &*target.spec;
     let mut actions = Vec::new();
-    plan_host_veth(&mut actions, spec.port, observed);
+    if !observed.host_veths_trusted.contains(&spec.port) {
+        plan_host_veth(&mut actions, spec.port, observed);
+    }
     if spec.standby || observed.reach_out.get(&spec.port) != Some(&crate::ha::Reach::Taken) {
         return actions;
     }

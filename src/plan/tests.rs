@@ -576,3 +576,21 @@ async fn a_standby_sends_nothing_and_a_host_taking_over_reaches_out() {
     );
     assert_eq!(WgChange::ReachOut.to_string(), "set the peers anew to reach them (just became active)");
 }
+
+/// A network an apply trusts: the root end of its veth was not read, and
+/// nothing is planned for it (the next drift check reads it); the same
+/// network taken as unchanged with its root end read off the bridge is
+/// attached again.
+#[tokio::test]
+async fn a_trusted_network_s_unread_veth_end_is_left_to_the_drift_check() {
+    let d = converged_desired();
+    let l = Layout::default();
+    let mut o = observed_converged().await;
+    o.networks.remove(&51820);
+    o.unchanged.insert(51820);
+    o.host_veths.remove(&51820);
+    o.host_veths_trusted.insert(51820);
+    assert_eq!(plan(&d, &o, &l, &nginx_files(&d)), vec![]);
+    o.host_veths_trusted.clear();
+    assert_eq!(plan(&d, &o, &l, &nginx_files(&d)), vec![Action::AttachVeth(51820)], "read, and not on the bridge");
+}

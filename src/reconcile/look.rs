@@ -45,7 +45,8 @@ impl Reconciler {
     /// Rules are read later, where the plan and the module's rules say.
     pub(super) async fn look(&self, mode: Mode, targets: &Targets) -> Look {
         let system = &self.shared.system();
-        let mut look = Look { observed: system.observe_cheap(), ..Default::default() };
+        let trusted_ports: BTreeSet<u16> = targets.networks.values().filter(|t| self.trusted(mode, t)).map(|t| t.port()).collect();
+        let mut look = Look { observed: system.observe_cheap_trusting(&trusted_ports), ..Default::default() };
         if mode == Mode::Drift || !self.bridge_verified {
             if let Err(e) = system.observe_bridge_addresses(&mut look.observed).await {
                 look.errors.push(format!("reading the bridge: {e}"));

@@ -23,9 +23,15 @@ use crate::render::Family;
 impl System {
     /// Everything that costs no process: namespaces, root links, nginx files.
     pub fn observe_cheap(&self) -> Observed {
+        self.observe_cheap_trusting(&BTreeSet::new())
+    }
+
+    /// The same, but the root ends of the veths of the `trusted` networks
+    /// are not read (`Observed::host_veths_trusted`).
+    pub fn observe_cheap_trusting(&self, trusted: &BTreeSet<u16>) -> Observed {
         let (namespaces, stale_namespaces) = self.namespace_files();
         let mut o = Observed { namespaces, stale_namespaces, ..Default::default() };
-        self.observe_root_links(&mut o);
+        self.observe_root_links(&mut o, trusted);
         o.nginx_stream = std::fs::read_to_string(&self.paths.nginx_stream).ok();
         o.nginx_http = std::fs::read_to_string(&self.paths.nginx_http).ok();
         o.nginx_running = self.nginx_master().is_some();
@@ -59,7 +65,7 @@ impl System {
 
     /// Our links in the root namespace, from sysfs: WireGuard interfaces not
     /// (yet) moved, the root ends of veths, and the bridge.
-    fn observe_root_links(&self, o: &mut Observed) {
+    fn observe_root_links(&self, o: &mut Observed, trusted: &BTreeSet<u16>) {
         let net = &self.paths.sys_class_net;
         let owned = |name: &str| read_trimmed(&net.join(name).join("ifalias")).as_deref() == Some(OWNED_ALIAS);
         for e in std::fs::read_dir(net).into_iter().flatten().flatten() {
@@ -70,6 +76,10 @@ impl System {
                 o.wg_in_root.insert(port, owned(&name));
             }
             if let Some(port) = self.layout.port_of_veth_host(&name) {
+                if trusted.contains(&port) {
+                    o.host_veths_trusted.insert(port);
+                    continue;
+                }
                 let dir = net.join(&name);
                 let master = std::fs::read_link(dir.join("master")).ok();
                 let on_bridge = master.as_ref().and_then(|m| m.file_name()).is_some_and(|m| m == self.layout.bridge.as_str());
