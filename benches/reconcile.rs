@@ -105,6 +105,7 @@ fn main() {
             .keys()
             .map(|p| (*p, HostVeth { on_bridge: true, up: true, isolated: true, owned: true, qdisc: None }))
             .collect(),
+        host_veths_trusted: Default::default(),
         networks: Default::default(),
         // What a no-op apply plans: every network's target is the one a pass converged.
         unchanged: desired.networks.keys().copied().collect(),
