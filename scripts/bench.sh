@@ -53,6 +53,9 @@ health_interval=${BENCH_HEALTH_INTERVAL:-5s}
 traffic_peers=${BENCH_TRAFFIC_PEERS:-10000}
 [ "$N" -le 2000 ] || { echo "at most 2000 networks: the floor's ports start at 23000" >&2; exit 2; }
 work=$(mktemp -d /tmp/gateway-bench.XXXXXX)
+# nginx's workers (nobody) reach the daemon's sockets in it (SNI hop, usage),
+# never the defaults under /run, which a gateway on this host would own.
+chmod 711 "$work"
 BASE=21000 FBASE=23000 HTTPS=19443 HTTP=19080 API=19800 API2=19801
 A=http://127.0.0.1:$API
 read -r ephemeral_low _ < /proc/sys/net/ipv4/ip_local_port_range
@@ -201,6 +204,7 @@ CONF
   --wireguard-backend userspace --namespace-prefix gbn- --interface-prefix gbw --veth-prefix gbv --bridge gbbr0 \
   --bridge-subnet 10.253.0.0/16 --nginx-conf "$work/nginx.conf" --nginx-stream-config "$work/stream.conf" \
   --nginx-http-config "$work/http.conf" --nginx-pid "$work/nginx.pid" --https-listen $HTTPS --http-listen $HTTP \
+  --nginx-sni-socket "$work/sni.sock" \
   --watchdog "$watchdog" --health-interval "$health_interval" --apply-wait 3600s --apply-concurrency "$concurrency" > "$work/daemon.log" 2>&1 &
 daemon=$!
 for _ in $(seq 200); do curl -fsS "$A/health" >/dev/null 2>&1 && break; sleep 0.05; done
@@ -309,7 +313,7 @@ daemon=""
 # --- traffic.json on a synthetic day, in a second daemon's database. ---
 if ! skip traffic; then
 "$bin" --database "$work/traffic.db" --token t --address 127.0.0.1 --port $API2 --custom-forwarding= \
-  --wireguard-backend userspace --netns-dir /nonexistent --nginx-conf /nonexistent > "$work/daemon2.log" 2>&1 &
+  --wireguard-backend userspace --netns-dir /nonexistent --nginx-conf /nonexistent --usage-socket off > "$work/daemon2.log" 2>&1 &
 daemon2=$!
 for _ in $(seq 200); do curl -fsS "http://127.0.0.1:$API2/health" >/dev/null 2>&1 && break; sleep 0.05; done
 python3 scripts/bench/traffic-day.py "$work/traffic.db" "$traffic_peers" > "$work/traffic-day.log"

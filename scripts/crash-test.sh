@@ -25,6 +25,9 @@ RANDOM=$seed
 tag=gc$(( $$ % 10000 ))
 host_ns=$tag-host
 dir=$(mktemp -d /tmp/gateway-crash.XXXXXX)
+# nginx's workers (nobody) reach the daemon's sockets in it (SNI hop, usage),
+# never the defaults under /run, which a gateway on this host would own.
+chmod 711 "$dir"
 api=http://127.0.0.1:8000
 token=crash-$seed
 
@@ -87,7 +90,7 @@ start_daemon() {
     --bridge "${tag}br" --bridge-subnet 10.198.0.0/16 \
     --nginx-conf "$dir/nginx.conf" --nginx-stream-config "$dir/stream.conf" \
     --nginx-http-config "$dir/http.conf" --nginx-pid "$dir/nginx.pid" \
-    --https-listen 127.0.0.1:18443 --http-listen 127.0.0.1:18080 \
+    --https-listen 127.0.0.1:18443 --http-listen 127.0.0.1:18080 --nginx-sni-socket "$dir/sni.sock" \
     >> "$dir/daemon.log" 2>&1
   for _ in $(seq 200); do
     in_host curl -sf "$api/health" >/dev/null && return
