@@ -113,11 +113,11 @@ pub fn socket_fds(proc_dir: &Path, pid: u32, inodes: &BTreeSet<u64>) -> Vec<i32>
 /// `NETLINK_DROP_MEMBERSHIP` (linux/netlink.h).
 const NETLINK_DROP_MEMBERSHIP: libc::c_int = 2;
 
-/// Takes process `pid`'s sockets among `listeners` out of the link events'
-/// group: each is borrowed (`pidfd_getfd`: the same socket, another
-/// descriptor) and leaves the group, which the process then no longer
-/// hears. Returns how many.
-pub fn quiet(proc_dir: &Path, pid: u32, listeners: &[Listener]) -> std::io::Result<usize> {
+/// Takes the sockets among `listeners` of process `pid`, the wireguard-go
+/// serving `wg`, out of the link events' group: each is borrowed
+/// (`pidfd_getfd`: the same socket, another descriptor) and leaves the
+/// group, which the process then no longer hears. Returns how many.
+pub fn quiet(proc_dir: &Path, pid: u32, wg: &str, listeners: &[Listener]) -> std::io::Result<usize> {
     use std::os::fd::{FromRawFd, OwnedFd};
     let inodes: BTreeSet<u64> = listeners.iter().map(|l| l.inode).collect();
     let fds = socket_fds(proc_dir, pid, &inodes);
@@ -127,6 +127,11 @@ pub fn quiet(proc_dir: &Path, pid: u32, listeners: &[Listener]) -> std::io::Resu
     let check = |r: libc::c_long| if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(r as libc::c_int) };
     // SAFETY: plain system calls; each descriptor they return is owned here.
     let pidfd = unsafe { OwnedFd::from_raw_fd(check(libc::syscall(libc::SYS_pidfd_open, pid as libc::c_long, 0))?) };
+    // The pid checked before, still the same process now that it is held:
+    // never another process's sockets, should that wireguard-go have ended.
+    if !serves(proc_dir, pid, wg) {
+        return Ok(0);
+    }
     for fd in &fds {
         use std::os::fd::AsRawFd;
         let raw = check(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd() as libc::c_long, *fd as libc::c_long, 0) })?;

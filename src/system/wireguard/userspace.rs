@@ -106,7 +106,7 @@ impl System {
         let Some(pid) = listeners.iter().map(|l| l.portid).find(|p| link_listeners::serves(&self.paths.proc_dir, *p, wg)) else {
             return;
         };
-        match link_listeners::quiet(&self.paths.proc_dir, pid, &listeners) {
+        match link_listeners::quiet(&self.paths.proc_dir, pid, wg, &listeners) {
             Ok(n) => tracing::debug!(wg, pid, sockets = n, "wireguard-go no longer hears the root namespace's link events"),
             Err(e) => {
                 static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
