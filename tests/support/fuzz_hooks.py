@@ -40,6 +40,8 @@ RULES_SPANNING_VALUES = [
         # allow/deny: the host bits must be zero, which a pattern cannot tie
         # to the prefix length (docs/operating.md, "Fuzzed from its own document").
         r"^\S+ has host bits set; the network is \S+$",
+        # The key's scheme, proxy_protocol and a connection limit together.
+        r"^connection limits on an https:// route with proxy_protocol are not supported ",
     ]
 ]
 

@@ -238,3 +238,26 @@ async fn an_unread_socket_of_a_process_gone_holds_nothing_back() {
     let veths: Vec<usize> = batches.iter().filter(|b| b.batch[0].contains("type veth")).map(|b| b.batch.len()).collect();
     assert_eq!(veths, [10], "one batch for the 10 veths: {batches:#?}");
 }
+
+/// Deleting a route or an address inside a namespace that is gone already
+/// succeeds (the fuzzer found `route del` answering "No such process" as a
+/// 500); any other failure of a delete still fails its network.
+#[tokio::test]
+async fn deleting_what_is_gone_inside_a_namespace_succeeds() {
+    let host = FakeHost::new();
+    let route = "192.0.2.0/27".parse().unwrap();
+    let addr = "10.80.0.9/16".parse().unwrap();
+    let actions = [
+        Action::DelRoute { port: 51820, cidr: route },
+        Action::DelAddress { port: 51820, dev: Dev::Wg, cidr: addr },
+        Action::DelRoute { port: 51821, cidr: route },
+    ];
+    let script = Script::new()
+        .on("ip -n network-51820 route del 192.0.2.0/27", Reply::fail(2, "RTNETLINK answers: No such process"))
+        .on("ip -n network-51820 addr del 10.80.0.9/16", Reply::fail(2, "RTNETLINK answers: Cannot assign requested address"))
+        .on("ip -n network-51821 route del 192.0.2.0/27", Reply::fail(2, "RTNETLINK answers: Operation not permitted"));
+    let s = host.system(script, Backend::Kernel);
+    let report = s.execute_concurrently(&actions, 4).await;
+    assert_eq!(report.failed.iter().copied().collect::<Vec<_>>(), [51821], "{:?}", report.errors);
+    assert!(report.errors[0].contains("Operation not permitted"), "{:?}", report.errors);
+}
