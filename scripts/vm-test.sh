@@ -326,6 +326,8 @@ if [ -z "$result" ]; then
 fi
 echo "vm-test: VM ran ${vm_s} s, whole script $(since "$T0") s"
 if [ "$result" -ne 0 ]; then
+  # The lines that say what failed, again: a CI log shows only its end.
+  tr -d '\r' < "$LOG" | grep -E '\] FAIL: |^guest-test: line [0-9]+: ' | sed 's/^/vm-test: /' | cut -c1-2000 >&2 || true
   printf '\nvm-test: FAILED: the guest test failed (exit status %s; its output is above)\n' "$result" >&2
   exit "$result"
 fi

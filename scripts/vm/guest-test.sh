@@ -212,6 +212,30 @@ peer_rx_tx() { # peer_rx_tx GW_PUB NODE_PUB: "rx tx" recorded for the peer so fa
   jget "$D/answer.json" "' '.join(str(d.get('networks', {}).get('$1', {}).get('devices', {}).get('$2', {}).get('traffic', {}).get(k, 0)) for k in ('rx', 'tx'))"
 }
 
+# ticks_after LINE N: the daemon stored N traffic ticks after line LINE.
+ticks_after() { [ "$(tail -n +"$(($1 + 1))" "$D/daemon.log" | grep -c 'traffic tick stored' || true)" -ge "$2" ]; }
+
+# settled GW_PUB: "rx tx" recorded for the peer once a whole tick, begun
+# after the reading, has added no rx. (A tick may read the counters while
+# the last packets of a download still arrive: traffic.json can pass the
+# download's size before the rest is counted by the next tick.)
+settled() {
+  local last now l
+  now=$(peer_rx_tx "$1" "$NODE_PUB")
+  for _ in 1 2 3 4 5 6 7 8 9 10; do
+    last=$now
+    l=$(log_lines)
+    # The second tick logged after the reading began after it.
+    wait_for "two traffic ticks" 30 ticks_after "$l" 2
+    now=$(peer_rx_tx "$1" "$NODE_PUB")
+    if [ "${now% *}" = "${last% *}" ]; then
+      echo "$now"
+      return
+    fi
+  done
+  fail "the peer's traffic did not settle: still moving after 10 rounds of two ticks ($last -> $now)"
+}
+
 download() { # download BYTES: over HTTPS by SNI, through the tunnel
   local n
   n=$(https_get "$HOST" "/bytes/$1" | wc -c)
@@ -334,7 +358,7 @@ JSON
   ok "traffic.json counted the download: $COUNTED; /metrics agrees"
 
   # A restart on the same database changes nothing and counts nothing twice.
-  after=$(peer_rx_tx "$gw_pub" "$NODE_PUB")
+  after=$(settled "$gw_pub")
   stop_daemon
   L0=$(log_lines)
   start_daemon "$backend"
