@@ -311,8 +311,6 @@ fn variable_of(id: &str) -> String {
     format!("GATEWAY_{}", id.to_ascii_uppercase().replace('-', "_"))
 }
 
-impl Args {}
-
 impl crate::daemon::ConfigSource for Args {
     /// What the daemon is built from: every option typed (the listen lists
     /// parsed here, once); the daemon never sees the command line.
@@ -366,7 +364,6 @@ impl crate::daemon::ConfigSource for Args {
             iptables_restore_bin: self.iptables_restore_bin.clone(),
             ip6tables_save_bin: self.ip6tables_save_bin.clone(),
             ip6tables_restore_bin: self.ip6tables_restore_bin.clone(),
-            sysctl_bin: self.sysctl_bin.clone(),
             nginx_bin: self.nginx_bin.clone(),
             netns_dir: self.netns_dir.clone(),
             wireguard_sock_dir: self.wireguard_sock_dir.clone(),

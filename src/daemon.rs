@@ -26,6 +26,9 @@ pub use config::{Config, ConfigSource};
 /// Everything started from the options.
 pub struct Daemon {
     pub shared: Arc<Shared>,
+    /// The usage socket, bound (`--usage-socket`; `None`: off, or it could
+    /// not be made, and nginx is told of none).
+    pub usage: Option<tokio::net::UnixDatagram>,
     /// Rocket's configuration (address, port, quiet logs).
     pub figment: rocket::figment::Figment,
 }
@@ -39,7 +42,6 @@ fn system_from(config: &Config, runner: Runner, layout: Layout, backend: Backend
         iptables_restore: config.iptables_restore_bin.clone(),
         ip6tables_save: config.ip6tables_save_bin.clone(),
         ip6tables_restore: config.ip6tables_restore_bin.clone(),
-        sysctl: config.sysctl_bin.clone(),
         tc: config.tc_bin.clone(),
         nginx: config.nginx_bin.clone(),
     };
@@ -150,6 +152,13 @@ pub async fn build(source: &impl ConfigSource, runner: Runner) -> anyhow::Result
     )
     .map_err(anyhow::Error::msg)?;
     let custom = parse_custom_forwardings(&config.custom_forwarding).map_err(anyhow::Error::msg)?;
+    // Every check of the options before the database is opened (or made).
+    if let Some(address) = config.ha_address.filter(|a| layout.bridge_subnet().contains(*a)) {
+        bail!(
+            "--ha-address {address} is inside the bridge subnet {}: give the address keepalived moves on the host's LAN",
+            layout.bridge_subnet()
+        );
+    }
     match config.database.as_deref() {
         None => tracing::warn!("no --database given: the desired state and traffic live in memory and are lost on exit"),
         Some(crate::store::IN_MEMORY) => {
@@ -165,7 +174,11 @@ pub async fn build(source: &impl ConfigSource, runner: Runner) -> anyhow::Result
     let last = store.last_apply().await.context("reading the last apply")?;
     metrics.set_generation("desired", store.desired_generation().await.context("reading the desired generation")?);
     metrics.set_generation("applied", last.as_ref().map_or(0, |r| r.applied_generation));
-    let nginx = nginx_options(config, crate::system::host_has_ipv6());
+    let mut nginx = nginx_options(config, crate::system::host_has_ipv6());
+    let usage = nginx.usage_socket.as_deref().and_then(|path| crate::usage::socket::open(path, &config.nginx_conf));
+    if usage.is_none() {
+        nginx.usage_socket = None;
+    }
     let settings = Settings {
         ports: gateway_ports(&nginx, port, &custom),
         nginx,
@@ -181,17 +194,8 @@ pub async fn build(source: &impl ConfigSource, runner: Runner) -> anyhow::Result
         shutdown_timeout: config.shutdown_timeout,
         peer_timeout: config.peer_timeout,
         health_interval: config.health_interval,
-        usage_socket: config.usage_socket.clone(),
         ha_address: config.ha_address,
     };
-    if let Some(address) = config.ha_address {
-        if system.layout.bridge_subnet().contains(address) {
-            bail!(
-                "--ha-address {address} is inside the bridge subnet {}: give the address keepalived moves on the host's LAN",
-                system.layout.bridge_subnet()
-            );
-        }
-    }
     let endpoints = store.endpoints().await.context("reading the peers' last endpoints")?;
     let kept = usize::try_from(config.events_kept).unwrap_or(usize::MAX);
     let stored_events = crate::events::durable::load(&store, kept).await.context("reading the kept events")?;
@@ -218,7 +222,7 @@ pub async fn build(source: &impl ConfigSource, runner: Runner) -> anyhow::Result
         .merge(("cli_colors", false))
         // The daemon handles SIGTERM/SIGINT itself: the running pass ends first.
         .merge(("shutdown", rocket::config::Shutdown { ctrlc: false, signals: Default::default(), ..Default::default() }));
-    Ok(Daemon { shared, figment })
+    Ok(Daemon { shared, usage, figment })
 }
 
 #[cfg(test)]

@@ -98,7 +98,7 @@ fn print_openapi() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let daemon = build(&args, Runner::new(args.command_timeout)).await?;
+    let mut daemon = build(&args, Runner::new(args.command_timeout)).await?;
     let mut stop = termination_signals()?;
     reload_tokens_on_sighup(daemon.shared.clone())?;
     tracing::info!(
@@ -112,7 +112,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let front = open_api_socket(&args).await?;
     let mut reconciler = tokio::spawn(Reconciler::new(shared.clone()).await.run());
     tokio::spawn(gateway::checks::run(shared.clone()));
-    tokio::spawn(gateway::usage::socket::run(shared.clone()));
+    if let Some(socket) = daemon.usage.take() {
+        tokio::spawn(gateway::usage::socket::run(shared.clone(), socket));
+    }
     let (listening, upstream) = tokio::sync::watch::channel(None);
     let peers = std::sync::Arc::new(gateway::api::gate::Peers::default());
     let rocket = gateway::api::rocket_behind_gate(daemon.shared, daemon.figment, peers.clone(), listening).ignite().await?;

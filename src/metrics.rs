@@ -344,7 +344,6 @@ impl Metrics {
         self.upstream_up.get_or_create(&labels).set(i64::from(up));
     }
 
-    /// An upstream no longer desired: its series goes.
     /// One connection (HTTP: request) of a route ended.
     pub fn route_connection(&self, network: u16, route: &str, counted: &RouteCounters) {
         let labels = RouteLabels { network: network.to_string(), route: route.into() };
@@ -379,6 +378,7 @@ impl Metrics {
         }
     }
 
+    /// An upstream no longer desired: its series goes.
     pub fn forget_upstream(&self, network: u16, route: &str, upstream: &str) {
         self.upstream_up.remove(&UpstreamLabels { network: network.to_string(), route: route.into(), upstream: upstream.into() });
     }

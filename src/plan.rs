@@ -142,6 +142,47 @@ impl Action {
             CreateBridge | AddBridgeAddress(_) | DelBridgeAddress(_) | BridgeUp | WriteNginx(_) | StartNginx | DeleteBridge => None,
         }
     }
+
+    /// Whether this action may change its network's iptables rules (or
+    /// their namespace): after it, the rules are read again before they are
+    /// taken as verified. WireGuard, links, addresses, routes, sysctls and
+    /// tc leave them alone.
+    pub fn may_change_rules(&self) -> bool {
+        use Action::*;
+        !matches!(
+            self,
+            CreateWg(_)
+                | MoveWg(_)
+                | ConfigureWg(..)
+                | SetWgLink { .. }
+                | KickPeers { .. }
+                | AddAddress { .. }
+                | DelAddress { .. }
+                | AddRoute { .. }
+                | DelRoute { .. }
+                | CreateVeth(_)
+                | AttachVeth(_)
+                | UplinkUp(_)
+                | SetForwarding(_)
+                | SetShaping { .. }
+                | DeleteHostVeth(_)
+                | DeleteRootWg(_)
+        )
+    }
+
+    /// The network whose WireGuard counters this action ends (in part),
+    /// if any: they must be accounted for before it runs. Adding or
+    /// updating a peer keeps every counter; a removed peer, peers set anew,
+    /// a new private key (samples go under the network's key) or an
+    /// interface deleted does not.
+    pub fn ends_counters(&self) -> Option<u16> {
+        let keeps = |c: &WgChange| matches!(c, WgChange::AddPeer(_) | WgChange::UpdatePeer(..) | WgChange::Endpoints);
+        match self {
+            Action::ConfigureWg(port, _, changes) if !changes.iter().all(keeps) => Some(*port),
+            Action::DeleteNetwork(port) | Action::DeleteRootWg(port) => Some(*port),
+            _ => None,
+        }
+    }
 }
 
 /// What differs between WireGuard's configuration and the desired one.

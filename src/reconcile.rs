@@ -24,7 +24,6 @@ use crate::store::{ApplyRecord, StoreError};
 use crate::system::ExecReport;
 use crate::target::{NetworkTarget, Targets};
 use crate::traffic::InterfaceReading;
-use crate::validate::validate;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -172,6 +171,10 @@ pub struct Reconciler {
     /// The desired state whose routes the usage counters follow (the same
     /// one again: nothing to do, as for the health checks).
     usage_routes: Option<Arc<Desired>>,
+    /// With a role: the accepted state, the role, and that role's view of
+    /// it, kept while both stay (so the health checks and usage counters,
+    /// which compare states by pointer, are not set anew each pass).
+    role_view: Option<(Arc<Desired>, crate::ha::Role, Arc<Desired>)>,
     bridge_verified: bool,
     applied_generation: i64,
     retry: RetryPolicy,
@@ -213,6 +216,7 @@ impl Reconciler {
             nginx_parts: Default::default(),
             nginx_rendered: Vec::new(),
             usage_routes: None,
+            role_view: None,
             bridge_verified: false,
             applied_generation,
             retry,
@@ -316,20 +320,11 @@ impl Reconciler {
     /// and validated (at start, or if the options changed since it was
     /// accepted: then its problems).
     async fn desired(&self) -> Result<(i64, Result<Arc<Desired>, Vec<String>>), StoreError> {
-        let shared = &self.shared;
-        let generation = shared.store().desired_generation().await?;
-        if let Some(desired) = shared.accepted(generation) {
-            return Ok((generation, Ok(desired)));
-        }
-        let (generation, config) = shared.store().desired().await?;
-        let checked = validate(&config, &shared.settings().validation()).map(Arc::new);
-        if let Ok(desired) = &checked {
-            shared.remember_accepted(generation, Arc::new(config), desired.clone());
-        }
+        let stored = self.shared.stored_state().await?;
         let problems = |p: crate::validate::Problems| {
             p.into_details().into_iter().map(|p| format!("{}{}: {}", crate::model::STORED_INVALID, p.path, p.message)).collect()
         };
-        Ok((generation, checked.map_err(problems)))
+        Ok((stored.generation, stored.desired.map_err(problems)))
     }
 
     async fn pass(&mut self, mode: Mode, generation: i64, desired: Result<Arc<Desired>, Vec<String>>) -> PassOutcome {
@@ -342,7 +337,14 @@ impl Reconciler {
                 if let Some(why) = self.reach_out_all.take() {
                     self.reach_out = d.networks.keys().map(|p| (*p, why)).collect();
                 }
-                Arc::new(crate::ha::view(&d, role))
+                match &self.role_view {
+                    Some((a, r, view)) if Arc::ptr_eq(a, &d) && *r == role => view.clone(),
+                    _ => {
+                        let view = Arc::new(crate::ha::view(&d, role));
+                        self.role_view = Some((d, role, view.clone()));
+                        view
+                    }
+                }
             }
             Ok(d) => d,
             Err(errors) => {
@@ -363,10 +365,9 @@ impl Reconciler {
         let undone = shared.system().undo_unfinished_links().await;
         laps.lap("undo unfinished links");
         let poll_start = Instant::now();
-        let (mut look, actions) = self.look_and_plan(mode, &targets, &nginx).await;
+        let (mut look, actions) = self.look_and_plan(mode, &targets, &nginx, &mut laps).await;
         look.errors.extend(undone);
-        laps.lap("look and plan");
-        self.account_before_changes(mode, &desired, &mut look).await;
+        self.account_before_changes(mode, &desired, &mut look, &actions).await;
         laps.lap("accounting");
         if mode == Mode::Drift {
             shared.metrics().poll_duration.observe(poll_start.elapsed().as_secs_f64());
@@ -377,7 +378,7 @@ impl Reconciler {
         self.isolate_nginx_faults(&mut report, left_out).await;
         laps.lap("execute");
         self.reach_out.retain(|p, _| report.failed.contains(p) || look.unreadable.contains(p));
-        self.remember(&targets, &report, &look);
+        self.remember(&targets, &report, &look, &actions);
         self.publish(&look, &report, &desired).await;
         laps.lap("publish");
         // The routes as applied: what the health checks look at from now on.
@@ -453,15 +454,18 @@ impl Reconciler {
         mode: Mode,
         targets: &Targets,
         nginx: &Arc<crate::render::NginxFiles>,
+        laps: &mut Laps,
     ) -> (Look, Vec<crate::plan::Action>) {
-        let mut look = self.look(mode, targets).await;
+        let mut look = self.look(mode, targets, laps).await;
         look.observed.reach_out = self.reach_out.iter().filter(|(p, _)| targets.networks.contains_key(p)).map(|(p, r)| (*p, *r)).collect();
         if !self.nginx_confirmed {
             look.observed.nginx_stale = self.shared.system().nginx_runs_older_files();
         }
         let mut plan = crate::plan::plan_parts(targets, &look.observed, &self.shared.system().layout, nginx);
+        laps.lap("plan");
         let rules = self.rules_to_read(mode, targets, &look, &plan.networks_off());
         self.read_rules(&mut look, targets, &rules, &mut plan).await;
+        laps.lap("rules read");
         (look, plan.into_actions())
     }
 
@@ -490,8 +494,10 @@ impl Reconciler {
 
     /// Accounts for traffic before anything changes: the counters of a
     /// network about to be removed, or of a peer about to go, are read now or
-    /// never. A drift check reads every network, so it is the poll.
-    async fn account_before_changes(&self, mode: Mode, desired: &Desired, look: &mut Look) {
+    /// never. A drift check reads every network, so it is the poll; an
+    /// apply stores only the counters its actions end (a peer added waits
+    /// for the next drift check: nothing of it is lost meanwhile).
+    async fn account_before_changes(&self, mode: Mode, desired: &Desired, look: &mut Look, actions: &[crate::plan::Action]) {
         let shared = &self.shared;
         let leaving: Vec<u16> = look.observed.namespaces.iter().filter(|p| !desired.networks.contains_key(p)).copied().collect();
         for (port, n) in shared.system().observe_networks(&leaving).await {
@@ -499,22 +505,33 @@ impl Reconciler {
                 look.dumps.insert(port, reading);
             }
         }
-        if !look.dumps.is_empty() || mode == Mode::Drift {
+        let ending: BTreeSet<u16> = leaving.iter().copied().chain(actions.iter().filter_map(|a| a.ends_counters())).collect();
+        let readings: BTreeMap<u16, InterfaceReading>;
+        let readings = match mode {
+            Mode::Drift => &look.dumps,
+            Mode::Apply => {
+                readings = look.dumps.iter().filter(|(p, _)| ending.contains(p)).map(|(p, r)| (*p, r.clone())).collect();
+                &readings
+            }
+        };
+        if !readings.is_empty() || mode == Mode::Drift {
             let complete = mode == Mode::Drift && look.unreadable.is_empty() && !look.partial_read;
-            let stored = shared.accounting().record_tick(shared.store(), shared.metrics(), &look.dumps, complete).await;
+            let stored = shared.accounting().record_tick(shared.store(), shared.metrics(), readings, complete).await;
             shared.store_outcome("traffic", &stored);
         }
     }
 
-    fn remember(&mut self, targets: &Targets, report: &ExecReport, look: &Look) {
+    fn remember(&mut self, targets: &Targets, report: &ExecReport, look: &Look, actions: &[crate::plan::Action]) {
         self.memory.retain(|p, _| targets.networks.contains_key(p));
+        let rules_touched: BTreeSet<u16> = actions.iter().filter(|a| a.may_change_rules()).filter_map(|a| a.network()).collect();
         for (port, target) in &targets.networks {
             let verified = !(report.failed.contains(port) || look.unreadable.contains(port));
             let before = self.memory.get(port);
-            // Anything done to a network (or a failure) calls for a fresh
-            // look at its rules; rules read and left alone are verified;
-            // rules not read stay as they were if the target's are the same.
-            let rules = if !verified || report.changed.contains(port) {
+            // Anything done to a network's rules (or a failure) calls for a
+            // fresh look at them; rules read and left alone are verified;
+            // rules not read stay as they were if the target's are the same
+            // (a peer added leaves them as they were verified).
+            let rules = if !verified || (report.changed.contains(port) && rules_touched.contains(port)) {
                 None
             } else if let Some(generation) = look.rules_read.get(port) {
                 Some(RulesVerified { generation: *generation })

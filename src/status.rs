@@ -28,7 +28,7 @@ pub async fn collect(shared: &Arc<Shared>) -> Result<StatusInfo, StoreError> {
         start_refresh(shared);
         let _ = tokio::time::timeout(REFRESH_WAIT, refreshed).await;
     }
-    let config_digest = config_digest(shared, generation).await?;
+    let config_digest = config_digest(shared).await?;
     let desired: BTreeSet<u16> = ports.into_iter().collect();
     // Which namespaces are there is one directory listing: always fresh.
     let present = shared.system().namespaces();
@@ -61,16 +61,13 @@ pub async fn collect(shared: &Arc<Shared>) -> Result<StatusInfo, StoreError> {
 /// the validated state the API or a pass kept, else the stored one
 /// validated now (once per generation); a stored state that no longer
 /// validates (the options changed) is hashed as it is stored.
-async fn config_digest(shared: &Shared, generation: i64) -> Result<String, StoreError> {
-    if let Some(desired) = shared.accepted(generation) {
-        return Ok(shared.config_digest(generation, &desired));
-    }
-    let (generation, config) = shared.store().desired().await?;
-    match crate::validate::validate(&config, &shared.settings().validation()) {
-        Ok(desired) => Ok(shared.config_digest(generation, &desired)),
+async fn config_digest(shared: &Shared) -> Result<String, StoreError> {
+    let stored = shared.stored_state().await?;
+    match &stored.desired {
+        Ok(desired) => Ok(shared.config_digest(stored.generation, desired)),
         Err(_) => {
             use sha2::{Digest, Sha256};
-            let text = serde_json::to_string(&config).unwrap_or_default();
+            let text = serde_json::to_string(&*stored.config).unwrap_or_default();
             Ok(Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect())
         }
     }

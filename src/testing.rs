@@ -314,7 +314,6 @@ pub async fn shared(system: System) -> Arc<Shared> {
         peer_timeout: Duration::from_secs(180),
         health_interval: Duration::ZERO,
         ha_address: None,
-        usage_socket: None,
     };
     let store = Store::open(None).await.expect("in-memory database");
     Arc::new(Shared::new(store, system, settings, Arc::new(crate::metrics::Metrics::default()), None, Duration::from_secs(86400)))

@@ -115,16 +115,6 @@ async fn https_by_sni_and_http_by_host_reach_the_node_and_removal_leaves_nothing
     d.stop().await;
 }
 
-/// A distinct 32-byte key (any 32 bytes are a valid WireGuard key).
-fn test_key(k: u8, network: u16, peer: u16) -> String {
-    use base64::Engine;
-    let mut b = [7u8; 32];
-    b[0] = k;
-    b[1..3].copy_from_slice(&network.to_be_bytes());
-    b[3..5].copy_from_slice(&peer.to_be_bytes());
-    base64::engine::general_purpose::STANDARD.encode(b)
-}
-
 /// `count` networks of `peers` peers each, every one with an HTTPS and an HTTP name.
 fn many_networks(count: u16, peers: u16, n: &Names, host_suffix: &str) -> Value {
     let mut cfg = serde_json::Map::new();

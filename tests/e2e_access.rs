@@ -17,8 +17,7 @@ use common::*;
 use serde_json::{Value, json};
 
 fn network(t: &NodeTopology, proxy: Value) -> Value {
-    let peer = json!({ "allowed_ips": ["10.80.0.2/32"], "endpoint": format!("{}:{}", t.n.node_ip(), t.node.listen_port) });
-    json!({ t.port.to_string(): { "private_key": t.gw_private, "address": ["10.80.0.1/16"], "peers": { &t.node.public: peer }, "proxy": proxy } })
+    json!({ t.port.to_string(): topology_network(t, proxy) })
 }
 
 /// Holds client connections open from chosen source addresses, one

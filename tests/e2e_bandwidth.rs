@@ -13,8 +13,7 @@ use serde_json::{Value, json};
 const MIB: u64 = 1 << 20;
 
 fn network(t: &NodeTopology, proxy: Value, bandwidth: Option<Value>) -> Value {
-    let peer = json!({ "allowed_ips": ["10.80.0.2/32"], "endpoint": format!("{}:{}", t.n.node_ip(), t.node.listen_port) });
-    let mut net = json!({ "private_key": t.gw_private, "address": ["10.80.0.1/16"], "peers": { &t.node.public: peer }, "proxy": proxy });
+    let mut net = topology_network(t, proxy);
     if let Some(b) = bandwidth {
         net["bandwidth"] = b;
     }

@@ -13,22 +13,12 @@ use std::time::Duration;
 use common::*;
 use serde_json::{Value, json};
 
-/// A distinct 32-byte key (any 32 bytes are a valid WireGuard key).
-fn key(k: u8, network: u16, peer: u16) -> String {
-    use base64::Engine;
-    let mut b = [7u8; 32];
-    b[0] = k;
-    b[1..3].copy_from_slice(&network.to_be_bytes());
-    b[3..5].copy_from_slice(&peer.to_be_bytes());
-    base64::engine::general_purpose::STANDARD.encode(b)
-}
-
 /// `count` networks with one peer each.
 fn networks(n: &Names, count: u16) -> Value {
     let mut cfg = serde_json::Map::new();
     for i in 0..count {
-        let peer = json!({ key(n.k, i, 1): { "allowed_ips": ["10.80.0.2/32"] } });
-        cfg.insert(n.port(i).to_string(), json!({ "private_key": key(n.k, i, 0), "address": ["10.80.0.1/16"], "peers": peer }));
+        let peer = json!({ test_key(n.k, i, 1): { "allowed_ips": ["10.80.0.2/32"] } });
+        cfg.insert(n.port(i).to_string(), json!({ "private_key": test_key(n.k, i, 0), "address": ["10.80.0.1/16"], "peers": peer }));
     }
     Value::Object(cfg)
 }

@@ -10,26 +10,16 @@ use std::time::Duration;
 use common::*;
 use serde_json::{Value, json};
 
-/// A distinct 32-byte key (any 32 bytes are a valid WireGuard key).
-fn key(k: u8, network: u16, peer: u16) -> String {
-    use base64::Engine;
-    let mut b = [9u8; 32];
-    b[0] = k;
-    b[1..3].copy_from_slice(&network.to_be_bytes());
-    b[3..5].copy_from_slice(&peer.to_be_bytes());
-    base64::engine::general_purpose::STANDARD.encode(b)
-}
-
 /// `count` networks with one peer each (with an endpoint) and an HTTPS name
 /// (`{host}{i}.scale.test`).
 fn networks(n: &Names, count: u16, host: &str) -> Value {
     let mut cfg = serde_json::Map::new();
     let endpoint = format!("{}:51999", local_endpoint_ip(n));
     for i in 0..count {
-        let peer = json!({ key(n.k, i, 1): { "allowed_ips": ["10.80.0.2/32"], "endpoint": endpoint } });
+        let peer = json!({ test_key(n.k, i, 1): { "allowed_ips": ["10.80.0.2/32"], "endpoint": endpoint } });
         cfg.insert(
             n.port(i).to_string(),
-            json!({ "private_key": key(n.k, i, 0), "address": ["10.80.0.1/16"], "peers": peer,
+            json!({ "private_key": test_key(n.k, i, 0), "address": ["10.80.0.1/16"], "peers": peer,
                     "proxy": { format!("https://{host}{i}.scale.test"): ["10.80.0.2:443"] } }),
         );
     }
@@ -91,7 +81,7 @@ async fn status_shows_a_change_by_hand_within_one_drift_check() {
     let d = TestDaemon::start(&args(&n, &[])).await;
     let (code, body) = d.post(&networks(&n, 1, "s")).await;
     assert_eq!(code, 200, "{body}");
-    let (port, peer) = (n.port(0).to_string(), key(n.k, 0, 1));
+    let (port, peer) = (n.port(0).to_string(), test_key(n.k, 0, 1));
     let (_, st) = d.get("/api/v1/status.json").await;
     assert_eq!(st["networks"][&port]["peers"][&peer]["endpoint"], format!("{}:51999", local_endpoint_ip(&n)), "{st}");
     let before = st["networks"][&port]["observed_at"].as_i64().expect("observed");

@@ -59,11 +59,16 @@ impl<'r, T: DeserializeOwned, S> FromData<'r> for JsonBody<T, S> {
             return rocket::outcome::Outcome::Error((Status::UnsupportedMediaType, ApiError::UnsupportedMediaType));
         }
         let limit = req.limits().get("json").unwrap_or(Limits::JSON);
-        let parsed = match data.open(limit).into_bytes().await {
+        let start = std::time::Instant::now();
+        let read = data.open(limit).into_bytes().await;
+        let read_ms = start.elapsed().as_secs_f64() * 1000.0;
+        let parsed = match read {
             Ok(b) if b.is_complete() => serde_json::from_slice(&b).map_err(|e| format!("body is not a valid configuration: {e}")),
             Ok(_) => Err(format!("{TOO_LARGE}: the limit is {limit}")),
             Err(e) => Err(format!("reading the body: {e}")),
         };
+        let parse_ms = start.elapsed().as_secs_f64() * 1000.0 - read_ms;
+        tracing::debug!(read_ms = format!("{read_ms:.1}"), parse_ms = format!("{parse_ms:.1}"), "request body read and parsed");
         rocket::outcome::Outcome::Success(JsonBody(parsed, std::marker::PhantomData))
     }
 }

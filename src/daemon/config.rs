@@ -62,7 +62,6 @@ pub struct Config {
     pub iptables_restore_bin: String,
     pub ip6tables_save_bin: String,
     pub ip6tables_restore_bin: String,
-    pub sysctl_bin: String,
     pub tc_bin: String,
     pub nginx_bin: String,
     pub netns_dir: PathBuf,

@@ -594,3 +594,30 @@ async fn a_trusted_network_s_unread_veth_end_is_left_to_the_drift_check() {
     o.host_veths_trusted.clear();
     assert_eq!(plan(&d, &o, &l, &nginx_files(&d)), vec![Action::AttachVeth(51820)], "read, and not on the bridge");
 }
+
+#[test]
+fn only_what_ends_a_counter_asks_for_a_tick_first() {
+    let a = || key(PEER_A);
+    let keeps = [
+        configure(51820, vec![WgChange::AddPeer(a())]),
+        configure(51820, vec![WgChange::UpdatePeer(a(), vec!["allowed_ips"]), WgChange::Endpoints]),
+        Action::CreateWg(51820),
+        Action::SetRules { port: 51820, rules: Default::default(), missing_jumps: vec![] },
+        Action::DeleteHostVeth(51820),
+    ];
+    for action in keeps {
+        assert_eq!(action.ends_counters(), None, "{action:?}");
+    }
+    let ends = [
+        configure(51820, vec![WgChange::AddPeer(a()), WgChange::RemovePeer(key(PEER_B))]),
+        configure(51820, vec![WgChange::PrivateKey]),
+        configure(51820, vec![WgChange::ReachOut]),
+        configure(51820, vec![WgChange::ForgetEndpoints]),
+        configure(51820, vec![WgChange::Unknown]),
+        Action::DeleteNetwork(51820),
+        Action::DeleteRootWg(51820),
+    ];
+    for action in ends {
+        assert_eq!(action.ends_counters(), Some(51820), "{action:?}");
+    }
+}

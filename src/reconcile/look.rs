@@ -43,7 +43,7 @@ impl Reconciler {
     /// Reads the system: the cheap part always, the bridge's addresses and
     /// each untrusted network where needed, then the rules that may differ.
     /// Rules are read later, where the plan and the module's rules say.
-    pub(super) async fn look(&self, mode: Mode, targets: &Targets) -> Look {
+    pub(super) async fn look(&self, mode: Mode, targets: &Targets, laps: &mut super::Laps) -> Look {
         let system = &self.shared.system();
         let trusted_ports: BTreeSet<u16> = targets.networks.values().filter(|t| self.trusted(mode, t)).map(|t| t.port()).collect();
         let mut look = Look { observed: system.observe_cheap_trusting(&trusted_ports), ..Default::default() };
@@ -52,6 +52,7 @@ impl Reconciler {
                 look.errors.push(format!("reading the bridge: {e}"));
             }
         }
+        laps.lap("look: host");
         let present = targets.networks.values().filter(|t| look.observed.namespaces.contains(&t.port()));
         let (trusted, to_read): (Vec<&Arc<NetworkTarget>>, Vec<&Arc<NetworkTarget>>) = present.partition(|t| self.trusted(mode, t));
         look.observed.unchanged.extend(trusted.iter().map(|t| t.port()));
@@ -60,7 +61,9 @@ impl Reconciler {
         for (port, result) in system.observe_networks(&ports).await {
             self.take_reading(&mut look, targets, port, result);
         }
+        laps.lap("look: networks");
         self.read_shaping(&mut look, targets, &ports).await;
+        laps.lap("look: shaping");
         // Peers' endpoints matter where the plan looks inside (a network read
         // or made) and where a trusted one still reaches out: not per network.
         let needs_endpoints = |p: &u16| !look.observed.unchanged.contains(p) || self.reach_out.contains_key(p);

@@ -22,7 +22,7 @@ impl Reconciler {
         let (targets, _) = crate::target::Targets::build(&self.shared.system().layout, &desired, &self.targets);
         let (parts, _) = self.nginx_parts_of(&targets);
         let (nginx, left_out) = self.nginx_for(&parts);
-        let (mut look, actions) = self.look_and_plan(Mode::Apply, &targets, &nginx).await;
+        let (mut look, actions) = self.look_and_plan(Mode::Apply, &targets, &nginx, &mut super::Laps::new()).await;
         look.errors.extend(left_out.into_iter().map(|l| format!("network {}: {}: {}", l.network, l.route, l.error)));
         let response = describe(request.generation, &actions, look.errors, &request.desired);
         // The asker may have given up waiting: nothing to do then.

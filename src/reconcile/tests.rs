@@ -154,7 +154,7 @@ async fn nginx_is_rendered_only_for_networks_that_changed() {
     assert_eq!(s.reconciler.nginx_rendered, [51821], "only the changed network");
     // The files, from the kept part and the new one, are the new state's.
     let (files, _) = s.reconciler.nginx_for(&s.reconciler.nginx_parts);
-    let desired = validate(&s.shared.store().desired().await.unwrap().1, &Default::default()).unwrap();
+    let desired = crate::validate::validate(&s.shared.store().desired().await.unwrap().1, &Default::default()).unwrap();
     assert!(*files == nginx_files(&desired) && files.http.contains("server_name more.test;"), "{}", files.http);
 }
 
@@ -285,4 +285,52 @@ fn retries_back_off_up_to_the_watchdog_and_reset_on_success() {
     assert_eq!(delays, [1, 2, 4, 5, 5]);
     assert_eq!(p.after_pass(true), None);
     assert_eq!(p.after_pass(false), Some(Duration::from_secs(1)), "a new failure starts soon again");
+}
+
+#[tokio::test]
+async fn an_apply_stores_the_counters_its_actions_end_and_only_those() {
+    let mut s = setup(converged_script(), &converged_config()).await;
+    let stored_tx = |t: crate::model::TrafficInfo| t.networks.get(NETWORK_KEY_51820).map_or(0, |n| n.traffic.tx);
+    // A peer added: every counter goes on, so nothing is stored before the
+    // next drift check.
+    s.store(|c| c["51820"]["peers"]["AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA="] = serde_json::json!({"allowed_ips": ["10.80.0.9/32"]}))
+        .await;
+    let outcome = s.reconciler.tick(Mode::Apply).await.unwrap();
+    assert!(outcome.record.ok, "{:?}", outcome.record.errors);
+    assert!(s.records().iter().flat_map(Record::commands).any(|l| l.contains("wg syncconf wg51820")), "the peer was added");
+    let t = crate::traffic::traffic_since(s.shared.store(), 0, i64::MAX).await.unwrap();
+    assert_eq!(stored_tx(t), 0, "no tick for an added peer");
+    // A peer removed: its bytes (the fixture's 148) are stored before it goes.
+    s.store(|c| drop(c["51820"]["peers"].as_object_mut().unwrap().remove(PEER_A))).await;
+    let outcome = s.reconciler.tick(Mode::Apply).await.unwrap();
+    assert!(outcome.record.ok, "{:?}", outcome.record.errors);
+    let t = crate::traffic::traffic_since(s.shared.store(), 0, i64::MAX).await.unwrap();
+    assert_eq!(stored_tx(t), 148, "the removed peer's last bytes are kept");
+}
+
+#[tokio::test]
+async fn peers_added_one_by_one_leave_the_verified_rules_unread() {
+    let mut s = setup(converged_script(), &converged_config()).await;
+    let saves = |records: &[Record]| records.iter().filter(|r| r.line.contains("iptables-save")).count();
+    for _ in 0..3 {
+        s.reconciler.tick(Mode::Drift).await.unwrap();
+    }
+    s.records();
+    for (i, key) in ["AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=", "AgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4fICE="].iter().enumerate() {
+        s.store(|c| c["51820"]["peers"][key] = serde_json::json!({"allowed_ips": [format!("10.80.0.{}/32", 20 + i)]})).await;
+        let outcome = s.reconciler.tick(Mode::Apply).await.unwrap();
+        assert!(outcome.record.ok, "{:?}", outcome.record.errors);
+        let records = s.records();
+        assert!(records.iter().flat_map(Record::commands).any(|l| l.contains("wg syncconf wg51820")), "peer {i} added: {records:?}");
+        assert_eq!(saves(&records), 0, "peer {i}: WireGuard alone changed, the rules stay verified: {records:?}");
+    }
+    // Rules set by a pass are read again by the next one. (No nginx runs
+    // here: the scripted runner can start one, not reload it.)
+    s.host.stop_nginx();
+    s.store(|c| drop(c["51820"]["proxy"].as_object_mut().unwrap().remove("https://lan.example.com"))).await;
+    s.reconciler.tick(Mode::Apply).await.unwrap();
+    let records = s.records();
+    assert!(records.iter().flat_map(Record::commands).any(|l| l.contains("iptables-restore")), "{records:?}");
+    s.reconciler.tick(Mode::Drift).await.unwrap();
+    assert!(s.records().iter().any(|r| r.line.contains("network-51820 iptables-save")), "the rules a pass set are read again");
 }

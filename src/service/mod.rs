@@ -169,15 +169,11 @@ impl Gateway {
         Ok((generation, config, desired))
     }
 
-    /// The stored generation as it was accepted (kept: no parse of the
-    /// stored JSON), else as stored.
+    /// The stored generation, its state, and that state validated (kept
+    /// from its apply; `None` if it no longer validates).
     async fn current_state(&self) -> Result<(i64, Arc<GatewayConfig>, Option<Arc<Desired>>), StoreError> {
-        let generation = self.shared.store().desired_generation().await?;
-        if let Some((config, desired)) = self.shared.accepted_state(generation) {
-            return Ok((generation, config, Some(desired)));
-        }
-        let (generation, config) = self.shared.store().desired().await?;
-        Ok((generation, Arc::new(config), None))
+        let stored = self.shared.stored_state().await?;
+        Ok((stored.generation, stored.config, stored.desired.ok()))
     }
 
     /// What is on the system now, plus generations and the last apply.

@@ -60,8 +60,14 @@ pub struct Settings {
     pub health_interval: Duration,
     /// `--ha-address`: the address whose presence makes this host active.
     pub ha_address: Option<IpAddr>,
-    /// `--usage-socket`'s path (None: off).
-    pub usage_socket: Option<String>,
+}
+
+/// The stored desired state, and whether it validates (see
+/// [`Shared::stored_state`]).
+pub struct StoredState {
+    pub generation: i64,
+    pub config: Arc<GatewayConfig>,
+    pub desired: Result<Arc<Desired>, crate::validate::Problems>,
 }
 
 impl Settings {
@@ -367,6 +373,11 @@ impl Shared {
     pub async fn close(&self) {
         self.events.close().await;
         self.store.pool.close().await;
+        // Nothing reads it any more (nginx's lines to it fail until the next
+        // start binds it again, as they would to a socket left behind).
+        if let Some(path) = &self.settings.nginx.usage_socket {
+            let _ = std::fs::remove_file(path);
+        }
     }
 
     /// This host's role now (always active without `--ha-address`).
@@ -447,6 +458,24 @@ impl Shared {
         if accepted.as_ref().is_none_or(|(g, _, _)| *g <= generation) {
             *accepted = Some((generation, config, desired));
         }
+    }
+
+    /// The stored desired state: as accepted when it is still the one kept
+    /// (no parse of the stored JSON), else read and validated now, and kept
+    /// if valid (at start; or its problems, if the options changed since
+    /// it was accepted).
+    pub async fn stored_state(&self) -> Result<StoredState, StoreError> {
+        let generation = self.store.desired_generation().await?;
+        if let Some((config, desired)) = self.accepted_state(generation) {
+            return Ok(StoredState { generation, config, desired: Ok(desired) });
+        }
+        let (generation, config) = self.store.desired().await?;
+        let config = Arc::new(config);
+        let desired = crate::validate::validate(&config, &self.settings.validation()).map(Arc::new);
+        if let Ok(desired) = &desired {
+            self.remember_accepted(generation, config.clone(), desired.clone());
+        }
+        Ok(StoredState { generation, config, desired })
     }
 
     /// The validated desired state of `generation`, if it is the one kept.

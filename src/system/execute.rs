@@ -6,8 +6,7 @@ use std::collections::BTreeSet;
 use super::intent::{LinkIntent, LinkKind};
 use super::netns::Change;
 use super::{SysError, System};
-use crate::layout::VETH_NS_NAME;
-use crate::plan::{Action, Dev};
+use crate::plan::Action;
 use crate::render::{self, Family, Jump, RuleSet};
 
 #[derive(Debug, Default, Clone)]
@@ -56,39 +55,35 @@ impl System {
         self.execute_concurrently(actions, 1).await
     }
 
-    async fn run_action(&self, action: &Action, report: &mut ExecReport) -> Result<(), SysError> {
-        let l = &self.layout;
-        let dev = |port: u16, dev: &Dev| match dev {
-            Dev::Wg => l.wg(port),
-            Dev::Uplink => VETH_NS_NAME.to_string(),
-        };
+    /// A shared action (the bridge, nginx): each on its own.
+    async fn run_shared(&self, action: &Action, report: &mut ExecReport) -> Result<(), SysError> {
+        let bridge = &self.layout.bridge;
         match action {
-            Action::CreateBridge => self.create_tagged(intent(&l.bridge, LinkKind::Bridge, None), self.create_bridge()).await,
-            Action::AddBridgeAddress(c) => self.address(None, Change::Add, *c, &l.bridge).await,
-            Action::DelBridgeAddress(c) => self.address(None, Change::Del, *c, &l.bridge).await,
-            Action::BridgeUp => self.link_up(None, &l.bridge, None).await,
-            Action::DeleteBridge => self.delete_link(None, &l.bridge).await.map(drop),
+            Action::CreateBridge => self.create_tagged(intent(bridge, LinkKind::Bridge, None), self.create_bridge()).await,
+            Action::AddBridgeAddress(c) => self.address(None, Change::Add, *c, bridge).await,
+            Action::DelBridgeAddress(c) => self.address(None, Change::Del, *c, bridge).await,
+            Action::BridgeUp => self.link_up(None, bridge, None).await,
+            Action::DeleteBridge => self.delete_link(None, bridge).await.map(drop),
+            Action::WriteNginx(files) => {
+                report.nginx_reloaded = self.write_nginx(files).await?;
+                Ok(())
+            }
+            Action::StartNginx => self.start_nginx().await,
+            network => self.run_own(network).await,
+        }
+    }
+
+    /// A network's action that runs on its own, not as a line of a batch
+    /// (`batched::steps` says which).
+    async fn run_own(&self, action: &Action) -> Result<(), SysError> {
+        let l = &self.layout;
+        match action {
             Action::RemoveStaleNamespace(p) => self.delete_namespace(&l.netns(*p)).await,
-            Action::CreateNamespace(p) => self.create_namespace(&l.netns(*p)).await,
-            Action::CreateWg(p) => self.create_tagged(intent(&l.wg(*p), LinkKind::Wireguard, Some(*p)), self.create_wg(*p)).await,
-            Action::MoveWg(p) => self.move_link(&l.wg(*p), &l.netns(*p)).await,
             Action::ConfigureWg(p, conf, changes) if changes.iter().any(crate::plan::WgChange::sets_peers_anew) => {
                 self.wg_setconf(&l.netns(*p), &l.wg(*p), conf.text().to_string()).await
             }
             Action::ConfigureWg(p, conf, _) => self.wg_syncconf(&l.netns(*p), &l.wg(*p), conf.text().to_string()).await,
             Action::KickPeers { port, conf, .. } => self.wg_addconf(&l.netns(*port), &l.wg(*port), conf.text().to_string()).await,
-            Action::SetWgLink { port, mtu } => self.link_up(Some(&l.netns(*port)), &l.wg(*port), Some(*mtu)).await,
-            Action::AddAddress { port, dev: d, cidr } => self.address(Some(&l.netns(*port)), Change::Add, *cidr, &dev(*port, d)).await,
-            Action::DelAddress { port, dev: d, cidr } => self.address(Some(&l.netns(*port)), Change::Del, *cidr, &dev(*port, d)).await,
-            Action::AddRoute { port, cidr } => self.route(&l.netns(*port), Change::Add, *cidr, &l.wg(*port)).await,
-            Action::DelRoute { port, cidr } => self.route(&l.netns(*port), Change::Del, *cidr, &l.wg(*port)).await,
-            Action::CreateVeth(p) => {
-                let (host, ns) = (l.veth_host(*p), l.netns(*p));
-                self.create_tagged(intent(&host, LinkKind::Veth, Some(*p)), self.create_veth(&host, VETH_NS_NAME, &l.uplink_mac(*p), &ns))
-                    .await
-            }
-            Action::AttachVeth(p) => self.attach_isolated(&l.veth_host(*p)).await,
-            Action::UplinkUp(p) => self.link_up(Some(&l.netns(*p)), VETH_NS_NAME, None).await,
             Action::SetForwarding(p) => self.set_namespace_sysctls(&l.netns(*p)).await,
             Action::SetRules { port, rules, missing_jumps } => self.set_rules(*port, rules, missing_jumps).await,
             Action::SetShaping { port, steps } => self.set_shaping(*port, steps).await,
@@ -97,12 +92,10 @@ impl System {
                 self.delete_link(None, &l.wg(*p)).await?;
                 self.wait_wireguard_go_gone(*p).await
             }
-            Action::DeleteHostVeth(p) => self.delete_link(None, &l.veth_host(*p)).await.map(drop),
-            Action::WriteNginx(files) => {
-                report.nginx_reloaded = self.write_nginx(files).await?;
-                Ok(())
-            }
-            Action::StartNginx => self.start_nginx().await,
+            other => Err(SysError::Unreadable {
+                what: format!("how to run {} alone", other.label()),
+                detail: "it runs as a line of an ip batch (batched::steps)".into(),
+            }),
         }
     }
 

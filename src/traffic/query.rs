@@ -1,8 +1,8 @@
-//! traffic.json: samples read from SQLite packed per peer into sums per
-//! peer, never all rows at once and never past the cap; the bucketed form
-//! (`step`) reads the hourly sums when the step is whole hours, so a day of
-//! 10,000 peers is a small read. Each peer comes as one row with its keys
-//! and its entries packed by SQLite.
+//! traffic.json: the samples of the range summed per peer, never past the
+//! cap; the bucketed form (`step`) reads the hourly sums when the step is
+//! whole hours, so a day of 10,000 peers is a small read. SQLite packs the
+//! whole answer into one text (`group_concat`, each peer with its keys and
+//! entries), unpacked here: one row read, not one per sample or peer.
 
 use std::collections::{BTreeMap, HashMap};
 

@@ -37,8 +37,10 @@ fn uid_of(user: &str) -> Option<u32> {
 
 /// Binds the socket at `path` (a socket left there by an earlier run is
 /// replaced; anything else there is an error) for the workers' `user`.
+/// Nothing is left at `path` if it fails.
 pub fn bind(path: &Path, user: &str) -> std::io::Result<tokio::net::UnixDatagram> {
     use std::os::unix::fs::FileTypeExt;
+    let uid = uid_of(user).ok_or_else(|| std::io::Error::other(format!("nginx's worker user '{user}' does not exist")))?;
     if let Ok(m) = std::fs::symlink_metadata(path) {
         if !m.file_type().is_socket() {
             return Err(std::io::Error::other(format!("{} exists and is not a socket", path.display())));
@@ -46,27 +48,35 @@ pub fn bind(path: &Path, user: &str) -> std::io::Result<tokio::net::UnixDatagram
         std::fs::remove_file(path)?;
     }
     let socket = tokio::net::UnixDatagram::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    let uid = uid_of(user).ok_or_else(|| std::io::Error::other(format!("nginx's worker user '{user}' does not exist")))?;
-    std::os::unix::fs::chown(path, Some(uid), None)?;
+    let owned = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| std::os::unix::fs::chown(path, Some(uid), None));
+    if let Err(e) = owned {
+        let _ = std::fs::remove_file(path);
+        return Err(e);
+    }
     Ok(socket)
 }
 
-/// Reads datagrams for as long as the daemon runs, counting each (see
-/// `Usage::record`). Without a socket (`--usage-socket off`, or it could
-/// not be made: logged) it returns at once and the counters stay at zero.
-pub async fn run(shared: Arc<Shared>) {
-    let Some(path) = shared.settings().usage_socket.clone() else { return };
-    let conf = std::fs::read_to_string(&shared.system().paths.nginx_conf).unwrap_or_default();
-    let user = worker_user(&conf);
-    let socket = match bind(Path::new(&path), &user) {
-        Ok(s) => s,
+/// The usage socket of `--usage-socket` for the workers of `nginx_conf`,
+/// bound at start: where it cannot be made, one error line says why and
+/// nginx is told of no socket (its servers log no usage line at all).
+pub fn open(path: &str, nginx_conf: &Path) -> Option<tokio::net::UnixDatagram> {
+    let user = worker_user(&std::fs::read_to_string(nginx_conf).unwrap_or_default());
+    match bind(Path::new(path), &user) {
+        Ok(s) => {
+            tracing::info!(socket = %path, user = %user, "counting per-route usage");
+            Some(s)
+        }
         Err(e) => {
             tracing::error!(socket = %path, error = %e, "the usage socket cannot be made: per-route usage is not counted");
-            return;
+            None
         }
-    };
-    tracing::info!(socket = %path, user = %user, "counting per-route usage");
+    }
+}
+
+/// Reads datagrams from the usage socket for as long as the daemon runs,
+/// counting each (see `Usage::record`).
+pub async fn run(shared: Arc<Shared>, socket: tokio::net::UnixDatagram) {
     let mut buf = vec![0u8; MAX_DATAGRAM + 1];
     loop {
         match socket.recv(&mut buf).await {
@@ -100,6 +110,7 @@ mod tests {
         let first = bind(&path, user);
         if me != 0 && user == "root" {
             assert!(first.is_err(), "only root may give the socket away");
+            assert!(std::fs::symlink_metadata(&path).is_err(), "a socket that failed is not left behind");
             return;
         }
         drop(first.unwrap());
@@ -113,6 +124,9 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         std::fs::write(&path, "not a socket").unwrap();
         assert!(bind(&path, user).is_err(), "a file that is not a socket is left alone");
-        assert!(bind(&dir.path().join("x.sock"), "no-such-user-here").is_err());
+        let stale = dir.path().join("x.sock");
+        drop(std::os::unix::net::UnixDatagram::bind(&stale).unwrap());
+        assert!(bind(&stale, "no-such-user-here").is_err());
+        assert!(std::fs::symlink_metadata(&stale).is_ok(), "an unknown user is refused before anything at the path is touched");
     }
 }

@@ -342,7 +342,7 @@ impl TestDaemon {
 
     async fn start_inner(args: &Args, own_loop: bool) -> TestDaemon {
         let runner = Runner::recording(Duration::from_secs(30));
-        let Daemon { shared, figment } = build(args, runner.clone()).await.expect("daemon starts");
+        let Daemon { shared, usage, figment } = build(args, runner.clone()).await.expect("daemon starts");
         let passes = shared.passes();
         let rec = Reconciler::new(shared.clone()).await;
         let (reconciler, task) = if own_loop {
@@ -364,7 +364,9 @@ impl TestDaemon {
             (Some(reconciler), task)
         };
         let checks = Some(tokio::spawn(gateway::checks::run(shared.clone())));
-        tokio::spawn(gateway::usage::socket::run(shared.clone()));
+        if let Some(socket) = usage {
+            tokio::spawn(gateway::usage::socket::run(shared.clone(), socket));
+        }
         let client = Client::untracked(gateway::api::rocket(shared.clone(), figment)).await.expect("rocket");
         TestDaemon { client, runner, reconciler, shared, passes, task: Some(task), checks }
     }
@@ -660,6 +662,23 @@ impl Drop for Guard {
 /// A private nginx, a node serving `app.test` (and `pp.app.test`) through a
 /// tunnel to the gateway's network `n.port(0)`, and a client; everything
 /// goes when it drops.
+/// A distinct 32-byte key (any 32 bytes are a valid WireGuard key).
+pub fn test_key(k: u8, network: u16, peer: u16) -> String {
+    use base64::Engine;
+    let mut b = [7u8; 32];
+    b[0] = k;
+    b[1..3].copy_from_slice(&network.to_be_bytes());
+    b[3..5].copy_from_slice(&peer.to_be_bytes());
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+/// The gateway's network of a [`NodeTopology`]: the node as its one peer
+/// (reachable at its address), with `proxy`.
+pub fn topology_network(t: &NodeTopology, proxy: serde_json::Value) -> serde_json::Value {
+    let peer = serde_json::json!({ "allowed_ips": ["10.80.0.2/32"], "endpoint": format!("{}:{}", t.n.node_ip(), t.node.listen_port) });
+    serde_json::json!({ "private_key": t.gw_private, "address": ["10.80.0.1/16"], "peers": { &t.node.public: peer }, "proxy": proxy })
+}
+
 pub struct NodeTopology {
     pub n: Names,
     pub gw_private: String,

@@ -16,7 +16,6 @@ pub struct Tools {
     pub iptables_restore: String,
     pub ip6tables_save: String,
     pub ip6tables_restore: String,
-    pub sysctl: String,
     pub tc: String,
     pub nginx: String,
 }
@@ -31,7 +30,6 @@ impl Default for Tools {
             iptables_restore: "iptables-restore".into(),
             ip6tables_save: "ip6tables-save".into(),
             ip6tables_restore: "ip6tables-restore".into(),
-            sysctl: "sysctl".into(),
             tc: "tc".into(),
             nginx: "nginx".into(),
         }
@@ -67,7 +65,6 @@ impl Tools {
             iptables_restore: r(self.iptables_restore),
             ip6tables_save: r(self.ip6tables_save),
             ip6tables_restore: r(self.ip6tables_restore),
-            sysctl: r(self.sysctl),
             tc: r(self.tc),
             nginx: r(self.nginx),
         }

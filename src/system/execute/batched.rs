@@ -56,15 +56,16 @@ pub(crate) struct RootLine {
 pub(crate) enum Step<'a> {
     Root(RootLine, &'a Action),
     Ns(String, &'a Action),
-    /// wireguard-go started with its intent recorded (tagged by a root line).
-    StartWireguardGo(u16, &'a Action),
+    /// A WireGuard interface its backend makes with a process of its own
+    /// (wireguard-go), its intent recorded first; tagged by a root line.
+    CreateWgByProcess(u16, &'a Action),
     Own(&'a Action),
 }
 
 impl<'a> Step<'a> {
     fn action(&self) -> &'a Action {
         match self {
-            Step::Root(_, a) | Step::Ns(_, a) | Step::StartWireguardGo(_, a) | Step::Own(a) => a,
+            Step::Root(_, a) | Step::Ns(_, a) | Step::CreateWgByProcess(_, a) | Step::Own(a) => a,
         }
     }
 }
@@ -94,10 +95,10 @@ pub(crate) fn steps<'a>(action: &'a Action, layout: &Layout, backend: Backend) -
         Action::CreateNamespace(p) => vec![root(batch::netns_add(&layout.netns(*p)), action), ns(batch::link_up("lo", None))],
         Action::CreateWg(p) => {
             let wg = layout.wg(*p);
-            match backend {
-                Backend::Kernel => created_and_tagged(batch::wireguard_add(&wg), &wg, LinkKind::Wireguard, *p, action).into(),
-                Backend::Userspace => vec![
-                    Step::StartWireguardGo(*p, action),
+            match backend.create_line(&wg) {
+                Some(line) => created_and_tagged(line, &wg, LinkKind::Wireguard, *p, action).into(),
+                None => vec![
+                    Step::CreateWgByProcess(*p, action),
                     Step::Root(RootLine { line: batch::tag(&wg), intent: None, forget: Some(wg), missing_ok: false }, action),
                 ],
             }
@@ -132,7 +133,7 @@ pub(crate) fn steps<'a>(action: &'a Action, layout: &Layout, backend: Backend) -
 /// the interface up; forwarding goes last; anything else waits to be safe).
 fn runs_ahead_of_ns_lines(step: &Step<'_>) -> bool {
     match step {
-        Step::Root(..) | Step::Ns(..) | Step::StartWireguardGo(..) => true,
+        Step::Root(..) | Step::Ns(..) | Step::CreateWgByProcess(..) => true,
         Step::Own(action) => matches!(action, Action::SetRules { .. } | Action::ConfigureWg(..)),
     }
 }
@@ -311,8 +312,8 @@ impl System {
                 n.pending.push((line, action));
                 return true;
             }
-            Step::StartWireguardGo(port, _) => self.start_wireguard_go_untagged(port).await,
-            Step::Own(action) => self.run_action(action, &mut n.report).await,
+            Step::CreateWgByProcess(port, _) => self.create_wg_by_process(port).await,
+            Step::Own(action) => self.run_own(action).await,
             Step::Root(..) => unreachable!("root lines go to the batcher"),
         };
         let failed = result.is_err();
@@ -369,16 +370,9 @@ impl System {
         if batch.is_empty() {
             return;
         }
-        let text: String = batch.iter().map(|r| format!("{}\n", r.line.line)).collect();
-        let cmd = self.tools.ip(["-force", "-batch", "-"]).stdin(text);
-        let commands = cmd.batch_commands();
-        let result = self.runner.run(&cmd).await;
-        let failures = result.as_ref().err().map(|e| batch::line_failures(e.stderr())).unwrap_or_default();
-        for (k, r) in batch.into_iter().enumerate() {
-            let mut outcome = match &result {
-                Ok(_) => Ok(()),
-                Err(e) => line_result(e, &failures, k + 1, &commands[k]),
-            };
+        let lines: Vec<&str> = batch.iter().map(|r| r.line.line.as_str()).collect();
+        let outcomes = self.ip_batch(None, &lines).await;
+        for (r, mut outcome) in batch.into_iter().zip(outcomes) {
             if r.line.missing_ok && matches!(&outcome, Err(SysError::Command(e)) if e.kind() == FailureKind::Missing) {
                 outcome = Ok(());
             }
@@ -429,16 +423,9 @@ impl System {
         // events in the root namespace too, a moment later.
         self.link_listeners_room().await;
         let pending = std::mem::take(&mut n.pending);
-        let text: String = pending.iter().map(|(l, _)| format!("{l}\n")).collect();
-        let cmd = self.tools.ip_in(&self.layout.netns(n.port), ["-force", "-batch", "-"]).stdin(text);
-        let commands = cmd.batch_commands();
-        let result = self.runner.run(&cmd).await;
-        let failures = result.as_ref().err().map(|e| batch::line_failures(e.stderr())).unwrap_or_default();
-        for (k, (_, action)) in pending.into_iter().enumerate() {
-            let mut outcome = match &result {
-                Ok(_) => Ok(()),
-                Err(e) => line_result(e, &failures, k + 1, &commands[k]),
-            };
+        let lines: Vec<&str> = pending.iter().map(|(l, _)| l.as_str()).collect();
+        let outcomes = self.ip_batch(Some(&self.layout.netns(n.port)), &lines).await;
+        for ((_, action), mut outcome) in pending.into_iter().zip(outcomes) {
             if gone_already(action, &outcome) {
                 outcome = Ok(());
             }
@@ -451,16 +438,38 @@ impl System {
         true
     }
 
-    /// wireguard-go for network `port`, its intent recorded first; the
-    /// interface is tagged by a root line afterwards.
-    async fn start_wireguard_go_untagged(&self, port: u16) -> Result<(), SysError> {
+    /// One `ip -force -batch` of `lines` (inside namespace `ns`, or the
+    /// root one): each line's outcome, in order. With `-force` every line
+    /// runs and iproute2 names each that failed (see [`line_result`]).
+    async fn ip_batch(&self, ns: Option<&str>, lines: &[&str]) -> Vec<Result<(), SysError>> {
+        debug_assert!(lines.iter().all(|l| !l.trim().is_empty() && !l.contains('\n')), "one command per line: {lines:?}");
+        let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        let args = ["-force", "-batch", "-"];
+        let cmd = match ns {
+            Some(ns) => self.tools.ip_in(ns, args),
+            None => self.tools.ip(args),
+        }
+        .stdin(text);
+        // By position: iproute2 numbers every line it reads.
+        let commands = cmd.batch_commands();
+        let result = self.runner.run(&cmd).await;
+        let failures = result.as_ref().err().map(|e| batch::line_failures(e.stderr())).unwrap_or_default();
+        (0..lines.len())
+            .map(|k| match &result {
+                Ok(_) => Ok(()),
+                Err(e) => line_result(e, &failures, k + 1, commands.get(k).map_or(lines[k], String::as_str)),
+            })
+            .collect()
+    }
+
+    /// Network `port`'s interface made by its backend's process, its intent
+    /// recorded first; a root line tags it afterwards.
+    async fn create_wg_by_process(&self, port: u16) -> Result<(), SysError> {
         let wg = self.layout.wg(port);
         self.record_intent(&LinkIntent { name: wg.clone(), kind: LinkKind::Wireguard, network: Some(port) }).await?;
         // Its interface's creation is link events too.
         self.link_listeners_room().await;
-        self.start_wireguard_go(&wg).await?;
-        crate::system::fault::point("after-wireguard-go-start");
-        Ok(())
+        self.create_wg_untagged(&wg).await
     }
 }
 

@@ -43,7 +43,7 @@ impl System {
         for segment in segments(actions) {
             match segment {
                 Segment::Shared(action) => {
-                    let result = self.run_action(action, &mut report).instrument(tracing::debug_span!("shared")).await;
+                    let result = self.run_shared(action, &mut report).instrument(tracing::debug_span!("shared")).await;
                     report.record(action, result);
                 }
                 Segment::Networks(by_network) => {

@@ -1,13 +1,14 @@
-//! Namespaces, links, the bridge, veths, addresses, routes and a
-//! namespace's sysctls: one method per operation, each a command line built
-//! by [`Tools`](super::Tools) and run by the runner. Expected failures are
-//! mapped by kind: deleting what is already gone is not an error.
+//! Namespaces, links, the bridge, addresses and a namespace's sysctls: the
+//! operations that run on their own (the bridge's, deletions). A network's
+//! own link work runs as lines of one `ip -batch` ([`batch`], where every
+//! line is built, also those run here alone). Expected failures are mapped
+//! by kind: deleting what is already gone is not an error.
 
 pub mod batch;
 
-use super::exec::runner::FailureKind;
+use super::exec::runner::{Cmd, FailureKind};
 use super::{SysError, System};
-use crate::layout::{NAMESPACE_SYSCTLS, OWNED_ALIAS};
+use crate::layout::NAMESPACE_SYSCTLS;
 use crate::types::Cidr;
 
 /// `add` or `del` for addresses and routes.
@@ -27,10 +28,21 @@ impl Change {
 }
 
 impl System {
+    /// One [`batch`] line as its own `ip` command; `ns: None` is the root
+    /// namespace. (Its words hold no spaces: names and addresses are
+    /// validated to their exact form.)
+    fn ip_line(&self, ns: Option<&str>, line: &str) -> Cmd {
+        let words = line.split_whitespace();
+        match ns {
+            Some(ns) => self.tools.ip_in(ns, words),
+            None => self.tools.ip(words),
+        }
+    }
+
     /// Tags a root-namespace link as the gateway's: only tagged links are
     /// ever deleted.
     pub async fn tag_owned(&self, link: &str) -> Result<(), SysError> {
-        self.run(self.tools.ip(["link", "set", "dev", link, "alias", OWNED_ALIAS])).await.map(drop)
+        self.run(self.ip_line(None, &batch::tag(link))).await.map(drop)
     }
 
     pub async fn create_bridge(&self) -> Result<(), SysError> {
@@ -41,75 +53,27 @@ impl System {
 
     /// Adds or removes an address; `ns: None` is the root namespace.
     pub async fn address(&self, ns: Option<&str>, change: Change, cidr: Cidr, dev: &str) -> Result<(), SysError> {
-        let args = ["addr", change.verb(), &cidr.to_string(), "dev", dev].map(String::from);
-        let cmd = match ns {
-            Some(ns) => self.tools.ip_in(ns, args),
-            None => self.tools.ip(args),
-        };
-        self.run(cmd).await.map(drop)
+        self.run(self.ip_line(ns, &batch::address(change, cidr, dev))).await.map(drop)
     }
 
     /// `ip link set DEV up` (with an MTU if given), in a namespace or the root.
     pub async fn link_up(&self, ns: Option<&str>, dev: &str, mtu: Option<u32>) -> Result<(), SysError> {
-        let mut args = vec!["link".to_string(), "set".into(), dev.into()];
-        if let Some(mtu) = mtu {
-            args.extend(["mtu".into(), mtu.to_string()]);
-        }
-        args.push("up".into());
-        let cmd = match ns {
-            Some(ns) => self.tools.ip_in(ns, args),
-            None => self.tools.ip(args),
-        };
-        self.run(cmd).await.map(drop)
-    }
-
-    pub async fn create_namespace(&self, ns: &str) -> Result<(), SysError> {
-        self.run(self.tools.ip(["netns", "add", ns])).await?;
-        self.link_up(Some(ns), "lo", None).await
+        self.run(self.ip_line(ns, &batch::link_up(dev, mtu))).await.map(drop)
     }
 
     pub async fn delete_namespace(&self, ns: &str) -> Result<(), SysError> {
         self.run(self.tools.ip(["netns", "del", ns])).await.map(drop)
     }
 
-    /// Moves a root-namespace link into a namespace.
-    pub async fn move_link(&self, link: &str, ns: &str) -> Result<(), SysError> {
-        self.run(self.tools.ip(["link", "set", link, "netns", ns])).await.map(drop)
-    }
-
     /// Deletes a link; one already gone (e.g. a veth the kernel is still
     /// tearing down with its namespace) is not an error. Returns whether it
     /// was there.
     pub async fn delete_link(&self, ns: Option<&str>, link: &str) -> Result<bool, SysError> {
-        let cmd = match ns {
-            Some(ns) => self.tools.ip_in(ns, ["link", "del", link]),
-            None => self.tools.ip(["link", "del", link]),
-        };
-        match self.runner.run(&cmd).await {
+        match self.runner.run(&self.ip_line(ns, &batch::link_del(link))).await {
             Ok(_) => Ok(true),
             Err(e) if e.kind() == FailureKind::Missing => Ok(false),
             Err(e) => Err(e.into()),
         }
-    }
-
-    /// A route through `dev` (replaced if one exists) or its removal.
-    pub async fn route(&self, ns: &str, change: Change, cidr: Cidr, dev: &str) -> Result<(), SysError> {
-        let verb = if change == Change::Add { "replace" } else { "del" };
-        self.run(self.tools.ip_in(ns, ["route", verb, &cidr.to_string(), "dev", dev])).await.map(drop)
-    }
-
-    /// A veth pair: `host` in the root namespace (tagged), `inside` in `ns`
-    /// with the MAC address `mac`.
-    pub async fn create_veth(&self, host: &str, inside: &str, mac: &str, ns: &str) -> Result<(), SysError> {
-        self.run(self.tools.ip(["link", "add", host, "type", "veth", "peer", "name", inside, "address", mac, "netns", ns])).await?;
-        self.tag_owned(host).await
-    }
-
-    /// Makes a link an isolated port of the bridge: isolated ports cannot
-    /// reach each other, so networks stay apart.
-    pub async fn attach_isolated(&self, link: &str) -> Result<(), SysError> {
-        self.run(self.tools.ip(["link", "set", link, "master", &self.layout.bridge, "up"])).await?;
-        self.run(self.tools.ip(["link", "set", "dev", link, "type", "bridge_slave", "isolated", "on"])).await.map(drop)
     }
 
     /// Sets [`NAMESPACE_SYSCTLS`] inside a namespace from a thread that

@@ -302,7 +302,9 @@ impl ObservedTc {
         }
     }
 
-    /// What a network converged to `want` looks like (see `plan::converged_view`).
+    /// What a network converged to `want` looks like (tests: what tc
+    /// reports once `want` is applied).
+    #[cfg(test)]
     pub fn converged(want: Option<&NetworkShaping>) -> Self {
         let side = |s: Option<&Shaping>| match s {
             Some(tree) => ObservedShaping { htb: true, custom_root: true, ours: true, tree: tree.clone(), foreign: 0 },

@@ -9,6 +9,10 @@ use crate::system::{SysError, System};
 pub(super) struct Kernel;
 
 impl Driver for Kernel {
+    fn create_line(&self, iface: &str) -> Option<String> {
+        Some(crate::system::netns::batch::wireguard_add(iface))
+    }
+
     fn create<'a>(&'a self, sys: &'a System, iface: &'a str) -> BoxFuture<'a, Result<(), SysError>> {
         Box::pin(async move { sys.run(sys.tools.ip(["link", "add", iface, "type", "wireguard"])).await.map(drop) })
     }

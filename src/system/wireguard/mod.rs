@@ -40,6 +40,13 @@ impl Backend {
         }
     }
 
+    /// The line of the root namespace's `ip -batch` that creates interface
+    /// `iface`, where the kernel makes it; `None` where the backend's own
+    /// process does ([`System::create_wg_untagged`]).
+    pub fn create_line(self, iface: &str) -> Option<String> {
+        self.driver().create_line(iface)
+    }
+
     /// `auto`: kernel if `ip link add ... type wireguard` works here.
     pub async fn detect(runner: &Runner, tools: &Tools, choice: &str) -> Result<Backend, String> {
         match choice {
@@ -71,6 +78,8 @@ pub enum Source {
 
 /// What differs between the backends, one file each.
 trait Driver: Sync {
+    /// The `ip -batch` line that creates `iface`, if a line can.
+    fn create_line(&self, iface: &str) -> Option<String>;
     /// Creates interface `iface` in the root namespace (not yet tagged).
     fn create<'a>(&'a self, sys: &'a System, iface: &'a str) -> BoxFuture<'a, Result<(), SysError>>;
     /// After the namespace holding `iface` was deleted: waits until
@@ -90,11 +99,10 @@ impl System {
         self.paths.wireguard_sock_dir.join(format!("{iface}.sock"))
     }
 
-    /// Creates network `port`'s interface in the root namespace and tags it.
-    pub async fn create_wg(&self, port: u16) -> Result<(), SysError> {
-        let wg = self.layout.wg(port);
-        self.backend.driver().create(self, &wg).await?;
-        self.tag_owned(&wg).await
+    /// Creates interface `iface` in the root namespace, untagged (the
+    /// caller records its intent before and tags it after).
+    pub(in crate::system) async fn create_wg_untagged(&self, iface: &str) -> Result<(), SysError> {
+        self.backend.driver().create(self, iface).await
     }
 
     /// Waits until what served network `port`'s interface is gone (with

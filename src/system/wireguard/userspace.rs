@@ -31,8 +31,22 @@ const EXIT_WAIT: Duration = Duration::from_secs(10);
 pub(super) struct Userspace;
 
 impl Driver for Userspace {
+    /// wireguard-go makes the interface: no line can.
+    fn create_line(&self, _: &str) -> Option<String> {
+        None
+    }
+
     fn create<'a>(&'a self, sys: &'a System, iface: &'a str) -> BoxFuture<'a, Result<(), SysError>> {
         Box::pin(async move {
+            // A wireguard-go whose interface went with its namespace exits a
+            // moment later: one started meanwhile would find the name's
+            // socket in use and fail. (A stale socket, of one killed, is
+            // replaced by the new one at once.)
+            let sock = sys.wireguard_socket(iface);
+            let start = Instant::now();
+            while start.elapsed() < EXIT_WAIT && uapi_answers(&sock).await {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             sys.start_wireguard_go(iface).await?;
             crate::system::fault::point("after-wireguard-go-start");
             Ok(())

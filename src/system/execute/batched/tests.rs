@@ -37,7 +37,7 @@ fn kinds(steps: &[Step<'_>]) -> Vec<String> {
         .map(|s| match s {
             Step::Root(l, _) => format!("root: {}", l.line),
             Step::Ns(l, _) => format!("ns: {l}"),
-            Step::StartWireguardGo(p, _) => format!("start wireguard-go {p}"),
+            Step::CreateWgByProcess(p, _) => format!("start wireguard-go {p}"),
             Step::Own(a) => format!("own: {}", a.label().split([' ', '(']).next().unwrap_or_default()),
         })
         .collect()
