@@ -85,7 +85,11 @@ pub async fn serve(mut front: Front, upstream: watch::Receiver<Option<SocketAddr
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {
         let accepted = match &mut front {
-            Front::Plain(l) => l.accept().await.map(|(s, a)| (Box::new(s) as Stream, a)),
+            Front::Plain(l) => l.accept().await.map(|(s, a)| {
+                // Answers go out as written (see `connection`).
+                let _ = s.set_nodelay(true);
+                (Box::new(s) as Stream, a)
+            }),
             Front::Tls(l) => {
                 let l = &mut **l;
                 std::future::poll_fn(|cx| Pin::new(&mut *l).poll_accept(cx))
@@ -129,6 +133,10 @@ async fn connection(
         return;
     };
     let Ok(mut hop) = TcpStream::connect(rocket).await else { return };
+    // Each piece goes on at once: with Nagle's algorithm a body's last
+    // short piece waited for the ACK of the one before, which the other end
+    // delays by 40 ms (a 1 MiB POST took 1 ms or 43 ms to arrive, by luck).
+    let _ = hop.set_nodelay(true);
     let Ok(port) = hop.local_addr().map(|a| a.port()) else { return };
     peers.insert(port, addr);
     if hop.write_all(&head).await.is_ok() {

@@ -3,8 +3,10 @@
 //! Rules need an `iptables-save` inside the namespace, so they are read only
 //! where they may differ from what was last verified:
 //!
-//! - a network not verified by an earlier pass, whose rules the last pass
-//!   changed (any action on it), or whose target has different rules;
+//! - a network not verified by an earlier pass, whose rules (or namespace)
+//!   the last pass may have changed (`Action::may_change_rules`: not a
+//!   peer added, nor a link, address, route, sysctl or tc change), or whose
+//!   target has different rules;
 //! - a network whose nf_tables ruleset generation moved since its rules
 //!   were verified (any change to its rules, by anyone, moves it);
 //! - a network where anything else is off (a by-hand change rarely comes
