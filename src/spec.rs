@@ -139,11 +139,12 @@ impl NetworkSpec {
         match transport {
             Transport::Tcp => {
                 let urls = [(Scheme::Https, &self.https), (Scheme::Http, &self.http)];
-                let urls =
-                    urls.into_iter().flat_map(|(scheme, map)| map.iter().map(move |(h, u)| (format!("{}://{h}", scheme.name()), &u[..])));
-                urls.chain(self.tcp.iter().map(|(p, r)| (format!("tcp://{p}"), &r.upstreams[..]))).collect()
+                let urls = urls.into_iter().flat_map(|(scheme, map)| {
+                    map.iter().map(move |(h, u)| (ProxyKey::Url(ProxyUrl { scheme, host: h.clone() }).to_string(), &u[..]))
+                });
+                urls.chain(self.tcp.iter().map(|(p, r)| (ProxyKey::Raw(Transport::Tcp, *p).to_string(), &r.upstreams[..]))).collect()
             }
-            Transport::Udp => self.udp.iter().map(|(p, r)| (format!("udp://{p}"), &r.upstreams[..])).collect(),
+            Transport::Udp => self.udp.iter().map(|(p, r)| (ProxyKey::Raw(Transport::Udp, *p).to_string(), &r.upstreams[..])).collect(),
         }
     }
 

@@ -19,7 +19,7 @@ use crate::observed::ObservedNetwork;
 use crate::render::REFUSED_UPSTREAM;
 use crate::render::tc::Proto;
 use crate::target::Targets;
-use crate::types::{Hostname, Transport};
+use crate::types::{Hostname, ProxyKey, ProxyUrl, Scheme, Transport};
 
 /// The syslog tag nginx puts before each line (`tag=` of `access_log syslog:`).
 pub use crate::render::USAGE_TAG as TAG;
@@ -159,15 +159,16 @@ impl Usage {
             for (key, route_ports) in crate::render::tc::route_ports(spec, &target.dnat) {
                 ports.insert((spec.port, key), route_ports);
             }
-            let key = |scheme: &str, what: &dyn std::fmt::Display| (spec.port, format!("{scheme}://{what}"));
+            let key = |k: ProxyKey| (spec.port, k.to_string());
+            let url = |scheme, host: &Hostname| key(ProxyKey::Url(ProxyUrl { scheme, host: host.clone() }));
             for h in spec.https.keys() {
-                routes.insert(RouteRef::Https(h.clone()), key("https", h));
+                routes.insert(RouteRef::Https(h.clone()), url(Scheme::Https, h));
             }
             for h in spec.http.keys() {
-                routes.insert(RouteRef::Http(h.clone()), key("http", h));
+                routes.insert(RouteRef::Http(h.clone()), url(Scheme::Http, h));
             }
             for (t, p) in spec.raw_ports() {
-                routes.insert(RouteRef::Raw(t, p), key(t.name(), &p));
+                routes.insert(RouteRef::Raw(t, p), key(ProxyKey::Raw(t, p)));
             }
         }
         let keep: std::collections::BTreeSet<(u16, String)> = routes.values().cloned().collect();

@@ -63,12 +63,6 @@ impl SessionLimits {
     }
 }
 
-/// A route's access control and limits, looked up only in a network that
-/// has some (no key is built for the others).
-fn limits_of(spec: &NetworkSpec, key: impl FnOnce() -> ProxyKey) -> Option<RouteLimits> {
-    if spec.route_limits.is_empty() { None } else { spec.limits_of(&key()).cloned() }
-}
-
 /// Everything nginx needs, in typed form.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NginxSite {
@@ -350,16 +344,18 @@ fn network_routes(layout: &Layout, spec: &NetworkSpec, dnat: &NetworkDnat) -> Ne
         for (i, (host, servers)) in map.iter().enumerate() {
             let upstream_name = format!("gateway_{}_{}_{i}", scheme.name(), spec.port);
             let proxy_protocol = scheme == Scheme::Https && spec.proxy_protocol.contains(host);
-            let access = limits_of(spec, || ProxyKey::Url(ProxyUrl { scheme, host: host.clone() }));
-            let servers = to_veth(tcp_ports, &format!("{}://{host}", scheme.name()), servers);
+            let key = ProxyKey::Url(ProxyUrl { scheme, host: host.clone() });
+            let servers = to_veth(tcp_ports, &key.to_string(), servers);
+            let access = spec.limits_of(&key).cloned();
             out.push(Route { host: host.clone(), upstream_name, servers, proxy_protocol, access });
         }
     }
     for (transport, map, ports) in [(Transport::Tcp, &spec.tcp, tcp_ports), (Transport::Udp, &spec.udp, udp_ports)] {
         for (port, r) in map {
             let upstream_name = format!("gateway_{}_{}_{port}", transport.name(), spec.port);
-            let servers = to_veth(ports, &format!("{}://{port}", transport.name()), &r.upstreams);
-            let access = limits_of(spec, || ProxyKey::Raw(transport, *port));
+            let key = ProxyKey::Raw(transport, *port);
+            let servers = to_veth(ports, &key.to_string(), &r.upstreams);
+            let access = spec.limits_of(&key).cloned();
             let (proxy_protocol, limits) = (r.proxy_protocol, SessionLimits::of(access.as_ref()));
             let network = spec.port;
             raw.push(RawRoute { network, transport, port: *port, upstream_name, servers, proxy_protocol, limits, access });
