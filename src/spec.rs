@@ -6,6 +6,11 @@ use std::net::{SocketAddr, SocketAddrV4};
 
 use crate::types::{Cidr, Hostname, ProxyKey, ProxyUrl, PublicKey, Scheme, SecretKey, Transport, parse_upstream};
 
+/// At most this many routes of one network may have a bandwidth: each is
+/// an HTB class of the network's veth, numbered from `tc::shape`'s first
+/// route class to 65,535.
+pub const MAX_SHAPED_ROUTES: usize = 65_520;
+
 pub const DEFAULT_MTU: u32 = 1420;
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use super::{Context, MTU_RANGE, Problems, key_path, over_cap};
 use crate::model::{MAX_UPSTREAMS_CEILING, NetworkConfig, PeerConfig, ProxyOptions, ProxyTarget};
-use crate::spec::{DEFAULT_MTU, NetworkSpec, PeerSpec, RawRoute, RouteLimits};
+use crate::spec::{DEFAULT_MTU, MAX_SHAPED_ROUTES, NetworkSpec, PeerSpec, RawRoute, RouteLimits};
 use crate::types::{Cidr, Hostname, ProxyKey, ProxyUrl, PublicKey, Scheme, SecretKey, Transport, parse_endpoint, parse_upstream};
 
 pub(super) fn validate_network(
@@ -374,6 +374,13 @@ fn proxy(
     let raw = out.tcp.values().chain(out.udp.values()).flat_map(|r| &r.upstreams);
     let distinct: BTreeSet<&SocketAddrV4> = out.https.values().chain(out.http.values()).flatten().chain(raw).collect();
     over_cap(problems, &format!("{path}.proxy"), distinct.len(), "distinct upstreams", ctx.limits.upstreams, "max-upstreams");
+    let shaped = out.limits.values().filter(|l| l.bandwidth.is_some()).count();
+    if shaped > MAX_SHAPED_ROUTES {
+        let message = format!(
+            "{shaped} routes with a bandwidth; at most {MAX_SHAPED_ROUTES} in one network (each is a tc class of the network's veth, and class numbers end there)"
+        );
+        problems.add(format!("{path}.proxy"), message);
+    }
     out
 }
 

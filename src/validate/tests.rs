@@ -798,3 +798,22 @@ fn an_allow_list_past_the_ceiling_is_counted_not_kept() {
         )]
     );
 }
+
+/// tc numbers a network's shaped routes' classes up to 65,535: one past
+/// that many is refused, as a whole, at the network's `proxy`.
+#[test]
+fn more_shaped_routes_than_tc_has_classes_are_refused() {
+    let limits = Limits { networks: 1, peers: 10, allowed_ips: 10, routes: 100_000, upstreams: 10 };
+    let ctx = Context { limits, ..Context::default() };
+    let shaped = |count: usize| {
+        let mut n = net();
+        let route = || serde_json::json!({ "upstreams": ["10.80.0.2:443"], "bandwidth": { "ingress_mbit": 10 } });
+        n.proxy = (0..count).map(|i| (format!("https://r{i}.example.com"), serde_json::from_value(route()).unwrap())).collect();
+        one(n)
+    };
+    assert!(validate(&shaped(crate::spec::MAX_SHAPED_ROUTES), &ctx).is_ok(), "exactly as many as there are classes");
+    let e = validate(&shaped(crate::spec::MAX_SHAPED_ROUTES + 1), &ctx).expect_err("one too many").into_details();
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!(e[0].path, r#"$["51820"].proxy"#);
+    assert!(e[0].message.starts_with("65521 routes with a bandwidth; at most 65520 in one network"), "{}", e[0].message);
+}

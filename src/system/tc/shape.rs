@@ -140,6 +140,8 @@ pub const NETWORK_CLASS: u16 = 1;
 pub const REST_CLASS: u16 = 2;
 /// Routes with a limit take `1:10`, `1:11`, ... in the order given.
 pub const FIRST_ROUTE_CLASS: u16 = 0x10;
+// Every route validation lets have a bandwidth gets a class number.
+const _: () = assert!((u16::MAX - FIRST_ROUTE_CLASS) as usize + 1 >= crate::spec::MAX_SHAPED_ROUTES);
 /// The smallest rate tc is given (a class's guaranteed share).
 const MIN_RATE_KBIT: u64 = 8;
 
