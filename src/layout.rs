@@ -133,7 +133,16 @@ impl Layout {
     /// a network whose routes share no upstream has the ports it always
     /// had. When the range is full (10,000 ports), further routes share
     /// their upstream's port.
-    pub fn dnat_ports<'a>(&self, routes: impl IntoIterator<Item = (&'a str, &'a [SocketAddrV4])>) -> DnatPorts {
+    ///
+    /// With the ports computed `before` (the network's last target), each
+    /// upstream and route keeps the port it had, and a port given up by this
+    /// change goes to no other while a free one is left: a new upstream
+    /// whose hash lands on a taken slot never moves the one there, so nginx,
+    /// still on its old config for a moment, never sends a route's
+    /// connections to another's upstream. (After a restart nothing is
+    /// known `before`: the ports are computed afresh, and a collision's
+    /// order may differ from the one history made.)
+    pub fn dnat_ports<'a>(&self, routes: impl IntoIterator<Item = (&'a str, &'a [SocketAddrV4])>, before: Option<&DnatPorts>) -> DnatPorts {
         const RANGE: u32 = 10_000;
         let mut users: BTreeMap<SocketAddrV4, BTreeSet<&str>> = BTreeMap::new();
         for (key, upstreams) in routes {
@@ -141,26 +150,47 @@ impl Layout {
                 users.entry(*u).or_default().insert(key);
             }
         }
-        let mut taken = BTreeSet::new();
+        let base = self.dnat_port_base;
+        let slot_of = |port: u16| u32::from(port.wrapping_sub(base));
+        let mut out = DnatPorts::default();
+        for u in users.keys() {
+            if let Some(p) = before.and_then(|b| b.upstream.get(u)) {
+                out.upstream.insert(*u, *p);
+            }
+        }
+        for (u, keys) in users.iter().filter(|(u, _)| out.upstream.contains_key(*u)) {
+            for key in keys.iter().skip(1) {
+                if let Some(p) = before.and_then(|b| b.shared.get(u)?.get(*key)) {
+                    out.shared.entry(*u).or_default().insert(key.to_string(), *p);
+                }
+            }
+        }
+        let mut taken: BTreeSet<u32> = out.all().into_iter().map(|(_, p)| slot_of(p)).collect();
+        let freed: BTreeSet<u32> =
+            before.map(|b| b.all().into_iter().map(|(_, p)| slot_of(p)).filter(|s| !taken.contains(s)).collect()).unwrap_or_default();
         let mut place = |bytes: &[u8]| {
             if taken.len() >= RANGE as usize {
                 return None;
             }
             // FNV-1a: stable across builds and platforms.
-            let mut slot = bytes.iter().fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)) % RANGE;
-            while !taken.insert(slot) {
-                slot = (slot + 1) % RANGE;
-            }
-            Some(self.dnat_port_base + slot as u16)
+            let start = bytes.iter().fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)) % RANGE;
+            // A slot nobody held first; one given up now only if none is left.
+            let free = |avoid_freed: bool| {
+                (0..RANGE).map(|i| (start + i) % RANGE).find(|s| !(taken.contains(s) || avoid_freed && freed.contains(s)))
+            };
+            let slot = free(true).or_else(|| free(false))?;
+            taken.insert(slot);
+            Some(base + slot as u16)
         };
         let bytes = |u: &SocketAddrV4| -> Vec<u8> { u.ip().octets().into_iter().chain(u.port().to_be_bytes()).collect() };
-        let mut out = DnatPorts::default();
-        for u in users.keys() {
-            let Some(port) = place(&bytes(u)) else { break };
-            out.upstream.insert(*u, port);
+        let placed: Vec<SocketAddrV4> = users.keys().filter(|u| !out.upstream.contains_key(*u)).copied().collect();
+        for u in placed {
+            let Some(port) = place(&bytes(&u)) else { break };
+            out.upstream.insert(u, port);
         }
         for (u, keys) in &users {
-            for key in keys.iter().skip(1).filter(|_| out.upstream.contains_key(u)) {
+            let kept = out.shared.get(u).cloned().unwrap_or_default();
+            for key in keys.iter().skip(1).filter(|k| out.upstream.contains_key(u) && !kept.contains_key(**k)) {
                 let Some(port) = place(&[bytes(u), key.as_bytes().to_vec()].concat()) else { break };
                 out.shared.entry(*u).or_default().insert(key.to_string(), port);
             }
@@ -174,10 +204,11 @@ impl Layout {
     /// computed once per change of the spec (`target::NetworkTarget`), then
     /// read by the rules, the tc trees, nginx's upstreams and the usage
     /// counters alike.
-    pub fn network_dnat(&self, spec: &NetworkSpec) -> NetworkDnat {
+    /// `before`: the ports of the network's last target (see [`Self::dnat_ports`]).
+    pub fn network_dnat(&self, spec: &NetworkSpec, before: Option<&NetworkDnat>) -> NetworkDnat {
         let of = |transport| {
             let routes = spec.dnat_routes(transport);
-            self.dnat_ports(routes.iter().map(|(k, u)| (k.as_str(), *u)))
+            self.dnat_ports(routes.iter().map(|(k, u)| (k.as_str(), *u)), before.map(|b| b.of(transport)))
         };
         NetworkDnat { tcp: of(Transport::Tcp), udp: of(Transport::Udp) }
     }
@@ -262,7 +293,7 @@ mod tests {
 
     /// The ports of one route's upstreams, by upstream.
     fn one_route(l: &Layout, upstreams: &[SocketAddrV4]) -> BTreeMap<SocketAddrV4, u16> {
-        let ports = l.dnat_ports([("tcp://1", upstreams)]);
+        let ports = l.dnat_ports([("tcp://1", upstreams)], None);
         let all: BTreeMap<SocketAddrV4, u16> = ports.all().into_iter().collect();
         assert!(all.iter().all(|(u, p)| ports.port("tcp://1", u) == Some(*p)));
         all
@@ -280,6 +311,35 @@ mod tests {
         assert_eq!(one_route(&l, &[a, a]), BTreeMap::from([(a, 25837)]), "an upstream twice takes one port");
     }
 
+    /// With the last target's ports, nothing that stays moves: a new
+    /// upstream whose hash lands on a held slot takes the next one, and a
+    /// slot given up by this change goes to no other (nginx, on its old
+    /// config until it reloads, may still send there).
+    #[test]
+    fn dnat_ports_stay_where_they_were() {
+        // a and b hash to the same slot (see the test above); a sorts first.
+        let a = SocketAddrV4::new(Ipv4Addr::new(10, 80, 0, 42), 443);
+        let b = SocketAddrV4::new(Ipv4Addr::new(10, 80, 0, 82), 80);
+        let c = SocketAddrV4::new(Ipv4Addr::new(10, 80, 0, 3), 443);
+        let l = Layout::default();
+        let route = |ups: &[SocketAddrV4], before: Option<&DnatPorts>| {
+            let ports = l.dnat_ports([("tcp://1", ups)], before);
+            ports.all().into_iter().collect::<BTreeMap<_, _>>()
+        };
+        let b_alone = l.dnat_ports([("tcp://1", &[b][..])], None);
+        assert_eq!(route(&[a, b], Some(&b_alone)), BTreeMap::from([(a, 25838), (b, 25837)]), "b keeps its port; a goes next");
+        assert_eq!(route(&[a, b], None), BTreeMap::from([(a, 25837), (b, 25838)]), "afresh, the order decides");
+        // b leaves and a comes in the same change: b's port is not a's yet.
+        let a_after_b = l.dnat_ports([("tcp://1", &[a][..])], Some(&b_alone));
+        assert_eq!(a_after_b.all(), [(a, 25838)]);
+        assert_eq!(route(&[a, c], Some(&a_after_b))[&a], 25838, "and a stays there");
+        // A route's own port on a shared upstream is kept too.
+        let shared = l.dnat_ports([("https://x.test", &[c][..]), ("https://y.test", &[c][..])], None);
+        let y = shared.port("https://y.test", &c).unwrap();
+        let more = l.dnat_ports([("https://x.test", &[c][..]), ("https://y.test", &[c][..]), ("tcp://5", &[a, b][..])], Some(&shared));
+        assert_eq!((more.port("https://x.test", &c), more.port("https://y.test", &c)), (shared.port("https://x.test", &c), Some(y)));
+    }
+
     /// Routes sharing an upstream each get a port of their own: the first
     /// route (in key order) keeps the upstream's, the others one derived
     /// from the upstream and their key; routes sharing nothing keep the
@@ -291,7 +351,7 @@ mod tests {
         let b = SocketAddrV4::new(Ipv4Addr::new(10, 80, 0, 82), 80);
         let c = SocketAddrV4::new(Ipv4Addr::new(10, 80, 0, 3), 443);
         let alone = one_route(&l, &[a, b, c]);
-        let ports = l.dnat_ports([("https://x.test", &[a, c][..]), ("https://y.test", &[a][..]), ("tcp://22", &[b, a][..])]);
+        let ports = l.dnat_ports([("https://x.test", &[a, c][..]), ("https://y.test", &[a][..]), ("tcp://22", &[b, a][..])], None);
         assert_eq!(ports.port("https://x.test", &a), Some(alone[&a]), "the first route keeps the upstream's port");
         let (y, t) = (ports.port("https://y.test", &a).unwrap(), ports.port("tcp://22", &a).unwrap());
         assert!(y != alone[&a] && t != alone[&a] && y != t, "{y} {t}");
@@ -308,7 +368,7 @@ mod tests {
         });
         // Adding a route before the first: it takes the upstream's port,
         // the others keep theirs or get new ones; the upstream's port stays.
-        let more = l.dnat_ports([("http://w.test", &[a][..]), ("https://x.test", &[a, c][..]), ("https://y.test", &[a][..])]);
+        let more = l.dnat_ports([("http://w.test", &[a][..]), ("https://x.test", &[a, c][..]), ("https://y.test", &[a][..])], None);
         assert_eq!(more.port("http://w.test", &a), Some(alone[&a]));
         assert_eq!(more.port("https://y.test", &a), Some(y), "a route's own port depends on its key, not on the others");
         assert_eq!(ports.port("https://nope.test", &a), Some(alone[&a]), "unknown routes: the upstream's");

@@ -40,9 +40,11 @@ pub struct NetworkTarget {
 }
 
 impl NetworkTarget {
-    pub fn of(layout: &Layout, spec: Arc<NetworkSpec>) -> Self {
+    /// `before`: the network's last target, whose DNAT ports stay where
+    /// they were (see `Layout::dnat_ports`).
+    pub fn of(layout: &Layout, spec: Arc<NetworkSpec>, before: Option<&NetworkTarget>) -> Self {
         let wg = WgConf::of(&spec);
-        let dnat = layout.network_dnat(&spec);
+        let dnat = layout.network_dnat(&spec, before.map(|b| &b.dnat));
         let rules = render::rules(layout, &spec, &dnat);
         let uplink_address = layout.veth_ns_addr(spec.port);
         let routes = spec.routes();
@@ -101,12 +103,12 @@ impl Targets {
             .networks
             .iter()
             .map(|(port, spec)| {
-                let kept = before.networks.get(port).filter(|t| Arc::ptr_eq(&t.spec, spec) || t.spec == *spec);
-                let target = match kept {
+                let last = before.networks.get(port);
+                let target = match last.filter(|t| Arc::ptr_eq(&t.spec, spec) || t.spec == *spec) {
                     Some(t) => t.clone(),
                     None => {
                         computed.push(*port);
-                        Arc::new(NetworkTarget::of(layout, spec.clone()))
+                        Arc::new(NetworkTarget::of(layout, spec.clone(), last.map(|t| &**t)))
                     }
                 };
                 (*port, target)
@@ -151,11 +153,11 @@ mod tests {
     fn the_digest_moves_with_every_part_that_reaches_the_system() {
         let l = Layout::default();
         let d = converged_desired();
-        let base = NetworkTarget::of(&l, d.networks[&51820].clone());
+        let base = NetworkTarget::of(&l, d.networks[&51820].clone(), None);
         let with = |change: &dyn Fn(&mut NetworkSpec)| {
             let mut s = (*d.networks[&51820]).clone();
             change(&mut s);
-            NetworkTarget::of(&l, Arc::new(s)).digest
+            NetworkTarget::of(&l, Arc::new(s), None).digest
         };
         assert_eq!(with(&|_| {}), base.digest, "the same spec, the same digest");
         type Change<'a> = (&'a str, &'a dyn Fn(&mut NetworkSpec));

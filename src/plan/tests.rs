@@ -51,7 +51,7 @@ fn write_nginx() -> Action {
 /// `converged_view_matches_what_the_tools_report`).
 fn converged_view(layout: &Layout, spec: &NetworkSpec) -> ObservedNetwork {
     use crate::observed::Link;
-    let rules = render::rules(layout, spec, &layout.network_dnat(spec));
+    let rules = render::rules(layout, spec, &layout.network_dnat(spec, None));
     let peer = |p: &crate::spec::PeerSpec| WgPeer {
         preshared_key: p.preshared_key.clone(),
         endpoint: p.endpoint,

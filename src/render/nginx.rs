@@ -400,7 +400,7 @@ impl NginxSite {
     pub fn build(layout: &Layout, desired: &Desired, custom: &[CustomForwarding], options: &NginxOptions) -> Self {
         let (mut https, mut http, mut raw) = (Vec::new(), Vec::new(), Vec::new());
         for spec in desired.networks.values() {
-            let (s, h, r) = network_routes(layout, spec, &layout.network_dnat(spec));
+            let (s, h, r) = network_routes(layout, spec, &layout.network_dnat(spec, None));
             https.extend(s);
             http.extend(h);
             raw.extend(r);

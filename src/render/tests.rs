@@ -542,7 +542,7 @@ fn nginx_files_read_back_as_the_routes() {
     urls.sort();
     assert_eq!(routes.keys().cloned().collect::<Vec<_>>(), urls);
     for spec in d.networks.values() {
-        let ports = Layout::default().network_dnat(spec).tcp;
+        let ports = Layout::default().network_dnat(spec, None).tcp;
         for (scheme, map) in [("https", &spec.https), ("http", &spec.http)] {
             for (host, ups) in map {
                 let key = format!("{scheme}://{host}");
@@ -707,11 +707,11 @@ fn nginx_parts_render_each_changed_network_alone_and_put_together_the_same_files
 /// What a pass gives `NginxParts::build`: each spec with its DNAT ports
 /// (a pass takes them from the network's target).
 fn nginx_parts(l: &Layout, opts: &NginxOptions, d: &Desired, before: &NginxParts) -> (NginxParts, Vec<u16>) {
-    let dnat: Vec<_> = d.networks.values().map(|s| (s, l.network_dnat(s))).collect();
+    let dnat: Vec<_> = d.networks.values().map(|s| (s, l.network_dnat(s, None))).collect();
     NginxParts::build(l, opts, dnat.iter().map(|(s, p)| (*s, p)), before)
 }
 
 /// A network's rule set with the DNAT ports its target would compute.
 fn rules_of(l: &Layout, spec: &crate::spec::NetworkSpec) -> RuleSet {
-    rules(l, spec, &l.network_dnat(spec))
+    rules(l, spec, &l.network_dnat(spec, None))
 }

@@ -136,7 +136,7 @@ async fn each_command_gets_the_payload_its_action_carries() {
     s.tools.ip = fake_ip.to_string_lossy().into_owned();
     let l = Layout::default();
     let spec = sample_desired().networks[&51820].clone();
-    let target = crate::target::NetworkTarget::of(&l, spec);
+    let target = crate::target::NetworkTarget::of(&l, spec, None);
     let mut rules = target.rules.clone();
     rules.filter.push("-A GATEWAY-FORWARD -s 192.0.2.9/32 -j DROP".into());
     let actions = [
@@ -268,7 +268,7 @@ async fn without_ipv6_in_the_kernel_only_ipv4_rules_are_set() {
     let dir = tempfile::tempdir().unwrap();
     let s = System { ipv6: false, ..system(dir.path(), Runner::dry_run()) };
     let spec = &sample_desired().networks[&51820];
-    let rules = crate::render::rules(&Layout::default(), spec, &Layout::default().network_dnat(spec));
+    let rules = crate::render::rules(&Layout::default(), spec, &Layout::default().network_dnat(spec, None));
     let actions = [Action::SetRules { port: 51820, rules, missing_jumps: crate::render::JUMPS.to_vec() }];
     let report = s.execute(&actions).await;
     assert!(report.errors.is_empty(), "{:?}", report.errors);
