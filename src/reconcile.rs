@@ -391,7 +391,7 @@ impl Reconciler {
         laps.lap("usage routes");
         self.keep_endpoints(&desired).await;
         laps.lap("endpoints");
-        tracing::debug!(steps = %laps, "pass steps");
+        tracing::debug!(steps = %laps, targets_computed = ?self.computed, nginx_rendered = ?self.nginx_rendered, "pass steps");
         if mode == Mode::Drift {
             self.drift_checks += 1;
             self.announce_repairs(&actions, &report);

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, SocketAddrV4};
+use std::sync::Arc;
 
 use crate::types::{Cidr, Hostname, ProxyKey, ProxyUrl, PublicKey, Scheme, SecretKey, Transport, parse_upstream};
 
@@ -194,6 +195,39 @@ pub fn parse_custom_forwardings(s: &str) -> Result<Vec<CustomForwarding>, String
         out.push(CustomForwarding { url, upstream });
     }
     Ok(out)
+}
+
+/// Per network (each `item` holds its spec: `spec_in`), what was made
+/// from `before`'s spec where the spec is the same (by pointer, else by
+/// value), else what `make` makes of the item and of the last one made
+/// (`None` for a new network). Also returns the networks made anew (the
+/// work done). Targets and nginx's parts are both kept this way.
+pub fn keep_or_make<I, T>(
+    items: impl IntoIterator<Item = I>,
+    spec_in: impl Fn(&I) -> &Arc<NetworkSpec>,
+    before: &BTreeMap<u16, Arc<T>>,
+    spec_of: impl Fn(&T) -> &Arc<NetworkSpec>,
+    mut make: impl FnMut(&I, Option<&T>) -> T,
+) -> (BTreeMap<u16, Arc<T>>, Vec<u16>) {
+    let mut made = Vec::new();
+    let out = items
+        .into_iter()
+        .map(|item| {
+            let spec = spec_in(&item);
+            let last = before.get(&spec.port);
+            let kept = last.filter(|t| Arc::ptr_eq(spec_of(t), spec) || **spec_of(t) == **spec);
+            let port = spec.port;
+            let value = match kept {
+                Some(t) => t.clone(),
+                None => {
+                    made.push(port);
+                    Arc::new(make(&item, last.map(|t| &**t)))
+                }
+            };
+            (port, value)
+        })
+        .collect();
+    (out, made)
 }
 
 #[cfg(test)]

@@ -98,22 +98,13 @@ impl Targets {
     /// was computed from keeps that target; the others are computed. Also
     /// returns the ports computed (the work done).
     pub fn build(layout: &Layout, desired: &Desired, before: &Targets) -> (Targets, Vec<u16>) {
-        let mut computed = Vec::new();
-        let networks = desired
-            .networks
-            .iter()
-            .map(|(port, spec)| {
-                let last = before.networks.get(port);
-                let target = match last.filter(|t| Arc::ptr_eq(&t.spec, spec) || t.spec == *spec) {
-                    Some(t) => t.clone(),
-                    None => {
-                        computed.push(*port);
-                        Arc::new(NetworkTarget::of(layout, spec.clone(), last.map(|t| &**t)))
-                    }
-                };
-                (*port, target)
-            })
-            .collect();
+        let (networks, computed) = crate::spec::keep_or_make(
+            desired.networks.values(),
+            |spec| spec,
+            &before.networks,
+            |t| &t.spec,
+            |spec, last| NetworkTarget::of(layout, (*spec).clone(), last),
+        );
         (Targets { networks }, computed)
     }
 

@@ -261,22 +261,13 @@ impl NginxParts {
         networks: impl IntoIterator<Item = (&'a Arc<NetworkSpec>, &'a NetworkDnat)>,
         before: &NginxParts,
     ) -> (NginxParts, Vec<u16>) {
-        let mut rendered = Vec::new();
-        let networks = networks
-            .into_iter()
-            .map(|(spec, dnat)| {
-                let port = spec.port;
-                let kept = before.networks.get(&port).filter(|n| Arc::ptr_eq(&n.spec, spec) || n.spec == *spec);
-                let part = match kept {
-                    Some(n) => n.clone(),
-                    None => {
-                        rendered.push(port);
-                        Arc::new(NetworkNginx::of(layout, spec.clone(), dnat, options))
-                    }
-                };
-                (port, part)
-            })
-            .collect();
+        let (networks, rendered) = crate::spec::keep_or_make(
+            networks,
+            |(spec, _)| spec,
+            &before.networks,
+            |n| &n.spec,
+            |(spec, dnat), _| NetworkNginx::of(layout, (*spec).clone(), dnat, options),
+        );
         (NginxParts { networks }, rendered)
     }
 
