@@ -84,7 +84,7 @@ pub struct ObservedNetwork {
     pub shaping: Option<crate::render::tc::ObservedTc>,
     /// Connections open on the veth's address, by protocol and DNAT port
     /// (from the namespace's conntrack table, read with the links).
-    pub open_connections: BTreeMap<(crate::render::tc::Proto, u16), u64>,
+    pub open_connections: BTreeMap<(crate::types::Transport, u16), u64>,
 }
 
 /// The root-namespace end of a network's veth.

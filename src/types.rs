@@ -345,6 +345,22 @@ impl Transport {
         }
     }
 
+    /// The IP protocol number (tc's u32 and conntrack match on it).
+    pub fn protocol_number(self) -> u8 {
+        match self {
+            Transport::Tcp => 6,
+            Transport::Udp => 17,
+        }
+    }
+
+    pub fn of_protocol_number(n: u32) -> Option<Transport> {
+        match n {
+            6 => Some(Transport::Tcp),
+            17 => Some(Transport::Udp),
+            _ => None,
+        }
+    }
+
     /// `TCP port` or `UDP port`, for messages.
     pub fn label(self) -> &'static str {
         match self {

@@ -17,7 +17,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::metrics::Metrics;
 use crate::observed::ObservedNetwork;
 use crate::render::REFUSED_UPSTREAM;
-use crate::render::tc::Proto;
 use crate::target::Targets;
 use crate::types::{Hostname, ProxyKey, ProxyUrl, Scheme, Transport};
 
@@ -134,7 +133,7 @@ pub use crate::metrics::RouteCounters;
 #[derive(Debug, Default)]
 struct Index {
     routes: HashMap<RouteRef, (u16, String)>,
-    ports: BTreeMap<(u16, String), Vec<(Proto, u16)>>,
+    ports: BTreeMap<(u16, String), Vec<(Transport, u16)>>,
 }
 
 /// The counters of every route, fed by the socket's reader.

@@ -286,8 +286,8 @@ pub fn link_qdiscs(links: &[Message]) -> BTreeMap<String, String> {
 /// Connections open to `dst` in a conntrack dump, by protocol and original
 /// destination port (a DNAT port: the tuple before the translation): TCP
 /// ones established, UDP ones all (a UDP entry is a live session).
-pub fn open_connections(messages: &[Message], dst: Ipv4Addr) -> BTreeMap<(crate::render::tc::Proto, u16), u64> {
-    use crate::render::tc::Proto;
+pub fn open_connections(messages: &[Message], dst: Ipv4Addr) -> BTreeMap<(crate::types::Transport, u16), u64> {
+    use crate::types::Transport;
     const CT_NEW: u16 = 1 << 8;
     // linux/netfilter/nfnetlink_conntrack.h; TCP_CONNTRACK_ESTABLISHED.
     const CTA_TUPLE_ORIG: u16 = 1;
@@ -311,15 +311,11 @@ pub fn open_connections(messages: &[Message], dst: Ipv4Addr) -> BTreeMap<(crate:
         let port =
             proto.as_ref().and_then(|p| nested(p, CTA_PROTO_DST_PORT)).and_then(|v| Some(u16::from_be_bytes(v.get(..2)?.try_into().ok()?)));
         let (Some(IpAddr::V4(ip)), Some(number), Some(port)) = (ip, number, port) else { continue };
-        let proto = match number {
-            6 => Proto::Tcp,
-            17 => Proto::Udp,
-            _ => continue,
-        };
+        let Some(proto) = Transport::of_protocol_number(u32::from(number)) else { continue };
         if ip != dst {
             continue;
         }
-        if proto == Proto::Tcp {
+        if proto == Transport::Tcp {
             let state = nested(top, CTA_PROTOINFO)
                 .and_then(|i| nested(&i, CTA_PROTOINFO_TCP))
                 .and_then(|t| nested(&t, CTA_PROTOINFO_TCP_STATE))

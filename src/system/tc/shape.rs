@@ -17,30 +17,7 @@
 use std::collections::BTreeSet;
 use std::fmt::{self, Write};
 
-/// The transport of a DNAT port (TCP and UDP ports are separate spaces).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Proto {
-    Tcp,
-    Udp,
-}
-
-impl Proto {
-    /// The IP protocol number u32 matches on.
-    pub fn number(self) -> u8 {
-        match self {
-            Proto::Tcp => 6,
-            Proto::Udp => 17,
-        }
-    }
-
-    fn of_number(n: u32) -> Option<Proto> {
-        match n {
-            6 => Some(Proto::Tcp),
-            17 => Some(Proto::Udp),
-            _ => None,
-        }
-    }
-}
+use crate::types::Transport;
 
 pub use crate::spec::Bandwidth;
 
@@ -85,7 +62,7 @@ impl fmt::Display for Side {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShapedRoute {
     pub bandwidth: Option<Bandwidth>,
-    pub ports: Vec<(Proto, u16)>,
+    pub ports: Vec<(Transport, u16)>,
 }
 
 /// An HTB class `1:MINOR` (minors are printed in hex by tc).
@@ -101,7 +78,7 @@ pub struct TcClass {
 /// A u32 filter sending one DNAT port's packets into class `1:MINOR`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TcFilter {
-    pub proto: Proto,
+    pub proto: Transport,
     pub port: u16,
     pub minor: u16,
 }
@@ -152,7 +129,7 @@ const MIN_RATE_KBIT: u64 = 8;
 /// route has ports of its own (see `layout::dnat_ports`); a port two routes
 /// would share (only past the 10,000 ports of a network) goes to the first
 /// route with a limit that has it.
-pub fn shaping(network: Option<Bandwidth>, routes: &[ShapedRoute], all_ports: &[(Proto, u16)]) -> Option<NetworkShaping> {
+pub fn shaping(network: Option<Bandwidth>, routes: &[ShapedRoute], all_ports: &[(Transport, u16)]) -> Option<NetworkShaping> {
     if network.is_none() && routes.iter().all(|r| r.bandwidth.is_none()) {
         return None;
     }
@@ -162,9 +139,9 @@ pub fn shaping(network: Option<Bandwidth>, routes: &[ShapedRoute], all_ports: &[
     })
 }
 
-fn side_shaping(side: Side, network: Option<Bandwidth>, routes: &[ShapedRoute], all_ports: &[(Proto, u16)]) -> Shaping {
+fn side_shaping(side: Side, network: Option<Bandwidth>, routes: &[ShapedRoute], all_ports: &[(Transport, u16)]) -> Shaping {
     let net = toward(network.as_ref(), side);
-    let limited: Vec<(u64, &[(Proto, u16)])> =
+    let limited: Vec<(u64, &[(Transport, u16)])> =
         routes.iter().filter_map(|r| Some((toward(r.bandwidth.as_ref(), side)?, &r.ports[..]))).collect();
     let mut out = Shaping::default();
     // Under a network limit each leaf is guaranteed an equal share and may
@@ -203,7 +180,7 @@ pub fn of_spec(spec: &crate::spec::NetworkSpec, dnat: &crate::layout::NetworkDna
         return None;
     }
     let routes = route_ports(spec, dnat);
-    let mut all: Vec<(Proto, u16)> = routes.iter().flat_map(|(_, ports)| ports.iter().copied()).collect();
+    let mut all: Vec<(Transport, u16)> = routes.iter().flat_map(|(_, ports)| ports.iter().copied()).collect();
     all.sort();
     all.dedup();
     let limits: std::collections::BTreeMap<String, Bandwidth> =
@@ -215,13 +192,13 @@ pub fn of_spec(spec: &crate::spec::NetworkSpec, dnat: &crate::layout::NetworkDna
 
 /// Each route of a network (by its key in `proxy`) with the DNAT ports its
 /// connections go to: one per upstream, its own (see `layout::dnat_ports`).
-pub fn route_ports(spec: &crate::spec::NetworkSpec, dnat: &crate::layout::NetworkDnat) -> Vec<(String, Vec<(Proto, u16)>)> {
+pub fn route_ports(spec: &crate::spec::NetworkSpec, dnat: &crate::layout::NetworkDnat) -> Vec<(String, Vec<(Transport, u16)>)> {
     use crate::types::Transport;
     let mut out = Vec::new();
-    for (transport, proto) in [(Transport::Tcp, Proto::Tcp), (Transport::Udp, Proto::Udp)] {
+    for (transport, proto) in [(Transport::Tcp, Transport::Tcp), (Transport::Udp, Transport::Udp)] {
         let ports = dnat.of(transport);
         for (key, upstreams) in spec.dnat_routes(transport) {
-            let mut v: Vec<(Proto, u16)> = upstreams.iter().filter_map(|u| ports.port(&key, u)).map(|p| (proto, p)).collect();
+            let mut v: Vec<(Transport, u16)> = upstreams.iter().filter_map(|u| ports.port(&key, u)).map(|p| (proto, p)).collect();
             v.sort();
             v.dedup();
             out.push((key, v));
@@ -252,7 +229,7 @@ pub fn tc_batch(dev: &str, side: Side, shaping: &Shaping) -> String {
         let _ = writeln!(
             s,
             "filter add dev {dev} parent 1: protocol ip prio 1 u32 match ip protocol {} 0xff match ip {} {} 0xffff flowid 1:{:x}",
-            f.proto.number(),
+            f.proto.protocol_number(),
             side.port_match(),
             f.port,
             f.minor
@@ -488,7 +465,7 @@ impl FilterParts {
             (Side::TowardClients, 0xffff_0000) => port >> 16,
             _ => return None,
         };
-        Some(TcFilter { proto: Proto::of_number(proto >> 16)?, port: u16::try_from(port).ok()?, minor: self.minor? })
+        Some(TcFilter { proto: Transport::of_protocol_number(proto >> 16)?, port: u16::try_from(port).ok()?, minor: self.minor? })
     }
 }
 

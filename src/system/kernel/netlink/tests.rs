@@ -109,7 +109,7 @@ fn conntrack_entry(dst: [u8; 4], proto: u8, dport: u16, tcp_state: Option<u8>) -
 
 #[test]
 fn open_connections_by_dnat_port() {
-    use crate::render::tc::Proto;
+    use crate::types::Transport;
     let veth = [10, 199, 202, 108];
     let dump = vec![
         conntrack_entry(veth, 6, 20001, Some(3)),
@@ -122,5 +122,5 @@ fn open_connections_by_dnat_port() {
         Message { kind: 3, payload: vec![] },
     ];
     let open = open_connections(&dump, Ipv4Addr::from(veth));
-    assert_eq!(open, BTreeMap::from([((Proto::Tcp, 20001), 2), ((Proto::Udp, 20001), 1)]));
+    assert_eq!(open, BTreeMap::from([((Transport::Tcp, 20001), 2), ((Transport::Udp, 20001), 1)]));
 }

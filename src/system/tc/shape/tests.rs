@@ -26,9 +26,9 @@ fn captured() -> Shaping {
             class(0x11, Some(1), 13333, 40000),
         ],
         filters: vec![
-            TcFilter { proto: Proto::Tcp, port: 20000, minor: 0x10 },
-            TcFilter { proto: Proto::Tcp, port: 25837, minor: 2 },
-            TcFilter { proto: Proto::Udp, port: 20000, minor: 0x11 },
+            TcFilter { proto: Transport::Tcp, port: 20000, minor: 0x10 },
+            TcFilter { proto: Transport::Tcp, port: 25837, minor: 2 },
+            TcFilter { proto: Transport::Udp, port: 20000, minor: 0x11 },
         ],
     }
 }
@@ -54,11 +54,11 @@ fn captured_output_parses_to_the_tree() {
 #[test]
 fn the_network_limit_is_the_parent_of_its_routes() {
     let routes = [
-        ShapedRoute { bandwidth: bw(None, Some(16)), ports: vec![(Proto::Tcp, 20000)] },
-        ShapedRoute { bandwidth: bw(None, Some(40)), ports: vec![(Proto::Udp, 20000)] },
-        ShapedRoute { bandwidth: None, ports: vec![(Proto::Tcp, 25837)] },
+        ShapedRoute { bandwidth: bw(None, Some(16)), ports: vec![(Transport::Tcp, 20000)] },
+        ShapedRoute { bandwidth: bw(None, Some(40)), ports: vec![(Transport::Udp, 20000)] },
+        ShapedRoute { bandwidth: None, ports: vec![(Transport::Tcp, 25837)] },
     ];
-    let all = [(Proto::Tcp, 20000), (Proto::Tcp, 25837), (Proto::Udp, 20000)];
+    let all = [(Transport::Tcp, 20000), (Transport::Tcp, 25837), (Transport::Udp, 20000)];
     let s = shaping(bw(None, Some(40)), &routes, &all).unwrap();
     assert_eq!(s.toward_clients, captured());
     assert_eq!(s.toward_nodes, Shaping::default(), "no limit toward the nodes: an empty tree (the qdisc alone)");
@@ -70,10 +70,10 @@ fn the_network_limit_is_the_parent_of_its_routes() {
 #[test]
 fn routes_alone_sit_under_the_root_and_nothing_is_shaped_without_fields() {
     let routes = [
-        ShapedRoute { bandwidth: bw(Some(100), Some(16)), ports: vec![(Proto::Tcp, 20001), (Proto::Tcp, 20002)] },
-        ShapedRoute { bandwidth: None, ports: vec![(Proto::Tcp, 20003)] },
+        ShapedRoute { bandwidth: bw(Some(100), Some(16)), ports: vec![(Transport::Tcp, 20001), (Transport::Tcp, 20002)] },
+        ShapedRoute { bandwidth: None, ports: vec![(Transport::Tcp, 20003)] },
     ];
-    let all = [(Proto::Tcp, 20001), (Proto::Tcp, 20002), (Proto::Tcp, 20003)];
+    let all = [(Transport::Tcp, 20001), (Transport::Tcp, 20002), (Transport::Tcp, 20003)];
     let s = shaping(None, &routes, &all).unwrap();
     assert_eq!(s.toward_nodes.classes, vec![class(0x10, None, 100_000, 100_000)]);
     assert_eq!(s.toward_clients.classes, vec![class(0x10, None, 16000, 16000)]);
@@ -88,13 +88,13 @@ fn routes_alone_sit_under_the_root_and_nothing_is_shaped_without_fields() {
 #[test]
 fn shared_ports_go_to_the_first_limited_route() {
     let routes = [
-        ShapedRoute { bandwidth: bw(Some(5), None), ports: vec![(Proto::Tcp, 20001)] },
-        ShapedRoute { bandwidth: bw(Some(7), None), ports: vec![(Proto::Tcp, 20001), (Proto::Tcp, 20002)] },
+        ShapedRoute { bandwidth: bw(Some(5), None), ports: vec![(Transport::Tcp, 20001)] },
+        ShapedRoute { bandwidth: bw(Some(7), None), ports: vec![(Transport::Tcp, 20001), (Transport::Tcp, 20002)] },
     ];
     let s = shaping(None, &routes, &[]).unwrap();
     assert_eq!(
         s.toward_nodes.filters,
-        vec![TcFilter { proto: Proto::Tcp, port: 20001, minor: 0x10 }, TcFilter { proto: Proto::Tcp, port: 20002, minor: 0x11 }]
+        vec![TcFilter { proto: Transport::Tcp, port: 20001, minor: 0x10 }, TcFilter { proto: Transport::Tcp, port: 20002, minor: 0x11 }]
     );
 }
 
@@ -145,8 +145,8 @@ fn other_forms_are_foreign_and_never_panic() {
 }
 
 fn one_route() -> NetworkShaping {
-    let routes = [ShapedRoute { bandwidth: bw(None, Some(16)), ports: vec![(Proto::Tcp, 20000)] }];
-    shaping(None, &routes, &[(Proto::Tcp, 20000)]).unwrap()
+    let routes = [ShapedRoute { bandwidth: bw(None, Some(16)), ports: vec![(Transport::Tcp, 20000)] }];
+    shaping(None, &routes, &[(Transport::Tcp, 20000)]).unwrap()
 }
 
 #[test]
