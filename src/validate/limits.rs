@@ -37,6 +37,18 @@ impl<'a> LimitFields<'a> {
             bandwidth: o.bandwidth.as_ref(),
         }
     }
+
+    /// The fields of a proxy value's object form as given (`null`: absent).
+    pub fn from_map(fields: &'a serde_json::Map<String, Value>) -> Self {
+        let get = |name: &str| fields.get(name).filter(|v| !v.is_null());
+        LimitFields {
+            allow: get("allow"),
+            deny: get("deny"),
+            max_connections: get("max_connections"),
+            max_connections_per_client: get("max_connections_per_client"),
+            bandwidth: get("bandwidth"),
+        }
+    }
 }
 
 /// Checks a route's fields (`path` is the route's); what is wrong is added

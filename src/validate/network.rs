@@ -475,15 +475,7 @@ fn invalid_target(path: &str, value: &serde_json::Value, ctx: &Context<'_>, prob
                     _ => problems.add(key_path(path, name), UNKNOWN_FIELD),
                 }
             }
-            let get = |name: &str| fields.get(name).filter(|v| !v.is_null());
-            let given = super::limits::LimitFields {
-                allow: get("allow"),
-                deny: get("deny"),
-                max_connections: get("max_connections"),
-                max_connections_per_client: get("max_connections_per_client"),
-                bandwidth: get("bandwidth"),
-            };
-            super::limits::route_limits(path, &given, ctx, problems);
+            super::limits::route_limits(path, &super::limits::LimitFields::from_map(fields), ctx, problems);
         }
         _ => problems.add(path, "must be a list of upstreams IPV4:PORT or an object {\"upstreams\": [...], \"proxy_protocol\": bool}"),
     }
