@@ -126,7 +126,9 @@ mod tests {
         assert!(bind(&path, user).is_err(), "a file that is not a socket is left alone");
         let stale = dir.path().join("x.sock");
         drop(std::os::unix::net::UnixDatagram::bind(&stale).unwrap());
+        std::fs::set_permissions(&stale, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert!(bind(&stale, "no-such-user-here").is_err());
-        assert!(std::fs::symlink_metadata(&stale).is_ok(), "an unknown user is refused before anything at the path is touched");
+        let left = std::fs::symlink_metadata(&stale).map(|m| m.permissions().mode() & 0o777);
+        assert_eq!(left.ok(), Some(0o644), "an unknown user is refused before anything at the path is touched");
     }
 }
