@@ -28,7 +28,7 @@ pub async fn collect(shared: &Arc<Shared>) -> Result<StatusInfo, StoreError> {
         start_refresh(shared);
         let _ = tokio::time::timeout(REFRESH_WAIT, refreshed).await;
     }
-    let config_digest = config_digest(shared).await?;
+    let config_digest = config_digest(shared, generation).await?;
     let desired: BTreeSet<u16> = ports.into_iter().collect();
     // Which namespaces are there is one directory listing: always fresh.
     let present = shared.system().namespaces();
@@ -61,8 +61,8 @@ pub async fn collect(shared: &Arc<Shared>) -> Result<StatusInfo, StoreError> {
 /// the validated state the API or a pass kept, else the stored one
 /// validated now (once per generation); a stored state that no longer
 /// validates (the options changed) is hashed as it is stored.
-async fn config_digest(shared: &Shared) -> Result<String, StoreError> {
-    let stored = shared.stored_state().await?;
+async fn config_digest(shared: &Shared, generation: i64) -> Result<String, StoreError> {
+    let stored = shared.stored_state_at(generation).await?;
     match &stored.desired {
         Ok(desired) => Ok(shared.config_digest(stored.generation, desired)),
         Err(_) => {

@@ -465,7 +465,13 @@ impl Shared {
     /// if valid (at start; or its problems, if the options changed since
     /// it was accepted).
     pub async fn stored_state(&self) -> Result<StoredState, StoreError> {
-        let generation = self.store.desired_generation().await?;
+        self.stored_state_at(self.store.desired_generation().await?).await
+    }
+
+    /// [`Self::stored_state`] for a caller that read the stored generation
+    /// already (status.json, with its ports): no second query when that
+    /// generation is the one kept.
+    pub async fn stored_state_at(&self, generation: i64) -> Result<StoredState, StoreError> {
         if let Some((config, desired)) = self.accepted_state(generation) {
             return Ok(StoredState { generation, config, desired: Ok(desired) });
         }
@@ -479,12 +485,13 @@ impl Shared {
     }
 
     /// The validated desired state of `generation`, if it is the one kept.
+    #[cfg(test)]
     pub fn accepted(&self, generation: i64) -> Option<Arc<Desired>> {
         self.accepted_state(generation).map(|(_, d)| d)
     }
 
     /// Generation `generation` as stored and validated, if it is the one kept.
-    pub fn accepted_state(&self, generation: i64) -> Option<(Arc<GatewayConfig>, Arc<Desired>)> {
+    fn accepted_state(&self, generation: i64) -> Option<(Arc<GatewayConfig>, Arc<Desired>)> {
         let accepted = self.accepted.lock().unwrap_or_else(|e| e.into_inner());
         accepted.as_ref().filter(|(g, _, _)| *g == generation).map(|(_, c, d)| (c.clone(), d.clone()))
     }
