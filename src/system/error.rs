@@ -25,4 +25,8 @@ pub enum SysError {
     Unreadable { what: String, detail: String },
     #[error("recording a link about to be created: {0}")]
     Journal(String),
+    /// An action given to be run alone that only runs as a line of an `ip
+    /// -batch` (`execute::batched::steps`): a bug, said as such.
+    #[error("internal error: {0} runs only as a line of an ip batch")]
+    BatchOnly(String),
 }

@@ -92,10 +92,7 @@ impl System {
                 self.delete_link(None, &l.wg(*p)).await?;
                 self.wait_wireguard_go_gone(*p).await
             }
-            other => Err(SysError::Unreadable {
-                what: format!("how to run {} alone", other.label()),
-                detail: "it runs as a line of an ip batch (batched::steps)".into(),
-            }),
+            other => Err(SysError::BatchOnly(other.label())),
         }
     }
 
