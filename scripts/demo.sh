@@ -23,6 +23,9 @@ TOKEN=demo-token
 PORT=51820
 HOST=app.demo.test
 WORK=$(mktemp -d /tmp/gateway-demo.XXXXXX)
+# nginx's workers (nobody) reach the daemon's sockets in it (SNI hop, usage
+# socket next to it), never the defaults under /run a real gateway owns.
+chmod 711 "$WORK"
 DAEMON_PID=""
 
 # Removes what the demo made (and leftovers of an earlier run). The body is a
@@ -92,7 +95,7 @@ NGINX
 $BIN --token $TOKEN --database "$WORK/gateway.db" --port 18000 \
   --nginx-conf "$WORK/nginx.conf" --nginx-pid "$WORK/nginx.pid" \
   --nginx-stream-config "$WORK/stream.conf" --nginx-http-config "$WORK/http.conf" \
-  --https-listen 8443 --http-listen 8080 --watchdog 3s \
+  --https-listen 8443 --http-listen 8080 --watchdog 3s --nginx-sni-socket "$WORK/sni.sock" \
   --namespace-prefix gwdemo-net- --interface-prefix gwdemo --veth-prefix gwdemov --bridge gwdemobr \
   > "$WORK/daemon.log" 2>&1 &
 DAEMON_PID=$!
@@ -141,7 +144,9 @@ fi
 say "GET /api/v1/traffic.json?start=0 (rx = bytes the gateway received from the peer)"
 curl -sS -H "Authorization: Bearer $TOKEN" "$API/api/v1/traffic.json?start=0" | python3 -m json.tool
 say "GET /api/v1/status.json"
-curl -sS -H "Token: $TOKEN" $API/api/v1/status.json | python3 -m json.tool | head -40
+# Its first 40 lines (sed reads to the end: `head` would close the pipe early
+# and, under pipefail, end the demo when status.json is longer).
+curl -sS -H "Token: $TOKEN" $API/api/v1/status.json | python3 -m json.tool | sed -n 1,40p
 
 say "PATCH the network away: namespace, interface, rules, nginx entries and wireguard-go go"
 curl -sS -X PATCH -H "Token: $TOKEN" -H 'Content-Type: application/json' -d "{\"$PORT\": null}" $API/api/v1/config.json; echo
