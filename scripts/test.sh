@@ -23,7 +23,7 @@ clippy() {
 # Re-runs this script as root, keeping only what finds the toolchain (not,
 # say, UPDATE_GOLDEN from the caller's shell).
 as_root() {
-  exec sudo --preserve-env=CARGO_HOME,RUSTUP_HOME,CARGO_TARGET_DIR,FUZZ_SEED,FUZZ_SECONDS,CRASH_SEED,CRASH_ROUNDS env "PATH=$PATH" "$0" "$@"
+  exec sudo --preserve-env=CARGO_HOME,RUSTUP_HOME,CARGO_TARGET_DIR,CARGO_INCREMENTAL,FUZZ_SEED,FUZZ_SECONDS,CRASH_SEED,CRASH_ROUNDS env "PATH=$PATH" "$0" "$@"
 }
 
 tests() {
