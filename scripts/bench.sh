@@ -63,10 +63,9 @@ read -r ephemeral_low _ < /proc/sys/net/ipv4/ip_local_port_range
   echo "this host's ephemeral ports start at $ephemeral_low: the networks' UDP ports (up to $((FBASE + N - 1))) would collide" >&2; exit 2; }
 daemon="" daemon2="" inotify_before=$(cat /proc/sys/fs/inotify/max_user_instances)
 
-cleanup() {
-  set +e
-  for pid in "$daemon" "$daemon2"; do [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null; done
-  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null
+# The benchmark's own names only (gb...): also those an interrupted earlier
+# run left (killed with its session, its trap never ran), before starting.
+remove_namespaces_and_links() {
   for ns in $(ip netns list | awk '{print $1}' | grep -E '^(gbn-|gbf-|gbnode$|gbclient$)'); do
     ip netns pids "$ns" | xargs -r kill 2>/dev/null
     ip -n "$ns" link show 2>/dev/null | awk -F': ' '/gbw|gbfw/ {print $2}' | cut -d@ -f1 | xargs -r -n1 ip -n "$ns" link del 2>/dev/null
@@ -76,11 +75,18 @@ cleanup() {
     case ${link##*/} in gbw* | gbfw* | gbv* | gbfv* | gbbr0 | gbfbr0 | gbnh | gbch) ip link del "${link##*/}" 2>/dev/null ;; esac
   done
   rm -f /var/run/wireguard/gbw*.sock /var/run/wireguard/gbfw*.sock
+}
+cleanup() {
+  set +e
+  for pid in "$daemon" "$daemon2"; do [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null; done
+  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null
+  remove_namespaces_and_links
   echo "$inotify_before" > /proc/sys/fs/inotify/max_user_instances
   [ -z "${BENCH_DAEMON_LOG:-}" ] || cp "$work/daemon.log" "$BENCH_DAEMON_LOG"
   rm -rf "$work"
 }
 trap cleanup EXIT
+remove_namespaces_and_links 2>/dev/null || true
 trap 'exit 130' INT TERM
 
 now() { echo "$EPOCHREALTIME"; }

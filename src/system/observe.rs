@@ -114,13 +114,14 @@ impl System {
             Source::Genl(name) => (Some(name), None),
             Source::Uapi(sock) => (None, Some(sock)),
         };
-        Target { netns: Some(self.paths.netns_dir.join(self.layout.netns(port))), genl_wg, uapi }
+        let netns = Some(self.paths.netns_dir.join(self.layout.netns(port)));
+        Target { netns, genl_wg, uapi, conntrack_to: Some(self.layout.veth_ns_ip(port)) }
     }
 
     /// Reads the bridge's addresses (no process: netlink in our namespace).
     pub async fn observe_bridge_addresses(&self, o: &mut Observed) -> Result<(), SysError> {
         if let Some(b) = &mut o.bridge {
-            let raw = self.observe_raw(vec![Target { netns: None, genl_wg: None, uapi: None }]).await.pop();
+            let raw = self.observe_raw(vec![Target { netns: None, genl_wg: None, uapi: None, conntrack_to: None }]).await.pop();
             let raw = raw.unwrap_or(Err("no answer".into())).map_err(|e| unreadable("the bridge's addresses", e))?;
             let (links, _) = parse_links(&raw.links, &raw.addrs);
             b.addresses = Some(links.get(&self.layout.bridge).map(|l| l.addresses.clone()).unwrap_or_default());

@@ -329,6 +329,30 @@ pub fn open_connections(messages: &[Message], dst: Ipv4Addr) -> BTreeMap<(crate:
     out
 }
 
+/// The dump request (`IPCTNL_MSG_CT_GET`, IPv4) of the connections whose
+/// original destination is `dst`. The kernel filters them (`CTA_FILTER`,
+/// Linux 5.9 and later), so the node-to-node flows of a busy network are
+/// neither copied nor parsed at each drift check; an older kernel ignores
+/// the attribute and dumps them all, which [`open_connections`] filters
+/// the same way.
+pub fn conntrack_request(dst: Ipv4Addr) -> Vec<u8> {
+    // linux/netfilter/nfnetlink_conntrack.h
+    const CTA_TUPLE_ORIG: u16 = 1;
+    const CTA_FILTER: u16 = 25;
+    const CTA_TUPLE_IP: u16 = 1;
+    const CTA_IP_V4_DST: u16 = 2;
+    const CTA_FILTER_ORIG_FLAGS: u16 = 1;
+    const CTA_FILTER_FLAG_CTA_IP_DST: u32 = 1 << 1;
+    // The filter's attribute is parsed strictly: its nested flag is needed.
+    const NLA_F_NESTED: u16 = 1 << 15;
+    let tuple_ip = attr(CTA_TUPLE_IP | NLA_F_NESTED, &attr(CTA_IP_V4_DST, &dst.octets()));
+    let flags = attr(CTA_FILTER_ORIG_FLAGS, &CTA_FILTER_FLAG_CTA_IP_DST.to_ne_bytes());
+    let mut payload = vec![libc::AF_INET as u8, 0, 0, 0];
+    payload.extend(attr(CTA_TUPLE_ORIG | NLA_F_NESTED, &tuple_ip));
+    payload.extend(attr(CTA_FILTER | NLA_F_NESTED, &flags));
+    payload
+}
+
 /// Static routes of the main table through link `oif`, sorted: the kernel's
 /// own (`proto kernel`), other tables and other types are left out.
 pub fn parse_routes(routes: &[Message], oif: u32) -> Vec<Cidr> {

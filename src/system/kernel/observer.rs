@@ -12,6 +12,7 @@
 //! ([`Observer`] is the seam).
 
 use std::io;
+use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 
@@ -28,6 +29,9 @@ pub struct Target {
     pub genl_wg: Option<String>,
     /// wireguard-go's socket (userspace backend).
     pub uapi: Option<PathBuf>,
+    /// Whose connections to read from the namespace's conntrack table: the
+    /// network's address on its uplink, the destination of its DNAT ports.
+    pub conntrack_to: Option<Ipv4Addr>,
 }
 
 /// A namespace's raw answers.
@@ -45,8 +49,9 @@ pub struct NsRaw {
     /// The WireGuard device: generic netlink messages (kernel) or the UAPI
     /// text (userspace); the error if the interface could not be asked.
     pub wg: Option<Result<WgRaw, String>>,
-    /// The IPv4 conntrack table (a network's namespace only; empty where it
-    /// cannot be read): the connections open on each route's DNAT ports.
+    /// The connections to [`Target::conntrack_to`] in the namespace's IPv4
+    /// conntrack table (empty where it cannot be read): those open on each
+    /// route's DNAT ports.
     pub conntrack: Vec<Message>,
 }
 
@@ -104,8 +109,8 @@ fn observe_one(t: &Target) -> Result<NsRaw, String> {
     raw.routes = next("routes")?;
     raw.sysctls = NAMESPACE_SYSCTLS.iter().map(|(key, _)| read_sysctl(key)).collect();
     raw.nft_generation = nft_generation().ok();
-    if t.netns.is_some() {
-        raw.conntrack = conntrack_dump().unwrap_or_default();
+    if let Some(dst) = t.conntrack_to {
+        raw.conntrack = conntrack_dump(dst).unwrap_or_default();
     }
     raw.wg = match (&t.genl_wg, &t.uapi) {
         (Some(ifname), _) => Some(genl_device(ifname).map(WgRaw::Genl)),
@@ -135,12 +140,12 @@ fn nft_generation() -> io::Result<u32> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no generation in the answer"))
 }
 
-/// `IPCTNL_MSG_CT_GET` dump of this namespace's IPv4 connections.
-fn conntrack_dump() -> io::Result<Vec<Message>> {
+/// `IPCTNL_MSG_CT_GET` dump of this namespace's IPv4 connections to `dst`.
+fn conntrack_dump(dst: Ipv4Addr) -> io::Result<Vec<Message>> {
     const NFNL_SUBSYS_CTNETLINK: u16 = 1;
     const IPCTNL_MSG_CT_GET: u16 = 1;
     let mut s = Socket::open(NETLINK_NETFILTER)?;
-    s.request(NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_GET, NLM_F_DUMP, &[libc::AF_INET as u8, 0, 0, 0])
+    s.request(NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_GET, NLM_F_DUMP, &netlink::conntrack_request(dst))
 }
 
 /// The WireGuard device `ifname` of this namespace, over generic netlink.

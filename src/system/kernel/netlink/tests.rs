@@ -124,3 +124,24 @@ fn open_connections_by_dnat_port() {
     let open = open_connections(&dump, Ipv4Addr::from(veth));
     assert_eq!(open, BTreeMap::from([((Transport::Tcp, 20001), 2), ((Transport::Udp, 20001), 1)]));
 }
+
+/// The filtered dump request, byte for byte as `nfnetlink_conntrack.h`
+/// lays it out (written out here by hand, not built with `attr`).
+#[test]
+fn the_conntrack_request_asks_the_kernel_for_one_destination() {
+    let ne16 = |v: u16| v.to_ne_bytes();
+    let mut want = vec![2, 0, 0, 0]; // nfgenmsg: AF_INET, version 0, resource 0
+    want.extend(ne16(16)); // CTA_TUPLE_ORIG, nested: 4 + 12
+    want.extend(ne16(0x8001));
+    want.extend(ne16(12)); // CTA_TUPLE_IP, nested: 4 + 8
+    want.extend(ne16(0x8001));
+    want.extend(ne16(8)); // CTA_IP_V4_DST: the address in network order
+    want.extend(ne16(2));
+    want.extend([10, 199, 202, 108]);
+    want.extend(ne16(12)); // CTA_FILTER, nested: 4 + 8
+    want.extend(ne16(0x8000 | 25));
+    want.extend(ne16(8)); // CTA_FILTER_ORIG_FLAGS: CTA_FILTER_FLAG_CTA_IP_DST
+    want.extend(ne16(1));
+    want.extend(2u32.to_ne_bytes());
+    assert_eq!(conntrack_request(Ipv4Addr::new(10, 199, 202, 108)), want);
+}
