@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n== %s\n' "$*"; }
+step() { printf '\n== %s  [%d s into this run]\n' "$*" "$SECONDS"; }
 
 fmt() {
   step "cargo fmt --check"
@@ -120,7 +120,7 @@ case "${1:-all}" in
     openapi
     fuzz
     crash
-    printf '\nAll checks passed.\n'
+    printf '\nAll checks passed (%d s).\n' "$SECONDS"
     ;;
   *)
     echo "usage: $0 [all|fmt|clippy|test|getting-started|vm|bench|openapi|fuzz|crash]" >&2

@@ -500,7 +500,7 @@ impl Reconciler {
     async fn account_before_changes(&self, mode: Mode, desired: &Desired, look: &mut Look, actions: &[crate::plan::Action]) {
         let shared = &self.shared;
         let leaving: Vec<u16> = look.observed.namespaces.iter().filter(|p| !desired.networks.contains_key(p)).copied().collect();
-        for (port, n) in shared.system().observe_networks(&leaving).await {
+        for (port, n) in shared.system().observe_networks(&leaving, |_| false).await {
             if let Some(reading) = n.ok().as_ref().and_then(InterfaceReading::of) {
                 look.dumps.insert(port, reading);
             }

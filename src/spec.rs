@@ -109,6 +109,12 @@ pub struct Bandwidth {
 }
 
 impl NetworkSpec {
+    /// Whether any route leads into the network (each has DNAT ports there
+    /// whose open connections status.json counts).
+    pub fn has_routes(&self) -> bool {
+        !(self.https.is_empty() && self.http.is_empty() && self.tcp.is_empty() && self.udp.is_empty())
+    }
+
     /// A route's access control and limits, if it has any.
     pub fn limits_of(&self, key: &ProxyKey) -> Option<&RouteLimits> {
         self.route_limits.get(key)

@@ -129,7 +129,10 @@ pub async fn refresh(shared: &Shared) {
     let start = Instant::now();
     let now = now_unix();
     let present: Vec<u16> = shared.system().namespaces().into_iter().collect();
-    let read = shared.system().observe_networks(&present).await;
+    // Connections are counted where routes lead (all, if the state is unknown).
+    let desired = shared.stored_state().await.ok().and_then(|s| s.desired.ok());
+    let routed = |p: u16| desired.as_ref().is_none_or(|d| d.networks.get(&p).is_some_and(|s| s.has_routes()));
+    let read = shared.system().observe_networks(&present, routed).await;
     let known: Vec<u16> = shared.seen().networks().keys().copied().collect();
     let gone: Vec<(u16, SeenNetwork)> =
         known.into_iter().filter(|p| !read.contains_key(p)).map(|p| (p, SeenNetwork { observed_at: now, network: None })).collect();

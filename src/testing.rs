@@ -75,22 +75,21 @@ pub struct FixtureObserver {
     pub generation: Mutex<Option<u32>>,
     /// The namespaces read so far (`root` for the daemon's own).
     pub reads: Mutex<Vec<String>>,
+    /// The namespaces whose open connections were asked for, so far.
+    pub counted: Mutex<Vec<String>>,
 }
 
 impl Default for FixtureObserver {
     fn default() -> Self {
-        FixtureObserver { generation: Mutex::new(Some(7)), reads: Mutex::new(Vec::new()) }
+        FixtureObserver { generation: Mutex::new(Some(7)), reads: Mutex::new(Vec::new()), counted: Mutex::new(Vec::new()) }
     }
 }
 
 impl Observer for FixtureObserver {
     fn observe(&self, targets: &[Target]) -> Vec<Result<NsRaw, String>> {
-        let mut reads = self.reads.lock().unwrap_or_else(|e| e.into_inner());
-        reads.extend(
-            targets
-                .iter()
-                .map(|t| t.netns.as_ref().and_then(|p| p.file_name()).map_or("root".into(), |n| n.to_string_lossy().into_owned())),
-        );
+        let name = |t: &Target| t.netns.as_ref().and_then(|p| p.file_name()).map_or("root".into(), |n| n.to_string_lossy().into_owned());
+        self.reads.lock().unwrap_or_else(|e| e.into_inner()).extend(targets.iter().map(name));
+        self.counted.lock().unwrap_or_else(|e| e.into_inner()).extend(targets.iter().filter(|t| t.conntrack_to.is_some()).map(name));
         targets.iter().map(|t| self.observe_one(t)).collect()
     }
 }
@@ -99,6 +98,11 @@ impl FixtureObserver {
     /// Returns and clears the namespaces read so far.
     pub fn take_reads(&self) -> Vec<String> {
         std::mem::take(&mut *self.reads.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Returns and clears the namespaces whose connections were asked for.
+    pub fn take_counted(&self) -> Vec<String> {
+        std::mem::take(&mut *self.counted.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
 

@@ -60,7 +60,7 @@ impl Reconciler {
         look.observed.unchanged.extend(trusted.iter().map(|t| t.port()));
         let ports: Vec<u16> = to_read.iter().map(|t| t.port()).collect();
         look.read.extend(ports.iter().copied());
-        for (port, result) in system.observe_networks(&ports).await {
+        for (port, result) in system.observe_networks(&ports, |p| targets.networks.get(&p).is_some_and(|t| t.spec.has_routes())).await {
             self.take_reading(&mut look, targets, port, result);
         }
         laps.lap("look: networks");
@@ -201,7 +201,8 @@ impl Reconciler {
             .collect();
         let changed: Vec<u16> = report.changed.iter().copied().collect();
         let now_there = self.shared.system().namespaces();
-        for (port, n) in self.shared.system().observe_networks(&changed).await {
+        for (port, n) in self.shared.system().observe_networks(&changed, |p| desired.networks.get(&p).is_some_and(|s| s.has_routes())).await
+        {
             out.push((port, seen(n.ok().filter(|_| now_there.contains(&port)))));
         }
         out.extend(desired.networks.keys().filter(|p| !now_there.contains(p)).map(|p| (*p, seen(None))));

@@ -117,6 +117,22 @@ async fn a_change_to_one_network_reads_and_touches_only_it() {
     assert_eq!(lines, ["ip -n network-51821 link set wg51821 mtu 1300 up"], "rules rendering the same are not read again");
 }
 
+/// Open connections are asked of the kernel (a conntrack dump: about 4 ms
+/// of its time a namespace, whatever the filter) only in networks that
+/// routes lead into: here 51820, once 51821's routes are gone.
+#[tokio::test]
+async fn connections_are_counted_only_where_routes_lead() {
+    let mut s = setup(converged_script(), &converged_config()).await;
+    s.store(|c| drop(c["51821"].as_object_mut().unwrap().remove("proxy"))).await;
+    let outcome = s.reconciler.tick(Mode::Apply).await.unwrap();
+    assert_eq!(outcome.record.changed, [51821], "{:?}", outcome.record.errors);
+    assert_eq!(s.reader.take_counted(), ["network-51820"], "the look read both, the status re-read 51821");
+    s.reader.take_reads();
+    s.reconciler.tick(Mode::Drift).await.unwrap();
+    assert!(s.reader.take_reads().iter().filter(|r| *r == "network-51821").count() >= 1, "a drift check reads both");
+    assert_eq!(s.reader.take_counted(), ["network-51820"]);
+}
+
 /// A network's target is computed once per change of its spec: a pass
 /// with nothing changed computes none, a drift check none either, and a
 /// change to one network computes that one alone.

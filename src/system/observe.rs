@@ -109,13 +109,14 @@ impl System {
         }
     }
 
-    fn target(&self, port: u16) -> Target {
+    fn target(&self, port: u16, count_connections: bool) -> Target {
         let (genl_wg, uapi) = match self.wg_source(&self.layout.wg(port)) {
             Source::Genl(name) => (Some(name), None),
             Source::Uapi(sock) => (None, Some(sock)),
         };
         let netns = Some(self.paths.netns_dir.join(self.layout.netns(port)));
-        Target { netns, genl_wg, uapi, conntrack_to: Some(self.layout.veth_ns_ip(port)) }
+        let conntrack_to = count_connections.then(|| self.layout.veth_ns_ip(port));
+        Target { netns, genl_wg, uapi, conntrack_to }
     }
 
     /// Reads the bridge's addresses (no process: netlink in our namespace).
@@ -136,8 +137,15 @@ impl System {
 
     /// Every network of `ports` in one pass of the reader, without a
     /// process: all but their rules (`rules: None`, see [`Self::observe_rules`]).
-    pub async fn observe_networks(&self, ports: &[u16]) -> BTreeMap<u16, Result<ObservedNetwork, SysError>> {
-        let raws = self.observe_raw(ports.iter().map(|p| self.target(*p)).collect()).await;
+    /// Open connections are counted only where `count_connections` says
+    /// (networks with routes): a conntrack dump walks the kernel's table of
+    /// every namespace, about 4 ms each here even when filtered.
+    pub async fn observe_networks(
+        &self,
+        ports: &[u16],
+        count_connections: impl Fn(u16) -> bool,
+    ) -> BTreeMap<u16, Result<ObservedNetwork, SysError>> {
+        let raws = self.observe_raw(ports.iter().map(|p| self.target(*p, count_connections(*p))).collect()).await;
         ports
             .iter()
             .zip(raws)
@@ -161,7 +169,7 @@ impl System {
 
     /// A full look into one network, rules included (one process).
     pub async fn observe_network(&self, port: u16) -> Result<ObservedNetwork, SysError> {
-        let mut n = self.observe_networks(&[port]).await.remove(&port).unwrap_or(Err(SysError::NotDesired(port)))?;
+        let mut n = self.observe_networks(&[port], |_| true).await.remove(&port).unwrap_or(Err(SysError::NotDesired(port)))?;
         n.rules = Some(self.observe_rules(port).await?);
         Ok(n)
     }
