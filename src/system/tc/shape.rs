@@ -193,12 +193,11 @@ pub fn of_spec(spec: &crate::spec::NetworkSpec, dnat: &crate::layout::NetworkDna
 /// Each route of a network (by its key in `proxy`) with the DNAT ports its
 /// connections go to: one per upstream, its own (see `layout::dnat_ports`).
 pub fn route_ports(spec: &crate::spec::NetworkSpec, dnat: &crate::layout::NetworkDnat) -> Vec<(String, Vec<(Transport, u16)>)> {
-    use crate::types::Transport;
     let mut out = Vec::new();
-    for (transport, proto) in [(Transport::Tcp, Transport::Tcp), (Transport::Udp, Transport::Udp)] {
+    for transport in [Transport::Tcp, Transport::Udp] {
         let ports = dnat.of(transport);
         for (key, upstreams) in spec.dnat_routes(transport) {
-            let mut v: Vec<(Transport, u16)> = upstreams.iter().filter_map(|u| ports.port(&key, u)).map(|p| (proto, p)).collect();
+            let mut v: Vec<(Transport, u16)> = upstreams.iter().filter_map(|u| ports.port(&key, u)).map(|p| (transport, p)).collect();
             v.sort();
             v.dedup();
             out.push((key, v));
