@@ -266,7 +266,9 @@ mod tests {
             let err = build(&a, Runner::new(Duration::from_secs(1))).await.err().expect("refused");
             assert!(err.to_string().contains("leading or trailing whitespace"), "{token:?}: {err}");
         }
-        let a = config(&["gateway", "--port=8000", "--wireguard-backend", "userspace", "--token", "s3 cret"]);
+        // Its own usage socket off: a daemon built with the defaults would bind
+        // /run/gateway-usage.sock, a real gateway's on this host.
+        let a = config(&["gateway", "--port=8000", "--wireguard-backend", "userspace", "--token", "s3 cret", "--usage-socket", "off"]);
         assert!(build(&a, Runner::new(Duration::from_secs(1))).await.is_ok(), "inner whitespace is part of the token");
     }
 }

@@ -32,10 +32,12 @@ impl Daemon {
     fn start_with(dir: &Path, address: &str, extra: &[&str], tls: Option<Vec<String>>) -> Daemon {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let log = dir.join(format!("daemon-{port}.log"));
-        let mut args: Vec<String> = ["--address", address, "--wireguard-backend=userspace", "--netns-dir=/nonexistent", "--port"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        // No usage socket: the default is a real gateway's, under /run.
+        let mut args: Vec<String> =
+            ["--address", address, "--wireguard-backend=userspace", "--netns-dir=/nonexistent", "--usage-socket=off", "--port"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
         args.push(port.to_string());
         args.extend(extra.iter().map(|s| s.to_string()));
         let process = Process::start(&args, &[], log);

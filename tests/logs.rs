@@ -14,7 +14,7 @@ fn json_logs_parse_line_by_line() {
     let port = free_port().to_string();
     let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
         .args(["--log-format", "json", "--database=", "--token=", "--custom-forwarding=", "--address=127.0.0.1", "--port", &port])
-        .args(["--wireguard-backend=userspace", "--netns-dir=/nonexistent", "--watchdog=1h"])
+        .args(["--wireguard-backend=userspace", "--netns-dir=/nonexistent", "--watchdog=1h", "--usage-socket=off"])
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .stdout(Stdio::piped())

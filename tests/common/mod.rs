@@ -248,12 +248,21 @@ pub fn write_nginx_conf_logging(n: &Names, http_log: &str) {
 }
 
 /// Arguments for a daemon that touches nothing on the system (no namespace
-/// directory, in-memory database, no token unless `extra` gives one). Only
+/// directory, in-memory database, no usage socket: the default would bind
+/// /run/gateway-usage.sock, a real gateway's on this host; no token unless
+/// `extra` gives one). Only
 /// these arguments count: no option is read from the caller's environment
 /// (a live gateway's GATEWAY_DATABASE or GATEWAY_TOKEN, a GATEWAY_PORT), and
 /// the port is given so ROCKET_PORT is not read either.
 pub fn isolated_args(extra: &[&str]) -> Args {
-    let mut argv = vec!["gateway", "--port=8000", "--address=127.0.0.1", "--wireguard-backend=userspace", "--netns-dir=/nonexistent"];
+    let mut argv = vec![
+        "gateway",
+        "--port=8000",
+        "--address=127.0.0.1",
+        "--wireguard-backend=userspace",
+        "--netns-dir=/nonexistent",
+        "--usage-socket=off",
+    ];
     argv.extend(extra);
     Args::try_parse_args_only(argv).expect("test arguments")
 }
