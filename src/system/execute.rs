@@ -113,6 +113,13 @@ impl System {
         let ns = self.layout.netns(port);
         let had_interface = self.delete_link(Some(&ns), &self.layout.wg(port)).await?;
         self.delete_namespace(&ns).await?;
+        // The kernel takes the uplink's root end away with the namespace a
+        // moment later, on a worker of its own: waited for (no process), so
+        // the pass ends with nothing of the network left and a look right
+        // after does not plan that veth's removal again. Past the bound,
+        // the next pass removes it.
+        let host_end = self.paths.sys_class_net.join(self.layout.veth_host(port));
+        let _ = super::exec::wait::wait_for(|| !host_end.exists(), HOST_VETH_WAIT).await;
         // Without an interface in the namespace, a wireguard-go that is still
         // around holds one in the root namespace instead: DeleteRootWg's job.
         if had_interface {
@@ -121,6 +128,9 @@ impl System {
         Ok(())
     }
 }
+
+/// How long a deleted network's root veth end may take to go.
+const HOST_VETH_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 mod batched;
 mod concurrent;
